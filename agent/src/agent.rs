@@ -1,0 +1,546 @@
+//! The agent loop: observe, fence if the lease ran out, take one step toward the
+//! assigned state, report, repeat.
+
+use crate::client::MonitorClient;
+use crate::conf::{self, Role};
+use crate::config::{AgentConfig, AgentState};
+use crate::observe::{self, Local};
+use crate::pg::{self, RunAs};
+use crate::plan::{self, Step, Wanted};
+use anyhow::Context;
+use pgha_api::{Assignment, NodeReport, NodeState, PgObservation, Timings};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+struct Agent {
+    cfg: AgentConfig,
+    who: Option<RunAs>,
+    state: AgentState,
+    client: MonitorClient,
+    started: Instant,
+    last_controller_contact: Instant,
+    contacted_since_start: bool,
+    last_standby_seen: Instant,
+    standby_replies: HashMap<String, Option<String>>,
+    last_streaming: Option<Instant>,
+    last_report: Option<Instant>,
+    last_error: Option<String>,
+    reported: NodeState,
+}
+
+fn role_for(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Role {
+    if goal.is_writable() {
+        Role::Primary {
+            synchronous_standby_names: ssn,
+        }
+    } else if goal.is_standby() {
+        let upstream = if goal.streams_from_upstream() {
+            a.and_then(|a| a.upstream.as_ref())
+                .map(|u| (u.host.clone(), u.port))
+        } else {
+            None
+        };
+        Role::Standby { upstream }
+    } else {
+        Role::Stopped
+    }
+}
+
+impl Agent {
+    fn timings(&self) -> Timings {
+        self.state
+            .assignment
+            .as_ref()
+            .map(|a| a.timings)
+            .unwrap_or_default()
+    }
+
+    /// The goal after local safety overrides: a fenced node stays stopped.
+    fn effective_goal(&self) -> NodeState {
+        let goal = self
+            .state
+            .assignment
+            .as_ref()
+            .map(|a| a.goal)
+            .unwrap_or(NodeState::Init);
+        if self.state.fenced && goal.is_writable() {
+            NodeState::DemoteTimeout
+        } else {
+            goal
+        }
+    }
+
+    /// `synchronous_standby_names` to apply. Until the controller has been reached since
+    /// this agent started, a writable node with peers insists on one synchronous standby:
+    /// after a reboot with the controller down it may serve its standby, but it cannot
+    /// acknowledge writes that a node promoted meanwhile would not have.
+    fn synchronous_standby_names(&self) -> String {
+        let Some(a) = &self.state.assignment else {
+            return String::new();
+        };
+        if !self.contacted_since_start && !a.peers.is_empty() {
+            let names: Vec<String> = a
+                .peers
+                .iter()
+                .map(|p| pgha_api::standby_application_name(p.node_id))
+                .collect();
+            return format!("ANY 1 ({})", names.join(", "));
+        }
+        a.synchronous_standby_names.clone()
+    }
+
+    fn wanted(&self, goal: NodeState) -> Wanted {
+        let a = self.state.assignment.as_ref();
+        Wanted {
+            goal,
+            has_upstream: a.is_some_and(|a| a.upstream.is_some()),
+            synchronous_standby_names: self.synchronous_standby_names(),
+            slots: a
+                .map(|a| {
+                    a.peers
+                        .iter()
+                        .map(|p| pgha_api::replication_slot_name(p.node_id))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Tracks when a standby was last heard from: a streaming standby whose reply
+    /// timestamp moved since the previous tick (values compared, no clocks across hosts).
+    fn track_standbys(&mut self, l: &Local) {
+        let mut seen = HashMap::new();
+        for (s, reply) in &l.standbys {
+            if s.state != "streaming" {
+                continue;
+            }
+            let prev = self.standby_replies.get(&s.application_name);
+            if prev != Some(reply) {
+                self.last_standby_seen = Instant::now();
+            }
+            seen.insert(s.application_name.clone(), reply.clone());
+        }
+        self.standby_replies = seen;
+        if l.wal_receiver_streaming {
+            self.last_streaming = Some(Instant::now());
+        }
+    }
+
+    fn check_lease(&mut self, goal: NodeState) -> anyhow::Result<()> {
+        let has_peers = self
+            .state
+            .assignment
+            .as_ref()
+            .is_some_and(|a| !a.peers.is_empty());
+        if self.state.fenced || !has_peers {
+            return Ok(());
+        }
+        let lease = self.timings().lease_ms;
+        let since_ctl = self.last_controller_contact.elapsed().as_millis() as u64;
+        let since_sb = self.last_standby_seen.elapsed().as_millis() as u64;
+        if plan::should_fence(goal, since_ctl, since_sb, lease) {
+            tracing::warn!(
+                since_controller_ms = since_ctl,
+                since_standby_ms = since_sb,
+                "lease expired: fencing (stopping Postgres) until the controller confirms our role"
+            );
+            self.state.fenced = true;
+            self.state.save(&self.cfg)?;
+        }
+        Ok(())
+    }
+
+    async fn reload(&self) -> anyhow::Result<()> {
+        let c = observe::local_client(&self.cfg).await?;
+        c.execute("SELECT pg_reload_conf()", &[]).await?;
+        Ok(())
+    }
+
+    async fn execute(&mut self, step: &Step, goal: NodeState) -> anyhow::Result<()> {
+        let cfg = &self.cfg;
+        match step {
+            Step::Reached | Step::Wait(_) => Ok(()),
+            Step::Blocked(why) => anyhow::bail!("cannot reach {goal}: {why}"),
+            Step::Initdb => {
+                prepare_dir(&cfg.pgdata, self.who)?;
+                tracing::info!(pgdata = %cfg.pgdata.display(), "initdb");
+                pg::initdb(cfg).await?;
+                self.after_new_pgdata(goal).await
+            }
+            Step::BaseBackup => {
+                let up = self.upstream()?;
+                let tmp = sibling(&cfg.pgdata, "basebackup-tmp");
+                if tmp.exists() {
+                    std::fs::remove_dir_all(&tmp)
+                        .with_context(|| format!("removing {}", tmp.display()))?;
+                }
+                prepare_dir(&tmp, self.who)?;
+                tracing::info!(upstream = %format!("{}:{}", up.0, up.1), "pg_basebackup");
+                pg::basebackup(cfg, &tmp, &up.0, up.1).await?;
+                if cfg.pgdata.exists() {
+                    // Only an empty directory can be here (initialized is false).
+                    std::fs::remove_dir(&cfg.pgdata).with_context(|| {
+                        format!("{} is not empty; refusing to replace it", cfg.pgdata.display())
+                    })?;
+                }
+                std::fs::rename(&tmp, &cfg.pgdata)
+                    .with_context(|| format!("moving the base backup to {}", cfg.pgdata.display()))?;
+                self.after_new_pgdata(goal).await
+            }
+            Step::Rewind => {
+                let up = self.upstream()?;
+                let _ = std::fs::remove_file(cfg.pgdata.join("standby.signal"));
+                tracing::info!(upstream = %format!("{}:{}", up.0, up.1), "pg_rewind");
+                if let Err(e) = pg::rewind(cfg, &up.0, up.1).await {
+                    let aside = sibling(&cfg.pgdata, "rewind-failed");
+                    tracing::error!(
+                        "pg_rewind failed ({e}); moving PGDATA aside to {} for a fresh base backup",
+                        aside.display()
+                    );
+                    if aside.exists() {
+                        std::fs::remove_dir_all(&aside)?;
+                    }
+                    std::fs::rename(&cfg.pgdata, &aside)?;
+                    return Err(e.into());
+                }
+                self.after_new_pgdata(goal).await
+            }
+            Step::Start => {
+                self.apply_conf(goal)?;
+                tracing::info!("starting Postgres");
+                pg::start(cfg).await?;
+                Ok(())
+            }
+            Step::Stop => {
+                tracing::info!("stopping Postgres for {goal}");
+                pg::stop(cfg).await?;
+                Ok(())
+            }
+            Step::Promote => {
+                tracing::info!("promoting");
+                let c = observe::local_client(cfg).await?;
+                c.execute("SELECT pg_promote(true, 60)", &[]).await?;
+                Ok(())
+            }
+            Step::SetupPrimary => self.setup_primary().await,
+        }
+    }
+
+    async fn after_new_pgdata(&mut self, goal: NodeState) -> anyhow::Result<()> {
+        if self.cfg.ssl_self_signed {
+            ensure_certificate(&self.cfg, self.who).await?;
+        }
+        self.apply_conf(goal)?;
+        pg::start(&self.cfg).await?;
+        Ok(())
+    }
+
+    fn upstream(&self) -> anyhow::Result<(String, u16)> {
+        self.state
+            .assignment
+            .as_ref()
+            .and_then(|a| a.upstream.as_ref())
+            .map(|u| (u.host.clone(), u.port))
+            .context("no upstream node in the assignment")
+    }
+
+    fn apply_conf(&self, goal: NodeState) -> anyhow::Result<bool> {
+        let a = self.state.assignment.as_ref();
+        let role = role_for(goal, a, self.synchronous_standby_names());
+        let peers = a.map(|a| a.peers.clone()).unwrap_or_default();
+        Ok(conf::apply(&self.cfg, &role, &peers, self.who)?)
+    }
+
+    async fn setup_primary(&self) -> anyhow::Result<()> {
+        let c = observe::local_client(&self.cfg).await?;
+        let user = pgha_api::REPLICATION_USER;
+        c.batch_execute(&format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{user}') THEN
+                 CREATE ROLE {user} WITH LOGIN REPLICATION;
+               END IF;
+             END $$;
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {user};
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {user};
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {user};
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {user};"
+        ))
+        .await
+        .context("creating the replication role")?;
+        let exists = c
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&self.cfg.dbname])
+            .await?
+            .is_some();
+        if !exists {
+            let db = quote_ident(&self.cfg.dbname);
+            let owner = quote_ident(&self.cfg.username);
+            c.batch_execute(&format!("CREATE DATABASE {db} OWNER {owner}"))
+                .await
+                .with_context(|| format!("creating database {}", self.cfg.dbname))?;
+        }
+        let want = self.wanted(NodeState::Primary).slots;
+        for slot in &want {
+            c.execute(
+                "SELECT pg_create_physical_replication_slot($1, true) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[slot],
+            )
+            .await
+            .with_context(|| format!("creating replication slot {slot}"))?;
+        }
+        c.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name LIKE 'pgha_slot_%' AND NOT active AND NOT (slot_name = ANY($1))",
+            &[&want],
+        )
+        .await
+        .context("dropping replication slots of removed nodes")?;
+        Ok(())
+    }
+
+    fn observation(&self, l: &Local) -> PgObservation {
+        let prepared_for = match &self.state.assignment {
+            Some(a) if l.ready && l.in_recovery == Some(false) => a
+                .peers
+                .iter()
+                .filter(|p| l.slots.contains(&pgha_api::replication_slot_name(p.node_id)))
+                .map(|p| p.node_id)
+                .collect(),
+            _ => vec![],
+        };
+        PgObservation {
+            running: l.ready,
+            initialized: l.initialized,
+            in_recovery: l.in_recovery,
+            timeline: l.timeline,
+            lsn: l.lsn,
+            system_identifier: l.control.as_ref().and_then(|c| c.system_identifier.clone()),
+            standbys: l.standbys.iter().map(|(s, _)| s.clone()).collect(),
+            upstream_streaming: l.wal_receiver_streaming,
+            upstream_lost_ms_ago: if l.wal_receiver_streaming {
+                None
+            } else {
+                self.last_streaming
+                    .map(|t| t.elapsed().as_millis() as u64)
+                    .or(Some(self.started.elapsed().as_millis() as u64))
+            },
+            prepared_for,
+        }
+    }
+
+    async fn report(&mut self, l: &Local) -> anyhow::Result<()> {
+        let r = NodeReport {
+            node_id: self.cfg.node_id,
+            formation: self.cfg.formation.clone(),
+            reported_state: self.reported,
+            term: self.state.max_term,
+            pg: self.observation(l),
+            fenced: self.state.fenced,
+            last_error: self.last_error.clone(),
+        };
+        self.last_report = Some(Instant::now());
+        let a = self.client.report(&r).await?;
+        self.last_controller_contact = Instant::now();
+        self.contacted_since_start = true;
+        if a.term < self.state.max_term {
+            tracing::warn!(
+                term = a.term,
+                max_term = self.state.max_term,
+                "refusing an assignment from an older term"
+            );
+            return Ok(());
+        }
+        let mut changed = self.state.assignment.as_ref() != Some(&a);
+        if self.state.fenced && a.goal.is_writable() {
+            tracing::info!("controller confirms our role: lifting the fence");
+            self.state.fenced = false;
+            changed = true;
+        }
+        if self.state.assignment.as_ref().map(|x| x.goal) != Some(a.goal) {
+            tracing::info!(goal = %a.goal, term = a.term, "new assignment");
+        }
+        self.state.max_term = a.term;
+        self.state.assignment = Some(a);
+        if changed {
+            self.state.save(&self.cfg)?;
+        }
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> anyhow::Result<Duration> {
+        let l = observe::observe(&self.cfg).await;
+        self.track_standbys(&l);
+        let goal = self.effective_goal();
+        self.check_lease(goal)?;
+        let goal = self.effective_goal();
+        let step = plan::next_step(&self.wanted(goal), &l);
+        let mut acted = false;
+        match &step {
+            Step::Reached | Step::Wait(_) => {
+                if l.initialized
+                    && !matches!(goal, NodeState::Init | NodeState::WaitStandby)
+                    && !goal.is_stopped()
+                    && self.apply_conf(goal)?
+                    && l.ready
+                {
+                    self.reload().await?;
+                    acted = true;
+                }
+            }
+            _ => acted = true,
+        }
+        let result = if acted && !matches!(step, Step::Reached | Step::Wait(_)) {
+            tracing::debug!(?step, %goal, "step");
+            self.execute(&step, goal).await
+        } else {
+            Ok(())
+        };
+        let prev = self.reported;
+        match &result {
+            Ok(()) => {
+                if step == Step::Reached && !acted {
+                    self.reported = goal;
+                    self.last_error = None;
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(%goal, "{msg}");
+                self.last_error = Some(msg);
+            }
+        }
+        if self.reported != prev {
+            tracing::info!(state = %self.reported, "reached");
+            self.state.reported = Some(self.reported);
+            self.state.save(&self.cfg)?;
+        }
+        let fast = self.state.assignment.as_ref().is_some_and(|a| a.fast_poll)
+            || acted
+            || self.reported != goal;
+        let interval = Duration::from_millis(self.timings().report_interval_ms);
+        let due = self.last_report.is_none_or(|t| t.elapsed() >= interval);
+        if fast || due || self.reported != prev {
+            let l = if acted {
+                observe::observe(&self.cfg).await
+            } else {
+                l
+            };
+            if let Err(e) = self.report(&l).await {
+                tracing::warn!("report failed: {e:#}");
+            }
+        }
+        Ok(if fast {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis(200)
+        })
+    }
+}
+
+fn sibling(pgdata: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut s = pgdata.as_os_str().to_owned();
+    s.push(format!(".{suffix}"));
+    s.into()
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Creates a directory for Postgres: owned by its OS user, mode 0700.
+fn prepare_dir(dir: &std::path::Path, who: Option<RunAs>) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 700 {}", dir.display()))?;
+    pg::give(dir, who)?;
+    Ok(())
+}
+
+/// A self-signed certificate for `--ssl-self-signed`, made with the openssl tool.
+async fn ensure_certificate(cfg: &AgentConfig, who: Option<RunAs>) -> anyhow::Result<()> {
+    let crt = cfg.pgdata.join("server.crt");
+    let key = cfg.pgdata.join("server.key");
+    if crt.exists() && key.exists() {
+        return Ok(());
+    }
+    let out = tokio::process::Command::new("openssl")
+        .args(["req", "-new", "-x509", "-days", "3650", "-nodes", "-subj"])
+        .arg(format!("/CN={}", cfg.hostname))
+        .arg("-out")
+        .arg(&crt)
+        .arg("-keyout")
+        .arg(&key)
+        .output()
+        .await
+        .context("running openssl to make a self-signed certificate")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "openssl failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    pg::give(&crt, who)?;
+    pg::give(&key, who)?;
+    Ok(())
+}
+
+/// Runs the agent until `shutdown` resolves. Postgres is left running when the agent
+/// stops: restarting the agent (upgrade, crash) never interrupts the database.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let who = pg::run_as(&cfg)?;
+    let state = AgentState::load(&cfg)?;
+    pg::give(&cfg.state_dir(), who)?;
+    let client = MonitorClient::new(&cfg.monitor, Duration::from_millis(1000));
+    let now = Instant::now();
+    let reported = state.reported.unwrap_or(NodeState::Init);
+    let mut agent = Agent {
+        cfg,
+        who,
+        state,
+        client,
+        started: now,
+        last_controller_contact: now,
+        contacted_since_start: false,
+        last_standby_seen: now,
+        standby_replies: HashMap::new(),
+        last_streaming: None,
+        last_report: None,
+        last_error: None,
+        reported,
+    };
+    tracing::info!(
+        node = %agent.cfg.name,
+        pgdata = %agent.cfg.pgdata.display(),
+        monitor = %agent.cfg.monitor,
+        last_goal = ?agent.state.assignment.as_ref().map(|a| a.goal),
+        "agent started"
+    );
+    // Learn the current assignment before touching Postgres when the controller is up;
+    // when it is down, act on the last one we persisted.
+    let l = observe::observe(&agent.cfg).await;
+    if let Err(e) = agent.report(&l).await {
+        tracing::warn!("controller unreachable at start ({e:#}); resuming the last assigned role");
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let wait = match agent.tick().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                Duration::from_millis(500)
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    tracing::info!("agent stopping; Postgres keeps running");
+    Ok(())
+}

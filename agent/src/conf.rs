@@ -1,0 +1,261 @@
+//! Files the agent owns inside PGDATA. Each is rendered from the assignment and fully
+//! rewritten when it differs, with a header saying who wrote it:
+//! - `postgresql.pgha.conf`, included from `postgresql.conf`;
+//! - `standby.signal` for standby states;
+//! - a managed block at the top of `pg_hba.conf` (lines outside the block are the user's).
+
+use crate::config::AgentConfig;
+use crate::pg;
+use pgha_api::{PeerNode, REPLICATION_USER};
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+
+pub const CONF_FILE: &str = "postgresql.pgha.conf";
+const INCLUDE_LINE: &str = "include_if_exists = 'postgresql.pgha.conf'\t# added by pgha";
+const HBA_BEGIN: &str = "# BEGIN pgha: managed by the pgha agent, rewritten on every change";
+const HBA_END: &str = "# END pgha";
+
+/// The Postgres role a node plays, as far as its configuration goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Primary { synchronous_standby_names: String },
+    /// A standby; `upstream` None means replication is cut (stop_replication).
+    Standby { upstream: Option<(String, u16)> },
+    /// Stopped states: configuration left as it is.
+    Stopped,
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn listen_addresses(hostname: &str) -> String {
+    match hostname.parse::<IpAddr>() {
+        Ok(ip) if ip.is_loopback() => ip.to_string(),
+        _ if hostname == "localhost" => "localhost".into(),
+        _ => "*".into(),
+    }
+}
+
+/// Renders `postgresql.pgha.conf` for a role.
+pub fn render_conf(cfg: &AgentConfig, role: &Role) -> String {
+    let mut out = String::from(
+        "# Written by the pgha agent; rewritten whenever the node's role changes. Do not edit:\n\
+         # put your own settings in postgresql.conf or with ALTER SYSTEM.\n",
+    );
+    let mut set = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
+    set("listen_addresses", quote(&listen_addresses(&cfg.hostname)));
+    set("port", cfg.pgport.to_string());
+    set("unix_socket_directories", quote(&cfg.pgdata.display().to_string()));
+    set("wal_level", "replica".into());
+    set("max_wal_senders", "12".into());
+    set("max_replication_slots", "12".into());
+    set("wal_log_hints", "on".into());
+    set("hot_standby", "on".into());
+    set("hot_standby_feedback", "on".into());
+    set("wal_keep_size", quote("512MB"));
+    // Replication links notice a dead peer within seconds (and the standby replies every
+    // second, which is what keeps a primary's lease alive).
+    set("wal_sender_timeout", quote("5s"));
+    set("wal_receiver_timeout", quote("5s"));
+    set("wal_receiver_status_interval", quote("1s"));
+    set("recovery_target_timeline", quote("latest"));
+    if cfg.ssl_self_signed {
+        set("ssl", "on".into());
+        set("ssl_cert_file", quote("server.crt"));
+        set("ssl_key_file", quote("server.key"));
+    }
+    match role {
+        Role::Primary {
+            synchronous_standby_names,
+        } => {
+            set("synchronous_standby_names", quote(synchronous_standby_names));
+        }
+        Role::Standby { upstream } => {
+            set("synchronous_standby_names", quote(""));
+            let (conninfo, slot) = match upstream {
+                Some((host, port)) => (
+                    pg::primary_conninfo(cfg, host, *port),
+                    pgha_api::replication_slot_name(cfg.node_id),
+                ),
+                None => (String::new(), String::new()),
+            };
+            set("primary_conninfo", quote(&conninfo));
+            set("primary_slot_name", quote(&slot));
+        }
+        Role::Stopped => {}
+    }
+    out
+}
+
+/// Renders the managed pg_hba block for the peers.
+pub fn render_hba_block(cfg: &AgentConfig, peers: &[PeerNode]) -> String {
+    let auth = cfg.auth.hba_name();
+    let kind = if cfg.ssl_self_signed { "hostssl" } else { "host" };
+    let mut out = format!("{HBA_BEGIN}\n");
+    for p in peers {
+        let addr = hba_address(&p.host);
+        out.push_str(&format!(
+            "{kind} replication {REPLICATION_USER} {addr} {auth}\t# {}\n",
+            p.name
+        ));
+        out.push_str(&format!(
+            "{kind} postgres {REPLICATION_USER} {addr} {auth}\t# {} (pg_rewind)\n",
+            p.name
+        ));
+        out.push_str(&format!(
+            "{kind} {} all {addr} {auth}\t# {}\n",
+            cfg.dbname, p.name
+        ));
+    }
+    out.push_str(HBA_END);
+    out.push('\n');
+    out
+}
+
+fn hba_address(host: &str) -> String {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => format!("{ip}/32"),
+        Ok(IpAddr::V6(ip)) => format!("{ip}/128"),
+        Err(_) => host.to_string(),
+    }
+}
+
+/// Replaces (or inserts at the top) the managed block of a pg_hba.conf text.
+pub fn splice_hba(existing: &str, block: &str) -> String {
+    match (existing.find(HBA_BEGIN), existing.find(HBA_END)) {
+        (Some(b), Some(e)) if e > b => {
+            let after = &existing[e + HBA_END.len()..];
+            let after = after.strip_prefix('\n').unwrap_or(after);
+            format!("{}{block}{after}", &existing[..b])
+        }
+        _ => format!("{block}{existing}"),
+    }
+}
+
+/// Writes a file owned by Postgres if its content differs. Returns true when written.
+pub fn write_if_changed(
+    path: &Path,
+    content: &str,
+    who: Option<pg::RunAs>,
+) -> Result<bool, pg::PgError> {
+    if fs::read_to_string(path).ok().as_deref() == Some(content) {
+        return Ok(false);
+    }
+    let tmp = path.with_extension("pgha-tmp");
+    let io_err = |what: String| move |source: io::Error| pg::PgError::Io { what, source };
+    fs::write(&tmp, content).map_err(io_err(format!("writing {}", tmp.display())))?;
+    pg::give(&tmp, who)?;
+    fs::rename(&tmp, path).map_err(io_err(format!("replacing {}", path.display())))?;
+    Ok(true)
+}
+
+/// Makes PGDATA's files match `role` and `peers`. Returns true when something changed
+/// (the caller reloads a running Postgres).
+pub fn apply(
+    cfg: &AgentConfig,
+    role: &Role,
+    peers: &[PeerNode],
+    who: Option<pg::RunAs>,
+) -> Result<bool, pg::PgError> {
+    let pgdata = &cfg.pgdata;
+    let mut changed = false;
+    let main_conf = pgdata.join("postgresql.conf");
+    let text = fs::read_to_string(&main_conf).map_err(|source| pg::PgError::Io {
+        what: format!("reading {}", main_conf.display()),
+        source,
+    })?;
+    if !text.lines().any(|l| l.trim() == INCLUDE_LINE) {
+        changed |= write_if_changed(&main_conf, &format!("{text}\n{INCLUDE_LINE}\n"), who)?;
+    }
+    if *role != Role::Stopped {
+        changed |= write_if_changed(&pgdata.join(CONF_FILE), &render_conf(cfg, role), who)?;
+    }
+    let signal = pgdata.join("standby.signal");
+    if matches!(role, Role::Standby { .. }) && !signal.exists() {
+        write_if_changed(&signal, "", who)?;
+        changed = true;
+    }
+    if !cfg.skip_pg_hba {
+        let hba = pgdata.join("pg_hba.conf");
+        let existing = fs::read_to_string(&hba).unwrap_or_default();
+        let spliced = splice_hba(&existing, &render_hba_block(cfg, peers));
+        changed |= write_if_changed(&hba, &spliced, who)?;
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthMethod;
+
+    fn cfg() -> AgentConfig {
+        AgentConfig {
+            pgdata: "/tmp/x/pgdata".into(),
+            pgport: 5501,
+            hostname: "127.0.0.1".into(),
+            dbname: "appdb".into(),
+            username: "ha-admin".into(),
+            monitor: "http://127.0.0.1:5440".into(),
+            formation: "default".into(),
+            name: "node_a".into(),
+            node_id: 2,
+            pg_bin_dir: "/usr/lib/postgresql/15/bin".into(),
+            auth: AuthMethod::Trust,
+            ssl_self_signed: false,
+            skip_pg_hba: false,
+            os_user: None,
+            http_port: 0,
+        }
+    }
+
+    #[test]
+    fn standby_conf_points_at_upstream_with_own_slot() {
+        let c = render_conf(
+            &cfg(),
+            &Role::Standby {
+                upstream: Some(("10.0.0.5".into(), 5432)),
+            },
+        );
+        assert!(c.contains("primary_conninfo = 'host=10.0.0.5 port=5432 user=pgha_replicator"));
+        assert!(c.contains("application_name=pgha_standby_2"));
+        assert!(c.contains("primary_slot_name = 'pgha_slot_2'"));
+        assert!(c.contains("listen_addresses = '127.0.0.1'"));
+        let cut = render_conf(&cfg(), &Role::Standby { upstream: None });
+        assert!(cut.contains("primary_conninfo = ''"));
+    }
+
+    #[test]
+    fn primary_conf_quotes_sync_names() {
+        let c = render_conf(
+            &cfg(),
+            &Role::Primary {
+                synchronous_standby_names: "ANY 1 (pgha_standby_3)".into(),
+            },
+        );
+        assert!(c.contains("synchronous_standby_names = 'ANY 1 (pgha_standby_3)'"));
+        assert!(!c.contains("primary_conninfo"));
+    }
+
+    #[test]
+    fn hba_block_is_replaced_not_duplicated_and_user_lines_survive() {
+        let peers = vec![PeerNode {
+            node_id: 3,
+            name: "node_b".into(),
+            host: "10.0.0.6".into(),
+            port: 5432,
+        }];
+        let user = "host appdb all 10.1.0.0/16 trust\n";
+        let once = splice_hba(user, &render_hba_block(&cfg(), &peers));
+        let twice = splice_hba(&once, &render_hba_block(&cfg(), &peers));
+        assert_eq!(once, twice);
+        assert!(once.ends_with(user));
+        assert!(once.contains("host replication pgha_replicator 10.0.0.6/32 trust"));
+        let none = splice_hba(&once, &render_hba_block(&cfg(), &[]));
+        assert!(!none.contains("10.0.0.6"));
+        assert!(none.ends_with(user));
+    }
+}

@@ -1,0 +1,21 @@
+//! pgha agent: runs beside one Postgres, reports to the controller and applies its
+//! assigned state, idempotently.
+//!
+//! - [`config`]: configuration and persisted state beside PGDATA;
+//! - [`pg`]: one wrapper per Postgres binary;
+//! - [`conf`]: the files the agent owns inside PGDATA;
+//! - [`observe`]: what the local Postgres looks like now;
+//! - [`plan`]: the pure `(assignment, observation) -> step` function;
+//! - [`agent`]: the loop that ties them together (the I/O shell);
+//! - [`client`]: the controller API client.
+
+pub mod agent;
+pub mod client;
+pub mod conf;
+pub mod config;
+pub mod observe;
+pub mod pg;
+pub mod plan;
+
+pub use agent::run;
+pub use config::{AgentConfig, AuthMethod};

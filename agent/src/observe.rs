@@ -1,0 +1,203 @@
+//! Observing the local Postgres: files in PGDATA, postmaster.pid, and a few SQL queries
+//! over the Unix socket in PGDATA.
+
+use crate::config::AgentConfig;
+use crate::pg;
+use pgha_api::{Lsn, StandbyObservation};
+use std::path::Path;
+use std::time::Duration;
+
+/// Whether the postmaster runs and whether it accepts connections, from postmaster.pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Postmaster {
+    Stopped,
+    /// Running but not accepting connections yet (starting, stopping, recovering).
+    NotReady,
+    Ready,
+}
+
+/// Reads `postmaster.pid`: line 1 is the PID, line 8 the status (`ready`, `standby`, …).
+pub fn postmaster(pgdata: &Path) -> Postmaster {
+    let Ok(text) = std::fs::read_to_string(pgdata.join("postmaster.pid")) else {
+        return Postmaster::Stopped;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(pid) = lines.first().and_then(|l| l.trim().parse::<i32>().ok()) else {
+        return Postmaster::NotReady;
+    };
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    if !alive {
+        return Postmaster::Stopped;
+    }
+    match lines.get(7).map(|s| s.trim()) {
+        Some("ready") | Some("standby") => Postmaster::Ready,
+        _ => Postmaster::NotReady,
+    }
+}
+
+/// The postmaster's PID, for tests and the e2e harness.
+pub fn postmaster_pid(pgdata: &Path) -> Option<i32> {
+    std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// What the agent saw of its Postgres this tick.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Local {
+    pub initialized: bool,
+    pub postmaster_running: bool,
+    /// Accepting connections and answered our queries.
+    pub ready: bool,
+    pub standby_signal: bool,
+    /// A backup_label is present (fresh base backup or rewind not yet started).
+    pub backup_label: bool,
+    pub in_recovery: Option<bool>,
+    pub timeline: Option<u32>,
+    pub lsn: Option<Lsn>,
+    pub standbys: Vec<(StandbyObservation, Option<String>)>,
+    /// WAL receiver streaming, and how long ago it last received a message (ms).
+    pub wal_receiver_streaming: bool,
+    pub synchronous_standby_names: Option<String>,
+    pub slots: Vec<String>,
+    pub replicator_exists: bool,
+    pub dbname_exists: bool,
+    /// From pg_controldata when stopped.
+    pub control: Option<pg::ControlData>,
+    pub pending_restart: bool,
+}
+
+async fn connect(cfg: &AgentConfig) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut c = tokio_postgres::Config::new();
+    c.host_path(&cfg.pgdata)
+        .port(cfg.pgport)
+        .user(&cfg.username)
+        .dbname("postgres")
+        .application_name("pgha_agent")
+        .connect_timeout(Duration::from_secs(2));
+    let (client, conn) = c.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A connection to the local Postgres, for the agent's SQL steps.
+pub async fn local_client(cfg: &AgentConfig) -> anyhow::Result<tokio_postgres::Client> {
+    Ok(connect(cfg).await?)
+}
+
+pub async fn observe(cfg: &AgentConfig) -> Local {
+    let pgdata = &cfg.pgdata;
+    let mut l = Local {
+        initialized: pgdata.join("PG_VERSION").exists(),
+        standby_signal: pgdata.join("standby.signal").exists(),
+        backup_label: pgdata.join("backup_label").exists(),
+        ..Local::default()
+    };
+    if !l.initialized {
+        return l;
+    }
+    match postmaster(pgdata) {
+        Postmaster::Stopped => {
+            l.control = pg::controldata(cfg).await.ok();
+            if let Some(c) = &l.control {
+                l.timeline = c.timeline;
+                l.lsn = c.checkpoint_lsn;
+            }
+            return l;
+        }
+        Postmaster::NotReady => {
+            l.postmaster_running = true;
+            return l;
+        }
+        Postmaster::Ready => l.postmaster_running = true,
+    }
+    match tokio::time::timeout(Duration::from_secs(3), query(cfg, &mut l)).await {
+        Ok(Ok(())) => l.ready = true,
+        Ok(Err(e)) => tracing::debug!("local Postgres query failed: {e}"),
+        Err(_) => tracing::warn!("local Postgres did not answer within 3 s"),
+    }
+    l
+}
+
+async fn query(cfg: &AgentConfig, l: &mut Local) -> Result<(), tokio_postgres::Error> {
+    let c = connect(cfg).await?;
+    let row = c
+        .query_one(
+            "SELECT pg_is_in_recovery(), \
+                    current_setting('synchronous_standby_names'), \
+                    EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), \
+                    EXISTS (SELECT 1 FROM pg_database WHERE datname = $2), \
+                    EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart)",
+            &[&pgha_api::REPLICATION_USER, &cfg.dbname],
+        )
+        .await?;
+    let in_recovery: bool = row.get(0);
+    l.in_recovery = Some(in_recovery);
+    l.synchronous_standby_names = Some(row.get(1));
+    l.replicator_exists = row.get(2);
+    l.dbname_exists = row.get(3);
+    l.pending_restart = row.get(4);
+    if in_recovery {
+        let row = c
+            .query_one(
+                "SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text, \
+                        (SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'), \
+                        (SELECT timeline_id FROM pg_control_checkpoint())",
+                &[],
+            )
+            .await?;
+        l.lsn = row.get::<_, Option<String>>(0).and_then(|s| s.parse().ok());
+        let streaming_tli: Option<i32> = row.get(1);
+        l.wal_receiver_streaming = streaming_tli.is_some();
+        l.timeline = streaming_tli
+            .or(row.get::<_, Option<i32>>(2))
+            .map(|t| t as u32);
+    } else {
+        let row = c
+            .query_one(
+                "SELECT pg_current_wal_flush_lsn()::text, \
+                        ('x' || substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int",
+                &[],
+            )
+            .await?;
+        l.lsn = row.get::<_, String>(0).parse().ok();
+        l.timeline = Some(row.get::<_, i32>(1) as u32);
+        let rows = c
+            .query(
+                "SELECT application_name, state, sync_state, flush_lsn::text, reply_time::text \
+                 FROM pg_stat_replication",
+                &[],
+            )
+            .await?;
+        l.standbys = rows
+            .iter()
+            .map(|r| {
+                (
+                    StandbyObservation {
+                        application_name: r.get(0),
+                        state: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                        sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
+                        flush_lsn: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+                    },
+                    r.get::<_, Option<String>>(4),
+                )
+            })
+            .collect();
+    }
+    l.slots = c
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE 'pgha_slot_%'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(())
+}

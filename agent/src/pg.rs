@@ -1,0 +1,335 @@
+//! One wrapper per Postgres binary (initdb, pg_ctl, pg_basebackup, pg_rewind,
+//! pg_controldata): explicit environment, privilege drop to the Postgres OS user when
+//! the agent runs as root, stderr captured into the error.
+
+use crate::config::AgentConfig;
+use std::os::unix::fs::chown;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("{bin} not found in {dir}: is --pg-bin-dir right?")]
+    MissingBinary { bin: String, dir: String },
+    #[error("{bin} failed ({status}): {stderr}")]
+    Failed {
+        bin: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{bin} did not finish within {secs} s")]
+    Timeout { bin: String, secs: u64 },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("OS user {0:?} does not exist (install the postgresql package or pass another user)")]
+    NoSuchUser(String),
+}
+
+/// The OS identity Postgres runs as.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Resolves the unprivileged OS user when running as root; None when not root.
+pub fn run_as(cfg: &AgentConfig) -> Result<Option<RunAs>, PgError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let name = cfg.os_user.clone().unwrap_or_else(|| "postgres".to_string());
+    let user = nix::unistd::User::from_name(&name)
+        .ok()
+        .flatten()
+        .ok_or(PgError::NoSuchUser(name))?;
+    Ok(Some(RunAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    }))
+}
+
+/// Gives a path to the Postgres OS user (no-op when not root).
+pub fn give(path: &Path, who: Option<RunAs>) -> Result<(), PgError> {
+    if let Some(r) = who {
+        chown(path, Some(r.uid), Some(r.gid)).map_err(|source| PgError::Io {
+            what: format!("chown {}", path.display()),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs a Postgres binary to completion and returns its stdout.
+pub async fn run(
+    cfg: &AgentConfig,
+    bin: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, PgError> {
+    let path = cfg.bin(bin);
+    if !path.exists() {
+        return Err(PgError::MissingBinary {
+            bin: bin.to_string(),
+            dir: cfg.pg_bin_dir.display().to_string(),
+        });
+    }
+    let who = run_as(cfg)?;
+    let mut cmd = Command::new(&path);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LC_ALL", "C.UTF-8")
+        .env("PGCONNECT_TIMEOUT", "5")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(r) = who {
+        cmd.uid(r.uid).gid(r.gid);
+    }
+    // pg_ctl start leaves the postmaster running in its own session: it must survive the
+    // agent (restarts of the agent do not restart Postgres).
+    cmd.process_group(0);
+    tracing::debug!(bin, ?args, "running");
+    let child = cmd.spawn().map_err(|source| PgError::Io {
+        what: format!("starting {}", path.display()),
+        source,
+    })?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => {
+            return Err(PgError::Timeout {
+                bin: bin.to_string(),
+                secs: timeout.as_secs(),
+            });
+        }
+        Ok(r) => r.map_err(|source| PgError::Io {
+            what: format!("waiting for {bin}"),
+            source,
+        })?,
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stderr.trim();
+        let stderr = if stderr.is_empty() {
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        } else {
+            stderr.to_string()
+        };
+        return Err(PgError::Failed {
+            bin: bin.to_string(),
+            status: out.status.to_string(),
+            stderr: last_lines(&stderr, 3),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// `pg_controldata` fields the agent uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlData {
+    pub state: String,
+    pub timeline: Option<u32>,
+    pub checkpoint_lsn: Option<pgha_api::Lsn>,
+    pub system_identifier: Option<String>,
+}
+
+impl ControlData {
+    /// The cluster was last a primary (crashed or cleanly shut down), not a standby.
+    pub fn was_primary(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "in production" | "shut down" | "in crash recovery"
+        )
+    }
+}
+
+pub fn parse_controldata(out: &str) -> ControlData {
+    let mut c = ControlData::default();
+    for line in out.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k.trim() {
+            "Database cluster state" => c.state = v.to_string(),
+            "Latest checkpoint's TimeLineID" => c.timeline = v.parse().ok(),
+            "Latest checkpoint location" => c.checkpoint_lsn = v.parse().ok(),
+            "Database system identifier" => c.system_identifier = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    c
+}
+
+pub async fn controldata(cfg: &AgentConfig) -> Result<ControlData, PgError> {
+    let pgdata = cfg.pgdata.display().to_string();
+    let out = run(cfg, "pg_controldata", &[&pgdata], Duration::from_secs(10)).await?;
+    Ok(parse_controldata(&out))
+}
+
+pub async fn initdb(cfg: &AgentConfig) -> Result<(), PgError> {
+    let pgdata = cfg.pgdata.display().to_string();
+    let auth_host = format!("--auth-host={}", cfg.auth.hba_name());
+    let user = format!("--username={}", cfg.username);
+    run(
+        cfg,
+        "initdb",
+        &[
+            "-D",
+            &pgdata,
+            &user,
+            "--auth-local=trust",
+            &auth_host,
+            "--encoding=UTF8",
+            "--data-checksums",
+        ],
+        Duration::from_secs(120),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Starts Postgres without waiting; readiness is read from postmaster.pid afterwards.
+pub async fn start(cfg: &AgentConfig) -> Result<(), PgError> {
+    let pgdata = cfg.pgdata.display().to_string();
+    let log = cfg.log_file().display().to_string();
+    run(
+        cfg,
+        "pg_ctl",
+        &["start", "-D", &pgdata, "-l", &log, "-W", "-s"],
+        Duration::from_secs(30),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Stops Postgres: fast first (clean shutdown that replicates the final WAL), then
+/// immediate if fast does not finish in time.
+pub async fn stop(cfg: &AgentConfig) -> Result<(), PgError> {
+    let pgdata = cfg.pgdata.display().to_string();
+    let fast = run(
+        cfg,
+        "pg_ctl",
+        &["stop", "-D", &pgdata, "-m", "fast", "-w", "-t", "15", "-s"],
+        Duration::from_secs(20),
+    )
+    .await;
+    match fast {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!("fast shutdown failed ({e}); stopping immediately");
+            run(
+                cfg,
+                "pg_ctl",
+                &["stop", "-D", &pgdata, "-m", "immediate", "-w", "-t", "15", "-s"],
+                Duration::from_secs(20),
+            )
+            .await
+            .map(|_| ())
+        }
+    }
+}
+
+fn conninfo(host: &str, port: u16, dbname: &str, app: &str) -> String {
+    format!(
+        "host={host} port={port} user={} dbname={dbname} application_name={app} connect_timeout=5",
+        pgha_api::REPLICATION_USER
+    )
+}
+
+/// Fresh copy of the upstream into `target` (an empty directory owned by Postgres).
+pub async fn basebackup(
+    cfg: &AgentConfig,
+    target: &Path,
+    host: &str,
+    port: u16,
+) -> Result<(), PgError> {
+    let target = target.display().to_string();
+    let slot = pgha_api::replication_slot_name(cfg.node_id);
+    let app = pgha_api::standby_application_name(cfg.node_id);
+    let port = port.to_string();
+    let dbname = format!("application_name={app}");
+    run(
+        cfg,
+        "pg_basebackup",
+        &[
+            "-D",
+            &target,
+            "-h",
+            host,
+            "-p",
+            &port,
+            "-U",
+            pgha_api::REPLICATION_USER,
+            "-d",
+            &dbname,
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-S",
+            &slot,
+        ],
+        Duration::from_secs(3600),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Rewinds a former primary onto the new primary's timeline.
+pub async fn rewind(cfg: &AgentConfig, host: &str, port: u16) -> Result<(), PgError> {
+    let pgdata = cfg.pgdata.display().to_string();
+    let source = conninfo(host, port, "postgres", "pgha_rewind");
+    let source = format!("--source-server={source}");
+    let target = format!("--target-pgdata={pgdata}");
+    run(
+        cfg,
+        "pg_rewind",
+        &[&target, &source, "--progress"],
+        Duration::from_secs(3600),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The `primary_conninfo` a standby streams with.
+pub fn primary_conninfo(cfg: &AgentConfig, host: &str, port: u16) -> String {
+    conninfo(
+        host,
+        port,
+        "postgres",
+        &pgha_api::standby_application_name(cfg.node_id),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pg_controldata_output() {
+        let out = "pg_control version number:            1300\n\
+                   Database system identifier:           7301234567890123456\n\
+                   Database cluster state:               shut down in recovery\n\
+                   Latest checkpoint location:           0/3000060\n\
+                   Latest checkpoint's TimeLineID:       2\n";
+        let c = parse_controldata(out);
+        assert_eq!(c.state, "shut down in recovery");
+        assert_eq!(c.timeline, Some(2));
+        assert_eq!(c.checkpoint_lsn, Some("0/3000060".parse().unwrap()));
+        assert_eq!(c.system_identifier.as_deref(), Some("7301234567890123456"));
+        assert!(!c.was_primary());
+        assert!(parse_controldata("Database cluster state: in production").was_primary());
+    }
+}

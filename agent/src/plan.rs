@@ -1,0 +1,253 @@
+//! The agent's pure planner: `(assigned state, local observation) -> next step`.
+//!
+//! One step per tick; the I/O shell runs it and observes again, so every step is
+//! idempotent by construction (check before act). The agent reports a state as reached
+//! only when this returns [`Step::Reached`].
+
+use crate::observe::Local;
+use pgha_api::NodeState;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The local Postgres is in the assigned state.
+    Reached,
+    /// Nothing to do but wait (Postgres starting, a reload taking effect…).
+    Wait(&'static str),
+    /// The assignment cannot be applied here; said in the report.
+    Blocked(&'static str),
+    Initdb,
+    /// Base backup from the upstream, then start as a standby.
+    BaseBackup,
+    /// pg_rewind onto the upstream, then start as a standby.
+    Rewind,
+    Start,
+    Stop,
+    Promote,
+    /// Roles, database and replication slots of a primary.
+    SetupPrimary,
+}
+
+/// What the assignment asks of the local Postgres, beyond the goal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub goal: NodeState,
+    pub has_upstream: bool,
+    pub synchronous_standby_names: String,
+    /// Replication slots a primary keeps (one per peer).
+    pub slots: Vec<String>,
+}
+
+pub fn next_step(w: &Wanted, l: &Local) -> Step {
+    let g = w.goal;
+    if g.is_stopped() {
+        return if l.postmaster_running {
+            Step::Stop
+        } else {
+            Step::Reached
+        };
+    }
+    if g.is_writable() {
+        if !l.initialized {
+            return if g == NodeState::Single {
+                Step::Initdb
+            } else {
+                Step::Blocked("no PGDATA here: only a single node may be created by initdb")
+            };
+        }
+        if !l.postmaster_running {
+            return Step::Start;
+        }
+        if !l.ready {
+            return Step::Wait("Postgres is starting");
+        }
+        if l.in_recovery == Some(true) {
+            return Step::Promote;
+        }
+        let mut have = l.slots.clone();
+        have.sort();
+        let mut want = w.slots.clone();
+        want.sort();
+        if !l.replicator_exists || !l.dbname_exists || have != want {
+            return Step::SetupPrimary;
+        }
+        if l.synchronous_standby_names.as_deref() != Some(w.synchronous_standby_names.as_str()) {
+            return Step::Wait("synchronous_standby_names reload pending");
+        }
+        return Step::Reached;
+    }
+    if g.is_standby() {
+        let needs_upstream = g != NodeState::StopReplication;
+        if !l.initialized {
+            return match (needs_upstream, w.has_upstream) {
+                (true, true) => Step::BaseBackup,
+                (true, false) => Step::Wait("no upstream to copy from yet"),
+                (false, _) => Step::Blocked("no PGDATA to promote"),
+            };
+        }
+        if l.ready && l.in_recovery == Some(false) {
+            // A primary that must become a standby: stop it, then rewind.
+            return Step::Stop;
+        }
+        if !l.postmaster_running {
+            let was_primary = l.control.as_ref().is_some_and(|c| c.was_primary());
+            if was_primary && !l.backup_label {
+                return if w.has_upstream {
+                    Step::Rewind
+                } else {
+                    Step::Wait("no upstream to rewind onto yet")
+                };
+            }
+            return Step::Start;
+        }
+        if !l.ready {
+            return Step::Wait("Postgres is starting");
+        }
+        if g == NodeState::StopReplication && l.wal_receiver_streaming {
+            return Step::Wait("replication is being cut");
+        }
+        return Step::Reached;
+    }
+    // init, wait_standby: nothing to do on this side.
+    Step::Reached
+}
+
+/// A writable node fences itself when it has heard from neither the controller nor any
+/// standby for longer than its lease (DESIGN §5 rule 2), in every writable state.
+pub fn should_fence(
+    goal: NodeState,
+    ms_since_controller: u64,
+    ms_since_standby: u64,
+    lease_ms: u64,
+) -> bool {
+    goal.is_writable() && ms_since_controller > lease_ms && ms_since_standby > lease_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::ControlData;
+
+    fn wanted(goal: NodeState) -> Wanted {
+        Wanted {
+            goal,
+            has_upstream: true,
+            synchronous_standby_names: String::new(),
+            slots: vec![],
+        }
+    }
+
+    fn running_primary() -> Local {
+        Local {
+            initialized: true,
+            postmaster_running: true,
+            ready: true,
+            in_recovery: Some(false),
+            synchronous_standby_names: Some(String::new()),
+            replicator_exists: true,
+            dbname_exists: true,
+            ..Local::default()
+        }
+    }
+
+    fn stopped(state: &str) -> Local {
+        Local {
+            initialized: true,
+            control: Some(ControlData {
+                state: state.into(),
+                ..ControlData::default()
+            }),
+            ..Local::default()
+        }
+    }
+
+    #[test]
+    fn single_bootstraps_with_initdb_then_start_then_setup() {
+        let w = wanted(NodeState::Single);
+        assert_eq!(next_step(&w, &Local::default()), Step::Initdb);
+        assert_eq!(next_step(&w, &stopped("shut down")), Step::Start);
+        let mut l = running_primary();
+        l.replicator_exists = false;
+        assert_eq!(next_step(&w, &l), Step::SetupPrimary);
+        assert_eq!(next_step(&w, &running_primary()), Step::Reached);
+    }
+
+    #[test]
+    fn primary_waits_for_its_sync_names_and_slots() {
+        let mut w = wanted(NodeState::Primary);
+        w.synchronous_standby_names = "ANY 1 (pgha_standby_2)".into();
+        w.slots = vec!["pgha_slot_2".into()];
+        let mut l = running_primary();
+        assert_eq!(next_step(&w, &l), Step::SetupPrimary);
+        l.slots = vec!["pgha_slot_2".into()];
+        assert!(matches!(next_step(&w, &l), Step::Wait(_)));
+        l.synchronous_standby_names = Some("ANY 1 (pgha_standby_2)".into());
+        assert_eq!(next_step(&w, &l), Step::Reached);
+    }
+
+    #[test]
+    fn wait_primary_is_never_created_by_initdb() {
+        assert!(matches!(
+            next_step(&wanted(NodeState::WaitPrimary), &Local::default()),
+            Step::Blocked(_)
+        ));
+    }
+
+    #[test]
+    fn standby_promoted_when_assigned_writable() {
+        let mut l = running_primary();
+        l.in_recovery = Some(true);
+        assert_eq!(next_step(&wanted(NodeState::WaitPrimary), &l), Step::Promote);
+    }
+
+    #[test]
+    fn new_standby_takes_a_base_backup_only_with_an_upstream() {
+        assert_eq!(
+            next_step(&wanted(NodeState::Catchingup), &Local::default()),
+            Step::BaseBackup
+        );
+        let mut w = wanted(NodeState::Catchingup);
+        w.has_upstream = false;
+        assert!(matches!(next_step(&w, &Local::default()), Step::Wait(_)));
+    }
+
+    #[test]
+    fn old_primary_is_stopped_then_rewound() {
+        let w = wanted(NodeState::Catchingup);
+        assert_eq!(next_step(&w, &running_primary()), Step::Stop);
+        assert_eq!(next_step(&w, &stopped("shut down")), Step::Rewind);
+        assert_eq!(next_step(&w, &stopped("in production")), Step::Rewind);
+        let mut fresh_backup = stopped("in production");
+        fresh_backup.backup_label = true;
+        assert_eq!(next_step(&w, &fresh_backup), Step::Start);
+        assert_eq!(next_step(&w, &stopped("shut down in recovery")), Step::Start);
+    }
+
+    #[test]
+    fn stopped_states_stop_postgres() {
+        for g in [NodeState::Draining, NodeState::Demoted, NodeState::DemoteTimeout] {
+            assert_eq!(next_step(&wanted(g), &running_primary()), Step::Stop);
+            assert_eq!(next_step(&wanted(g), &stopped("shut down")), Step::Reached);
+        }
+    }
+
+    #[test]
+    fn stop_replication_reached_once_the_receiver_is_gone() {
+        let mut l = running_primary();
+        l.in_recovery = Some(true);
+        l.wal_receiver_streaming = true;
+        let w = wanted(NodeState::StopReplication);
+        assert!(matches!(next_step(&w, &l), Step::Wait(_)));
+        l.wal_receiver_streaming = false;
+        assert_eq!(next_step(&w, &l), Step::Reached);
+    }
+
+    #[test]
+    fn fencing_needs_both_controller_and_standbys_lost_and_a_writable_goal() {
+        assert!(should_fence(NodeState::Primary, 4000, 4000, 3000));
+        assert!(should_fence(NodeState::WaitPrimary, 4000, 4000, 3000));
+        assert!(should_fence(NodeState::Single, 4000, 4000, 3000));
+        assert!(!should_fence(NodeState::Primary, 4000, 100, 3000));
+        assert!(!should_fence(NodeState::Primary, 100, 4000, 3000));
+        assert!(!should_fence(NodeState::Secondary, 9000, 9000, 3000));
+    }
+}

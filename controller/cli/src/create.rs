@@ -1,0 +1,273 @@
+//! `pgha create monitor|postgres`: checks everything first, then writes, so a failed
+//! create leaves nothing half-made and a re-run either succeeds or says why not.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use pgha_agent::client::MonitorClient;
+use pgha_agent::{AgentConfig, AuthMethod};
+use pgha_api::RegisterRequest;
+use pgha_controller::MonitorConfig;
+use pgha_controller::store::{FileStore, FormationRecord, Store};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum CreateCmd {
+    /// Create a monitor in --dir (state, events and config live there).
+    Monitor(MonitorArgs),
+    /// Create a Postgres node and register it with the monitor.
+    Postgres(PostgresArgs),
+}
+
+#[derive(Args)]
+pub struct MonitorArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    /// Host name nodes and operators use to reach the monitor.
+    #[arg(long, default_value = "localhost")]
+    hostname: String,
+    /// Address the HTTP API listens on.
+    #[arg(long, default_value = "0.0.0.0:5440")]
+    listen: String,
+    /// Nodes use self-signed TLS certificates: URIs carry sslmode=require.
+    #[arg(long, conflicts_with = "no_ssl")]
+    ssl_self_signed: bool,
+    /// No TLS: URIs carry sslmode=prefer.
+    #[arg(long)]
+    no_ssl: bool,
+    /// Run the monitor in the foreground once created.
+    #[arg(long)]
+    run: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Auth {
+    Trust,
+    #[value(name = "scram-sha-256")]
+    ScramSha256,
+}
+
+#[derive(Args)]
+pub struct PostgresArgs {
+    #[arg(long)]
+    pgdata: PathBuf,
+    #[arg(long, default_value_t = 5432)]
+    pgport: u16,
+    /// Host name peers and clients use to reach this node.
+    #[arg(long)]
+    hostname: String,
+    #[arg(long, default_value = "postgres")]
+    dbname: String,
+    #[arg(long, env = "PGHA_MONITOR")]
+    monitor: String,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
+    formation: String,
+    /// Postgres superuser created by initdb.
+    #[arg(long, default_value = "postgres")]
+    username: String,
+    #[arg(long, value_enum, default_value = "trust")]
+    auth: Auth,
+    #[arg(long, conflicts_with = "no_ssl")]
+    ssl_self_signed: bool,
+    #[arg(long)]
+    no_ssl: bool,
+    /// Directory of initdb, pg_ctl, pg_basebackup, pg_rewind (default: the newest
+    /// /usr/lib/postgresql/*/bin).
+    #[arg(long)]
+    pg_bin_dir: Option<PathBuf>,
+    /// Leave pg_hba.conf alone (you manage replication and application access).
+    #[arg(long)]
+    skip_pg_hba: bool,
+    /// 0 to 100; 0 means never promoted.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    candidate_priority: u8,
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    replication_quorum: bool,
+    /// OS user that runs Postgres when pgha runs as root.
+    #[arg(long)]
+    os_user: Option<String>,
+    /// Run the agent in the foreground once created.
+    #[arg(long)]
+    run: bool,
+}
+
+pub async fn run(cmd: CreateCmd) -> anyhow::Result<()> {
+    match cmd {
+        CreateCmd::Monitor(a) => monitor(a).await,
+        CreateCmd::Postgres(a) => postgres(a).await,
+    }
+}
+
+async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
+    let dir = absolute(&a.dir)?;
+    if MonitorConfig::path(&dir).exists() {
+        eprintln!(
+            "monitor already created in {}; run it with: pgha run --dir {}",
+            dir.display(),
+            dir.display()
+        );
+    } else {
+        a.listen
+            .parse::<std::net::SocketAddr>()
+            .with_context(|| format!("--listen {:?}: expected ADDRESS:PORT", a.listen))?;
+        if let Err(e) = std::net::TcpListener::bind(&a.listen) {
+            bail!("--listen {}: cannot listen there: {e}", a.listen);
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut store = FileStore::new(&dir);
+        let mut st = store.load()?;
+        st.formations
+            .entry(pgha_api::DEFAULT_FORMATION.to_string())
+            .or_insert_with(|| FormationRecord::new(pgha_api::DEFAULT_FORMATION, "postgres"));
+        store.save(&st)?;
+        let cfg = MonitorConfig {
+            dir: dir.clone(),
+            listen: a.listen.clone(),
+            hostname: a.hostname.clone(),
+            sslmode: if a.ssl_self_signed { "require" } else { "prefer" }.into(),
+        };
+        cfg.save()?;
+        eprintln!("created monitor in {}: {}", dir.display(), cfg.url());
+    }
+    if a.run {
+        let cfg = MonitorConfig::load(&dir)?;
+        return pgha_controller::run(cfg, crate::shutdown_signal()).await;
+    }
+    Ok(())
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+/// The newest `/usr/lib/postgresql/*/bin` with the binaries pgha runs.
+pub fn default_pg_bin_dir() -> Option<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_ctl").exists().then_some((v, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|(_, p)| p)
+}
+
+async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
+    let pgdata = absolute(&a.pgdata)?;
+    if let Ok(existing) = AgentConfig::load(&pgdata) {
+        eprintln!(
+            "{} is already node {} ({:?}) of formation {:?} at {}; run it with: pgha run --pgdata {}",
+            pgdata.display(),
+            existing.node_id,
+            existing.name,
+            existing.formation,
+            existing.monitor,
+            pgdata.display()
+        );
+        if a.run {
+            return pgha_agent::run(existing, crate::shutdown_signal()).await;
+        }
+        return Ok(());
+    }
+    // 1. Local checks, before anything is written or registered.
+    let pg_bin_dir = match &a.pg_bin_dir {
+        Some(d) => d.clone(),
+        None => default_pg_bin_dir().context(
+            "no Postgres found under /usr/lib/postgresql: install postgresql-15 or pass --pg-bin-dir",
+        )?,
+    };
+    for bin in ["initdb", "pg_ctl", "pg_basebackup", "pg_rewind", "pg_controldata"] {
+        if !pg_bin_dir.join(bin).exists() {
+            bail!(
+                "--pg-bin-dir {}: {bin} is not there (is it a Postgres bin directory?)",
+                pg_bin_dir.display()
+            );
+        }
+    }
+    if pgdata.join("PG_VERSION").exists() {
+        let sysid = std::fs::read_to_string(pgdata.join("PG_VERSION")).unwrap_or_default();
+        bail!(
+            "--pgdata {}: holds a Postgres {} cluster that pgha did not create; \
+             pgha will not adopt or overwrite it: pass an empty or new directory",
+            pgdata.display(),
+            sysid.trim()
+        );
+    }
+    if pgdata.is_dir() && std::fs::read_dir(&pgdata)?.next().is_some() {
+        bail!("--pgdata {}: directory is not empty", pgdata.display());
+    }
+    if pgdata.exists() && !pgdata.is_dir() {
+        bail!("--pgdata {}: exists and is not a directory", pgdata.display());
+    }
+    if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", a.pgport)) {
+        bail!("--pgport {}: port is already in use ({e})", a.pgport);
+    }
+    let os_user = a.os_user.clone();
+    if nix::unistd::geteuid().is_root() {
+        let name = os_user.clone().unwrap_or_else(|| "postgres".into());
+        if nix::unistd::User::from_name(&name).ok().flatten().is_none() {
+            bail!("running as root, Postgres needs an unprivileged OS user: {name:?} does not exist (pass --os-user)");
+        }
+    }
+    // 2. The monitor: reachable, and willing to take us.
+    let client = MonitorClient::new(&a.monitor, Duration::from_secs(5));
+    client
+        .info()
+        .await
+        .with_context(|| format!("--monitor {}", a.monitor))?;
+    let reg = client
+        .register(&RegisterRequest {
+            formation: a.formation.clone(),
+            name: a.name.clone(),
+            host: a.hostname.clone(),
+            port: a.pgport,
+            dbname: a.dbname.clone(),
+            candidate_priority: a.candidate_priority,
+            replication_quorum: a.replication_quorum,
+        })
+        .await
+        .context("registering with the monitor")?;
+    // 3. Our files.
+    let cfg = AgentConfig {
+        pgdata: pgdata.clone(),
+        pgport: a.pgport,
+        hostname: a.hostname,
+        dbname: a.dbname,
+        username: a.username,
+        monitor: a.monitor,
+        formation: reg.formation,
+        name: reg.name.clone(),
+        node_id: reg.node_id,
+        pg_bin_dir,
+        auth: match a.auth {
+            Auth::Trust => AuthMethod::Trust,
+            Auth::ScramSha256 => AuthMethod::ScramSha256,
+        },
+        ssl_self_signed: a.ssl_self_signed,
+        skip_pg_hba: a.skip_pg_hba,
+        os_user,
+        http_port: 0,
+    };
+    cfg.save()?;
+    eprintln!(
+        "registered {} as node {} of formation {:?}, assigned {}; start it with: pgha run --pgdata {}",
+        reg.name,
+        reg.node_id,
+        cfg.formation,
+        reg.assigned_state,
+        pgdata.display()
+    );
+    if a.run {
+        return pgha_agent::run(cfg, crate::shutdown_signal()).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! `pgha`: the one binary. Creates and runs the monitor (controller) and nodes (agents),
+//! reads state, and performs operations, with the verbs of pg_auto_failover's tutorial.
+
+mod create;
+mod demo;
+mod show;
+mod table;
+
+use clap::{Args, Parser, Subcommand};
+use pgha_agent::client::MonitorClient;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "pgha", version, about = "PostgreSQL high availability for VMs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a monitor or a Postgres node.
+    #[command(subcommand)]
+    Create(create::CreateCmd),
+    /// Run the monitor (--dir) or a node's agent (--pgdata) in the foreground.
+    Run(RunArgs),
+    /// Read state: state, uri, events, systemd.
+    #[command(subcommand)]
+    Show(show::ShowCmd),
+    /// Perform an operation on a formation.
+    #[command(subcommand)]
+    Perform(PerformCmd),
+    /// Run a local formation on loopback doing real work: monitor, two nodes, writes,
+    /// state, a switchover.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct RunArgs {
+    /// The monitor's directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The node's PGDATA.
+    #[arg(long)]
+    pgdata: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum PerformCmd {
+    /// Planned switchover: the primary hands over to its best secondary. Waits until done.
+    Switchover(SwitchoverArgs),
+}
+
+/// Where to find the monitor: `--monitor`, `PGHA_MONITOR`, or the config beside
+/// `--pgdata`/`--dir`.
+#[derive(Args, Clone, Default)]
+pub struct MonitorArgs {
+    /// Monitor URL, e.g. http://monitor:5440.
+    #[arg(long, env = "PGHA_MONITOR")]
+    pub monitor: Option<String>,
+    /// A node's PGDATA (its config names the monitor).
+    #[arg(long)]
+    pub pgdata: Option<PathBuf>,
+    /// The monitor's directory.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+impl MonitorArgs {
+    pub fn url(&self) -> anyhow::Result<String> {
+        if let Some(m) = &self.monitor {
+            return Ok(m.clone());
+        }
+        if let Some(p) = &self.pgdata {
+            return Ok(pgha_agent::AgentConfig::load(p)?.monitor);
+        }
+        if let Some(d) = &self.dir {
+            return Ok(pgha_controller::MonitorConfig::load(d)?.url());
+        }
+        anyhow::bail!("where is the monitor? pass --monitor URL, set PGHA_MONITOR, or pass --pgdata/--dir")
+    }
+
+    pub fn client(&self) -> anyhow::Result<MonitorClient> {
+        Ok(MonitorClient::new(&self.url()?, Duration::from_secs(5)))
+    }
+}
+
+#[derive(Args)]
+struct SwitchoverArgs {
+    #[command(flatten)]
+    monitor: MonitorArgs,
+    #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
+    formation: String,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PGHA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(dir) = args.dir {
+        let cfg = pgha_controller::MonitorConfig::load(&dir)?;
+        pgha_controller::run(cfg, shutdown_signal()).await
+    } else if let Some(pgdata) = args.pgdata {
+        let cfg = pgha_agent::AgentConfig::load(&pgdata)?;
+        pgha_agent::run(cfg, shutdown_signal()).await
+    } else {
+        anyhow::bail!("pass --dir (monitor) or --pgdata (node)")
+    }
+}
+
+/// Waits for a switchover to finish, printing each state change.
+async fn switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
+    let client = args.monitor.client()?;
+    let started = client.switchover(&args.formation).await?;
+    let t0 = std::time::Instant::now();
+    eprintln!(
+        "switchover started (term {}): node {} -> node {}",
+        started.term, started.from_node, started.to_node
+    );
+    let mut last = String::new();
+    loop {
+        if t0.elapsed() > Duration::from_secs(args.timeout) {
+            anyhow::bail!(
+                "switchover did not finish within {} s; last state: {last}",
+                args.timeout
+            );
+        }
+        if let Ok(st) = client.state(&args.formation).await {
+            let line: Vec<String> = st
+                .nodes
+                .iter()
+                .map(|n| format!("{}: {}/{}", n.name, n.reported_state, n.assigned_state))
+                .collect();
+            let line = line.join(", ");
+            if line != last {
+                eprintln!("{:>6.1}s  {line}", t0.elapsed().as_secs_f64());
+                last = line;
+            }
+            let node = |id| st.nodes.iter().find(|n| n.node_id == id);
+            let (Some(new), Some(old)) = (node(started.to_node), node(started.from_node)) else {
+                anyhow::bail!("a node of the switchover disappeared from the formation");
+            };
+            let stable = |n: &pgha_api::NodeStatus, s| n.reported_state == s && n.assigned_state == s;
+            if stable(new, pgha_api::NodeState::Primary) && stable(old, pgha_api::NodeState::Secondary) {
+                eprintln!(
+                    "switchover done in {:.1}s: {} is primary, {} is secondary",
+                    t0.elapsed().as_secs_f64(),
+                    new.name,
+                    old.name
+                );
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let logs = matches!(cli.cmd, Cmd::Run(_) | Cmd::Create(_) | Cmd::Demo(_));
+    if logs {
+        init_logging();
+    }
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Create(c) => create::run(c).await,
+            Cmd::Run(a) => run(a).await,
+            Cmd::Show(s) => show::run(s).await,
+            Cmd::Perform(PerformCmd::Switchover(a)) => switchover(a).await,
+            Cmd::Demo(a) => demo::run(a).await,
+        }
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

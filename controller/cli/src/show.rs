@@ -1,0 +1,260 @@
+//! `pgha show ...`: read commands, each with `--json`.
+
+use crate::MonitorArgs;
+use crate::table;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum ShowCmd {
+    /// Nodes of a formation with their reported and assigned states.
+    State(StateArgs),
+    /// The monitor's URL and the formation's connection string.
+    Uri(UriArgs),
+    /// Recent events of the monitor.
+    Events(EventsArgs),
+    /// A systemd unit that runs this monitor or node.
+    Systemd(SystemdArgs),
+}
+
+#[derive(Args)]
+pub struct StateArgs {
+    #[command(flatten)]
+    monitor: MonitorArgs,
+    #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
+    formation: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct UriArgs {
+    #[command(flatten)]
+    monitor: MonitorArgs,
+    /// Print only this formation's URI (`monitor` prints the monitor's URL).
+    #[arg(long)]
+    formation: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    monitor: MonitorArgs,
+    #[arg(long)]
+    formation: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    count: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct SystemdArgs {
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long)]
+    pgdata: Option<PathBuf>,
+}
+
+pub async fn run(cmd: ShowCmd) -> anyhow::Result<()> {
+    match cmd {
+        ShowCmd::State(a) => state(a).await,
+        ShowCmd::Uri(a) => uri(a).await,
+        ShowCmd::Events(a) => events(a).await,
+        ShowCmd::Systemd(a) => systemd(a),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn state(a: StateArgs) -> anyhow::Result<()> {
+    let st = a.monitor.client()?.state(&a.formation).await?;
+    if a.json {
+        return json(&st);
+    }
+    let rows: Vec<Vec<String>> = st
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.node_id.to_string(),
+                format!("{}:{}", n.host, n.port),
+                format!(
+                    "{}: {}",
+                    n.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    n.lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into())
+                ),
+                n.connection(),
+                n.reported_state.to_string(),
+                n.assigned_state.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "Name",
+                "Node",
+                "Host:Port",
+                "TLI: LSN",
+                "Connection",
+                "Reported State",
+                "Assigned State"
+            ],
+            &rows
+        )
+    );
+    if !st.summary.is_empty() {
+        println!("\n{}", st.summary);
+    }
+    for n in st.nodes.iter().filter(|n| n.last_error.is_some()) {
+        println!("{}: {}", n.name, n.last_error.as_deref().unwrap_or_default());
+    }
+    Ok(())
+}
+
+async fn uri(a: UriArgs) -> anyhow::Result<()> {
+    let client = a.monitor.client()?;
+    let info = client.info().await?;
+    let mut rows = vec![("monitor".to_string(), "monitor".to_string(), info.url.clone())];
+    for f in &info.formations {
+        let st = client.state(f).await?;
+        rows.push(("formation".into(), f.clone(), st.uri(None, &info.sslmode)));
+    }
+    if let Some(f) = &a.formation {
+        let row = rows
+            .iter()
+            .find(|(_, name, _)| name == f)
+            .ok_or_else(|| anyhow::anyhow!("formation {f:?} does not exist on {}", info.url))?;
+        println!("{}", row.2);
+        return Ok(());
+    }
+    if a.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(t, n, u)| serde_json::json!({"type": t, "name": n, "uri": u}))
+            .collect();
+        return json(&v);
+    }
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(t, n, u)| vec![t, n, u])
+        .collect();
+    print!("{}", table::render(&["Type", "Name", "Connection String"], &rows));
+    Ok(())
+}
+
+fn format_time(ms: u64) -> String {
+    // UTC, to the millisecond, without a date crate.
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+async fn events(a: EventsArgs) -> anyhow::Result<()> {
+    let evs = a
+        .monitor
+        .client()?
+        .events(a.formation.as_deref(), a.count)
+        .await?;
+    if a.json {
+        return json(&evs);
+    }
+    let rows: Vec<Vec<String>> = evs
+        .iter()
+        .map(|e| {
+            vec![
+                format_time(e.time_ms),
+                e.node_name.clone().unwrap_or_else(|| "-".into()),
+                e.reported_state.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                e.assigned_state.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                e.rule.clone(),
+                e.description.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &["Event Time", "Node", "Current State", "Assigned State", "Rule", "Comment"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+fn systemd(a: SystemdArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let (what, flag, path) = match (&a.dir, &a.pgdata) {
+        (Some(d), _) => {
+            pgha_controller::MonitorConfig::load(d)?;
+            ("monitor", "--dir", d.canonicalize()?)
+        }
+        (_, Some(p)) => {
+            pgha_agent::AgentConfig::load(p)?;
+            ("node agent", "--pgdata", p.canonicalize().unwrap_or(p.clone()))
+        }
+        _ => anyhow::bail!("pass --dir (monitor) or --pgdata (node)"),
+    };
+    print!(
+        "[Unit]
+Description=pgha {what} for {path}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart={exe} run {flag} {path}
+Restart=always
+RestartSec=1s
+# Postgres runs detached from the agent: stopping or restarting the agent (an upgrade, a
+# crash) leaves the database serving, so only the agent process is signalled here.
+KillMode=process
+TimeoutStopSec=10s
+
+[Install]
+WantedBy=multi-user.target
+",
+        exe = exe.display(),
+        path = path.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::format_time(0), "1970-01-01 00:00:00.000");
+        assert_eq!(super::format_time(1_796_000_000_123), "2026-11-29 23:33:20.123");
+    }
+}

@@ -1,0 +1,294 @@
+//! The controller's HTTP API: versioned JSON under `/v1/`, `{error, code}` on failure.
+
+use crate::config::MonitorConfig;
+use crate::planner::{self, NodeView};
+use crate::store::{FormationRecord, NodeRecord};
+use crate::{Shared, lock, now_ms};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pgha_api::{
+    ApiError, Assignment, Event, FormationStatus, MonitorInfo, NodeReport, RegisterRequest,
+    RegisterResponse, SwitchoverStarted,
+};
+use serde::Deserialize;
+
+#[derive(Clone)]
+struct Ctx {
+    shared: Shared,
+    cfg: MonitorConfig,
+}
+
+/// An API failure: HTTP status plus the uniform body.
+pub struct Failure(StatusCode, ApiError);
+
+impl Failure {
+    fn new(status: StatusCode, code: &str, error: impl Into<String>) -> Self {
+        Failure(
+            status,
+            ApiError {
+                error: error.into(),
+                code: code.to_string(),
+            },
+        )
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, Failure>;
+
+pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/info", get(info))
+        .route("/v1/nodes", post(register))
+        .route("/v1/report", post(report))
+        .route("/v1/formations/{name}/state", get(formation_state))
+        .route("/v1/formations/{name}/switchover", post(switchover))
+        .route("/v1/events", get(events))
+        .fallback(|| async {
+            Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+        })
+        .with_state(Ctx { shared, cfg })
+}
+
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    let text = crate::metrics::render(&lock(&ctx.shared), now_ms());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn info(State(ctx): State<Ctx>) -> ApiResult<MonitorInfo> {
+    let st = lock(&ctx.shared);
+    Ok(Json(MonitorInfo {
+        url: ctx.cfg.url(),
+        formations: st.durable.formations.keys().cloned().collect(),
+        sslmode: ctx.cfg.sslmode.clone(),
+        username: None,
+    }))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+async fn register(
+    State(ctx): State<Ctx>,
+    Json(req): Json<RegisterRequest>,
+) -> ApiResult<RegisterResponse> {
+    let now = now_ms();
+    let mut st = lock(&ctx.shared);
+    let Some(f) = st.durable.formations.get(&req.formation) else {
+        return Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "unknown_formation",
+            format!("formation {:?} does not exist on this monitor", req.formation),
+        ));
+    };
+    if let Some(name) = &req.name
+        && !valid_name(name)
+    {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+            format!("node name {name:?} must be 1-63 letters, digits, '_' or '-'"),
+        ));
+    }
+    if let Some(n) = f
+        .nodes
+        .values()
+        .find(|n| req.name.as_deref() == Some(n.name.as_str()))
+    {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "name_taken",
+            format!(
+                "node name {:?} is already taken in formation {:?} by {}:{}",
+                n.name, f.name, n.host, n.port
+            ),
+        ));
+    }
+    if let Some(n) = f
+        .nodes
+        .values()
+        .find(|n| n.host == req.host && n.port == req.port)
+    {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "address_taken",
+            format!(
+                "{}:{} is already registered in formation {:?} as node {:?}",
+                req.host, req.port, f.name, n.name
+            ),
+        ));
+    }
+    if !f.nodes.is_empty() && f.dbname != req.dbname {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "dbname_mismatch",
+            format!(
+                "formation {:?} serves database {:?}, not {:?}",
+                f.name, f.dbname, req.dbname
+            ),
+        ));
+    }
+    let others: Vec<NodeView> = st
+        .view(&req.formation, now)
+        .map(|v| v.nodes)
+        .unwrap_or_default();
+    let goal = planner::initial_state(&others);
+    let id = st.durable.next_node_id.max(1);
+    st.durable.next_node_id = id + 1;
+    let name = req.name.clone().unwrap_or_else(|| format!("node_{id}"));
+    let rec = NodeRecord {
+        id,
+        name: name.clone(),
+        host: req.host.clone(),
+        port: req.port,
+        goal,
+        reported: pgha_api::NodeState::Init,
+        candidate_priority: req.candidate_priority.min(100),
+        replication_quorum: req.replication_quorum,
+    };
+    let f: &mut FormationRecord = st
+        .durable
+        .formations
+        .get_mut(&req.formation)
+        .ok_or_else(|| Failure::internal("formation vanished"))?;
+    if f.nodes.is_empty() {
+        f.dbname = req.dbname.clone();
+    }
+    f.nodes.insert(id, rec.clone());
+    st.save().map_err(Failure::internal)?;
+    let ev = st.event(
+        &req.formation,
+        Some(&rec),
+        "register",
+        format!(
+            "registered {name} ({}:{}) as node {id}, assigned {goal}",
+            req.host, req.port
+        ),
+        now,
+    );
+    st.record(ev).map_err(Failure::internal)?;
+    Ok(Json(RegisterResponse {
+        node_id: id,
+        name,
+        formation: req.formation,
+        assigned_state: goal,
+    }))
+}
+
+async fn report(State(ctx): State<Ctx>, Json(r): Json<NodeReport>) -> ApiResult<Assignment> {
+    let now = now_ms();
+    let mut st = lock(&ctx.shared);
+    if st.formation_of(r.node_id).map(|f| f.name.as_str()) != Some(r.formation.as_str()) {
+        return Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "unknown_node",
+            format!(
+                "node {} is not registered in formation {:?} on this monitor",
+                r.node_id, r.formation
+            ),
+        ));
+    }
+    st.take_report(&r, now).map_err(Failure::internal)?;
+    st.reconcile(&r.formation, now).map_err(Failure::internal)?;
+    st.assignment(&r.formation, r.node_id, now)
+        .map(Json)
+        .ok_or_else(|| Failure::internal("node vanished"))
+}
+
+fn unknown_formation(name: &str) -> Failure {
+    Failure::new(
+        StatusCode::NOT_FOUND,
+        "unknown_formation",
+        format!("formation {name:?} does not exist on this monitor"),
+    )
+}
+
+async fn formation_state(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> ApiResult<FormationStatus> {
+    let st = lock(&ctx.shared);
+    st.status(&name, now_ms())
+        .map(Json)
+        .ok_or_else(|| unknown_formation(&name))
+}
+
+async fn switchover(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> ApiResult<SwitchoverStarted> {
+    let now = now_ms();
+    let mut st = lock(&ctx.shared);
+    let view = st.view(&name, now).ok_or_else(|| unknown_formation(&name))?;
+    let (plan, from, to) = match planner::plan_switchover(&view) {
+        Ok(x) => x,
+        Err(why) => {
+            *st.counters.switchovers.entry("refused".into()).or_default() += 1;
+            return Err(Failure::new(StatusCode::CONFLICT, "switchover_refused", why));
+        }
+    };
+    let ev = st.event(
+        &name,
+        None,
+        "operator_switchover",
+        format!("operator asked for a switchover (node {from} -> node {to})"),
+        now,
+    );
+    st.record(ev).map_err(Failure::internal)?;
+    st.apply_plan(&name, &plan, now).map_err(Failure::internal)?;
+    *st.counters.switchovers.entry("started".into()).or_default() += 1;
+    let term = st.durable.formations[&name].term;
+    Ok(Json(SwitchoverStarted {
+        from_node: from,
+        to_node: to,
+        term,
+    }))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    formation: Option<String>,
+    count: Option<usize>,
+    since: Option<u64>,
+}
+
+async fn events(State(ctx): State<Ctx>, Query(q): Query<EventsQuery>) -> ApiResult<Vec<Event>> {
+    let st = lock(&ctx.shared);
+    let mut out: Vec<Event> = st
+        .events
+        .iter()
+        .filter(|e| q.formation.as_deref().is_none_or(|f| e.formation == f))
+        .filter(|e| q.since.is_none_or(|s| e.id > s))
+        .cloned()
+        .collect();
+    let count = q.count.unwrap_or(10);
+    if out.len() > count {
+        out.drain(..out.len() - count);
+    }
+    Ok(Json(out))
+}

@@ -1,0 +1,81 @@
+//! pgha controller (the tutorial's "monitor").
+//!
+//! - [`planner`]: the pure decision function (no I/O);
+//! - [`store`]: the crash-safe embedded store;
+//! - [`state`]: live state (durable records + observations) and plan application;
+//! - [`http`]: the HTTP API for agents and operators;
+//! - [`probe`]: SQL health probes of every node;
+//! - [`metrics`]: the Prometheus page.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod planner;
+pub mod probe;
+pub mod state;
+pub mod store;
+
+use anyhow::Context;
+use state::ControllerState;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use config::MonitorConfig;
+
+/// Wall-clock milliseconds: the controller's only clock, read in the I/O shell and passed
+/// to the planner as data.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Shared handle to the controller's state.
+pub type Shared = Arc<Mutex<ControllerState>>;
+
+/// Locks the state; a poisoned lock (a panic elsewhere) is still usable data.
+pub fn lock(s: &Shared) -> std::sync::MutexGuard<'_, ControllerState> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    cfg: MonitorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = store::FileStore::new(&cfg.dir);
+    let st = ControllerState::open(Box::new(store), now_ms())
+        .with_context(|| format!("opening the controller store in {}", cfg.dir.display()))?;
+    let shared: Shared = Arc::new(Mutex::new(st));
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, url = %cfg.url(), "controller started");
+
+    let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
+    let prober = tokio::spawn(probe::probe_loop(shared.clone()));
+    let app = http::router(shared.clone(), cfg.clone());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    reconciler.abort();
+    prober.abort();
+    served.context("HTTP server failed")
+}
+
+/// The safety net: every formation is re-planned periodically, so timers (failure
+/// timeouts, leases) fire without waiting for a report.
+async fn reconcile_loop(shared: Shared) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let mut st = lock(&shared);
+        let names: Vec<String> = st.durable.formations.keys().cloned().collect();
+        for f in names {
+            if let Err(e) = st.reconcile(&f, now_ms()) {
+                tracing::error!(formation = %f, "reconcile failed: {e}");
+            }
+        }
+    }
+}

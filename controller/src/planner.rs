@@ -1,0 +1,565 @@
+//! The pure planner: `plan(formation view, now) -> decisions`.
+//!
+//! No I/O, no clock reads, no randomness: everything it needs is in [`FormationView`],
+//! including `now`. The controller's I/O shell builds the view from its store and the
+//! agents' reports, applies the returned [`Plan`] (persisting the term before anyone is
+//! told), and records the events. State names and most rules follow pg_auto_failover
+//! (reference study §2.3); rule ids are stable strings that show up in events.
+//!
+//! Safety rules enforced here (DESIGN §5):
+//! - at most one node has a writable goal at any time, and a standby gets one only
+//!   through `stop_replication` after the old primary acknowledged its demotion or its
+//!   lease certainly ran out ([`lease_certainly_expired`]);
+//! - a fresh controller declares nobody failed during its warm-up window;
+//! - failover from `wait_primary` (asynchronous) only to a standby holding every LSN the
+//!   primary last reported, so no write the controller knows of is lost.
+
+use pgha_api::{NodeId, NodeState, PgObservation, Timings};
+
+/// A standby is "caught up" when at most this many bytes behind (pg_auto_failover's 16 MB).
+pub const CATCHUP_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What the controller knows about one node at planning time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub name: String,
+    pub goal: NodeState,
+    /// Last state the agent reported reaching (`init` before any report).
+    pub reported: NodeState,
+    pub candidate_priority: u8,
+    pub replication_quorum: bool,
+    /// Controller time of the last report since the controller started.
+    pub last_report_ms: Option<u64>,
+    /// Last reported observation of the node's Postgres.
+    pub pg: PgObservation,
+    /// Controller time since which the agent has reported Postgres down (None: running).
+    pub pg_down_since_ms: Option<u64>,
+    /// Controller time (conservative estimate) at which the node last streamed from its
+    /// upstream; None when streaming now or unknown.
+    pub upstream_lost_at_ms: Option<u64>,
+    /// Result and time of the controller's last SQL probe of the node.
+    pub last_probe: Option<(u64, bool)>,
+    /// Controller time of the last successful probe.
+    pub last_probe_ok_ms: Option<u64>,
+}
+
+/// Everything the planner looks at for one formation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormationView {
+    pub name: String,
+    pub term: u64,
+    pub number_sync_standbys: u32,
+    pub timings: Timings,
+    /// When this controller process started (for the warm-up rule).
+    pub controller_started_ms: u64,
+    pub now_ms: u64,
+    pub nodes: Vec<NodeView>,
+}
+
+/// One change of a node's assigned state, with the rule that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub node_id: NodeId,
+    pub goal: NodeState,
+    pub rule: &'static str,
+    pub description: String,
+}
+
+/// The planner's output for one formation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub decisions: Vec<Decision>,
+    /// Set when a promotion starts: the new term, to persist before anyone is told.
+    pub new_term: Option<u64>,
+    /// Why the formation is not steady, when it is waiting for something (one line).
+    pub waiting: Option<String>,
+}
+
+impl Plan {
+    fn assign(&mut self, node: &NodeView, goal: NodeState, rule: &'static str, why: String) {
+        if node.goal != goal && !self.decisions.iter().any(|d| d.node_id == node.id) {
+            self.decisions.push(Decision {
+                node_id: node.id,
+                goal,
+                rule,
+                description: why,
+            });
+        }
+    }
+
+    fn wait(&mut self, why: String) {
+        if self.waiting.is_none() {
+            self.waiting = Some(why);
+        }
+    }
+}
+
+impl FormationView {
+    fn warming_up(&self) -> bool {
+        self.now_ms < self.controller_started_ms + self.timings.failure_timeout_ms
+    }
+
+    /// The agent reported within the failure timeout.
+    pub fn is_reporting(&self, n: &NodeView) -> bool {
+        n.last_report_ms
+            .is_some_and(|t| self.now_ms.saturating_sub(t) < self.timings.failure_timeout_ms)
+    }
+
+    /// Postgres answered the controller's last probe, recently.
+    fn probe_ok(&self, n: &NodeView) -> bool {
+        matches!(n.last_probe, Some((_, true)))
+            && n.last_probe_ok_ms
+                .is_some_and(|t| self.now_ms.saturating_sub(t) < self.timings.failure_timeout_ms)
+    }
+
+    /// Healthy enough to be promoted or to count as a synchronous standby: a live agent
+    /// reporting a running Postgres.
+    pub fn is_healthy(&self, n: &NodeView) -> bool {
+        self.is_reporting(n) && n.pg.running
+    }
+
+    /// Failed: its Postgres is down for longer than we restart in place, or neither its
+    /// agent nor its Postgres answered for the failure timeout. Never during warm-up.
+    pub fn is_failed(&self, n: &NodeView) -> bool {
+        if self.warming_up() {
+            return false;
+        }
+        if self.is_reporting(n) {
+            return n.pg_down_since_ms.is_some_and(|t| {
+                self.now_ms.saturating_sub(t) >= self.timings.restart_grace_ms
+            });
+        }
+        !self.probe_ok(n)
+    }
+
+    /// A node stable in one of the writable states (goal and report agree).
+    fn stable_writable(&self) -> Option<&NodeView> {
+        self.nodes
+            .iter()
+            .find(|n| n.goal.is_writable() && n.reported == n.goal)
+    }
+
+    fn writable_goal(&self) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| n.goal.is_writable())
+    }
+
+    /// The old primary of a promotion in progress.
+    fn demoting(&self) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| {
+            matches!(
+                n.goal,
+                NodeState::Draining | NodeState::DemoteTimeout | NodeState::Demoted
+            )
+        })
+    }
+
+    fn promoting(&self) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| {
+            matches!(
+                n.goal,
+                NodeState::PreparePromotion | NodeState::StopReplication
+            )
+        })
+    }
+
+    /// The old primary acknowledged its demotion: its agent reports it stopped Postgres.
+    fn acked_demotion(&self, old: &NodeView) -> bool {
+        self.is_reporting(old)
+            && matches!(
+                old.reported,
+                NodeState::Draining | NodeState::DemoteTimeout | NodeState::Demoted
+            )
+            && !old.pg.running
+    }
+
+    /// The old primary has certainly fenced itself: it has not heard from the controller
+    /// for its lease (plus margin), and the candidate stopped streaming from it at least
+    /// as long ago. A primary fences when it loses both (agent side), so past this point
+    /// it accepts no write.
+    pub fn lease_certainly_expired(&self, old: &NodeView, candidate: &NodeView) -> bool {
+        let wait = self.timings.lease_ms + self.timings.lease_margin_ms;
+        let last_ack = old.last_report_ms.unwrap_or(self.controller_started_ms);
+        let controller_lease_over = self.now_ms >= last_ack + wait;
+        let standby_lease_over = !candidate.pg.upstream_streaming
+            && candidate
+                .upstream_lost_at_ms
+                .is_some_and(|t| self.now_ms >= t + wait);
+        controller_lease_over && standby_lease_over
+    }
+
+    /// Standbys that may take part in synchronous replication right now.
+    fn healthy_quorum_secondaries(&self) -> Vec<&NodeView> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                n.goal == NodeState::Secondary
+                    && n.reported == NodeState::Secondary
+                    && n.replication_quorum
+                    && !self.is_failed(n)
+            })
+            .collect()
+    }
+
+    /// `synchronous_standby_names` for the writable node, from its goal and the standbys.
+    pub fn synchronous_standby_names(&self, primary: &NodeView) -> String {
+        if primary.goal != NodeState::Primary {
+            return String::new();
+        }
+        let mut members: Vec<&NodeView> = self
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.id != primary.id
+                    && n.replication_quorum
+                    && matches!(n.goal, NodeState::Secondary)
+            })
+            .collect();
+        if members.is_empty() {
+            return String::new();
+        }
+        members.sort_by_key(|n| (std::cmp::Reverse(n.candidate_priority), n.id));
+        let names: Vec<String> = members
+            .iter()
+            .map(|n| pgha_api::standby_application_name(n.id))
+            .collect();
+        let k = self.number_sync_standbys.max(1);
+        format!("ANY {k} ({})", names.join(", "))
+    }
+}
+
+fn describe_failure(f: &FormationView, n: &NodeView) -> String {
+    let report = match n.last_report_ms {
+        Some(t) => format!("no report for {} ms", f.now_ms.saturating_sub(t)),
+        None => "no report since the controller started".to_string(),
+    };
+    if f.is_reporting(n) {
+        return format!("its agent reports Postgres down beyond the restart grace");
+    }
+    let probe = match n.last_probe {
+        Some((_, false)) => "probe failing",
+        Some((_, true)) => "probe stale",
+        None => "never probed",
+    };
+    format!("{report}, {probe}")
+}
+
+/// Plans the next assignments of one formation. Level-triggered: calling it again with
+/// the same view returns the same plan, and a plan that was applied yields no decisions.
+pub fn plan(f: &FormationView) -> Plan {
+    let mut p = Plan::default();
+    plan_bootstrap(f, &mut p);
+    plan_standbys(f, &mut p);
+    plan_primary(f, &mut p);
+    plan_promotion(f, &mut p);
+    plan_rejoin(f, &mut p);
+    p
+}
+
+/// The initial goal of a node that registers into a formation with `others` in it.
+pub fn initial_state(others: &[NodeView]) -> NodeState {
+    if others.is_empty() {
+        NodeState::Single
+    } else {
+        NodeState::WaitStandby
+    }
+}
+
+fn plan_bootstrap(f: &FormationView, p: &mut Plan) {
+    // R-single-to-wait-primary: a lone primary opens replication for a joining standby.
+    let Some(primary) = f.stable_writable() else {
+        return;
+    };
+    if primary.goal == NodeState::Single
+        && f.nodes.iter().any(|n| n.goal == NodeState::WaitStandby)
+    {
+        p.assign(
+            primary,
+            NodeState::WaitPrimary,
+            "single_to_wait_primary",
+            "a standby is joining: open pg_hba and a replication slot for it".into(),
+        );
+    }
+}
+
+fn plan_standbys(f: &FormationView, p: &mut Plan) {
+    let primary = f.stable_writable();
+    for n in &f.nodes {
+        match (n.goal, n.reported) {
+            (NodeState::WaitStandby, NodeState::WaitStandby) => {
+                let Some(pr) = primary else { continue };
+                if pr.goal == NodeState::Single {
+                    continue;
+                }
+                if pr.pg.prepared_for.contains(&n.id) {
+                    p.assign(
+                        n,
+                        NodeState::Catchingup,
+                        "wait_standby_to_catchingup",
+                        format!("primary {} is ready for it: base backup", pr.name),
+                    );
+                } else {
+                    p.wait(format!(
+                        "{} waits for {} to open pg_hba and a slot",
+                        n.name, pr.name
+                    ));
+                }
+            }
+            (NodeState::Catchingup, NodeState::Catchingup) => {
+                let Some(pr) = primary else { continue };
+                if !f.is_healthy(n) {
+                    continue;
+                }
+                let same_tli = n.pg.timeline.is_some() && n.pg.timeline == pr.pg.timeline;
+                let lag = match (pr.pg.lsn, n.pg.lsn) {
+                    (Some(a), Some(b)) => Some(a.bytes_ahead_of(b)),
+                    _ => None,
+                };
+                match lag {
+                    Some(lag) if same_tli && lag <= CATCHUP_THRESHOLD_BYTES => p.assign(
+                        n,
+                        NodeState::Secondary,
+                        "catchingup_to_secondary",
+                        format!("caught up with {} ({lag} bytes behind)", pr.name),
+                    ),
+                    _ => p.wait(format!("{} is catching up with {}", n.name, pr.name)),
+                }
+            }
+            (NodeState::Secondary, _) if f.is_failed(n) => p.assign(
+                n,
+                NodeState::Catchingup,
+                "unhealthy_secondary",
+                format!("secondary failed: {}", describe_failure(f, n)),
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn plan_primary(f: &FormationView, p: &mut Plan) {
+    let Some(pr) = f.writable_goal() else { return };
+    if f.is_failed(pr) {
+        plan_failover(f, pr, p);
+        return;
+    }
+    if pr.reported != pr.goal {
+        return;
+    }
+    let quorum = f.healthy_quorum_secondaries();
+    match pr.goal {
+        NodeState::WaitPrimary if !quorum.is_empty() => p.assign(
+            pr,
+            NodeState::Primary,
+            "wait_primary_to_primary",
+            format!(
+                "{} is a healthy quorum secondary: enable synchronous replication",
+                quorum[0].name
+            ),
+        ),
+        NodeState::Primary if quorum.is_empty() && f.number_sync_standbys == 0 => p.assign(
+            pr,
+            NodeState::WaitPrimary,
+            "primary_to_wait_primary",
+            "no healthy quorum secondary left: disable synchronous replication so writes continue"
+                .into(),
+        ),
+        NodeState::Primary if quorum.is_empty() => p.wait(format!(
+            "writes on {} block: number_sync_standbys={} and no healthy quorum secondary",
+            pr.name, f.number_sync_standbys
+        )),
+        _ => {}
+    }
+}
+
+fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
+    if !matches!(pr.goal, NodeState::Primary | NodeState::WaitPrimary) {
+        p.wait(format!(
+            "{} is {} and failed; no standby to fail over to",
+            pr.name, pr.goal
+        ));
+        return;
+    }
+    let mut candidates: Vec<&NodeView> = f
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.id != pr.id
+                && n.goal == NodeState::Secondary
+                && n.reported == NodeState::Secondary
+                && f.is_healthy(n)
+                && n.candidate_priority > 0
+        })
+        .collect();
+    if pr.goal == NodeState::WaitPrimary {
+        // Asynchronous replication: only a standby that has everything the primary last
+        // reported may be promoted without losing a write we know of.
+        let last = pr.pg.lsn.unwrap_or_default();
+        candidates.retain(|n| n.pg.lsn.is_some_and(|l| l >= last));
+    }
+    candidates.sort_by_key(|n| {
+        (
+            std::cmp::Reverse(n.candidate_priority),
+            std::cmp::Reverse(n.pg.lsn.unwrap_or_default()),
+            n.id,
+        )
+    });
+    let Some(winner) = candidates.first() else {
+        p.wait(format!(
+            "failover blocked: {} failed ({}) and no healthy caught-up candidate",
+            pr.name,
+            describe_failure(f, pr)
+        ));
+        return;
+    };
+    let why = format!(
+        "failover: {} failed ({}); promoting {} (lsn {})",
+        pr.name,
+        describe_failure(f, pr),
+        winner.name,
+        winner.pg.lsn.unwrap_or_default()
+    );
+    p.new_term = Some(f.term + 1);
+    p.assign(pr, NodeState::Draining, "failover_drain_primary", why.clone());
+    p.assign(winner, NodeState::PreparePromotion, "failover_promote", why);
+}
+
+/// Starts a switchover: the healthy primary drains, the best secondary is promoted.
+/// Refuses with a one-line reason when the formation is not ready for one.
+pub fn plan_switchover(f: &FormationView) -> Result<(Plan, NodeId, NodeId), String> {
+    if f.promoting().is_some() || f.demoting().is_some_and(|n| n.goal != NodeState::Demoted) {
+        return Err("a failover or switchover is already in progress".into());
+    }
+    let pr = f
+        .stable_writable()
+        .ok_or("no stable primary: wait until show state lists a primary")?;
+    if pr.goal != NodeState::Primary {
+        return Err(format!(
+            "{} is {}, not primary: switchover needs a caught-up synchronous secondary",
+            pr.name, pr.goal
+        ));
+    }
+    if !f.is_healthy(pr) {
+        return Err(format!("primary {} is not healthy", pr.name));
+    }
+    let mut candidates: Vec<&NodeView> = f
+        .healthy_quorum_secondaries()
+        .into_iter()
+        .filter(|n| n.candidate_priority > 0 && f.is_healthy(n))
+        .collect();
+    candidates.sort_by_key(|n| {
+        (
+            std::cmp::Reverse(n.candidate_priority),
+            std::cmp::Reverse(n.pg.lsn.unwrap_or_default()),
+            n.id,
+        )
+    });
+    let winner = candidates
+        .first()
+        .ok_or("no healthy secondary with candidate priority > 0")?;
+    let mut p = Plan {
+        new_term: Some(f.term + 1),
+        ..Plan::default()
+    };
+    let why = format!("switchover requested: {} -> {}", pr.name, winner.name);
+    p.assign(pr, NodeState::Draining, "switchover_drain_primary", why.clone());
+    p.assign(winner, NodeState::PreparePromotion, "switchover_promote", why);
+    Ok((p, pr.id, winner.id))
+}
+
+fn plan_promotion(f: &FormationView, p: &mut Plan) {
+    let Some(cand) = f.promoting() else { return };
+    let old = f.demoting();
+    match (cand.goal, cand.reported) {
+        (NodeState::PreparePromotion, NodeState::PreparePromotion) => match old {
+            Some(old) if f.acked_demotion(old) => {
+                let final_lsn = old.pg.lsn.unwrap_or_default();
+                if cand.pg.lsn.is_some_and(|l| l >= final_lsn) {
+                    p.assign(
+                        cand,
+                        NodeState::StopReplication,
+                        "prepare_promotion_to_stop_replication",
+                        format!(
+                            "{} stopped at {final_lsn} and {} has it all",
+                            old.name, cand.name
+                        ),
+                    );
+                } else {
+                    p.wait(format!(
+                        "{} replays the last WAL of {} (up to {final_lsn})",
+                        cand.name, old.name
+                    ));
+                }
+            }
+            Some(old) if f.is_failed(old) => p.assign(
+                cand,
+                NodeState::StopReplication,
+                "prepare_promotion_to_stop_replication",
+                format!("{} is failed: cut replication and wait for its lease", old.name),
+            ),
+            Some(old) => p.wait(format!("waiting for {} to stop Postgres", old.name)),
+            None => p.assign(
+                cand,
+                NodeState::StopReplication,
+                "prepare_promotion_to_stop_replication",
+                "no old primary left".into(),
+            ),
+        },
+        (NodeState::StopReplication, NodeState::StopReplication) => {
+            let fenced = match old {
+                None => Some("no old primary left".to_string()),
+                Some(old) if f.acked_demotion(old) => {
+                    Some(format!("{} acknowledged its demotion", old.name))
+                }
+                Some(old) if f.lease_certainly_expired(old, cand) => Some(format!(
+                    "the lease of {} certainly ran out (no report for {} ms)",
+                    old.name,
+                    f.now_ms
+                        .saturating_sub(old.last_report_ms.unwrap_or(f.controller_started_ms))
+                )),
+                Some(old) => {
+                    p.wait(format!(
+                        "waiting for {} to acknowledge demotion or its lease to run out",
+                        old.name
+                    ));
+                    None
+                }
+            };
+            if let Some(why) = fenced {
+                if let Some(old) = old {
+                    p.assign(old, NodeState::Demoted, "old_primary_demoted", why.clone());
+                }
+                p.assign(
+                    cand,
+                    NodeState::WaitPrimary,
+                    "stop_replication_to_wait_primary",
+                    format!("{why}: {} is the primary now", cand.name),
+                );
+            }
+        }
+        _ => p.wait(format!("{} is reaching {}", cand.name, cand.goal)),
+    }
+}
+
+fn plan_rejoin(f: &FormationView, p: &mut Plan) {
+    let Some(pr) = f.stable_writable() else { return };
+    if pr.goal == NodeState::Single {
+        return;
+    }
+    for n in &f.nodes {
+        if n.goal == NodeState::Demoted && n.reported == NodeState::Demoted && f.is_reporting(n) {
+            if pr.pg.prepared_for.contains(&n.id) {
+                p.assign(
+                    n,
+                    NodeState::Catchingup,
+                    "demoted_to_catchingup",
+                    format!("rejoin as a standby of {} (pg_rewind)", pr.name),
+                );
+            } else {
+                p.wait(format!("{} waits for {} to open a slot", n.name, pr.name));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

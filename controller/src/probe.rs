@@ -1,0 +1,77 @@
+//! SQL health probes: the controller connects to every node's Postgres each second.
+//!
+//! A probe only needs the server to answer the startup handshake: an authentication or
+//! pg_hba refusal still proves the postmaster is up and accepting connections, so the
+//! monitor needs no credentials on the nodes. "The database system is starting up /
+//! shutting down" (SQLSTATE 57P03) counts as down.
+
+use crate::{Shared, lock, now_ms};
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Probes one Postgres; true when it accepts connections.
+pub async fn probe(host: &str, port: u16) -> bool {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(host)
+        .port(port)
+        .user("pgha_monitor")
+        .dbname("postgres")
+        .application_name("pgha_monitor_probe")
+        .connect_timeout(PROBE_TIMEOUT);
+    let attempt = tokio::time::timeout(PROBE_TIMEOUT, cfg.connect(tokio_postgres::NoTls)).await;
+    match attempt {
+        Err(_) => false,
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => match e.code() {
+            Some(code) => *code != SqlState::CANNOT_CONNECT_NOW,
+            None => false,
+        },
+    }
+}
+
+pub async fn probe_loop(shared: Shared) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let targets: Vec<(u64, String, u16)> = {
+            let st = lock(&shared);
+            st.durable
+                .formations
+                .values()
+                .flat_map(|f| f.nodes.values())
+                .map(|n| (n.id, n.host.clone(), n.port))
+                .collect()
+        };
+        let probes = targets.into_iter().map(|(id, host, port)| async move {
+            (id, probe(&host, port).await)
+        });
+        let results = futures_join_all(probes).await;
+        let now = now_ms();
+        let mut st = lock(&shared);
+        for (id, ok) in results {
+            let o = st.observed.entry(id).or_default();
+            o.last_probe = Some((now, ok));
+            if ok {
+                o.last_probe_ok_ms = Some(now);
+            }
+        }
+    }
+}
+
+/// Runs futures concurrently (a tiny join_all so we need no extra crate).
+async fn futures_join_all<F: std::future::Future + Send + 'static>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}

@@ -1,0 +1,234 @@
+//! The controller's crash-safe embedded store: node registry, assignments, terms, events.
+//!
+//! The durable state is one JSON document rewritten atomically (write to a temp file,
+//! fsync, rename over, fsync the directory), so a crash leaves either the old or the new
+//! version and never a torn one. Events are appended to a JSON-lines file and fsynced.
+//! Behind the [`Store`] trait so another engine can carry it later.
+
+use pgha_api::{Event, NodeId, NodeState, Timings};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: corrupt store: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// A registered node and what it is assigned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub goal: NodeState,
+    /// Last state the node reported (kept so `show state` reads right after a restart).
+    pub reported: NodeState,
+    pub candidate_priority: u8,
+    pub replication_quorum: bool,
+}
+
+/// One formation's durable record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormationRecord {
+    pub name: String,
+    pub dbname: String,
+    pub term: u64,
+    pub number_sync_standbys: u32,
+    #[serde(default)]
+    pub timings: Timings,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+}
+
+impl FormationRecord {
+    pub fn new(name: &str, dbname: &str) -> Self {
+        FormationRecord {
+            name: name.to_string(),
+            dbname: dbname.to_string(),
+            term: 1,
+            number_sync_standbys: 0,
+            timings: Timings::default(),
+            nodes: BTreeMap::new(),
+        }
+    }
+}
+
+/// Everything the controller must not forget across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DurableState {
+    pub next_node_id: NodeId,
+    pub formations: BTreeMap<String, FormationRecord>,
+}
+
+/// Storage for the durable state and the event log.
+pub trait Store: Send {
+    fn load(&self) -> Result<DurableState, StoreError>;
+    /// Persists `state`; returns only once it is durable.
+    fn save(&mut self, state: &DurableState) -> Result<(), StoreError>;
+    /// Appends events durably.
+    fn append_events(&mut self, events: &[Event]) -> Result<(), StoreError>;
+    fn load_events(&self) -> Result<Vec<Event>, StoreError>;
+}
+
+/// The file-backed store in the controller's `--dir`.
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    pub fn new(dir: &Path) -> Self {
+        FileStore {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    fn events_path(&self) -> PathBuf {
+        self.dir.join("events.jsonl")
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Atomically replaces `path` with `bytes` (temp file, fsync, rename, fsync directory).
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+impl Store for FileStore {
+    fn load(&self) -> Result<DurableState, StoreError> {
+        let path = self.state_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                path: path.clone(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DurableState::default()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn save(&mut self, state: &DurableState) -> Result<(), StoreError> {
+        let path = self.state_path();
+        let bytes = serde_json::to_vec_pretty(state).map_err(|source| StoreError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        write_file_atomically(&path, &bytes)
+    }
+
+    fn append_events(&mut self, events: &[Event]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let path = self.events_path();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut buf = Vec::new();
+        for e in events {
+            serde_json::to_writer(&mut buf, e).map_err(|source| StoreError::Corrupt {
+                path: path.clone(),
+                source,
+            })?;
+            buf.push(b'\n');
+        }
+        f.write_all(&buf).map_err(io_err(&path))?;
+        f.sync_data().map_err(io_err(&path))
+    }
+
+    fn load_events(&self) -> Result<Vec<Event>, StoreError> {
+        let path = self.events_path();
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let mut out = Vec::new();
+        for line in BufReader::new(f).lines() {
+            let line = line.map_err(io_err(&path))?;
+            // A crash can leave a torn last line: skip what does not parse.
+            if let Ok(e) = serde_json::from_str::<Event>(&line) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_survives_a_reopen_and_torn_event_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileStore::new(dir.path());
+        assert_eq!(store.load().unwrap(), DurableState::default());
+        let mut st = DurableState::default();
+        st.formations
+            .insert("default".into(), FormationRecord::new("default", "appdb"));
+        st.next_node_id = 3;
+        store.save(&st).unwrap();
+        let ev = Event {
+            id: 1,
+            time_ms: 5,
+            formation: "default".into(),
+            node_id: None,
+            node_name: None,
+            reported_state: None,
+            assigned_state: None,
+            rule: "test".into(),
+            description: "hello".into(),
+        };
+        store.append_events(std::slice::from_ref(&ev)).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("events.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"id\":2,\"tim").unwrap();
+        let reopened = FileStore::new(dir.path());
+        assert_eq!(reopened.load().unwrap(), st);
+        assert_eq!(reopened.load_events().unwrap(), vec![ev]);
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("state.json"), b"{not json").unwrap();
+        let err = FileStore::new(dir.path()).load().unwrap_err().to_string();
+        assert!(err.contains("state.json"), "{err}");
+    }
+}
