@@ -1,1 +1,345 @@
+//! End-to-end harness: real `pgha` processes (monitor and agents) and real Postgres on
+//! loopback ports, in a temp directory; a write probe that inserts unique ids through
+//! the formation URI and checks afterwards that every acknowledged id survived.
+//!
+//! Processes are ended by PID (never by name), and only those this harness started.
 
+pub mod probe;
+
+use anyhow::{Context, bail};
+use pgha_api::{FormationStatus, NodeState};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use probe::{WriteProbe, ProbeReport};
+
+/// The `pgha` binary next to the test executable (target/<profile>/pgha), or `PGHA_BIN`.
+pub fn pgha_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PGHA_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("pgha")
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One node: its agent process (when running) and PGDATA.
+pub struct Node {
+    pub name: String,
+    pub pgdata: PathBuf,
+    pub port: u16,
+    pub agent: Option<Child>,
+}
+
+impl Node {
+    /// The postmaster's PID from postmaster.pid.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        pgha_agent::observe::postmaster_pid(&self.pgdata)
+    }
+}
+
+/// A monitor plus nodes, all real processes.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub monitor_url: String,
+    pub monitor_port: u16,
+    pub monitor: Option<Child>,
+    pub nodes: Vec<Node>,
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+impl Cluster {
+    /// Creates and starts a monitor.
+    pub fn start() -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("pgha-e2e-").tempdir()?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        }
+        let port = free_port();
+        let mut c = Cluster {
+            monitor_url: format!("http://127.0.0.1:{port}"),
+            monitor_port: port,
+            dir,
+            monitor: None,
+            nodes: vec![],
+        };
+        let mon = c.monitor_dir();
+        c.pgha_ok(&[
+            "create", "monitor", "--dir", &s(&mon), "--hostname", "127.0.0.1", "--listen",
+            &format!("127.0.0.1:{port}"), "--no-ssl",
+        ])?;
+        c.start_monitor()?;
+        Ok(c)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn monitor_dir(&self) -> PathBuf {
+        self.path().join("monitor")
+    }
+
+    fn log(&self, name: &str) -> anyhow::Result<std::fs::File> {
+        Ok(std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join(format!("{name}.log")))?)
+    }
+
+    fn spawn(&self, name: &str, args: &[&str]) -> anyhow::Result<Child> {
+        let log = self.log(name)?;
+        Command::new(pgha_bin())
+            .args(args)
+            .env("PGHA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {} {args:?}", pgha_bin().display()))
+    }
+
+    /// Runs `pgha ARGS` to completion and returns (success, stdout, stderr).
+    pub fn pgha(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let out = Command::new(pgha_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running pgha {args:?}"))?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    pub fn pgha_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let (ok, out, err) = self.pgha(args)?;
+        if !ok {
+            bail!("pgha {args:?} failed: {err}");
+        }
+        Ok(out)
+    }
+
+    pub fn start_monitor(&mut self) -> anyhow::Result<()> {
+        let child = self.spawn("monitor", &["run", "--dir", &s(&self.monitor_dir())])?;
+        self.monitor = Some(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).is_err() {
+            if t0.elapsed() > Duration::from_secs(15) {
+                bail!("monitor did not listen within 15 s; see {}", self.path().join("monitor.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// `kill -9` of the monitor.
+    pub fn kill_monitor(&mut self) {
+        if let Some(mut c) = self.monitor.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `pgha create postgres` for a new node, then starts its agent.
+    pub fn add_node(&mut self, name: &str) -> anyhow::Result<usize> {
+        let port = free_port();
+        let pgdata = self.path().join(name);
+        self.pgha_ok(&[
+            "create", "postgres", "--pgdata", &s(&pgdata), "--pgport", &port.to_string(),
+            "--hostname", "127.0.0.1", "--dbname", "appdb", "--monitor", &self.monitor_url,
+            "--name", name, "--auth", "trust", "--no-ssl",
+        ])?;
+        self.nodes.push(Node {
+            name: name.to_string(),
+            pgdata,
+            port,
+            agent: None,
+        });
+        let i = self.nodes.len() - 1;
+        self.start_agent(i)?;
+        Ok(i)
+    }
+
+    pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let name = self.nodes[i].name.clone();
+        let child = self.spawn(&name, &["run", "--pgdata", &s(&self.nodes[i].pgdata)])?;
+        self.nodes[i].agent = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9` of a node's agent (Postgres left running).
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `kill -9` of a node's postmaster.
+    pub fn kill_postgres(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self.nodes[i]
+            .postmaster_pid()
+            .context("no postmaster.pid: Postgres is not running")?;
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
+        Ok(())
+    }
+
+    /// A VM stop: `kill -9` of agent and postmaster together.
+    pub fn kill_vm(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self.nodes[i].postmaster_pid();
+        self.kill_agent(i);
+        if let Some(pid) = pid {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        Ok(())
+    }
+
+    /// A frozen VM: SIGSTOP of agent and every Postgres process of the node.
+    pub fn freeze_vm(&mut self, i: usize, freeze: bool) -> anyhow::Result<()> {
+        let sig = if freeze {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        if let Some(c) = &self.nodes[i].agent {
+            signal(c.id() as i32, sig);
+        }
+        for pid in postgres_processes(&self.nodes[i]) {
+            signal(pid, sig);
+        }
+        Ok(())
+    }
+
+    pub fn state(&self) -> anyhow::Result<FormationStatus> {
+        let out = self.pgha_ok(&["show", "state", "--json", "--monitor", &self.monitor_url])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Waits until each named node is stable in the given state.
+    pub fn wait_for(&self, want: &[(&str, NodeState)], timeout: Duration) -> anyhow::Result<FormationStatus> {
+        let t0 = Instant::now();
+        let mut last = None;
+        loop {
+            if let Ok(st) = self.state() {
+                let ok = want.iter().all(|(name, s)| {
+                    st.nodes
+                        .iter()
+                        .any(|n| n.name == *name && n.reported_state == *s && n.assigned_state == *s)
+                });
+                if ok {
+                    return Ok(st);
+                }
+                last = Some(st);
+            }
+            if t0.elapsed() > timeout {
+                let summary = last
+                    .map(|st| {
+                        st.nodes
+                            .iter()
+                            .map(|n| format!("{} {}/{}", n.name, n.reported_state, n.assigned_state))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                            + " | "
+                            + &st.summary
+                    })
+                    .unwrap_or_default();
+                bail!("formation did not reach {want:?} within {timeout:?}; last: {summary}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The formation URI, as `pgha show uri --formation default` prints it.
+    pub fn uri(&self) -> anyhow::Result<String> {
+        Ok(self
+            .pgha_ok(&["show", "uri", "--formation", "default", "--monitor", &self.monitor_url])?
+            .trim()
+            .to_string())
+    }
+
+    /// A direct connection to one node.
+    pub async fn connect_node(&self, i: usize) -> anyhow::Result<tokio_postgres::Client> {
+        probe::connect_one("127.0.0.1", self.nodes[i].port, "appdb", Duration::from_secs(3)).await
+    }
+
+    /// Prints every log of the cluster (for a failed test).
+    pub fn dump_logs(&self) {
+        for name in std::iter::once("monitor".to_string()).chain(self.nodes.iter().map(|n| n.name.clone())) {
+            let path = self.path().join(format!("{name}.log"));
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("==== {} (last 40 lines)", path.display());
+                for l in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// PIDs of the postmaster and its children (from /proc), for SIGSTOP/SIGCONT.
+fn postgres_processes(node: &Node) -> Vec<i32> {
+    let Some(pm) = node.postmaster_pid() else {
+        return vec![];
+    };
+    let mut out = vec![pm];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // Field 4 (after the parenthesised command) is the parent PID.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(pm) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            let _ = self.freeze_vm(i, false);
+            self.kill_agent(i);
+            if let Some(pid) = self.nodes[i].postmaster_pid() {
+                // SIGQUIT: immediate shutdown; the postmaster takes its children down.
+                signal(pid, nix::sys::signal::Signal::SIGQUIT);
+                let t0 = Instant::now();
+                while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                    && t0.elapsed() < Duration::from_secs(5)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        self.kill_monitor();
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what pgha needs on a fresh Debian machine: PostgreSQL 15 (server binaries
+# under /usr/lib/postgresql/15/bin, and the unprivileged `postgres` OS user that runs
+# them when pgha runs as root), openssl, and cargo-nextest.
+set -euo pipefail
+need_apt=()
+[ -x /usr/lib/postgresql/15/bin/pg_ctl ] || need_apt+=(postgresql-15)
+command -v openssl >/dev/null || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "== installing ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# The Debian package creates and starts a "main" cluster on port 5432; pgha does not
+# use it, and leaves it alone.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
