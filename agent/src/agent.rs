@@ -180,11 +180,15 @@ impl Agent {
                 if cfg.pgdata.exists() {
                     // Only an empty directory can be here (initialized is false).
                     std::fs::remove_dir(&cfg.pgdata).with_context(|| {
-                        format!("{} is not empty; refusing to replace it", cfg.pgdata.display())
+                        format!(
+                            "{} is not empty; refusing to replace it",
+                            cfg.pgdata.display()
+                        )
                     })?;
                 }
-                std::fs::rename(&tmp, &cfg.pgdata)
-                    .with_context(|| format!("moving the base backup to {}", cfg.pgdata.display()))?;
+                std::fs::rename(&tmp, &cfg.pgdata).with_context(|| {
+                    format!("moving the base backup to {}", cfg.pgdata.display())
+                })?;
                 self.after_new_pgdata(goal).await
             }
             Step::Rewind => {
@@ -268,7 +272,10 @@ impl Agent {
         .await
         .context("creating the replication role")?;
         let exists = c
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&self.cfg.dbname])
+            .query_opt(
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                &[&self.cfg.dbname],
+            )
             .await?
             .is_some();
         if !exists {
@@ -303,7 +310,10 @@ impl Agent {
             Some(a) if l.ready && l.in_recovery == Some(false) => a
                 .peers
                 .iter()
-                .filter(|p| l.slots.contains(&pgha_api::replication_slot_name(p.node_id)))
+                .filter(|p| {
+                    l.slots
+                        .contains(&pgha_api::replication_slot_name(p.node_id))
+                })
                 .map(|p| p.node_id)
                 .collect(),
             _ => vec![],

@@ -135,7 +135,9 @@ impl MonitorClient {
         formation: Option<&str>,
         count: usize,
     ) -> Result<Vec<Event>, ClientError> {
-        let f = formation.map(|f| format!("&formation={f}")).unwrap_or_default();
+        let f = formation
+            .map(|f| format!("&formation={f}"))
+            .unwrap_or_default();
         self.get(&format!("/v1/events?count={count}{f}")).await
     }
 }

@@ -20,9 +20,13 @@ const HBA_END: &str = "# END pgha";
 /// The Postgres role a node plays, as far as its configuration goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
-    Primary { synchronous_standby_names: String },
+    Primary {
+        synchronous_standby_names: String,
+    },
     /// A standby; `upstream` None means replication is cut (stop_replication).
-    Standby { upstream: Option<(String, u16)> },
+    Standby {
+        upstream: Option<(String, u16)>,
+    },
     /// Stopped states: configuration left as it is.
     Stopped,
 }
@@ -48,7 +52,10 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role) -> String {
     let mut set = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
     set("listen_addresses", quote(&listen_addresses(&cfg.hostname)));
     set("port", cfg.pgport.to_string());
-    set("unix_socket_directories", quote(&cfg.pgdata.display().to_string()));
+    set(
+        "unix_socket_directories",
+        quote(&cfg.pgdata.display().to_string()),
+    );
     set("wal_level", "replica".into());
     set("max_wal_senders", "12".into());
     set("max_replication_slots", "12".into());
@@ -71,7 +78,10 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role) -> String {
         Role::Primary {
             synchronous_standby_names,
         } => {
-            set("synchronous_standby_names", quote(synchronous_standby_names));
+            set(
+                "synchronous_standby_names",
+                quote(synchronous_standby_names),
+            );
         }
         Role::Standby { upstream } => {
             set("synchronous_standby_names", quote(""));
@@ -93,7 +103,11 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role) -> String {
 /// Renders the managed pg_hba block for the peers.
 pub fn render_hba_block(cfg: &AgentConfig, peers: &[PeerNode]) -> String {
     let auth = cfg.auth.hba_name();
-    let kind = if cfg.ssl_self_signed { "hostssl" } else { "host" };
+    let kind = if cfg.ssl_self_signed {
+        "hostssl"
+    } else {
+        "host"
+    };
     let mut out = format!("{HBA_BEGIN}\n");
     for p in peers {
         let addr = hba_address(&p.host);

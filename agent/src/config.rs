@@ -76,7 +76,10 @@ impl AgentConfig {
     pub fn save(&self) -> anyhow::Result<()> {
         let dir = state_dir(&self.pgdata);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        write_atomically(&Self::config_path(&self.pgdata), &serde_json::to_vec_pretty(self)?)
+        write_atomically(
+            &Self::config_path(&self.pgdata),
+            &serde_json::to_vec_pretty(self)?,
+        )
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -114,7 +117,9 @@ impl AgentState {
     pub fn load(cfg: &AgentConfig) -> anyhow::Result<Self> {
         let path = Self::path(cfg);
         match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}: invalid", path.display())),
+            Ok(b) => {
+                serde_json::from_slice(&b).with_context(|| format!("{}: invalid", path.display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -129,7 +134,8 @@ impl AgentState {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;

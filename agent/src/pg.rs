@@ -42,7 +42,10 @@ pub fn run_as(cfg: &AgentConfig) -> Result<Option<RunAs>, PgError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
-    let name = cfg.os_user.clone().unwrap_or_else(|| "postgres".to_string());
+    let name = cfg
+        .os_user
+        .clone()
+        .unwrap_or_else(|| "postgres".to_string());
     let user = nix::unistd::User::from_name(&name)
         .ok()
         .flatten()
@@ -232,7 +235,17 @@ pub async fn stop(cfg: &AgentConfig) -> Result<(), PgError> {
             run(
                 cfg,
                 "pg_ctl",
-                &["stop", "-D", &pgdata, "-m", "immediate", "-w", "-t", "15", "-s"],
+                &[
+                    "stop",
+                    "-D",
+                    &pgdata,
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "-t",
+                    "15",
+                    "-s",
+                ],
                 Duration::from_secs(20),
             )
             .await

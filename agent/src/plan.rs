@@ -196,7 +196,10 @@ mod tests {
     fn standby_promoted_when_assigned_writable() {
         let mut l = running_primary();
         l.in_recovery = Some(true);
-        assert_eq!(next_step(&wanted(NodeState::WaitPrimary), &l), Step::Promote);
+        assert_eq!(
+            next_step(&wanted(NodeState::WaitPrimary), &l),
+            Step::Promote
+        );
     }
 
     #[test]
@@ -219,12 +222,19 @@ mod tests {
         let mut fresh_backup = stopped("in production");
         fresh_backup.backup_label = true;
         assert_eq!(next_step(&w, &fresh_backup), Step::Start);
-        assert_eq!(next_step(&w, &stopped("shut down in recovery")), Step::Start);
+        assert_eq!(
+            next_step(&w, &stopped("shut down in recovery")),
+            Step::Start
+        );
     }
 
     #[test]
     fn stopped_states_stop_postgres() {
-        for g in [NodeState::Draining, NodeState::Demoted, NodeState::DemoteTimeout] {
+        for g in [
+            NodeState::Draining,
+            NodeState::Demoted,
+            NodeState::DemoteTimeout,
+        ] {
             assert_eq!(next_step(&wanted(g), &running_primary()), Step::Stop);
             assert_eq!(next_step(&wanted(g), &stopped("shut down")), Step::Reached);
         }

@@ -103,7 +103,10 @@ async fn register(
         return Err(Failure::new(
             StatusCode::NOT_FOUND,
             "unknown_formation",
-            format!("formation {:?} does not exist on this monitor", req.formation),
+            format!(
+                "formation {:?} does not exist on this monitor",
+                req.formation
+            ),
         ));
     };
     if let Some(name) = &req.name
@@ -244,12 +247,18 @@ async fn switchover(
 ) -> ApiResult<SwitchoverStarted> {
     let now = now_ms();
     let mut st = lock(&ctx.shared);
-    let view = st.view(&name, now).ok_or_else(|| unknown_formation(&name))?;
+    let view = st
+        .view(&name, now)
+        .ok_or_else(|| unknown_formation(&name))?;
     let (plan, from, to) = match planner::plan_switchover(&view) {
         Ok(x) => x,
         Err(why) => {
             *st.counters.switchovers.entry("refused".into()).or_default() += 1;
-            return Err(Failure::new(StatusCode::CONFLICT, "switchover_refused", why));
+            return Err(Failure::new(
+                StatusCode::CONFLICT,
+                "switchover_refused",
+                why,
+            ));
         }
     };
     let ev = st.event(
@@ -260,7 +269,8 @@ async fn switchover(
         now,
     );
     st.record(ev).map_err(Failure::internal)?;
-    st.apply_plan(&name, &plan, now).map_err(Failure::internal)?;
+    st.apply_plan(&name, &plan, now)
+        .map_err(Failure::internal)?;
     *st.counters.switchovers.entry("started".into()).or_default() += 1;
     let term = st.durable.formations[&name].term;
     Ok(Json(SwitchoverStarted {

@@ -43,9 +43,17 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
             .set(1);
         for n in &status.nodes {
             for s in ALL_STATES {
-                let l = labels(&[("formation", &f.name), ("node", &n.name), ("state", s.as_str())]);
-                assigned.get_or_create(&l).set((n.assigned_state == s) as i64);
-                reported.get_or_create(&l).set((n.reported_state == s) as i64);
+                let l = labels(&[
+                    ("formation", &f.name),
+                    ("node", &n.name),
+                    ("state", s.as_str()),
+                ]);
+                assigned
+                    .get_or_create(&l)
+                    .set((n.assigned_state == s) as i64);
+                reported
+                    .get_or_create(&l)
+                    .set((n.reported_state == s) as i64);
             }
             let l = labels(&[("formation", &f.name), ("node", &n.name)]);
             healthy
@@ -60,7 +68,11 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
         }
         for (reason, count) in &st.counters.failovers {
             failovers
-                .get_or_create(&labels(&[("formation", &f.name), ("reason", reason), ("result", "started")]))
+                .get_or_create(&labels(&[
+                    ("formation", &f.name),
+                    ("reason", reason),
+                    ("result", "started"),
+                ]))
                 .inc_by(*count);
         }
         for (result, count) in &st.counters.switchovers {
@@ -71,16 +83,52 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
     }
     reconcile_errors.inc_by(st.counters.reconcile_errors);
 
-    reg.register("node_assigned_state", "State the controller assigned to each node (one-hot)", assigned);
-    reg.register("node_reported_state", "State each node last reported reaching (one-hot)", reported);
-    reg.register("node_healthy", "1 when the node's Postgres is up per reports and probes", healthy);
-    reg.register("node_last_report_age_seconds", "Seconds since the node's agent last reported", report_age);
-    reg.register("node_wal_lsn_bytes", "Last reported WAL position of the node, in bytes", lsn);
-    reg.register("formation_term", "Current term of the formation (bumped by each promotion)", term);
+    reg.register(
+        "node_assigned_state",
+        "State the controller assigned to each node (one-hot)",
+        assigned,
+    );
+    reg.register(
+        "node_reported_state",
+        "State each node last reported reaching (one-hot)",
+        reported,
+    );
+    reg.register(
+        "node_healthy",
+        "1 when the node's Postgres is up per reports and probes",
+        healthy,
+    );
+    reg.register(
+        "node_last_report_age_seconds",
+        "Seconds since the node's agent last reported",
+        report_age,
+    );
+    reg.register(
+        "node_wal_lsn_bytes",
+        "Last reported WAL position of the node, in bytes",
+        lsn,
+    );
+    reg.register(
+        "formation_term",
+        "Current term of the formation (bumped by each promotion)",
+        term,
+    );
     reg.register("formation_info", "Formation metadata", info);
-    reg.register("failovers", "Automatic failovers started, by reason", failovers);
-    reg.register("switchovers", "Operator switchovers, by result", switchovers);
-    reg.register("reconcile_errors", "Reconcile passes that failed to persist their plan", reconcile_errors);
+    reg.register(
+        "failovers",
+        "Automatic failovers started, by reason",
+        failovers,
+    );
+    reg.register(
+        "switchovers",
+        "Operator switchovers, by result",
+        switchovers,
+    );
+    reg.register(
+        "reconcile_errors",
+        "Reconcile passes that failed to persist their plan",
+        reconcile_errors,
+    );
 
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {

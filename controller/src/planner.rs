@@ -126,9 +126,9 @@ impl FormationView {
             return false;
         }
         if self.is_reporting(n) {
-            return n.pg_down_since_ms.is_some_and(|t| {
-                self.now_ms.saturating_sub(t) >= self.timings.restart_grace_ms
-            });
+            return n
+                .pg_down_since_ms
+                .is_some_and(|t| self.now_ms.saturating_sub(t) >= self.timings.restart_grace_ms);
         }
         !self.probe_ok(n)
     }
@@ -144,14 +144,11 @@ impl FormationView {
         self.nodes.iter().find(|n| n.goal.is_writable())
     }
 
-    /// The old primary of a promotion in progress.
+    /// The old primary of a promotion in progress (a `demoted` node is done with it).
     fn demoting(&self) -> Option<&NodeView> {
-        self.nodes.iter().find(|n| {
-            matches!(
-                n.goal,
-                NodeState::Draining | NodeState::DemoteTimeout | NodeState::Demoted
-            )
-        })
+        self.nodes
+            .iter()
+            .find(|n| matches!(n.goal, NodeState::Draining | NodeState::DemoteTimeout))
     }
 
     fn promoting(&self) -> Option<&NodeView> {
@@ -174,18 +171,41 @@ impl FormationView {
     }
 
     /// The old primary has certainly fenced itself: it has not heard from the controller
-    /// for its lease (plus margin), and the candidate stopped streaming from it at least
-    /// as long ago. A primary fences when it loses both (agent side), so past this point
-    /// it accepts no write.
-    pub fn lease_certainly_expired(&self, old: &NodeView, candidate: &NodeView) -> bool {
+    /// for its lease (plus margin), and no other node has streamed from it for as long.
+    /// A primary fences when it loses both (agent side), so past this point it accepts no
+    /// write. A node that does not report might still be streaming from the old primary
+    /// (the two could be cut off together), so it holds the promotion; nodes that never
+    /// held data (init, wait_standby) cannot stream.
+    pub fn lease_certainly_expired(&self, old: &NodeView) -> bool {
         let wait = self.timings.lease_ms + self.timings.lease_margin_ms;
         let last_ack = old.last_report_ms.unwrap_or(self.controller_started_ms);
         let controller_lease_over = self.now_ms >= last_ack + wait;
-        let standby_lease_over = !candidate.pg.upstream_streaming
-            && candidate
-                .upstream_lost_at_ms
-                .is_some_and(|t| self.now_ms >= t + wait);
-        controller_lease_over && standby_lease_over
+        let standbys_gone = self.nodes.iter().filter(|n| n.id != old.id).all(|n| {
+            matches!(n.reported, NodeState::Init | NodeState::WaitStandby)
+                || (self.is_reporting(n)
+                    && !n.pg.upstream_streaming
+                    && n.upstream_lost_at_ms
+                        .is_some_and(|t| self.now_ms >= t + wait))
+        });
+        controller_lease_over && standbys_gone
+    }
+
+    /// The node a standby streams from: the writable node; during a promotion only the
+    /// candidate keeps streaming from the old primary (to get its last WAL), the other
+    /// standbys cut replication so the old primary's lease can run out.
+    pub fn upstream_of(&self, n: &NodeView) -> Option<&NodeView> {
+        if !n.goal.streams_from_upstream() {
+            return None;
+        }
+        if let Some(w) = self.writable_goal().filter(|w| w.id != n.id) {
+            return Some(w);
+        }
+        if n.goal == NodeState::PreparePromotion {
+            return self
+                .demoting()
+                .filter(|o| matches!(o.goal, NodeState::Draining | NodeState::DemoteTimeout));
+        }
+        None
     }
 
     /// Standbys that may take part in synchronous replication right now.
@@ -210,9 +230,7 @@ impl FormationView {
             .nodes
             .iter()
             .filter(|n| {
-                n.id != primary.id
-                    && n.replication_quorum
-                    && matches!(n.goal, NodeState::Secondary)
+                n.id != primary.id && n.replication_quorum && matches!(n.goal, NodeState::Secondary)
             })
             .collect();
         if members.is_empty() {
@@ -234,7 +252,7 @@ fn describe_failure(f: &FormationView, n: &NodeView) -> String {
         None => "no report since the controller started".to_string(),
     };
     if f.is_reporting(n) {
-        return format!("its agent reports Postgres down beyond the restart grace");
+        return "its agent reports Postgres down beyond the restart grace".to_string();
     }
     let probe = match n.last_probe {
         Some((_, false)) => "probe failing",
@@ -270,8 +288,7 @@ fn plan_bootstrap(f: &FormationView, p: &mut Plan) {
     let Some(primary) = f.stable_writable() else {
         return;
     };
-    if primary.goal == NodeState::Single
-        && f.nodes.iter().any(|n| n.goal == NodeState::WaitStandby)
+    if primary.goal == NodeState::Single && f.nodes.iter().any(|n| n.goal == NodeState::WaitStandby)
     {
         p.assign(
             primary,
@@ -371,26 +388,52 @@ fn plan_primary(f: &FormationView, p: &mut Plan) {
     }
 }
 
-fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
-    if !matches!(pr.goal, NodeState::Primary | NodeState::WaitPrimary) {
-        p.wait(format!(
-            "{} is {} and failed; no standby to fail over to",
-            pr.name, pr.goal
-        ));
-        return;
-    }
+/// Standbys that may replace the failed primary `pr` without losing a commit it
+/// acknowledged, best first; or why there is none. `synchronous` says whether `pr` ran
+/// with synchronous replication (`primary`) when it was last seen.
+fn failover_candidates<'a>(
+    f: &'a FormationView,
+    pr: &NodeView,
+    synchronous: bool,
+) -> Result<Vec<&'a NodeView>, String> {
     let mut candidates: Vec<&NodeView> = f
         .nodes
         .iter()
         .filter(|n| {
             n.id != pr.id
-                && n.goal == NodeState::Secondary
-                && n.reported == NodeState::Secondary
+                && matches!(n.goal, NodeState::Secondary | NodeState::PreparePromotion)
+                && n.reported == n.goal
                 && f.is_healthy(n)
                 && n.candidate_priority > 0
         })
         .collect();
-    if pr.goal == NodeState::WaitPrimary {
+    if synchronous {
+        // Synchronous replication acknowledged each commit once ANY k quorum standbys
+        // had it: only the most advanced of them is sure to hold every one, and a quorum
+        // standby that does not report (even one parked in catchingup since) may hold
+        // commits the others lack.
+        let quorum: Vec<&NodeView> = f
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.id != pr.id
+                    && n.replication_quorum
+                    && !matches!(n.goal, NodeState::Init | NodeState::WaitStandby)
+            })
+            .collect();
+        if let Some(silent) = quorum.iter().find(|n| !f.is_reporting(n)) {
+            return Err(format!(
+                "quorum standby {} does not report its LSN and may hold acknowledged commits",
+                silent.name
+            ));
+        }
+        let best = quorum
+            .iter()
+            .filter_map(|n| n.pg.lsn)
+            .max()
+            .unwrap_or_default();
+        candidates.retain(|n| n.pg.lsn.is_some_and(|l| l >= best));
+    } else {
         // Asynchronous replication: only a standby that has everything the primary last
         // reported may be promoted without losing a write we know of.
         let last = pr.pg.lsn.unwrap_or_default();
@@ -403,13 +446,30 @@ fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
             n.id,
         )
     });
-    let Some(winner) = candidates.first() else {
+    if candidates.is_empty() {
+        return Err("no healthy candidate holds all its WAL".into());
+    }
+    Ok(candidates)
+}
+
+fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
+    if !matches!(pr.goal, NodeState::Primary | NodeState::WaitPrimary) {
         p.wait(format!(
-            "failover blocked: {} failed ({}) and no healthy caught-up candidate",
-            pr.name,
-            describe_failure(f, pr)
+            "{} is {} and failed; no standby to fail over to",
+            pr.name, pr.goal
         ));
         return;
+    }
+    let winner = match failover_candidates(f, pr, pr.goal == NodeState::Primary) {
+        Ok(c) => c[0],
+        Err(why) => {
+            p.wait(format!(
+                "failover blocked: {} failed ({}); {why}",
+                pr.name,
+                describe_failure(f, pr)
+            ));
+            return;
+        }
     };
     let why = format!(
         "failover: {} failed ({}); promoting {} (lsn {})",
@@ -419,14 +479,19 @@ fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
         winner.pg.lsn.unwrap_or_default()
     );
     p.new_term = Some(f.term + 1);
-    p.assign(pr, NodeState::Draining, "failover_drain_primary", why.clone());
+    p.assign(
+        pr,
+        NodeState::Draining,
+        "failover_drain_primary",
+        why.clone(),
+    );
     p.assign(winner, NodeState::PreparePromotion, "failover_promote", why);
 }
 
 /// Starts a switchover: the healthy primary drains, the best secondary is promoted.
 /// Refuses with a one-line reason when the formation is not ready for one.
 pub fn plan_switchover(f: &FormationView) -> Result<(Plan, NodeId, NodeId), String> {
-    if f.promoting().is_some() || f.demoting().is_some_and(|n| n.goal != NodeState::Demoted) {
+    if f.promoting().is_some() || f.demoting().is_some() {
         return Err("a failover or switchover is already in progress".into());
     }
     let pr = f
@@ -441,10 +506,15 @@ pub fn plan_switchover(f: &FormationView) -> Result<(Plan, NodeId, NodeId), Stri
     if !f.is_healthy(pr) {
         return Err(format!("primary {} is not healthy", pr.name));
     }
+    let primary_lsn = pr.pg.lsn.unwrap_or_default();
     let mut candidates: Vec<&NodeView> = f
         .healthy_quorum_secondaries()
         .into_iter()
         .filter(|n| n.candidate_priority > 0 && f.is_healthy(n))
+        .filter(|n| {
+            n.pg.lsn
+                .is_some_and(|l| primary_lsn.bytes_ahead_of(l) <= CATCHUP_THRESHOLD_BYTES)
+        })
         .collect();
     candidates.sort_by_key(|n| {
         (
@@ -455,24 +525,73 @@ pub fn plan_switchover(f: &FormationView) -> Result<(Plan, NodeId, NodeId), Stri
     });
     let winner = candidates
         .first()
-        .ok_or("no healthy secondary with candidate priority > 0")?;
+        .ok_or("no healthy, caught-up secondary with candidate priority > 0")?;
     let mut p = Plan {
         new_term: Some(f.term + 1),
         ..Plan::default()
     };
     let why = format!("switchover requested: {} -> {}", pr.name, winner.name);
-    p.assign(pr, NodeState::Draining, "switchover_drain_primary", why.clone());
-    p.assign(winner, NodeState::PreparePromotion, "switchover_promote", why);
+    p.assign(
+        pr,
+        NodeState::Draining,
+        "switchover_drain_primary",
+        why.clone(),
+    );
+    p.assign(
+        winner,
+        NodeState::PreparePromotion,
+        "switchover_promote",
+        why,
+    );
     Ok((p, pr.id, winner.id))
+}
+
+/// Gives the primary role back to the old primary when the promotion cannot finish
+/// safely (the candidate failed, or lacks WAL the old primary has). The candidate was
+/// never writable, so this is always safe.
+fn abort_promotion(f: &FormationView, old: &NodeView, cand: &NodeView, why: String, p: &mut Plan) {
+    p.new_term = Some(f.term + 1);
+    let why = format!(
+        "promotion of {} aborted: {why}; {} stays primary",
+        cand.name, old.name
+    );
+    p.assign(
+        old,
+        NodeState::WaitPrimary,
+        "promotion_aborted",
+        why.clone(),
+    );
+    p.assign(cand, NodeState::Catchingup, "promotion_aborted", why);
 }
 
 fn plan_promotion(f: &FormationView, p: &mut Plan) {
     let Some(cand) = f.promoting() else { return };
     let old = f.demoting();
+    if f.is_failed(cand) {
+        match old {
+            Some(old) if f.is_reporting(old) && old.pg.initialized => abort_promotion(
+                f,
+                old,
+                cand,
+                format!("it failed ({})", describe_failure(f, cand)),
+                p,
+            ),
+            _ => p.wait(format!(
+                "{} failed during its promotion and the old primary is unreachable",
+                cand.name
+            )),
+        }
+        return;
+    }
     match (cand.goal, cand.reported) {
         (NodeState::PreparePromotion, NodeState::PreparePromotion) => match old {
             Some(old) if f.acked_demotion(old) => {
                 let final_lsn = old.pg.lsn.unwrap_or_default();
+                // The old primary's shutdown sent its WAL before it stopped: a report of
+                // the candidate's made well after that is final.
+                let settled = old
+                    .pg_down_since_ms
+                    .is_some_and(|down| cand.last_report_ms.is_some_and(|r| r >= down + 1000));
                 if cand.pg.lsn.is_some_and(|l| l >= final_lsn) {
                     p.assign(
                         cand,
@@ -483,6 +602,18 @@ fn plan_promotion(f: &FormationView, p: &mut Plan) {
                             old.name, cand.name
                         ),
                     );
+                } else if settled {
+                    abort_promotion(
+                        f,
+                        old,
+                        cand,
+                        format!(
+                            "it stopped at {} and {} has up to {final_lsn}",
+                            cand.pg.lsn.unwrap_or_default(),
+                            old.name
+                        ),
+                        p,
+                    );
                 } else {
                     p.wait(format!(
                         "{} replays the last WAL of {} (up to {final_lsn})",
@@ -490,12 +621,44 @@ fn plan_promotion(f: &FormationView, p: &mut Plan) {
                     ));
                 }
             }
-            Some(old) if f.is_failed(old) => p.assign(
-                cand,
-                NodeState::StopReplication,
-                "prepare_promotion_to_stop_replication",
-                format!("{} is failed: cut replication and wait for its lease", old.name),
-            ),
+            Some(old) if f.is_failed(old) => {
+                // The old primary will not hand over its last WAL: the candidate must be
+                // one a failover would have chosen, or give way to one.
+                let sync = old.reported != NodeState::WaitPrimary;
+                match failover_candidates(f, old, sync) {
+                    Ok(c) if c.iter().any(|n| n.id == cand.id) => p.assign(
+                        cand,
+                        NodeState::StopReplication,
+                        "prepare_promotion_to_stop_replication",
+                        format!(
+                            "{} is failed: cut replication and wait for its lease",
+                            old.name
+                        ),
+                    ),
+                    Ok(c) => {
+                        let why = format!(
+                            "{} failed mid-promotion and {} is more advanced than {}",
+                            old.name, c[0].name, cand.name
+                        );
+                        p.assign(
+                            cand,
+                            NodeState::Secondary,
+                            "promotion_reelected",
+                            why.clone(),
+                        );
+                        p.assign(
+                            c[0],
+                            NodeState::PreparePromotion,
+                            "promotion_reelected",
+                            why,
+                        );
+                    }
+                    Err(why) => p.wait(format!(
+                        "promotion of {} blocked: {} failed; {why}",
+                        cand.name, old.name
+                    )),
+                }
+            }
             Some(old) => p.wait(format!("waiting for {} to stop Postgres", old.name)),
             None => p.assign(
                 cand,
@@ -510,7 +673,7 @@ fn plan_promotion(f: &FormationView, p: &mut Plan) {
                 Some(old) if f.acked_demotion(old) => {
                     Some(format!("{} acknowledged its demotion", old.name))
                 }
-                Some(old) if f.lease_certainly_expired(old, cand) => Some(format!(
+                Some(old) if f.lease_certainly_expired(old) => Some(format!(
                     "the lease of {} certainly ran out (no report for {} ms)",
                     old.name,
                     f.now_ms
@@ -541,7 +704,9 @@ fn plan_promotion(f: &FormationView, p: &mut Plan) {
 }
 
 fn plan_rejoin(f: &FormationView, p: &mut Plan) {
-    let Some(pr) = f.stable_writable() else { return };
+    let Some(pr) = f.stable_writable() else {
+        return;
+    };
     if pr.goal == NodeState::Single {
         return;
     }

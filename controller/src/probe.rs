@@ -45,9 +45,9 @@ pub async fn probe_loop(shared: Shared) {
                 .map(|n| (n.id, n.host.clone(), n.port))
                 .collect()
         };
-        let probes = targets.into_iter().map(|(id, host, port)| async move {
-            (id, probe(&host, port).await)
-        });
+        let probes = targets
+            .into_iter()
+            .map(|(id, host, port)| async move { (id, probe(&host, port).await) });
         let results = futures_join_all(probes).await;
         let now = now_ms();
         let mut st = lock(&shared);
@@ -62,7 +62,9 @@ pub async fn probe_loop(shared: Shared) {
 }
 
 /// Runs futures concurrently (a tiny join_all so we need no extra crate).
-async fn futures_join_all<F: std::future::Future + Send + 'static>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
 where
     F::Output: Send + 'static,
 {

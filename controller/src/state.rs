@@ -4,8 +4,8 @@
 use crate::planner::{self, FormationView, NodeView, Plan};
 use crate::store::{DurableState, FormationRecord, NodeRecord, Store, StoreError};
 use pgha_api::{
-    Assignment, Event, FormationStatus, Health, NodeId, NodeReport, NodeState, NodeStatus,
-    PeerNode, PgObservation,
+    Assignment, Event, FormationStatus, Health, NodeId, NodeReport, NodeStatus, PeerNode,
+    PgObservation,
 };
 use std::collections::{HashMap, VecDeque};
 
@@ -146,7 +146,12 @@ impl ControllerState {
     }
 
     /// Persists and records a plan: the term first, then goals, then events.
-    pub fn apply_plan(&mut self, formation: &str, plan: &Plan, now_ms: u64) -> Result<(), StoreError> {
+    pub fn apply_plan(
+        &mut self,
+        formation: &str,
+        plan: &Plan,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         self.waiting
             .insert(formation.to_string(), plan.waiting.clone());
         if plan.decisions.is_empty() && plan.new_term.is_none() {
@@ -165,11 +170,24 @@ impl ControllerState {
         }
         self.save()?;
         for d in &plan.decisions {
-            let node = self.durable.formations[formation].nodes.get(&d.node_id).cloned();
+            let node = self.durable.formations[formation]
+                .nodes
+                .get(&d.node_id)
+                .cloned();
             if d.rule == "failover_promote" {
-                *self.counters.failovers.entry("primary_failed".into()).or_default() += 1;
+                *self
+                    .counters
+                    .failovers
+                    .entry("primary_failed".into())
+                    .or_default() += 1;
             }
-            let ev = self.event(formation, node.as_ref(), d.rule, d.description.clone(), now_ms);
+            let ev = self.event(
+                formation,
+                node.as_ref(),
+                d.rule,
+                d.description.clone(),
+                now_ms,
+            );
             self.record(ev)?;
         }
         Ok(())
@@ -255,20 +273,13 @@ impl ControllerState {
             host: r.host.clone(),
             port: r.port,
         };
-        let upstream = if n.goal.is_standby() {
-            f.nodes
-                .values()
-                .find(|o| o.id != n.id && o.goal.is_writable())
-                .or_else(|| {
-                    f.nodes.values().find(|o| {
-                        o.id != n.id
-                            && matches!(o.goal, NodeState::Draining | NodeState::DemoteTimeout)
-                    })
-                })
-                .map(peer)
-        } else {
-            None
-        };
+        let upstream = view
+            .nodes
+            .iter()
+            .find(|v| v.id == node_id)
+            .and_then(|v| view.upstream_of(v))
+            .and_then(|u| f.nodes.get(&u.id))
+            .map(peer);
         let ssn = view
             .nodes
             .iter()
@@ -280,7 +291,12 @@ impl ControllerState {
             goal: n.goal,
             term: f.term,
             upstream,
-            peers: f.nodes.values().filter(|o| o.id != n.id).map(peer).collect(),
+            peers: f
+                .nodes
+                .values()
+                .filter(|o| o.id != n.id)
+                .map(peer)
+                .collect(),
             synchronous_standby_names: ssn,
             dbname: f.dbname.clone(),
             timings: f.timings,
@@ -295,14 +311,11 @@ impl ControllerState {
         if n.last_report_ms.is_none() && n.last_probe.is_none() {
             return Health::Unknown;
         }
-        if view.is_failed(n) || (!view.is_reporting(n) && !matches!(n.last_probe, Some((_, true))))
-        {
-            Health::Bad
-        } else if view.is_reporting(n) && !n.pg.running {
-            Health::Bad
-        } else {
-            Health::Good
-        }
+        let probe_ok = matches!(n.last_probe, Some((_, true)));
+        let down = view.is_failed(n)
+            || (!view.is_reporting(n) && !probe_ok)
+            || (view.is_reporting(n) && !n.pg.running);
+        if down { Health::Bad } else { Health::Good }
     }
 
     pub fn status(&self, formation: &str, now_ms: u64) -> Option<FormationStatus> {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use probe::{WriteProbe, ProbeReport};
+pub use probe::{ProbeReport, WriteProbe};
 
 /// The `pgha` binary next to the test executable (target/<profile>/pgha), or `PGHA_BIN`.
 pub fn pgha_bin() -> PathBuf {
@@ -79,8 +79,15 @@ impl Cluster {
         };
         let mon = c.monitor_dir();
         c.pgha_ok(&[
-            "create", "monitor", "--dir", &s(&mon), "--hostname", "127.0.0.1", "--listen",
-            &format!("127.0.0.1:{port}"), "--no-ssl",
+            "create",
+            "monitor",
+            "--dir",
+            &s(&mon),
+            "--hostname",
+            "127.0.0.1",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--no-ssl",
         ])?;
         c.start_monitor()?;
         Ok(c)
@@ -141,7 +148,10 @@ impl Cluster {
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).is_err() {
             if t0.elapsed() > Duration::from_secs(15) {
-                bail!("monitor did not listen within 15 s; see {}", self.path().join("monitor.log").display());
+                bail!(
+                    "monitor did not listen within 15 s; see {}",
+                    self.path().join("monitor.log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -161,9 +171,23 @@ impl Cluster {
         let port = free_port();
         let pgdata = self.path().join(name);
         self.pgha_ok(&[
-            "create", "postgres", "--pgdata", &s(&pgdata), "--pgport", &port.to_string(),
-            "--hostname", "127.0.0.1", "--dbname", "appdb", "--monitor", &self.monitor_url,
-            "--name", name, "--auth", "trust", "--no-ssl",
+            "create",
+            "postgres",
+            "--pgdata",
+            &s(&pgdata),
+            "--pgport",
+            &port.to_string(),
+            "--hostname",
+            "127.0.0.1",
+            "--dbname",
+            "appdb",
+            "--monitor",
+            &self.monitor_url,
+            "--name",
+            name,
+            "--auth",
+            "trust",
+            "--no-ssl",
         ])?;
         self.nodes.push(Node {
             name: name.to_string(),
@@ -232,15 +256,19 @@ impl Cluster {
     }
 
     /// Waits until each named node is stable in the given state.
-    pub fn wait_for(&self, want: &[(&str, NodeState)], timeout: Duration) -> anyhow::Result<FormationStatus> {
+    pub fn wait_for(
+        &self,
+        want: &[(&str, NodeState)],
+        timeout: Duration,
+    ) -> anyhow::Result<FormationStatus> {
         let t0 = Instant::now();
         let mut last = None;
         loop {
             if let Ok(st) = self.state() {
                 let ok = want.iter().all(|(name, s)| {
-                    st.nodes
-                        .iter()
-                        .any(|n| n.name == *name && n.reported_state == *s && n.assigned_state == *s)
+                    st.nodes.iter().any(|n| {
+                        n.name == *name && n.reported_state == *s && n.assigned_state == *s
+                    })
                 });
                 if ok {
                     return Ok(st);
@@ -252,7 +280,9 @@ impl Cluster {
                     .map(|st| {
                         st.nodes
                             .iter()
-                            .map(|n| format!("{} {}/{}", n.name, n.reported_state, n.assigned_state))
+                            .map(|n| {
+                                format!("{} {}/{}", n.name, n.reported_state, n.assigned_state)
+                            })
                             .collect::<Vec<_>>()
                             .join(", ")
                             + " | "
@@ -268,19 +298,34 @@ impl Cluster {
     /// The formation URI, as `pgha show uri --formation default` prints it.
     pub fn uri(&self) -> anyhow::Result<String> {
         Ok(self
-            .pgha_ok(&["show", "uri", "--formation", "default", "--monitor", &self.monitor_url])?
+            .pgha_ok(&[
+                "show",
+                "uri",
+                "--formation",
+                "default",
+                "--monitor",
+                &self.monitor_url,
+            ])?
             .trim()
             .to_string())
     }
 
     /// A direct connection to one node.
     pub async fn connect_node(&self, i: usize) -> anyhow::Result<tokio_postgres::Client> {
-        probe::connect_one("127.0.0.1", self.nodes[i].port, "appdb", Duration::from_secs(3)).await
+        probe::connect_one(
+            "127.0.0.1",
+            self.nodes[i].port,
+            "appdb",
+            Duration::from_secs(3),
+        )
+        .await
     }
 
     /// Prints every log of the cluster (for a failed test).
     pub fn dump_logs(&self) {
-        for name in std::iter::once("monitor".to_string()).chain(self.nodes.iter().map(|n| n.name.clone())) {
+        for name in
+            std::iter::once("monitor".to_string()).chain(self.nodes.iter().map(|n| n.name.clone()))
+        {
             let path = self.path().join(format!("{name}.log"));
             if let Ok(text) = std::fs::read_to_string(&path) {
                 let lines: Vec<&str> = text.lines().collect();

@@ -10,9 +10,18 @@ use tokio_postgres::{Client, NoTls};
 
 /// Connects to one host, the whole handshake bounded by `timeout` (libpq's
 /// `connect_timeout` semantics: a frozen server must not hang the client).
-pub async fn connect_one(host: &str, port: u16, db: &str, timeout: Duration) -> anyhow::Result<Client> {
+pub async fn connect_one(
+    host: &str,
+    port: u16,
+    db: &str,
+    timeout: Duration,
+) -> anyhow::Result<Client> {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host(host).port(port).dbname(db).user("postgres").connect_timeout(timeout);
+    cfg.host(host)
+        .port(port)
+        .dbname(db)
+        .user("postgres")
+        .connect_timeout(timeout);
     let (client, conn) = tokio::time::timeout(timeout, cfg.connect(NoTls))
         .await
         .with_context(|| format!("{host}:{port}: connection timed out"))??;
@@ -24,7 +33,9 @@ pub async fn connect_one(host: &str, port: u16, db: &str, timeout: Duration) -> 
 
 /// Hosts of a `postgres://h1:p1,h2:p2/db?...` URI.
 pub fn uri_hosts(uri: &str) -> anyhow::Result<(Vec<(String, u16)>, String)> {
-    let rest = uri.strip_prefix("postgres://").context("URI must start with postgres://")?;
+    let rest = uri
+        .strip_prefix("postgres://")
+        .context("URI must start with postgres://")?;
     let (hosts, tail) = rest.split_once('/').context("URI has no database")?;
     let hosts = hosts.rsplit_once('@').map(|(_, h)| h).unwrap_or(hosts);
     let db = tail.split('?').next().unwrap_or("postgres").to_string();
@@ -45,7 +56,9 @@ pub async fn connect_read_write(uri: &str, timeout: Duration) -> anyhow::Result<
     for (host, port) in hosts {
         match connect_one(&host, port, &db, timeout).await {
             Ok(c) => {
-                let ro = tokio::time::timeout(timeout, c.query_one("SHOW transaction_read_only", &[])).await;
+                let ro =
+                    tokio::time::timeout(timeout, c.query_one("SHOW transaction_read_only", &[]))
+                        .await;
                 match ro {
                     Ok(Ok(row)) if row.get::<_, String>(0) == "off" => return Ok(c),
                     Ok(Ok(_)) => errors.push(format!("{host}:{port} is read-only")),
@@ -105,7 +118,9 @@ impl WriteProbe {
             let mut id = start_id;
             while !s2.load(std::sync::atomic::Ordering::Relaxed) {
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    client = connect_read_write(&u2, Duration::from_millis(1000)).await.ok();
+                    client = connect_read_write(&u2, Duration::from_millis(1000))
+                        .await
+                        .ok();
                     if client.is_none() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
@@ -182,7 +197,11 @@ impl WriteProbe {
             .map(|r| r.get(0))
             .collect();
         let present: std::collections::HashSet<i64> = present.into_iter().collect();
-        let lost = ids.iter().copied().filter(|id| !present.contains(id)).collect();
+        let lost = ids
+            .iter()
+            .copied()
+            .filter(|id| !present.contains(id))
+            .collect();
         let max_gap = log
             .acked
             .windows(2)
@@ -207,7 +226,10 @@ mod tests {
             "postgres://127.0.0.1:5501,127.0.0.1:5502/appdb?target_session_attrs=read-write&sslmode=prefer",
         )
         .unwrap();
-        assert_eq!(hosts, vec![("127.0.0.1".into(), 5501), ("127.0.0.1".into(), 5502)]);
+        assert_eq!(
+            hosts,
+            vec![("127.0.0.1".into(), 5501), ("127.0.0.1".into(), 5502)]
+        );
         assert_eq!(db, "appdb");
     }
 }

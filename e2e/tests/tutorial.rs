@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(120);
 
 async fn count(c: &tokio_postgres::Client) -> i64 {
-    c.query_one("SELECT count(*) FROM foo", &[]).await.unwrap().get(0)
+    c.query_one("SELECT count(*) FROM foo", &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,12 +34,16 @@ async fn run(c: &mut Cluster) -> anyhow::Result<()> {
 
     let state = c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?;
     println!("{state}");
-    assert!(state.contains("read-write") && state.contains("read-only"), "{state}");
+    assert!(
+        state.contains("read-write") && state.contains("read-only"),
+        "{state}"
+    );
 
     let uri = c.uri()?;
     assert!(uri.contains("target_session_attrs=read-write"), "{uri}");
     let db = probe::connect_read_write(&uri, Duration::from_secs(3)).await?;
-    db.batch_execute("CREATE TABLE foo AS SELECT generate_series(1, 1000000) bar").await?;
+    db.batch_execute("CREATE TABLE foo AS SELECT generate_series(1, 1000000) bar")
+        .await?;
     drop(db);
 
     let probe = WriteProbe::start(&uri, Duration::from_millis(10)).await?;
@@ -48,7 +55,10 @@ async fn run(c: &mut Cluster) -> anyhow::Result<()> {
     assert!(out.0, "switchover failed: {}", out.2);
     c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
     probe.wait_for_more(20, T).await?;
-    println!("switchover write gap: {:?}", probe.gap_around(t, Instant::now()));
+    println!(
+        "switchover write gap: {:?}",
+        probe.gap_around(t, Instant::now())
+    );
     let db = probe::connect_read_write(&uri, Duration::from_secs(3)).await?;
     assert_eq!(count(&db).await, 1_000_000);
     drop(db);
@@ -58,10 +68,14 @@ async fn run(c: &mut Cluster) -> anyhow::Result<()> {
     c.kill_vm(1)?;
     c.wait_for(&[("node_a", WaitPrimary)], T)?;
     probe.wait_for_more(20, T).await?;
-    println!("failover write gap: {:?}", probe.gap_around(t, Instant::now()));
+    println!(
+        "failover write gap: {:?}",
+        probe.gap_around(t, Instant::now())
+    );
 
     let db = probe::connect_read_write(&uri, Duration::from_secs(3)).await?;
-    db.batch_execute("INSERT INTO foo SELECT generate_series(1000001, 2000000)").await?;
+    db.batch_execute("INSERT INTO foo SELECT generate_series(1000001, 2000000)")
+        .await?;
     drop(db);
 
     // B comes back and rejoins as a standby.
@@ -69,22 +83,35 @@ async fn run(c: &mut Cluster) -> anyhow::Result<()> {
     c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
     let report = probe.finish().await?;
     println!("write probe: {report:?}");
-    assert!(report.lost.is_empty(), "acknowledged writes lost: {:?}", report.lost);
+    assert!(
+        report.lost.is_empty(),
+        "acknowledged writes lost: {:?}",
+        report.lost
+    );
     assert!(report.acked > 60);
 
     // Every row on both nodes (wait for B to replay).
     let a = c.connect_node(0).await?;
     assert_eq!(count(&a).await, 2_000_000);
-    let probe_rows: i64 = a.query_one("SELECT count(*) FROM write_probe", &[]).await?.get(0);
+    let probe_rows: i64 = a
+        .query_one("SELECT count(*) FROM write_probe", &[])
+        .await?
+        .get(0);
     let t0 = Instant::now();
     loop {
         let b = c.connect_node(1).await?;
         let n = count(&b).await;
-        let p: i64 = b.query_one("SELECT count(*) FROM write_probe", &[]).await?.get(0);
+        let p: i64 = b
+            .query_one("SELECT count(*) FROM write_probe", &[])
+            .await?
+            .get(0);
         if n == 2_000_000 && p == probe_rows {
             break;
         }
-        anyhow::ensure!(t0.elapsed() < T, "node_b has {n} rows of foo and {p} probe rows");
+        anyhow::ensure!(
+            t0.elapsed() < T,
+            "node_b has {n} rows of foo and {p} probe rows"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())

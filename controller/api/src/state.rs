@@ -88,7 +88,10 @@ impl NodeState {
     pub fn is_stopped(self) -> bool {
         matches!(
             self,
-            NodeState::Draining | NodeState::DemoteTimeout | NodeState::Demoted | NodeState::Dropped
+            NodeState::Draining
+                | NodeState::DemoteTimeout
+                | NodeState::Demoted
+                | NodeState::Dropped
         )
     }
 

@@ -126,7 +126,12 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
             dir: dir.clone(),
             listen: a.listen.clone(),
             hostname: a.hostname.clone(),
-            sslmode: if a.ssl_self_signed { "require" } else { "prefer" }.into(),
+            sslmode: if a.ssl_self_signed {
+                "require"
+            } else {
+                "prefer"
+            }
+            .into(),
         };
         cfg.save()?;
         eprintln!("created monitor in {}: {}", dir.display(), cfg.url());
@@ -185,7 +190,13 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
             "no Postgres found under /usr/lib/postgresql: install postgresql-15 or pass --pg-bin-dir",
         )?,
     };
-    for bin in ["initdb", "pg_ctl", "pg_basebackup", "pg_rewind", "pg_controldata"] {
+    for bin in [
+        "initdb",
+        "pg_ctl",
+        "pg_basebackup",
+        "pg_rewind",
+        "pg_controldata",
+    ] {
         if !pg_bin_dir.join(bin).exists() {
             bail!(
                 "--pg-bin-dir {}: {bin} is not there (is it a Postgres bin directory?)",
@@ -206,7 +217,10 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         bail!("--pgdata {}: directory is not empty", pgdata.display());
     }
     if pgdata.exists() && !pgdata.is_dir() {
-        bail!("--pgdata {}: exists and is not a directory", pgdata.display());
+        bail!(
+            "--pgdata {}: exists and is not a directory",
+            pgdata.display()
+        );
     }
     if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", a.pgport)) {
         bail!("--pgport {}: port is already in use ({e})", a.pgport);
@@ -215,7 +229,9 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
     if nix::unistd::geteuid().is_root() {
         let name = os_user.clone().unwrap_or_else(|| "postgres".into());
         if nix::unistd::User::from_name(&name).ok().flatten().is_none() {
-            bail!("running as root, Postgres needs an unprivileged OS user: {name:?} does not exist (pass --os-user)");
+            bail!(
+                "running as root, Postgres needs an unprivileged OS user: {name:?} does not exist (pass --os-user)"
+            );
         }
     }
     // 2. The monitor: reachable, and willing to take us.

@@ -88,7 +88,11 @@ fn spawn(procs: &mut Procs, name: &str, args: &[&str], log: &Path) -> anyhow::Re
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {name}"))?;
-    eprintln!("started {name} (pid {}), log: {}", child.id(), log.display());
+    eprintln!(
+        "started {name} (pid {}), log: {}",
+        child.id(),
+        log.display()
+    );
     procs.children.push((name.to_string(), child));
     Ok(())
 }
@@ -174,13 +178,31 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let monitor = format!("http://127.0.0.1:{}", a.base_port);
     let s = |p: &Path| p.display().to_string();
     println!("== 1. the monitor");
-    pgha(&["create", "monitor", "--dir", &s(&mon_dir), "--hostname", "127.0.0.1", "--listen", &listen, "--no-ssl"])?;
-    spawn(&mut procs, "monitor", &["run", "--dir", &s(&mon_dir)], &dir.join("monitor.log"))?;
+    pgha(&[
+        "create",
+        "monitor",
+        "--dir",
+        &s(&mon_dir),
+        "--hostname",
+        "127.0.0.1",
+        "--listen",
+        &listen,
+        "--no-ssl",
+    ])?;
+    spawn(
+        &mut procs,
+        "monitor",
+        &["run", "--dir", &s(&mon_dir)],
+        &dir.join("monitor.log"),
+    )?;
     let client = pgha_agent::client::MonitorClient::new(&monitor, Duration::from_secs(2));
     let t0 = Instant::now();
     while client.info().await.is_err() {
         if t0.elapsed() > Duration::from_secs(10) {
-            bail!("monitor did not start; see {}", dir.join("monitor.log").display());
+            bail!(
+                "monitor did not start; see {}",
+                dir.join("monitor.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -191,12 +213,36 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         let pgdata = dir.join(name);
         let port = (a.base_port + 1 + i as u16).to_string();
         pgha(&[
-            "create", "postgres", "--pgdata", &s(&pgdata), "--pgport", &port, "--hostname", "127.0.0.1",
-            "--dbname", "appdb", "--monitor", &monitor, "--name", name, "--auth", "trust", "--no-ssl",
+            "create",
+            "postgres",
+            "--pgdata",
+            &s(&pgdata),
+            "--pgport",
+            &port,
+            "--hostname",
+            "127.0.0.1",
+            "--dbname",
+            "appdb",
+            "--monitor",
+            &monitor,
+            "--name",
+            name,
+            "--auth",
+            "trust",
+            "--no-ssl",
         ])?;
         procs.pgdatas.push(pgdata.clone());
-        spawn(&mut procs, name, &["run", "--pgdata", &s(&pgdata)], &dir.join(format!("{name}.log")))?;
-        want.push(if i == 0 { pgha_api::NodeState::Single } else { pgha_api::NodeState::Secondary });
+        spawn(
+            &mut procs,
+            name,
+            &["run", "--pgdata", &s(&pgdata)],
+            &dir.join(format!("{name}.log")),
+        )?;
+        want.push(if i == 0 {
+            pgha_api::NodeState::Single
+        } else {
+            pgha_api::NodeState::Secondary
+        });
         if i == 1 {
             want[0] = pgha_api::NodeState::Primary;
         }
@@ -207,7 +253,14 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!("== 3. write through the formation URI");
     let exe = std::env::current_exe()?;
     let out = Command::new(&exe)
-        .args(["show", "uri", "--formation", "default", "--monitor", &monitor])
+        .args([
+            "show",
+            "uri",
+            "--formation",
+            "default",
+            "--monitor",
+            &monitor,
+        ])
         .output()?;
     let uri = String::from_utf8(out.stdout)?.trim().to_string();
     println!("APP_DB_URI={uri}");
@@ -218,7 +271,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         a.rows
     ))
     .await?;
-    println!("created table foo with {} rows in {:.2}s", a.rows, t.elapsed().as_secs_f64());
+    println!(
+        "created table foo with {} rows in {:.2}s",
+        a.rows,
+        t.elapsed().as_secs_f64()
+    );
     drop(db);
 
     println!("== 4. switchover");
@@ -229,9 +286,15 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         .query_one("SELECT count(*), inet_server_port() FROM foo", &[])
         .await?;
     let (count, port): (i64, Option<i32>) = (row.get(0), row.get(1));
-    println!("SELECT count(*) FROM foo on the new primary (port {}): {count}", port.unwrap_or(0));
+    println!(
+        "SELECT count(*) FROM foo on the new primary (port {}): {count}",
+        port.unwrap_or(0)
+    );
     if count as u64 != a.rows {
-        bail!("expected {} rows after the switchover, found {count}", a.rows);
+        bail!(
+            "expected {} rows after the switchover, found {count}",
+            a.rows
+        );
     }
     println!("\n== recent events");
     pgha(&["show", "events", "--monitor", &monitor, "--count", "12"])?;
@@ -243,7 +306,10 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             dir.display()
         );
     } else {
-        println!("\ndemo done; stopping the formation (data stays in {})", dir.display());
+        println!(
+            "\ndemo done; stopping the formation (data stays in {})",
+            dir.display()
+        );
     }
     Ok(())
 }

@@ -80,7 +80,9 @@ impl MonitorArgs {
         if let Some(d) = &self.dir {
             return Ok(pgha_controller::MonitorConfig::load(d)?.url());
         }
-        anyhow::bail!("where is the monitor? pass --monitor URL, set PGHA_MONITOR, or pass --pgdata/--dir")
+        anyhow::bail!(
+            "where is the monitor? pass --monitor URL, set PGHA_MONITOR, or pass --pgdata/--dir"
+        )
     }
 
     pub fn client(&self) -> anyhow::Result<MonitorClient> {
@@ -165,8 +167,11 @@ async fn switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
             let (Some(new), Some(old)) = (node(started.to_node), node(started.from_node)) else {
                 anyhow::bail!("a node of the switchover disappeared from the formation");
             };
-            let stable = |n: &pgha_api::NodeStatus, s| n.reported_state == s && n.assigned_state == s;
-            if stable(new, pgha_api::NodeState::Primary) && stable(old, pgha_api::NodeState::Secondary) {
+            let stable =
+                |n: &pgha_api::NodeStatus, s| n.reported_state == s && n.assigned_state == s;
+            if stable(new, pgha_api::NodeState::Primary)
+                && stable(old, pgha_api::NodeState::Secondary)
+            {
                 eprintln!(
                     "switchover done in {:.1}s: {} is primary, {} is secondary",
                     t0.elapsed().as_secs_f64(),

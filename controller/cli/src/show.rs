@@ -88,7 +88,9 @@ async fn state(a: StateArgs) -> anyhow::Result<()> {
                 format!("{}:{}", n.host, n.port),
                 format!(
                     "{}: {}",
-                    n.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    n.timeline
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     n.lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into())
                 ),
                 n.connection(),
@@ -116,7 +118,11 @@ async fn state(a: StateArgs) -> anyhow::Result<()> {
         println!("\n{}", st.summary);
     }
     for n in st.nodes.iter().filter(|n| n.last_error.is_some()) {
-        println!("{}: {}", n.name, n.last_error.as_deref().unwrap_or_default());
+        println!(
+            "{}: {}",
+            n.name,
+            n.last_error.as_deref().unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -124,7 +130,11 @@ async fn state(a: StateArgs) -> anyhow::Result<()> {
 async fn uri(a: UriArgs) -> anyhow::Result<()> {
     let client = a.monitor.client()?;
     let info = client.info().await?;
-    let mut rows = vec![("monitor".to_string(), "monitor".to_string(), info.url.clone())];
+    let mut rows = vec![(
+        "monitor".to_string(),
+        "monitor".to_string(),
+        info.url.clone(),
+    )];
     for f in &info.formations {
         let st = client.state(f).await?;
         rows.push(("formation".into(), f.clone(), st.uri(None, &info.sslmode)));
@@ -144,11 +154,11 @@ async fn uri(a: UriArgs) -> anyhow::Result<()> {
             .collect();
         return json(&v);
     }
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|(t, n, u)| vec![t, n, u])
-        .collect();
-    print!("{}", table::render(&["Type", "Name", "Connection String"], &rows));
+    let rows: Vec<Vec<String>> = rows.into_iter().map(|(t, n, u)| vec![t, n, u]).collect();
+    print!(
+        "{}",
+        table::render(&["Type", "Name", "Connection String"], &rows)
+    );
     Ok(())
 }
 
@@ -195,8 +205,12 @@ async fn events(a: EventsArgs) -> anyhow::Result<()> {
             vec![
                 format_time(e.time_ms),
                 e.node_name.clone().unwrap_or_else(|| "-".into()),
-                e.reported_state.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-                e.assigned_state.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                e.reported_state
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                e.assigned_state
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 e.rule.clone(),
                 e.description.clone(),
             ]
@@ -205,7 +219,14 @@ async fn events(a: EventsArgs) -> anyhow::Result<()> {
     print!(
         "{}",
         table::render(
-            &["Event Time", "Node", "Current State", "Assigned State", "Rule", "Comment"],
+            &[
+                "Event Time",
+                "Node",
+                "Current State",
+                "Assigned State",
+                "Rule",
+                "Comment"
+            ],
             &rows
         )
     );
@@ -221,7 +242,11 @@ fn systemd(a: SystemdArgs) -> anyhow::Result<()> {
         }
         (_, Some(p)) => {
             pgha_agent::AgentConfig::load(p)?;
-            ("node agent", "--pgdata", p.canonicalize().unwrap_or(p.clone()))
+            (
+                "node agent",
+                "--pgdata",
+                p.canonicalize().unwrap_or(p.clone()),
+            )
         }
         _ => anyhow::bail!("pass --dir (monitor) or --pgdata (node)"),
     };
@@ -255,6 +280,9 @@ mod tests {
     #[test]
     fn formats_utc_times() {
         assert_eq!(super::format_time(0), "1970-01-01 00:00:00.000");
-        assert_eq!(super::format_time(1_796_000_000_123), "2026-11-29 23:33:20.123");
+        assert_eq!(
+            super::format_time(1_796_000_000_123),
+            "2026-11-29 23:33:20.123"
+        );
     }
 }

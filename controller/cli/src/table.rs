@@ -40,7 +40,10 @@ mod tests {
     fn aligns_columns() {
         let t = super::render(
             &["Name", "Node"],
-            &[vec!["node_a".into(), "1".into()], vec!["b".into(), "12".into()]],
+            &[
+                vec!["node_a".into(), "1".into()],
+                vec!["b".into(), "12".into()],
+            ],
         );
         assert_eq!(
             t,
