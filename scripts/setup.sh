@@ -14,7 +14,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 # The Debian package creates and starts a "main" cluster on port 5432; pgha does not
 # use it, and leaves it alone.
-if ! cargo nextest --version >/dev/null 2>&1; then
+if [ "${1:-}" != "--no-nextest" ] && ! cargo nextest --version >/dev/null 2>&1; then
   echo "== installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi

@@ -3,5 +3,6 @@
 # Postgres (serialized by .config/nextest.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast

@@ -34,15 +34,19 @@ pub struct MonitorClient {
     http: reqwest::Client,
 }
 
+/// The root cause of a request failure ("Connection refused (os error 111)",
+/// "operation timed out"): what an operator can act on.
 fn describe(e: &reqwest::Error) -> String {
     use std::error::Error;
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s = format!("{s}: {inner}");
-        src = inner.source();
+    let mut root: &dyn Error = e;
+    while let Some(inner) = root.source() {
+        root = inner;
     }
-    s
+    if e.is_timeout() {
+        format!("timed out ({root})")
+    } else {
+        root.to_string()
+    }
 }
 
 impl MonitorClient {

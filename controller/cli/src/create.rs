@@ -236,10 +236,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
     }
     // 2. The monitor: reachable, and willing to take us.
     let client = MonitorClient::new(&a.monitor, Duration::from_secs(5));
-    client
-        .info()
-        .await
-        .with_context(|| format!("--monitor {}", a.monitor))?;
+    client.info().await.context("--monitor")?;
     let reg = client
         .register(&RegisterRequest {
             formation: a.formation.clone(),

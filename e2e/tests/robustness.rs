@@ -1,0 +1,166 @@
+//! Component failures that must NOT cause a failover: the controller restarting, the
+//! primary's agent dying while Postgres runs on, Postgres crashing under a live agent.
+//! A write probe runs through each; every acknowledged write must survive.
+
+use pgha_api::NodeState::*;
+use pgha_e2e::{Cluster, WriteProbe};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(120);
+
+async fn two_nodes() -> anyhow::Result<(Cluster, WriteProbe)> {
+    let mut c = Cluster::start()?;
+    c.add_node("node_a")?;
+    c.wait_for(&[("node_a", Single)], T)?;
+    c.add_node("node_b")?;
+    c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+    let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+    probe.wait_for_more(20, T).await?;
+    Ok((c, probe))
+}
+
+/// Number of nodes whose Postgres accepts writes right now (direct connections).
+async fn writable_nodes(c: &Cluster) -> usize {
+    let mut n = 0;
+    for i in 0..c.nodes.len() {
+        if let Ok(db) = c.connect_node(i).await
+            && let Ok(row) = db.query_one("SELECT pg_is_in_recovery()", &[]).await
+            && !row.get::<_, bool>(0)
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Watches for `d`: never two writable nodes, and the term never changes.
+async fn watch_no_failover(c: &Cluster, d: Duration) -> anyhow::Result<()> {
+    let term = c.state()?.term;
+    let t0 = Instant::now();
+    while t0.elapsed() < d {
+        anyhow::ensure!(writable_nodes(c).await <= 1, "two writable nodes");
+        if let Ok(st) = c.state() {
+            anyhow::ensure!(
+                st.term == term,
+                "term changed from {term} to {}: a failover happened",
+                st.term
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(())
+}
+
+fn check(c: &Cluster, r: anyhow::Result<()>) {
+    if let Err(e) = r {
+        c.dump_logs();
+        panic!("{e:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_restart_changes_nothing() {
+    let (mut c, probe) = two_nodes().await.unwrap();
+    let r = async {
+        let before = c.state()?;
+        c.kill_monitor();
+        // The formation serves with the controller down (DESIGN §5 rule 4).
+        probe.wait_for_more(100, T).await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        probe.wait_for_more(50, T).await?;
+        c.start_monitor()?;
+        watch_no_failover(&c, Duration::from_secs(6)).await?;
+        let after = c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        anyhow::ensure!(after.term == before.term, "term changed across the restart");
+        let events = c.pgha_ok(&[
+            "show",
+            "events",
+            "--count",
+            "50",
+            "--json",
+            "--monitor",
+            &c.monitor_url,
+        ])?;
+        anyhow::ensure!(
+            events.contains("registered node_b"),
+            "events were not recovered from the store"
+        );
+        let report = probe.finish().await?;
+        println!("write probe: {report:?}");
+        anyhow::ensure!(
+            report.lost.is_empty(),
+            "lost acknowledged writes: {:?}",
+            report.lost
+        );
+        anyhow::ensure!(
+            report.max_gap < Duration::from_secs(2),
+            "writes stalled {:?}",
+            report.max_gap
+        );
+        Ok(())
+    }
+    .await;
+    check(&c, r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_primary_agent_with_live_postgres_is_no_failover() {
+    let (mut c, probe) = two_nodes().await.unwrap();
+    let r = async {
+        c.kill_agent(0);
+        watch_no_failover(&c, Duration::from_secs(8)).await?;
+        probe.wait_for_more(50, T).await?;
+        c.start_agent(0)?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        let st = c.state()?;
+        let a = st.nodes.iter().find(|n| n.name == "node_a").unwrap();
+        anyhow::ensure!(
+            a.report_age_ms.is_some_and(|ms| ms < 3000),
+            "restarted agent does not report"
+        );
+        let report = probe.finish().await?;
+        println!("write probe: {report:?}");
+        anyhow::ensure!(
+            report.lost.is_empty(),
+            "lost acknowledged writes: {:?}",
+            report.lost
+        );
+        Ok(())
+    }
+    .await;
+    check(&c, r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_postgres_is_restarted_in_place() {
+    let (mut c, probe) = two_nodes().await.unwrap();
+    let r = async {
+        let term = c.state()?.term;
+        let old_pid = c.nodes[0].postmaster_pid();
+        let t = Instant::now();
+        c.kill_postgres(0)?;
+        probe.wait_for_more(50, T).await?;
+        let gap = probe.gap_around(t, Instant::now());
+        println!("write gap while Postgres restarted in place: {gap:?}");
+        let st = c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        anyhow::ensure!(
+            st.term == term,
+            "a failover happened (term {term} -> {})",
+            st.term
+        );
+        anyhow::ensure!(
+            c.nodes[0].postmaster_pid() != old_pid,
+            "Postgres was not restarted"
+        );
+        let report = probe.finish().await?;
+        println!("write probe: {report:?}");
+        anyhow::ensure!(
+            report.lost.is_empty(),
+            "lost acknowledged writes: {:?}",
+            report.lost
+        );
+        Ok(())
+    }
+    .await;
+    check(&c, r);
+}
