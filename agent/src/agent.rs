@@ -26,7 +26,14 @@ struct Agent {
     last_report: Option<Instant>,
     last_error: Option<String>,
     reported: NodeState,
+    /// A wait that has not ended yet, and since when (reported once it lasts).
+    waiting: Option<(&'static str, Instant)>,
+    /// Starts attempted since Postgres last ran.
+    start_attempts: u32,
 }
+
+/// Starts of a standby that fail in a row before it is rebuilt from a base backup.
+const MAX_START_ATTEMPTS: u32 = 5;
 
 fn role_for(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Role {
     if goal.is_writable() {
@@ -195,23 +202,33 @@ impl Agent {
                 let up = self.upstream()?;
                 let _ = std::fs::remove_file(cfg.pgdata.join("standby.signal"));
                 tracing::info!(upstream = %format!("{}:{}", up.0, up.1), "pg_rewind");
+                // pg_rewind reads the source's timeline from its control file, which a
+                // freshly promoted node updates only at its next checkpoint.
+                if let Err(e) = pg::checkpoint_remote(cfg, &up.0, up.1).await {
+                    tracing::warn!("CHECKPOINT on the upstream failed ({e:#}); rewinding anyway");
+                }
                 if let Err(e) = pg::rewind(cfg, &up.0, up.1).await {
-                    let aside = sibling(&cfg.pgdata, "rewind-failed");
-                    tracing::error!(
-                        "pg_rewind failed ({e}); moving PGDATA aside to {} for a fresh base backup",
-                        aside.display()
-                    );
-                    if aside.exists() {
-                        std::fs::remove_dir_all(&aside)?;
-                    }
-                    std::fs::rename(&cfg.pgdata, &aside)?;
+                    self.move_aside("rewind-failed", &e.to_string())?;
                     return Err(e.into());
                 }
+                self.start_attempts = 0;
                 self.after_new_pgdata(goal).await
             }
             Step::Start => {
+                // A standby that cannot start (its data does not fit the upstream's
+                // timeline) is rebuilt from a fresh base backup; a primary never is.
+                if self.start_attempts >= MAX_START_ATTEMPTS && goal.is_standby() {
+                    self.start_attempts = 0;
+                    return self.move_aside(
+                        "start-failed",
+                        &format!(
+                            "Postgres failed to start {MAX_START_ATTEMPTS} times as a standby"
+                        ),
+                    );
+                }
+                self.start_attempts += 1;
                 self.apply_conf(goal)?;
-                tracing::info!("starting Postgres");
+                tracing::info!(attempt = self.start_attempts, "starting Postgres");
                 pg::start(cfg).await?;
                 Ok(())
             }
@@ -224,10 +241,30 @@ impl Agent {
                 tracing::info!("promoting");
                 let c = observe::local_client(cfg).await?;
                 c.execute("SELECT pg_promote(true, 60)", &[]).await?;
+                // Record the new timeline in pg_control now, so that pg_rewind of the
+                // old primary against us finds it.
+                c.batch_execute("CHECKPOINT").await?;
                 Ok(())
             }
             Step::SetupPrimary => self.setup_primary().await,
         }
+    }
+
+    /// Moves PGDATA aside (keeping one earlier copy per reason) so that the next tick
+    /// takes a fresh base backup.
+    fn move_aside(&self, reason: &str, why: &str) -> anyhow::Result<()> {
+        let aside = sibling(&self.cfg.pgdata, reason);
+        tracing::error!(
+            "{why}; moving PGDATA aside to {} for a fresh base backup",
+            aside.display()
+        );
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside)
+                .with_context(|| format!("removing {}", aside.display()))?;
+        }
+        std::fs::rename(&self.cfg.pgdata, &aside)
+            .with_context(|| format!("moving PGDATA to {}", aside.display()))?;
+        Ok(())
     }
 
     async fn after_new_pgdata(&mut self, goal: NodeState) -> anyhow::Result<()> {
@@ -267,7 +304,8 @@ impl Agent {
              GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {user};
              GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {user};
              GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {user};
-             GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {user};"
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {user};
+             GRANT pg_checkpoint TO {user};"
         ))
         .await
         .context("creating the replication role")?;
@@ -379,6 +417,9 @@ impl Agent {
 
     async fn tick(&mut self) -> anyhow::Result<Duration> {
         let l = observe::observe(&self.cfg).await;
+        if l.ready {
+            self.start_attempts = 0;
+        }
         self.track_standbys(&l);
         let goal = self.effective_goal();
         self.check_lease(goal)?;
@@ -405,6 +446,21 @@ impl Agent {
         } else {
             Ok(())
         };
+        match &step {
+            Step::Wait(why) => {
+                let since = match self.waiting {
+                    Some((w, t)) if w == *why => t,
+                    _ => Instant::now(),
+                };
+                if since.elapsed() > Duration::from_secs(10) && self.last_error.is_none() {
+                    let msg = format!("stuck for {} s: {why}", since.elapsed().as_secs());
+                    tracing::warn!(%goal, "{msg}");
+                    self.last_error = Some(msg);
+                }
+                self.waiting = Some((why, since));
+            }
+            _ => self.waiting = None,
+        }
         let prev = self.reported;
         match &result {
             Ok(()) => {
@@ -523,6 +579,8 @@ pub async fn run(
         last_report: None,
         last_error: None,
         reported,
+        waiting: None,
+        start_attempts: 0,
     };
     tracing::info!(
         node = %agent.cfg.name,

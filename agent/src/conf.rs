@@ -52,9 +52,11 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role) -> String {
     let mut set = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
     set("listen_addresses", quote(&listen_addresses(&cfg.hostname)));
     set("port", cfg.pgport.to_string());
+    // The socket lives beside PGDATA, not in it: pg_rewind and pg_basebackup copy
+    // PGDATA and must not meet a socket there.
     set(
         "unix_socket_directories",
-        quote(&cfg.pgdata.display().to_string()),
+        quote(&cfg.state_dir().display().to_string()),
     );
     set("wal_level", "replica".into());
     set("max_wal_senders", "12".into());

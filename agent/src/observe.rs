@@ -73,7 +73,7 @@ pub struct Local {
 
 async fn connect(cfg: &AgentConfig) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut c = tokio_postgres::Config::new();
-    c.host_path(&cfg.pgdata)
+    c.host_path(cfg.state_dir())
         .port(cfg.pgport)
         .user(&cfg.username)
         .dbname("postgres")

@@ -300,6 +300,24 @@ pub async fn basebackup(
     .map(|_| ())
 }
 
+/// `CHECKPOINT` on another node, as the replication role (granted `pg_checkpoint`).
+pub async fn checkpoint_remote(_cfg: &AgentConfig, host: &str, port: u16) -> anyhow::Result<()> {
+    let mut c = tokio_postgres::Config::new();
+    c.host(host)
+        .port(port)
+        .user(pgha_api::REPLICATION_USER)
+        .dbname("postgres")
+        .application_name("pgha_rewind")
+        .connect_timeout(Duration::from_secs(5));
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(5), c.connect(tokio_postgres::NoTls)).await??;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    tokio::time::timeout(Duration::from_secs(60), client.batch_execute("CHECKPOINT")).await??;
+    Ok(())
+}
+
 /// Rewinds a former primary onto the new primary's timeline.
 pub async fn rewind(cfg: &AgentConfig, host: &str, port: u16) -> Result<(), PgError> {
     let pgdata = cfg.pgdata.display().to_string();

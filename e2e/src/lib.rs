@@ -382,6 +382,10 @@ impl Drop for Cluster {
             }
         }
         self.kill_monitor();
+        if std::env::var("PGHA_KEEP").is_ok() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("PGHA_KEEP: leaving {}", dir.keep().display());
+        }
     }
 }
 

@@ -183,6 +183,26 @@ impl WriteProbe {
         max
     }
 
+    /// Acknowledged ids (so far) missing on the current primary.
+    pub async fn lost_so_far(&self) -> anyhow::Result<Vec<i64>> {
+        let ids: Vec<i64> = self
+            .log
+            .lock()
+            .unwrap()
+            .acked
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        let c = connect_read_write(&self.uri, Duration::from_secs(3)).await?;
+        let present: std::collections::HashSet<i64> = c
+            .query("SELECT id FROM write_probe WHERE id = ANY($1)", &[&ids])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok(ids.into_iter().filter(|id| !present.contains(id)).collect())
+    }
+
     /// Stops the probe and checks every acknowledged id on the current primary.
     pub async fn finish(self) -> anyhow::Result<ProbeReport> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
