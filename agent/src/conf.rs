@@ -68,7 +68,8 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role) -> String {
     // Replication links notice a dead peer within seconds (and the standby replies every
     // second, which is what keeps a primary's lease alive).
     set("wal_sender_timeout", quote("5s"));
-    set("wal_receiver_timeout", quote("5s"));
+    set("wal_receiver_timeout", quote("2s"));
+    set("wal_retrieve_retry_interval", quote("1s"));
     set("wal_receiver_status_interval", quote("1s"));
     set("recovery_target_timeline", quote("latest"));
     if cfg.ssl_self_signed {
