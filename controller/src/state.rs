@@ -321,30 +321,36 @@ impl ControllerState {
     pub fn status(&self, formation: &str, now_ms: u64) -> Option<FormationStatus> {
         let f = self.durable.formations.get(formation)?;
         let view = self.view(formation, now_ms)?;
-        let nodes = f
-            .nodes
-            .values()
-            .map(|n| {
-                let o = self.observed.get(&n.id).cloned().unwrap_or_default();
-                NodeStatus {
-                    node_id: n.id,
-                    name: n.name.clone(),
-                    host: n.host.clone(),
-                    port: n.port,
-                    reported_state: n.reported,
-                    assigned_state: n.goal,
-                    timeline: o.pg.timeline,
-                    lsn: o.pg.lsn,
-                    health: self.health(n.id, &view),
-                    pg_running: o.pg.running || matches!(o.last_probe, Some((_, true))),
-                    candidate_priority: n.candidate_priority,
-                    replication_quorum: n.replication_quorum,
-                    report_age_ms: o.last_report_ms.map(|t| now_ms.saturating_sub(t)),
-                    fenced: o.fenced,
-                    last_error: o.last_error.clone(),
-                }
-            })
-            .collect();
+        let nodes =
+            f.nodes
+                .values()
+                .map(|n| {
+                    let o = self.observed.get(&n.id).cloned().unwrap_or_default();
+                    NodeStatus {
+                        node_id: n.id,
+                        name: n.name.clone(),
+                        host: n.host.clone(),
+                        port: n.port,
+                        reported_state: n.reported,
+                        assigned_state: n.goal,
+                        timeline: o.pg.timeline,
+                        lsn: o.pg.lsn,
+                        health: self.health(n.id, &view),
+                        pg_running: if o.last_report_ms.is_some_and(|t| {
+                            now_ms.saturating_sub(t) < f.timings.failure_timeout_ms
+                        }) {
+                            o.pg.running
+                        } else {
+                            matches!(o.last_probe, Some((_, true)))
+                        },
+                        candidate_priority: n.candidate_priority,
+                        replication_quorum: n.replication_quorum,
+                        report_age_ms: o.last_report_ms.map(|t| now_ms.saturating_sub(t)),
+                        fenced: o.fenced,
+                        last_error: o.last_error.clone(),
+                    }
+                })
+                .collect();
         let summary = self
             .waiting
             .get(formation)
