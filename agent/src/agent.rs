@@ -295,10 +295,11 @@ impl Agent {
     async fn setup_primary(&self) -> anyhow::Result<()> {
         let c = observe::local_client(&self.cfg).await?;
         let user = pgha_api::REPLICATION_USER;
+        let password = self.cfg.replication_password.replace('\'', "''");
         c.batch_execute(&format!(
             "DO $$ BEGIN
                IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{user}') THEN
-                 CREATE ROLE {user} WITH LOGIN REPLICATION;
+                 CREATE ROLE {user} WITH LOGIN REPLICATION PASSWORD '{password}';
                END IF;
              END $$;
              GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {user};
@@ -561,7 +562,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let who = pg::run_as(&cfg)?;
     let state = AgentState::load(&cfg)?;
+    // 0700: the directory holds the Unix socket (local connections are trusted) and
+    // the replication password.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(cfg.state_dir(), std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 700 {}", cfg.state_dir().display()))?;
+    }
     pg::give(&cfg.state_dir(), who)?;
+    pg::write_passfile(&cfg, who)?;
     let client = MonitorClient::new(&cfg.monitor, Duration::from_millis(1000));
     let now = Instant::now();
     let reported = state.reported.unwrap_or(NodeState::Init);

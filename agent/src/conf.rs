@@ -226,6 +226,7 @@ mod tests {
             skip_pg_hba: false,
             os_user: None,
             http_port: 0,
+            replication_password: "secret".into(),
         }
     }
 

@@ -47,6 +47,9 @@ pub struct AgentConfig {
     /// Port of the agent's own HTTP endpoint (0: none).
     #[serde(default)]
     pub http_port: u16,
+    /// Password of the formation's replication role (from the monitor at registration).
+    #[serde(default)]
+    pub replication_password: String,
 }
 
 /// Directory beside PGDATA holding the agent's files.
@@ -88,6 +91,11 @@ impl AgentConfig {
 
     pub fn bin(&self, name: &str) -> PathBuf {
         self.pg_bin_dir.join(name)
+    }
+
+    /// libpq password file for the replication role.
+    pub fn passfile(&self) -> PathBuf {
+        self.state_dir().join("pgpass")
     }
 
     pub fn log_file(&self) -> PathBuf {
@@ -133,9 +141,16 @@ impl AgentState {
 /// Replaces a file atomically: temp file, fsync, rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // 0600: the config holds the replication password.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;

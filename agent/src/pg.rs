@@ -88,6 +88,7 @@ pub async fn run(
         .env("PATH", "/usr/bin:/bin")
         .env("LC_ALL", "C.UTF-8")
         .env("PGCONNECT_TIMEOUT", "5")
+        .env("PGPASSFILE", cfg.passfile())
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -254,11 +255,34 @@ pub async fn stop(cfg: &AgentConfig) -> Result<(), PgError> {
     }
 }
 
-fn conninfo(host: &str, port: u16, dbname: &str, app: &str) -> String {
+fn conninfo(cfg: &AgentConfig, host: &str, port: u16, dbname: &str, app: &str) -> String {
     format!(
-        "host={host} port={port} user={} dbname={dbname} application_name={app} connect_timeout=5",
-        pgha_api::REPLICATION_USER
+        "host={host} port={port} user={} dbname={dbname} application_name={app} \
+         connect_timeout=5 passfile={}",
+        pgha_api::REPLICATION_USER,
+        cfg.passfile().display()
     )
+}
+
+/// Writes the libpq password file for the replication role (0600, owned by Postgres).
+pub fn write_passfile(cfg: &AgentConfig, who: Option<RunAs>) -> Result<(), PgError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = cfg.passfile();
+    let escaped = cfg
+        .replication_password
+        .replace('\\', "\\\\")
+        .replace(':', "\\:");
+    let line = format!("*:*:*:{}:{escaped}\n", pgha_api::REPLICATION_USER);
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(line.as_str()) {
+        return Ok(());
+    }
+    let io = |source| PgError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    };
+    std::fs::write(&path, &line).map_err(io)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    give(&path, who)
 }
 
 /// Fresh copy of the upstream into `target` (an empty directory owned by Postgres).
@@ -301,9 +325,10 @@ pub async fn basebackup(
 }
 
 /// `CHECKPOINT` on another node, as the replication role (granted `pg_checkpoint`).
-pub async fn checkpoint_remote(_cfg: &AgentConfig, host: &str, port: u16) -> anyhow::Result<()> {
+pub async fn checkpoint_remote(cfg: &AgentConfig, host: &str, port: u16) -> anyhow::Result<()> {
     let mut c = tokio_postgres::Config::new();
-    c.host(host)
+    c.password(&cfg.replication_password)
+        .host(host)
         .port(port)
         .user(pgha_api::REPLICATION_USER)
         .dbname("postgres")
@@ -321,7 +346,7 @@ pub async fn checkpoint_remote(_cfg: &AgentConfig, host: &str, port: u16) -> any
 /// Rewinds a former primary onto the new primary's timeline.
 pub async fn rewind(cfg: &AgentConfig, host: &str, port: u16) -> Result<(), PgError> {
     let pgdata = cfg.pgdata.display().to_string();
-    let source = conninfo(host, port, "postgres", "pgha_rewind");
+    let source = conninfo(cfg, host, port, "postgres", "pgha_rewind");
     let source = format!("--source-server={source}");
     let target = format!("--target-pgdata={pgdata}");
     run(
@@ -337,6 +362,7 @@ pub async fn rewind(cfg: &AgentConfig, host: &str, port: u16) -> Result<(), PgEr
 /// The `primary_conninfo` a standby streams with.
 pub fn primary_conninfo(cfg: &AgentConfig, host: &str, port: u16) -> String {
     conninfo(
+        cfg,
         host,
         port,
         "postgres",

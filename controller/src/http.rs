@@ -182,6 +182,10 @@ async fn register(
     if f.nodes.is_empty() {
         f.dbname = req.dbname.clone();
     }
+    if f.replication_password.is_empty() {
+        f.replication_password = crate::store::random_secret();
+    }
+    let replication_password = f.replication_password.clone();
     f.nodes.insert(id, rec.clone());
     st.save().map_err(Failure::internal)?;
     let ev = st.event(
@@ -200,6 +204,7 @@ async fn register(
         name,
         formation: req.formation,
         assigned_state: goal,
+        replication_password,
     }))
 }
 

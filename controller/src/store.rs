@@ -49,6 +49,9 @@ pub struct FormationRecord {
     pub number_sync_standbys: u32,
     #[serde(default)]
     pub timings: Timings,
+    /// Password of the replication role, handed to nodes at registration.
+    #[serde(default)]
+    pub replication_password: String,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
 }
 
@@ -60,9 +63,20 @@ impl FormationRecord {
             term: 1,
             number_sync_standbys: 0,
             timings: Timings::default(),
+            replication_password: random_secret(),
             nodes: BTreeMap::new(),
         }
     }
+}
+
+/// 32 hex characters from the kernel's random source.
+pub fn random_secret() -> String {
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut buf);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Everything the controller must not forget across restarts.
@@ -112,8 +126,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 /// Atomically replaces `path` with `bytes` (temp file, fsync, rename, fsync directory).
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
     f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;

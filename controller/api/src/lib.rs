@@ -79,6 +79,9 @@ pub struct RegisterResponse {
     pub name: String,
     pub formation: String,
     pub assigned_state: NodeState,
+    /// Password of the replication role, shared by the formation's nodes (for
+    /// `--auth scram-sha-256`). Never logged.
+    pub replication_password: String,
 }
 
 /// One standby as the primary sees it in `pg_stat_replication`.

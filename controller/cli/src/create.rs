@@ -269,6 +269,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         skip_pg_hba: a.skip_pg_hba,
         os_user,
         http_port: 0,
+        replication_password: reg.replication_password.clone(),
     };
     cfg.save()?;
     eprintln!(
