@@ -310,6 +310,19 @@ impl Cluster {
             .to_string())
     }
 
+    /// The formation URI built from the nodes (for when the monitor is down).
+    pub fn uri_from_nodes(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!(
+            "postgres://{}/appdb?target_session_attrs=read-write",
+            hosts.join(",")
+        )
+    }
+
     /// A direct connection to one node.
     pub async fn connect_node(&self, i: usize) -> anyhow::Result<tokio_postgres::Client> {
         probe::connect_one(
