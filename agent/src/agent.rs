@@ -30,6 +30,9 @@ struct Agent {
     waiting: Option<(&'static str, Instant)>,
     /// Starts attempted since Postgres last ran.
     start_attempts: u32,
+    /// What the HTTP endpoint serves.
+    snapshot: crate::http::SharedSnapshot,
+    last_report_ok: Option<Instant>,
 }
 
 /// Starts of a standby that fail in a row before it is rebuilt from a base backup.
@@ -117,20 +120,55 @@ impl Agent {
     /// timestamp moved since the previous tick (values compared, no clocks across hosts).
     fn track_standbys(&mut self, l: &Local) {
         let mut seen = HashMap::new();
-        for (s, reply) in &l.standbys {
-            if s.state != "streaming" {
+        for s in &l.standbys {
+            if s.obs.state != "streaming" {
                 continue;
             }
-            let prev = self.standby_replies.get(&s.application_name);
-            if prev != Some(reply) {
+            let prev = self.standby_replies.get(&s.obs.application_name);
+            if prev != Some(&s.reply_time) {
                 self.last_standby_seen = Instant::now();
             }
-            seen.insert(s.application_name.clone(), reply.clone());
+            seen.insert(s.obs.application_name.clone(), s.reply_time.clone());
         }
         self.standby_replies = seen;
         if l.wal_receiver_streaming {
             self.last_streaming = Some(Instant::now());
         }
+    }
+
+    /// Lease left before this node fences itself, for writable nodes with peers.
+    fn lease_remaining_ms(&self) -> Option<u64> {
+        let goal = self.effective_goal();
+        let has_peers = self
+            .state
+            .assignment
+            .as_ref()
+            .is_some_and(|a| !a.peers.is_empty());
+        if !goal.is_writable() || !has_peers {
+            return None;
+        }
+        let since = self
+            .last_controller_contact
+            .elapsed()
+            .min(self.last_standby_seen.elapsed())
+            .as_millis() as u64;
+        Some(self.timings().lease_ms.saturating_sub(since))
+    }
+
+    /// Refreshes what the HTTP endpoint serves.
+    fn publish(&self, l: &Local) {
+        let snap = crate::http::Snapshot {
+            node: self.cfg.name.clone(),
+            formation: self.cfg.formation.clone(),
+            local: l.clone(),
+            goal: self.effective_goal(),
+            reported: self.reported,
+            fenced: self.state.fenced,
+            lease_remaining_ms: self.lease_remaining_ms(),
+            last_report_ok: self.last_report_ok,
+            primary_lsn: self.state.assignment.as_ref().and_then(|a| a.primary_lsn),
+        };
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snap);
     }
 
     fn check_lease(&mut self, goal: NodeState) -> anyhow::Result<()> {
@@ -364,7 +402,7 @@ impl Agent {
             timeline: l.timeline,
             lsn: l.lsn,
             system_identifier: l.control.as_ref().and_then(|c| c.system_identifier.clone()),
-            standbys: l.standbys.iter().map(|(s, _)| s.clone()).collect(),
+            standbys: l.standbys.iter().map(|s| s.obs.clone()).collect(),
             upstream_streaming: l.wal_receiver_streaming,
             upstream_lost_ms_ago: if l.wal_receiver_streaming {
                 None
@@ -390,6 +428,7 @@ impl Agent {
         self.last_report = Some(Instant::now());
         let a = self.client.report(&r).await?;
         self.last_controller_contact = Instant::now();
+        self.last_report_ok = Some(Instant::now());
         self.contacted_since_start = true;
         if a.term < self.state.max_term {
             tracing::warn!(
@@ -481,6 +520,7 @@ impl Agent {
             self.state.reported = Some(self.reported);
             self.state.save(&self.cfg)?;
         }
+        self.publish(&l);
         let fast = self.state.assignment.as_ref().is_some_and(|a| a.fast_poll)
             || acted
             || self.reported != goal;
@@ -554,6 +594,27 @@ async fn ensure_certificate(cfg: &AgentConfig, who: Option<RunAs>) -> anyhow::Re
     Ok(())
 }
 
+/// Serves the health endpoints and `/metrics`; a port that cannot be bound is logged and
+/// skipped (health checks must never take the database down).
+async fn serve_http(cfg: &AgentConfig, snapshot: crate::http::SharedSnapshot) {
+    let host = match cfg.hostname.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_loopback() => ip.to_string(),
+        _ => "0.0.0.0".to_string(),
+    };
+    let addr = format!("{host}:{}", cfg.http_port);
+    match tokio::net::TcpListener::bind(&addr).await {
+        Ok(listener) => {
+            tracing::info!(%addr, "health endpoints and /metrics listening");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, crate::http::router(snapshot)).await {
+                    tracing::error!("agent HTTP server failed: {e}");
+                }
+            });
+        }
+        Err(e) => tracing::error!(%addr, "cannot listen for health checks: {e}"),
+    }
+}
+
 /// Runs the agent until `shutdown` resolves. Postgres is left running when the agent
 /// stops: restarting the agent (upgrade, crash) never interrupts the database.
 pub async fn run(
@@ -590,7 +651,12 @@ pub async fn run(
         reported,
         waiting: None,
         start_attempts: 0,
+        snapshot: Default::default(),
+        last_report_ok: None,
     };
+    if agent.cfg.http_port != 0 {
+        serve_http(&agent.cfg, agent.snapshot.clone()).await;
+    }
     tracing::info!(
         node = %agent.cfg.name,
         pgdata = %agent.cfg.pgdata.display(),

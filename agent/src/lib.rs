@@ -13,6 +13,7 @@ pub mod agent;
 pub mod client;
 pub mod conf;
 pub mod config;
+pub mod http;
 pub mod observe;
 pub mod pg;
 pub mod plan;

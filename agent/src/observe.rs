@@ -46,8 +46,18 @@ pub fn postmaster_pid(pgdata: &Path) -> Option<i32> {
         .ok()
 }
 
+/// A standby streaming from this node, from `pg_stat_replication`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalStandby {
+    pub obs: StandbyObservation,
+    /// The standby's last reply timestamp, as text (compared, never interpreted).
+    pub reply_time: Option<String>,
+    /// `replay_lag` in seconds (0 when idle).
+    pub replay_lag_seconds: f64,
+}
+
 /// What the agent saw of its Postgres this tick.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Local {
     pub initialized: bool,
     pub postmaster_running: bool,
@@ -59,7 +69,7 @@ pub struct Local {
     pub in_recovery: Option<bool>,
     pub timeline: Option<u32>,
     pub lsn: Option<Lsn>,
-    pub standbys: Vec<(StandbyObservation, Option<String>)>,
+    pub standbys: Vec<LocalStandby>,
     /// WAL receiver streaming, and how long ago it last received a message (ms).
     pub wal_receiver_streaming: bool,
     pub synchronous_standby_names: Option<String>,
@@ -170,23 +180,23 @@ async fn query(cfg: &AgentConfig, l: &mut Local) -> Result<(), tokio_postgres::E
         l.timeline = Some(row.get::<_, i32>(1) as u32);
         let rows = c
             .query(
-                "SELECT application_name, state, sync_state, flush_lsn::text, reply_time::text \
+                "SELECT application_name, state, sync_state, flush_lsn::text, reply_time::text, \
+                        coalesce(extract(epoch FROM replay_lag), 0)::float8 \
                  FROM pg_stat_replication",
                 &[],
             )
             .await?;
         l.standbys = rows
             .iter()
-            .map(|r| {
-                (
-                    StandbyObservation {
-                        application_name: r.get(0),
-                        state: r.get::<_, Option<String>>(1).unwrap_or_default(),
-                        sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
-                        flush_lsn: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
-                    },
-                    r.get::<_, Option<String>>(4),
-                )
+            .map(|r| LocalStandby {
+                obs: StandbyObservation {
+                    application_name: r.get(0),
+                    state: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                    sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
+                    flush_lsn: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+                },
+                reply_time: r.get(4),
+                replay_lag_seconds: r.get(5),
             })
             .collect();
     }

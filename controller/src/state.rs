@@ -301,6 +301,11 @@ impl ControllerState {
             dbname: f.dbname.clone(),
             timings: f.timings,
             fast_poll: f.nodes.values().any(|o| o.goal != o.reported),
+            primary_lsn: view
+                .nodes
+                .iter()
+                .find(|v| v.goal.is_writable())
+                .and_then(|v| v.pg.lsn),
         })
     }
 

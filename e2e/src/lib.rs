@@ -38,6 +38,8 @@ pub struct Node {
     pub name: String,
     pub pgdata: PathBuf,
     pub port: u16,
+    /// Port of the agent's health endpoints and /metrics.
+    pub http_port: u16,
     pub agent: Option<Child>,
 }
 
@@ -169,7 +171,9 @@ impl Cluster {
     /// `pgha create postgres` for a new node, then starts its agent.
     pub fn add_node(&mut self, name: &str) -> anyhow::Result<usize> {
         let port = free_port();
+        let http_port = free_port();
         let pgdata = self.path().join(name);
+        let http = http_port.to_string();
         self.pgha_ok(&[
             "create",
             "postgres",
@@ -188,11 +192,14 @@ impl Cluster {
             "--auth",
             "trust",
             "--no-ssl",
+            "--http-port",
+            &http,
         ])?;
         self.nodes.push(Node {
             name: name.to_string(),
             pgdata,
             port,
+            http_port,
             agent: None,
         });
         let i = self.nodes.len() - 1;
@@ -332,6 +339,19 @@ impl Cluster {
             Duration::from_secs(3),
         )
         .await
+    }
+
+    /// `GET http://127.0.0.1:<agent http port>PATH` → (status, body).
+    pub async fn agent_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.nodes[i].http_port);
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.unwrap_or_default()))
     }
 
     /// Prints every log of the cluster (for a failed test).

@@ -228,3 +228,56 @@ async fn full_reboot_with_the_controller_down_resumes_last_roles() {
     .await;
     check(&c, r);
 }
+
+/// The agents' health endpoints follow the roles across a switchover, as a load balancer
+/// (HAProxy with Patroni-style checks) would see them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_follow_a_switchover() {
+    let (c, probe) = two_nodes().await.unwrap();
+    let r = async {
+        let codes = |path: &'static str| {
+            let c = &c;
+            async move {
+                let a = c.agent_get(0, path).await.map(|x| x.0).unwrap_or(0);
+                let b = c.agent_get(1, path).await.map(|x| x.0).unwrap_or(0);
+                (a, b)
+            }
+        };
+        // Allow one tick for the endpoints to see the current state.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        anyhow::ensure!(
+            codes("/primary").await == (200, 503),
+            "/primary before: {:?}",
+            codes("/primary").await
+        );
+        anyhow::ensure!(codes("/replica").await == (503, 200));
+        anyhow::ensure!(codes("/replica?lag=16MB").await == (503, 200));
+        anyhow::ensure!(codes("/health").await == (200, 200));
+        anyhow::ensure!(codes("/read-only").await == (200, 200));
+        let (status, _) = c.agent_get(1, "/replica?lag=lots").await?;
+        anyhow::ensure!(status == 400, "bad lag accepted: {status}");
+        let (_, metrics) = c.agent_get(0, "/metrics").await?;
+        anyhow::ensure!(metrics.contains("pgha_agent_postgres_up{"), "{metrics}");
+
+        c.pgha_ok(&["perform", "switchover", "--monitor", &c.monitor_url])?;
+        c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
+        let t0 = Instant::now();
+        while codes("/primary").await != (503, 200) || codes("/replica").await != (200, 503) {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(10),
+                "endpoints did not follow: /primary {:?}",
+                codes("/primary").await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let report = probe.finish().await?;
+        anyhow::ensure!(
+            report.lost.is_empty(),
+            "lost acknowledged writes: {:?}",
+            report.lost
+        );
+        Ok(())
+    }
+    .await;
+    check(&c, r);
+}

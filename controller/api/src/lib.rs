@@ -158,6 +158,9 @@ pub struct Assignment {
     pub timings: Timings,
     /// Something in the formation is changing: report again soon rather than at the interval.
     pub fast_poll: bool,
+    /// The primary's last reported WAL position (for a standby's lag).
+    #[serde(default)]
+    pub primary_lsn: Option<Lsn>,
 }
 
 /// Health of a node as the controller sees it.

@@ -88,6 +88,10 @@ pub struct PostgresArgs {
     /// OS user that runs Postgres when pgha runs as root.
     #[arg(long)]
     os_user: Option<String>,
+    /// Port of the agent's health endpoints (/primary, /replica, /health, /read-only) and
+    /// /metrics, as Patroni's REST API; 0 turns them off.
+    #[arg(long, default_value_t = 8008)]
+    http_port: u16,
     /// Run the agent in the foreground once created.
     #[arg(long)]
     run: bool,
@@ -268,7 +272,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         ssl_self_signed: a.ssl_self_signed,
         skip_pg_hba: a.skip_pg_hba,
         os_user,
-        http_port: 0,
+        http_port: a.http_port,
         replication_password: reg.replication_password.clone(),
     };
     cfg.save()?;

@@ -212,6 +212,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     for (i, name) in ["node_a", "node_b"].iter().enumerate() {
         let pgdata = dir.join(name);
         let port = (a.base_port + 1 + i as u16).to_string();
+        let http_port = (a.base_port + 11 + i as u16).to_string();
         pgha(&[
             "create",
             "postgres",
@@ -230,6 +231,8 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             "--auth",
             "trust",
             "--no-ssl",
+            "--http-port",
+            &http_port,
         ])?;
         procs.pgdatas.push(pgdata.clone());
         spawn(
