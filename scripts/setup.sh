@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what pgha needs on a fresh Debian machine: PostgreSQL 15 (server binaries
 # under /usr/lib/postgresql/15/bin, and the unprivileged `postgres` OS user that runs
-# them when pgha runs as root), openssl, and cargo-nextest.
+# them when pgha runs as root), openssl, Prometheus (tests only) and cargo-nextest.
 set -euo pipefail
 need_apt=()
 [ -x /usr/lib/postgresql/15/bin/pg_ctl ] || need_apt+=(postgresql-15)
 command -v openssl >/dev/null || need_apt+=(openssl)
+# Prometheus (server and promtool) for the alert-rule tests and the e2e scrape test.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "== installing ${need_apt[*]}"

@@ -258,7 +258,8 @@ async fn switchover(
     let (plan, from, to) = match planner::plan_switchover(&view) {
         Ok(x) => x,
         Err(why) => {
-            *st.counters.switchovers.entry("refused".into()).or_default() += 1;
+            let l = crate::metrics::labels(&[("formation", &name), ("result", "refused")]);
+            st.metrics.switchovers.get_or_create(&l).inc();
             return Err(Failure::new(
                 StatusCode::CONFLICT,
                 "switchover_refused",
@@ -276,7 +277,6 @@ async fn switchover(
     st.record(ev).map_err(Failure::internal)?;
     st.apply_plan(&name, &plan, now)
         .map_err(Failure::internal)?;
-    *st.counters.switchovers.entry("started".into()).or_default() += 1;
     let term = st.durable.formations[&name].term;
     Ok(Json(SwitchoverStarted {
         from_node: from,

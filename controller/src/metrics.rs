@@ -1,22 +1,64 @@
-//! The controller's `/metrics` page (DESIGN §9), rendered from the live state at scrape
-//! time with an explicit registry (no process-global state).
+//! The controller's `/metrics` page (DESIGN §9). Counters and histograms live in
+//! [`Metrics`], owned by the controller state (no process-global registry); gauges are
+//! computed from the live state at scrape time. Each scrape builds a fresh registry.
 
+use crate::planner::BlockReason;
 use crate::state::ControllerState;
-use pgha_api::ALL_STATES;
+use pgha_api::{ALL_STATES, NodeState};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-type Labels = Vec<(String, String)>;
+pub type Labels = Vec<(String, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+fn failover_histogram() -> Histogram {
+    Histogram::new([0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0])
+}
+
+/// Counters and histograms that accumulate over the controller's life.
+#[derive(Clone)]
+pub struct Metrics {
+    /// `formation`, `reason`, `result` (started, succeeded, aborted).
+    pub failovers: Family<Labels, Counter>,
+    /// `formation`, `result` (started, succeeded, aborted, refused).
+    pub switchovers: Family<Labels, Counter>,
+    /// `formation`: detection of the failure to the new primary writable.
+    pub failover_duration: HistogramFamily,
+    /// `formation`, `phase` (detection, fencing, promotion).
+    pub failover_phase: HistogramFamily,
+    pub reconcile_duration: Histogram,
+    /// `kind` (store).
+    pub reconcile_errors: Family<Labels, Counter>,
+    /// `file`: formation files rejected (used by the GitOps loader).
+    pub config_errors: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            failovers: Family::default(),
+            switchovers: Family::default(),
+            failover_duration: Family::new_with_constructor(failover_histogram),
+            failover_phase: Family::new_with_constructor(failover_histogram),
+            reconcile_duration: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
+            reconcile_errors: Family::default(),
+            config_errors: Family::default(),
+        }
+    }
 }
 
 /// Renders the OpenMetrics text for the current state.
@@ -27,20 +69,30 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
     let healthy = Family::<Labels, Gauge>::default();
     let report_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let lsn = Family::<Labels, Gauge>::default();
+    let lag = Family::<Labels, Gauge>::default();
     let term = Family::<Labels, Gauge>::default();
     let info = Family::<Labels, Gauge>::default();
-    let failovers = Family::<Labels, Counter>::default();
-    let switchovers = Family::<Labels, Counter>::default();
-    let reconcile_errors = Counter::<u64>::default();
+    let blocked = Family::<Labels, Gauge>::default();
 
     for f in st.durable.formations.values() {
         let Some(status) = st.status(&f.name, now_ms) else {
             continue;
         };
-        term.get_or_create(&labels(&[("formation", &f.name)]))
-            .set(f.term as i64);
+        let fl = labels(&[("formation", &f.name)]);
+        term.get_or_create(&fl).set(f.term as i64);
         info.get_or_create(&labels(&[("formation", &f.name), ("dbname", &f.dbname)]))
             .set(1);
+        let current = st.blocked.get(&f.name).copied().flatten();
+        for r in BlockReason::ALL {
+            blocked
+                .get_or_create(&labels(&[("formation", &f.name), ("reason", r.as_str())]))
+                .set((current == Some(r)) as i64);
+        }
+        let primary_lsn = status
+            .nodes
+            .iter()
+            .find(|n| n.assigned_state.is_writable())
+            .and_then(|n| n.lsn);
         for n in &status.nodes {
             for s in ALL_STATES {
                 let l = labels(&[
@@ -65,24 +117,17 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
             if let Some(x) = n.lsn {
                 lsn.get_or_create(&l).set(x.0 as i64);
             }
-        }
-        for (reason, count) in &st.counters.failovers {
-            failovers
-                .get_or_create(&labels(&[
-                    ("formation", &f.name),
-                    ("reason", reason),
-                    ("result", "started"),
-                ]))
-                .inc_by(*count);
-        }
-        for (result, count) in &st.counters.switchovers {
-            switchovers
-                .get_or_create(&labels(&[("formation", &f.name), ("result", result)]))
-                .inc_by(*count);
+            let is_standby = matches!(
+                n.assigned_state,
+                NodeState::Secondary | NodeState::Catchingup
+            );
+            if let (true, Some(p), Some(x)) = (is_standby, primary_lsn, n.lsn) {
+                lag.get_or_create(&l).set(p.bytes_ahead_of(x) as i64);
+            }
         }
     }
-    reconcile_errors.inc_by(st.counters.reconcile_errors);
 
+    let m = &st.metrics;
     reg.register(
         "node_assigned_state",
         "State the controller assigned to each node (one-hot)",
@@ -109,25 +154,55 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
         lsn,
     );
     reg.register(
+        "replication_lag_bytes",
+        "Bytes a standby is behind the primary, from their last reports",
+        lag,
+    );
+    reg.register(
         "formation_term",
         "Current term of the formation (bumped by each promotion)",
         term,
     );
-    reg.register("formation_info", "Formation metadata", info);
+    reg.register("formation", "Formation metadata (always 1)", info);
+    reg.register(
+        "failover_blocked",
+        "1 while a needed failover is not happening, by reason",
+        blocked,
+    );
     reg.register(
         "failovers",
-        "Automatic failovers started, by reason",
-        failovers,
+        "Automatic failovers, by reason and result",
+        m.failovers.clone(),
     );
     reg.register(
         "switchovers",
         "Operator switchovers, by result",
-        switchovers,
+        m.switchovers.clone(),
+    );
+    reg.register(
+        "failover_duration_seconds",
+        "From failure detected to the new primary writable",
+        m.failover_duration.clone(),
+    );
+    reg.register(
+        "failover_phase_duration_seconds",
+        "Failover phases: detection (last report to decision), fencing (decision to the old primary known fenced), promotion (to writable)",
+        m.failover_phase.clone(),
+    );
+    reg.register(
+        "reconcile_duration_seconds",
+        "Time to plan and persist one formation",
+        m.reconcile_duration.clone(),
     );
     reg.register(
         "reconcile_errors",
-        "Reconcile passes that failed to persist their plan",
-        reconcile_errors,
+        "Reconcile passes that failed, by kind",
+        m.reconcile_errors.clone(),
+    );
+    reg.register(
+        "config_errors",
+        "Formation files rejected, by file",
+        m.config_errors.clone(),
     );
 
     let mut out = String::new();
@@ -135,4 +210,131 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
         return "# metrics encoding failed\n".into();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FileStore, FormationRecord, NodeRecord};
+
+    #[test]
+    fn metrics_page_has_the_contract_names_types_and_help() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = ControllerState::open(Box::new(FileStore::new(dir.path())), 1000).unwrap();
+        let mut f = FormationRecord::new("default", "appdb");
+        for (id, goal) in [(1, NodeState::Primary), (2, NodeState::Secondary)] {
+            f.nodes.insert(
+                id,
+                NodeRecord {
+                    id,
+                    name: format!("node_{id}"),
+                    host: "127.0.0.1".into(),
+                    port: 5432 + id as u16,
+                    goal,
+                    reported: goal,
+                    candidate_priority: 50,
+                    replication_quorum: true,
+                },
+            );
+        }
+        st.durable.formations.insert("default".into(), f);
+        for (id, lsn) in [(1u64, 5000u64), (2, 4000)] {
+            let o = st.observed.entry(id).or_default();
+            o.last_report_ms = Some(1500);
+            o.pg.running = true;
+            o.pg.lsn = Some(pgha_api::Lsn(lsn));
+        }
+        let fl = |extra: &[(&str, &str)]| {
+            let mut l = labels(&[("formation", "default")]);
+            l.extend(labels(extra));
+            l
+        };
+        st.metrics
+            .switchovers
+            .get_or_create(&fl(&[("result", "succeeded")]))
+            .inc();
+        st.metrics
+            .failover_phase
+            .get_or_create(&fl(&[("phase", "detection")]))
+            .observe(3.0);
+        st.metrics
+            .reconcile_errors
+            .get_or_create(&labels(&[("kind", "store")]))
+            .inc();
+        st.metrics
+            .config_errors
+            .get_or_create(&labels(&[("file", "default.yaml")]))
+            .inc();
+        st.metrics.reconcile_duration.observe(0.0004);
+        st.metrics
+            .failovers
+            .get_or_create(&labels(&[
+                ("formation", "default"),
+                ("reason", "primary_failed"),
+                ("result", "started"),
+            ]))
+            .inc();
+        st.metrics
+            .failover_duration
+            .get_or_create(&labels(&[("formation", "default")]))
+            .observe(3.2);
+        let text = render(&st, 2000);
+        let expected = [
+            ("pgha_node_assigned_state", "gauge"),
+            ("pgha_node_reported_state", "gauge"),
+            ("pgha_node_healthy", "gauge"),
+            ("pgha_node_last_report_age_seconds", "gauge"),
+            ("pgha_node_wal_lsn_bytes", "gauge"),
+            ("pgha_replication_lag_bytes", "gauge"),
+            ("pgha_formation_term", "gauge"),
+            ("pgha_formation", "gauge"),
+            ("pgha_failover_blocked", "gauge"),
+            ("pgha_failovers", "counter"),
+            ("pgha_switchovers", "counter"),
+            ("pgha_failover_duration_seconds", "histogram"),
+            ("pgha_failover_phase_duration_seconds", "histogram"),
+            ("pgha_reconcile_duration_seconds", "histogram"),
+            ("pgha_reconcile_errors", "counter"),
+            ("pgha_config_errors", "counter"),
+        ];
+        for (name, kind) in expected {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} {kind} missing in\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+        }
+        let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
+        let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        assert_eq!(helps, types, "every metric has HELP text");
+        assert!(
+            text.contains(
+                r#"pgha_node_assigned_state{formation="default",node="node_1",state="primary"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"pgha_node_assigned_state{formation="default",node="node_1",state="secondary"} 0"#
+        ));
+        assert!(text.contains(r#"pgha_failovers_total{formation="default",reason="primary_failed",result="started"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"pgha_failover_duration_seconds_bucket{le="5.0",formation="default"} 1"#
+            ) || text.contains(
+                r#"pgha_failover_duration_seconds_bucket{formation="default",le="5.0"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pgha_failover_blocked{formation="default",reason="priority_zero"} 0"#)
+        );
+        assert!(
+            text.contains(r#"pgha_replication_lag_bytes{formation="default",node="node_2"} 1000"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
 }

@@ -74,6 +74,44 @@ pub struct Plan {
     pub new_term: Option<u64>,
     /// Why the formation is not steady, when it is waiting for something (one line).
     pub waiting: Option<String>,
+    /// Set while a needed failover is not happening, with the reason.
+    pub blocked: Option<BlockReason>,
+}
+
+/// Why a failover that is needed does not happen (the `reason` of
+/// `pgha_failover_blocked`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockReason {
+    /// No healthy secondary to promote.
+    NoCandidate,
+    /// Every healthy secondary has candidate priority 0.
+    PriorityZero,
+    /// The candidates lack WAL the primary acknowledged or reported.
+    Lagging,
+    /// A quorum standby that may hold acknowledged commits does not report.
+    QuorumNotReporting,
+    /// The controller just started and waits one failure timeout before judging.
+    WarmingUp,
+}
+
+impl BlockReason {
+    pub const ALL: [BlockReason; 5] = [
+        BlockReason::NoCandidate,
+        BlockReason::PriorityZero,
+        BlockReason::Lagging,
+        BlockReason::QuorumNotReporting,
+        BlockReason::WarmingUp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::NoCandidate => "no_candidate",
+            BlockReason::PriorityZero => "priority_zero",
+            BlockReason::Lagging => "lag",
+            BlockReason::QuorumNotReporting => "quorum",
+            BlockReason::WarmingUp => "controller_warming_up",
+        }
+    }
 }
 
 impl Plan {
@@ -355,6 +393,14 @@ fn plan_standbys(f: &FormationView, p: &mut Plan) {
 
 fn plan_primary(f: &FormationView, p: &mut Plan) {
     let Some(pr) = f.writable_goal() else { return };
+    if f.warming_up() && !f.is_reporting(pr) && f.nodes.len() > 1 {
+        p.blocked = Some(BlockReason::WarmingUp);
+        p.wait(format!(
+            "{} has not reported since the controller started; judging it after the warm-up",
+            pr.name
+        ));
+        return;
+    }
     if f.is_failed(pr) {
         plan_failover(f, pr, p);
         return;
@@ -395,8 +441,8 @@ fn failover_candidates<'a>(
     f: &'a FormationView,
     pr: &NodeView,
     synchronous: bool,
-) -> Result<Vec<&'a NodeView>, String> {
-    let mut candidates: Vec<&NodeView> = f
+) -> Result<Vec<&'a NodeView>, (BlockReason, String)> {
+    let healthy: Vec<&NodeView> = f
         .nodes
         .iter()
         .filter(|n| {
@@ -404,9 +450,23 @@ fn failover_candidates<'a>(
                 && matches!(n.goal, NodeState::Secondary | NodeState::PreparePromotion)
                 && n.reported == n.goal
                 && f.is_healthy(n)
-                && n.candidate_priority > 0
         })
         .collect();
+    if healthy.is_empty() {
+        return Err((BlockReason::NoCandidate, "no healthy secondary".into()));
+    }
+    let mut candidates: Vec<&NodeView> = healthy
+        .iter()
+        .copied()
+        .filter(|n| n.candidate_priority > 0)
+        .collect();
+    if candidates.is_empty() {
+        let names: Vec<&str> = healthy.iter().map(|n| n.name.as_str()).collect();
+        return Err((
+            BlockReason::PriorityZero,
+            format!("{} has candidate priority 0", names.join(", ")),
+        ));
+    }
     if synchronous {
         // Synchronous replication acknowledged each commit once ANY k quorum standbys
         // had it: only the most advanced of them is sure to hold every one, and a quorum
@@ -422,9 +482,12 @@ fn failover_candidates<'a>(
             })
             .collect();
         if let Some(silent) = quorum.iter().find(|n| !f.is_reporting(n)) {
-            return Err(format!(
-                "quorum standby {} does not report its LSN and may hold acknowledged commits",
-                silent.name
+            return Err((
+                BlockReason::QuorumNotReporting,
+                format!(
+                    "quorum standby {} does not report its LSN and may hold acknowledged commits",
+                    silent.name
+                ),
             ));
         }
         let best = quorum
@@ -447,7 +510,13 @@ fn failover_candidates<'a>(
         )
     });
     if candidates.is_empty() {
-        return Err("no healthy candidate holds all its WAL".into());
+        return Err((
+            BlockReason::Lagging,
+            format!(
+                "no candidate has all the WAL {} acknowledged or reported",
+                pr.name
+            ),
+        ));
     }
     Ok(candidates)
 }
@@ -462,7 +531,8 @@ fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
     }
     let winner = match failover_candidates(f, pr, pr.goal == NodeState::Primary) {
         Ok(c) => c[0],
-        Err(why) => {
+        Err((reason, why)) => {
+            p.blocked = Some(reason);
             p.wait(format!(
                 "failover blocked: {} failed ({}); {why}",
                 pr.name,
@@ -653,10 +723,13 @@ fn plan_promotion(f: &FormationView, p: &mut Plan) {
                             why,
                         );
                     }
-                    Err(why) => p.wait(format!(
-                        "promotion of {} blocked: {} failed; {why}",
-                        cand.name, old.name
-                    )),
+                    Err((reason, why)) => {
+                        p.blocked = Some(reason);
+                        p.wait(format!(
+                            "promotion of {} blocked: {} failed; {why}",
+                            cand.name, old.name
+                        ))
+                    }
                 }
             }
             Some(old) => p.wait(format!("waiting for {} to stop Postgres", old.name)),

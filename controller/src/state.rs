@@ -1,11 +1,12 @@
 //! The controller's live state: the durable records plus what agents and probes observed,
 //! and the glue that turns them into a planner view and applies a plan.
 
-use crate::planner::{self, FormationView, NodeView, Plan};
+use crate::metrics::{Metrics, labels};
+use crate::planner::{self, BlockReason, FormationView, NodeView, Plan};
 use crate::store::{DurableState, FormationRecord, NodeRecord, Store, StoreError};
 use pgha_api::{
-    Assignment, Event, FormationStatus, Health, NodeId, NodeReport, NodeStatus, PeerNode,
-    PgObservation,
+    Assignment, Event, FormationStatus, Health, NodeId, NodeReport, NodeState, NodeStatus,
+    PeerNode, PgObservation,
 };
 use std::collections::{HashMap, VecDeque};
 
@@ -26,14 +27,15 @@ pub struct Observed {
     pub last_probe_ok_ms: Option<u64>,
 }
 
-/// Counters the metrics page exposes.
-#[derive(Debug, Clone, Default)]
-pub struct Counters {
-    pub failovers: HashMap<String, u64>,
-    pub switchovers: HashMap<String, u64>,
-    pub reconcile_errors: u64,
-    pub reconciles: u64,
-    pub reconcile_seconds_sum: f64,
+/// A promotion in progress, for the failover metrics.
+#[derive(Debug, Clone)]
+pub struct PromotionTrack {
+    pub switchover: bool,
+    pub candidate: NodeId,
+    /// When the old primary was last heard from (failover) or the request came.
+    pub failed_since_ms: u64,
+    pub started_ms: u64,
+    pub fenced_ms: Option<u64>,
 }
 
 pub struct ControllerState {
@@ -43,7 +45,10 @@ pub struct ControllerState {
     pub next_event_id: u64,
     pub waiting: HashMap<String, Option<String>>,
     pub started_ms: u64,
-    pub counters: Counters,
+    pub metrics: Metrics,
+    /// Why a needed failover is not happening, per formation.
+    pub blocked: HashMap<String, Option<BlockReason>>,
+    pub promotions: HashMap<String, PromotionTrack>,
     store: Box<dyn Store>,
 }
 
@@ -60,7 +65,9 @@ impl ControllerState {
             next_event_id,
             waiting: HashMap::new(),
             started_ms,
-            counters: Counters::default(),
+            metrics: Metrics::default(),
+            blocked: HashMap::new(),
+            promotions: HashMap::new(),
             store,
         })
     }
@@ -100,6 +107,7 @@ impl ControllerState {
             assigned_state: node.map(|n| n.goal),
             rule: rule.to_string(),
             description,
+            inputs: None,
         }
     }
 
@@ -154,6 +162,20 @@ impl ControllerState {
     ) -> Result<(), StoreError> {
         self.waiting
             .insert(formation.to_string(), plan.waiting.clone());
+        let was_blocked = self.blocked.insert(formation.to_string(), plan.blocked);
+        if plan.blocked.is_some() && was_blocked.flatten() != plan.blocked {
+            let reason = plan.blocked.map(|r| r.as_str()).unwrap_or_default();
+            let why = plan.waiting.clone().unwrap_or_default();
+            let mut ev = self.event(
+                formation,
+                None,
+                "failover_blocked",
+                format!("{why} (reason: {reason})"),
+                now_ms,
+            );
+            ev.inputs = self.view(formation, now_ms).map(|v| decision_inputs(&v));
+            self.record(ev)?;
+        }
         if plan.decisions.is_empty() && plan.new_term.is_none() {
             return Ok(());
         }
@@ -169,28 +191,127 @@ impl ControllerState {
             }
         }
         self.save()?;
+        let inputs = self.view(formation, now_ms).map(|v| decision_inputs(&v));
         for d in &plan.decisions {
             let node = self.durable.formations[formation]
                 .nodes
                 .get(&d.node_id)
                 .cloned();
-            if d.rule == "failover_promote" {
-                *self
-                    .counters
-                    .failovers
-                    .entry("primary_failed".into())
-                    .or_default() += 1;
-            }
-            let ev = self.event(
+            self.track_promotion(formation, d, now_ms);
+            let mut ev = self.event(
                 formation,
                 node.as_ref(),
                 d.rule,
                 d.description.clone(),
                 now_ms,
             );
+            ev.inputs = inputs.clone();
             self.record(ev)?;
         }
         Ok(())
+    }
+
+    /// Failover and switchover metrics follow the decisions of a promotion.
+    fn track_promotion(&mut self, formation: &str, d: &planner::Decision, now_ms: u64) {
+        let fl = |extra: &[(&str, &str)]| {
+            let mut l = labels(&[("formation", formation)]);
+            l.extend(labels(extra));
+            l
+        };
+        match d.rule {
+            "failover_promote" | "switchover_promote" => {
+                let switchover = d.rule == "switchover_promote";
+                let old_last = self
+                    .view(formation, now_ms)
+                    .and_then(|v| {
+                        v.nodes
+                            .iter()
+                            .find(|n| n.goal == NodeState::Draining)
+                            .and_then(|n| n.last_report_ms)
+                    })
+                    .unwrap_or(now_ms);
+                if switchover {
+                    self.metrics
+                        .switchovers
+                        .get_or_create(&fl(&[("result", "started")]))
+                        .inc();
+                } else {
+                    let l = fl(&[("reason", "primary_failed"), ("result", "started")]);
+                    self.metrics.failovers.get_or_create(&l).inc();
+                }
+                self.promotions.insert(
+                    formation.to_string(),
+                    PromotionTrack {
+                        switchover,
+                        candidate: d.node_id,
+                        failed_since_ms: if switchover {
+                            now_ms
+                        } else {
+                            old_last.min(now_ms)
+                        },
+                        started_ms: now_ms,
+                        fenced_ms: None,
+                    },
+                );
+            }
+            "stop_replication_to_wait_primary" => {
+                if let Some(t) = self.promotions.get_mut(formation) {
+                    t.fenced_ms = Some(now_ms);
+                }
+            }
+            "promotion_aborted" => {
+                if let Some(t) = self.promotions.remove(formation) {
+                    if t.switchover {
+                        let l = fl(&[("result", "aborted")]);
+                        self.metrics.switchovers.get_or_create(&l).inc();
+                    } else {
+                        let l = fl(&[("reason", "primary_failed"), ("result", "aborted")]);
+                        self.metrics.failovers.get_or_create(&l).inc();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A promoted node reported writable: the promotion is done.
+    fn finish_promotion(&mut self, formation: &str, node: NodeId, now_ms: u64) {
+        if self.promotions.get(formation).map(|t| t.candidate) != Some(node) {
+            return;
+        }
+        let Some(t) = self.promotions.remove(formation) else {
+            return;
+        };
+        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1000.0;
+        let fl = labels(&[("formation", formation)]);
+        let with = |extra: &[(&str, &str)]| {
+            let mut l = fl.clone();
+            l.extend(labels(extra));
+            l
+        };
+        if t.switchover {
+            let l = with(&[("result", "succeeded")]);
+            self.metrics.switchovers.get_or_create(&l).inc();
+            return;
+        }
+        let l = with(&[("reason", "primary_failed"), ("result", "succeeded")]);
+        self.metrics.failovers.get_or_create(&l).inc();
+        self.metrics
+            .failover_duration
+            .get_or_create(&fl)
+            .observe(secs(t.started_ms, now_ms));
+        let fenced = t.fenced_ms.unwrap_or(now_ms);
+        for (phase, a, b) in [
+            ("detection", t.failed_since_ms, t.started_ms),
+            ("fencing", t.started_ms, fenced),
+            ("promotion", fenced, now_ms),
+        ] {
+            let l = with(&[("phase", phase)]);
+            self.metrics
+                .failover_phase
+                .get_or_create(&l)
+                .observe(secs(a, b));
+        }
     }
 
     /// Runs the planner for one formation and applies the result.
@@ -201,10 +322,14 @@ impl ControllerState {
         };
         let plan = planner::plan(&view);
         let res = self.apply_plan(formation, &plan, now_ms);
-        self.counters.reconciles += 1;
-        self.counters.reconcile_seconds_sum += started.elapsed().as_secs_f64();
+        self.metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
         if res.is_err() {
-            self.counters.reconcile_errors += 1;
+            self.metrics
+                .reconcile_errors
+                .get_or_create(&labels(&[("kind", "store")]))
+                .inc();
         }
         res.map(|_| plan)
     }
@@ -250,6 +375,9 @@ impl ControllerState {
         };
         if let Some(n) = changed {
             self.save()?;
+            if n.reported.is_writable() {
+                self.finish_promotion(&formation, n.id, now_ms);
+            }
             let ev = self.event(
                 &formation,
                 Some(&n),
@@ -371,4 +499,29 @@ impl ControllerState {
             summary,
         })
     }
+}
+
+/// What the planner looked at, recorded with each decision's event: every node's goal,
+/// report, LSN, health and priority, and the term.
+fn decision_inputs(v: &FormationView) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = v
+        .nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "name": n.name,
+                "assigned": n.goal,
+                "reported": n.reported,
+                "lsn": n.pg.lsn,
+                "timeline": n.pg.timeline,
+                "pg_running": n.pg.running,
+                "report_age_ms": n.last_report_ms.map(|t| v.now_ms.saturating_sub(t)),
+                "probe_ok": n.last_probe.map(|(_, ok)| ok),
+                "failed": v.is_failed(n),
+                "candidate_priority": n.candidate_priority,
+                "replication_quorum": n.replication_quorum,
+            })
+        })
+        .collect();
+    serde_json::json!({ "term": v.term, "nodes": nodes })
 }

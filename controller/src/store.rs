@@ -233,6 +233,7 @@ mod tests {
             assigned_state: None,
             rule: "test".into(),
             description: "hello".into(),
+            inputs: None,
         };
         store.append_events(std::slice::from_ref(&ev)).unwrap();
         let mut f = OpenOptions::new()

@@ -170,31 +170,41 @@ impl Cluster {
 
     /// `pgha create postgres` for a new node, then starts its agent.
     pub fn add_node(&mut self, name: &str) -> anyhow::Result<usize> {
+        self.add_node_with(name, &[])
+    }
+
+    /// `add_node` with extra `create postgres` flags.
+    pub fn add_node_with(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<usize> {
         let port = free_port();
         let http_port = free_port();
         let pgdata = self.path().join(name);
         let http = http_port.to_string();
-        self.pgha_ok(&[
-            "create",
-            "postgres",
-            "--pgdata",
-            &s(&pgdata),
-            "--pgport",
-            &port.to_string(),
-            "--hostname",
-            "127.0.0.1",
-            "--dbname",
-            "appdb",
-            "--monitor",
-            &self.monitor_url,
-            "--name",
-            name,
-            "--auth",
-            "trust",
-            "--no-ssl",
-            "--http-port",
-            &http,
-        ])?;
+        self.pgha_ok(
+            &[
+                "create",
+                "postgres",
+                "--pgdata",
+                &s(&pgdata),
+                "--pgport",
+                &port.to_string(),
+                "--hostname",
+                "127.0.0.1",
+                "--dbname",
+                "appdb",
+                "--monitor",
+                &self.monitor_url,
+                "--name",
+                name,
+                "--auth",
+                "trust",
+                "--no-ssl",
+                "--http-port",
+                &http,
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
+        )?;
         self.nodes.push(Node {
             name: name.to_string(),
             pgdata,
@@ -352,6 +362,18 @@ impl Cluster {
             .with_context(|| format!("GET {url}"))?;
         let status = resp.status().as_u16();
         Ok((status, resp.text().await.unwrap_or_default()))
+    }
+
+    /// `GET` on the monitor's HTTP API → body.
+    pub async fn monitor_get(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.monitor_url);
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        Ok(resp.text().await?)
     }
 
     /// Prints every log of the cluster (for a failed test).

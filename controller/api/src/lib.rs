@@ -261,6 +261,10 @@ pub struct Event {
     /// The planner rule (or operator action) behind the event.
     pub rule: String,
     pub description: String,
+    /// What the planner looked at when it decided (nodes' states, LSNs, health,
+    /// priorities, term); absent on reports and operator events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<serde_json::Value>,
 }
 
 /// The controller's connection details, as `show uri` prints them.

@@ -193,7 +193,41 @@ fn priority_zero_is_never_promoted() {
     fail(&mut f.nodes[0], now, 5000);
     let p = plan(&f);
     assert!(p.decisions.is_empty());
-    assert!(p.waiting.unwrap().contains("failover blocked"));
+    assert_eq!(p.blocked, Some(BlockReason::PriorityZero));
+    assert!(p.waiting.unwrap().contains("candidate priority 0"));
+}
+
+#[test]
+fn blocked_failovers_name_their_reason() {
+    // No secondary at all.
+    let mut f = formation(vec![node(1, Primary), node(2, Catchingup)]);
+    let now = f.now_ms;
+    fail(&mut f.nodes[0], now, 5000);
+    assert_eq!(plan(&f).blocked, Some(BlockReason::NoCandidate));
+    // Asynchronous primary ahead of its only standby.
+    let mut f = formation(vec![node(1, WaitPrimary), node(2, Secondary)]);
+    fail(&mut f.nodes[0], now, 5000);
+    f.nodes[0].pg.lsn = Some(Lsn(9000));
+    assert_eq!(plan(&f).blocked, Some(BlockReason::Lagging));
+    // A quorum standby that does not report.
+    let mut f = formation(vec![
+        node(1, Primary),
+        node(2, Secondary),
+        node(3, Secondary),
+    ]);
+    fail(&mut f.nodes[0], now, 5000);
+    fail(&mut f.nodes[2], now, 5000);
+    assert_eq!(plan(&f).blocked, Some(BlockReason::QuorumNotReporting));
+    // A fresh controller that has not heard from the primary yet.
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    f.now_ms = START + 1000;
+    f.nodes[0].last_report_ms = None;
+    assert_eq!(plan(&f).blocked, Some(BlockReason::WarmingUp));
+    // A healthy formation is not blocked.
+    assert_eq!(
+        plan(&formation(vec![node(1, Primary), node(2, Secondary)])).blocked,
+        None
+    );
 }
 
 #[test]
