@@ -1,0 +1,92 @@
+//! The shipped monitoring manifests: Prometheus alert rules pass `promtool check` and
+//! their unit tests (each alert fires on a fixture), the scrape config is valid, and the
+//! Grafana dashboard only queries metrics pgha exports.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn manifests() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(manifests().join("prometheus"))
+        .output()
+        .expect("promtool not found: apt-get install prometheus (scripts/setup.sh does)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn alert_rules_are_valid_and_each_fires_on_its_fixture() {
+    let out = promtool(&["check", "rules", "pgha-alerts.yml"]);
+    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    let out = promtool(&["test", "rules", "pgha-alerts.test.yml"]);
+    assert!(out.contains("SUCCESS"), "{out}");
+    // Every alert of the rules file has a fixture.
+    let rules = std::fs::read_to_string(manifests().join("prometheus/pgha-alerts.yml")).unwrap();
+    let tests =
+        std::fs::read_to_string(manifests().join("prometheus/pgha-alerts.test.yml")).unwrap();
+    for line in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {line}")),
+            "alert {line} has no test"
+        );
+    }
+}
+
+#[test]
+fn scrape_config_is_valid() {
+    promtool(&["check", "config", "prometheus.yml"]);
+}
+
+#[test]
+fn dashboard_queries_only_exported_metrics() {
+    let text = std::fs::read_to_string(manifests().join("grafana/pgha-dashboard.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let known = [
+        "pgha_node_reported_state",
+        "pgha_replication_lag_bytes",
+        "pgha_failovers_total",
+        "pgha_switchovers_total",
+        "pgha_failover_duration_seconds_bucket",
+        "pgha_failover_blocked",
+        "pgha_node_last_report_age_seconds",
+        "pgha_agent_standby_replay_lag_seconds",
+        "pgha_formation_term",
+    ];
+    let mut n = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("pgha_"))
+                .collect();
+            assert!(
+                !names.is_empty(),
+                "panel {} queries nothing of pgha",
+                p["title"]
+            );
+            for name in names {
+                assert!(
+                    known.contains(&name),
+                    "panel {} queries unknown metric {name}",
+                    p["title"]
+                );
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 8);
+}
