@@ -671,8 +671,10 @@ pub async fn run(
         tracing::warn!("controller unreachable at start ({e:#}); resuming the last assigned role");
     }
     let mut shutdown = std::pin::pin!(shutdown);
+    let span =
+        tracing::info_span!("agent", formation = %agent.cfg.formation, node = %agent.cfg.name);
     loop {
-        let wait = match agent.tick().await {
+        let wait = match tracing::Instrument::instrument(agent.tick(), span.clone()).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("{e:#}");

@@ -134,14 +134,17 @@ impl MonitorClient {
             .await
     }
 
+    /// The last `count` events (of one formation), newer than event id `since`.
     pub async fn events(
         &self,
         formation: Option<&str>,
         count: usize,
+        since: Option<u64>,
     ) -> Result<Vec<Event>, ClientError> {
         let f = formation
             .map(|f| format!("&formation={f}"))
             .unwrap_or_default();
-        self.get(&format!("/v1/events?count={count}{f}")).await
+        let s = since.map(|s| format!("&since={s}")).unwrap_or_default();
+        self.get(&format!("/v1/events?count={count}{f}{s}")).await
     }
 }

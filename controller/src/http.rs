@@ -221,6 +221,8 @@ async fn report(State(ctx): State<Ctx>, Json(r): Json<NodeReport>) -> ApiResult<
             ),
         ));
     }
+    let span = tracing::info_span!("reconcile", formation = %r.formation, node = r.node_id);
+    let _entered = span.enter();
     st.take_report(&r, now).map_err(Failure::internal)?;
     st.reconcile(&r.formation, now).map_err(Failure::internal)?;
     st.assignment(&r.formation, r.node_id, now)

@@ -73,8 +73,10 @@ async fn reconcile_loop(shared: Shared) {
         let mut st = lock(&shared);
         let names: Vec<String> = st.durable.formations.keys().cloned().collect();
         for f in names {
+            let span = tracing::info_span!("reconcile", formation = %f);
+            let _entered = span.enter();
             if let Err(e) = st.reconcile(&f, now_ms()) {
-                tracing::error!(formation = %f, "reconcile failed: {e}");
+                tracing::error!("reconcile failed: {e}");
             }
         }
     }

@@ -80,7 +80,7 @@ impl ControllerState {
     pub fn record(&mut self, mut ev: Event) -> Result<(), StoreError> {
         ev.id = self.next_event_id;
         self.next_event_id += 1;
-        tracing::info!(formation = %ev.formation, node = ?ev.node_name, rule = %ev.rule, "{}", ev.description);
+        tracing::info!(formation = %ev.formation, node = ev.node_name.as_deref().unwrap_or("-"), rule = %ev.rule, "{}", ev.description);
         self.store.append_events(std::slice::from_ref(&ev))?;
         self.events.push_back(ev);
         while self.events.len() > EVENTS_IN_MEMORY {

@@ -15,8 +15,23 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(name = "pgha", version, about = "PostgreSQL high availability for VMs")]
 struct Cli {
+    /// Log lines as text (for a terminal) or JSON (for a log pipeline).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PGHA_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -101,14 +116,24 @@ struct SwitchoverArgs {
     timeout: u64,
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PGHA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        // Span fields (formation, node) ride on every line of a reconcile or agent tick.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 async fn shutdown_signal() {
@@ -200,7 +225,7 @@ fn main() -> ExitCode {
     };
     let logs = matches!(cli.cmd, Cmd::Run(_) | Cmd::Create(_) | Cmd::Demo(_));
     if logs {
-        init_logging();
+        init_logging(cli.log_format);
     }
     let res = rt.block_on(async move {
         match cli.cmd {

@@ -48,6 +48,9 @@ pub struct EventsArgs {
     count: usize,
     #[arg(long)]
     json: bool,
+    /// Keep printing new events as they happen.
+    #[arg(long)]
+    follow: bool,
 }
 
 #[derive(Args)]
@@ -190,47 +193,69 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+const EVENT_HEADERS: [&str; 6] = [
+    "Event Time",
+    "Node",
+    "Current State",
+    "Assigned State",
+    "Rule",
+    "Comment",
+];
+
+fn event_row(e: &pgha_api::Event) -> Vec<String> {
+    let state =
+        |s: Option<pgha_api::NodeState>| s.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+    vec![
+        format_time(e.time_ms),
+        e.node_name.clone().unwrap_or_else(|| "-".into()),
+        state(e.reported_state),
+        state(e.assigned_state),
+        e.rule.clone(),
+        e.description.clone(),
+    ]
+}
+
 async fn events(a: EventsArgs) -> anyhow::Result<()> {
-    let evs = a
-        .monitor
-        .client()?
-        .events(a.formation.as_deref(), a.count)
-        .await?;
-    if a.json {
-        return json(&evs);
+    let client = a.monitor.client()?;
+    let evs = client.events(a.formation.as_deref(), a.count, None).await?;
+    if !a.follow {
+        if a.json {
+            return json(&evs);
+        }
+        let rows: Vec<Vec<String>> = evs.iter().map(event_row).collect();
+        print!("{}", table::render(&EVENT_HEADERS, &rows));
+        return Ok(());
     }
-    let rows: Vec<Vec<String>> = evs
-        .iter()
-        .map(|e| {
-            vec![
-                format_time(e.time_ms),
-                e.node_name.clone().unwrap_or_else(|| "-".into()),
-                e.reported_state
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                e.assigned_state
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                e.rule.clone(),
-                e.description.clone(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table::render(
-            &[
-                "Event Time",
-                "Node",
-                "Current State",
-                "Assigned State",
-                "Rule",
-                "Comment"
-            ],
-            &rows
-        )
-    );
-    Ok(())
+    // --follow: one line per event as it comes (JSON lines with --json), until ^C.
+    let mut last = evs.last().map(|e| e.id);
+    let print = |e: &pgha_api::Event| -> anyhow::Result<()> {
+        if a.json {
+            println!("{}", serde_json::to_string(e)?);
+        } else {
+            println!("{}", event_row(e).join(" | "));
+        }
+        Ok(())
+    };
+    for e in &evs {
+        print(e)?;
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        match client
+            .events(a.formation.as_deref(), 1000, last.or(Some(0)))
+            .await
+        {
+            Ok(new) => {
+                for e in &new {
+                    print(e)?;
+                }
+                if let Some(e) = new.last() {
+                    last = Some(e.id);
+                }
+            }
+            Err(e) => eprintln!("waiting for the monitor: {e}"),
+        }
+    }
 }
 
 fn systemd(a: SystemdArgs) -> anyhow::Result<()> {
