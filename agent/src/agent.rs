@@ -33,6 +33,8 @@ struct Agent {
     /// What the HTTP endpoint serves.
     snapshot: crate::http::SharedSnapshot,
     last_report_ok: Option<Instant>,
+    /// Postgres accepted connections at the previous tick.
+    was_ready: bool,
 }
 
 /// Starts of a standby that fail in a row before it is rebuilt from a base backup.
@@ -119,6 +121,13 @@ impl Agent {
     /// Tracks when a standby was last heard from: a streaming standby whose reply
     /// timestamp moved since the previous tick (values compared, no clocks across hosts).
     fn track_standbys(&mut self, l: &Local) {
+        // After a restart with the controller down, standbys need time to reconnect to
+        // a Postgres that just came up: their lease counts from then. (Only then: once
+        // the controller was reached, its view of our lease must stay conservative.)
+        if l.ready && !self.was_ready && !self.contacted_since_start {
+            self.last_standby_seen = Instant::now();
+        }
+        self.was_ready = l.ready;
         let mut seen = HashMap::new();
         for s in &l.standbys {
             if s.obs.state != "streaming" {
@@ -653,6 +662,7 @@ pub async fn run(
         start_attempts: 0,
         snapshot: Default::default(),
         last_report_ok: None,
+        was_ready: false,
     };
     if agent.cfg.http_port != 0 {
         serve_http(&agent.cfg, agent.snapshot.clone()).await;

@@ -26,13 +26,25 @@ pub fn postmaster(pgdata: &Path) -> Postmaster {
         return Postmaster::NotReady;
     };
     let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-    if !alive {
+    if !alive || is_zombie(pid) {
         return Postmaster::Stopped;
     }
     match lines.get(7).map(|s| s.trim()) {
         Some("ready") | Some("standby") => Postmaster::Ready,
         _ => Postmaster::NotReady,
     }
+}
+
+/// A killed postmaster stays a zombie until its parent (often init) reaps it: it is
+/// gone all the same.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "Z"))
+        })
+        .unwrap_or(false)
 }
 
 /// The postmaster's PID, for tests and the e2e harness.
