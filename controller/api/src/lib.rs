@@ -4,8 +4,10 @@
 //! controller's assignment, and the read models (`FormationStatus`, `Event`) that the
 //! CLI prints. No I/O lives in this crate, so every other crate can depend on it.
 
+pub mod formation;
 mod lsn;
 mod state;
+pub mod validate;
 
 pub use lsn::{Lsn, LsnParseError};
 pub use state::{ALL_STATES, NodeState, StateParseError};

@@ -3,6 +3,7 @@
 
 mod create;
 mod demo;
+mod formation;
 mod show;
 mod table;
 
@@ -47,6 +48,9 @@ enum Cmd {
     /// Perform an operation on a formation.
     #[command(subcommand)]
     Perform(PerformCmd),
+    /// Formation files: validate.
+    #[command(subcommand)]
+    Formation(formation::FormationCmd),
     /// Run a local formation on loopback doing real work: monitor, two nodes, writes,
     /// state, a switchover.
     Demo(demo::DemoArgs),
@@ -234,6 +238,7 @@ fn main() -> ExitCode {
             Cmd::Show(s) => show::run(s).await,
             Cmd::Perform(PerformCmd::Switchover(a)) => switchover(a).await,
             Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Formation(f) => formation::run(f).await,
         }
     });
     match res {

@@ -1,0 +1,218 @@
+//! The formation file: the desired topology of one formation, kept in Git as YAML.
+//!
+//! ```yaml
+//! # yaml-language-server: $schema=../schemas/formation.schema.json
+//! apiVersion: pgha/v1
+//! kind: Formation
+//! metadata:
+//!   name: default
+//! spec:
+//!   dbname: appdb
+//!   nodes:
+//!     - name: node_a
+//!       host: 10.0.1.4
+//!       port: 5432
+//! ```
+//!
+//! The doc comments of these types are the format's reference: `schemas/formation.schema.json`
+//! is generated from them (`cargo run -p pgha-api --bin gen-schema`).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The only `apiVersion` this version of pgha reads.
+pub const API_VERSION: &str = "pgha/v1";
+
+/// One formation: a primary and its standbys serving one database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "pgha Formation")]
+pub struct FormationDoc {
+    /// Always `pgha/v1`.
+    pub api_version: String,
+    /// Always `Formation`.
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: FormationSpec,
+}
+
+/// Identity of the formation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// Formation name: 1-63 lowercase letters, digits, `_` or `-`, starting with a letter.
+    /// Nodes join it with `pgha create postgres --formation NAME`.
+    pub name: String,
+}
+
+/// What the formation should look like.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FormationSpec {
+    /// The application database, created on the first primary.
+    pub dbname: String,
+    /// How many standbys must confirm each commit (`ANY k` in
+    /// `synchronous_standby_names`). 0: one standby confirms while one is healthy, and
+    /// writes go on without it when none is (availability first). k >= 1: writes block
+    /// rather than be confirmed by fewer than k standbys (durability first). Must leave
+    /// one quorum node for the primary: k <= quorum nodes - 1.
+    #[serde(default)]
+    pub number_sync_standbys: u32,
+    /// Who may join, and how a node proves it belongs.
+    #[serde(default)]
+    pub admission: Admission,
+    /// Failure detection and fencing timings.
+    #[serde(default)]
+    pub timings: TimingsSpec,
+    /// Postgres settings applied to every node.
+    #[serde(default)]
+    pub postgresql: PostgresSpec,
+    /// The nodes. With `admission.declaredNodesOnly` (the default when any node is listed)
+    /// only these may register, each from its declared host and port.
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// Admission of nodes into the formation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Admission {
+    /// Only nodes listed in `spec.nodes` may register (by name, from their host:port).
+    /// Default: true when `spec.nodes` lists any node, false when it is empty.
+    #[serde(default)]
+    pub declared_nodes_only: Option<bool>,
+    /// File on the monitor VM holding the join secret a node must present (the monitor
+    /// URL that `pgha show uri` prints carries it). Never put the secret itself here.
+    #[serde(default)]
+    pub join_secret_file: Option<String>,
+    /// Rejected: secrets never go inline in a file kept in Git.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub join_secret: Option<serde_json::Value>,
+}
+
+/// Timings, in milliseconds. Every timing trades detection speed against false
+/// failovers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TimingsSpec {
+    /// How often an agent reports while nothing changes (100-60000).
+    #[serde(default = "default_report_interval")]
+    pub report_interval_ms: u64,
+    /// A node with neither a report nor a successful probe for this long is failed
+    /// (1000-600000).
+    #[serde(default = "default_failure_timeout")]
+    pub failure_timeout_ms: u64,
+    /// A primary that lost the monitor and every standby for this long stops Postgres
+    /// (1000-600000).
+    #[serde(default = "default_lease")]
+    pub lease_ms: u64,
+}
+
+fn default_report_interval() -> u64 {
+    1000
+}
+fn default_failure_timeout() -> u64 {
+    3000
+}
+fn default_lease() -> u64 {
+    3000
+}
+
+impl Default for TimingsSpec {
+    fn default() -> Self {
+        TimingsSpec {
+            report_interval_ms: default_report_interval(),
+            failure_timeout_ms: default_failure_timeout(),
+            lease_ms: default_lease(),
+        }
+    }
+}
+
+/// Postgres configuration shared by every node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PostgresSpec {
+    /// `name: value` settings written into every node's configuration. Settings that
+    /// take effect on reload are applied at once; the others are reported as pending a
+    /// restart. Settings pgha manages itself (ports, replication, `synchronous_*`,
+    /// `primary_*`) are refused.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParameterValue>,
+}
+
+/// A setting's value, as YAML writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ParameterValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl std::fmt::Display for ParameterValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParameterValue::Bool(b) => write!(f, "{}", if *b { "on" } else { "off" }),
+            ParameterValue::Int(i) => write!(f, "{i}"),
+            ParameterValue::Float(x) => write!(f, "{x}"),
+            ParameterValue::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One declared node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Node name, as given to `pgha create postgres --name`.
+    pub name: String,
+    /// Host name or address the node registers from and peers reach it at.
+    pub host: String,
+    /// Postgres port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// 0-100: the highest-priority healthy candidate wins a failover; 0 never is
+    /// promoted.
+    #[serde(default = "default_priority")]
+    pub candidate_priority: u32,
+    /// Takes part in synchronous replication (counts for `numberSyncStandbys`).
+    #[serde(default = "default_true")]
+    pub replication_quorum: bool,
+    /// Take the node out of service (not applied yet by this version: reported).
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+fn default_port() -> u16 {
+    5432
+}
+fn default_priority() -> u32 {
+    50
+}
+fn default_true() -> bool {
+    true
+}
+
+impl FormationSpec {
+    /// Whether registration is limited to declared nodes.
+    pub fn declared_nodes_only(&self) -> bool {
+        self.admission
+            .declared_nodes_only
+            .unwrap_or(!self.nodes.is_empty())
+    }
+}
+
+/// The JSON Schema of the formation file.
+pub fn schema() -> schemars::Schema {
+    schemars::schema_for!(FormationDoc)
+}
+
+/// The schema as committed in `schemas/formation.schema.json`.
+pub fn schema_json() -> String {
+    let mut text = serde_json::to_string_pretty(&schema()).unwrap_or_default();
+    text.push('\n');
+    text
+}
