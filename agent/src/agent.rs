@@ -35,6 +35,8 @@ struct Agent {
     last_report_ok: Option<Instant>,
     /// Postgres accepted connections at the previous tick.
     was_ready: bool,
+    /// Generation of the formation settings written and reloaded.
+    applied_generation: u64,
 }
 
 /// Starts of a standby that fail in a row before it is rebuilt from a base backup.
@@ -336,7 +338,14 @@ impl Agent {
         let a = self.state.assignment.as_ref();
         let role = role_for(goal, a, self.synchronous_standby_names());
         let peers = a.map(|a| a.peers.clone()).unwrap_or_default();
-        Ok(conf::apply(&self.cfg, &role, &peers, self.who)?)
+        let parameters = a.map(|a| a.parameters.clone()).unwrap_or_default();
+        Ok(conf::apply(
+            &self.cfg,
+            &role,
+            &parameters,
+            &peers,
+            self.who,
+        )?)
     }
 
     async fn setup_primary(&self) -> anyhow::Result<()> {
@@ -421,6 +430,7 @@ impl Agent {
                     .or(Some(self.started.elapsed().as_millis() as u64))
             },
             prepared_for,
+            pending_restart: l.pending_restart.clone(),
         }
     }
 
@@ -433,6 +443,7 @@ impl Agent {
             pg: self.observation(l),
             fenced: self.state.fenced,
             last_error: self.last_error.clone(),
+            applied_generation: self.applied_generation,
         };
         self.last_report = Some(Instant::now());
         let a = self.client.report(&r).await?;
@@ -513,9 +524,29 @@ impl Agent {
         let prev = self.reported;
         match &result {
             Ok(()) => {
+                if matches!(step, Step::Reached | Step::Wait(_)) {
+                    // The configuration of this assignment is written and reloaded.
+                    self.applied_generation = self
+                        .state
+                        .assignment
+                        .as_ref()
+                        .map(|a| a.generation)
+                        .unwrap_or(0);
+                }
                 if step == Step::Reached && !acted {
                     self.reported = goal;
                     self.last_error = None;
+                    if !l.setting_errors.is_empty() {
+                        // Reported, not retried: Postgres keeps the previous value until
+                        // the formation file changes again.
+                        let errs: Vec<String> = l
+                            .setting_errors
+                            .iter()
+                            .map(|(n, e)| format!("{n}: {e}"))
+                            .collect();
+                        self.last_error =
+                            Some(format!("Postgres rejected settings: {}", errs.join("; ")));
+                    }
                 }
             }
             Err(e) => {
@@ -663,6 +694,7 @@ pub async fn run(
         snapshot: Default::default(),
         last_report_ok: None,
         was_ready: false,
+        applied_generation: 0,
     };
     if agent.cfg.http_port != 0 {
         serve_http(&agent.cfg, agent.snapshot.clone()).await;

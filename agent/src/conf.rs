@@ -17,6 +17,9 @@ const INCLUDE_LINE: &str = "include_if_exists = 'postgresql.pgha.conf'\t# added 
 const HBA_BEGIN: &str = "# BEGIN pgha: managed by the pgha agent, rewritten on every change";
 const HBA_END: &str = "# END pgha";
 
+/// Settings from the formation file, by name.
+pub type Parameters = std::collections::BTreeMap<String, String>;
+
 /// The Postgres role a node plays, as far as its configuration goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
@@ -44,11 +47,18 @@ fn listen_addresses(hostname: &str) -> String {
 }
 
 /// Renders `postgresql.pgha.conf` for a role.
-pub fn render_conf(cfg: &AgentConfig, role: &Role) -> String {
+pub fn render_conf(cfg: &AgentConfig, role: &Role, parameters: &Parameters) -> String {
     let mut out = String::from(
         "# Written by the pgha agent; rewritten whenever the node's role changes. Do not edit:\n\
          # put your own settings in postgresql.conf or with ALTER SYSTEM.\n",
     );
+    if !parameters.is_empty() {
+        out.push_str("# From the formation file (postgresql.parameters):\n");
+        for (k, v) in parameters {
+            out.push_str(&format!("{k} = {}\n", quote(v)));
+        }
+        out.push_str("# Managed by pgha:\n");
+    }
     let mut set = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
     set("listen_addresses", quote(&listen_addresses(&cfg.hostname)));
     set("port", cfg.pgport.to_string());
@@ -174,6 +184,7 @@ pub fn write_if_changed(
 pub fn apply(
     cfg: &AgentConfig,
     role: &Role,
+    parameters: &Parameters,
     peers: &[PeerNode],
     who: Option<pg::RunAs>,
 ) -> Result<bool, pg::PgError> {
@@ -188,7 +199,11 @@ pub fn apply(
         changed |= write_if_changed(&main_conf, &format!("{text}\n{INCLUDE_LINE}\n"), who)?;
     }
     if *role != Role::Stopped {
-        changed |= write_if_changed(&pgdata.join(CONF_FILE), &render_conf(cfg, role), who)?;
+        changed |= write_if_changed(
+            &pgdata.join(CONF_FILE),
+            &render_conf(cfg, role, parameters),
+            who,
+        )?;
     }
     let signal = pgdata.join("standby.signal");
     if matches!(role, Role::Standby { .. }) && !signal.exists() {
@@ -237,12 +252,17 @@ mod tests {
             &Role::Standby {
                 upstream: Some(("10.0.0.5".into(), 5432)),
             },
+            &Parameters::new(),
         );
         assert!(c.contains("primary_conninfo = 'host=10.0.0.5 port=5432 user=pgha_replicator"));
         assert!(c.contains("application_name=pgha_standby_2"));
         assert!(c.contains("primary_slot_name = 'pgha_slot_2'"));
         assert!(c.contains("listen_addresses = '127.0.0.1'"));
-        let cut = render_conf(&cfg(), &Role::Standby { upstream: None });
+        let cut = render_conf(
+            &cfg(),
+            &Role::Standby { upstream: None },
+            &Parameters::new(),
+        );
         assert!(cut.contains("primary_conninfo = ''"));
     }
 
@@ -253,8 +273,12 @@ mod tests {
             &Role::Primary {
                 synchronous_standby_names: "ANY 1 (pgha_standby_3)".into(),
             },
+            &[("work_mem".to_string(), "16MB".to_string())]
+                .into_iter()
+                .collect(),
         );
         assert!(c.contains("synchronous_standby_names = 'ANY 1 (pgha_standby_3)'"));
+        assert!(c.contains("work_mem = '16MB'"));
         assert!(!c.contains("primary_conninfo"));
     }
 

@@ -208,7 +208,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
         &mut reg,
         "pending_restart",
         "1 when a changed setting waits for a Postgres restart",
-        s.local.pending_restart as i64,
+        !s.local.pending_restart.is_empty() as i64,
     );
     if let Some(t) = s.local.timeline {
         gauge(

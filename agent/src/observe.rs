@@ -90,7 +90,10 @@ pub struct Local {
     pub dbname_exists: bool,
     /// From pg_controldata when stopped.
     pub control: Option<pg::ControlData>,
-    pub pending_restart: bool,
+    /// Settings changed in the files but waiting for a restart.
+    pub pending_restart: Vec<String>,
+    /// Settings Postgres rejected when reading its configuration: (name, error).
+    pub setting_errors: Vec<(String, String)>,
 }
 
 async fn connect(cfg: &AgentConfig) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -155,7 +158,9 @@ async fn query(cfg: &AgentConfig, l: &mut Local) -> Result<(), tokio_postgres::E
                     current_setting('synchronous_standby_names'), \
                     EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), \
                     EXISTS (SELECT 1 FROM pg_database WHERE datname = $2), \
-                    EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart)",
+                    ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY 1), \
+                    ARRAY(SELECT coalesce(name, '?') || ': ' || error FROM pg_file_settings \
+                          WHERE error IS NOT NULL ORDER BY 1)",
             &[&pgha_api::REPLICATION_USER, &cfg.dbname],
         )
         .await?;
@@ -165,6 +170,14 @@ async fn query(cfg: &AgentConfig, l: &mut Local) -> Result<(), tokio_postgres::E
     l.replicator_exists = row.get(2);
     l.dbname_exists = row.get(3);
     l.pending_restart = row.get(4);
+    l.setting_errors = row
+        .get::<_, Vec<String>>(5)
+        .into_iter()
+        .map(|e| match e.split_once(": ") {
+            Some((n, m)) => (n.to_string(), m.to_string()),
+            None => (String::new(), e),
+        })
+        .collect();
     if in_recovery {
         let row = c
             .query_one(

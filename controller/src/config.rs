@@ -16,6 +16,10 @@ pub struct MonitorConfig {
     pub hostname: String,
     /// `sslmode` printed in formation URIs (`require` with `--ssl-self-signed` nodes).
     pub sslmode: String,
+    /// Directory of formation files (`*.yaml`), the desired state. None: formations
+    /// come from node registration alone.
+    #[serde(default)]
+    pub formations_dir: Option<PathBuf>,
 }
 
 impl MonitorConfig {

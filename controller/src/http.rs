@@ -146,6 +146,54 @@ async fn register(
             ),
         ));
     }
+    // Admission (DESIGN §5 rule 7): a formation file that declares its nodes admits only
+    // those, each from its declared address. Nothing of a refused node is stored.
+    let declared = f.spec.as_ref().and_then(|spec| {
+        spec.declared_nodes_only().then(|| {
+            let name = req.name.as_deref().unwrap_or("");
+            (
+                spec.nodes.iter().find(|n| n.name == name).cloned(),
+                spec.nodes.len(),
+            )
+        })
+    });
+    let file = f.source_file.clone().unwrap_or_default();
+    match &declared {
+        Some((None, _)) => {
+            return Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "not_declared",
+                format!(
+                    "node {:?} is not declared in formation {:?} ({file}): add it under spec.nodes, or pass the --name of a declared node",
+                    req.name.as_deref().unwrap_or("(no --name)"),
+                    f.name
+                ),
+            ));
+        }
+        Some((Some(d), _)) if d.host != req.host || d.port != req.port => {
+            return Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "address_mismatch",
+                format!(
+                    "node {:?} is declared at {}:{} in {file}, not {}:{}",
+                    d.name, d.host, d.port, req.host, req.port
+                ),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(db) = f.spec.as_ref().and_then(|s| s.dbname.as_ref())
+        && *db != req.dbname
+    {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "dbname_mismatch",
+            format!(
+                "formation {:?} serves database {db:?} ({file}), not {:?}",
+                f.name, req.dbname
+            ),
+        ));
+    }
     if !f.nodes.is_empty() && f.dbname != req.dbname {
         return Err(Failure::new(
             StatusCode::CONFLICT,
@@ -171,8 +219,14 @@ async fn register(
         port: req.port,
         goal,
         reported: pgha_api::NodeState::Init,
-        candidate_priority: req.candidate_priority.min(100),
-        replication_quorum: req.replication_quorum,
+        candidate_priority: match &declared {
+            Some((Some(d), _)) => d.candidate_priority.min(100) as u8,
+            _ => req.candidate_priority.min(100),
+        },
+        replication_quorum: match &declared {
+            Some((Some(d), _)) => d.replication_quorum,
+            _ => req.replication_quorum,
+        },
     };
     let f: &mut FormationRecord = st
         .durable

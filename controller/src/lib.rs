@@ -8,6 +8,7 @@
 //! - [`metrics`]: the Prometheus page.
 
 pub mod config;
+pub mod desired;
 pub mod http;
 pub mod metrics;
 pub mod planner;
@@ -48,6 +49,14 @@ pub async fn run(
     let st = ControllerState::open(Box::new(store), now_ms())
         .with_context(|| format!("opening the controller store in {}", cfg.dir.display()))?;
     let shared: Shared = Arc::new(Mutex::new(st));
+    // The desired state is read before anything is served or reconciled.
+    let _watcher = match &cfg.formations_dir {
+        Some(dir) => {
+            reload_desired(&shared, dir);
+            Some(spawn_desired_loop(shared.clone(), dir.clone()))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -62,6 +71,55 @@ pub async fn run(
     reconciler.abort();
     prober.abort();
     served.context("HTTP server failed")
+}
+
+/// Reads the formations directory and applies it.
+fn reload_desired(shared: &Shared, dir: &std::path::Path) {
+    let scan = desired::scan(dir);
+    if let Err(e) = lock(shared).apply_desired(scan, now_ms()) {
+        tracing::error!("applying formation files failed: {e}");
+    }
+}
+
+/// Reloads formation files on change (the directory is watched: Git replaces files by
+/// rename), on SIGHUP, and every [`desired::RESYNC`] as a safety net.
+fn spawn_desired_loop(
+    shared: Shared,
+    dir: std::path::PathBuf,
+) -> Option<notify::RecommendedWatcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+    let watcher = match desired::watch(&dir, tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "cannot watch formation files ({e}); relying on SIGHUP and periodic resync");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup()).ok();
+        loop {
+            let hup_recv = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = rx.recv() => {
+                    // Let a burst of events (write, rename) settle.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = hup_recv => tracing::info!("SIGHUP: reloading formation files"),
+                _ = tokio::time::sleep(desired::RESYNC) => {}
+            }
+            reload_desired(&shared, &dir);
+        }
+    });
+    watcher
 }
 
 /// The safety net: every formation is re-planned periodically, so timers (failure

@@ -8,7 +8,7 @@ use pgha_api::{
     Assignment, Event, FormationStatus, Health, NodeId, NodeReport, NodeState, NodeStatus,
     PeerNode, PgObservation,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// How many events are kept in memory for `show events` (all are on disk).
 const EVENTS_IN_MEMORY: usize = 10_000;
@@ -25,6 +25,7 @@ pub struct Observed {
     pub upstream_lost_at_ms: Option<u64>,
     pub last_probe: Option<(u64, bool)>,
     pub last_probe_ok_ms: Option<u64>,
+    pub applied_generation: u64,
 }
 
 /// A promotion in progress, for the failover metrics.
@@ -49,6 +50,8 @@ pub struct ControllerState {
     /// Why a needed failover is not happening, per formation.
     pub blocked: HashMap<String, Option<BlockReason>>,
     pub promotions: HashMap<String, PromotionTrack>,
+    /// Errors of each rejected formation file, as last reported.
+    pub config_errors: BTreeMap<String, Vec<String>>,
     store: Box<dyn Store>,
 }
 
@@ -68,6 +71,7 @@ impl ControllerState {
             metrics: Metrics::default(),
             blocked: HashMap::new(),
             promotions: HashMap::new(),
+            config_errors: BTreeMap::new(),
             store,
         })
     }
@@ -314,6 +318,119 @@ impl ControllerState {
         }
     }
 
+    /// Takes in a scan of the formations directory: accepted files become the desired
+    /// state of their formation (a new generation when anything changed), rejected files
+    /// are reported once per distinct error and leave the last good version in force,
+    /// formations whose file disappeared are left running and marked orphaned.
+    pub fn apply_desired(
+        &mut self,
+        scan: crate::desired::Scan,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut changed = false;
+        let mut events = vec![];
+        for (file, errs) in &scan.rejected {
+            let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            if self.config_errors.get(file) == Some(&lines) {
+                continue;
+            }
+            for l in &lines {
+                tracing::error!(file = %file, "formation file rejected: {l}");
+            }
+            self.metrics
+                .config_errors
+                .get_or_create(&labels(&[("file", file)]))
+                .inc();
+            let formation = self
+                .durable
+                .formations
+                .values()
+                .find(|f| f.source_file.as_deref() == Some(file))
+                .map(|f| f.name.clone())
+                .unwrap_or_else(|| "-".into());
+            let more = match lines.len() {
+                0 | 1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            let first = lines.first().cloned().unwrap_or_default();
+            events.push(self.event(
+                &formation,
+                None,
+                "config_rejected",
+                format!("{file} rejected, the last good version stays in force: {first}{more}"),
+                now_ms,
+            ));
+            self.config_errors.insert(file.clone(), lines);
+        }
+        self.config_errors
+            .retain(|f, _| scan.rejected.contains_key(f));
+        for (name, (file, doc)) in &scan.formations {
+            let rec = self
+                .durable
+                .formations
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    FormationRecord::new(name, doc.spec.dbname.as_deref().unwrap_or("postgres"))
+                });
+            if rec.spec.as_ref() == Some(&doc.spec)
+                && rec.source_file.as_deref() == Some(file.as_str())
+                && !rec.orphaned
+            {
+                continue;
+            }
+            let notes = apply_spec(rec, &doc.spec);
+            rec.spec = Some(doc.spec.clone());
+            rec.source_file = Some(file.clone());
+            rec.orphaned = false;
+            rec.generation += 1;
+            let generation = rec.generation;
+            changed = true;
+            let what = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", notes.join("; "))
+            };
+            events.push(self.event(
+                name,
+                None,
+                "desired_state",
+                format!("generation {generation} from {file}{what}"),
+                now_ms,
+            ));
+        }
+        for f in self.durable.formations.values_mut() {
+            let Some(file) = f.source_file.clone() else {
+                continue;
+            };
+            let gone = !scan.formations.contains_key(&f.name) && !scan.rejected.contains_key(&file);
+            if gone && !f.orphaned {
+                f.orphaned = true;
+                changed = true;
+                events.push(Event {
+                    id: 0,
+                    time_ms: now_ms,
+                    formation: f.name.clone(),
+                    node_id: None,
+                    node_name: None,
+                    reported_state: None,
+                    assigned_state: None,
+                    rule: "formation_orphaned".into(),
+                    description: format!(
+                        "{file} was removed: the formation keeps running as it is (orphaned); nothing is destroyed"
+                    ),
+                    inputs: None,
+                });
+            }
+        }
+        if changed {
+            self.save()?;
+        }
+        for ev in events {
+            self.record(ev)?;
+        }
+        Ok(())
+    }
+
     /// Runs the planner for one formation and applies the result.
     pub fn reconcile(&mut self, formation: &str, now_ms: u64) -> Result<Plan, StoreError> {
         let started = std::time::Instant::now();
@@ -339,6 +456,7 @@ impl ControllerState {
         let o = self.observed.entry(r.node_id).or_default();
         o.last_report_ms = Some(now_ms);
         o.fenced = r.fenced;
+        o.applied_generation = r.applied_generation;
         o.last_error = r.last_error.clone();
         if r.pg.running {
             o.pg_down_since_ms = None;
@@ -434,6 +552,18 @@ impl ControllerState {
                 .iter()
                 .find(|v| v.goal.is_writable())
                 .and_then(|v| v.pg.lsn),
+            parameters: f
+                .spec
+                .as_ref()
+                .map(|s| {
+                    s.postgresql
+                        .parameters
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            generation: f.generation,
         })
     }
 
@@ -481,6 +611,8 @@ impl ControllerState {
                         report_age_ms: o.last_report_ms.map(|t| now_ms.saturating_sub(t)),
                         fenced: o.fenced,
                         last_error: o.last_error.clone(),
+                        applied_generation: o.applied_generation,
+                        pending_restart: o.pg.pending_restart.clone(),
                     }
                 })
                 .collect();
@@ -497,6 +629,16 @@ impl ControllerState {
             number_sync_standbys: f.number_sync_standbys,
             nodes,
             summary,
+            generation: f.generation,
+            source_file: f.source_file.clone(),
+            orphaned: f.orphaned,
+            config_errors: f
+                .source_file
+                .as_ref()
+                .and_then(|file| self.config_errors.get(file))
+                .cloned()
+                .unwrap_or_default(),
+            spec: f.spec.clone(),
         })
     }
 }
@@ -524,4 +666,68 @@ fn decision_inputs(v: &FormationView) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "term": v.term, "nodes": nodes })
+}
+
+/// Applies an accepted desired spec to a formation's record; returns what changed.
+fn apply_spec(rec: &mut FormationRecord, spec: &pgha_api::formation::FormationSpec) -> Vec<String> {
+    let mut notes = vec![];
+    if let Some(db) = &spec.dbname
+        && *db != rec.dbname
+    {
+        if rec.nodes.is_empty() {
+            rec.dbname = db.clone();
+            notes.push(format!("dbname {db}"));
+        } else {
+            notes.push(format!(
+                "dbname stays {} (a running formation's database is not renamed; {db} ignored)",
+                rec.dbname
+            ));
+        }
+    }
+    if rec.number_sync_standbys != spec.number_sync_standbys {
+        notes.push(format!(
+            "numberSyncStandbys {} -> {}",
+            rec.number_sync_standbys, spec.number_sync_standbys
+        ));
+        rec.number_sync_standbys = spec.number_sync_standbys;
+    }
+    let t = &spec.timings;
+    let timings = pgha_api::Timings {
+        report_interval_ms: t.report_interval_ms,
+        failure_timeout_ms: t.failure_timeout_ms,
+        lease_ms: t.lease_ms,
+        ..rec.timings
+    };
+    if timings != rec.timings {
+        notes.push("timings".into());
+        rec.timings = timings;
+    }
+    for n in rec.nodes.values_mut() {
+        let Some(d) = spec.nodes.iter().find(|d| d.name == n.name) else {
+            continue;
+        };
+        let prio = d.candidate_priority.min(100) as u8;
+        if n.candidate_priority != prio {
+            notes.push(format!(
+                "{} candidatePriority {} -> {prio}",
+                n.name, n.candidate_priority
+            ));
+            n.candidate_priority = prio;
+        }
+        if n.replication_quorum != d.replication_quorum {
+            notes.push(format!(
+                "{} replicationQuorum {}",
+                n.name, d.replication_quorum
+            ));
+            n.replication_quorum = d.replication_quorum;
+        }
+    }
+    let old_params = rec.spec.as_ref().map(|s| &s.postgresql.parameters);
+    if old_params.is_some_and(|p| *p != spec.postgresql.parameters)
+        || (old_params.is_none() && !spec.postgresql.parameters.is_empty())
+    {
+        let names: Vec<String> = spec.postgresql.parameters.keys().cloned().collect();
+        notes.push(format!("postgresql parameters: {}", names.join(", ")));
+    }
+    notes
 }

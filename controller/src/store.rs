@@ -53,6 +53,17 @@ pub struct FormationRecord {
     #[serde(default)]
     pub replication_password: String,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Last good desired state from the formation file.
+    #[serde(default)]
+    pub spec: Option<pgha_api::formation::FormationSpec>,
+    /// Bumped by every accepted change of the formation file.
+    #[serde(default)]
+    pub generation: u64,
+    #[serde(default)]
+    pub source_file: Option<String>,
+    /// The formation file was removed: left running, not reconciled from YAML.
+    #[serde(default)]
+    pub orphaned: bool,
 }
 
 impl FormationRecord {
@@ -65,6 +76,10 @@ impl FormationRecord {
             timings: Timings::default(),
             replication_password: random_secret(),
             nodes: BTreeMap::new(),
+            spec: None,
+            generation: 0,
+            source_file: None,
+            orphaned: false,
         }
     }
 }

@@ -364,6 +364,15 @@ impl Cluster {
         Ok((status, resp.text().await.unwrap_or_default()))
     }
 
+    /// Replaces a formation file the way Git does: write a temp file, rename it over.
+    pub fn write_formation(&self, file: &str, text: &str) -> anyhow::Result<()> {
+        let dir = self.monitor_dir().join("formations");
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, dir.join(file))?;
+        Ok(())
+    }
+
     /// `GET` on the monitor's HTTP API → body.
     pub async fn monitor_get(&self, path: &str) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.monitor_url);

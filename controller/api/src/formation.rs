@@ -50,8 +50,10 @@ pub struct Metadata {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FormationSpec {
-    /// The application database, created on the first primary.
-    pub dbname: String,
+    /// The application database, created on the first primary. When absent, the first
+    /// node's `--dbname` sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dbname: Option<String>,
     /// How many standbys must confirm each commit (`ANY k` in
     /// `synchronous_standby_names`). 0: one standby confirms while one is healthy, and
     /// writes go on without it when none is (availability first). k >= 1: writes block

@@ -116,6 +116,9 @@ pub struct PgObservation {
     pub upstream_lost_ms_ago: Option<u64>,
     /// Node ids for which this node has a replication slot and pg_hba entries ready.
     pub prepared_for: Vec<NodeId>,
+    /// Settings changed but waiting for a Postgres restart.
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
 }
 
 /// `POST /v1/report`: sent by every agent every report interval and after each change.
@@ -132,6 +135,9 @@ pub struct NodeReport {
     pub fenced: bool,
     /// Last error the agent hit while applying its assignment, if any.
     pub last_error: Option<String>,
+    /// Generation of the desired state whose settings are in force on this node.
+    #[serde(default)]
+    pub applied_generation: u64,
 }
 
 /// Another node of the formation, as an agent needs to know it.
@@ -163,6 +169,12 @@ pub struct Assignment {
     /// The primary's last reported WAL position (for a standby's lag).
     #[serde(default)]
     pub primary_lsn: Option<Lsn>,
+    /// Postgres settings from the formation file (`postgresql.parameters`).
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, String>,
+    /// Generation of the formation's desired state these settings come from.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// Health of a node as the controller sees it.
@@ -194,6 +206,12 @@ pub struct NodeStatus {
     pub report_age_ms: Option<u64>,
     pub fenced: bool,
     pub last_error: Option<String>,
+    /// Generation of the desired state applied on the node.
+    #[serde(default)]
+    pub applied_generation: u64,
+    /// Settings waiting for a Postgres restart.
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
 }
 
 impl NodeStatus {
@@ -222,6 +240,21 @@ pub struct FormationStatus {
     pub nodes: Vec<NodeStatus>,
     /// One line on what the formation is doing or waiting for, when not steady.
     pub summary: String,
+    /// Generation of the desired state (bumped by every accepted change of its file).
+    #[serde(default)]
+    pub generation: u64,
+    /// The formation file it comes from.
+    #[serde(default)]
+    pub source_file: Option<String>,
+    /// Its file was removed: nodes keep running, nothing is reconciled from YAML.
+    #[serde(default)]
+    pub orphaned: bool,
+    /// Errors of the formation file's last rejected version (the last good one is in force).
+    #[serde(default)]
+    pub config_errors: Vec<String>,
+    /// The desired state in force.
+    #[serde(default)]
+    pub spec: Option<formation::FormationSpec>,
 }
 
 impl FormationStatus {

@@ -220,7 +220,9 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
         );
     }
     let s = &doc.spec;
-    if s.dbname.is_empty() || s.dbname.len() > 63 || s.dbname.contains('\0') {
+    if let Some(db) = &s.dbname
+        && (db.is_empty() || db.len() > 63 || db.contains('\0'))
+    {
         err("spec.dbname".into(), "must be 1-63 characters".into());
     }
     if s.admission.join_secret.is_some() {

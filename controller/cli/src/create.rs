@@ -7,7 +7,7 @@ use pgha_agent::client::MonitorClient;
 use pgha_agent::{AgentConfig, AuthMethod};
 use pgha_api::RegisterRequest;
 use pgha_controller::MonitorConfig;
-use pgha_controller::store::{FileStore, FormationRecord, Store};
+use pgha_controller::store::{FileStore, Store};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -119,13 +119,19 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
         if let Err(e) = std::net::TcpListener::bind(&a.listen) {
             bail!("--listen {}: cannot listen there: {e}", a.listen);
         }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut store = FileStore::new(&dir);
-        let mut st = store.load()?;
-        st.formations
-            .entry(pgha_api::DEFAULT_FORMATION.to_string())
-            .or_insert_with(|| FormationRecord::new(pgha_api::DEFAULT_FORMATION, "postgres"));
-        store.save(&st)?;
+        let formations = dir.join("formations");
+        std::fs::create_dir_all(&formations)
+            .with_context(|| format!("creating {}", formations.display()))?;
+        let default = formations.join(format!("{}.yaml", pgha_api::DEFAULT_FORMATION));
+        if !default.exists() {
+            std::fs::write(
+                &default,
+                pgha_controller::desired::default_formation_yaml(pgha_api::DEFAULT_FORMATION),
+            )
+            .with_context(|| format!("writing {}", default.display()))?;
+        }
+        let store = FileStore::new(&dir);
+        store.load()?;
         let cfg = MonitorConfig {
             dir: dir.clone(),
             listen: a.listen.clone(),
@@ -136,6 +142,7 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
                 "prefer"
             }
             .into(),
+            formations_dir: Some(dir.join("formations")),
         };
         cfg.save()?;
         eprintln!("created monitor in {}: {}", dir.display(), cfg.url());

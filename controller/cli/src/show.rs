@@ -120,6 +120,9 @@ async fn state(a: StateArgs) -> anyhow::Result<()> {
     if !st.summary.is_empty() {
         println!("\n{}", st.summary);
     }
+    for line in observed_vs_desired(&st) {
+        println!("{line}");
+    }
     for n in st.nodes.iter().filter(|n| n.last_error.is_some()) {
         println!(
             "{}: {}",
@@ -298,6 +301,44 @@ WantedBy=multi-user.target
         path = path.display()
     );
     Ok(())
+}
+
+/// Lines saying where observed differs from desired: nodes behind the formation's
+/// generation (and why), settings pending a restart, a rejected or removed file.
+pub fn observed_vs_desired(st: &pgha_api::FormationStatus) -> Vec<String> {
+    let mut out = vec![];
+    if st.orphaned {
+        out.push(format!(
+            "formation file {} was removed: running as it is, not reconciled",
+            st.source_file.as_deref().unwrap_or("?")
+        ));
+    }
+    for e in &st.config_errors {
+        out.push(format!("rejected (last good version in force): {e}"));
+    }
+    for n in &st.nodes {
+        if st.generation > 0 && n.applied_generation < st.generation {
+            let why = if n.report_age_ms.is_none_or(|ms| ms > 5000) {
+                "its agent does not report".to_string()
+            } else if let Some(e) = &n.last_error {
+                e.clone()
+            } else {
+                "applying".to_string()
+            };
+            out.push(format!(
+                "{}: at generation {} of {} ({why})",
+                n.name, n.applied_generation, st.generation
+            ));
+        }
+        if !n.pending_restart.is_empty() {
+            out.push(format!(
+                "{}: pending restart for {}",
+                n.name,
+                n.pending_restart.join(", ")
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

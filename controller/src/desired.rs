@@ -1,0 +1,118 @@
+//! The desired state: formation files in the formations directory, read whole at every
+//! reload (a file change seen by the watcher, SIGHUP, or the periodic resync). Each file
+//! is accepted whole or not at all; a rejected file leaves the last good version of its
+//! formation in force.
+
+use pgha_api::formation::FormationDoc;
+use pgha_api::validate::{ConfigError, parse_formation};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What one pass over the directory found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Valid formations by name, with the file they came from.
+    pub formations: BTreeMap<String, (String, FormationDoc)>,
+    /// Rejected files with every error.
+    pub rejected: BTreeMap<String, Vec<ConfigError>>,
+}
+
+/// Reads every `*.yaml` / `*.yml` in `dir` (hidden and temporary files skipped).
+pub fn scan(dir: &Path) -> Scan {
+    let mut out = Scan::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            !name.starts_with('.')
+                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+    for path in files {
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                out.rejected.insert(
+                    file.clone(),
+                    vec![ConfigError {
+                        file,
+                        line: 1,
+                        column: 1,
+                        field: "(file)".into(),
+                        message: format!("cannot read: {e}"),
+                    }],
+                );
+                continue;
+            }
+        };
+        match parse_formation(&file, &bytes) {
+            Ok(doc) => {
+                let name = doc.metadata.name.clone();
+                if let Some((other, _)) = out.formations.get(&name) {
+                    out.rejected.insert(
+                        file.clone(),
+                        vec![ConfigError {
+                            file: file.clone(),
+                            line: 1,
+                            column: 1,
+                            field: "metadata.name".into(),
+                            message: format!("formation {name:?} is already defined in {other}"),
+                        }],
+                    );
+                } else {
+                    out.formations.insert(name, (file, doc));
+                }
+            }
+            Err(errs) => {
+                out.rejected.insert(file, errs);
+            }
+        }
+    }
+    out
+}
+
+/// Sends a unit on `tx` whenever something in `dir` changes. The watcher lives as long as
+/// the returned handle.
+pub fn watch(
+    dir: &Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.try_send(());
+        }
+    })?;
+    w.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(w)
+}
+
+/// How often formations are re-read even without a change notification.
+pub const RESYNC: Duration = Duration::from_secs(10);
+
+/// The file `create monitor` writes: an open formation that the tutorial's nodes join.
+pub fn default_formation_yaml(name: &str) -> String {
+    format!(
+        "# yaml-language-server: $schema=https://pgha.dev/schemas/formation.schema.json\n\
+         # Written by `pgha create monitor`. Edit it (or replace it from Git): the monitor\n\
+         # reloads it when it changes. With no nodes listed, any node may join.\n\
+         apiVersion: pgha/v1\n\
+         kind: Formation\n\
+         metadata:\n  name: {name}\n\
+         spec:\n  numberSyncStandbys: 0\n  nodes: []\n"
+    )
+}

@@ -1,0 +1,202 @@
+//! The formation file as the source of truth, on a running formation: a reload-only
+//! setting and a candidate priority converge on every node; a restart-only setting is
+//! reported as pending; a broken file is rejected (event, metric, show state) while the
+//! running formation stays as it was; an undeclared node is refused and nothing of it
+//! is stored.
+
+use pgha_api::NodeState::*;
+use pgha_e2e::Cluster;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(120);
+
+fn check(c: &Cluster, r: anyhow::Result<()>) {
+    if let Err(e) = r {
+        c.dump_logs();
+        panic!("{e:#}");
+    }
+}
+
+fn formation_yaml(c: &Cluster, params: &str, b_priority: u32) -> String {
+    format!(
+        "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  postgresql:\n    parameters:\n{params}  nodes:\n    - name: node_a\n      host: 127.0.0.1\n      port: {}\n    - name: node_b\n      host: 127.0.0.1\n      port: {}\n      candidatePriority: {b_priority}\n",
+        c.nodes[0].port, c.nodes[1].port
+    )
+}
+
+/// Waits until every node applied the formation's current generation; returns it and
+/// how long that took.
+fn wait_applied(c: &Cluster, after: u64) -> anyhow::Result<(u64, Duration)> {
+    let t0 = Instant::now();
+    loop {
+        let st = c.state()?;
+        if st.generation > after
+            && st
+                .nodes
+                .iter()
+                .all(|n| n.applied_generation == st.generation)
+        {
+            return Ok((st.generation, t0.elapsed()));
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "generation {} not applied: {:?}",
+            st.generation,
+            st.nodes
+                .iter()
+                .map(|n| (&n.name, n.applied_generation, &n.last_error))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn setting(c: &Cluster, i: usize, name: &str) -> anyhow::Result<String> {
+    let db = c.connect_node(i).await?;
+    Ok(db.query_one(&format!("SHOW {name}"), &[]).await?.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formation_file_changes_converge_and_bad_files_change_nothing() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        c.add_node("node_a")?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        c.add_node("node_b")?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        let g0 = c.state()?.generation;
+
+        // A reload-only setting reaches every node.
+        c.write_formation(
+            "default.yaml",
+            &formation_yaml(&c, "      work_mem: 12MB\n", 50),
+        )?;
+        let (g1, took) = wait_applied(&c, g0)?;
+        println!("reload-only setting applied on every node in {took:?}");
+        anyhow::ensure!(setting(&c, 0, "work_mem").await? == "12MB");
+        anyhow::ensure!(setting(&c, 1, "work_mem").await? == "12MB");
+
+        // A candidate priority flows to the node record.
+        c.write_formation(
+            "default.yaml",
+            &formation_yaml(&c, "      work_mem: 12MB\n", 0),
+        )?;
+        let (g2, took) = wait_applied(&c, g1)?;
+        println!("priority change applied in {took:?}");
+        let st = c.state()?;
+        let b = st.nodes.iter().find(|n| n.name == "node_b").unwrap();
+        anyhow::ensure!(
+            b.candidate_priority == 0,
+            "priority not applied: {}",
+            b.candidate_priority
+        );
+
+        // A restart-only setting is reported as pending, not applied behind our back.
+        c.write_formation(
+            "default.yaml",
+            &formation_yaml(&c, "      work_mem: 12MB\n      max_connections: 150\n", 0),
+        )?;
+        let (g3, _) = wait_applied(&c, g2)?;
+        let t0 = Instant::now();
+        loop {
+            let out = c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?;
+            if out.contains("pending restart for max_connections") {
+                println!("{out}");
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(15),
+                "pending restart not shown:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+
+        // A broken file: rejected, visible, and the formation is untouched.
+        c.write_formation(
+            "default.yaml",
+            "apiVersion: pgha/v1\nkind: Formation\nspec: [\n",
+        )?;
+        let t0 = Instant::now();
+        let st = loop {
+            let st = c.state()?;
+            if !st.config_errors.is_empty() {
+                break st;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(15),
+                "broken file not reported"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        println!("config errors: {:?}", st.config_errors);
+        anyhow::ensure!(st.generation == g3, "a broken file changed the generation");
+        anyhow::ensure!(
+            st.config_errors[0].starts_with("default.yaml:"),
+            "{:?}",
+            st.config_errors
+        );
+        anyhow::ensure!(setting(&c, 0, "work_mem").await? == "12MB");
+        let out = c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?;
+        anyhow::ensure!(
+            out.contains("rejected (last good version in force): default.yaml:"),
+            "{out}"
+        );
+        let events = c.pgha_ok(&[
+            "show",
+            "events",
+            "--count",
+            "30",
+            "--monitor",
+            &c.monitor_url,
+        ])?;
+        anyhow::ensure!(events.contains("config_rejected"), "{events}");
+        let metrics = c.monitor_get("/metrics").await?;
+        anyhow::ensure!(
+            metrics.contains(r#"pgha_config_errors_total{file="default.yaml"} 1"#),
+            "{metrics}"
+        );
+        let log = std::fs::read_to_string(c.path().join("monitor.log"))?;
+        anyhow::ensure!(
+            log.contains("formation file rejected: default.yaml:"),
+            "not in the log"
+        );
+
+        // An undeclared node is refused; nothing of it is stored.
+        let (ok, _, err) = c.pgha(&[
+            "create",
+            "postgres",
+            "--pgdata",
+            &c.path().join("node_x").display().to_string(),
+            "--pgport",
+            &pgha_e2e::free_port().to_string(),
+            "--hostname",
+            "127.0.0.1",
+            "--dbname",
+            "appdb",
+            "--monitor",
+            &c.monitor_url,
+            "--name",
+            "node_x",
+        ])?;
+        // The last good file declares node_a and node_b only.
+        anyhow::ensure!(
+            !ok && err.contains("not declared"),
+            "undeclared node admitted: {err}"
+        );
+        anyhow::ensure!(c.state()?.nodes.len() == 2);
+        anyhow::ensure!(!c.path().join("node_x.pgha").exists());
+
+        // Fixed again: accepted, errors gone.
+        c.write_formation(
+            "default.yaml",
+            &formation_yaml(&c, "      work_mem: 16MB\n", 50),
+        )?;
+        wait_applied(&c, g3)?;
+        anyhow::ensure!(c.state()?.config_errors.is_empty());
+        anyhow::ensure!(setting(&c, 1, "work_mem").await? == "16MB");
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        Ok(())
+    }
+    .await;
+    check(&c, r);
+}
