@@ -8,6 +8,11 @@ use crate::formation::{API_VERSION, FormationDoc};
 use std::collections::HashSet;
 use std::fmt;
 
+/// Renders a value as YAML (for `--yaml` output).
+pub fn to_yaml<T: serde::Serialize>(value: &T) -> Result<String, String> {
+    serde_saphyr::to_string(value).map_err(|e| e.to_string())
+}
+
 /// Files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
 

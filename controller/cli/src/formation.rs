@@ -1,6 +1,9 @@
 //! `pgha formation ...`: work with formation files.
 
+use crate::MonitorArgs;
 use clap::Subcommand;
+use pgha_api::FormationStatus;
+use pgha_api::formation::FormationSpec;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -11,11 +14,28 @@ pub enum FormationCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// What the monitor would change if the files in DIR were applied now: per
+    /// formation and node, current vs desired.
+    Diff {
+        /// Directory of formation files (a Git checkout).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Monitor URL, e.g. http://monitor:5440.
+        #[arg(long, env = "PGHA_MONITOR")]
+        monitor: Option<String>,
+    },
 }
 
 pub async fn run(cmd: FormationCmd) -> anyhow::Result<()> {
     match cmd {
         FormationCmd::Validate { files } => validate(&files),
+        FormationCmd::Diff { dir, monitor } => {
+            let monitor = MonitorArgs {
+                monitor,
+                ..MonitorArgs::default()
+            };
+            diff(&dir, &monitor).await
+        }
     }
 }
 
@@ -47,6 +67,128 @@ fn validate(files: &[PathBuf]) -> anyhow::Result<()> {
     }
     if bad > 0 {
         anyhow::bail!("{bad} of {} files invalid", files.len());
+    }
+    Ok(())
+}
+
+/// Differences between what runs and a desired spec, one line each.
+pub fn differences(current: &FormationStatus, want: &FormationSpec) -> Vec<String> {
+    let mut out = vec![];
+    if let Some(db) = &want.dbname
+        && *db != current.dbname
+    {
+        let note = if current.nodes.is_empty() {
+            ""
+        } else {
+            " (refused: the formation has nodes)"
+        };
+        out.push(format!("dbname: {} -> {db}{note}", current.dbname));
+    }
+    if current.number_sync_standbys != want.number_sync_standbys {
+        out.push(format!(
+            "numberSyncStandbys: {} -> {}",
+            current.number_sync_standbys, want.number_sync_standbys
+        ));
+    }
+    let have = current
+        .spec
+        .as_ref()
+        .map(|s| s.postgresql.parameters.clone())
+        .unwrap_or_default();
+    for (k, v) in &want.postgresql.parameters {
+        match have.get(k) {
+            None => out.push(format!("parameter {k}: (unset) -> {v}")),
+            Some(old) if old != v => out.push(format!("parameter {k}: {old} -> {v}")),
+            _ => {}
+        }
+    }
+    for (k, v) in &have {
+        if !want.postgresql.parameters.contains_key(k) {
+            out.push(format!("parameter {k}: {v} -> (unset)"));
+        }
+    }
+    if current.spec.as_ref().map(|s| &s.timings) != Some(&want.timings) {
+        out.push(format!(
+            "timings: report {} ms, failure timeout {} ms, lease {} ms",
+            want.timings.report_interval_ms, want.timings.failure_timeout_ms, want.timings.lease_ms
+        ));
+    }
+    for d in &want.nodes {
+        match current.nodes.iter().find(|n| n.name == d.name) {
+            None => out.push(format!(
+                "node {}: declared, not registered yet ({}:{})",
+                d.name, d.host, d.port
+            )),
+            Some(n) => {
+                if u32::from(n.candidate_priority) != d.candidate_priority {
+                    out.push(format!(
+                        "node {}: candidatePriority {} -> {}",
+                        d.name, n.candidate_priority, d.candidate_priority
+                    ));
+                }
+                if n.replication_quorum != d.replication_quorum {
+                    out.push(format!(
+                        "node {}: replicationQuorum {} -> {}",
+                        d.name, n.replication_quorum, d.replication_quorum
+                    ));
+                }
+                if n.host != d.host || n.port != d.port {
+                    out.push(format!(
+                        "node {}: registered at {}:{}, declared at {}:{}",
+                        d.name, n.host, n.port, d.host, d.port
+                    ));
+                }
+            }
+        }
+    }
+    if want.declared_nodes_only() {
+        for n in &current.nodes {
+            if !want.nodes.iter().any(|d| d.name == n.name) {
+                out.push(format!(
+                    "node {}: registered but not declared (left running; remove it with care)",
+                    n.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+async fn diff(dir: &std::path::Path, monitor: &MonitorArgs) -> anyhow::Result<()> {
+    let scan = pgha_controller::desired::scan(dir);
+    if scan.formations.is_empty() && scan.rejected.is_empty() {
+        anyhow::bail!("no formation files (*.yaml) in {}", dir.display());
+    }
+    let client = monitor.client()?;
+    for errs in scan.rejected.values() {
+        for e in errs {
+            println!("{e}");
+        }
+    }
+    for (name, (file, doc)) in &scan.formations {
+        match client.state(name).await {
+            Ok(current) => {
+                let lines = differences(&current, &doc.spec);
+                if lines.is_empty() {
+                    println!("formation {name} ({file}): no change");
+                } else {
+                    println!("formation {name} ({file}):");
+                    for l in lines {
+                        println!("  {l}");
+                    }
+                }
+            }
+            Err(e) if e.code() == Some("unknown_formation") => {
+                println!(
+                    "formation {name} ({file}): new, {} nodes declared",
+                    doc.spec.nodes.len()
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !scan.rejected.is_empty() {
+        anyhow::bail!("{} files invalid", scan.rejected.len());
     }
     Ok(())
 }

@@ -48,7 +48,7 @@ enum Cmd {
     /// Perform an operation on a formation.
     #[command(subcommand)]
     Perform(PerformCmd),
-    /// Formation files: validate.
+    /// Formation files: validate, diff against the monitor.
     #[command(subcommand)]
     Formation(formation::FormationCmd),
     /// Run a local formation on loopback doing real work: monitor, two nodes, writes,
@@ -247,5 +247,14 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -15,6 +15,21 @@ pub enum ShowCmd {
     Events(EventsArgs),
     /// A systemd unit that runs this monitor or node.
     Systemd(SystemdArgs),
+    /// A formation's desired state (from its file) and what runs.
+    Formation(FormationArgs),
+}
+
+#[derive(Args)]
+pub struct FormationArgs {
+    #[command(flatten)]
+    monitor: MonitorArgs,
+    /// Formation name.
+    #[arg(default_value = pgha_api::DEFAULT_FORMATION)]
+    name: String,
+    #[arg(long, conflicts_with = "yaml")]
+    json: bool,
+    #[arg(long)]
+    yaml: bool,
 }
 
 #[derive(Args)]
@@ -68,6 +83,7 @@ pub async fn run(cmd: ShowCmd) -> anyhow::Result<()> {
         ShowCmd::Uri(a) => uri(a).await,
         ShowCmd::Events(a) => events(a).await,
         ShowCmd::Systemd(a) => systemd(a),
+        ShowCmd::Formation(a) => formation(a).await,
     }
 }
 
@@ -300,6 +316,77 @@ WantedBy=multi-user.target
         exe = exe.display(),
         path = path.display()
     );
+    Ok(())
+}
+
+async fn formation(a: FormationArgs) -> anyhow::Result<()> {
+    let st = a.monitor.client()?.state(&a.name).await?;
+    if a.json {
+        return json(&st);
+    }
+    if a.yaml {
+        print!(
+            "{}",
+            pgha_api::validate::to_yaml(&st).map_err(|e| anyhow::anyhow!("{e}"))?
+        );
+        return Ok(());
+    }
+    println!(
+        "formation {} (database {}, term {}, generation {}, from {})",
+        st.name,
+        st.dbname,
+        st.term,
+        st.generation,
+        st.source_file.as_deref().unwrap_or("registrations only")
+    );
+    if let Some(spec) = &st.spec {
+        println!(
+            "desired: numberSyncStandbys {}, {} nodes declared{}, {} parameters",
+            spec.number_sync_standbys,
+            spec.nodes.len(),
+            if spec.declared_nodes_only() {
+                " (declared only)"
+            } else {
+                " (open admission)"
+            },
+            spec.postgresql.parameters.len()
+        );
+        let diffs = crate::formation::differences(&st, spec);
+        for d in diffs {
+            println!("  not yet: {d}");
+        }
+    }
+    let rows: Vec<Vec<String>> = st
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                format!("{}:{}", n.host, n.port),
+                n.candidate_priority.to_string(),
+                n.replication_quorum.to_string(),
+                n.assigned_state.to_string(),
+                format!("{}/{}", n.applied_generation, st.generation),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "Name",
+                "Host:Port",
+                "Priority",
+                "Quorum",
+                "Assigned State",
+                "Generation"
+            ],
+            &rows
+        )
+    );
+    for line in observed_vs_desired(&st) {
+        println!("{line}");
+    }
     Ok(())
 }
 
