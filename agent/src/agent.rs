@@ -702,7 +702,7 @@ pub async fn run(
     tracing::info!(
         node = %agent.cfg.name,
         pgdata = %agent.cfg.pgdata.display(),
-        monitor = %agent.cfg.monitor,
+        monitor = %crate::client::redact(&agent.cfg.monitor),
         last_goal = ?agent.state.assignment.as_ref().map(|a| a.goal),
         "agent started"
     );

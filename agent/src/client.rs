@@ -28,6 +28,33 @@ impl ClientError {
     }
 }
 
+/// Splits `scheme://user:secret@host:port/...` into the URL without user info and the
+/// secret (the password part, or the user part when there is no password).
+pub fn split_secret(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let secret = userinfo.split_once(':').map(|(_, p)| p).unwrap_or(userinfo);
+            (format!("{scheme}://{host}{path}"), Some(secret.to_string()))
+        }
+        None => (url.to_string(), None),
+    }
+}
+
+/// The URL with any secret replaced, for logs.
+pub fn redact(url: &str) -> String {
+    match split_secret(url) {
+        (base, Some(_)) => base.replacen("://", "://***@", 1),
+        (base, None) => base,
+    }
+}
+
 #[derive(Clone)]
 pub struct MonitorClient {
     base: String,
@@ -50,10 +77,21 @@ fn describe(e: &reqwest::Error) -> String {
 }
 
 impl MonitorClient {
-    pub fn new(base: &str, timeout: Duration) -> Self {
+    /// A client for the monitor at `url`. A join secret in the URL's user info
+    /// (`http://pgha:SECRET@host:port`) is sent as a bearer token, never as part of the URL.
+    pub fn new(url: &str, timeout: Duration) -> Self {
+        let (base, secret) = split_secret(url);
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(s) = secret
+            && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {s}"))
+        {
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .default_headers(headers)
             .build()
             .unwrap_or_default();
         MonitorClient {
@@ -146,5 +184,27 @@ impl MonitorClient {
             .unwrap_or_default();
         let s = since.map(|s| format!("&since={s}")).unwrap_or_default();
         self.get(&format!("/v1/events?count={count}{f}{s}")).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_come_out_of_urls() {
+        assert_eq!(
+            split_secret("http://pgha:s3cret@10.0.0.9:5440"),
+            (
+                "http://10.0.0.9:5440".to_string(),
+                Some("s3cret".to_string())
+            )
+        );
+        assert_eq!(
+            split_secret("http://10.0.0.9:5440"),
+            ("http://10.0.0.9:5440".to_string(), None)
+        );
+        assert_eq!(redact("http://pgha:s3cret@h:5440"), "http://***@h:5440");
+        assert!(!redact("http://pgha:s3cret@h:5440").contains("s3cret"));
     }
 }

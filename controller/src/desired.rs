@@ -14,6 +14,8 @@ use std::time::Duration;
 pub struct Scan {
     /// Valid formations by name, with the file they came from.
     pub formations: BTreeMap<String, (String, FormationDoc)>,
+    /// Join secrets read from the files that `admission.joinSecretFile` names.
+    pub secrets: BTreeMap<String, String>,
     /// Rejected files with every error.
     pub rejected: BTreeMap<String, Vec<ConfigError>>,
 }
@@ -62,6 +64,33 @@ pub fn scan(dir: &Path) -> Scan {
         match parse_formation(&file, &bytes) {
             Ok(doc) => {
                 let name = doc.metadata.name.clone();
+                if let Some(secret_file) = &doc.spec.admission.join_secret_file {
+                    match std::fs::read_to_string(secret_file) {
+                        Ok(s) if !s.trim().is_empty() => {
+                            out.secrets.insert(name.clone(), s.trim().to_string());
+                        }
+                        res => {
+                            let why = match res {
+                                Err(e) => e.to_string(),
+                                Ok(_) => "the file is empty".into(),
+                            };
+                            let (line, column) = locate_key(&bytes, "joinSecretFile");
+                            out.rejected.insert(
+                                file.clone(),
+                                vec![ConfigError {
+                                    file: file.clone(),
+                                    line,
+                                    column,
+                                    field: "spec.admission.joinSecretFile".into(),
+                                    message: format!(
+                                        "cannot read the join secret from {secret_file}: {why}"
+                                    ),
+                                }],
+                            );
+                            continue;
+                        }
+                    }
+                }
                 if let Some((other, _)) = out.formations.get(&name) {
                     out.rejected.insert(
                         file.clone(),
@@ -83,6 +112,17 @@ pub fn scan(dir: &Path) -> Scan {
         }
     }
     out
+}
+
+fn locate_key(bytes: &[u8], key: &str) -> (u32, u32) {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| {
+            l.find(&format!("{key}:"))
+                .map(|c| (i as u32 + 1, c as u32 + 1))
+        })
+        .unwrap_or((1, 1))
 }
 
 /// Sends a unit on `tx` whenever something in `dir` changes. The watcher lives as long as

@@ -5,7 +5,7 @@ use crate::planner::{self, NodeView};
 use crate::store::{FormationRecord, NodeRecord};
 use crate::{Shared, lock, now_ms};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -93,12 +93,48 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// A formation with a join secret admits only requests that present it.
+fn check_secret(
+    st: &crate::state::ControllerState,
+    formation: &str,
+    headers: &HeaderMap,
+) -> Result<(), Failure> {
+    let Some(want) = st.join_secrets.get(formation) else {
+        return Ok(());
+    };
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare without an early exit, so timing does not reveal a prefix.
+    let same = got.len() == want.len()
+        && got
+            .bytes()
+            .zip(want.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "join_secret",
+            format!(
+                "formation {formation:?} needs its join secret: use the monitor URL that `pgha show uri --dir <monitor dir>` prints on the monitor VM"
+            ),
+        ))
+    }
+}
+
 async fn register(
     State(ctx): State<Ctx>,
+    headers: HeaderMap,
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult<RegisterResponse> {
     let now = now_ms();
     let mut st = lock(&ctx.shared);
+    check_secret(&st, &req.formation, &headers)?;
     let Some(f) = st.durable.formations.get(&req.formation) else {
         return Err(Failure::new(
             StatusCode::NOT_FOUND,
@@ -262,9 +298,14 @@ async fn register(
     }))
 }
 
-async fn report(State(ctx): State<Ctx>, Json(r): Json<NodeReport>) -> ApiResult<Assignment> {
+async fn report(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(r): Json<NodeReport>,
+) -> ApiResult<Assignment> {
     let now = now_ms();
     let mut st = lock(&ctx.shared);
+    check_secret(&st, &r.formation, &headers)?;
     if st.formation_of(r.node_id).map(|f| f.name.as_str()) != Some(r.formation.as_str()) {
         return Err(Failure::new(
             StatusCode::NOT_FOUND,

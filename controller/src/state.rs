@@ -52,6 +52,8 @@ pub struct ControllerState {
     pub promotions: HashMap<String, PromotionTrack>,
     /// Errors of each rejected formation file, as last reported.
     pub config_errors: BTreeMap<String, Vec<String>>,
+    /// Join secrets by formation (memory only: re-read from their files at each load).
+    pub join_secrets: BTreeMap<String, String>,
     store: Box<dyn Store>,
 }
 
@@ -72,6 +74,7 @@ impl ControllerState {
             blocked: HashMap::new(),
             promotions: HashMap::new(),
             config_errors: BTreeMap::new(),
+            join_secrets: BTreeMap::new(),
             store,
         })
     }
@@ -329,6 +332,19 @@ impl ControllerState {
     ) -> Result<(), StoreError> {
         let mut changed = false;
         let mut events = vec![];
+        // A rejected file keeps its formation's last secret; an accepted one sets it.
+        for (name, (file, _)) in &scan.formations {
+            match scan.secrets.get(name) {
+                Some(s) => {
+                    self.join_secrets.insert(name.clone(), s.clone());
+                }
+                None => {
+                    if !scan.rejected.contains_key(file) {
+                        self.join_secrets.remove(name);
+                    }
+                }
+            }
+        }
         for (file, errs) in &scan.rejected {
             let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
             if self.config_errors.get(file) == Some(&lines) {

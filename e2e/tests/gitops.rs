@@ -200,3 +200,59 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
     .await;
     check(&c, r);
 }
+
+/// A formation with a join secret admits only nodes presenting it; the URL that `show
+/// uri --dir` prints on the monitor carries it; the secret never shows in logs or events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_secret_admits_only_nodes_that_present_it() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        let secret_file = c.path().join("default.secret");
+        std::fs::write(&secret_file, "s3cret-for-the-test\n")?;
+        c.write_formation(
+            "default.yaml",
+            &format!(
+                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  admission:\n    joinSecretFile: {}\n",
+                secret_file.display()
+            ),
+        )?;
+        let t0 = Instant::now();
+        let join_url = loop {
+            let out = c.pgha_ok(&["show", "uri", "--json", "--dir", &c.monitor_dir().display().to_string()])?;
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+            if let Some(r) = rows.iter().find(|r| r["type"] == "join") {
+                break r["uri"].as_str().unwrap_or_default().to_string();
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(5), "no join URL: {out}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        anyhow::ensure!(join_url.contains("s3cret-for-the-test@"), "{join_url}");
+        // Once the monitor loaded the file, the plain URL is refused.
+        let t0 = Instant::now();
+        while c.state()?.generation < 2 {
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(15), "formation file not loaded");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (ok, _, err) = c.pgha(&[
+            "create", "postgres", "--pgdata", &c.path().join("node_x").display().to_string(),
+            "--pgport", &pgha_e2e::free_port().to_string(), "--hostname", "127.0.0.1",
+            "--dbname", "appdb", "--monitor", &c.monitor_url, "--name", "node_x",
+        ])?;
+        anyhow::ensure!(!ok && err.contains("join secret"), "admitted without the secret: {err}");
+        // With the join URL, a node registers and runs.
+        let saved = std::mem::replace(&mut c.monitor_url, join_url.clone());
+        let added = c.add_node("node_a");
+        c.monitor_url = saved;
+        added?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        for log in ["monitor.log", "node_a.log"] {
+            let text = std::fs::read_to_string(c.path().join(log))?;
+            anyhow::ensure!(!text.contains("s3cret-for-the-test"), "the secret leaked into {log}");
+        }
+        let events = c.pgha_ok(&["show", "events", "--json", "--count", "100", "--monitor", &c.monitor_url])?;
+        anyhow::ensure!(!events.contains("s3cret-for-the-test"), "the secret leaked into events");
+        Ok(())
+    }
+    .await;
+    check(&c, r);
+}

@@ -161,6 +161,17 @@ async fn uri(a: UriArgs) -> anyhow::Result<()> {
         let st = client.state(f).await?;
         rows.push(("formation".into(), f.clone(), st.uri(None, &info.sslmode)));
     }
+    // On the monitor VM (--dir), the join secrets are readable: print the URL each
+    // formation's nodes join with (`create postgres --monitor <join URL>`).
+    if let Some(dir) = &a.monitor.dir
+        && let Some(fdir) = pgha_controller::MonitorConfig::load(dir)?.formations_dir
+    {
+        let scan = pgha_controller::desired::scan(&fdir);
+        for (name, secret) in &scan.secrets {
+            let url = info.url.replacen("://", &format!("://pgha:{secret}@"), 1);
+            rows.push(("join".into(), name.clone(), url));
+        }
+    }
     if let Some(f) = &a.formation {
         let row = rows
             .iter()
