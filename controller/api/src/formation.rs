@@ -183,7 +183,8 @@ pub struct NodeSpec {
     /// Takes part in synchronous replication (counts for `numberSyncStandbys`).
     #[serde(default = "default_true")]
     pub replication_quorum: bool,
-    /// Take the node out of service (not applied yet by this version: reported).
+    /// Take the node out of service. Reserved: this version refuses `true` rather than
+    /// ignore it.
     #[serde(default)]
     pub maintenance: bool,
 }
