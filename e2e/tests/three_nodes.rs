@@ -1,0 +1,107 @@
+//! Three nodes: bootstrap, a switchover, the primary's VM lost (the most advanced
+//! standby is promoted, the other follows it without a base backup), and the old primary
+//! rejoining. A write probe runs throughout; no acknowledged write may be lost.
+
+use pgha_api::NodeState::*;
+use pgha_e2e::{Cluster, WriteProbe};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_fail_over_and_rejoin() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        c.add_node("node_a")?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        c.add_node("node_b")?;
+        c.add_node("node_c")?;
+        c.wait_for(
+            &[
+                ("node_a", Primary),
+                ("node_b", Secondary),
+                ("node_c", Secondary),
+            ],
+            T,
+        )?;
+        let st = c.state()?;
+        println!(
+            "{}",
+            c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?
+        );
+        anyhow::ensure!(st.nodes.len() == 3);
+        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+
+        // Switchover to a standby.
+        c.pgha_ok(&["perform", "switchover", "--monitor", &c.monitor_url])?;
+        let st = c.state()?;
+        let primary = st
+            .nodes
+            .iter()
+            .find(|n| n.assigned_state == Primary)
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        anyhow::ensure!(primary != "node_a", "switchover did not move the primary");
+        probe.wait_for_more(20, T).await?;
+
+        // The primary's VM is lost.
+        let i = c.nodes.iter().position(|n| n.name == primary).unwrap();
+        let t = Instant::now();
+        c.kill_vm(i)?;
+        let t0 = Instant::now();
+        let new_primary = loop {
+            let st = c.state()?;
+            if let Some(n) = st.nodes.iter().find(|n| {
+                n.name != primary
+                    && n.assigned_state.is_writable()
+                    && n.reported_state == n.assigned_state
+            }) {
+                break n.name.clone();
+            }
+            anyhow::ensure!(t0.elapsed() < T, "no new primary: {}", st.summary);
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        probe.wait_for_more(20, T).await?;
+        println!(
+            "failover to {new_primary}: write gap {:?}",
+            probe.gap_around(t, Instant::now())
+        );
+        let other = ["node_a", "node_b", "node_c"]
+            .into_iter()
+            .find(|n| *n != primary && *n != new_primary)
+            .unwrap();
+        // The other standby follows the new primary (no base backup) and the formation
+        // is synchronous again.
+        c.wait_for(&[(&new_primary, Primary), (other, Secondary)], T)?;
+
+        // The old primary comes back and rejoins.
+        c.start_agent(i)?;
+        c.wait_for(
+            &[
+                (&new_primary, Primary),
+                (other, Secondary),
+                (&primary, Secondary),
+            ],
+            T,
+        )?;
+        let report = probe.finish().await?;
+        println!("write probe: {report:?}");
+        anyhow::ensure!(
+            report.lost.is_empty(),
+            "lost acknowledged writes: {:?}",
+            report.lost
+        );
+        let logs = std::fs::read_to_string(c.path().join(format!("{other}.log")))?;
+        anyhow::ensure!(
+            logs.matches("pg_basebackup").count() == 1,
+            "{other} took another base backup to follow the new primary"
+        );
+        Ok(())
+    }
+    .await;
+    if let Err(e) = r {
+        c.dump_logs();
+        panic!("{e:#}");
+    }
+}
