@@ -130,6 +130,63 @@ async fn vm_losses(
     Ok(s)
 }
 
+/// Formation file changes: time from the file written to every node having applied it.
+async fn gitops(c: &mut Cluster, n: usize) -> anyhow::Result<Vec<(String, Vec<Duration>)>> {
+    let yaml = |work_mem: usize, prio: u32| {
+        format!(
+            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  postgresql:\n    parameters:\n      work_mem: {work_mem}kB\n  nodes:\n    - name: node_a\n      host: 127.0.0.1\n      port: {}\n    - name: node_b\n      host: 127.0.0.1\n      port: {}\n      candidatePriority: {prio}\n",
+            c.nodes[0].port, c.nodes[1].port
+        )
+    };
+    let mut param = vec![];
+    let mut prio = vec![];
+    for i in 0..n {
+        // A reload-only setting: in force on both nodes (SHOW answers the new value).
+        let kb = 5000 + i;
+        let t = Instant::now();
+        c.write_formation("default.yaml", &yaml(kb, 50))?;
+        for node in 0..2 {
+            loop {
+                let db = c.connect_node(node).await?;
+                let v: String = db.query_one("SHOW work_mem", &[]).await?.get(0);
+                if v == format!("{kb}kB") {
+                    break;
+                }
+                anyhow::ensure!(t.elapsed() < T, "work_mem never applied on node {node}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        param.push(t.elapsed());
+        // A candidate priority: the monitor's record shows it.
+        let want = 40 + (i % 2) as u8;
+        let t = Instant::now();
+        c.write_formation("default.yaml", &yaml(kb, want as u32))?;
+        loop {
+            let st = c.state()?;
+            if st
+                .nodes
+                .iter()
+                .any(|n| n.name == "node_b" && n.candidate_priority == want)
+            {
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < T, "priority never applied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        prio.push(t.elapsed());
+        eprintln!(
+            "  formation file {:>2}/{n}: setting in force on both nodes after {}, priority after {}",
+            i + 1,
+            secs(param[i]),
+            secs(prio[i])
+        );
+    }
+    Ok(vec![
+        ("reload-only setting".into(), param),
+        ("candidate priority".into(), prio),
+    ])
+}
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -143,6 +200,7 @@ fn arg(name: &str, default: usize) -> usize {
 async fn main() -> anyhow::Result<()> {
     let n_switch = arg("--switchovers", 20);
     let n_fail = arg("--failovers", 5);
+    let n_gitops = arg("--gitops", 5);
     let mut c = Cluster::start()?;
     let res = async {
         c.add_node("node_a")?;
@@ -159,10 +217,11 @@ async fn main() -> anyhow::Result<()> {
         out.push(vm_losses(&mut c, &probe, n_fail, false).await?);
         out.push(vm_losses(&mut c, &probe, n_fail, true).await?);
         let report = probe.finish().await?;
-        Ok::<_, anyhow::Error>((out, report))
+        let files = gitops(&mut c, n_gitops).await?;
+        Ok::<_, anyhow::Error>((out, report, files))
     }
     .await;
-    let (scenarios, report) = match res {
+    let (scenarios, report, files) = match res {
         Ok(x) => x,
         Err(e) => {
             c.dump_logs();
@@ -193,6 +252,22 @@ async fn main() -> anyhow::Result<()> {
         report.attempts,
         report.lost.len()
     );
+    if !files.is_empty() && !files[0].1.is_empty() {
+        println!(
+            "\n{:<22} | {:>4} | {:>8} | {:>8}",
+            "formation file change", "runs", "median", "max"
+        );
+        println!("{}", "-".repeat(50));
+        for (name, v) in &files {
+            println!(
+                "{:<22} | {:>4} | {:>8} | {:>8}",
+                name,
+                v.len(),
+                secs(median(v)),
+                secs(v.iter().max().copied().unwrap_or_default())
+            );
+        }
+    }
     anyhow::ensure!(
         report.lost.is_empty(),
         "acknowledged writes lost: {:?}",
