@@ -163,7 +163,7 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
         "Current term of the formation (bumped by each promotion)",
         term,
     );
-    reg.register("formation", "Formation metadata (always 1)", info);
+    reg.register("formation_info", "Formation metadata (always 1)", info);
     reg.register(
         "failover_blocked",
         "1 while a needed failover is not happening, by reason",
@@ -287,7 +287,7 @@ mod tests {
             ("pgha_node_wal_lsn_bytes", "gauge"),
             ("pgha_replication_lag_bytes", "gauge"),
             ("pgha_formation_term", "gauge"),
-            ("pgha_formation", "gauge"),
+            ("pgha_formation_info", "gauge"),
             ("pgha_failover_blocked", "gauge"),
             ("pgha_failovers", "counter"),
             ("pgha_switchovers", "counter"),
