@@ -168,6 +168,30 @@ impl Cluster {
         }
     }
 
+    /// The tutorial's start: node_a (single), then node_b; waits for primary + secondary.
+    pub fn bootstrap_two(&mut self) -> anyhow::Result<()> {
+        let t = Duration::from_secs(120);
+        self.add_node("node_a")?;
+        self.wait_for(&[("node_a", NodeState::Single)], t)?;
+        self.add_node("node_b")?;
+        self.wait_for(
+            &[
+                ("node_a", NodeState::Primary),
+                ("node_b", NodeState::Secondary),
+            ],
+            t,
+        )?;
+        Ok(())
+    }
+
+    /// Fails the test with the cluster's logs when `r` is an error.
+    pub fn check(&self, r: anyhow::Result<()>) {
+        if let Err(e) = r {
+            self.dump_logs();
+            panic!("{e:#}");
+        }
+    }
+
     /// `pgha create postgres` for a new node, then starts its agent.
     pub fn add_node(&mut self, name: &str) -> anyhow::Result<usize> {
         self.add_node_with(name, &[])

@@ -203,6 +203,18 @@ impl WriteProbe {
         Ok(ids.into_iter().filter(|id| !present.contains(id)).collect())
     }
 
+    /// `finish`, printed, and an error when an acknowledged write was lost.
+    pub async fn finish_without_loss(self) -> anyhow::Result<ProbeReport> {
+        let report = self.finish().await?;
+        println!("write probe: {report:?}");
+        anyhow::ensure!(
+            report.lost.is_empty(),
+            "lost acknowledged writes: {:?}",
+            report.lost
+        );
+        Ok(report)
+    }
+
     /// Stops the probe and checks every acknowledged id on the current primary.
     pub async fn finish(self) -> anyhow::Result<ProbeReport> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -10,13 +10,6 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
 
-fn check(c: &Cluster, r: anyhow::Result<()>) {
-    if let Err(e) = r {
-        c.dump_logs();
-        panic!("{e:#}");
-    }
-}
-
 fn formation_yaml(c: &Cluster, params: &str, b_priority: u32) -> String {
     format!(
         "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  postgresql:\n    parameters:\n{params}  nodes:\n    - name: node_a\n      host: 127.0.0.1\n      port: {}\n    - name: node_b\n      host: 127.0.0.1\n      port: {}\n      candidatePriority: {b_priority}\n",
@@ -60,10 +53,7 @@ async fn setting(c: &Cluster, i: usize, name: &str) -> anyhow::Result<String> {
 async fn formation_file_changes_converge_and_bad_files_change_nothing() {
     let mut c = Cluster::start().unwrap();
     let r = async {
-        c.add_node("node_a")?;
-        c.wait_for(&[("node_a", Single)], T)?;
-        c.add_node("node_b")?;
-        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        c.bootstrap_two()?;
         let g0 = c.state()?.generation;
 
         // A reload-only setting reaches every node.
@@ -198,7 +188,7 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
         Ok(())
     }
     .await;
-    check(&c, r);
+    c.check(r);
 }
 
 /// A formation with a join secret admits only nodes presenting it; the URL that `show
@@ -254,5 +244,5 @@ async fn join_secret_admits_only_nodes_that_present_it() {
         Ok(())
     }
     .await;
-    check(&c, r);
+    c.check(r);
 }

@@ -9,13 +9,6 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
 
-fn check(c: &Cluster, r: anyhow::Result<()>) {
-    if let Err(e) = r {
-        c.dump_logs();
-        panic!("{e:#}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_failover_names_its_reason_everywhere() {
     let mut c = Cluster::start().unwrap();
@@ -79,7 +72,7 @@ async fn a_blocked_failover_names_its_reason_everywhere() {
         Ok(())
     }
     .await;
-    check(&c, r);
+    c.check(r);
 }
 
 struct Prometheus {
@@ -165,10 +158,7 @@ async fn eventually(p: &Prometheus, q: &str, want: f64) -> anyhow::Result<()> {
 async fn prometheus_sees_a_failover() {
     let mut c = Cluster::start().unwrap();
     let r = async {
-        c.add_node("node_a")?;
-        c.wait_for(&[("node_a", Single)], T)?;
-        c.add_node("node_b")?;
-        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        c.bootstrap_two()?;
         let mut targets = vec![format!("127.0.0.1:{}", c.monitor_port)];
         targets.extend(c.nodes.iter().map(|n| format!("127.0.0.1:{}", n.http_port)));
         let prom = start_prometheus(c.path(), &targets)?;
@@ -224,5 +214,5 @@ async fn prometheus_sees_a_failover() {
         Ok(())
     }
     .await;
-    check(&c, r);
+    c.check(r);
 }
