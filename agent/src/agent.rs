@@ -37,6 +37,8 @@ struct Agent {
     was_ready: bool,
     /// Generation of the formation settings written and reloaded.
     applied_generation: u64,
+    /// The primary's values of the hot-standby settings, from pg_controldata.
+    hot_standby_floors: std::collections::BTreeMap<String, i64>,
 }
 
 /// Starts of a standby that fail in a row before it is rebuilt from a base backup.
@@ -117,6 +119,8 @@ impl Agent {
                         .collect()
                 })
                 .unwrap_or_default(),
+            restart_allowed: goal.is_standby()
+                || a.is_some_and(|a| a.peers.is_empty() && goal.is_writable()),
         }
     }
 
@@ -281,6 +285,11 @@ impl Agent {
                 pg::start(cfg).await?;
                 Ok(())
             }
+            Step::Stop if !goal.is_stopped() => {
+                tracing::info!("restarting Postgres to apply settings pending a restart");
+                pg::stop(cfg).await?;
+                Ok(())
+            }
             Step::Stop => {
                 tracing::info!("stopping Postgres for {goal}");
                 pg::stop(cfg).await?;
@@ -320,6 +329,9 @@ impl Agent {
         if self.cfg.ssl_self_signed {
             ensure_certificate(&self.cfg, self.who).await?;
         }
+        if let Ok(c) = pg::controldata(&self.cfg).await {
+            self.hot_standby_floors = c.hot_standby_floors;
+        }
         self.apply_conf(goal)?;
         pg::start(&self.cfg).await?;
         Ok(())
@@ -338,7 +350,18 @@ impl Agent {
         let a = self.state.assignment.as_ref();
         let role = role_for(goal, a, self.synchronous_standby_names());
         let peers = a.map(|a| a.peers.clone()).unwrap_or_default();
-        let parameters = a.map(|a| a.parameters.clone()).unwrap_or_default();
+        let mut parameters = a.map(|a| a.parameters.clone()).unwrap_or_default();
+        if goal.is_standby() {
+            // A standby cannot start below the primary's values of these settings: a
+            // decrease reaches it only once the primary runs the lower value.
+            for (name, floor) in &self.hot_standby_floors {
+                if let Some(v) = parameters.get_mut(name)
+                    && v.parse::<i64>().is_ok_and(|want| want < *floor)
+                {
+                    *v = floor.to_string();
+                }
+            }
+        }
         Ok(conf::apply(
             &self.cfg,
             &role,
@@ -480,6 +503,9 @@ impl Agent {
         if l.ready {
             self.start_attempts = 0;
         }
+        if let Some(c) = &l.control {
+            self.hot_standby_floors = c.hot_standby_floors.clone();
+        }
         self.track_standbys(&l);
         let goal = self.effective_goal();
         self.check_lease(goal)?;
@@ -524,8 +550,9 @@ impl Agent {
         let prev = self.reported;
         match &result {
             Ok(()) => {
-                if matches!(step, Step::Reached | Step::Wait(_)) {
-                    // The configuration of this assignment is written and reloaded.
+                if matches!(step, Step::Reached | Step::Wait(_)) && !acted {
+                    // The configuration of this assignment was already in force when
+                    // this tick observed Postgres (so a pending restart would show).
                     self.applied_generation = self
                         .state
                         .assignment
@@ -695,6 +722,7 @@ pub async fn run(
         last_report_ok: None,
         was_ready: false,
         applied_generation: 0,
+        hot_standby_floors: Default::default(),
     };
     if agent.cfg.http_port != 0 {
         serve_http(&agent.cfg, agent.snapshot.clone()).await;

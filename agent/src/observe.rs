@@ -160,7 +160,8 @@ async fn query(cfg: &AgentConfig, l: &mut Local) -> Result<(), tokio_postgres::E
                     EXISTS (SELECT 1 FROM pg_database WHERE datname = $2), \
                     ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY 1), \
                     ARRAY(SELECT coalesce(name, '?') || ': ' || error FROM pg_file_settings \
-                          WHERE error IS NOT NULL ORDER BY 1)",
+                          WHERE error IS NOT NULL \
+                          AND error <> 'setting could not be applied' ORDER BY 1)",
             &[&pgha_api::REPLICATION_USER, &cfg.dbname],
         )
         .await?;

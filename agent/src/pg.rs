@@ -146,7 +146,20 @@ pub struct ControlData {
     pub timeline: Option<u32>,
     pub checkpoint_lsn: Option<pgha_api::Lsn>,
     pub system_identifier: Option<String>,
+    /// Values of the settings a standby may not run below the primary's (recorded from
+    /// the primary's WAL): setting name -> value.
+    pub hot_standby_floors: std::collections::BTreeMap<String, i64>,
 }
+
+/// Settings a hot standby must run at least as high as its primary, with the
+/// `pg_controldata` line that records the primary's value.
+pub const HOT_STANDBY_SETTINGS: [(&str, &str); 5] = [
+    ("max_connections", "max_connections setting"),
+    ("max_worker_processes", "max_worker_processes setting"),
+    ("max_wal_senders", "max_wal_senders setting"),
+    ("max_prepared_transactions", "max_prepared_xacts setting"),
+    ("max_locks_per_transaction", "max_locks_per_xact setting"),
+];
 
 impl ControlData {
     /// The cluster was last a primary (crashed or cleanly shut down), not a standby.
@@ -170,7 +183,13 @@ pub fn parse_controldata(out: &str) -> ControlData {
             "Latest checkpoint's TimeLineID" => c.timeline = v.parse().ok(),
             "Latest checkpoint location" => c.checkpoint_lsn = v.parse().ok(),
             "Database system identifier" => c.system_identifier = Some(v.to_string()),
-            _ => {}
+            k => {
+                if let Some((name, _)) = HOT_STANDBY_SETTINGS.iter().find(|(_, line)| *line == k)
+                    && let Ok(n) = v.parse()
+                {
+                    c.hot_standby_floors.insert(name.to_string(), n);
+                }
+            }
         }
     }
     c

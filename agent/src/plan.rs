@@ -35,6 +35,9 @@ pub struct Wanted {
     pub synchronous_standby_names: String,
     /// Replication slots a primary keeps (one per peer).
     pub slots: Vec<String>,
+    /// Settings waiting for a restart may be applied by restarting here: on a standby,
+    /// or on a primary without peers (with peers, the controller switches over first).
+    pub restart_allowed: bool,
 }
 
 pub fn next_step(w: &Wanted, l: &Local) -> Step {
@@ -73,6 +76,9 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
         if l.synchronous_standby_names.as_deref() != Some(w.synchronous_standby_names.as_str()) {
             return Step::Wait("synchronous_standby_names reload pending");
         }
+        if w.restart_allowed && !l.pending_restart.is_empty() {
+            return Step::Stop;
+        }
         return Step::Reached;
     }
     if g.is_standby() {
@@ -105,6 +111,10 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
         if g == NodeState::StopReplication && l.wal_receiver_streaming {
             return Step::Wait("replication is being cut");
         }
+        if w.restart_allowed && !l.pending_restart.is_empty() && g.streams_from_upstream() {
+            // Restart to apply settings that need it (the next tick starts it again).
+            return Step::Stop;
+        }
         return Step::Reached;
     }
     // init, wait_standby: nothing to do on this side.
@@ -133,6 +143,7 @@ mod tests {
             has_upstream: true,
             synchronous_standby_names: String::new(),
             slots: vec![],
+            restart_allowed: true,
         }
     }
 
@@ -249,6 +260,23 @@ mod tests {
         assert!(matches!(next_step(&w, &l), Step::Wait(_)));
         l.wal_receiver_streaming = false;
         assert_eq!(next_step(&w, &l), Step::Reached);
+    }
+
+    #[test]
+    fn pending_restart_restarts_standbys_and_lone_primaries_only_when_allowed() {
+        let mut l = running_primary();
+        l.in_recovery = Some(true);
+        l.pending_restart = vec!["max_connections".into()];
+        assert_eq!(next_step(&wanted(NodeState::Secondary), &l), Step::Stop);
+        let mut w = wanted(NodeState::Secondary);
+        w.restart_allowed = false;
+        assert_eq!(next_step(&w, &l), Step::Reached);
+        let mut p = running_primary();
+        p.pending_restart = vec!["max_connections".into()];
+        assert_eq!(next_step(&wanted(NodeState::Single), &p), Step::Stop);
+        let mut w = wanted(NodeState::Primary);
+        w.restart_allowed = false;
+        assert_eq!(next_step(&w, &p), Step::Reached);
     }
 
     #[test]

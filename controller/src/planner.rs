@@ -42,6 +42,8 @@ pub struct NodeView {
     pub last_probe: Option<(u64, bool)>,
     /// Controller time of the last successful probe.
     pub last_probe_ok_ms: Option<u64>,
+    /// Generation of the desired state whose settings the node has in force.
+    pub applied_generation: u64,
 }
 
 /// Everything the planner looks at for one formation.
@@ -55,6 +57,10 @@ pub struct FormationView {
     pub controller_started_ms: u64,
     pub now_ms: u64,
     pub nodes: Vec<NodeView>,
+    /// Generation of the desired state (formation file).
+    pub generation: u64,
+    /// Last generation for which a rolling-restart switchover was done.
+    pub rolling_restart_generation: u64,
 }
 
 /// One change of a node's assigned state, with the rule that caused it.
@@ -76,6 +82,8 @@ pub struct Plan {
     pub waiting: Option<String>,
     /// Set while a needed failover is not happening, with the reason.
     pub blocked: Option<BlockReason>,
+    /// Set when a rolling-restart switchover starts: the generation it serves.
+    pub rolling_restart_generation: Option<u64>,
 }
 
 /// Why a failover that is needed does not happen (the `reason` of
@@ -309,7 +317,68 @@ pub fn plan(f: &FormationView) -> Plan {
     plan_primary(f, &mut p);
     plan_promotion(f, &mut p);
     plan_rejoin(f, &mut p);
+    if p.decisions.is_empty() {
+        plan_rolling_restart(f, &mut p);
+    }
     p
+}
+
+/// Settings that need a restart reach a primary last: its standbys restart themselves
+/// (agent side); once they all run the new settings, the primary hands over to one of
+/// them in a switchover and restarts as a standby.
+fn plan_rolling_restart(f: &FormationView, p: &mut Plan) {
+    let Some(pr) = f.stable_writable() else {
+        return;
+    };
+    if pr.goal != NodeState::Primary || pr.pg.pending_restart.is_empty() {
+        return;
+    }
+    let others: Vec<&NodeView> = f.nodes.iter().filter(|n| n.id != pr.id).collect();
+    // Every node must run the current settings first: a standby that has not applied
+    // them yet would need its own restart after becoming primary.
+    let ready = f.nodes.iter().all(|n| n.applied_generation >= f.generation)
+        && others.iter().all(|n| {
+            n.goal == NodeState::Secondary
+                && n.reported == NodeState::Secondary
+                && f.is_healthy(n)
+                && n.pg.pending_restart.is_empty()
+        });
+    if f.rolling_restart_generation >= f.generation {
+        // One switchover per generation: what is still pending after it (a decrease of
+        // a setting a standby may not run below its primary) needs a restart in place.
+        p.wait(format!(
+            "{} needs a restart for {}: restart it when writes may pause",
+            pr.name,
+            pr.pg.pending_restart.join(", ")
+        ));
+        return;
+    }
+    if !ready {
+        p.wait(format!(
+            "{} waits for a restart ({}) until its standbys run the new settings",
+            pr.name,
+            pr.pg.pending_restart.join(", ")
+        ));
+        return;
+    }
+    match plan_switchover(f) {
+        Ok((mut plan, _, _)) => {
+            for d in &mut plan.decisions {
+                d.description = format!(
+                    "rolling restart for {}: {}",
+                    pr.pg.pending_restart.join(", "),
+                    d.description
+                );
+            }
+            plan.rolling_restart_generation = Some(f.generation);
+            *p = plan;
+        }
+        Err(why) => p.wait(format!(
+            "{} needs a restart for {} but cannot hand over ({why}): restart it when writes may pause",
+            pr.name,
+            pr.pg.pending_restart.join(", ")
+        )),
+    }
 }
 
 /// The initial goal of a node that registers into a formation with `others` in it.

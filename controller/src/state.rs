@@ -146,6 +146,7 @@ impl ControllerState {
                     upstream_lost_at_ms: o.upstream_lost_at_ms,
                     last_probe: o.last_probe,
                     last_probe_ok_ms: o.last_probe_ok_ms,
+                    applied_generation: o.applied_generation,
                 }
             })
             .collect();
@@ -157,6 +158,8 @@ impl ControllerState {
             controller_started_ms: self.started_ms,
             now_ms,
             nodes,
+            generation: f.generation,
+            rolling_restart_generation: f.rolling_restart_generation,
         })
     }
 
@@ -191,6 +194,9 @@ impl ControllerState {
         };
         if let Some(t) = plan.new_term {
             f.term = f.term.max(t);
+        }
+        if let Some(g) = plan.rolling_restart_generation {
+            f.rolling_restart_generation = g;
         }
         for d in &plan.decisions {
             if let Some(n) = f.nodes.get_mut(&d.node_id) {

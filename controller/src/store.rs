@@ -64,6 +64,9 @@ pub struct FormationRecord {
     /// The formation file was removed: left running, not reconciled from YAML.
     #[serde(default)]
     pub orphaned: bool,
+    /// Last generation a rolling-restart switchover was done for.
+    #[serde(default)]
+    pub rolling_restart_generation: u64,
 }
 
 impl FormationRecord {
@@ -80,6 +83,7 @@ impl FormationRecord {
             generation: 0,
             source_file: None,
             orphaned: false,
+            rolling_restart_generation: 0,
         }
     }
 }

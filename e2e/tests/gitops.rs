@@ -81,25 +81,45 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
             b.candidate_priority
         );
 
-        // A restart-only setting is reported as pending, not applied behind our back.
+        // A setting that needs a restart rolls out: the standby restarts, then the
+        // primary hands over in a switchover and restarts as a standby. No write is lost.
+        let probe = pgha_e2e::WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+        let term = c.state()?.term;
         c.write_formation(
             "default.yaml",
-            &formation_yaml(&c, "      work_mem: 12MB\n      max_connections: 150\n", 0),
+            &formation_yaml(&c, "      work_mem: 12MB\n      max_connections: 150\n", 50),
         )?;
         let (g3, _) = wait_applied(&c, g2)?;
         let t0 = Instant::now();
         loop {
-            let out = c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?;
-            if out.contains("pending restart for max_connections") {
-                println!("{out}");
+            let a = setting(&c, 0, "max_connections").await.unwrap_or_default();
+            let b = setting(&c, 1, "max_connections").await.unwrap_or_default();
+            let st = c.state()?;
+            let pending = st.nodes.iter().any(|n| !n.pending_restart.is_empty());
+            let steady = st
+                .nodes
+                .iter()
+                .all(|n| n.reported_state == n.assigned_state)
+                && st.nodes.iter().any(|n| n.assigned_state == Primary);
+            if a == "150" && b == "150" && !pending && steady {
+                anyhow::ensure!(
+                    st.term == term + 1,
+                    "expected exactly one switchover, term {term} -> {}",
+                    st.term
+                );
+                println!("restart-only setting rolled out in {:?}", t0.elapsed());
                 break;
             }
             anyhow::ensure!(
-                t0.elapsed() < Duration::from_secs(15),
-                "pending restart not shown:\n{out}"
+                t0.elapsed() < Duration::from_secs(60),
+                "rolling restart did not finish: {a}/{b}, {}",
+                st.summary
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+        probe.wait_for_more(20, T).await?;
+        probe.finish_without_loss().await?;
 
         // A broken file: rejected, visible, and the formation is untouched.
         c.write_formation(
@@ -184,7 +204,23 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
         wait_applied(&c, g3)?;
         anyhow::ensure!(c.state()?.config_errors.is_empty());
         anyhow::ensure!(setting(&c, 1, "work_mem").await? == "16MB");
-        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        // The rolling restart made node_b primary; max_connections went back to its
+        // default, a decrease a standby cannot take before its primary: node_a stays
+        // startable (it keeps the primary's value) and node_b reports the restart it needs.
+        c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
+        let t0 = Instant::now();
+        loop {
+            let out = c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?;
+            if out.contains("node_b: pending restart for max_connections") {
+                println!("{out}");
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(20),
+                "decrease not reported:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         Ok(())
     }
     .await;

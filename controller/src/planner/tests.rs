@@ -32,6 +32,7 @@ fn node(id: NodeId, goal: NodeState) -> NodeView {
         upstream_lost_at_ms: None,
         last_probe: Some((START + 10_000, true)),
         last_probe_ok_ms: Some(START + 10_000),
+        applied_generation: 0,
     }
 }
 
@@ -44,6 +45,8 @@ fn formation(nodes: Vec<NodeView>) -> FormationView {
         controller_started_ms: START,
         now_ms: START + 10_000,
         nodes,
+        generation: 0,
+        rolling_restart_generation: 0,
     }
 }
 
@@ -335,6 +338,45 @@ fn switchover_needs_a_synchronous_primary_and_a_candidate() {
 }
 
 #[test]
+fn a_primary_pending_restart_switches_over_once_its_standbys_restarted() {
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    f.generation = 1;
+    f.nodes[0].applied_generation = 1;
+    f.nodes[1].applied_generation = 1;
+    f.nodes[0].pg.pending_restart = vec!["max_connections".into()];
+    f.nodes[1].pg.pending_restart = vec!["max_connections".into()];
+    let p = plan(&f);
+    assert!(p.decisions.is_empty());
+    assert!(p.waiting.unwrap().contains("waits for a restart"));
+    f.nodes[1].pg.pending_restart.clear();
+    // Not before every node applied the current generation.
+    f.generation = 2;
+    f.nodes[0].applied_generation = 2;
+    f.nodes[1].applied_generation = 1;
+    assert!(plan(&f).decisions.is_empty());
+    f.nodes[1].applied_generation = 2;
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 1), Some(Draining));
+    assert_eq!(p.rolling_restart_generation, Some(2));
+    // Once per generation: after it, what stays pending is reported, not switched again.
+    let mut after = f.clone();
+    after.rolling_restart_generation = 2;
+    let p2 = plan(&after);
+    assert!(p2.decisions.is_empty());
+    assert!(
+        p2.waiting
+            .unwrap()
+            .contains("restart it when writes may pause")
+    );
+    assert_eq!(goal_of(&p, 2), Some(PreparePromotion));
+    assert!(
+        p.decisions[0]
+            .description
+            .starts_with("rolling restart for max_connections")
+    );
+}
+
+#[test]
 fn a_plan_applied_yields_no_new_decisions() {
     let mut f = formation(vec![node(1, Single), node(2, WaitStandby)]);
     let p = plan(&f);
@@ -562,6 +604,8 @@ mod properties {
                 controller_started_ms: START - 10_000,
                 now_ms: self.now,
                 nodes: self.view_nodes.clone(),
+                generation: 0,
+                rolling_restart_generation: 0,
             }
         }
 
