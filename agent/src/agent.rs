@@ -39,6 +39,8 @@ struct Agent {
     applied_generation: u64,
     /// The primary's values of the hot-standby settings, from pg_controldata.
     hot_standby_floors: std::collections::BTreeMap<String, i64>,
+    /// Dropped and removed from the formation: the agent exits.
+    removed: bool,
 }
 
 /// Starts of a standby that fail in a row before it is rebuilt from a base backup.
@@ -469,7 +471,16 @@ impl Agent {
             applied_generation: self.applied_generation,
         };
         self.last_report = Some(Instant::now());
-        let a = self.client.report(&r).await?;
+        let a = match self.client.report(&r).await {
+            Err(e)
+                if e.code() == Some("unknown_node")
+                    && self.effective_goal() == NodeState::Dropped =>
+            {
+                self.removed = true;
+                return Ok(());
+            }
+            res => res?,
+        };
         self.last_controller_contact = Instant::now();
         self.last_report_ok = Some(Instant::now());
         self.contacted_since_start = true;
@@ -684,10 +695,23 @@ async fn serve_http(cfg: &AgentConfig, snapshot: crate::http::SharedSnapshot) {
 
 /// Runs the agent until `shutdown` resolves. Postgres is left running when the agent
 /// stops: restarting the agent (upgrade, crash) never interrupts the database.
+/// Why the agent stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop (SIGTERM, ^C).
+    Stopped,
+    /// Dropped from its formation: nothing left to do (a service manager should not
+    /// restart it; `pgha run` exits with [`EXIT_DROPPED`]).
+    Dropped,
+}
+
+/// Exit status of `pgha run` for a node dropped from its formation (as pg_autoctl).
+pub const EXIT_DROPPED: u8 = 121;
+
 pub async fn run(
     cfg: AgentConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Exit> {
     let who = pg::run_as(&cfg)?;
     let state = AgentState::load(&cfg)?;
     // 0700: the directory holds the Unix socket (local connections are trusted) and
@@ -723,6 +747,7 @@ pub async fn run(
         was_ready: false,
         applied_generation: 0,
         hot_standby_floors: Default::default(),
+        removed: false,
     };
     if agent.cfg.http_port != 0 {
         serve_http(&agent.cfg, agent.snapshot.clone()).await;
@@ -751,11 +776,18 @@ pub async fn run(
                 Duration::from_millis(500)
             }
         };
+        if agent.removed {
+            tracing::info!(
+                pgdata = %agent.cfg.pgdata.display(),
+                "dropped from the formation: Postgres is stopped, PGDATA is kept; exiting"
+            );
+            return Ok(Exit::Dropped);
+        }
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(wait) => {}
         }
     }
     tracing::info!("agent stopping; Postgres keeps running");
-    Ok(())
+    Ok(Exit::Stopped)
 }

@@ -18,5 +18,5 @@ pub mod observe;
 pub mod pg;
 pub mod plan;
 
-pub use agent::run;
+pub use agent::{EXIT_DROPPED, Exit, run};
 pub use config::{AgentConfig, AuthMethod};

@@ -44,6 +44,8 @@ pub struct NodeView {
     pub last_probe_ok_ms: Option<u64>,
     /// Generation of the desired state whose settings the node has in force.
     pub applied_generation: u64,
+    /// The formation file (when it lists its nodes) still declares this node.
+    pub declared: bool,
 }
 
 /// Everything the planner looks at for one formation.
@@ -84,6 +86,8 @@ pub struct Plan {
     pub blocked: Option<BlockReason>,
     /// Set when a rolling-restart switchover starts: the generation it serves.
     pub rolling_restart_generation: Option<u64>,
+    /// Nodes to remove from the formation (dropped, or gone while being dropped).
+    pub remove: Vec<NodeId>,
 }
 
 /// Why a failover that is needed does not happen (the `reason` of
@@ -317,10 +321,70 @@ pub fn plan(f: &FormationView) -> Plan {
     plan_primary(f, &mut p);
     plan_promotion(f, &mut p);
     plan_rejoin(f, &mut p);
+    plan_drop(f, &mut p);
     if p.decisions.is_empty() {
         plan_rolling_restart(f, &mut p);
     }
     p
+}
+
+/// Nodes removed from the formation file are drained and dropped: a standby stops
+/// Postgres (its PGDATA stays on disk) and leaves the formation; a primary first hands
+/// over in a switchover. A node that is gone while being dropped is removed at once.
+fn plan_drop(f: &FormationView, p: &mut Plan) {
+    if f.promoting().is_some() || f.demoting().is_some() {
+        return;
+    }
+    for n in &f.nodes {
+        if n.goal == NodeState::Dropped {
+            if (n.reported == NodeState::Dropped && !n.pg.running) || f.is_failed(n) {
+                p.remove.push(n.id);
+            }
+            continue;
+        }
+        if n.declared {
+            continue;
+        }
+        if n.goal.is_writable() {
+            if f.nodes.len() == 1 {
+                p.assign(
+                    n,
+                    NodeState::Dropped,
+                    "undeclared_node_dropped",
+                    format!("{} is no longer in the formation file: dropped", n.name),
+                );
+                continue;
+            }
+            match plan_switchover(f) {
+                Ok((plan, _, _)) if p.decisions.is_empty() => {
+                    let mut plan = plan;
+                    for d in &mut plan.decisions {
+                        d.description = format!(
+                            "{} is no longer in the formation file: hand over before dropping it; {}",
+                            n.name, d.description
+                        );
+                    }
+                    *p = plan;
+                    return;
+                }
+                Ok(_) => {}
+                Err(why) => p.wait(format!(
+                    "{} is no longer in the formation file but cannot hand over ({why})",
+                    n.name
+                )),
+            }
+            continue;
+        }
+        p.assign(
+            n,
+            NodeState::Dropped,
+            "undeclared_node_dropped",
+            format!(
+                "{} is no longer in the formation file: stopped and dropped (PGDATA kept)",
+                n.name
+            ),
+        );
+    }
 }
 
 /// Settings that need a restart reach a primary last: its standbys restart themselves
@@ -547,7 +611,10 @@ fn failover_candidates<'a>(
             .filter(|n| {
                 n.id != pr.id
                     && n.replication_quorum
-                    && !matches!(n.goal, NodeState::Init | NodeState::WaitStandby)
+                    && !matches!(
+                        n.goal,
+                        NodeState::Init | NodeState::WaitStandby | NodeState::Dropped
+                    )
             })
             .collect();
         if let Some(silent) = quorum.iter().find(|n| !f.is_reporting(n)) {

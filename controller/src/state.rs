@@ -147,6 +147,9 @@ impl ControllerState {
                     last_probe: o.last_probe,
                     last_probe_ok_ms: o.last_probe_ok_ms,
                     applied_generation: o.applied_generation,
+                    declared: f.spec.as_ref().is_none_or(|s| {
+                        !s.declared_nodes_only() || s.nodes.iter().any(|d| d.name == n.name)
+                    }),
                 }
             })
             .collect();
@@ -186,7 +189,7 @@ impl ControllerState {
             ev.inputs = self.view(formation, now_ms).map(|v| decision_inputs(&v));
             self.record(ev)?;
         }
-        if plan.decisions.is_empty() && plan.new_term.is_none() {
+        if plan.decisions.is_empty() && plan.new_term.is_none() && plan.remove.is_empty() {
             return Ok(());
         }
         let Some(f) = self.durable.formations.get_mut(formation) else {
@@ -198,6 +201,11 @@ impl ControllerState {
         if let Some(g) = plan.rolling_restart_generation {
             f.rolling_restart_generation = g;
         }
+        let removed: Vec<NodeRecord> = plan
+            .remove
+            .iter()
+            .filter_map(|id| f.nodes.remove(id))
+            .collect();
         for d in &plan.decisions {
             if let Some(n) = f.nodes.get_mut(&d.node_id) {
                 n.goal = d.goal;
@@ -205,6 +213,20 @@ impl ControllerState {
         }
         self.save()?;
         let inputs = self.view(formation, now_ms).map(|v| decision_inputs(&v));
+        for n in &removed {
+            self.observed.remove(&n.id);
+            let ev = self.event(
+                formation,
+                Some(n),
+                "node_removed",
+                format!(
+                    "{} ({}:{}) left the formation; its PGDATA stays on its VM",
+                    n.name, n.host, n.port
+                ),
+                now_ms,
+            );
+            self.record(ev)?;
+        }
         for d in &plan.decisions {
             let node = self.durable.formations[formation]
                 .nodes

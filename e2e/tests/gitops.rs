@@ -282,3 +282,54 @@ async fn join_secret_admits_only_nodes_that_present_it() {
     .await;
     c.check(r);
 }
+
+/// A node removed from the formation file is drained and dropped: its Postgres stops,
+/// its PGDATA stays, its agent exits with 121, and the primary goes on alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_from_the_file_is_dropped() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        c.bootstrap_two()?;
+        let node = |name: &str, port: u16| {
+            format!("    - name: {name}\n      host: 127.0.0.1\n      port: {port}\n")
+        };
+        let head = "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  nodes:\n";
+        c.write_formation(
+            "default.yaml",
+            &format!("{head}{}{}", node("node_a", c.nodes[0].port), node("node_b", c.nodes[1].port)),
+        )?;
+        let probe = pgha_e2e::WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+        c.write_formation("default.yaml", &format!("{head}{}", node("node_a", c.nodes[0].port)))?;
+        let t0 = Instant::now();
+        loop {
+            let st = c.state()?;
+            if st.nodes.len() == 1 {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "node_b not dropped: {:?}", st.nodes.iter().map(|n| (&n.name, n.assigned_state)).collect::<Vec<_>>());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c.wait_for(&[("node_a", WaitPrimary)], T)?;
+        // The agent exits with 121; Postgres is stopped; PGDATA stays.
+        let mut agent = c.nodes[1].agent.take().expect("agent running");
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = agent.try_wait()? {
+                break s;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(15), "agent did not exit");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        anyhow::ensure!(status.code() == Some(121), "agent exited with {status:?}");
+        anyhow::ensure!(c.nodes[1].pgdata.join("PG_VERSION").exists(), "PGDATA was removed");
+        anyhow::ensure!(c.nodes[1].postmaster_pid().is_none(), "Postgres still runs");
+        probe.wait_for_more(20, T).await?;
+        probe.finish_without_loss().await?;
+        let events = c.pgha_ok(&["show", "events", "--count", "30", "--monitor", &c.monitor_url])?;
+        anyhow::ensure!(events.contains("node_removed"), "{events}");
+        Ok(())
+    }
+    .await;
+    c.check(r);
+}

@@ -190,7 +190,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
             pgdata.display()
         );
         if a.run {
-            return pgha_agent::run(existing, crate::shutdown_signal()).await;
+            return crate::agent_exit(pgha_agent::run(existing, crate::shutdown_signal()).await?);
         }
         return Ok(());
     }
@@ -292,7 +292,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         pgdata.display()
     );
     if a.run {
-        return pgha_agent::run(cfg, crate::shutdown_signal()).await;
+        return crate::agent_exit(pgha_agent::run(cfg, crate::shutdown_signal()).await?);
     }
     Ok(())
 }

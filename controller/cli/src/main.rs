@@ -158,10 +158,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         pgha_controller::run(cfg, shutdown_signal()).await
     } else if let Some(pgdata) = args.pgdata {
         let cfg = pgha_agent::AgentConfig::load(&pgdata)?;
-        pgha_agent::run(cfg, shutdown_signal()).await
+        agent_exit(pgha_agent::run(cfg, shutdown_signal()).await?)
     } else {
         anyhow::bail!("pass --dir (monitor) or --pgdata (node)")
     }
+}
+
+/// A dropped node's agent exits with its own status, so systemd does not restart it.
+pub fn agent_exit(e: pgha_agent::Exit) -> anyhow::Result<()> {
+    if e == pgha_agent::Exit::Dropped {
+        std::process::exit(i32::from(pgha_agent::EXIT_DROPPED));
+    }
+    Ok(())
 }
 
 /// Waits for a switchover to finish, printing each state change.

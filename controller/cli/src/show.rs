@@ -316,6 +316,8 @@ Type=simple
 ExecStart={exe} run {flag} {path}
 Restart=always
 RestartSec=1s
+# 121: the node was dropped from its formation; do not restart it.
+RestartPreventExitStatus=121
 # Postgres runs detached from the agent: stopping or restarting the agent (an upgrade, a
 # crash) leaves the database serving, so only the agent process is signalled here.
 KillMode=process

@@ -33,6 +33,7 @@ fn node(id: NodeId, goal: NodeState) -> NodeView {
         last_probe: Some((START + 10_000, true)),
         last_probe_ok_ms: Some(START + 10_000),
         applied_generation: 0,
+        declared: true,
     }
 }
 
@@ -374,6 +375,25 @@ fn a_primary_pending_restart_switches_over_once_its_standbys_restarted() {
             .description
             .starts_with("rolling restart for max_connections")
     );
+}
+
+#[test]
+fn nodes_removed_from_the_file_are_dropped_a_primary_after_handing_over() {
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    f.nodes[1].declared = false;
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), Some(Dropped));
+    // Once it stopped and said so, it leaves the formation.
+    f.nodes[1].goal = Dropped;
+    f.nodes[1].reported = Dropped;
+    f.nodes[1].pg.running = false;
+    assert_eq!(plan(&f).remove, vec![2]);
+    // An undeclared primary hands over first.
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    f.nodes[0].declared = false;
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 1), Some(Draining));
+    assert_eq!(goal_of(&p, 2), Some(PreparePromotion));
 }
 
 #[test]
