@@ -46,6 +46,8 @@ pub struct NodeView {
     pub applied_generation: u64,
     /// The formation file (when it lists its nodes) still declares this node.
     pub declared: bool,
+    /// The formation file asks for this node to be in maintenance.
+    pub maintenance: bool,
 }
 
 /// Everything the planner looks at for one formation.
@@ -232,6 +234,9 @@ impl FormationView {
         let controller_lease_over = self.now_ms >= last_ack + wait;
         let standbys_gone = self.nodes.iter().filter(|n| n.id != old.id).all(|n| {
             matches!(n.reported, NodeState::Init | NodeState::WaitStandby)
+                // Out of service and acknowledged so: its Postgres is stopped.
+                || (matches!(n.goal, NodeState::Maintenance | NodeState::Dropped)
+                    && n.reported == n.goal)
                 || (self.is_reporting(n)
                     && !n.pg.upstream_streaming
                     && n.upstream_lost_at_ms
@@ -322,10 +327,67 @@ pub fn plan(f: &FormationView) -> Plan {
     plan_promotion(f, &mut p);
     plan_rejoin(f, &mut p);
     plan_drop(f, &mut p);
+    plan_maintenance(f, &mut p);
     if p.decisions.is_empty() {
         plan_rolling_restart(f, &mut p);
     }
     p
+}
+
+/// Maintenance from the formation file: a standby stops and stays out of service; a
+/// primary hands over first (only when a candidate exists); back out, a node rejoins as
+/// a standby (catchingup).
+fn plan_maintenance(f: &FormationView, p: &mut Plan) {
+    if f.promoting().is_some() || f.demoting().is_some() {
+        return;
+    }
+    for n in &f.nodes {
+        match (n.maintenance, n.goal) {
+            (true, NodeState::Secondary | NodeState::Catchingup | NodeState::WaitStandby) => p
+                .assign(
+                    n,
+                    NodeState::Maintenance,
+                    "maintenance_start",
+                    format!(
+                        "{} enters maintenance: Postgres stopped, out of service",
+                        n.name
+                    ),
+                ),
+            (true, g) if g.is_writable() && f.nodes.len() > 1 => match plan_switchover(f) {
+                Ok((mut plan, _, _)) if p.decisions.is_empty() => {
+                    for d in &mut plan.decisions {
+                        d.description = format!(
+                            "{} enters maintenance: hand over first; {}",
+                            n.name, d.description
+                        );
+                    }
+                    *p = plan;
+                    return;
+                }
+                Ok(_) => {}
+                Err(why) => p.wait(format!(
+                    "maintenance of primary {} refused: no candidate to hand over to ({why})",
+                    n.name
+                )),
+            },
+            (false, NodeState::Maintenance) => {
+                if f.stable_writable().is_some() {
+                    p.assign(
+                        n,
+                        NodeState::Catchingup,
+                        "maintenance_end",
+                        format!("{} leaves maintenance: rejoin as a standby", n.name),
+                    );
+                } else {
+                    p.wait(format!(
+                        "{} leaves maintenance once there is a primary to follow",
+                        n.name
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Nodes removed from the formation file are drained and dropped: a standby stops
@@ -613,7 +675,10 @@ fn failover_candidates<'a>(
                     && n.replication_quorum
                     && !matches!(
                         n.goal,
-                        NodeState::Init | NodeState::WaitStandby | NodeState::Dropped
+                        NodeState::Init
+                            | NodeState::WaitStandby
+                            | NodeState::Dropped
+                            | NodeState::Maintenance
                     )
             })
             .collect();

@@ -333,3 +333,32 @@ async fn a_node_removed_from_the_file_is_dropped() {
     .await;
     c.check(r);
 }
+
+/// `maintenance: true` on the standby takes it out (Postgres stopped, the primary stops
+/// waiting for it, writes go on); set back to false, it rejoins as a secondary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_from_the_file_takes_a_standby_out_and_back() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        c.bootstrap_two()?;
+        let yaml = |maint: bool| {
+            format!(
+                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  nodes:\n    - name: node_a\n      host: 127.0.0.1\n      port: {}\n    - name: node_b\n      host: 127.0.0.1\n      port: {}\n      maintenance: {maint}\n",
+                c.nodes[0].port, c.nodes[1].port
+            )
+        };
+        let probe = pgha_e2e::WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+        c.write_formation("default.yaml", &yaml(true))?;
+        c.wait_for(&[("node_a", WaitPrimary), ("node_b", Maintenance)], T)?;
+        anyhow::ensure!(c.nodes[1].postmaster_pid().is_none(), "Postgres of node_b still runs");
+        probe.wait_for_more(50, T).await?;
+        c.write_formation("default.yaml", &yaml(false))?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        let report = probe.finish_without_loss().await?;
+        println!("longest write gap: {:?}", report.max_gap);
+        Ok(())
+    }
+    .await;
+    c.check(r);
+}

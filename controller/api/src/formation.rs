@@ -183,8 +183,9 @@ pub struct NodeSpec {
     /// Takes part in synchronous replication (counts for `numberSyncStandbys`).
     #[serde(default = "default_true")]
     pub replication_quorum: bool,
-    /// Take the node out of service. Reserved: this version refuses `true` rather than
-    /// ignore it.
+    /// Take the node out of service: its Postgres is stopped and kept stopped, it is no
+    /// failover candidate and no synchronous standby. A primary first hands over to a
+    /// candidate (refused while there is none). Set back to false to bring it back.
     #[serde(default)]
     pub maintenance: bool,
 }

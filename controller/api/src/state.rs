@@ -35,9 +35,12 @@ pub enum NodeState {
     StopReplication,
     /// Node being removed from the formation.
     Dropped,
+    /// Node taken out of service by an operator: Postgres stopped and kept stopped, not
+    /// a failover candidate, not counted for synchronous replication.
+    Maintenance,
 }
 
-pub const ALL_STATES: [NodeState; 13] = [
+pub const ALL_STATES: [NodeState; 14] = [
     NodeState::Init,
     NodeState::Single,
     NodeState::WaitPrimary,
@@ -51,6 +54,7 @@ pub const ALL_STATES: [NodeState; 13] = [
     NodeState::PreparePromotion,
     NodeState::StopReplication,
     NodeState::Dropped,
+    NodeState::Maintenance,
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,6 +77,7 @@ impl NodeState {
             NodeState::PreparePromotion => "prepare_promotion",
             NodeState::StopReplication => "stop_replication",
             NodeState::Dropped => "dropped",
+            NodeState::Maintenance => "maintenance",
         }
     }
 
@@ -92,6 +97,7 @@ impl NodeState {
                 | NodeState::DemoteTimeout
                 | NodeState::Demoted
                 | NodeState::Dropped
+                | NodeState::Maintenance
         )
     }
 

@@ -306,12 +306,6 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
                 format!("{}:{} is declared for two nodes", n.host, n.port),
             );
         }
-        if n.maintenance {
-            err(
-                at("maintenance"),
-                "maintenance is not supported by this version of pgha yet".into(),
-            );
-        }
         if n.candidate_priority > 100 {
             err(
                 at("candidatePriority"),

@@ -34,6 +34,7 @@ fn node(id: NodeId, goal: NodeState) -> NodeView {
         last_probe_ok_ms: Some(START + 10_000),
         applied_generation: 0,
         declared: true,
+        maintenance: false,
     }
 }
 
@@ -394,6 +395,33 @@ fn nodes_removed_from_the_file_are_dropped_a_primary_after_handing_over() {
     let p = plan(&f);
     assert_eq!(goal_of(&p, 1), Some(Draining));
     assert_eq!(goal_of(&p, 2), Some(PreparePromotion));
+}
+
+#[test]
+fn maintenance_takes_a_standby_out_and_a_primary_only_after_handing_over() {
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    f.nodes[1].maintenance = true;
+    assert_eq!(goal_of(&plan(&f), 2), Some(Maintenance));
+    // Out of service: the primary stops waiting for it.
+    f.nodes[1].goal = Maintenance;
+    f.nodes[1].reported = Maintenance;
+    f.nodes[1].pg.running = false;
+    assert_eq!(goal_of(&plan(&f), 1), Some(WaitPrimary));
+    // Back: it rejoins as a standby.
+    f.nodes[1].maintenance = false;
+    assert_eq!(goal_of(&plan(&f), 2), Some(Catchingup));
+    // A primary hands over first, and only to a candidate.
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    f.nodes[0].maintenance = true;
+    assert_eq!(goal_of(&plan(&f), 1), Some(Draining));
+    f.nodes[1].candidate_priority = 0;
+    let p = plan(&f);
+    assert!(p.decisions.is_empty());
+    assert!(
+        p.waiting
+            .unwrap()
+            .contains("maintenance of primary node_1 refused")
+    );
 }
 
 #[test]
