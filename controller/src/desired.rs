@@ -145,14 +145,15 @@ pub fn watch(
 pub const RESYNC: Duration = Duration::from_secs(10);
 
 /// The file `create monitor` writes: an open formation that the tutorial's nodes join.
-pub fn default_formation_yaml(name: &str) -> String {
+pub fn default_formation_yaml(name: &str, secret_file: &Path) -> String {
     format!(
-        "# yaml-language-server: $schema=https://pgha.dev/schemas/formation.schema.json\n\
-         # Written by `pgha create monitor`. Edit it (or replace it from Git): the monitor\n\
-         # reloads it when it changes. With no nodes listed, any node may join.\n\
+        "# Written by `pgha create monitor`. Edit it (or replace it from Git): the monitor\n\
+         # reloads it when it changes. With no nodes listed, any node that presents the\n\
+         # join secret may join: `pgha show uri --dir <monitor dir>` prints the URL with it.\n\
          apiVersion: pgha/v1\n\
          kind: Formation\n\
          metadata:\n  name: {name}\n\
-         spec:\n  numberSyncStandbys: 0\n  nodes: []\n"
+         spec:\n  numberSyncStandbys: 0\n  admission:\n    joinSecretFile: {}\n  nodes: []\n",
+        secret_file.display()
     )
 }

@@ -54,6 +54,8 @@ impl Node {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub monitor_url: String,
+    /// The monitor URL carrying the default formation's join secret (what nodes use).
+    pub join_url: String,
     pub monitor_port: u16,
     pub monitor: Option<Child>,
     pub nodes: Vec<Node>,
@@ -74,6 +76,7 @@ impl Cluster {
         let port = free_port();
         let mut c = Cluster {
             monitor_url: format!("http://127.0.0.1:{port}"),
+            join_url: String::new(),
             monitor_port: port,
             dir,
             monitor: None,
@@ -92,6 +95,10 @@ impl Cluster {
             "--no-ssl",
         ])?;
         c.start_monitor()?;
+        c.join_url = c
+            .pgha_ok(&["show", "uri", "--formation", "monitor", "--dir", &s(&mon)])?
+            .trim()
+            .to_string();
         Ok(c)
     }
 
@@ -216,7 +223,7 @@ impl Cluster {
                 "--dbname",
                 "appdb",
                 "--monitor",
-                &self.monitor_url,
+                &self.join_url,
                 "--name",
                 name,
                 "--auth",

@@ -61,7 +61,7 @@ fn bad_input_is_refused_clearly_and_leaves_nothing_behind() {
     );
 
     // A Postgres bin directory that does not exist.
-    let mut args = create_args(&pgdata, &port, &c.monitor_url, "node_a");
+    let mut args = create_args(&pgdata, &port, &c.join_url, "node_a");
     args.extend(["--pg-bin-dir", "/nonexistent/bin"]);
     assert_refused(&c, &args, "--pg-bin-dir /nonexistent/bin");
 
@@ -70,7 +70,7 @@ fn bad_input_is_refused_clearly_and_leaves_nothing_behind() {
     let busy_port = busy.local_addr().unwrap().port().to_string();
     assert_refused(
         &c,
-        &create_args(&pgdata, &busy_port, &c.monitor_url, "node_a"),
+        &create_args(&pgdata, &busy_port, &c.join_url, "node_a"),
         "already in use",
     );
     drop(busy);
@@ -82,7 +82,7 @@ fn bad_input_is_refused_clearly_and_leaves_nothing_behind() {
     let foreign_s = foreign.display().to_string();
     assert_refused(
         &c,
-        &create_args(&foreign_s, &port, &c.monitor_url, "node_x"),
+        &create_args(&foreign_s, &port, &c.join_url, "node_x"),
         "pgha did not create",
     );
     assert!(
@@ -91,7 +91,7 @@ fn bad_input_is_refused_clearly_and_leaves_nothing_behind() {
     );
 
     // Unknown flag.
-    let mut args = create_args(&pgdata, &port, &c.monitor_url, "node_a");
+    let mut args = create_args(&pgdata, &port, &c.join_url, "node_a");
     args.push("--frobnicate");
     assert_refused(&c, &args, "--frobnicate");
 
@@ -104,11 +104,11 @@ fn bad_input_is_refused_clearly_and_leaves_nothing_behind() {
     );
 
     // The corrected command succeeds; re-running it says it is already done.
-    c.pgha_ok(&create_args(&pgdata, &port, &c.monitor_url, "node_a"))
+    c.pgha_ok(&create_args(&pgdata, &port, &c.join_url, "node_a"))
         .unwrap();
     assert!(cfg_dir.join("config.json").exists());
     let (ok, _, err) = c
-        .pgha(&create_args(&pgdata, &port, &c.monitor_url, "node_a"))
+        .pgha(&create_args(&pgdata, &port, &c.join_url, "node_a"))
         .unwrap();
     assert!(ok && err.contains("already node"), "{err}");
 
@@ -117,14 +117,28 @@ fn bad_input_is_refused_clearly_and_leaves_nothing_behind() {
     let port_b = free_port().to_string();
     let err = assert_refused(
         &c,
-        &create_args(&pgdata_b, &port_b, &c.monitor_url, "node_a"),
+        &create_args(&pgdata_b, &port_b, &c.join_url, "node_a"),
         "already taken",
     );
     assert!(err.contains("node_a"), "{err}");
     assert!(!base.join("node_b.pgha").exists());
-    c.pgha_ok(&create_args(&pgdata_b, &port_b, &c.monitor_url, "node_b"))
+    c.pgha_ok(&create_args(&pgdata_b, &port_b, &c.join_url, "node_b"))
         .unwrap();
     assert_eq!(c.state().unwrap().nodes.len(), 2);
+
+    // Without the join secret, the default formation admits nobody.
+    let pgdata_c = base.join("node_c").display().to_string();
+    assert_refused(
+        &c,
+        &create_args(
+            &pgdata_c,
+            &free_port().to_string(),
+            &c.monitor_url,
+            "node_c",
+        ),
+        "join secret",
+    );
+    assert!(!base.join("node_c.pgha").exists());
 
     // Read commands without a monitor say where to look.
     let (ok, _, err) = c.pgha(&["show", "state"]).unwrap();

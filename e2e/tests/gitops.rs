@@ -266,10 +266,8 @@ async fn join_secret_admits_only_nodes_that_present_it() {
         ])?;
         anyhow::ensure!(!ok && err.contains("join secret"), "admitted without the secret: {err}");
         // With the join URL, a node registers and runs.
-        let saved = std::mem::replace(&mut c.monitor_url, join_url.clone());
-        let added = c.add_node("node_a");
-        c.monitor_url = saved;
-        added?;
+        c.join_url = join_url.clone();
+        c.add_node("node_a")?;
         c.wait_for(&[("node_a", Single)], T)?;
         for log in ["monitor.log", "node_a.log"] {
             let text = std::fs::read_to_string(c.path().join(log))?;

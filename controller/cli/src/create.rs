@@ -124,9 +124,30 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
             .with_context(|| format!("creating {}", formations.display()))?;
         let default = formations.join(format!("{}.yaml", pgha_api::DEFAULT_FORMATION));
         if !default.exists() {
+            // The default formation's join secret: a node presents it from the monitor
+            // URL that `show uri --dir` prints here (DESIGN §5 rule 7).
+            let secrets = dir.join("join-secrets");
+            std::fs::create_dir_all(&secrets)
+                .with_context(|| format!("creating {}", secrets.display()))?;
+            let secret_file = secrets.join(format!("{}.secret", pgha_api::DEFAULT_FORMATION));
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&secret_file)
+                    .with_context(|| format!("creating {}", secret_file.display()))?;
+                writeln!(f, "{}", pgha_controller::store::random_secret())?;
+            }
             std::fs::write(
                 &default,
-                pgha_controller::desired::default_formation_yaml(pgha_api::DEFAULT_FORMATION),
+                pgha_controller::desired::default_formation_yaml(
+                    pgha_api::DEFAULT_FORMATION,
+                    &secret_file,
+                ),
             )
             .with_context(|| format!("writing {}", default.display()))?;
         }

@@ -207,6 +207,19 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Nodes join with the monitor URL that carries the formation's join secret.
+    let exe = std::env::current_exe()?;
+    let out = Command::new(&exe)
+        .args([
+            "show",
+            "uri",
+            "--formation",
+            "monitor",
+            "--dir",
+            &s(&mon_dir),
+        ])
+        .output()?;
+    let join_url = String::from_utf8(out.stdout)?.trim().to_string();
     println!("== 2. nodes A and B");
     let mut want = vec![];
     for (i, name) in ["node_a", "node_b"].iter().enumerate() {
@@ -225,7 +238,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             "--dbname",
             "appdb",
             "--monitor",
-            &monitor,
+            &join_url,
             "--name",
             name,
             "--auth",
@@ -254,7 +267,6 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     show_state(&monitor)?;
 
     println!("== 3. write through the formation URI");
-    let exe = std::env::current_exe()?;
     let out = Command::new(&exe)
         .args([
             "show",

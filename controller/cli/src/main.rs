@@ -175,8 +175,28 @@ pub fn agent_exit(e: pgha_agent::Exit) -> anyhow::Result<()> {
 /// Waits for a switchover to finish, printing each state change.
 async fn switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
     let client = args.monitor.client()?;
-    let started = client.switchover(&args.formation).await?;
     let t0 = std::time::Instant::now();
+    // A standby still replaying a burst of writes (or a formation still settling) is a
+    // passing refusal: wait for it, within the timeout, rather than fail at once.
+    let mut said = String::new();
+    let started = loop {
+        match client.switchover(&args.formation).await {
+            Ok(s) => break s,
+            Err(e)
+                if e.code() == Some("switchover_refused")
+                    && t0.elapsed() < Duration::from_secs(args.timeout.min(30))
+                    && (e.to_string().contains("caught-up")
+                        || e.to_string().contains("no stable primary")) =>
+            {
+                if said != e.to_string() {
+                    eprintln!("waiting: {e}");
+                    said = e.to_string();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     eprintln!(
         "switchover started (term {}): node {} -> node {}",
         started.term, started.from_node, started.to_node

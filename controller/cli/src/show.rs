@@ -163,19 +163,24 @@ async fn uri(a: UriArgs) -> anyhow::Result<()> {
     }
     // On the monitor VM (--dir), the join secrets are readable: print the URL each
     // formation's nodes join with (`create postgres --monitor <join URL>`).
+    // The monitor row then carries the default formation's secret, as pg_autoctl's
+    // monitor URI carries its credentials.
     if let Some(dir) = &a.monitor.dir
         && let Some(fdir) = pgha_controller::MonitorConfig::load(dir)?.formations_dir
     {
         let scan = pgha_controller::desired::scan(&fdir);
         for (name, secret) in &scan.secrets {
             let url = info.url.replacen("://", &format!("://pgha:{secret}@"), 1);
+            if name == pgha_api::DEFAULT_FORMATION {
+                rows[0].2 = url.clone();
+            }
             rows.push(("join".into(), name.clone(), url));
         }
     }
     if let Some(f) = &a.formation {
         let row = rows
             .iter()
-            .find(|(_, name, _)| name == f)
+            .find(|(kind, name, _)| name == f && kind != "join")
             .ok_or_else(|| anyhow::anyhow!("formation {f:?} does not exist on {}", info.url))?;
         println!("{}", row.2);
         return Ok(());
