@@ -5,6 +5,6 @@
 # Extra arguments go to `pgha demo` (e.g. --keep to leave it running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --no-nextest
+bash scripts/setup.sh --runtime-only
 cargo build --bins
 exec ./target/debug/pgha demo "$@"

@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # Installs what pgha needs on a fresh Debian machine: PostgreSQL 15 (server binaries
 # under /usr/lib/postgresql/15/bin, and the unprivileged `postgres` OS user that runs
-# them when pgha runs as root), openssl, Prometheus (tests only) and cargo-nextest.
+# them when pgha runs as root) and openssl; for the tests (unless --runtime-only) also
+# Prometheus (server and promtool) and cargo-nextest.
 set -euo pipefail
+runtime_only=false
+[ "${1:-}" = "--runtime-only" ] && runtime_only=true
 need_apt=()
 [ -x /usr/lib/postgresql/15/bin/pg_ctl ] || need_apt+=(postgresql-15)
 command -v openssl >/dev/null || need_apt+=(openssl)
-# Prometheus (server and promtool) for the alert-rule tests and the e2e scrape test.
-command -v promtool >/dev/null || need_apt+=(prometheus)
+if ! $runtime_only; then
+  command -v promtool >/dev/null || need_apt+=(prometheus)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "== installing ${need_apt[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-# The Debian package creates and starts a "main" cluster on port 5432; pgha does not
-# use it, and leaves it alone.
-if [ "${1:-}" != "--no-nextest" ] && ! cargo nextest --version >/dev/null 2>&1; then
+# The Debian package creates a "main" cluster on port 5432; pgha does not use it and
+# leaves it alone.
+if ! $runtime_only && ! cargo nextest --version >/dev/null 2>&1; then
   echo "== installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
