@@ -778,3 +778,89 @@ fn apply_spec(rec: &mut FormationRecord, spec: &pgha_api::formation::FormationSp
     }
     notes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::Scan;
+    use crate::store::FileStore;
+    use pgha_api::validate::parse_formation;
+
+    fn state(dir: &std::path::Path) -> ControllerState {
+        ControllerState::open(Box::new(FileStore::new(dir)), 1000).unwrap()
+    }
+
+    fn scan_of(files: &[(&str, &str)]) -> Scan {
+        let mut scan = Scan::default();
+        for (file, text) in files {
+            match parse_formation(file, text.as_bytes()) {
+                Ok(doc) => {
+                    scan.formations
+                        .insert(doc.metadata.name.clone(), (file.to_string(), doc));
+                }
+                Err(e) => {
+                    scan.rejected.insert(file.to_string(), e);
+                }
+            }
+        }
+        scan
+    }
+
+    const GOOD: &str = "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: orders\nspec:\n  dbname: orders\n  numberSyncStandbys: 0\n";
+
+    #[test]
+    fn accepted_rejected_and_removed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path());
+        st.apply_desired(scan_of(&[("orders.yaml", GOOD)]), 2000)
+            .unwrap();
+        assert_eq!(st.durable.formations["orders"].generation, 1);
+        // The same file again: no new generation, no event.
+        let events = st.events.len();
+        st.apply_desired(scan_of(&[("orders.yaml", GOOD)]), 2100)
+            .unwrap();
+        assert_eq!(st.durable.formations["orders"].generation, 1);
+        assert_eq!(st.events.len(), events);
+        // A broken version: rejected once (one event however often it is seen), the last
+        // good version stays in force.
+        let broken = scan_of(&[("orders.yaml", "spec: [")]);
+        st.apply_desired(broken, 2200).unwrap();
+        st.apply_desired(scan_of(&[("orders.yaml", "spec: [")]), 2300)
+            .unwrap();
+        let f = &st.durable.formations["orders"];
+        assert_eq!(f.generation, 1);
+        assert_eq!(f.spec.as_ref().unwrap().dbname.as_deref(), Some("orders"));
+        let rejected: Vec<_> = st
+            .events
+            .iter()
+            .filter(|e| e.rule == "config_rejected")
+            .collect();
+        assert_eq!(rejected.len(), 1);
+        assert!(
+            rejected[0].description.contains("orders.yaml:1:"),
+            "{}",
+            rejected[0].description
+        );
+        assert!(!f.orphaned, "a rejected file must not orphan its formation");
+        // The file removed: the formation stays, orphaned, and says so once.
+        st.apply_desired(Scan::default(), 2400).unwrap();
+        st.apply_desired(Scan::default(), 2500).unwrap();
+        assert!(st.durable.formations["orders"].orphaned);
+        assert_eq!(
+            st.events
+                .iter()
+                .filter(|e| e.rule == "formation_orphaned")
+                .count(),
+            1
+        );
+        // Everything survives a restart of the controller.
+        let reopened = state(dir.path());
+        assert!(reopened.durable.formations["orders"].orphaned);
+        assert_eq!(reopened.durable.formations["orders"].generation, 1);
+        // The file back: a new generation, no longer orphaned.
+        st.apply_desired(scan_of(&[("orders.yaml", GOOD)]), 2600)
+            .unwrap();
+        assert!(!st.durable.formations["orders"].orphaned);
+        assert_eq!(st.durable.formations["orders"].generation, 2);
+    }
+}
