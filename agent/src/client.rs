@@ -167,9 +167,17 @@ impl MonitorClient {
         self.get(&format!("/v1/formations/{formation}/state")).await
     }
 
-    pub async fn switchover(&self, formation: &str) -> Result<SwitchoverStarted, ClientError> {
-        self.post(&format!("/v1/formations/{formation}/switchover"), &())
-            .await
+    /// Starts a switchover, to `target` when given (`perform promotion`).
+    pub async fn switchover(
+        &self,
+        formation: &str,
+        target: Option<&str>,
+    ) -> Result<SwitchoverStarted, ClientError> {
+        let path = match target {
+            Some(t) => format!("/v1/formations/{formation}/promotion/{t}"),
+            None => format!("/v1/formations/{formation}/switchover"),
+        };
+        self.post(&path, &()).await
     }
 
     /// The last `count` events (of one formation), newer than event id `since`.

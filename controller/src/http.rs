@@ -56,6 +56,7 @@ pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
         .route("/v1/report", post(report))
         .route("/v1/formations/{name}/state", get(formation_state))
         .route("/v1/formations/{name}/switchover", post(switchover))
+        .route("/v1/formations/{name}/promotion/{node}", post(promotion))
         .route("/v1/events", get(events))
         .fallback(|| async {
             Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
@@ -347,12 +348,27 @@ async fn switchover(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
 ) -> ApiResult<SwitchoverStarted> {
+    start_switchover(&ctx, name, None)
+}
+
+async fn promotion(
+    State(ctx): State<Ctx>,
+    Path((name, node)): Path<(String, String)>,
+) -> ApiResult<SwitchoverStarted> {
+    start_switchover(&ctx, name, Some(node))
+}
+
+fn start_switchover(
+    ctx: &Ctx,
+    name: String,
+    target: Option<String>,
+) -> ApiResult<SwitchoverStarted> {
     let now = now_ms();
     let mut st = lock(&ctx.shared);
     let view = st
         .view(&name, now)
         .ok_or_else(|| unknown_formation(&name))?;
-    let (plan, from, to) = match planner::plan_switchover(&view) {
+    let (plan, from, to) = match planner::plan_switchover_to(&view, target.as_deref()) {
         Ok(x) => x,
         Err(why) => {
             let l = crate::metrics::labels(&[("formation", &name), ("result", "refused")]);
@@ -368,7 +384,10 @@ async fn switchover(
         &name,
         None,
         "operator_switchover",
-        format!("operator asked for a switchover (node {from} -> node {to})"),
+        match &target {
+            Some(t) => format!("operator asked to promote {t} (node {from} -> node {to})"),
+            None => format!("operator asked for a switchover (node {from} -> node {to})"),
+        },
         now,
     );
     st.record(ev).map_err(Failure::internal)?;

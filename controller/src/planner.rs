@@ -762,6 +762,30 @@ fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
 /// Starts a switchover: the healthy primary drains, the best secondary is promoted.
 /// Refuses with a one-line reason when the formation is not ready for one.
 pub fn plan_switchover(f: &FormationView) -> Result<(Plan, NodeId, NodeId), String> {
+    plan_switchover_to(f, None)
+}
+
+/// A switchover to a chosen node (`pgha perform promotion --name N`), or to the best
+/// candidate when `target` is None.
+pub fn plan_switchover_to(
+    f: &FormationView,
+    target: Option<&str>,
+) -> Result<(Plan, NodeId, NodeId), String> {
+    if let Some(t) = target {
+        let n = f
+            .nodes
+            .iter()
+            .find(|n| n.name == t)
+            .ok_or_else(|| format!("no node {t:?} in formation {:?}", f.name))?;
+        if n.goal.is_writable() {
+            return Err(format!("{t} is already the primary"));
+        }
+        if n.candidate_priority == 0 {
+            return Err(format!(
+                "{t} has candidate priority 0 and is never promoted"
+            ));
+        }
+    }
     if f.promoting().is_some() || f.demoting().is_some() {
         return Err("a failover or switchover is already in progress".into());
     }
@@ -794,6 +818,14 @@ pub fn plan_switchover(f: &FormationView) -> Result<(Plan, NodeId, NodeId), Stri
             n.id,
         )
     });
+    if let Some(t) = target {
+        candidates.retain(|n| n.name == t);
+        if candidates.is_empty() {
+            return Err(format!(
+                "{t} is not a healthy, caught-up secondary: wait until show state lists it as secondary"
+            ));
+        }
+    }
     let winner = candidates
         .first()
         .ok_or("no healthy, caught-up secondary with candidate priority > 0")?;

@@ -85,6 +85,24 @@ async fn three_nodes_fail_over_and_rejoin() {
             ],
             T,
         )?;
+        // A planned promotion of a chosen node.
+        c.pgha_ok(&[
+            "perform",
+            "promotion",
+            "--name",
+            other,
+            "--monitor",
+            &c.monitor_url,
+        ])?;
+        c.wait_for(
+            &[
+                (other, Primary),
+                (&new_primary, Secondary),
+                (&primary, Secondary),
+            ],
+            T,
+        )?;
+        probe.wait_for_more(20, T).await?;
         probe.finish_without_loss().await?;
         let logs = std::fs::read_to_string(c.path().join(format!("{other}.log")))?;
         anyhow::ensure!(

@@ -71,6 +71,17 @@ struct RunArgs {
 enum PerformCmd {
     /// Planned switchover: the primary hands over to its best secondary. Waits until done.
     Switchover(SwitchoverArgs),
+    /// Planned switchover to a chosen node. Waits until done.
+    Promotion(PromotionArgs),
+}
+
+#[derive(Args)]
+struct PromotionArgs {
+    /// The node to promote.
+    #[arg(long)]
+    name: String,
+    #[command(flatten)]
+    switchover: SwitchoverArgs,
 }
 
 /// Where to find the monitor: `--monitor`, `PGHA_MONITOR`, or the config beside
@@ -173,14 +184,14 @@ pub fn agent_exit(e: pgha_agent::Exit) -> anyhow::Result<()> {
 }
 
 /// Waits for a switchover to finish, printing each state change.
-async fn switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
+async fn switchover(args: SwitchoverArgs, target: Option<&str>) -> anyhow::Result<()> {
     let client = args.monitor.client()?;
     let t0 = std::time::Instant::now();
     // A standby still replaying a burst of writes (or a formation still settling) is a
     // passing refusal: wait for it, within the timeout, rather than fail at once.
     let mut said = String::new();
     let started = loop {
-        match client.switchover(&args.formation).await {
+        match client.switchover(&args.formation, target).await {
             Ok(s) => break s,
             Err(e)
                 if e.code() == Some("switchover_refused")
@@ -264,7 +275,8 @@ fn main() -> ExitCode {
             Cmd::Create(c) => create::run(c).await,
             Cmd::Run(a) => run(a).await,
             Cmd::Show(s) => show::run(s).await,
-            Cmd::Perform(PerformCmd::Switchover(a)) => switchover(a).await,
+            Cmd::Perform(PerformCmd::Switchover(a)) => switchover(a, None).await,
+            Cmd::Perform(PerformCmd::Promotion(a)) => switchover(a.switchover, Some(&a.name)).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Formation(f) => formation::run(f).await,
         }

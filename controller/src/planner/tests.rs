@@ -425,6 +425,41 @@ fn maintenance_takes_a_standby_out_and_a_primary_only_after_handing_over() {
 }
 
 #[test]
+fn promotion_of_a_chosen_node() {
+    let f = formation(vec![
+        node(1, Primary),
+        node(2, Secondary),
+        node(3, Secondary),
+    ]);
+    let (p, from, to) = plan_switchover_to(&f, Some("node_3")).unwrap();
+    assert_eq!((from, to), (1, 3));
+    assert_eq!(goal_of(&p, 3), Some(PreparePromotion));
+    assert!(
+        plan_switchover_to(&f, Some("node_1"))
+            .unwrap_err()
+            .contains("already the primary")
+    );
+    assert!(
+        plan_switchover_to(&f, Some("node_9"))
+            .unwrap_err()
+            .contains("no node")
+    );
+    let mut f = f;
+    f.nodes[2].candidate_priority = 0;
+    assert!(
+        plan_switchover_to(&f, Some("node_3"))
+            .unwrap_err()
+            .contains("priority 0")
+    );
+    f.nodes[1].goal = Catchingup;
+    assert!(
+        plan_switchover_to(&f, Some("node_2"))
+            .unwrap_err()
+            .contains("not a healthy")
+    );
+}
+
+#[test]
 fn a_plan_applied_yields_no_new_decisions() {
     let mut f = formation(vec![node(1, Single), node(2, WaitStandby)]);
     let p = plan(&f);
