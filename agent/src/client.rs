@@ -151,6 +151,50 @@ impl MonitorClient {
         self.decode(resp).await
     }
 
+    async fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await;
+        self.decode(resp).await
+    }
+
+    /// `pgha enable maintenance`.
+    pub async fn enable_maintenance(
+        &self,
+        formation: &str,
+        node: &str,
+        allow_failover: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let path = format!(
+            "/v1/formations/{formation}/nodes/{node}/maintenance?allow_failover={allow_failover}"
+        );
+        self.post(&path, &()).await
+    }
+
+    /// `pgha disable maintenance`.
+    pub async fn disable_maintenance(
+        &self,
+        formation: &str,
+        node: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.delete(&format!(
+            "/v1/formations/{formation}/nodes/{node}/maintenance"
+        ))
+        .await
+    }
+
+    /// `pgha drop node`.
+    pub async fn drop_node(
+        &self,
+        formation: &str,
+        node: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.delete(&format!("/v1/formations/{formation}/nodes/{node}"))
+            .await
+    }
+
     pub async fn info(&self) -> Result<MonitorInfo, ClientError> {
         self.get("/v1/info").await
     }

@@ -57,6 +57,14 @@ pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
         .route("/v1/formations/{name}/state", get(formation_state))
         .route("/v1/formations/{name}/switchover", post(switchover))
         .route("/v1/formations/{name}/promotion/{node}", post(promotion))
+        .route(
+            "/v1/formations/{name}/nodes/{node}/maintenance",
+            post(enable_maintenance).delete(disable_maintenance),
+        )
+        .route(
+            "/v1/formations/{name}/nodes/{node}",
+            axum::routing::delete(drop_node),
+        )
         .route("/v1/events", get(events))
         .fallback(|| async {
             Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
@@ -256,6 +264,8 @@ async fn register(
         port: req.port,
         goal,
         reported: pgha_api::NodeState::Init,
+        operator_maintenance: false,
+        drop_requested: false,
         candidate_priority: match &declared {
             Some((Some(d), _)) => d.candidate_priority.min(100) as u8,
             _ => req.candidate_priority.min(100),
@@ -422,4 +432,103 @@ async fn events(State(ctx): State<Ctx>, Query(q): Query<EventsQuery>) -> ApiResu
         out.drain(..out.len() - count);
     }
     Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct MaintenanceQuery {
+    #[serde(default)]
+    allow_failover: bool,
+}
+
+/// Sets an operator flag on a node and records what was asked.
+fn operator_action(
+    ctx: &Ctx,
+    formation: &str,
+    node: &str,
+    rule: &str,
+    what: String,
+    set: impl FnOnce(&mut NodeRecord),
+) -> ApiResult<serde_json::Value> {
+    let now = now_ms();
+    let mut st = lock(&ctx.shared);
+    let f = st
+        .durable
+        .formations
+        .get_mut(formation)
+        .ok_or_else(|| unknown_formation(formation))?;
+    let n = f
+        .nodes
+        .values_mut()
+        .find(|n| n.name == node)
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                "unknown_node",
+                format!("no node {node:?} in formation {formation:?}"),
+            )
+        })?;
+    set(n);
+    let rec = n.clone();
+    st.save().map_err(Failure::internal)?;
+    let ev = st.event(formation, Some(&rec), rule, what, now);
+    st.record(ev).map_err(Failure::internal)?;
+    Ok(Json(
+        serde_json::json!({"node": node, "formation": formation}),
+    ))
+}
+
+async fn enable_maintenance(
+    State(ctx): State<Ctx>,
+    Path((name, node)): Path<(String, String)>,
+    Query(q): Query<MaintenanceQuery>,
+) -> ApiResult<serde_json::Value> {
+    let is_primary = lock(&ctx.shared)
+        .durable
+        .formations
+        .get(&name)
+        .and_then(|f| f.nodes.values().find(|n| n.name == node))
+        .is_some_and(|n| n.goal.is_writable());
+    if is_primary && !q.allow_failover {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "needs_allow_failover",
+            format!("{node} is the primary: maintenance hands over first; pass --allow-failover"),
+        ));
+    }
+    operator_action(
+        &ctx,
+        &name,
+        &node,
+        "operator_maintenance",
+        format!("operator asked for maintenance of {node}"),
+        |n| n.operator_maintenance = true,
+    )
+}
+
+async fn disable_maintenance(
+    State(ctx): State<Ctx>,
+    Path((name, node)): Path<(String, String)>,
+) -> ApiResult<serde_json::Value> {
+    operator_action(
+        &ctx,
+        &name,
+        &node,
+        "operator_maintenance",
+        format!("operator ended the maintenance of {node}"),
+        |n| n.operator_maintenance = false,
+    )
+}
+
+async fn drop_node(
+    State(ctx): State<Ctx>,
+    Path((name, node)): Path<(String, String)>,
+) -> ApiResult<serde_json::Value> {
+    operator_action(
+        &ctx,
+        &name,
+        &node,
+        "operator_drop",
+        format!("operator asked to drop {node}"),
+        |n| n.drop_requested = true,
+    )
 }

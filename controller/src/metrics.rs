@@ -234,6 +234,8 @@ mod tests {
                     reported: goal,
                     candidate_priority: 50,
                     replication_quorum: true,
+                    operator_maintenance: false,
+                    drop_requested: false,
                 },
             );
         }

@@ -128,34 +128,36 @@ impl ControllerState {
     /// The planner's view of one formation at `now_ms`.
     pub fn view(&self, formation: &str, now_ms: u64) -> Option<FormationView> {
         let f = self.durable.formations.get(formation)?;
-        let nodes =
-            f.nodes
-                .values()
-                .map(|n| {
-                    let o = self.observed.get(&n.id).cloned().unwrap_or_default();
-                    NodeView {
-                        id: n.id,
-                        name: n.name.clone(),
-                        goal: n.goal,
-                        reported: n.reported,
-                        candidate_priority: n.candidate_priority,
-                        replication_quorum: n.replication_quorum,
-                        last_report_ms: o.last_report_ms,
-                        pg: o.pg,
-                        pg_down_since_ms: o.pg_down_since_ms,
-                        upstream_lost_at_ms: o.upstream_lost_at_ms,
-                        last_probe: o.last_probe,
-                        last_probe_ok_ms: o.last_probe_ok_ms,
-                        applied_generation: o.applied_generation,
-                        declared: f.spec.as_ref().is_none_or(|s| {
+        let nodes = f
+            .nodes
+            .values()
+            .map(|n| {
+                let o = self.observed.get(&n.id).cloned().unwrap_or_default();
+                NodeView {
+                    id: n.id,
+                    name: n.name.clone(),
+                    goal: n.goal,
+                    reported: n.reported,
+                    candidate_priority: n.candidate_priority,
+                    replication_quorum: n.replication_quorum,
+                    last_report_ms: o.last_report_ms,
+                    pg: o.pg,
+                    pg_down_since_ms: o.pg_down_since_ms,
+                    upstream_lost_at_ms: o.upstream_lost_at_ms,
+                    last_probe: o.last_probe,
+                    last_probe_ok_ms: o.last_probe_ok_ms,
+                    applied_generation: o.applied_generation,
+                    declared: !n.drop_requested
+                        && f.spec.as_ref().is_none_or(|s| {
                             !s.declared_nodes_only() || s.nodes.iter().any(|d| d.name == n.name)
                         }),
-                        maintenance: f.spec.as_ref().is_some_and(|s| {
+                    maintenance: n.operator_maintenance
+                        || f.spec.as_ref().is_some_and(|s| {
                             s.nodes.iter().any(|d| d.name == n.name && d.maintenance)
                         }),
-                    }
-                })
-                .collect();
+                }
+            })
+            .collect();
         Some(FormationView {
             name: f.name.clone(),
             term: f.term,

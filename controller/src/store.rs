@@ -38,6 +38,12 @@ pub struct NodeRecord {
     pub reported: NodeState,
     pub candidate_priority: u8,
     pub replication_quorum: bool,
+    /// Put in maintenance by an operator (`pgha enable maintenance`), besides the file.
+    #[serde(default)]
+    pub operator_maintenance: bool,
+    /// An operator asked to drop it (`pgha drop node`).
+    #[serde(default)]
+    pub drop_requested: bool,
 }
 
 /// One formation's durable record.

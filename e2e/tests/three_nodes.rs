@@ -103,6 +103,32 @@ async fn three_nodes_fail_over_and_rejoin() {
             T,
         )?;
         probe.wait_for_more(20, T).await?;
+
+        // Maintenance from the CLI: a primary only with --allow-failover (it hands over).
+        let m = &c.monitor_url;
+        let (ok, _, err) = c.pgha(&["enable", "maintenance", "--name", other, "--monitor", m])?;
+        anyhow::ensure!(!ok && err.contains("--allow-failover"), "{err}");
+        c.pgha_ok(&[
+            "enable",
+            "maintenance",
+            "--name",
+            other,
+            "--allow-failover",
+            "--monitor",
+            m,
+        ])?;
+        probe.wait_for_more(20, T).await?;
+        c.pgha_ok(&["disable", "maintenance", "--name", other, "--monitor", m])?;
+        // Drop a standby: the formation goes on with two nodes.
+        c.pgha_ok(&["drop", "node", "--name", other, "--monitor", m])?;
+        let st = c.state()?;
+        anyhow::ensure!(
+            st.nodes.len() == 2,
+            "{:?}",
+            st.nodes.iter().map(|n| &n.name).collect::<Vec<_>>()
+        );
+        anyhow::ensure!(st.nodes.iter().any(|n| n.assigned_state == Primary));
+        probe.wait_for_more(20, T).await?;
         probe.finish_without_loss().await?;
         let logs = std::fs::read_to_string(c.path().join(format!("{other}.log")))?;
         anyhow::ensure!(

@@ -48,6 +48,15 @@ enum Cmd {
     /// Perform an operation on a formation.
     #[command(subcommand)]
     Perform(PerformCmd),
+    /// Take a node out of service (`maintenance`).
+    #[command(subcommand)]
+    Enable(MaintenanceCmd),
+    /// Bring a node back from maintenance.
+    #[command(subcommand)]
+    Disable(MaintenanceCmd),
+    /// Remove a node from its formation (Postgres stopped, PGDATA kept).
+    #[command(subcommand)]
+    Drop(DropCmd),
     /// Formation files: validate, diff against the monitor.
     #[command(subcommand)]
     Formation(formation::FormationCmd),
@@ -73,6 +82,110 @@ enum PerformCmd {
     Switchover(SwitchoverArgs),
     /// Planned switchover to a chosen node. Waits until done.
     Promotion(PromotionArgs),
+}
+
+#[derive(Subcommand)]
+enum MaintenanceCmd {
+    /// A node's maintenance (a primary hands over first: needs --allow-failover).
+    Maintenance(NodeArgs),
+}
+
+#[derive(Subcommand)]
+enum DropCmd {
+    /// Drain and drop a node.
+    Node(NodeArgs),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
+    formation: String,
+    /// Allow maintenance of the primary (it hands over to a candidate first).
+    #[arg(long)]
+    allow_failover: bool,
+    #[command(flatten)]
+    monitor: MonitorArgs,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+/// Waits until `done` holds for the formation, printing state changes.
+async fn wait_formation(
+    client: &MonitorClient,
+    formation: &str,
+    timeout: u64,
+    done: impl Fn(&pgha_api::FormationStatus) -> bool,
+) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        if let Ok(st) = client.state(formation).await {
+            let line: Vec<String> = st
+                .nodes
+                .iter()
+                .map(|n| format!("{}: {}/{}", n.name, n.reported_state, n.assigned_state))
+                .collect();
+            let line = line.join(", ");
+            if line != last {
+                eprintln!("{:>6.1}s  {line}", t0.elapsed().as_secs_f64());
+                last = line;
+            }
+            if done(&st) {
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(timeout) {
+                anyhow::bail!("not done within {timeout} s; {}", st.summary);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn maintenance(a: NodeArgs, enable: bool) -> anyhow::Result<()> {
+    use pgha_api::NodeState;
+    let client = a.monitor.client()?;
+    let name = a.name.clone();
+    if enable {
+        client
+            .enable_maintenance(&a.formation, &a.name, a.allow_failover)
+            .await?;
+        wait_formation(&client, &a.formation, a.timeout, |st| {
+            st.nodes.iter().any(|n| {
+                n.name == name
+                    && n.assigned_state == NodeState::Maintenance
+                    && n.reported_state == NodeState::Maintenance
+            })
+        })
+        .await?;
+        eprintln!("{name} is in maintenance");
+    } else {
+        client.disable_maintenance(&a.formation, &a.name).await?;
+        wait_formation(&client, &a.formation, a.timeout, |st| {
+            st.nodes.iter().any(|n| {
+                n.name == name
+                    && n.assigned_state == NodeState::Secondary
+                    && n.reported_state == NodeState::Secondary
+            })
+        })
+        .await?;
+        eprintln!("{name} is back as a secondary");
+    }
+    Ok(())
+}
+
+async fn drop_node(a: NodeArgs) -> anyhow::Result<()> {
+    let client = a.monitor.client()?;
+    client.drop_node(&a.formation, &a.name).await?;
+    let name = a.name.clone();
+    wait_formation(&client, &a.formation, a.timeout, |st| {
+        !st.nodes.iter().any(|n| n.name == name)
+    })
+    .await?;
+    eprintln!("{name} left the formation (its PGDATA stays on its VM)");
+    Ok(())
 }
 
 #[derive(Args)]
@@ -279,6 +392,9 @@ fn main() -> ExitCode {
             Cmd::Perform(PerformCmd::Promotion(a)) => switchover(a.switchover, Some(&a.name)).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Formation(f) => formation::run(f).await,
+            Cmd::Enable(MaintenanceCmd::Maintenance(a)) => maintenance(a, true).await,
+            Cmd::Disable(MaintenanceCmd::Maintenance(a)) => maintenance(a, false).await,
+            Cmd::Drop(DropCmd::Node(a)) => drop_node(a).await,
         }
     });
     match res {
