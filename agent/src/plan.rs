@@ -288,4 +288,110 @@ mod tests {
         assert!(!should_fence(NodeState::Primary, 100, 4000, 3000));
         assert!(!should_fence(NodeState::Secondary, 9000, 9000, 3000));
     }
+
+    /// Every state the controller can assign is reachable by the agent from every shape
+    /// the local Postgres can be in: no (current, assigned) pair gets stuck (the
+    /// pg_auto_failover "does not know how to reach state X from Y" class of bug).
+    #[test]
+    fn every_assignable_state_is_reachable_from_every_local_shape() {
+        let shapes: Vec<(&str, Local)> = vec![
+            ("no PGDATA", Local::default()),
+            ("stopped primary", stopped("shut down")),
+            ("crashed primary", stopped("in production")),
+            ("stopped standby", {
+                let mut l = stopped("shut down in recovery");
+                l.standby_signal = true;
+                l
+            }),
+            ("running primary", running_primary()),
+            ("running standby", {
+                let mut l = running_primary();
+                l.in_recovery = Some(true);
+                l.standby_signal = true;
+                l.wal_receiver_streaming = true;
+                l
+            }),
+        ];
+        let slots = vec!["pgha_slot_2".to_string()];
+        for goal in pgha_api::ALL_STATES {
+            for (name, start) in &shapes {
+                let w = Wanted {
+                    goal,
+                    has_upstream: true,
+                    synchronous_standby_names: "ANY 1 (pgha_standby_2)".into(),
+                    slots: slots.clone(),
+                    restart_allowed: true,
+                };
+                // A primary is never created from nothing but by initdb for `single`, and
+                // a promotion needs data: those are the only refusals allowed.
+                let uninit = !start.initialized;
+                let refused_ok = uninit
+                    && (matches!(goal, NodeState::WaitPrimary | NodeState::Primary)
+                        || goal == NodeState::StopReplication);
+                let mut l = start.clone();
+                let mut steps = vec![];
+                let reached = loop {
+                    let step = next_step(&w, &l);
+                    if step == Step::Reached {
+                        break true;
+                    }
+                    if matches!(step, Step::Blocked(_)) || steps.len() > 10 {
+                        break false;
+                    }
+                    steps.push(step.clone());
+                    l = simulate(&w, &l, &step);
+                };
+                assert!(
+                    reached || refused_ok,
+                    "cannot reach {goal} from {name}: steps {steps:?}"
+                );
+            }
+        }
+    }
+
+    /// What a step does to the local Postgres (the effects the I/O shell produces).
+    fn simulate(w: &Wanted, l: &Local, step: &Step) -> Local {
+        let mut n = l.clone();
+        let running = |standby: bool| {
+            let mut r = running_primary();
+            r.in_recovery = Some(standby);
+            r.standby_signal = standby;
+            r.wal_receiver_streaming = standby && w.goal.streams_from_upstream();
+            r
+        };
+        match step {
+            Step::Initdb => n = stopped("shut down"),
+            Step::BaseBackup | Step::Rewind => n = running(true),
+            // Configuration is written before a start: standby goals get standby.signal.
+            Step::Start => n = running(l.standby_signal || w.goal.is_standby()),
+            Step::Stop => {
+                n = if l.in_recovery == Some(true) {
+                    let mut s = stopped("shut down in recovery");
+                    s.standby_signal = true;
+                    s
+                } else {
+                    stopped("shut down")
+                };
+                n.pending_restart.clear();
+            }
+            Step::Promote => n = running(false),
+            Step::SetupPrimary => {
+                n.replicator_exists = true;
+                n.dbname_exists = true;
+                n.slots = w.slots.clone();
+            }
+            Step::Wait(_) => {
+                // A reload takes effect; a cut receiver stops.
+                n.synchronous_standby_names = Some(w.synchronous_standby_names.clone());
+                if w.goal == NodeState::StopReplication {
+                    n.wal_receiver_streaming = false;
+                }
+                if !n.ready && n.postmaster_running {
+                    n.ready = true;
+                }
+            }
+            Step::Reached | Step::Blocked(_) => {}
+        }
+        n
+    }
 }
