@@ -72,6 +72,11 @@ pub async fn connect_read_write(uri: &str, timeout: Duration) -> anyhow::Result<
     bail!("no read-write host: {}", errors.join("; "))
 }
 
+/// The probe's log, even after a panic elsewhere poisoned its lock.
+fn locked(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
+    log.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[derive(Debug, Default)]
 struct Log {
     /// (id, time acknowledged)
@@ -128,16 +133,16 @@ impl WriteProbe {
                 }
                 let Some(c) = &client else { continue };
                 id += 1;
-                l2.lock().unwrap().attempts += 1;
+                locked(&l2).attempts += 1;
                 let res = tokio::time::timeout(
                     Duration::from_secs(1),
                     c.execute("INSERT INTO write_probe (id) VALUES ($1)", &[&id]),
                 )
                 .await;
                 match res {
-                    Ok(Ok(_)) => l2.lock().unwrap().acked.push((id, Instant::now())),
+                    Ok(Ok(_)) => locked(&l2).acked.push((id, Instant::now())),
                     _ => {
-                        l2.lock().unwrap().errors += 1;
+                        locked(&l2).errors += 1;
                         client = None;
                     }
                 }
@@ -154,7 +159,7 @@ impl WriteProbe {
 
     /// Number of acknowledged writes so far.
     pub fn acked(&self) -> usize {
-        self.log.lock().unwrap().acked.len()
+        locked(&self.log).acked.len()
     }
 
     /// Waits until `n` more writes are acknowledged.
@@ -172,7 +177,7 @@ impl WriteProbe {
 
     /// The longest gap between acknowledged writes that overlaps `[from, to]`.
     pub fn gap_around(&self, from: Instant, to: Instant) -> Duration {
-        let log = self.log.lock().unwrap();
+        let log = locked(&self.log);
         let mut max = Duration::ZERO;
         for w in log.acked.windows(2) {
             let (a, b) = (w[0].1, w[1].1);
@@ -185,14 +190,7 @@ impl WriteProbe {
 
     /// Acknowledged ids (so far) missing on the current primary.
     pub async fn lost_so_far(&self) -> anyhow::Result<Vec<i64>> {
-        let ids: Vec<i64> = self
-            .log
-            .lock()
-            .unwrap()
-            .acked
-            .iter()
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<i64> = locked(&self.log).acked.iter().map(|(id, _)| *id).collect();
         let c = connect_read_write(&self.uri, Duration::from_secs(3)).await?;
         let present: std::collections::HashSet<i64> = c
             .query("SELECT id FROM write_probe WHERE id = ANY($1)", &[&ids])
@@ -219,7 +217,7 @@ impl WriteProbe {
     pub async fn finish(self) -> anyhow::Result<ProbeReport> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.task.await;
-        let log = std::mem::take(&mut *self.log.lock().unwrap());
+        let log = std::mem::take(&mut *locked(&self.log));
         let c = connect_read_write(&self.uri, Duration::from_secs(3)).await?;
         let ids: Vec<i64> = log.acked.iter().map(|(id, _)| *id).collect();
         let present: Vec<i64> = c

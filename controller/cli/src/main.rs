@@ -325,45 +325,25 @@ async fn switchover(args: SwitchoverArgs, target: Option<&str>) -> anyhow::Resul
         "switchover started (term {}): node {} -> node {}",
         started.term, started.from_node, started.to_node
     );
-    let mut last = String::new();
-    loop {
-        if t0.elapsed() > Duration::from_secs(args.timeout) {
-            anyhow::bail!(
-                "switchover did not finish within {} s; last state: {last}",
-                args.timeout
-            );
-        }
-        if let Ok(st) = client.state(&args.formation).await {
-            let line: Vec<String> = st
-                .nodes
-                .iter()
-                .map(|n| format!("{}: {}/{}", n.name, n.reported_state, n.assigned_state))
-                .collect();
-            let line = line.join(", ");
-            if line != last {
-                eprintln!("{:>6.1}s  {line}", t0.elapsed().as_secs_f64());
-                last = line;
-            }
-            let node = |id| st.nodes.iter().find(|n| n.node_id == id);
-            let (Some(new), Some(old)) = (node(started.to_node), node(started.from_node)) else {
-                anyhow::bail!("a node of the switchover disappeared from the formation");
-            };
-            let stable =
-                |n: &pgha_api::NodeStatus, s| n.reported_state == s && n.assigned_state == s;
-            if stable(new, pgha_api::NodeState::Primary)
-                && stable(old, pgha_api::NodeState::Secondary)
-            {
-                eprintln!(
-                    "switchover done in {:.1}s: {} is primary, {} is secondary",
-                    t0.elapsed().as_secs_f64(),
-                    new.name,
-                    old.name
-                );
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stable = |st: &pgha_api::FormationStatus, id, s| {
+        st.nodes
+            .iter()
+            .any(|n| n.node_id == id && n.reported_state == s && n.assigned_state == s)
+    };
+    let remaining = args.timeout.saturating_sub(t0.elapsed().as_secs());
+    wait_formation(&client, &args.formation, remaining, |st| {
+        stable(st, started.to_node, pgha_api::NodeState::Primary)
+            && stable(st, started.from_node, pgha_api::NodeState::Secondary)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("switchover: {e}"))?;
+    eprintln!(
+        "switchover done in {:.1}s: node {} is primary, node {} is secondary",
+        t0.elapsed().as_secs_f64(),
+        started.to_node,
+        started.from_node
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
