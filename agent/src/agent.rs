@@ -58,7 +58,10 @@ fn role_for(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Role {
         } else {
             None
         };
-        Role::Standby { upstream }
+        Role::Standby {
+            upstream,
+            slot: !goal.streams_without_slot(),
+        }
     } else {
         Role::Stopped
     }

@@ -224,6 +224,16 @@ impl MonitorClient {
         self.post(&path, &()).await
     }
 
+    /// `pgha perform failover --allow-data-loss --reason R`.
+    pub async fn forced_failover(
+        &self,
+        formation: &str,
+        req: &pgha_api::ForcedFailoverRequest,
+    ) -> Result<pgha_api::ForcedFailoverStarted, ClientError> {
+        self.post(&format!("/v1/formations/{formation}/failover"), req)
+            .await
+    }
+
     /// The last `count` events (of one formation), newer than event id `since`.
     pub async fn events(
         &self,

@@ -26,9 +26,12 @@ pub enum Role {
     Primary {
         synchronous_standby_names: String,
     },
-    /// A standby; `upstream` None means replication is cut (stop_replication).
+    /// A standby; `upstream` None means replication is cut (stop_replication). `slot`
+    /// says whether to stream through this node's replication slot on the upstream
+    /// (not when the upstream is another standby, in fast_forward).
     Standby {
         upstream: Option<(String, u16)>,
+        slot: bool,
     },
     /// Stopped states: configuration left as it is.
     Stopped,
@@ -96,12 +99,16 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role, parameters: &Parameters) -> S
                 quote(synchronous_standby_names),
             );
         }
-        Role::Standby { upstream } => {
+        Role::Standby { upstream, slot } => {
             set("synchronous_standby_names", quote(""));
             let (conninfo, slot) = match upstream {
                 Some((host, port)) => (
                     pg::primary_conninfo(cfg, host, *port),
-                    pgha_api::replication_slot_name(cfg.node_id),
+                    if *slot {
+                        pgha_api::replication_slot_name(cfg.node_id)
+                    } else {
+                        String::new()
+                    },
                 ),
                 None => (String::new(), String::new()),
             };
@@ -251,6 +258,7 @@ mod tests {
             &cfg(),
             &Role::Standby {
                 upstream: Some(("10.0.0.5".into(), 5432)),
+                slot: true,
             },
             &Parameters::new(),
         );
@@ -260,10 +268,23 @@ mod tests {
         assert!(c.contains("listen_addresses = '127.0.0.1'"));
         let cut = render_conf(
             &cfg(),
-            &Role::Standby { upstream: None },
+            &Role::Standby {
+                upstream: None,
+                slot: true,
+            },
             &Parameters::new(),
         );
         assert!(cut.contains("primary_conninfo = ''"));
+        let from_standby = render_conf(
+            &cfg(),
+            &Role::Standby {
+                upstream: Some(("10.0.0.6".into(), 5432)),
+                slot: false,
+            },
+            &Parameters::new(),
+        );
+        assert!(from_standby.contains("primary_conninfo = 'host=10.0.0.6 port=5432"));
+        assert!(from_standby.contains("primary_slot_name = ''"));
     }
 
     #[test]

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pgha_api::{
-    ApiError, Assignment, Event, FormationStatus, MonitorInfo, NodeReport, RegisterRequest,
-    RegisterResponse, SwitchoverStarted,
+    ApiError, Assignment, Event, ForcedFailoverRequest, ForcedFailoverStarted, FormationStatus,
+    MonitorInfo, NodeReport, RegisterRequest, RegisterResponse, SwitchoverStarted,
 };
 use serde::Deserialize;
 
@@ -57,6 +57,7 @@ pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
         .route("/v1/formations/{name}/state", get(formation_state))
         .route("/v1/formations/{name}/switchover", post(switchover))
         .route("/v1/formations/{name}/promotion/{node}", post(promotion))
+        .route("/v1/formations/{name}/failover", post(forced_failover))
         .route(
             "/v1/formations/{name}/nodes/{node}/maintenance",
             post(enable_maintenance).delete(disable_maintenance),
@@ -409,6 +410,60 @@ fn start_switchover(
         to_node: to,
         term,
     }))
+}
+
+/// `pgha perform failover --allow-data-loss --reason R`.
+async fn forced_failover(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Json(req): Json<ForcedFailoverRequest>,
+) -> ApiResult<ForcedFailoverStarted> {
+    if !req.allow_data_loss {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "allow_data_loss_required",
+            "failover without data loss runs by itself; a forced failover must say allow_data_loss",
+        ));
+    }
+    if req.reason.trim().is_empty() {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "reason_required",
+            "a forced failover needs the operator's reason (it is recorded as an event)",
+        ));
+    }
+    let now = now_ms();
+    let mut st = lock(&ctx.shared);
+    let view = st
+        .view(&name, now)
+        .ok_or_else(|| unknown_formation(&name))?;
+    let (plan, term) = planner::plan_forced_failover(&view)
+        .map_err(|why| Failure::new(StatusCode::CONFLICT, "failover_refused", why))?;
+    if let Some(f) = st.durable.formations.get_mut(&name) {
+        f.data_loss_allowed_term = Some(term);
+    }
+    let mut ev = st.event(
+        &name,
+        None,
+        "operator_failover_allow_data_loss",
+        format!(
+            "operator forced a failover that may lose acknowledged commits (term {term}): {}",
+            req.reason.trim()
+        ),
+        now,
+    );
+    ev.inputs = Some(crate::state::decision_inputs(&view));
+    st.record(ev).map_err(Failure::internal)?;
+    // Persists the override (and the plan's term and goals, if any).
+    st.save().map_err(Failure::internal)?;
+    st.apply_plan(&name, &plan, now)
+        .map_err(Failure::internal)?;
+    let to_node = plan
+        .decisions
+        .iter()
+        .find(|d| d.goal.is_standby())
+        .map(|d| d.node_id);
+    Ok(Json(ForcedFailoverStarted { term, to_node }))
 }
 
 #[derive(Deserialize)]

@@ -65,6 +65,10 @@ pub struct FormationView {
     pub generation: u64,
     /// Last generation for which a rolling-restart switchover was done.
     pub rolling_restart_generation: u64,
+    /// An operator allowed this term's failover to lose data (`pgha perform failover
+    /// --allow-data-loss`): the data-loss guard is lifted, and nodes that do not report
+    /// are taken as down for the old primary's lease.
+    pub allow_data_loss: bool,
 }
 
 /// One change of a node's assigned state, with the rule that caused it.
@@ -207,9 +211,29 @@ impl FormationView {
         self.nodes.iter().find(|n| {
             matches!(
                 n.goal,
-                NodeState::PreparePromotion | NodeState::StopReplication
+                NodeState::FastForward | NodeState::PreparePromotion | NodeState::StopReplication
             )
         })
+    }
+
+    /// Standbys that hold data and report a running Postgres, in a state a failover may
+    /// promote or copy WAL from.
+    fn live_standbys(&self) -> impl Iterator<Item = &NodeView> {
+        self.nodes.iter().filter(|n| {
+            matches!(
+                n.goal,
+                NodeState::Secondary | NodeState::FastForward | NodeState::PreparePromotion
+            ) && n.reported == n.goal
+                && self.is_healthy(n)
+        })
+    }
+
+    /// The most advanced live standby other than `except` (ties: lowest id). A failover
+    /// candidate that lacks WAL this one has streams it from here first (fast_forward).
+    fn most_advanced_standby(&self, except: NodeId) -> Option<&NodeView> {
+        self.live_standbys()
+            .filter(|n| n.id != except && n.pg.lsn.is_some())
+            .max_by_key(|n| (n.pg.lsn, std::cmp::Reverse(n.id)))
     }
 
     /// The old primary acknowledged its demotion: its agent reports it stopped Postgres.
@@ -241,6 +265,8 @@ impl FormationView {
                     && !n.pg.upstream_streaming
                     && n.upstream_lost_at_ms
                         .is_some_and(|t| self.now_ms >= t + wait))
+                // The operator declared the silent nodes down (--allow-data-loss).
+                || (self.allow_data_loss && !self.is_reporting(n) && self.is_failed(n))
         });
         controller_lease_over && standbys_gone
     }
@@ -251,6 +277,11 @@ impl FormationView {
     pub fn upstream_of(&self, n: &NodeView) -> Option<&NodeView> {
         if !n.goal.streams_from_upstream() {
             return None;
+        }
+        if n.goal == NodeState::FastForward {
+            return self
+                .most_advanced_standby(n.id)
+                .filter(|s| s.pg.lsn > n.pg.lsn);
         }
         if let Some(w) = self.writable_goal().filter(|w| w.id != n.id) {
             return Some(w);
@@ -629,24 +660,42 @@ fn plan_primary(f: &FormationView, p: &mut Plan) {
     }
 }
 
-/// Standbys that may replace the failed primary `pr` without losing a commit it
-/// acknowledged, best first; or why there is none. `synchronous` says whether `pr` ran
-/// with synchronous replication (`primary`) when it was last seen.
-fn failover_candidates<'a>(
+/// The outcome of a failover election.
+#[derive(Debug)]
+struct Election<'a> {
+    winner: &'a NodeView,
+    /// A standby holding WAL the winner lacks: the winner streams it from there first
+    /// (fast_forward), so nothing that survived on any live standby is lost.
+    source: Option<&'a NodeView>,
+}
+
+impl<'a> Election<'a> {
+    /// The state the winner is assigned next: fast_forward while it lacks WAL.
+    fn winner_goal(&self) -> NodeState {
+        if self.source.is_some() {
+            NodeState::FastForward
+        } else {
+            NodeState::PreparePromotion
+        }
+    }
+}
+
+/// Elects the standby that replaces the failed primary `pr`, or says why none may.
+/// `synchronous` says whether `pr` ran with synchronous replication (`primary`) when it
+/// was last seen.
+///
+/// pg_auto_failover's rules: only candidates with priority > 0; the highest priority
+/// wins, then the most advanced LSN, then the lowest id. The data-loss guard: some live
+/// standby must hold every commit `pr` may have acknowledged (synchronous: the most
+/// advanced of its quorum standbys, all of which must report; asynchronous: what `pr`
+/// last reported). A winner behind the most advanced live standby fast-forwards from
+/// it. With `allow_data_loss` the guard is lifted (never the priority rule).
+fn elect<'a>(
     f: &'a FormationView,
     pr: &NodeView,
     synchronous: bool,
-) -> Result<Vec<&'a NodeView>, (BlockReason, String)> {
-    let healthy: Vec<&NodeView> = f
-        .nodes
-        .iter()
-        .filter(|n| {
-            n.id != pr.id
-                && matches!(n.goal, NodeState::Secondary | NodeState::PreparePromotion)
-                && n.reported == n.goal
-                && f.is_healthy(n)
-        })
-        .collect();
+) -> Result<Election<'a>, (BlockReason, String)> {
+    let healthy: Vec<&NodeView> = f.live_standbys().filter(|n| n.id != pr.id).collect();
     if healthy.is_empty() {
         return Err((BlockReason::NoCandidate, "no healthy secondary".into()));
     }
@@ -662,7 +711,21 @@ fn failover_candidates<'a>(
             format!("{} has candidate priority 0", names.join(", ")),
         ));
     }
-    if synchronous {
+    candidates.sort_by_key(|n| {
+        (
+            std::cmp::Reverse(n.candidate_priority),
+            std::cmp::Reverse(n.pg.lsn.unwrap_or_default()),
+            n.id,
+        )
+    });
+    let winner = candidates[0];
+    let richest = f.most_advanced_standby(pr.id).unwrap_or(winner);
+    let have = richest.pg.lsn.unwrap_or_default();
+    let source = (richest.pg.lsn > winner.pg.lsn).then_some(richest);
+    if f.allow_data_loss {
+        return Ok(Election { winner, source });
+    }
+    let needed = if synchronous {
         // Synchronous replication acknowledged each commit once ANY k quorum standbys
         // had it: only the most advanced of them is sure to hold every one, and a quorum
         // standby that does not report (even one parked in catchingup since) may hold
@@ -691,35 +754,42 @@ fn failover_candidates<'a>(
                 ),
             ));
         }
-        let best = quorum
+        quorum
             .iter()
             .filter_map(|n| n.pg.lsn)
             .max()
-            .unwrap_or_default();
-        candidates.retain(|n| n.pg.lsn.is_some_and(|l| l >= best));
+            .unwrap_or_default()
     } else {
-        // Asynchronous replication: only a standby that has everything the primary last
-        // reported may be promoted without losing a write we know of.
-        let last = pr.pg.lsn.unwrap_or_default();
-        candidates.retain(|n| n.pg.lsn.is_some_and(|l| l >= last));
-    }
-    candidates.sort_by_key(|n| {
-        (
-            std::cmp::Reverse(n.candidate_priority),
-            std::cmp::Reverse(n.pg.lsn.unwrap_or_default()),
-            n.id,
-        )
-    });
-    if candidates.is_empty() {
+        // Asynchronous replication: only WAL the primary last reported is known of.
+        pr.pg.lsn.unwrap_or_default()
+    };
+    if have < needed {
         return Err((
             BlockReason::Lagging,
             format!(
-                "no candidate has all the WAL {} acknowledged or reported",
+                "no live standby has all the WAL {} acknowledged or reported (up to {needed}; best {have})",
                 pr.name
             ),
         ));
     }
-    Ok(candidates)
+    Ok(Election { winner, source })
+}
+
+fn describe_election(e: &Election) -> String {
+    match e.source {
+        Some(s) => format!(
+            "promoting {} (lsn {}) after it streams the WAL up to {} from {}",
+            e.winner.name,
+            e.winner.pg.lsn.unwrap_or_default(),
+            s.pg.lsn.unwrap_or_default(),
+            s.name
+        ),
+        None => format!(
+            "promoting {} (lsn {})",
+            e.winner.name,
+            e.winner.pg.lsn.unwrap_or_default()
+        ),
+    }
 }
 
 fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
@@ -730,8 +800,8 @@ fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
         ));
         return;
     }
-    let winner = match failover_candidates(f, pr, pr.goal == NodeState::Primary) {
-        Ok(c) => c[0],
+    let e = match elect(f, pr, pr.goal == NodeState::Primary) {
+        Ok(e) => e,
         Err((reason, why)) => {
             p.blocked = Some(reason);
             p.wait(format!(
@@ -743,11 +813,15 @@ fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
         }
     };
     let why = format!(
-        "failover: {} failed ({}); promoting {} (lsn {})",
+        "failover: {} failed ({}); {}{}",
         pr.name,
         describe_failure(f, pr),
-        winner.name,
-        winner.pg.lsn.unwrap_or_default()
+        describe_election(&e),
+        if f.allow_data_loss {
+            " (data loss allowed by the operator)"
+        } else {
+            ""
+        }
     );
     p.new_term = Some(f.term + 1);
     p.assign(
@@ -756,7 +830,50 @@ fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
         "failover_drain_primary",
         why.clone(),
     );
-    p.assign(winner, NodeState::PreparePromotion, "failover_promote", why);
+    p.assign(e.winner, e.winner_goal(), "failover_promote", why);
+}
+
+/// `pgha perform failover --allow-data-loss`: a failover the data-loss guard blocks,
+/// forced by an operator. Refused while the primary is healthy (that is a switchover)
+/// and when no node may be promoted at all (priority 0 everywhere, none healthy). The
+/// caller persists `allow_data_loss` for the term this returns, so the rest of the
+/// promotion is planned under the same override.
+pub fn plan_forced_failover(f: &FormationView) -> Result<(Plan, u64), String> {
+    let mut g = f.clone();
+    g.allow_data_loss = true;
+    if let Some(cand) = g.promoting() {
+        let old = g.demoting().ok_or_else(|| {
+            format!(
+                "{} is being promoted with no old primary left to wait for",
+                cand.name
+            )
+        })?;
+        if !g.is_failed(old) {
+            return Err(format!(
+                "a promotion of {} is in progress and {} is not failed",
+                cand.name, old.name
+            ));
+        }
+        // The promotion in progress goes on under the override, in this term.
+        return Ok((Plan::default(), g.term));
+    }
+    let pr = g
+        .writable_goal()
+        .ok_or("no primary to fail over from: show state lists none")?;
+    if !g.is_failed(pr) {
+        return Err(format!(
+            "primary {} is not failed (its agent or Postgres answers); use pgha perform switchover",
+            pr.name
+        ));
+    }
+    let mut p = Plan::default();
+    plan_failover(&g, pr, &mut p);
+    match p.new_term {
+        Some(t) => Ok((p, t)),
+        None => Err(p
+            .waiting
+            .unwrap_or_else(|| format!("no failover possible from {}", pr.name))),
+    }
 }
 
 /// Starts a switchover: the healthy primary drains, the best secondary is promoted.
@@ -867,6 +984,45 @@ fn abort_promotion(f: &FormationView, old: &NodeView, cand: &NodeView, why: Stri
     p.assign(cand, NodeState::Catchingup, "promotion_aborted", why);
 }
 
+/// Runs the failover election again for a promotion in progress from the failed `old`:
+/// when `cand` still wins, `then` plans its next step; when another standby wins now, the
+/// promotion moves to it; when nobody may be promoted, the promotion is blocked.
+fn reelect_or(
+    f: &FormationView,
+    old: &NodeView,
+    cand: &NodeView,
+    p: &mut Plan,
+    then: impl FnOnce(&Election, &mut Plan),
+) {
+    let sync = old.reported != NodeState::WaitPrimary;
+    match elect(f, old, sync) {
+        Ok(e) if e.winner.id == cand.id => then(&e, p),
+        Ok(e) => {
+            let why = format!(
+                "{} failed mid-promotion and {} is a better candidate than {}: {}",
+                old.name,
+                e.winner.name,
+                cand.name,
+                describe_election(&e)
+            );
+            p.assign(
+                cand,
+                NodeState::Secondary,
+                "promotion_reelected",
+                why.clone(),
+            );
+            p.assign(e.winner, e.winner_goal(), "promotion_reelected", why);
+        }
+        Err((reason, why)) => {
+            p.blocked = Some(reason);
+            p.wait(format!(
+                "promotion of {} blocked: {} failed; {why}",
+                cand.name, old.name
+            ))
+        }
+    }
+}
+
 fn plan_promotion(f: &FormationView, p: &mut Plan) {
     let Some(cand) = f.promoting() else { return };
     let old = f.demoting();
@@ -926,10 +1082,9 @@ fn plan_promotion(f: &FormationView, p: &mut Plan) {
             }
             Some(old) if f.is_failed(old) => {
                 // The old primary will not hand over its last WAL: the candidate must be
-                // one a failover would have chosen, or give way to one.
-                let sync = old.reported != NodeState::WaitPrimary;
-                match failover_candidates(f, old, sync) {
-                    Ok(c) if c.iter().any(|n| n.id == cand.id) => p.assign(
+                // the one a failover would elect now, with all the WAL a live standby has.
+                reelect_or(f, old, cand, p, |e, p| match e.source {
+                    None => p.assign(
                         cand,
                         NodeState::StopReplication,
                         "prepare_promotion_to_stop_replication",
@@ -938,32 +1093,18 @@ fn plan_promotion(f: &FormationView, p: &mut Plan) {
                             old.name
                         ),
                     ),
-                    Ok(c) => {
-                        let why = format!(
-                            "{} failed mid-promotion and {} is more advanced than {}",
-                            old.name, c[0].name, cand.name
-                        );
-                        p.assign(
-                            cand,
-                            NodeState::Secondary,
-                            "promotion_reelected",
-                            why.clone(),
-                        );
-                        p.assign(
-                            c[0],
-                            NodeState::PreparePromotion,
-                            "promotion_reelected",
-                            why,
-                        );
-                    }
-                    Err((reason, why)) => {
-                        p.blocked = Some(reason);
-                        p.wait(format!(
-                            "promotion of {} blocked: {} failed; {why}",
-                            cand.name, old.name
-                        ))
-                    }
-                }
+                    Some(s) => p.assign(
+                        cand,
+                        NodeState::FastForward,
+                        "fast_forward",
+                        format!(
+                            "{} has WAL up to {} that {} lacks: stream it first",
+                            s.name,
+                            s.pg.lsn.unwrap_or_default(),
+                            cand.name
+                        ),
+                    ),
+                });
             }
             Some(old) => p.wait(format!("waiting for {} to stop Postgres", old.name)),
             None => p.assign(
@@ -971,6 +1112,36 @@ fn plan_promotion(f: &FormationView, p: &mut Plan) {
                 NodeState::StopReplication,
                 "prepare_promotion_to_stop_replication",
                 "no old primary left".into(),
+            ),
+        },
+        (NodeState::FastForward, NodeState::FastForward) => match old {
+            Some(old) if f.is_failed(old) => reelect_or(f, old, cand, p, |e, p| match e.source {
+                None => p.assign(
+                    cand,
+                    NodeState::PreparePromotion,
+                    "fast_forward_done",
+                    format!(
+                        "{} has all the WAL the live standbys have ({})",
+                        cand.name,
+                        cand.pg.lsn.unwrap_or_default()
+                    ),
+                ),
+                Some(s) => p.wait(format!(
+                    "{} streams the WAL it lacks from {} ({} bytes to go)",
+                    cand.name,
+                    s.name,
+                    s.pg.lsn
+                        .unwrap_or_default()
+                        .bytes_ahead_of(cand.pg.lsn.unwrap_or_default())
+                )),
+            }),
+            // The old primary is back (or never left): the usual hand-over takes the
+            // WAL it has, or gives it its role back.
+            _ => p.assign(
+                cand,
+                NodeState::PreparePromotion,
+                "fast_forward_done",
+                "the old primary answers again: take its last WAL from it".into(),
             ),
         },
         (NodeState::StopReplication, NodeState::StopReplication) => {

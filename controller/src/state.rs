@@ -168,6 +168,7 @@ impl ControllerState {
             nodes,
             generation: f.generation,
             rolling_restart_generation: f.rolling_restart_generation,
+            allow_data_loss: f.data_loss_allowed_term == Some(f.term),
         })
     }
 
@@ -297,6 +298,11 @@ impl ControllerState {
             "stop_replication_to_wait_primary" => {
                 if let Some(t) = self.promotions.get_mut(formation) {
                     t.fenced_ms = Some(now_ms);
+                }
+            }
+            "promotion_reelected" if d.goal.is_standby() && d.goal != NodeState::Secondary => {
+                if let Some(t) = self.promotions.get_mut(formation) {
+                    t.candidate = d.node_id;
                 }
             }
             "promotion_aborted" => {
@@ -694,7 +700,7 @@ impl ControllerState {
 
 /// What the planner looked at, recorded with each decision's event: every node's goal,
 /// report, LSN, health and priority, and the term.
-fn decision_inputs(v: &FormationView) -> serde_json::Value {
+pub fn decision_inputs(v: &FormationView) -> serde_json::Value {
     let nodes: Vec<serde_json::Value> = v
         .nodes
         .iter()

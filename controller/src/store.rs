@@ -73,6 +73,10 @@ pub struct FormationRecord {
     /// Last generation a rolling-restart switchover was done for.
     #[serde(default)]
     pub rolling_restart_generation: u64,
+    /// The term whose failover an operator allowed to lose data
+    /// (`pgha perform failover --allow-data-loss`); it lapses with the next term.
+    #[serde(default)]
+    pub data_loss_allowed_term: Option<u64>,
 }
 
 impl FormationRecord {
@@ -90,6 +94,7 @@ impl FormationRecord {
             source_file: None,
             orphaned: false,
             rolling_restart_generation: 0,
+            data_loss_allowed_term: None,
         }
     }
 }

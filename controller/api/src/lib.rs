@@ -319,6 +319,26 @@ pub struct SwitchoverStarted {
     pub term: u64,
 }
 
+/// `POST /v1/formations/{name}/failover` request: a failover the data-loss guard
+/// blocks, forced by an operator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForcedFailoverRequest {
+    /// Must be true: the operator accepts that acknowledged commits may be lost.
+    pub allow_data_loss: bool,
+    /// Why (recorded in the event).
+    pub reason: String,
+}
+
+/// `POST /v1/formations/{name}/failover` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForcedFailoverStarted {
+    /// The term the override applies to.
+    pub term: u64,
+    /// The node being promoted, when this request started the promotion (None when it
+    /// lifted the guard of a promotion already in progress).
+    pub to_node: Option<NodeId>,
+}
+
 /// Uniform error body of every failed API call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {

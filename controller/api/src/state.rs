@@ -29,6 +29,9 @@ pub enum NodeState {
     Catchingup,
     /// Hot standby, caught up, a failover candidate.
     Secondary,
+    /// Chosen standby that lacks WAL another standby has: it streams the missing WAL
+    /// from that standby (pg_auto_failover's `fast_forward`) before its promotion.
+    FastForward,
     /// Chosen standby, about to be promoted; still a standby.
     PreparePromotion,
     /// Chosen standby with its replication cut, waiting until the old primary is fenced.
@@ -40,7 +43,7 @@ pub enum NodeState {
     Maintenance,
 }
 
-pub const ALL_STATES: [NodeState; 14] = [
+pub const ALL_STATES: [NodeState; 15] = [
     NodeState::Init,
     NodeState::Single,
     NodeState::WaitPrimary,
@@ -51,6 +54,7 @@ pub const ALL_STATES: [NodeState; 14] = [
     NodeState::WaitStandby,
     NodeState::Catchingup,
     NodeState::Secondary,
+    NodeState::FastForward,
     NodeState::PreparePromotion,
     NodeState::StopReplication,
     NodeState::Dropped,
@@ -74,6 +78,7 @@ impl NodeState {
             NodeState::WaitStandby => "wait_standby",
             NodeState::Catchingup => "catchingup",
             NodeState::Secondary => "secondary",
+            NodeState::FastForward => "fast_forward",
             NodeState::PreparePromotion => "prepare_promotion",
             NodeState::StopReplication => "stop_replication",
             NodeState::Dropped => "dropped",
@@ -107,6 +112,7 @@ impl NodeState {
             self,
             NodeState::Catchingup
                 | NodeState::Secondary
+                | NodeState::FastForward
                 | NodeState::PreparePromotion
                 | NodeState::StopReplication
         )
@@ -116,8 +122,17 @@ impl NodeState {
     pub fn streams_from_upstream(self) -> bool {
         matches!(
             self,
-            NodeState::Catchingup | NodeState::Secondary | NodeState::PreparePromotion
+            NodeState::Catchingup
+                | NodeState::Secondary
+                | NodeState::FastForward
+                | NodeState::PreparePromotion
         )
+    }
+
+    /// Streaming states whose upstream is another standby, reached without a
+    /// replication slot (the upstream keeps slots only for its role as a primary).
+    pub fn streams_without_slot(self) -> bool {
+        self == NodeState::FastForward
     }
 }
 

@@ -82,6 +82,23 @@ enum PerformCmd {
     Switchover(SwitchoverArgs),
     /// Planned switchover to a chosen node. Waits until done.
     Promotion(PromotionArgs),
+    /// Force a failover that the data-loss guard blocks (the primary and quorum
+    /// standbys that may hold its last commits are gone). Waits until a primary runs.
+    Failover(FailoverArgs),
+}
+
+#[derive(Args)]
+struct FailoverArgs {
+    /// Required: you accept that commits the failed nodes acknowledged may be lost, and
+    /// you checked that the nodes that do not report are down (not merely cut off from
+    /// the monitor), since pgha cannot ask them.
+    #[arg(long)]
+    allow_data_loss: bool,
+    /// Why (recorded in the formation's events).
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    switchover: SwitchoverArgs,
 }
 
 #[derive(Subcommand)]
@@ -346,6 +363,54 @@ async fn switchover(args: SwitchoverArgs, target: Option<&str>) -> anyhow::Resul
     Ok(())
 }
 
+/// Forces a failover the data-loss guard blocks, then waits until a primary runs.
+async fn forced_failover(a: FailoverArgs) -> anyhow::Result<()> {
+    if !a.allow_data_loss {
+        anyhow::bail!(
+            "pgha fails over by itself whenever no acknowledged commit can be lost; \
+             forcing one that may lose commits needs --allow-data-loss --reason TEXT"
+        );
+    }
+    let reason = match a.reason.as_deref().map(str::trim) {
+        Some(r) if !r.is_empty() => r.to_string(),
+        _ => anyhow::bail!("--reason TEXT is required: it is recorded in the events"),
+    };
+    let args = a.switchover;
+    let client = args.monitor.client()?;
+    let t0 = std::time::Instant::now();
+    let started = client
+        .forced_failover(
+            &args.formation,
+            &pgha_api::ForcedFailoverRequest {
+                allow_data_loss: true,
+                reason,
+            },
+        )
+        .await?;
+    match started.to_node {
+        Some(n) => eprintln!(
+            "failover forced (term {}): promoting node {n}",
+            started.term
+        ),
+        None => eprintln!(
+            "failover forced (term {}): the promotion in progress goes on without the data-loss guard",
+            started.term
+        ),
+    }
+    wait_formation(&client, &args.formation, args.timeout, |st| {
+        st.nodes
+            .iter()
+            .any(|n| n.assigned_state.is_writable() && n.reported_state == n.assigned_state)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("failover: {e}"))?;
+    eprintln!(
+        "failover done in {:.1}s (recorded in pgha show events)",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -370,6 +435,7 @@ fn main() -> ExitCode {
             Cmd::Show(s) => show::run(s).await,
             Cmd::Perform(PerformCmd::Switchover(a)) => switchover(a, None).await,
             Cmd::Perform(PerformCmd::Promotion(a)) => switchover(a.switchover, Some(&a.name)).await,
+            Cmd::Perform(PerformCmd::Failover(a)) => forced_failover(a).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Formation(f) => formation::run(f).await,
             Cmd::Enable(MaintenanceCmd::Maintenance(a)) => maintenance(a, true).await,

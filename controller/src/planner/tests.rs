@@ -49,6 +49,7 @@ fn formation(nodes: Vec<NodeView>) -> FormationView {
         nodes,
         generation: 0,
         rolling_restart_generation: 0,
+        allow_data_loss: false,
     }
 }
 
@@ -233,6 +234,181 @@ fn blocked_failovers_name_their_reason() {
         plan(&formation(vec![node(1, Primary), node(2, Secondary)])).blocked,
         None
     );
+}
+
+/// Applies a plan's goals to the view, as the controller would persist them.
+fn apply_goals(f: &mut FormationView, p: &Plan) {
+    if let Some(t) = p.new_term {
+        f.term = t;
+    }
+    for d in &p.decisions {
+        let n = f.nodes.iter_mut().find(|n| n.id == d.node_id).unwrap();
+        n.goal = d.goal;
+    }
+}
+
+/// Every node reports it reached its goal; standbys stream from their upstream.
+fn reach_goals(f: &mut FormationView) {
+    for i in 0..f.nodes.len() {
+        let g = f.nodes[i].goal;
+        f.nodes[i].reported = g;
+        let up = f.upstream_of(&f.nodes[i]).map(|u| u.id);
+        let n = &mut f.nodes[i];
+        n.pg.upstream_streaming = up.is_some();
+        if up.is_none() && g.is_standby() {
+            n.upstream_lost_at_ms.get_or_insert(f.now_ms);
+        }
+    }
+}
+
+#[test]
+fn the_highest_priority_wins_and_fast_forwards_from_a_more_advanced_standby() {
+    // pg_auto_failover's 90/90/70: node 3 (70) is the most advanced, node 2 (90) wins.
+    let mut f = formation(vec![
+        node(1, Primary),
+        node(2, Secondary),
+        node(3, Secondary),
+    ]);
+    f.nodes[0].candidate_priority = 90;
+    f.nodes[1].candidate_priority = 90;
+    f.nodes[2].candidate_priority = 70;
+    f.nodes[1].pg.lsn = Some(Lsn(1000));
+    f.nodes[2].pg.lsn = Some(Lsn(5000));
+    let now = f.now_ms;
+    fail(&mut f.nodes[0], now, 5000);
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 1), Some(Draining));
+    assert_eq!(goal_of(&p, 2), Some(FastForward), "{p:?}");
+    assert!(p.decisions[1].description.contains("from node_3"), "{p:?}");
+    apply_goals(&mut f, &p);
+    reach_goals(&mut f);
+    // It streams from node 3, not from the failed primary, and waits until it has it all.
+    assert_eq!(f.upstream_of(&f.nodes[1]).map(|u| u.id), Some(3));
+    assert_eq!(f.upstream_of(&f.nodes[2]).map(|u| u.id), None);
+    let p = plan(&f);
+    assert!(p.decisions.is_empty(), "{p:?}");
+    assert!(p.waiting.unwrap().contains("4000 bytes to go"));
+    f.nodes[1].pg.lsn = Some(Lsn(5000));
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), Some(PreparePromotion), "{p:?}");
+    apply_goals(&mut f, &p);
+    reach_goals(&mut f);
+    assert_eq!(goal_of(&plan(&f), 2), Some(StopReplication));
+}
+
+#[test]
+fn a_priority_zero_standby_is_a_source_never_a_candidate() {
+    let mut f = formation(vec![
+        node(1, Primary),
+        node(2, Secondary),
+        node(3, Secondary),
+    ]);
+    f.nodes[2].candidate_priority = 0;
+    f.nodes[2].pg.lsn = Some(Lsn(9000));
+    let now = f.now_ms;
+    fail(&mut f.nodes[0], now, 5000);
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), Some(FastForward));
+    assert_eq!(goal_of(&p, 3), None);
+    // The source dies mid-way: it is a quorum standby that may hold acknowledged
+    // commits, so the promotion blocks rather than go on without them.
+    apply_goals(&mut f, &p);
+    reach_goals(&mut f);
+    fail(&mut f.nodes[2], now, 5000);
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), None, "{p:?}");
+    assert_eq!(p.blocked, Some(BlockReason::QuorumNotReporting));
+    // Not a quorum member: what it had is lost, the candidate goes on.
+    f.nodes[2].replication_quorum = false;
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), Some(PreparePromotion), "{p:?}");
+}
+
+#[test]
+fn a_candidate_overtaken_during_fast_forward_gives_way() {
+    // Same priority: the most advanced wins, no fast-forward needed.
+    let mut f = formation(vec![
+        node(1, Primary),
+        node(2, Secondary),
+        node(3, Secondary),
+    ]);
+    f.nodes[2].pg.lsn = Some(Lsn(3000));
+    let now = f.now_ms;
+    fail(&mut f.nodes[0], now, 5000);
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 3), Some(PreparePromotion));
+    assert_eq!(goal_of(&p, 2), None);
+    // Node 2 in fast_forward while node 3 (same priority) is ahead: re-elected.
+    let mut f = formation(vec![
+        node(1, Draining),
+        node(2, FastForward),
+        node(3, Secondary),
+    ]);
+    f.nodes[2].pg.lsn = Some(Lsn(3000));
+    fail(&mut f.nodes[0], now, 5000);
+    f.nodes[0].reported = Primary;
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), Some(Secondary), "{p:?}");
+    assert_eq!(goal_of(&p, 3), Some(PreparePromotion));
+}
+
+#[test]
+fn an_operator_may_allow_data_loss_when_the_guard_blocks() {
+    // Primary and a quorum standby die together: node 3 may lack commits node 2 acked.
+    let mut f = formation(vec![
+        node(1, Primary),
+        node(2, Secondary),
+        node(3, Secondary),
+    ]);
+    let now = f.now_ms;
+    fail(&mut f.nodes[0], now, 5000);
+    fail(&mut f.nodes[1], now, 5000);
+    let p = plan(&f);
+    assert_eq!(p.blocked, Some(BlockReason::QuorumNotReporting));
+    assert_eq!(goal_of(&p, 3), None);
+    let (p, term) = plan_forced_failover(&f).unwrap();
+    assert_eq!(term, 4);
+    assert_eq!(goal_of(&p, 3), Some(PreparePromotion));
+    apply_goals(&mut f, &p);
+    f.allow_data_loss = true;
+    reach_goals(&mut f);
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 3), Some(StopReplication), "{p:?}");
+    apply_goals(&mut f, &p);
+    reach_goals(&mut f);
+    // The silent standby cannot say it stopped streaming from the old primary; the
+    // operator's override takes it as down once the lease ran out.
+    f.now_ms += f.timings.lease_ms + f.timings.lease_margin_ms;
+    fail(
+        &mut f.nodes[0],
+        f.now_ms,
+        5000 + f.timings.lease_ms + f.timings.lease_margin_ms,
+    );
+    fail(
+        &mut f.nodes[1],
+        f.now_ms,
+        5000 + f.timings.lease_ms + f.timings.lease_margin_ms,
+    );
+    f.nodes[2].last_report_ms = Some(f.now_ms);
+    f.nodes[2].last_probe_ok_ms = Some(f.now_ms);
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 3), Some(WaitPrimary), "{p:?}");
+    // Without the override the same view waits for the silent standby.
+    f.allow_data_loss = false;
+    assert_eq!(goal_of(&plan(&f), 3), None);
+}
+
+#[test]
+fn a_forced_failover_is_refused_with_a_healthy_primary_or_no_candidate() {
+    let f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    let err = plan_forced_failover(&f).unwrap_err();
+    assert!(err.contains("not failed"), "{err}");
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    f.nodes[1].candidate_priority = 0;
+    let now = f.now_ms;
+    fail(&mut f.nodes[0], now, 5000);
+    let err = plan_forced_failover(&f).unwrap_err();
+    assert!(err.contains("candidate priority 0"), "{err}");
 }
 
 #[test]
@@ -489,6 +665,9 @@ mod properties {
         Write,
         /// An operator asks for a switchover.
         Switchover,
+        /// Node i's replication stalls or resumes (its agent still reports): it falls
+        /// behind the other standbys, so a failover may need to fast-forward it.
+        Stall(usize, bool),
     }
 
     fn op(n: usize) -> impl Strategy<Value = Op> {
@@ -499,7 +678,13 @@ mod properties {
             1 => ((0..n), any::<bool>()).prop_map(|(i, b)| Op::Partition(i, b)),
             4 => Just(Op::Write),
             1 => Just(Op::Switchover),
+            1 => ((0..n), any::<bool>()).prop_map(|(i, b)| Op::Stall(i, b)),
         ]
+    }
+
+    /// Candidate priorities: pg_auto_failover's 90/70 mix, with some 0 (never promoted).
+    fn priorities(n: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(prop_oneof![Just(0u8), Just(70), Just(90)], n)
     }
 
     /// One simulated VM: agent + Postgres.
@@ -507,6 +692,7 @@ mod properties {
     struct Sim {
         up: bool,
         partitioned: bool,
+        stalled: bool,
         /// The agent's last assignment and what it reached.
         goal: NodeState,
         reached: NodeState,
@@ -530,12 +716,17 @@ mod properties {
 
     impl World {
         fn new(n: usize) -> World {
+            World::with_priorities(&vec![50; n])
+        }
+
+        fn with_priorities(prio: &[u8]) -> World {
             // Start from a healthy formation: node 0 primary, the others secondaries.
             let mut view_nodes = vec![];
             let mut sims = vec![];
-            for i in 0..n {
+            for (i, &priority) in prio.iter().enumerate() {
                 let g = if i == 0 { Primary } else { Secondary };
                 let mut v = node(i as u64 + 1, g);
+                v.candidate_priority = priority;
                 v.last_report_ms = Some(START);
                 v.last_probe_ok_ms = Some(START);
                 v.last_probe = Some((START, true));
@@ -543,6 +734,7 @@ mod properties {
                 sims.push(Sim {
                     up: true,
                     partitioned: false,
+                    stalled: false,
                     goal: g,
                     reached: g,
                     fenced: false,
@@ -588,6 +780,7 @@ mod properties {
             for i in 0..self.sims.len() {
                 let up = self.upstream_of(i);
                 let streaming = self.sims[i].up
+                    && !self.sims[i].stalled
                     && up.is_some_and(|u| {
                         self.sims[u].up
                             && !self.sims[u].fenced
@@ -689,6 +882,7 @@ mod properties {
                 nodes: self.view_nodes.clone(),
                 generation: 0,
                 rolling_restart_generation: 0,
+                allow_data_loss: false,
             }
         }
 
@@ -783,6 +977,7 @@ mod properties {
                     }
                 }
                 Op::Partition(i, b) => self.sims[*i].partitioned = *b,
+                Op::Stall(i, b) => self.sims[*i].stalled = *b,
                 Op::Write => self.write(),
                 Op::Switchover => {
                     if let Ok((p, a, b)) = plan_switchover(&self.view()) {
@@ -828,6 +1023,7 @@ mod properties {
             for s in &mut self.sims {
                 s.up = true;
                 s.partitioned = false;
+                s.stalled = false;
             }
             for _ in 0..200 {
                 self.step(&Op::Tick(200))?;
@@ -857,12 +1053,43 @@ mod properties {
         }
 
         #[test]
-        fn three_nodes_keep_one_writer_and_every_sync_commit(ops in proptest::collection::vec(op(3), 1..80)) {
-            let mut w = World::new(3);
+        fn three_to_five_nodes_with_priorities_keep_one_writer_every_sync_commit_and_heal(
+            (prio, ops) in (3usize..=5).prop_flat_map(|n| {
+                (priorities(n), proptest::collection::vec(op(n), 1..100))
+            })
+        ) {
+            let mut w = World::with_priorities(&prio);
             for o in &ops {
                 w.step(o)?;
             }
+            prop_assert!(w.heal()?, "did not return to primary + secondaries: {:?} {:?}",
+                w.view_nodes.iter().map(|n| (n.goal, n.reported, n.candidate_priority, n.pg.lsn)).collect::<Vec<_>>(), plan(&w.view()));
         }
+    }
+
+    /// A stalled priority-90 standby is the winner when the primary dies: it
+    /// fast-forwards from the priority-0 standby that acknowledged the writes, then is
+    /// promoted with every one of them (rule 3 is checked by `apply`).
+    #[test]
+    fn simulated_fast_forward_from_a_priority_zero_standby() {
+        let mut w = World::with_priorities(&[90, 90, 0]);
+        w.step(&Op::Stall(1, true)).unwrap();
+        for _ in 0..5 {
+            w.step(&Op::Tick(100)).unwrap();
+            w.step(&Op::Write).unwrap();
+        }
+        assert!(w.acked_sync_lsn > w.sims[1].lsn);
+        w.step(&Op::Crash(0)).unwrap();
+        w.step(&Op::Stall(1, false)).unwrap();
+        let mut seen = vec![];
+        for _ in 0..40 {
+            w.step(&Op::Tick(200)).unwrap();
+            seen.push(w.view_nodes[1].goal);
+        }
+        assert!(seen.contains(&FastForward), "{seen:?}");
+        assert!(w.view_nodes[1].goal.is_writable(), "{:?}", w.view_nodes);
+        assert!(w.sims[1].lsn >= w.acked_sync_lsn);
+        assert!(w.heal().unwrap());
     }
 
     /// The simulation itself fails over and heals (so the properties above are not
