@@ -14,7 +14,7 @@
 //! - failover from `wait_primary` (asynchronous) only to a standby holding every LSN the
 //!   primary last reported, so no write the controller knows of is lost.
 
-use pgha_api::{NodeId, NodeState, PgObservation, Timings};
+use pgha_api::{Lsn, NodeId, NodeState, PgObservation, Timings};
 
 /// A standby is "caught up" when at most this many bytes behind (pg_auto_failover's 16 MB).
 pub const CATCHUP_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
@@ -69,6 +69,10 @@ pub struct FormationView {
     /// --allow-data-loss`): the data-loss guard is lifted, and nodes that do not report
     /// are taken as down for the old primary's lease.
     pub allow_data_loss: bool,
+    /// WAL position of the writable node when it last turned synchronous: writes up to
+    /// there may have been acknowledged without a standby (in wait_primary, or in an
+    /// earlier term by a primary that is gone), so a failover needs them too.
+    pub sync_floor_lsn: Lsn,
 }
 
 /// One change of a node's assigned state, with the rule that caused it.
@@ -261,6 +265,12 @@ impl FormationView {
                 // Out of service and acknowledged so: its Postgres is stopped.
                 || (matches!(n.goal, NodeState::Maintenance | NodeState::Dropped)
                     && n.reported == n.goal)
+                // An older primary: since it was writable it was told to stop and
+                // nothing else, so it cannot be streaming from `old`.
+                || matches!(
+                    n.goal,
+                    NodeState::Demoted | NodeState::Draining | NodeState::DemoteTimeout
+                )
                 || (self.is_reporting(n)
                     && !n.pg.upstream_streaming
                     && n.upstream_lost_at_ms
@@ -634,6 +644,18 @@ fn plan_primary(f: &FormationView, p: &mut Plan) {
     if pr.reported != pr.goal {
         return;
     }
+    if f.nodes.len() == 1 && pr.goal != NodeState::Single {
+        p.assign(
+            pr,
+            NodeState::Single,
+            "last_node_to_single",
+            format!(
+                "{} is the only node left: no replication to wait for",
+                pr.name
+            ),
+        );
+        return;
+    }
     let quorum = f.healthy_quorum_secondaries();
     match pr.goal {
         NodeState::WaitPrimary if !quorum.is_empty() => p.assign(
@@ -736,12 +758,17 @@ fn elect<'a>(
             .filter(|n| {
                 n.id != pr.id
                     && n.replication_quorum
+                    // Old primaries (demoted, or still being stopped) did not stream
+                    // from `pr`: they rejoin through catchingup first.
                     && !matches!(
                         n.goal,
                         NodeState::Init
                             | NodeState::WaitStandby
                             | NodeState::Dropped
                             | NodeState::Maintenance
+                            | NodeState::Demoted
+                            | NodeState::Draining
+                            | NodeState::DemoteTimeout
                     )
             })
             .collect();
@@ -759,6 +786,7 @@ fn elect<'a>(
             .filter_map(|n| n.pg.lsn)
             .max()
             .unwrap_or_default()
+            .max(f.sync_floor_lsn)
     } else {
         // Asynchronous replication: only WAL the primary last reported is known of.
         pr.pg.lsn.unwrap_or_default()

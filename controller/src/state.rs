@@ -169,6 +169,7 @@ impl ControllerState {
             generation: f.generation,
             rolling_restart_generation: f.rolling_restart_generation,
             allow_data_loss: f.data_loss_allowed_term == Some(f.term),
+            sync_floor_lsn: f.sync_floor_lsn,
         })
     }
 
@@ -531,17 +532,21 @@ impl ControllerState {
         o.pg = r.pg.clone();
         let formation = r.formation.clone();
         let changed = {
-            let Some(n) = self
-                .durable
-                .formations
-                .get_mut(&formation)
-                .and_then(|f| f.nodes.get_mut(&r.node_id))
-            else {
+            let Some(f) = self.durable.formations.get_mut(&formation) else {
+                return Ok(());
+            };
+            let Some(n) = f.nodes.get_mut(&r.node_id) else {
                 return Ok(());
             };
             if n.reported != r.reported_state {
                 n.reported = r.reported_state;
-                Some(n.clone())
+                let n = n.clone();
+                if n.reported == NodeState::Primary && n.goal == NodeState::Primary {
+                    // Everything written before synchronous replication was in force
+                    // may have been acknowledged without a standby: a failover needs it.
+                    f.sync_floor_lsn = r.pg.lsn.unwrap_or_default();
+                }
+                Some(n)
             } else {
                 None
             }

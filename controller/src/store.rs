@@ -77,6 +77,10 @@ pub struct FormationRecord {
     /// (`pgha perform failover --allow-data-loss`); it lapses with the next term.
     #[serde(default)]
     pub data_loss_allowed_term: Option<u64>,
+    /// WAL position of the primary when it last turned synchronous (reported
+    /// `primary`): what it wrote before may have been acknowledged without a standby.
+    #[serde(default)]
+    pub sync_floor_lsn: pgha_api::Lsn,
 }
 
 impl FormationRecord {
@@ -95,6 +99,7 @@ impl FormationRecord {
             orphaned: false,
             rolling_restart_generation: 0,
             data_loss_allowed_term: None,
+            sync_floor_lsn: pgha_api::Lsn::default(),
         }
     }
 }

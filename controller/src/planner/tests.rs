@@ -50,6 +50,7 @@ fn formation(nodes: Vec<NodeView>) -> FormationView {
         generation: 0,
         rolling_restart_generation: 0,
         allow_data_loss: false,
+        sync_floor_lsn: Lsn(0),
     }
 }
 
@@ -412,6 +413,39 @@ fn a_forced_failover_is_refused_with_a_healthy_primary_or_no_candidate() {
 }
 
 #[test]
+fn the_last_node_left_runs_as_single() {
+    let f = formation(vec![node(2, WaitPrimary)]);
+    assert_eq!(goal_of(&plan(&f), 2), Some(Single));
+    let f = formation(vec![node(2, Primary)]);
+    assert_eq!(goal_of(&plan(&f), 2), Some(Single));
+}
+
+#[test]
+fn a_demoted_old_primary_does_not_hold_a_failover() {
+    // Cascading failures: node 1 failed and was demoted, node 2 took over and failed
+    // too. Node 1 never streamed from node 2, so its silence does not block node 3.
+    let mut f = formation(vec![node(1, Demoted), node(2, Primary), node(3, Secondary)]);
+    let now = f.now_ms;
+    fail(&mut f.nodes[0], now, 60_000);
+    f.nodes[0].reported = Primary;
+    fail(&mut f.nodes[1], now, 5000);
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 3), Some(PreparePromotion), "{p:?}");
+    apply_goals(&mut f, &p);
+    reach_goals(&mut f);
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 3), Some(StopReplication), "{p:?}");
+    apply_goals(&mut f, &p);
+    reach_goals(&mut f);
+    // Nor does it hold node 2's lease.
+    f.now_ms += f.timings.lease_ms + f.timings.lease_margin_ms;
+    f.nodes[2].last_report_ms = Some(f.now_ms);
+    f.nodes[2].last_probe_ok_ms = Some(f.now_ms);
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 3), Some(WaitPrimary), "{p:?}");
+}
+
+#[test]
 fn async_primary_fails_over_only_to_a_standby_with_all_its_wal() {
     let mut f = formation(vec![node(1, WaitPrimary), node(2, Secondary)]);
     let now = f.now_ms;
@@ -712,6 +746,8 @@ mod properties {
         sims: Vec<Sim>,
         /// Highest LSN acknowledged to a client by a synchronous primary.
         acked_sync_lsn: u64,
+        /// What the controller persists when a node reports it reached primary.
+        sync_floor: u64,
     }
 
     impl World {
@@ -751,6 +787,7 @@ mod properties {
                 view_nodes,
                 sims,
                 acked_sync_lsn: 0,
+                sync_floor: 0,
             }
         }
 
@@ -835,6 +872,9 @@ mod properties {
                 let s = &self.sims[i];
                 let v = &mut self.view_nodes[i];
                 v.last_report_ms = Some(self.now);
+                if v.reported != Primary && s.reached == Primary && v.goal == Primary {
+                    self.sync_floor = s.lsn;
+                }
                 v.reported = s.reached;
                 v.pg.running = !s.reached.is_stopped();
                 v.pg.lsn = Some(Lsn(s.lsn));
@@ -883,6 +923,7 @@ mod properties {
                 generation: 0,
                 rolling_restart_generation: 0,
                 allow_data_loss: false,
+                sync_floor_lsn: Lsn(self.sync_floor),
             }
         }
 
@@ -1065,6 +1106,35 @@ mod properties {
             prop_assert!(w.heal()?, "did not return to primary + secondaries: {:?} {:?}",
                 w.view_nodes.iter().map(|n| (n.goal, n.reported, n.candidate_priority, n.pg.lsn)).collect::<Vec<_>>(), plan(&w.view()));
         }
+    }
+
+    /// Found by the property test: node 3 took over with every acknowledged write,
+    /// turned synchronous while node 2 was stalled behind, then died. Node 2 has all a
+    /// quorum standby acknowledged in node 3's term, but not what node 3 had before:
+    /// the floor persisted when node 3 turned synchronous keeps node 2 from promotion.
+    #[test]
+    fn a_standby_behind_the_synchronous_floor_is_not_promoted() {
+        let mut w = World::with_priorities(&[0, 70, 90]);
+        let ops = [
+            Op::Partition(0, true),
+            Op::Stall(1, true),
+            Op::Write,
+            Op::Tick(1205),
+            Op::Crash(0),
+        ];
+        for o in &ops {
+            w.step(o).unwrap();
+        }
+        for _ in 0..20 {
+            w.step(&Op::Tick(200)).unwrap();
+        }
+        assert_eq!(w.view_nodes[2].goal, Primary, "{:?}", w.view_nodes);
+        w.step(&Op::Crash(2)).unwrap();
+        for _ in 0..30 {
+            w.step(&Op::Tick(200)).unwrap();
+        }
+        assert_eq!(w.view_nodes[1].goal, Secondary, "{:?}", w.view_nodes);
+        assert_eq!(plan(&w.view()).blocked, Some(BlockReason::Lagging));
     }
 
     /// A stalled priority-90 standby is the winner when the primary dies: it
