@@ -550,6 +550,20 @@ async fn enable_maintenance(
             format!("{node} is the primary: maintenance hands over first; pass --allow-failover"),
         ));
     }
+    if is_primary {
+        // Refused now rather than parked: a flag left waiting would take the primary
+        // out of service whenever a candidate shows up later.
+        let view = lock(&ctx.shared)
+            .view(&name, now_ms())
+            .ok_or_else(|| unknown_formation(&name))?;
+        if let Err(why) = planner::plan_switchover(&view) {
+            return Err(Failure::new(
+                StatusCode::CONFLICT,
+                "no_candidate",
+                format!("{node} is the primary and cannot hand over: {why}"),
+            ));
+        }
+    }
     operator_action(
         &ctx,
         &name,

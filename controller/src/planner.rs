@@ -322,13 +322,18 @@ impl FormationView {
         if primary.goal != NodeState::Primary {
             return String::new();
         }
-        let mut members: Vec<&NodeView> = self
-            .nodes
-            .iter()
-            .filter(|n| {
-                n.id != primary.id && n.replication_quorum && matches!(n.goal, NodeState::Secondary)
-            })
-            .collect();
+        let quorum = |states: &[NodeState]| {
+            self.nodes
+                .iter()
+                .filter(|n| n.id != primary.id && n.replication_quorum && states.contains(&n.goal))
+                .collect::<Vec<&NodeView>>()
+        };
+        let mut members = quorum(&[NodeState::Secondary]);
+        if self.number_sync_standbys > 0 && members.len() < self.number_sync_standbys as usize {
+            // Fewer secondaries than the file asks to confirm each commit: writes block
+            // rather than go on with less durability, until standbys come back.
+            members.extend(quorum(&[NodeState::Catchingup, NodeState::Maintenance]));
+        }
         if members.is_empty() {
             return String::new();
         }

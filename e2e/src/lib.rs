@@ -416,6 +416,94 @@ impl Cluster {
         Ok(resp.text().await?)
     }
 
+    /// Index of the node called `name`.
+    pub fn index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name} in this cluster"))
+    }
+
+    /// Waits until a node other than those in `not` is stable in a writable state;
+    /// returns its name.
+    pub fn wait_new_primary(&self, not: &[&str], timeout: Duration) -> anyhow::Result<String> {
+        let t0 = Instant::now();
+        loop {
+            let st = self.state()?;
+            if let Some(n) = st.nodes.iter().find(|n| {
+                !not.contains(&n.name.as_str())
+                    && n.assigned_state.is_writable()
+                    && n.reported_state == n.assigned_state
+            }) {
+                return Ok(n.name.clone());
+            }
+            if t0.elapsed() > timeout {
+                bail!("no new primary within {timeout:?}: {}", st.summary);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The formation's events, oldest first (up to 1000).
+    pub async fn events(&self) -> anyhow::Result<Vec<pgha_api::Event>> {
+        Ok(serde_json::from_str(
+            &self.monitor_get("/v1/events?count=1000").await?,
+        )?)
+    }
+
+    /// Stalls (SIGSTOP) the WAL receiver of standby `i`: the standby stays up and its
+    /// agent reports it healthy, but it falls behind. Returns the receiver's PID.
+    pub async fn stall_wal_receiver(&self, i: usize) -> anyhow::Result<i32> {
+        let db = self.connect_node(i).await?;
+        let pid: i32 = db
+            .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
+            .await
+            .context("no WAL receiver on the standby")?
+            .get(0);
+        signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        Ok(pid)
+    }
+
+    /// Ends a stalled WAL receiver without letting it read what waits in its socket
+    /// (SIGTERM, then SIGCONT): the standby keeps only the WAL it had written. Postgres
+    /// starts a new receiver by itself.
+    pub fn end_stalled_wal_receiver(&self, pid: i32) {
+        signal(pid, nix::sys::signal::Signal::SIGTERM);
+        signal(pid, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// The last WAL position a standby received, or a primary flushed.
+    pub async fn wal_position(&self, i: usize) -> anyhow::Result<pgha_api::Lsn> {
+        let db = self.connect_node(i).await?;
+        let text: String = db
+            .query_one(
+                "SELECT CASE WHEN pg_is_in_recovery() \
+                 THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
+                 ELSE pg_current_wal_flush_lsn() END::text",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(text.parse()?)
+    }
+
+    /// Rewrites the default formation file with a new `numberSyncStandbys`.
+    pub fn set_number_sync_standbys(&self, n: u32) -> anyhow::Result<()> {
+        let path = self.monitor_dir().join("formations").join("default.yaml");
+        let text = std::fs::read_to_string(&path)?;
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("numberSyncStandbys:") {
+                    format!("  numberSyncStandbys: {n}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        self.write_formation("default.yaml", &(out.join("\n") + "\n"))
+    }
+
     /// Prints every log of the cluster (for a failed test).
     pub fn dump_logs(&self) {
         for name in

@@ -128,6 +128,22 @@ fn with_number_sync_standbys_writes_block_rather_than_lose_durability() {
 }
 
 #[test]
+fn with_number_sync_standbys_failed_standbys_stay_listed_so_writes_block() {
+    let mut f = formation(vec![
+        node(1, Primary),
+        node(2, Catchingup),
+        node(3, Catchingup),
+    ]);
+    f.number_sync_standbys = 1;
+    assert_eq!(
+        f.synchronous_standby_names(&f.nodes[0]),
+        "ANY 1 (pgha_standby_2, pgha_standby_3)"
+    );
+    f.number_sync_standbys = 0;
+    assert_eq!(f.synchronous_standby_names(&f.nodes[0]), "");
+}
+
+#[test]
 fn synchronous_standby_names_lists_quorum_secondaries() {
     let f = formation(vec![node(1, Primary), node(2, Secondary)]);
     assert_eq!(
@@ -748,6 +764,8 @@ mod properties {
         acked_sync_lsn: u64,
         /// What the controller persists when a node reports it reached primary.
         sync_floor: u64,
+        /// The formation's numberSyncStandbys.
+        nss: u32,
     }
 
     impl World {
@@ -788,6 +806,7 @@ mod properties {
                 sims,
                 acked_sync_lsn: 0,
                 sync_floor: 0,
+                nss: 0,
             }
         }
 
@@ -915,7 +934,7 @@ mod properties {
             FormationView {
                 name: "default".into(),
                 term: self.term,
-                number_sync_standbys: 0,
+                number_sync_standbys: self.nss,
                 timings: Timings::default(),
                 controller_started_ms: START - 10_000,
                 now_ms: self.now,
@@ -1095,11 +1114,12 @@ mod properties {
 
         #[test]
         fn three_to_five_nodes_with_priorities_keep_one_writer_every_sync_commit_and_heal(
-            (prio, ops) in (3usize..=5).prop_flat_map(|n| {
-                (priorities(n), proptest::collection::vec(op(n), 1..100))
+            (prio, nss, ops) in (3usize..=5).prop_flat_map(|n| {
+                (priorities(n), 0u32..=1, proptest::collection::vec(op(n), 1..100))
             })
         ) {
             let mut w = World::with_priorities(&prio);
+            w.nss = nss;
             for o in &ops {
                 w.step(o)?;
             }

@@ -1,0 +1,443 @@
+//! Elections with three and four nodes, after pg_auto_failover's own multi-standby
+//! suites (reference study §7.2): candidate priorities, fast-forward of a lagging
+//! candidate from a priority-0 standby, cascading failures, writes that block with
+//! `numberSyncStandbys: 1`, a primary and its quorum standby lost together (blocked,
+//! then `--allow-data-loss`), maintenance, and drops down to a single node. A write
+//! probe runs throughout; no acknowledged write may be lost unless an operator said so.
+
+use pgha_api::NodeState::*;
+use pgha_e2e::{Cluster, WriteProbe};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(120);
+
+/// Node `name` with a candidate priority.
+fn add(c: &mut Cluster, name: &str, priority: u8) -> anyhow::Result<usize> {
+    c.add_node_with(name, &["--candidate-priority", &priority.to_string()])
+}
+
+/// Starts nodes with the given priorities, the first one primary, and waits until all
+/// others are secondaries.
+fn formation(c: &mut Cluster, nodes: &[(&str, u8)]) -> anyhow::Result<()> {
+    add(c, nodes[0].0, nodes[0].1)?;
+    c.wait_for(&[(nodes[0].0, Single)], T)?;
+    for (name, prio) in &nodes[1..] {
+        add(c, name, *prio)?;
+    }
+    let want: Vec<(&str, pgha_api::NodeState)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (*n, if i == 0 { Primary } else { Secondary }))
+        .collect();
+    c.wait_for(&want, T)?;
+    Ok(())
+}
+
+fn show_state(c: &Cluster) -> anyhow::Result<String> {
+    c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])
+}
+
+/// Kills the primary's VM and waits for a new primary among the others; prints the
+/// write gap.
+async fn fail_primary(
+    c: &mut Cluster,
+    probe: &WriteProbe,
+    primary: &str,
+    down: &[&str],
+) -> anyhow::Result<String> {
+    let i = c.index(primary);
+    let t = Instant::now();
+    c.kill_vm(i)?;
+    let mut not = down.to_vec();
+    not.push(primary);
+    let new = c.wait_new_primary(&not, T)?;
+    probe.wait_for_more(10, T).await?;
+    println!(
+        "{primary} lost: {new} promoted, write gap {:?}",
+        probe.gap_around(t, Instant::now())
+    );
+    Ok(new)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_candidate_fast_forwards_from_a_priority_zero_standby() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        formation(&mut c, &[("node_a", 90), ("node_b", 90), ("node_c", 0)])?;
+        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+
+        // node_b stops receiving WAL; node_c acknowledges the commits meanwhile.
+        let b = c.index("node_b");
+        let receiver = c.stall_wal_receiver(b).await?;
+        probe.wait_for_more(100, T).await?;
+        let (pos_b, pos_c) = (
+            c.wal_position(b).await?,
+            c.wal_position(c.index("node_c")).await?,
+        );
+        println!("node_b stalled at {pos_b}, node_c at {pos_c}");
+        anyhow::ensure!(pos_b < pos_c, "node_b is not behind node_c");
+
+        // The primary is lost; node_b's receiver ends without the WAL left in its socket.
+        let t = Instant::now();
+        c.kill_vm(c.index("node_a"))?;
+        c.end_stalled_wal_receiver(receiver);
+        let new = c.wait_new_primary(&["node_a"], T)?;
+        anyhow::ensure!(new == "node_b", "{new} promoted instead of node_b (90)");
+        probe.wait_for_more(20, T).await?;
+        println!(
+            "node_b fast-forwarded and promoted: write gap {:?}",
+            probe.gap_around(t, Instant::now())
+        );
+        let events = c.events().await?;
+        let ff = events
+            .iter()
+            .find(|e| e.assigned_state == Some(FastForward))
+            .ok_or_else(|| anyhow::anyhow!("no fast_forward event"))?;
+        println!("{}: {}", ff.rule, ff.description);
+        anyhow::ensure!(ff.description.contains("node_c"), "{}", ff.description);
+        anyhow::ensure!(
+            !events
+                .iter()
+                .any(|e| e.node_name.as_deref() == Some("node_c")
+                    && e.assigned_state.is_some_and(|s| s.is_writable())),
+            "priority-0 node_c was promoted"
+        );
+        c.wait_for(&[("node_b", Primary), ("node_c", Secondary)], T)?;
+        println!("{}", show_state(&c)?);
+        let report = probe.finish_without_loss().await?;
+        println!("{} writes acknowledged, 0 lost", report.acked);
+        Ok(())
+    }
+    .await;
+    c.check(r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priorities_90_90_70_0_and_cascading_failures() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        formation(
+            &mut c,
+            &[
+                ("node_a", 90),
+                ("node_b", 90),
+                ("node_c", 70),
+                ("node_d", 0),
+            ],
+        )?;
+        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+
+        // A dies: the other priority-90 node wins.
+        let p1 = fail_primary(&mut c, &probe, "node_a", &[]).await?;
+        anyhow::ensure!(p1 == "node_b", "{p1} promoted, node_b (90) expected");
+        // B dies before A is back: C (70) wins over D (0); A, an old primary that
+        // never streamed from B, does not hold the failover.
+        let p2 = fail_primary(&mut c, &probe, "node_b", &["node_a"]).await?;
+        anyhow::ensure!(p2 == "node_c", "{p2} promoted, node_c (70) expected");
+        // Both old primaries come back and rejoin as standbys of C.
+        c.start_agent(c.index("node_a"))?;
+        c.start_agent(c.index("node_b"))?;
+        c.wait_for(
+            &[
+                ("node_c", Primary),
+                ("node_a", Secondary),
+                ("node_b", Secondary),
+                ("node_d", Secondary),
+            ],
+            T,
+        )?;
+        probe.wait_for_more(20, T).await?;
+        // C dies: a priority-90 node takes over again; then it dies too, with C back.
+        let p3 = fail_primary(&mut c, &probe, "node_c", &[]).await?;
+        anyhow::ensure!(p3 == "node_a" || p3 == "node_b", "{p3} promoted");
+        c.start_agent(c.index("node_c"))?;
+        let other90 = if p3 == "node_a" { "node_b" } else { "node_a" };
+        c.wait_for(
+            &[(&p3, Primary), ("node_c", Secondary), (other90, Secondary)],
+            T,
+        )?;
+        let p4 = fail_primary(&mut c, &probe, &p3, &[]).await?;
+        anyhow::ensure!(p4 == other90, "{p4} promoted, {other90} (90) expected");
+        c.start_agent(c.index(&p3))?;
+        c.wait_for(
+            &[
+                (&p4, Primary),
+                (&p3, Secondary),
+                ("node_c", Secondary),
+                ("node_d", Secondary),
+            ],
+            T,
+        )?;
+        println!("{}", show_state(&c)?);
+        let events = c.events().await?;
+        anyhow::ensure!(
+            !events
+                .iter()
+                .any(|e| e.node_name.as_deref() == Some("node_d")
+                    && e.assigned_state.is_some_and(|s| s.is_writable())),
+            "priority-0 node_d was promoted"
+        );
+        let report = probe.finish_without_loss().await?;
+        println!(
+            "{} writes acknowledged over 4 failovers, 0 lost",
+            report.acked
+        );
+        Ok(())
+    }
+    .await;
+    c.check(r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_sync_standby_required_writes_block_until_the_file_says_zero() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        formation(&mut c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
+        c.set_number_sync_standbys(1)?;
+        let t0 = Instant::now();
+        while c.state()?.number_sync_standbys != 1 {
+            anyhow::ensure!(t0.elapsed() < T, "numberSyncStandbys 1 not applied");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+
+        // Both standbys are lost: the primary stays synchronous and writes block.
+        c.kill_vm(c.index("node_b"))?;
+        c.kill_vm(c.index("node_c"))?;
+        let t0 = Instant::now();
+        loop {
+            let st = c.state()?;
+            if st.summary.contains("writes on node_a block") {
+                println!("show state says: {}", st.summary);
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < T,
+                "no blocked writes reported: {}",
+                st.summary
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let before = probe.acked();
+        std::thread::sleep(Duration::from_secs(3));
+        anyhow::ensure!(
+            probe.acked() == before,
+            "{} writes acknowledged without a synchronous standby",
+            probe.acked() - before
+        );
+        let st = c.wait_for(&[("node_a", Primary)], T)?;
+        anyhow::ensure!(
+            st.nodes
+                .iter()
+                .all(|n| !n.assigned_state.is_writable() || n.name == "node_a")
+        );
+        println!("{}", show_state(&c)?);
+
+        // The operator accepts asynchronous writes: the primary turns wait_primary.
+        c.set_number_sync_standbys(0)?;
+        c.wait_for(&[("node_a", WaitPrimary)], T)?;
+        probe.wait_for_more(20, T).await?;
+        println!("writes resumed with numberSyncStandbys: 0");
+
+        c.start_agent(c.index("node_b"))?;
+        c.start_agent(c.index("node_c"))?;
+        c.wait_for(
+            &[
+                ("node_a", Primary),
+                ("node_b", Secondary),
+                ("node_c", Secondary),
+            ],
+            T,
+        )?;
+        probe.wait_for_more(20, T).await?;
+        probe.finish_without_loss().await?;
+        Ok(())
+    }
+    .await;
+    c.check(r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_and_quorum_standby_lost_together_need_allow_data_loss() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        formation(&mut c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
+        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+
+        c.kill_vm(c.index("node_a"))?;
+        c.kill_vm(c.index("node_b"))?;
+        // node_b may hold commits node_c lacks: no automatic promotion.
+        let t0 = Instant::now();
+        let blocked = loop {
+            let st = c.state()?;
+            // "failover blocked", or "promotion of node_c blocked" when node_a's loss
+            // was seen a moment before node_b's.
+            if st.summary.contains("blocked") {
+                break st.summary;
+            }
+            anyhow::ensure!(t0.elapsed() < T, "failover not blocked: {}", st.summary);
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        println!("{blocked}");
+        anyhow::ensure!(
+            blocked.contains("may hold acknowledged commits"),
+            "{blocked}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let st = c.state()?;
+        anyhow::ensure!(
+            !st.nodes
+                .iter()
+                .any(|n| n.name == "node_c" && n.assigned_state.is_writable()),
+            "node_c promoted although node_b may hold acknowledged commits"
+        );
+        let metrics = c.monitor_get("/metrics").await?;
+        anyhow::ensure!(
+            metrics.contains("pgha_failover_blocked{formation=\"default\",reason=\"quorum\"} 1"),
+            "blocked metric missing"
+        );
+
+        // The operator's forms: refused without the flag or without a reason.
+        let m = c.monitor_url.clone();
+        let (ok, _, err) = c.pgha(&["perform", "failover", "--monitor", &m])?;
+        anyhow::ensure!(!ok && err.contains("--allow-data-loss"), "{err}");
+        let (ok, _, err) =
+            c.pgha(&["perform", "failover", "--allow-data-loss", "--monitor", &m])?;
+        anyhow::ensure!(!ok && err.contains("--reason"), "{err}");
+        let out = c.pgha(&[
+            "perform",
+            "failover",
+            "--allow-data-loss",
+            "--reason",
+            "VMs of node_a and node_b lost with their disks (ticket 4711)",
+            "--monitor",
+            &m,
+        ])?;
+        anyhow::ensure!(out.0, "forced failover failed: {}", out.2);
+        println!("{}", out.2);
+        c.wait_for(&[("node_c", WaitPrimary)], T)?;
+        probe.wait_for_more(20, T).await?;
+        let events = c.events().await?;
+        let forced = events
+            .iter()
+            .find(|e| e.rule == "operator_failover_allow_data_loss")
+            .ok_or_else(|| anyhow::anyhow!("no event of the forced failover"))?;
+        println!("event: {}", forced.description);
+        anyhow::ensure!(forced.description.contains("ticket 4711"));
+
+        // The lost nodes come back and rejoin the new primary.
+        c.start_agent(c.index("node_a"))?;
+        c.start_agent(c.index("node_b"))?;
+        c.wait_for(
+            &[
+                ("node_c", Primary),
+                ("node_a", Secondary),
+                ("node_b", Secondary),
+            ],
+            T,
+        )?;
+        probe.wait_for_more(20, T).await?;
+        let report = probe.finish().await?;
+        println!(
+            "{} writes acknowledged; {} lost (allowed by the operator)",
+            report.acked,
+            report.lost.len()
+        );
+        Ok(())
+    }
+    .await;
+    c.check(r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_of_standbys_and_primary_then_drops_down_to_single() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        formation(&mut c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
+        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+        let m = c.monitor_url.clone();
+
+        // One standby, then both: writes go on (numberSyncStandbys 0), the primary
+        // turns asynchronous once no quorum standby is left.
+        c.pgha_ok(&["enable", "maintenance", "--name", "node_b", "--monitor", &m])?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Maintenance)], T)?;
+        probe.wait_for_more(20, T).await?;
+        c.pgha_ok(&["enable", "maintenance", "--name", "node_c", "--monitor", &m])?;
+        c.wait_for(
+            &[
+                ("node_a", WaitPrimary),
+                ("node_b", Maintenance),
+                ("node_c", Maintenance),
+            ],
+            T,
+        )?;
+        probe.wait_for_more(20, T).await?;
+        // The primary has no candidate to hand over to: refused, even when allowed.
+        let (ok, _, err) = c.pgha(&[
+            "enable",
+            "maintenance",
+            "--name",
+            "node_a",
+            "--allow-failover",
+            "--timeout",
+            "10",
+            "--monitor",
+            &m,
+        ])?;
+        println!("primary maintenance without a candidate: {}", err.trim());
+        anyhow::ensure!(
+            !ok,
+            "maintenance of the primary accepted without a candidate"
+        );
+        let st = c.state()?;
+        anyhow::ensure!(
+            st.nodes
+                .iter()
+                .any(|n| n.name == "node_a" && n.assigned_state == WaitPrimary),
+            "node_a left its role"
+        );
+        probe.wait_for_more(10, T).await?;
+        c.pgha_ok(&[
+            "disable",
+            "maintenance",
+            "--name",
+            "node_b",
+            "--monitor",
+            &m,
+        ])?;
+        c.pgha_ok(&[
+            "disable",
+            "maintenance",
+            "--name",
+            "node_c",
+            "--monitor",
+            &m,
+        ])?;
+        c.wait_for(
+            &[
+                ("node_a", Primary),
+                ("node_b", Secondary),
+                ("node_c", Secondary),
+            ],
+            T,
+        )?;
+
+        // Drop a standby, then the primary (it hands over first): the survivor is single.
+        c.pgha_ok(&["drop", "node", "--name", "node_c", "--monitor", &m])?;
+        probe.wait_for_more(20, T).await?;
+        c.pgha_ok(&["drop", "node", "--name", "node_a", "--monitor", &m])?;
+        let st = c.wait_for(&[("node_b", Single)], T)?;
+        anyhow::ensure!(st.nodes.len() == 1, "{} nodes left", st.nodes.len());
+        probe.wait_for_more(20, T).await?;
+        println!("{}", show_state(&c)?);
+        probe.finish_without_loss().await?;
+        Ok(())
+    }
+    .await;
+    c.check(r);
+}
