@@ -72,8 +72,10 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role, parameters: &Parameters) -> S
         quote(&cfg.state_dir().display().to_string()),
     );
     set("wal_level", "replica".into());
-    set("max_wal_senders", "12".into());
-    set("max_replication_slots", "12".into());
+    // A sender per standby (up to 8), two per base backup (`-X stream`) when several
+    // standbys join at once, a temporary slot each: 24 leaves room at the 9-node limit.
+    set("max_wal_senders", "24".into());
+    set("max_replication_slots", "24".into());
     set("wal_log_hints", "on".into());
     set("hot_standby", "on".into());
     set("hot_standby_feedback", "on".into());

@@ -164,6 +164,17 @@ async fn register(
             format!("node name {name:?} must be 1-63 letters, digits, '_' or '-'"),
         ));
     }
+    if f.nodes.len() >= pgha_api::formation::MAX_NODES {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "formation_full",
+            format!(
+                "formation {:?} already has {} nodes, the most a formation holds",
+                f.name,
+                f.nodes.len()
+            ),
+        ));
+    }
     if let Some(n) = f
         .nodes
         .values()

@@ -441,3 +441,65 @@ async fn maintenance_of_standbys_and_primary_then_drops_down_to_single() {
     .await;
     c.check(r);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nine_nodes_fail_over_and_a_tenth_is_refused() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        let names: Vec<String> = (1..=9).map(|i| format!("node_{i}")).collect();
+        let nodes: Vec<(&str, u8)> = names.iter().map(|n| (n.as_str(), 50)).collect();
+        formation(&mut c, &nodes)?;
+        // The primary's synchronous_standby_names lists all 8 (reloaded just after the
+        // last standby turned secondary).
+        let db = c.connect_node(0).await?;
+        let t0 = Instant::now();
+        loop {
+            let ssn: String = db
+                .query_one("SHOW synchronous_standby_names", &[])
+                .await?
+                .get(0);
+            if ssn.starts_with("ANY 1 (") && ssn.matches("pgha_standby_").count() == 8 {
+                println!("synchronous_standby_names on node_1: {ssn}");
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "{ssn}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+        let new = fail_primary(&mut c, &probe, "node_1", &[]).await?;
+        let want: Vec<(&str, pgha_api::NodeState)> = names[1..]
+            .iter()
+            .map(|n| (n.as_str(), if *n == new { Primary } else { Secondary }))
+            .collect();
+        c.wait_for(&want, T)?;
+        // A tenth node is refused before anything of it is created.
+        let (ok, _, err) = c.pgha(&[
+            "create",
+            "postgres",
+            "--pgdata",
+            &c.path().join("node_10").display().to_string(),
+            "--pgport",
+            &pgha_e2e::free_port().to_string(),
+            "--hostname",
+            "127.0.0.1",
+            "--monitor",
+            &c.join_url,
+            "--name",
+            "node_10",
+            "--auth",
+            "trust",
+            "--no-ssl",
+        ])?;
+        println!("tenth node: {}", err.trim());
+        anyhow::ensure!(
+            !ok && err.contains("at most") || err.contains("most a formation holds"),
+            "{err}"
+        );
+        anyhow::ensure!(!c.path().join("node_10").join("PG_VERSION").exists());
+        probe.finish_without_loss().await?;
+        Ok(())
+    }
+    .await;
+    c.check(r);
+}

@@ -24,6 +24,11 @@ use std::collections::BTreeMap;
 /// The only `apiVersion` this version of pgha reads.
 pub const API_VERSION: &str = "pgha/v1";
 
+/// Most nodes a formation holds: the primary streams to every standby itself (no
+/// cascading), and agents size `max_wal_senders` (24) for 8 standbys streaming plus
+/// several base backups at once.
+pub const MAX_NODES: usize = 9;
+
 /// One formation: a primary and its standbys serving one database.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -70,9 +75,10 @@ pub struct FormationSpec {
     /// Postgres settings applied to every node.
     #[serde(default)]
     pub postgresql: PostgresSpec,
-    /// The nodes. With `admission.declaredNodesOnly` (the default when any node is listed)
+    /// The nodes, at most 9. With `admission.declaredNodesOnly` (the default when any node is listed)
     /// only these may register, each from its declared host and port.
     #[serde(default)]
+    #[schemars(length(max = 9))]
     pub nodes: Vec<NodeSpec>,
 }
 

@@ -281,6 +281,16 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             );
         }
     }
+    if s.nodes.len() > crate::formation::MAX_NODES {
+        err(
+            "spec.nodes".into(),
+            format!(
+                "{} nodes declared; a formation holds at most {}",
+                s.nodes.len(),
+                crate::formation::MAX_NODES
+            ),
+        );
+    }
     let mut names = HashSet::new();
     let mut addrs = HashSet::new();
     for (i, n) in s.nodes.iter().enumerate() {
