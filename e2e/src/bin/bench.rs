@@ -1,13 +1,13 @@
-//! `pgha-bench`: measures what an application sees during switchovers and VM losses on
-//! a two-node formation, with the write probe inserting through the formation URI.
+//! `pgha-bench`: measures what an application sees during switchovers and VM losses,
+//! with the write probe inserting through the formation URI.
 //!
-//!     cargo run -p pgha-e2e --bin pgha-bench -- [--switchovers 20] [--failovers 5]
+//!     cargo run -p pgha-e2e --bin pgha-bench -- [--nodes 2] [--switchovers 20]
+//!         [--failovers 5] [--gitops 5]
 //!
 //! Prints per scenario: median and max write gap (last acknowledged write before the
 //! event to the first after it), median and max time until the formation is back to
-//! primary + secondary, and acknowledged writes lost (must be 0).
+//! one primary + secondaries, and acknowledged writes lost (must be 0).
 
-use anyhow::Context;
 use pgha_api::NodeState::*;
 use pgha_e2e::{Cluster, WriteProbe};
 use std::time::{Duration, Instant};
@@ -32,26 +32,33 @@ fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
 
-/// Index of the node that is primary now.
-fn primary(c: &Cluster) -> anyhow::Result<usize> {
-    let st = c.state()?;
-    let name = st
-        .nodes
-        .iter()
-        .find(|n| n.reported_state.is_writable() && n.assigned_state.is_writable())
-        .context("no primary")?
-        .name
-        .clone();
-    c.nodes
-        .iter()
-        .position(|n| n.name == name)
-        .context("unknown node")
-}
-
-fn healthy(c: &Cluster, p: usize) -> anyhow::Result<()> {
-    let (a, b) = (c.nodes[p].name.clone(), c.nodes[1 - p].name.clone());
-    c.wait_for(&[(&a, Primary), (&b, Secondary)], T)?;
-    Ok(())
+/// Waits until the formation is one primary (not `not`) and every other node a
+/// secondary; returns the primary's index.
+fn healthy(c: &Cluster, not: Option<usize>) -> anyhow::Result<usize> {
+    let t0 = Instant::now();
+    loop {
+        let st = c.state()?;
+        let stable = |n: &pgha_api::NodeStatus, s| n.assigned_state == s && n.reported_state == s;
+        let primaries: Vec<&str> = st
+            .nodes
+            .iter()
+            .filter(|n| stable(n, Primary))
+            .map(|n| n.name.as_str())
+            .collect();
+        if primaries.len() == 1
+            && st
+                .nodes
+                .iter()
+                .all(|n| n.name == primaries[0] || stable(n, Secondary))
+        {
+            let p = c.index(primaries[0]);
+            if Some(p) != not {
+                return Ok(p);
+            }
+        }
+        anyhow::ensure!(t0.elapsed() < T, "formation not healthy: {}", st.summary);
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 async fn switchovers(c: &mut Cluster, probe: &WriteProbe, n: usize) -> anyhow::Result<Scenario> {
@@ -60,10 +67,10 @@ async fn switchovers(c: &mut Cluster, probe: &WriteProbe, n: usize) -> anyhow::R
         ..Default::default()
     };
     for i in 0..n {
-        let old = primary(c)?;
+        let old = healthy(c, None)?;
         let t = Instant::now();
         c.pgha_ok(&["perform", "switchover", "--monitor", &c.monitor_url])?;
-        healthy(c, 1 - old)?;
+        healthy(c, Some(old))?;
         let back = t.elapsed();
         probe.wait_for_more(10, T).await?;
         let gap = probe.gap_around(t, Instant::now());
@@ -97,15 +104,15 @@ async fn vm_losses(
         ..Default::default()
     };
     for i in 0..n {
-        let old = primary(c)?;
-        let survivor = c.nodes[1 - old].name.clone();
+        let old = healthy(c, None)?;
+        let old_name = c.nodes[old].name.clone();
         let t = Instant::now();
         if freeze {
             c.freeze_vm(old, true)?;
         } else {
             c.kill_vm(old)?;
         }
-        c.wait_for(&[(&survivor, WaitPrimary)], T)?;
+        c.wait_new_primary(&[&old_name], T)?;
         probe.wait_for_more(10, T).await?;
         let gap = probe.gap_around(t, Instant::now());
         // The VM comes back.
@@ -114,7 +121,7 @@ async fn vm_losses(
         } else {
             c.start_agent(old)?;
         }
-        healthy(c, 1 - old)?;
+        healthy(c, Some(old))?;
         let back = t.elapsed();
         let lost = probe.lost_so_far().await?.len();
         eprintln!(
@@ -132,20 +139,34 @@ async fn vm_losses(
 
 /// Formation file changes: time from the file written to every node having applied it.
 async fn gitops(c: &mut Cluster, n: usize) -> anyhow::Result<Vec<(String, Vec<Duration>)>> {
+    // Every node declared; the last one's priority changes.
     let yaml = |work_mem: usize, prio: u32| {
+        let last = c.nodes.len() - 1;
+        let nodes: String = c
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let p = if i == last { prio } else { 50 };
+                format!(
+                    "    - name: {}\n      host: 127.0.0.1\n      port: {}\n      candidatePriority: {p}\n",
+                    n.name, n.port
+                )
+            })
+            .collect();
         format!(
-            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  postgresql:\n    parameters:\n      work_mem: {work_mem}kB\n  nodes:\n    - name: node_a\n      host: 127.0.0.1\n      port: {}\n    - name: node_b\n      host: 127.0.0.1\n      port: {}\n      candidatePriority: {prio}\n",
-            c.nodes[0].port, c.nodes[1].port
+            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  postgresql:\n    parameters:\n      work_mem: {work_mem}kB\n  nodes:\n{nodes}"
         )
     };
+    let last_name = c.nodes[c.nodes.len() - 1].name.clone();
     let mut param = vec![];
     let mut prio = vec![];
     for i in 0..n {
-        // A reload-only setting: in force on both nodes (SHOW answers the new value).
+        // A reload-only setting: in force on every node (SHOW answers the new value).
         let kb = 5000 + i;
         let t = Instant::now();
         c.write_formation("default.yaml", &yaml(kb, 50))?;
-        for node in 0..2 {
+        for node in 0..c.nodes.len() {
             loop {
                 let db = c.connect_node(node).await?;
                 let v: String = db.query_one("SHOW work_mem", &[]).await?.get(0);
@@ -166,7 +187,7 @@ async fn gitops(c: &mut Cluster, n: usize) -> anyhow::Result<Vec<(String, Vec<Du
             if st
                 .nodes
                 .iter()
-                .any(|n| n.name == "node_b" && n.candidate_priority == want)
+                .any(|n| n.name == last_name && n.candidate_priority == want)
             {
                 break;
             }
@@ -175,7 +196,7 @@ async fn gitops(c: &mut Cluster, n: usize) -> anyhow::Result<Vec<(String, Vec<Du
         }
         prio.push(t.elapsed());
         eprintln!(
-            "  formation file {:>2}/{n}: setting in force on both nodes after {}, priority after {}",
+            "  formation file {:>2}/{n}: setting in force on every node after {}, priority after {}",
             i + 1,
             secs(param[i]),
             secs(prio[i])
@@ -201,16 +222,24 @@ async fn main() -> anyhow::Result<()> {
     let n_switch = arg("--switchovers", 20);
     let n_fail = arg("--failovers", 5);
     let n_gitops = arg("--gitops", 5);
+    let n_nodes = arg("--nodes", 2);
+    anyhow::ensure!(
+        (2..=pgha_api::formation::MAX_NODES).contains(&n_nodes),
+        "--nodes {n_nodes}: a benchmark needs 2 to {} nodes",
+        pgha_api::formation::MAX_NODES
+    );
     let mut c = Cluster::start()?;
     let res = async {
         c.add_node("node_a")?;
         c.wait_for(&[("node_a", Single)], T)?;
-        c.add_node("node_b")?;
-        healthy(&c, 0)?;
+        for i in 1..n_nodes {
+            c.add_node(&format!("node_{}", (b'a' + i as u8) as char))?;
+        }
+        healthy(&c, None)?;
         let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
         probe.wait_for_more(50, T).await?;
         eprintln!(
-            "formation ready; write probe inserting every 10 ms through {}",
+            "formation of {n_nodes} nodes ready; write probe inserting every 10 ms through {}",
             c.uri()?
         );
         let mut out = vec![switchovers(&mut c, &probe, n_switch).await?];
@@ -228,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    println!();
+    println!("\n{n_nodes} nodes");
     println!(
         "{:<20} | {:>4} | {:>10} | {:>8} | {:>13} | {:>11} | {:>14}",
         "scenario", "runs", "gap median", "gap max", "back median", "back max", "lost acked"
