@@ -23,6 +23,8 @@ struct Agent {
     last_standby_seen: Instant,
     standby_replies: HashMap<String, Option<String>>,
     last_streaming: Option<Instant>,
+    /// When the WAL receiver was last seen streaming from each address.
+    streamed_from: HashMap<(String, u16), Instant>,
     last_report: Option<Instant>,
     last_error: Option<String>,
     reported: NodeState,
@@ -154,6 +156,11 @@ impl Agent {
         if l.wal_receiver_streaming {
             self.last_streaming = Some(Instant::now());
         }
+        if let Some(sender) = &l.wal_receiver_sender {
+            self.streamed_from.insert(sender.clone(), Instant::now());
+        }
+        self.streamed_from
+            .retain(|_, t| t.elapsed() < Duration::from_secs(3600));
     }
 
     /// Lease left before this node fences itself, for writable nodes with peers.
@@ -459,6 +466,18 @@ impl Agent {
             },
             prepared_for,
             pending_restart: l.pending_restart.clone(),
+            streamed_from: Some(pgha_api::StreamHistory {
+                watching_ms: self.started.elapsed().as_millis() as u64,
+                contacts: self
+                    .streamed_from
+                    .iter()
+                    .map(|((host, port), t)| pgha_api::StreamedFrom {
+                        host: host.clone(),
+                        port: *port,
+                        ms_ago: t.elapsed().as_millis() as u64,
+                    })
+                    .collect(),
+            }),
         }
     }
 
@@ -740,6 +759,7 @@ pub async fn run(
         last_standby_seen: now,
         standby_replies: HashMap::new(),
         last_streaming: None,
+        streamed_from: HashMap::new(),
         last_report: None,
         last_error: None,
         reported,

@@ -82,8 +82,10 @@ pub struct Local {
     pub timeline: Option<u32>,
     pub lsn: Option<Lsn>,
     pub standbys: Vec<LocalStandby>,
-    /// WAL receiver streaming, and how long ago it last received a message (ms).
+    /// WAL receiver streaming.
     pub wal_receiver_streaming: bool,
+    /// Host and port the WAL receiver streams from (when streaming).
+    pub wal_receiver_sender: Option<(String, u16)>,
     pub synchronous_standby_names: Option<String>,
     pub slots: Vec<String>,
     pub replicator_exists: bool,
@@ -183,16 +185,25 @@ async fn query(cfg: &AgentConfig, l: &mut Local) -> Result<(), tokio_postgres::E
         let row = c
             .query_one(
                 "SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text, \
-                        (SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'), \
-                        (SELECT timeline_id FROM pg_control_checkpoint())",
+                        w.received_tli, w.sender_host, w.sender_port, \
+                        (SELECT timeline_id FROM pg_control_checkpoint()) \
+                 FROM (SELECT 1) AS one \
+                 LEFT JOIN pg_stat_wal_receiver w ON w.status = 'streaming'",
                 &[],
             )
             .await?;
         l.lsn = row.get::<_, Option<String>>(0).and_then(|s| s.parse().ok());
         let streaming_tli: Option<i32> = row.get(1);
         l.wal_receiver_streaming = streaming_tli.is_some();
+        l.wal_receiver_sender = match (
+            row.get::<_, Option<String>>(2),
+            row.get::<_, Option<i32>>(3),
+        ) {
+            (Some(h), Some(p)) if l.wal_receiver_streaming => Some((h, p as u16)),
+            _ => None,
+        };
         l.timeline = streaming_tli
-            .or(row.get::<_, Option<i32>>(2))
+            .or(row.get::<_, Option<i32>>(4))
             .map(|t| t as u32);
     } else {
         let row = c

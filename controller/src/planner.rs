@@ -38,6 +38,12 @@ pub struct NodeView {
     /// Controller time (conservative estimate) at which the node last streamed from its
     /// upstream; None when streaming now or unknown.
     pub upstream_lost_at_ms: Option<u64>,
+    /// The node's address (as standbys name it in their WAL receivers).
+    pub host: String,
+    pub port: u16,
+    /// Where the node streamed from; None when its agent does not say (then
+    /// `upstream_lost_at_ms` counts for every address).
+    pub streamed_from_at: Option<StreamLog>,
     /// Result and time of the controller's last SQL probe of the node.
     pub last_probe: Option<(u64, bool)>,
     /// Controller time of the last successful probe.
@@ -48,6 +54,16 @@ pub struct NodeView {
     pub declared: bool,
     /// The formation file asks for this node to be in maintenance.
     pub maintenance: bool,
+}
+
+/// Where a standby's WAL receiver streamed from, in controller time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamLog {
+    /// Since when its agent has been watching (before that it may have streamed from
+    /// anywhere).
+    pub watching_since_ms: u64,
+    /// (host, port, last seen streaming from there).
+    pub contacts: Vec<(String, u16, u64)>,
 }
 
 /// Everything the planner looks at for one formation.
@@ -271,14 +287,33 @@ impl FormationView {
                     n.goal,
                     NodeState::Demoted | NodeState::Draining | NodeState::DemoteTimeout
                 )
-                || (self.is_reporting(n)
-                    && !n.pg.upstream_streaming
-                    && n.upstream_lost_at_ms
-                        .is_some_and(|t| self.now_ms >= t + wait))
+                || (self.is_reporting(n) && self.stopped_streaming_from(n, old, wait))
                 // The operator declared the silent nodes down (--allow-data-loss).
                 || (self.allow_data_loss && !self.is_reporting(n) && self.is_failed(n))
         });
         controller_lease_over && standbys_gone
+    }
+
+    /// `n` has not streamed from `old` for `wait` ms. Streaming from another address (a
+    /// standby it fast-forwards from) sends no reply to `old` and does not count.
+    fn stopped_streaming_from(&self, n: &NodeView, old: &NodeView, wait: u64) -> bool {
+        match &n.streamed_from_at {
+            Some(log) => {
+                let last = log
+                    .contacts
+                    .iter()
+                    .filter(|(h, p, _)| *h == old.host && *p == old.port)
+                    .map(|(_, _, t)| *t)
+                    .max()
+                    .unwrap_or(log.watching_since_ms);
+                self.now_ms >= last + wait
+            }
+            None => {
+                !n.pg.upstream_streaming
+                    && n.upstream_lost_at_ms
+                        .is_some_and(|t| self.now_ms >= t + wait)
+            }
+        }
     }
 
     /// The node a standby streams from: the writable node; during a promotion only the

@@ -23,6 +23,8 @@ pub struct Observed {
     pub last_error: Option<String>,
     pub pg_down_since_ms: Option<u64>,
     pub upstream_lost_at_ms: Option<u64>,
+    /// Where the node streamed from, in controller time.
+    pub streamed_from_at: Option<planner::StreamLog>,
     pub last_probe: Option<(u64, bool)>,
     pub last_probe_ok_ms: Option<u64>,
     pub applied_generation: u64,
@@ -144,6 +146,9 @@ impl ControllerState {
                     pg: o.pg,
                     pg_down_since_ms: o.pg_down_since_ms,
                     upstream_lost_at_ms: o.upstream_lost_at_ms,
+                    host: n.host.clone(),
+                    port: n.port,
+                    streamed_from_at: o.streamed_from_at.clone(),
                     last_probe: o.last_probe,
                     last_probe_ok_ms: o.last_probe_ok_ms,
                     applied_generation: o.applied_generation,
@@ -529,6 +534,17 @@ impl ControllerState {
                     .unwrap_or(self.started_ms.min(now_ms)),
             )
         };
+        // Conservative as above: "ago" was measured before the report was sent.
+        o.streamed_from_at = r.pg.streamed_from.as_ref().map(|h| planner::StreamLog {
+            // The agent's watch started after its process did; the report's transit
+            // only makes this earlier (conservative).
+            watching_since_ms: now_ms.saturating_sub(h.watching_ms),
+            contacts: h
+                .contacts
+                .iter()
+                .map(|s| (s.host.clone(), s.port, now_ms.saturating_sub(s.ms_ago)))
+                .collect(),
+        });
         o.pg = r.pg.clone();
         let formation = r.formation.clone();
         let changed = {

@@ -119,6 +119,28 @@ pub struct PgObservation {
     /// Settings changed but waiting for a Postgres restart.
     #[serde(default)]
     pub pending_restart: Vec<String>,
+    /// Each address this node's WAL receiver streamed from since the agent started (last
+    /// hour), and how long ago (0: now). The controller's lease check uses it to tell
+    /// streaming from an old primary (which keeps its lease alive) from streaming from a
+    /// standby (fast_forward). None from an agent that does not track it.
+    #[serde(default)]
+    pub streamed_from: Option<StreamHistory>,
+}
+
+/// Where a standby's WAL receiver streamed from, as far as its agent watched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHistory {
+    /// How long the agent has been watching (ms): before that, anything may have been.
+    pub watching_ms: u64,
+    pub contacts: Vec<StreamedFrom>,
+}
+
+/// One upstream a standby streamed from, as its WAL receiver names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamedFrom {
+    pub host: String,
+    pub port: u16,
+    pub ms_ago: u64,
 }
 
 /// `POST /v1/report`: sent by every agent every report interval and after each change.

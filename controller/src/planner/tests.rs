@@ -30,6 +30,9 @@ fn node(id: NodeId, goal: NodeState) -> NodeView {
         },
         pg_down_since_ms: None,
         upstream_lost_at_ms: None,
+        host: "127.0.0.1".into(),
+        port: 5400 + id as u16,
+        streamed_from_at: None,
         last_probe: Some((START + 10_000, true)),
         last_probe_ok_ms: Some(START + 10_000),
         applied_generation: 0,
@@ -519,6 +522,49 @@ fn promotion_of_a_cut_standby_waits_for_ack_or_certain_lease_expiry() {
     // A standby still streaming from the old primary keeps its lease alive.
     f.nodes[1].pg.upstream_streaming = true;
     assert!(plan(&f).decisions.is_empty());
+}
+
+#[test]
+fn streaming_from_a_standby_does_not_hold_the_old_primary_lease() {
+    let mut f = formation(vec![
+        node(1, Draining),
+        node(2, StopReplication),
+        node(3, Secondary),
+    ]);
+    let now = f.now_ms;
+    let wait = f.timings.lease_ms + f.timings.lease_margin_ms;
+    fail(&mut f.nodes[0], now, wait + 1000);
+    f.nodes[0].reported = Primary;
+    let old = f.nodes[0].clone();
+    let (h1, p1) = (old.host.clone(), old.port);
+    let (h3, p3) = (f.nodes[2].host.clone(), f.nodes[2].port);
+    // Node 2 streamed from node 3 (fast_forward) just now, from node 1 long ago; node 3
+    // cut replication from node 1 long ago.
+    f.nodes[1].pg.upstream_streaming = false;
+    f.nodes[1].upstream_lost_at_ms = Some(now - 100);
+    f.nodes[1].streamed_from_at = Some(StreamLog {
+        watching_since_ms: now - 60_000,
+        contacts: vec![(h3, p3, now - 100), (h1.clone(), p1, now - wait - 500)],
+    });
+    f.nodes[2].pg.upstream_streaming = false;
+    f.nodes[2].upstream_lost_at_ms = Some(now - wait - 500);
+    assert!(f.lease_certainly_expired(&old));
+    // Without the per-address log, the recent streaming counts against the lease.
+    let mut g = f.clone();
+    g.nodes[1].streamed_from_at = None;
+    assert!(!g.lease_certainly_expired(&old));
+    // Streaming from the old primary recently does count.
+    let mut g = f.clone();
+    g.nodes[1].streamed_from_at.as_mut().unwrap().contacts[1].2 = now - 100;
+    assert!(!g.lease_certainly_expired(&old));
+    // An agent that has watched for less than the lease cannot vouch for the time
+    // before it started.
+    let mut g = f.clone();
+    g.nodes[1].streamed_from_at = Some(StreamLog {
+        watching_since_ms: now - 1000,
+        contacts: vec![],
+    });
+    assert!(!g.lease_certainly_expired(&old));
 }
 
 #[test]
