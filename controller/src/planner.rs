@@ -89,6 +89,10 @@ pub struct FormationView {
     /// there may have been acknowledged without a standby (in wait_primary, or in an
     /// earlier term by a primary that is gone), so a failover needs them too.
     pub sync_floor_lsn: Lsn,
+    /// The node the formation file names as primary (`spec.primary`).
+    pub desired_primary: Option<String>,
+    /// Last generation whose `spec.primary` was carried out (or already held).
+    pub desired_primary_generation: u64,
 }
 
 /// One change of a node's assigned state, with the rule that caused it.
@@ -112,6 +116,9 @@ pub struct Plan {
     pub blocked: Option<BlockReason>,
     /// Set when a rolling-restart switchover starts: the generation it serves.
     pub rolling_restart_generation: Option<u64>,
+    /// Set when the file's `spec.primary` is carried out (or already held): its
+    /// generation.
+    pub desired_primary_generation: Option<u64>,
     /// Nodes to remove from the formation (dropped, or gone while being dropped).
     pub remove: Vec<NodeId>,
 }
@@ -410,9 +417,58 @@ pub fn plan(f: &FormationView) -> Plan {
     plan_drop(f, &mut p);
     plan_maintenance(f, &mut p);
     if p.decisions.is_empty() {
+        plan_desired_primary(f, &mut p);
+    }
+    if p.decisions.is_empty() {
         plan_rolling_restart(f, &mut p);
     }
     p
+}
+
+/// `spec.primary` in the formation file: a switchover to the named node once it is a
+/// healthy caught-up secondary, once per generation of the file.
+fn plan_desired_primary(f: &FormationView, p: &mut Plan) {
+    let Some(want) = f.desired_primary.as_deref() else {
+        return;
+    };
+    if f.desired_primary_generation >= f.generation
+        || f.promoting().is_some()
+        || f.demoting().is_some()
+    {
+        return;
+    }
+    let Some(pr) = f.stable_writable() else {
+        return;
+    };
+    if pr.name == want {
+        p.desired_primary_generation = Some(f.generation);
+        return;
+    }
+    if !f.nodes.iter().any(|n| n.name == want) {
+        p.wait(format!(
+            "the formation file names {want} as primary; it has not joined yet"
+        ));
+        return;
+    }
+    match plan_switchover_to(f, Some(want)) {
+        Ok((plan, _, _)) => {
+            for d in plan.decisions {
+                let why = format!(
+                    "the formation file names {want} as primary: {}",
+                    d.description
+                );
+                let node = f.nodes.iter().find(|n| n.id == d.node_id);
+                if let Some(node) = node {
+                    p.assign(node, d.goal, d.rule, why);
+                }
+            }
+            p.new_term = plan.new_term;
+            p.desired_primary_generation = Some(f.generation);
+        }
+        Err(why) => p.wait(format!(
+            "the formation file names {want} as primary; not yet: {why}"
+        )),
+    }
 }
 
 /// Maintenance from the formation file: a standby stops and stays out of service; a

@@ -175,6 +175,8 @@ impl ControllerState {
             rolling_restart_generation: f.rolling_restart_generation,
             allow_data_loss: f.data_loss_allowed_term == Some(f.term),
             sync_floor_lsn: f.sync_floor_lsn,
+            desired_primary: f.spec.as_ref().and_then(|s| s.primary.clone()),
+            desired_primary_generation: f.desired_primary_generation,
         })
     }
 
@@ -201,7 +203,11 @@ impl ControllerState {
             ev.inputs = self.view(formation, now_ms).map(|v| decision_inputs(&v));
             self.record(ev)?;
         }
-        if plan.decisions.is_empty() && plan.new_term.is_none() && plan.remove.is_empty() {
+        if plan.decisions.is_empty()
+            && plan.new_term.is_none()
+            && plan.remove.is_empty()
+            && plan.desired_primary_generation.is_none()
+        {
             return Ok(());
         }
         let Some(f) = self.durable.formations.get_mut(formation) else {
@@ -212,6 +218,9 @@ impl ControllerState {
         }
         if let Some(g) = plan.rolling_restart_generation {
             f.rolling_restart_generation = g;
+        }
+        if let Some(g) = plan.desired_primary_generation {
+            f.desired_primary_generation = g;
         }
         let removed: Vec<NodeRecord> = plan
             .remove

@@ -81,6 +81,9 @@ pub struct FormationRecord {
     /// `primary`): what it wrote before may have been acknowledged without a standby.
     #[serde(default)]
     pub sync_floor_lsn: pgha_api::Lsn,
+    /// Last generation whose `spec.primary` was carried out (or already held).
+    #[serde(default)]
+    pub desired_primary_generation: u64,
 }
 
 impl FormationRecord {
@@ -100,6 +103,7 @@ impl FormationRecord {
             rolling_restart_generation: 0,
             data_loss_allowed_term: None,
             sync_floor_lsn: pgha_api::Lsn::default(),
+            desired_primary_generation: 0,
         }
     }
 }

@@ -358,6 +358,14 @@ impl Cluster {
             .to_string())
     }
 
+    /// A write probe inserting every 10 ms through the formation URI, once it has its
+    /// first 20 writes acknowledged.
+    pub async fn write_probe(&self) -> anyhow::Result<WriteProbe> {
+        let probe = WriteProbe::start(&self.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, Duration::from_secs(120)).await?;
+        Ok(probe)
+    }
+
     /// The formation URI built from the nodes (for when the monitor is down).
     pub fn uri_from_nodes(&self) -> String {
         let hosts: Vec<String> = self

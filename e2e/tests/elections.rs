@@ -64,8 +64,7 @@ async fn lagging_candidate_fast_forwards_from_a_priority_zero_standby() {
     let mut c = Cluster::start().unwrap();
     let r = async {
         formation(&mut c, &[("node_a", 90), ("node_b", 90), ("node_c", 0)])?;
-        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
-        probe.wait_for_more(20, T).await?;
+        let probe = c.write_probe().await?;
 
         // node_b stops receiving WAL; node_c acknowledges the commits meanwhile.
         let b = c.index("node_b");
@@ -126,8 +125,7 @@ async fn priorities_90_90_70_0_and_cascading_failures() {
                 ("node_d", 0),
             ],
         )?;
-        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
-        probe.wait_for_more(20, T).await?;
+        let probe = c.write_probe().await?;
 
         // A dies: the other priority-90 node wins.
         let p1 = fail_primary(&mut c, &probe, "node_a", &[]).await?;
@@ -201,8 +199,7 @@ async fn with_one_sync_standby_required_writes_block_until_the_file_says_zero() 
             anyhow::ensure!(t0.elapsed() < T, "numberSyncStandbys 1 not applied");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
-        probe.wait_for_more(20, T).await?;
+        let probe = c.write_probe().await?;
 
         // Both standbys are lost: the primary stays synchronous and writes block.
         c.kill_vm(c.index("node_b"))?;
@@ -265,8 +262,7 @@ async fn primary_and_quorum_standby_lost_together_need_allow_data_loss() {
     let mut c = Cluster::start().unwrap();
     let r = async {
         formation(&mut c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
-        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
-        probe.wait_for_more(20, T).await?;
+        let probe = c.write_probe().await?;
 
         c.kill_vm(c.index("node_a"))?;
         c.kill_vm(c.index("node_b"))?;
@@ -358,8 +354,7 @@ async fn maintenance_of_standbys_and_primary_then_drops_down_to_single() {
     let mut c = Cluster::start().unwrap();
     let r = async {
         formation(&mut c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
-        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
-        probe.wait_for_more(20, T).await?;
+        let probe = c.write_probe().await?;
         let m = c.monitor_url.clone();
 
         // One standby, then both: writes go on (numberSyncStandbys 0), the primary
@@ -465,8 +460,7 @@ async fn nine_nodes_fail_over_and_a_tenth_is_refused() {
             anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "{ssn}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
-        probe.wait_for_more(20, T).await?;
+        let probe = c.write_probe().await?;
         let new = fail_primary(&mut c, &probe, "node_1", &[]).await?;
         let want: Vec<(&str, pgha_api::NodeState)> = names[1..]
             .iter()
@@ -497,6 +491,69 @@ async fn nine_nodes_fail_over_and_a_tenth_is_refused() {
             "{err}"
         );
         anyhow::ensure!(!c.path().join("node_10").join("PG_VERSION").exists());
+        probe.finish_without_loss().await?;
+        Ok(())
+    }
+    .await;
+    c.check(r);
+}
+
+/// A formation file declaring the cluster's nodes, naming `primary` when given.
+fn declared(c: &Cluster, primary: Option<&str>) -> String {
+    let nodes: String = c
+        .nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "    - name: {}\n      host: 127.0.0.1\n      port: {}\n",
+                n.name, n.port
+            )
+        })
+        .collect();
+    let primary = primary
+        .map(|p| format!("  primary: {p}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n{primary}  nodes:\n{nodes}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_formation_file_names_the_primary() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        formation(&mut c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
+        let probe = c.write_probe().await?;
+        let t = Instant::now();
+        c.write_formation("default.yaml", &declared(&c, Some("node_c")))?;
+        c.wait_for(
+            &[
+                ("node_c", Primary),
+                ("node_a", Secondary),
+                ("node_b", Secondary),
+            ],
+            T,
+        )?;
+        probe.wait_for_more(20, T).await?;
+        println!(
+            "spec.primary: node_c -> primary in {:?}, write gap {:?}",
+            t.elapsed(),
+            probe.gap_around(t, Instant::now())
+        );
+        // Once per change of the file: a failover is not undone by itself.
+        let p = fail_primary(&mut c, &probe, "node_c", &[]).await?;
+        c.start_agent(c.index("node_c"))?;
+        c.wait_for(&[(&p, Primary), ("node_c", Secondary)], T)?;
+        std::thread::sleep(Duration::from_secs(2));
+        c.wait_for(&[(&p, Primary), ("node_c", Secondary)], T)?;
+        // A new change of the file is carried out again.
+        let next = if p == "node_a" { "node_b" } else { "node_a" };
+        c.write_formation("default.yaml", &declared(&c, Some(next)))?;
+        c.wait_for(&[(next, Primary)], T)?;
+        let events = c.events().await?;
+        let why = format!("the formation file names {next} as primary");
+        anyhow::ensure!(events.iter().any(|e| e.description.contains(&why)));
+        probe.wait_for_more(20, T).await?;
         probe.finish_without_loss().await?;
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! rejoining. A write probe runs throughout; no acknowledged write may be lost.
 
 use pgha_api::NodeState::*;
-use pgha_e2e::{Cluster, WriteProbe};
+use pgha_e2e::Cluster;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -30,8 +30,7 @@ async fn three_nodes_fail_over_and_rejoin() {
             c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?
         );
         anyhow::ensure!(st.nodes.len() == 3);
-        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
-        probe.wait_for_more(20, T).await?;
+        let probe = c.write_probe().await?;
 
         // Switchover to a standby.
         c.pgha_ok(&["perform", "switchover", "--monitor", &c.monitor_url])?;

@@ -66,6 +66,12 @@ pub struct FormationSpec {
     /// one quorum node for the primary: k <= quorum nodes - 1.
     #[serde(default)]
     pub number_sync_standbys: u32,
+    /// The node that should be primary: the file's form of `pgha perform promotion`.
+    /// When the file sets or changes it, the controller switches over to that node as
+    /// soon as it is a healthy, caught-up secondary; once per change of the file, so a
+    /// later failover is not undone by itself (no automatic failback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
     /// Who may join, and how a node proves it belongs.
     #[serde(default)]
     pub admission: Admission,

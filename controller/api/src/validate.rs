@@ -323,6 +323,25 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             );
         }
     }
+    if let Some(want) = &s.primary
+        && !s.nodes.is_empty()
+    {
+        match s.nodes.iter().find(|n| n.name == *want) {
+            None => err(
+                "spec.primary".into(),
+                format!("{want:?} is not one of spec.nodes"),
+            ),
+            Some(n) if n.candidate_priority == 0 => err(
+                "spec.primary".into(),
+                format!("{want} has candidatePriority 0 and is never promoted"),
+            ),
+            Some(n) if n.maintenance => err(
+                "spec.primary".into(),
+                format!("{want} is in maintenance and cannot be the primary"),
+            ),
+            Some(_) => {}
+        }
+    }
     if !s.nodes.is_empty() {
         let quorum = s.nodes.iter().filter(|n| n.replication_quorum).count() as u32;
         let max = quorum.saturating_sub(1);

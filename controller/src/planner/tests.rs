@@ -54,6 +54,8 @@ fn formation(nodes: Vec<NodeView>) -> FormationView {
         rolling_restart_generation: 0,
         allow_data_loss: false,
         sync_floor_lsn: Lsn(0),
+        desired_primary: None,
+        desired_primary_generation: 0,
     }
 }
 
@@ -462,6 +464,46 @@ fn a_demoted_old_primary_does_not_hold_a_failover() {
     f.nodes[2].last_probe_ok_ms = Some(f.now_ms);
     let p = plan(&f);
     assert_eq!(goal_of(&p, 3), Some(WaitPrimary), "{p:?}");
+}
+
+#[test]
+fn the_primary_the_file_names_is_switched_to_once_per_generation() {
+    let mut f = formation(vec![
+        node(1, Primary),
+        node(2, Secondary),
+        node(3, Secondary),
+    ]);
+    f.generation = 4;
+    f.desired_primary = Some("node_3".into());
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 1), Some(Draining));
+    assert_eq!(goal_of(&p, 3), Some(PreparePromotion));
+    assert_eq!(p.new_term, Some(4));
+    assert_eq!(p.desired_primary_generation, Some(4));
+    assert!(
+        p.decisions[1]
+            .description
+            .contains("names node_3 as primary")
+    );
+    // Carried out for this generation: a later failover is not undone.
+    f.desired_primary_generation = 4;
+    assert!(plan(&f).decisions.is_empty());
+    // Already the primary: recorded, nothing to do.
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    f.generation = 2;
+    f.desired_primary = Some("node_1".into());
+    let p = plan(&f);
+    assert!(p.decisions.is_empty());
+    assert_eq!(p.desired_primary_generation, Some(2));
+    // Not caught up yet: it waits (and says why), and does not record the generation.
+    let mut f = formation(vec![node(1, WaitPrimary), node(2, Catchingup)]);
+    f.nodes[0].pg.lsn = Some(Lsn(100 << 20));
+    f.generation = 2;
+    f.desired_primary = Some("node_2".into());
+    let p = plan(&f);
+    assert!(p.decisions.is_empty());
+    assert_eq!(p.desired_primary_generation, None);
+    assert!(p.waiting.is_some());
 }
 
 #[test]
@@ -989,6 +1031,8 @@ mod properties {
                 rolling_restart_generation: 0,
                 allow_data_loss: false,
                 sync_floor_lsn: Lsn(self.sync_floor),
+                desired_primary: None,
+                desired_primary_generation: 0,
             }
         }
 
