@@ -369,14 +369,24 @@ async fn formation_state(
 async fn switchover(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> ApiResult<SwitchoverStarted> {
+    authorize(&ctx, &name, &headers)?;
     start_switchover(&ctx, name, None)
+}
+
+/// Operator actions need the formation's join secret, as registration does: whoever may
+/// not join a formation may not switch it over, fail it over or take nodes out of it.
+fn authorize(ctx: &Ctx, formation: &str, headers: &HeaderMap) -> Result<(), Failure> {
+    check_secret(&lock(&ctx.shared), formation, headers)
 }
 
 async fn promotion(
     State(ctx): State<Ctx>,
     Path((name, node)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<SwitchoverStarted> {
+    authorize(&ctx, &name, &headers)?;
     start_switchover(&ctx, name, Some(node))
 }
 
@@ -427,8 +437,10 @@ fn start_switchover(
 async fn forced_failover(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     Json(req): Json<ForcedFailoverRequest>,
 ) -> ApiResult<ForcedFailoverStarted> {
+    authorize(&ctx, &name, &headers)?;
     if !req.allow_data_loss {
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
@@ -547,7 +559,9 @@ async fn enable_maintenance(
     State(ctx): State<Ctx>,
     Path((name, node)): Path<(String, String)>,
     Query(q): Query<MaintenanceQuery>,
+    headers: HeaderMap,
 ) -> ApiResult<serde_json::Value> {
+    authorize(&ctx, &name, &headers)?;
     let is_primary = lock(&ctx.shared)
         .durable
         .formations
@@ -588,7 +602,9 @@ async fn enable_maintenance(
 async fn disable_maintenance(
     State(ctx): State<Ctx>,
     Path((name, node)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<serde_json::Value> {
+    authorize(&ctx, &name, &headers)?;
     operator_action(
         &ctx,
         &name,
@@ -602,7 +618,9 @@ async fn disable_maintenance(
 async fn drop_node(
     State(ctx): State<Ctx>,
     Path((name, node)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<serde_json::Value> {
+    authorize(&ctx, &name, &headers)?;
     operator_action(
         &ctx,
         &name,

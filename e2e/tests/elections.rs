@@ -297,8 +297,19 @@ async fn primary_and_quorum_standby_lost_together_need_allow_data_loss() {
             "blocked metric missing"
         );
 
+        // Operator actions need the formation's join secret.
+        let (ok, _, err) = c.pgha(&[
+            "perform",
+            "failover",
+            "--allow-data-loss",
+            "--reason",
+            "no secret",
+            "--monitor",
+            &c.monitor_url,
+        ])?;
+        anyhow::ensure!(!ok && err.contains("join secret"), "{err}");
         // The operator's forms: refused without the flag or without a reason.
-        let m = c.monitor_url.clone();
+        let m = c.join_url.clone();
         let (ok, _, err) = c.pgha(&["perform", "failover", "--monitor", &m])?;
         anyhow::ensure!(!ok && err.contains("--allow-data-loss"), "{err}");
         let (ok, _, err) =
@@ -355,7 +366,7 @@ async fn maintenance_of_standbys_and_primary_then_drops_down_to_single() {
     let r = async {
         formation(&mut c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
         let probe = c.write_probe().await?;
-        let m = c.monitor_url.clone();
+        let m = c.join_url.clone();
 
         // One standby, then both: writes go on (numberSyncStandbys 0), the primary
         // turns asynchronous once no quorum standby is left.

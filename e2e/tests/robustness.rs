@@ -234,7 +234,7 @@ async fn health_endpoints_follow_a_switchover() {
         let (_, metrics) = c.agent_get(0, "/metrics").await?;
         anyhow::ensure!(metrics.contains("pgha_agent_postgres_up{"), "{metrics}");
 
-        c.pgha_ok(&["perform", "switchover", "--monitor", &c.monitor_url])?;
+        c.pgha_ok(&["perform", "switchover", "--monitor", &c.join_url])?;
         c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
         let t0 = Instant::now();
         while codes("/primary").await != (503, 200) || codes("/replica").await != (200, 503) {

@@ -33,7 +33,7 @@ async fn three_nodes_fail_over_and_rejoin() {
         let probe = c.write_probe().await?;
 
         // Switchover to a standby.
-        c.pgha_ok(&["perform", "switchover", "--monitor", &c.monitor_url])?;
+        c.pgha_ok(&["perform", "switchover", "--monitor", &c.join_url])?;
         let st = c.state()?;
         let primary = st
             .nodes
@@ -91,7 +91,7 @@ async fn three_nodes_fail_over_and_rejoin() {
             "--name",
             other,
             "--monitor",
-            &c.monitor_url,
+            &c.join_url,
         ])?;
         c.wait_for(
             &[
@@ -104,7 +104,7 @@ async fn three_nodes_fail_over_and_rejoin() {
         probe.wait_for_more(20, T).await?;
 
         // Maintenance from the CLI: a primary only with --allow-failover (it hands over).
-        let m = &c.monitor_url;
+        let m = &c.join_url;
         let (ok, _, err) = c.pgha(&["enable", "maintenance", "--name", other, "--monitor", m])?;
         anyhow::ensure!(!ok && err.contains("--allow-failover"), "{err}");
         c.pgha_ok(&[

@@ -51,7 +51,7 @@ async fn run(c: &mut Cluster) -> anyhow::Result<()> {
 
     // Switchover: B becomes primary.
     let t = Instant::now();
-    let out = c.pgha(&["perform", "switchover", "--monitor", &c.monitor_url])?;
+    let out = c.pgha(&["perform", "switchover", "--monitor", &c.join_url])?;
     assert!(out.0, "switchover failed: {}", out.2);
     c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
     probe.wait_for_more(20, T).await?;

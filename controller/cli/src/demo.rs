@@ -294,7 +294,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     drop(db);
 
     println!("== 4. switchover");
-    pgha(&["perform", "switchover", "--monitor", &monitor])?;
+    pgha(&["perform", "switchover", "--dir", &s(&mon_dir)])?;
     show_state(&monitor)?;
     let db = app_client(&uri).await?;
     let row = db

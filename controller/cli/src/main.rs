@@ -163,7 +163,7 @@ async fn wait_formation(
 
 async fn maintenance(a: NodeArgs, enable: bool) -> anyhow::Result<()> {
     use pgha_api::NodeState;
-    let client = a.monitor.client()?;
+    let client = a.monitor.operator_client(&a.formation)?;
     let name = a.name.clone();
     if enable {
         client
@@ -194,7 +194,7 @@ async fn maintenance(a: NodeArgs, enable: bool) -> anyhow::Result<()> {
 }
 
 async fn drop_node(a: NodeArgs) -> anyhow::Result<()> {
-    let client = a.monitor.client()?;
+    let client = a.monitor.operator_client(&a.formation)?;
     client.drop_node(&a.formation, &a.name).await?;
     let name = a.name.clone();
     wait_formation(&client, &a.formation, a.timeout, |st| {
@@ -247,6 +247,20 @@ impl MonitorArgs {
 
     pub fn client(&self) -> anyhow::Result<MonitorClient> {
         Ok(MonitorClient::new(&self.url()?, Duration::from_secs(5)))
+    }
+
+    /// A client for operator actions on `formation`, which need its join secret: carried
+    /// by `--monitor`/`PGHA_MONITOR` (the URL `pgha show uri --dir` prints) or a node's
+    /// config (`--pgdata`), or read from the formation file on the monitor VM (`--dir`).
+    pub fn operator_client(&self, formation: &str) -> anyhow::Result<MonitorClient> {
+        let mut url = self.url()?;
+        if let (None, None, Some(dir)) = (&self.monitor, &self.pgdata, &self.dir)
+            && let Some(fdir) = pgha_controller::MonitorConfig::load(dir)?.formations_dir
+            && let Some(secret) = pgha_controller::desired::scan(&fdir).secrets.get(formation)
+        {
+            url = url.replacen("://", &format!("://pgha:{secret}@"), 1);
+        }
+        Ok(MonitorClient::new(&url, Duration::from_secs(5)))
     }
 }
 
@@ -315,7 +329,7 @@ pub fn agent_exit(e: pgha_agent::Exit) -> anyhow::Result<()> {
 
 /// Waits for a switchover to finish, printing each state change.
 async fn switchover(args: SwitchoverArgs, target: Option<&str>) -> anyhow::Result<()> {
-    let client = args.monitor.client()?;
+    let client = args.monitor.operator_client(&args.formation)?;
     let t0 = std::time::Instant::now();
     // A standby still replaying a burst of writes (or a formation still settling) is a
     // passing refusal: wait for it, within the timeout, rather than fail at once.
@@ -376,7 +390,7 @@ async fn forced_failover(a: FailoverArgs) -> anyhow::Result<()> {
         _ => anyhow::bail!("--reason TEXT is required: it is recorded in the events"),
     };
     let args = a.switchover;
-    let client = args.monitor.client()?;
+    let client = args.monitor.operator_client(&args.formation)?;
     let t0 = std::time::Instant::now();
     let started = client
         .forced_failover(

@@ -69,7 +69,7 @@ async fn switchovers(c: &mut Cluster, probe: &WriteProbe, n: usize) -> anyhow::R
     for i in 0..n {
         let old = healthy(c, None)?;
         let t = Instant::now();
-        c.pgha_ok(&["perform", "switchover", "--monitor", &c.monitor_url])?;
+        c.pgha_ok(&["perform", "switchover", "--monitor", &c.join_url])?;
         healthy(c, Some(old))?;
         let back = t.elapsed();
         probe.wait_for_more(10, T).await?;
