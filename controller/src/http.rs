@@ -465,6 +465,10 @@ async fn forced_failover(
     if let Some(f) = st.durable.formations.get_mut(&name) {
         f.data_loss_allowed_term = Some(term);
     }
+    if let Some(t) = st.promotions.get_mut(&name) {
+        // A promotion already in progress goes on under the operator's override.
+        t.reason = "operator_allow_data_loss";
+    }
     let mut ev = st.event(
         &name,
         None,

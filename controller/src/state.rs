@@ -34,6 +34,8 @@ pub struct Observed {
 #[derive(Debug, Clone)]
 pub struct PromotionTrack {
     pub switchover: bool,
+    /// `reason` label of a failover: primary_failed, or operator_allow_data_loss.
+    pub reason: &'static str,
     pub candidate: NodeId,
     /// When the old primary was last heard from (failover) or the request came.
     pub failed_since_ms: u64,
@@ -277,8 +279,13 @@ impl ControllerState {
         match d.rule {
             "failover_promote" | "switchover_promote" => {
                 let switchover = d.rule == "switchover_promote";
-                let old_last = self
-                    .view(formation, now_ms)
+                let view = self.view(formation, now_ms);
+                let reason = if view.as_ref().is_some_and(|v| v.allow_data_loss) {
+                    "operator_allow_data_loss"
+                } else {
+                    "primary_failed"
+                };
+                let old_last = view
                     .and_then(|v| {
                         v.nodes
                             .iter()
@@ -292,13 +299,14 @@ impl ControllerState {
                         .get_or_create(&fl(&[("result", "started")]))
                         .inc();
                 } else {
-                    let l = fl(&[("reason", "primary_failed"), ("result", "started")]);
+                    let l = fl(&[("reason", reason), ("result", "started")]);
                     self.metrics.failovers.get_or_create(&l).inc();
                 }
                 self.promotions.insert(
                     formation.to_string(),
                     PromotionTrack {
                         switchover,
+                        reason,
                         candidate: d.node_id,
                         failed_since_ms: if switchover {
                             now_ms
@@ -326,7 +334,7 @@ impl ControllerState {
                         let l = fl(&[("result", "aborted")]);
                         self.metrics.switchovers.get_or_create(&l).inc();
                     } else {
-                        let l = fl(&[("reason", "primary_failed"), ("result", "aborted")]);
+                        let l = fl(&[("reason", t.reason), ("result", "aborted")]);
                         self.metrics.failovers.get_or_create(&l).inc();
                     }
                 }
@@ -355,7 +363,7 @@ impl ControllerState {
             self.metrics.switchovers.get_or_create(&l).inc();
             return;
         }
-        let l = with(&[("reason", "primary_failed"), ("result", "succeeded")]);
+        let l = with(&[("reason", t.reason), ("result", "succeeded")]);
         self.metrics.failovers.get_or_create(&l).inc();
         self.metrics
             .failover_duration

@@ -182,6 +182,17 @@ async fn priorities_90_90_70_0_and_cascading_failures() {
             "{} writes acknowledged over 4 failovers, 0 lost",
             report.acked
         );
+        // Standbys followed each new primary and old primaries rejoined (pg_rewind)
+        // without another base backup.
+        for n in ["node_a", "node_b", "node_c", "node_d"] {
+            let log = std::fs::read_to_string(c.path().join(format!("{n}.log")))?;
+            let backups = log.matches("pg_basebackup upstream=").count();
+            let rewinds = log.matches("pg_rewind upstream=").count();
+            println!("{n}: {backups} base backup(s), {rewinds} rewind(s)");
+            // node_a was created by initdb, the others by one base backup each.
+            let want = if n == "node_a" { 0 } else { 1 };
+            anyhow::ensure!(backups == want, "{n} took {backups} base backups");
+        }
         Ok(())
     }
     .await;
@@ -334,6 +345,13 @@ async fn primary_and_quorum_standby_lost_together_need_allow_data_loss() {
             .find(|e| e.rule == "operator_failover_allow_data_loss")
             .ok_or_else(|| anyhow::anyhow!("no event of the forced failover"))?;
         println!("event: {}", forced.description);
+        let metrics = c.monitor_get("/metrics").await?;
+        anyhow::ensure!(
+            metrics.contains(
+                "pgha_failovers_total{formation=\"default\",reason=\"operator_allow_data_loss\",result=\"succeeded\"} 1"
+            ),
+            "forced failover not counted by its reason"
+        );
         anyhow::ensure!(forced.description.contains("ticket 4711"));
 
         // The lost nodes come back and rejoin the new primary.
