@@ -1,0 +1,440 @@
+//! Failover: the election (priorities, LSN, the data-loss guard, fast_forward), the
+//! operator's forced failover, and the promotion that follows a failover or switchover
+//! up to the new primary (or its abort).
+
+use super::*;
+/// The outcome of a failover election.
+#[derive(Debug)]
+struct Election<'a> {
+    winner: &'a NodeView,
+    /// A standby holding WAL the winner lacks: the winner streams it from there first
+    /// (fast_forward), so nothing that survived on any live standby is lost.
+    source: Option<&'a NodeView>,
+}
+
+impl<'a> Election<'a> {
+    /// The state the winner is assigned next: fast_forward while it lacks WAL.
+    fn winner_goal(&self) -> NodeState {
+        if self.source.is_some() {
+            NodeState::FastForward
+        } else {
+            NodeState::PreparePromotion
+        }
+    }
+}
+
+/// Elects the standby that replaces the failed primary `pr`, or says why none may.
+/// `synchronous` says whether `pr` ran with synchronous replication (`primary`) when it
+/// was last seen.
+///
+/// pg_auto_failover's rules: only candidates with priority > 0; the highest priority
+/// wins, then the most advanced LSN, then the lowest id. The data-loss guard: some live
+/// standby must hold every commit `pr` may have acknowledged (synchronous: the most
+/// advanced of its quorum standbys, all of which must report; asynchronous: what `pr`
+/// last reported). A winner behind the most advanced live standby fast-forwards from
+/// it. With `allow_data_loss` the guard is lifted (never the priority rule).
+fn elect<'a>(
+    f: &'a FormationView,
+    pr: &NodeView,
+    synchronous: bool,
+) -> Result<Election<'a>, (BlockReason, String)> {
+    let healthy: Vec<&NodeView> = f.live_standbys().filter(|n| n.id != pr.id).collect();
+    if healthy.is_empty() {
+        return Err((BlockReason::NoCandidate, "no healthy secondary".into()));
+    }
+    let mut candidates: Vec<&NodeView> = healthy
+        .iter()
+        .copied()
+        .filter(|n| n.candidate_priority > 0)
+        .collect();
+    if candidates.is_empty() {
+        let names: Vec<&str> = healthy.iter().map(|n| n.name.as_str()).collect();
+        return Err((
+            BlockReason::PriorityZero,
+            format!("{} has candidate priority 0", names.join(", ")),
+        ));
+    }
+    candidates.sort_by_key(|n| {
+        (
+            std::cmp::Reverse(n.candidate_priority),
+            std::cmp::Reverse(n.pg.lsn.unwrap_or_default()),
+            n.id,
+        )
+    });
+    let winner = candidates[0];
+    let richest = f.most_advanced_standby(pr.id).unwrap_or(winner);
+    let have = richest.pg.lsn.unwrap_or_default();
+    let source = (richest.pg.lsn > winner.pg.lsn).then_some(richest);
+    if f.allow_data_loss {
+        return Ok(Election { winner, source });
+    }
+    let needed = if synchronous {
+        // Synchronous replication acknowledged each commit once ANY k quorum standbys
+        // had it: only the most advanced of them is sure to hold every one, and a quorum
+        // standby that does not report (even one parked in catchingup since) may hold
+        // commits the others lack.
+        let quorum: Vec<&NodeView> = f
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.id != pr.id
+                    && n.replication_quorum
+                    // Old primaries (demoted, or still being stopped) did not stream
+                    // from `pr`: they rejoin through catchingup first.
+                    && !matches!(
+                        n.goal,
+                        NodeState::Init
+                            | NodeState::WaitStandby
+                            | NodeState::Dropped
+                            | NodeState::Maintenance
+                            | NodeState::Demoted
+                            | NodeState::Draining
+                            | NodeState::DemoteTimeout
+                    )
+            })
+            .collect();
+        if let Some(silent) = quorum.iter().find(|n| !f.is_reporting(n)) {
+            return Err((
+                BlockReason::QuorumNotReporting,
+                format!(
+                    "quorum standby {} does not report its LSN and may hold acknowledged commits",
+                    silent.name
+                ),
+            ));
+        }
+        quorum
+            .iter()
+            .filter_map(|n| n.pg.lsn)
+            .max()
+            .unwrap_or_default()
+            .max(f.sync_floor_lsn)
+    } else {
+        // Asynchronous replication: only WAL the primary last reported is known of.
+        pr.pg.lsn.unwrap_or_default()
+    };
+    if have < needed {
+        return Err((
+            BlockReason::Lagging,
+            format!(
+                "no live standby has all the WAL {} acknowledged or reported (up to {needed}; best {have})",
+                pr.name
+            ),
+        ));
+    }
+    Ok(Election { winner, source })
+}
+
+fn describe_election(e: &Election) -> String {
+    match e.source {
+        Some(s) => format!(
+            "promoting {} (lsn {}) after it streams the WAL up to {} from {}",
+            e.winner.name,
+            e.winner.pg.lsn.unwrap_or_default(),
+            s.pg.lsn.unwrap_or_default(),
+            s.name
+        ),
+        None => format!(
+            "promoting {} (lsn {})",
+            e.winner.name,
+            e.winner.pg.lsn.unwrap_or_default()
+        ),
+    }
+}
+
+pub(super) fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
+    if !matches!(pr.goal, NodeState::Primary | NodeState::WaitPrimary) {
+        p.wait(format!(
+            "{} is {} and failed; no standby to fail over to",
+            pr.name, pr.goal
+        ));
+        return;
+    }
+    let e = match elect(f, pr, pr.goal == NodeState::Primary) {
+        Ok(e) => e,
+        Err((reason, why)) => {
+            p.blocked = Some(reason);
+            p.wait(format!(
+                "failover blocked: {} failed ({}); {why}",
+                pr.name,
+                describe_failure(f, pr)
+            ));
+            return;
+        }
+    };
+    let why = format!(
+        "failover: {} failed ({}); {}{}",
+        pr.name,
+        describe_failure(f, pr),
+        describe_election(&e),
+        if f.allow_data_loss {
+            " (data loss allowed by the operator)"
+        } else {
+            ""
+        }
+    );
+    p.new_term = Some(f.term + 1);
+    p.assign(
+        pr,
+        NodeState::Draining,
+        "failover_drain_primary",
+        why.clone(),
+    );
+    p.assign(e.winner, e.winner_goal(), "failover_promote", why);
+}
+
+/// `pgha perform failover --allow-data-loss`: a failover the data-loss guard blocks,
+/// forced by an operator. Refused while the primary is healthy (that is a switchover)
+/// and when no node may be promoted at all (priority 0 everywhere, none healthy). The
+/// caller persists `allow_data_loss` for the term this returns, so the rest of the
+/// promotion is planned under the same override.
+pub fn plan_forced_failover(f: &FormationView) -> Result<(Plan, u64), String> {
+    let mut g = f.clone();
+    g.allow_data_loss = true;
+    if let Some(cand) = g.promoting() {
+        let old = g.demoting().ok_or_else(|| {
+            format!(
+                "{} is being promoted with no old primary left to wait for",
+                cand.name
+            )
+        })?;
+        if !g.is_failed(old) {
+            return Err(format!(
+                "a promotion of {} is in progress and {} is not failed",
+                cand.name, old.name
+            ));
+        }
+        // The promotion in progress goes on under the override, in this term.
+        return Ok((Plan::default(), g.term));
+    }
+    let pr = g
+        .writable_goal()
+        .ok_or("no primary to fail over from: show state lists none")?;
+    if !g.is_failed(pr) {
+        return Err(format!(
+            "primary {} is not failed (its agent or Postgres answers); use pgha perform switchover",
+            pr.name
+        ));
+    }
+    let mut p = Plan::default();
+    plan_failover(&g, pr, &mut p);
+    match p.new_term {
+        Some(t) => Ok((p, t)),
+        None => Err(p
+            .waiting
+            .unwrap_or_else(|| format!("no failover possible from {}", pr.name))),
+    }
+}
+
+/// Gives the primary role back to the old primary when the promotion cannot finish
+/// safely (the candidate failed, or lacks WAL the old primary has). The candidate was
+/// never writable, so this is always safe.
+fn abort_promotion(f: &FormationView, old: &NodeView, cand: &NodeView, why: String, p: &mut Plan) {
+    p.new_term = Some(f.term + 1);
+    let why = format!(
+        "promotion of {} aborted: {why}; {} stays primary",
+        cand.name, old.name
+    );
+    p.assign(
+        old,
+        NodeState::WaitPrimary,
+        "promotion_aborted",
+        why.clone(),
+    );
+    p.assign(cand, NodeState::Catchingup, "promotion_aborted", why);
+}
+
+/// Runs the failover election again for a promotion in progress from the failed `old`:
+/// when `cand` still wins, `then` plans its next step; when another standby wins now, the
+/// promotion moves to it; when nobody may be promoted, the promotion is blocked.
+fn reelect_or(
+    f: &FormationView,
+    old: &NodeView,
+    cand: &NodeView,
+    p: &mut Plan,
+    then: impl FnOnce(&Election, &mut Plan),
+) {
+    let sync = old.reported != NodeState::WaitPrimary;
+    match elect(f, old, sync) {
+        Ok(e) if e.winner.id == cand.id => then(&e, p),
+        Ok(e) => {
+            let why = format!(
+                "{} failed mid-promotion and {} is a better candidate than {}: {}",
+                old.name,
+                e.winner.name,
+                cand.name,
+                describe_election(&e)
+            );
+            p.assign(
+                cand,
+                NodeState::Secondary,
+                "promotion_reelected",
+                why.clone(),
+            );
+            p.assign(e.winner, e.winner_goal(), "promotion_reelected", why);
+        }
+        Err((reason, why)) => {
+            p.blocked = Some(reason);
+            p.wait(format!(
+                "promotion of {} blocked: {} failed; {why}",
+                cand.name, old.name
+            ))
+        }
+    }
+}
+
+pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
+    let Some(cand) = f.promoting() else { return };
+    let old = f.demoting();
+    if f.is_failed(cand) {
+        match old {
+            Some(old) if f.is_reporting(old) && old.pg.initialized => abort_promotion(
+                f,
+                old,
+                cand,
+                format!("it failed ({})", describe_failure(f, cand)),
+                p,
+            ),
+            _ => p.wait(format!(
+                "{} failed during its promotion and the old primary is unreachable",
+                cand.name
+            )),
+        }
+        return;
+    }
+    match (cand.goal, cand.reported) {
+        (NodeState::PreparePromotion, NodeState::PreparePromotion) => match old {
+            Some(old) if f.acked_demotion(old) => {
+                let final_lsn = old.pg.lsn.unwrap_or_default();
+                // The old primary's shutdown sent its WAL before it stopped: a report of
+                // the candidate's made well after that is final.
+                let settled = old
+                    .pg_down_since_ms
+                    .is_some_and(|down| cand.last_report_ms.is_some_and(|r| r >= down + 1000));
+                if cand.pg.lsn.is_some_and(|l| l >= final_lsn) {
+                    p.assign(
+                        cand,
+                        NodeState::StopReplication,
+                        "prepare_promotion_to_stop_replication",
+                        format!(
+                            "{} stopped at {final_lsn} and {} has it all",
+                            old.name, cand.name
+                        ),
+                    );
+                } else if settled {
+                    abort_promotion(
+                        f,
+                        old,
+                        cand,
+                        format!(
+                            "it stopped at {} and {} has up to {final_lsn}",
+                            cand.pg.lsn.unwrap_or_default(),
+                            old.name
+                        ),
+                        p,
+                    );
+                } else {
+                    p.wait(format!(
+                        "{} replays the last WAL of {} (up to {final_lsn})",
+                        cand.name, old.name
+                    ));
+                }
+            }
+            Some(old) if f.is_failed(old) => {
+                // The old primary will not hand over its last WAL: the candidate must be
+                // the one a failover would elect now, with all the WAL a live standby has.
+                reelect_or(f, old, cand, p, |e, p| match e.source {
+                    None => p.assign(
+                        cand,
+                        NodeState::StopReplication,
+                        "prepare_promotion_to_stop_replication",
+                        format!(
+                            "{} is failed: cut replication and wait for its lease",
+                            old.name
+                        ),
+                    ),
+                    Some(s) => p.assign(
+                        cand,
+                        NodeState::FastForward,
+                        "fast_forward",
+                        format!(
+                            "{} has WAL up to {} that {} lacks: stream it first",
+                            s.name,
+                            s.pg.lsn.unwrap_or_default(),
+                            cand.name
+                        ),
+                    ),
+                });
+            }
+            Some(old) => p.wait(format!("waiting for {} to stop Postgres", old.name)),
+            None => p.assign(
+                cand,
+                NodeState::StopReplication,
+                "prepare_promotion_to_stop_replication",
+                "no old primary left".into(),
+            ),
+        },
+        (NodeState::FastForward, NodeState::FastForward) => match old {
+            Some(old) if f.is_failed(old) => reelect_or(f, old, cand, p, |e, p| match e.source {
+                None => p.assign(
+                    cand,
+                    NodeState::PreparePromotion,
+                    "fast_forward_done",
+                    format!(
+                        "{} has all the WAL the live standbys have ({})",
+                        cand.name,
+                        cand.pg.lsn.unwrap_or_default()
+                    ),
+                ),
+                Some(s) => p.wait(format!(
+                    "{} streams the WAL it lacks from {} ({} bytes to go)",
+                    cand.name,
+                    s.name,
+                    s.pg.lsn
+                        .unwrap_or_default()
+                        .bytes_ahead_of(cand.pg.lsn.unwrap_or_default())
+                )),
+            }),
+            // The old primary is back (or never left): the usual hand-over takes the
+            // WAL it has, or gives it its role back.
+            _ => p.assign(
+                cand,
+                NodeState::PreparePromotion,
+                "fast_forward_done",
+                "the old primary answers again: take its last WAL from it".into(),
+            ),
+        },
+        (NodeState::StopReplication, NodeState::StopReplication) => {
+            let fenced = match old {
+                None => Some("no old primary left".to_string()),
+                Some(old) if f.acked_demotion(old) => {
+                    Some(format!("{} acknowledged its demotion", old.name))
+                }
+                Some(old) if f.lease_certainly_expired(old) => Some(format!(
+                    "the lease of {} certainly ran out (no report for {} ms)",
+                    old.name,
+                    f.now_ms
+                        .saturating_sub(old.last_report_ms.unwrap_or(f.controller_started_ms))
+                )),
+                Some(old) => {
+                    p.wait(format!(
+                        "waiting for {} to acknowledge demotion or its lease to run out",
+                        old.name
+                    ));
+                    None
+                }
+            };
+            if let Some(why) = fenced {
+                if let Some(old) = old {
+                    p.assign(old, NodeState::Demoted, "old_primary_demoted", why.clone());
+                }
+                p.assign(
+                    cand,
+                    NodeState::WaitPrimary,
+                    "stop_replication_to_wait_primary",
+                    format!("{why}: {} is the primary now", cand.name),
+                );
+            }
+        }
+        _ => p.wait(format!("{} is reaching {}", cand.name, cand.goal)),
+    }
+}

@@ -1,0 +1,294 @@
+//! What the planner sees: one formation's nodes as the controller knows them, and the
+//! judgements every rule shares (reporting, healthy, failed, the old primary's lease,
+//! who streams from whom, `synchronous_standby_names`).
+
+use super::*;
+/// A standby is "caught up" when at most this many bytes behind (pg_auto_failover's 16 MB).
+pub const CATCHUP_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What the controller knows about one node at planning time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub name: String,
+    pub goal: NodeState,
+    /// Last state the agent reported reaching (`init` before any report).
+    pub reported: NodeState,
+    pub candidate_priority: u8,
+    pub replication_quorum: bool,
+    /// Controller time of the last report since the controller started.
+    pub last_report_ms: Option<u64>,
+    /// Last reported observation of the node's Postgres.
+    pub pg: PgObservation,
+    /// Controller time since which the agent has reported Postgres down (None: running).
+    pub pg_down_since_ms: Option<u64>,
+    /// Controller time (conservative estimate) at which the node last streamed from its
+    /// upstream; None when streaming now or unknown.
+    pub upstream_lost_at_ms: Option<u64>,
+    /// The node's address (as standbys name it in their WAL receivers).
+    pub host: String,
+    pub port: u16,
+    /// Where the node streamed from; None when its agent does not say (then
+    /// `upstream_lost_at_ms` counts for every address).
+    pub streamed_from_at: Option<StreamLog>,
+    /// Result and time of the controller's last SQL probe of the node.
+    pub last_probe: Option<(u64, bool)>,
+    /// Controller time of the last successful probe.
+    pub last_probe_ok_ms: Option<u64>,
+    /// Generation of the desired state whose settings the node has in force.
+    pub applied_generation: u64,
+    /// The formation file (when it lists its nodes) still declares this node.
+    pub declared: bool,
+    /// The formation file asks for this node to be in maintenance.
+    pub maintenance: bool,
+}
+
+/// Where a standby's WAL receiver streamed from, in controller time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamLog {
+    /// Since when its agent has been watching (before that it may have streamed from
+    /// anywhere).
+    pub watching_since_ms: u64,
+    /// (host, port, last seen streaming from there).
+    pub contacts: Vec<(String, u16, u64)>,
+}
+
+/// Everything the planner looks at for one formation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormationView {
+    pub name: String,
+    pub term: u64,
+    pub number_sync_standbys: u32,
+    pub timings: Timings,
+    /// When this controller process started (for the warm-up rule).
+    pub controller_started_ms: u64,
+    pub now_ms: u64,
+    pub nodes: Vec<NodeView>,
+    /// Generation of the desired state (formation file).
+    pub generation: u64,
+    /// Last generation for which a rolling-restart switchover was done.
+    pub rolling_restart_generation: u64,
+    /// An operator allowed this term's failover to lose data (`pgha perform failover
+    /// --allow-data-loss`): the data-loss guard is lifted, and nodes that do not report
+    /// are taken as down for the old primary's lease.
+    pub allow_data_loss: bool,
+    /// WAL position of the writable node when it last turned synchronous: writes up to
+    /// there may have been acknowledged without a standby (in wait_primary, or in an
+    /// earlier term by a primary that is gone), so a failover needs them too.
+    pub sync_floor_lsn: Lsn,
+    /// The node the formation file names as primary (`spec.primary`).
+    pub desired_primary: Option<String>,
+    /// Last generation whose `spec.primary` was carried out (or already held).
+    pub desired_primary_generation: u64,
+}
+
+impl FormationView {
+    pub(super) fn warming_up(&self) -> bool {
+        self.now_ms < self.controller_started_ms + self.timings.failure_timeout_ms
+    }
+
+    /// The agent reported within the failure timeout.
+    pub fn is_reporting(&self, n: &NodeView) -> bool {
+        n.last_report_ms
+            .is_some_and(|t| self.now_ms.saturating_sub(t) < self.timings.failure_timeout_ms)
+    }
+
+    /// Postgres answered the controller's last probe, recently.
+    pub(super) fn probe_ok(&self, n: &NodeView) -> bool {
+        matches!(n.last_probe, Some((_, true)))
+            && n.last_probe_ok_ms
+                .is_some_and(|t| self.now_ms.saturating_sub(t) < self.timings.failure_timeout_ms)
+    }
+
+    /// Healthy enough to be promoted or to count as a synchronous standby: a live agent
+    /// reporting a running Postgres.
+    pub fn is_healthy(&self, n: &NodeView) -> bool {
+        self.is_reporting(n) && n.pg.running
+    }
+
+    /// Failed: its Postgres is down for longer than we restart in place, or neither its
+    /// agent nor its Postgres answered for the failure timeout. Never during warm-up.
+    pub fn is_failed(&self, n: &NodeView) -> bool {
+        if self.warming_up() {
+            return false;
+        }
+        if self.is_reporting(n) {
+            return n
+                .pg_down_since_ms
+                .is_some_and(|t| self.now_ms.saturating_sub(t) >= self.timings.restart_grace_ms);
+        }
+        !self.probe_ok(n)
+    }
+
+    /// A node stable in one of the writable states (goal and report agree).
+    pub(super) fn stable_writable(&self) -> Option<&NodeView> {
+        self.nodes
+            .iter()
+            .find(|n| n.goal.is_writable() && n.reported == n.goal)
+    }
+
+    pub(super) fn writable_goal(&self) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| n.goal.is_writable())
+    }
+
+    /// The old primary of a promotion in progress (a `demoted` node is done with it).
+    pub(super) fn demoting(&self) -> Option<&NodeView> {
+        self.nodes
+            .iter()
+            .find(|n| matches!(n.goal, NodeState::Draining | NodeState::DemoteTimeout))
+    }
+
+    pub(super) fn promoting(&self) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| {
+            matches!(
+                n.goal,
+                NodeState::FastForward | NodeState::PreparePromotion | NodeState::StopReplication
+            )
+        })
+    }
+
+    /// Standbys that hold data and report a running Postgres, in a state a failover may
+    /// promote or copy WAL from.
+    pub(super) fn live_standbys(&self) -> impl Iterator<Item = &NodeView> {
+        self.nodes.iter().filter(|n| {
+            matches!(
+                n.goal,
+                NodeState::Secondary | NodeState::FastForward | NodeState::PreparePromotion
+            ) && n.reported == n.goal
+                && self.is_healthy(n)
+        })
+    }
+
+    /// The most advanced live standby other than `except` (ties: lowest id). A failover
+    /// candidate that lacks WAL this one has streams it from here first (fast_forward).
+    pub(super) fn most_advanced_standby(&self, except: NodeId) -> Option<&NodeView> {
+        self.live_standbys()
+            .filter(|n| n.id != except && n.pg.lsn.is_some())
+            .max_by_key(|n| (n.pg.lsn, std::cmp::Reverse(n.id)))
+    }
+
+    /// The old primary acknowledged its demotion: its agent reports it stopped Postgres.
+    pub(super) fn acked_demotion(&self, old: &NodeView) -> bool {
+        self.is_reporting(old)
+            && matches!(
+                old.reported,
+                NodeState::Draining | NodeState::DemoteTimeout | NodeState::Demoted
+            )
+            && !old.pg.running
+    }
+
+    /// The old primary has certainly fenced itself: it has not heard from the controller
+    /// for its lease (plus margin), and no other node has streamed from it for as long.
+    /// A primary fences when it loses both (agent side), so past this point it accepts no
+    /// write. A node that does not report might still be streaming from the old primary
+    /// (the two could be cut off together), so it holds the promotion; nodes that never
+    /// held data (init, wait_standby) cannot stream.
+    pub fn lease_certainly_expired(&self, old: &NodeView) -> bool {
+        let wait = self.timings.lease_ms + self.timings.lease_margin_ms;
+        let last_ack = old.last_report_ms.unwrap_or(self.controller_started_ms);
+        let controller_lease_over = self.now_ms >= last_ack + wait;
+        let standbys_gone = self.nodes.iter().filter(|n| n.id != old.id).all(|n| {
+            matches!(n.reported, NodeState::Init | NodeState::WaitStandby)
+                // Out of service and acknowledged so: its Postgres is stopped.
+                || (matches!(n.goal, NodeState::Maintenance | NodeState::Dropped)
+                    && n.reported == n.goal)
+                // An older primary: since it was writable it was told to stop and
+                // nothing else, so it cannot be streaming from `old`.
+                || matches!(
+                    n.goal,
+                    NodeState::Demoted | NodeState::Draining | NodeState::DemoteTimeout
+                )
+                || (self.is_reporting(n) && self.stopped_streaming_from(n, old, wait))
+                // The operator declared the silent nodes down (--allow-data-loss).
+                || (self.allow_data_loss && !self.is_reporting(n) && self.is_failed(n))
+        });
+        controller_lease_over && standbys_gone
+    }
+
+    /// `n` has not streamed from `old` for `wait` ms. Streaming from another address (a
+    /// standby it fast-forwards from) sends no reply to `old` and does not count.
+    pub(super) fn stopped_streaming_from(&self, n: &NodeView, old: &NodeView, wait: u64) -> bool {
+        match &n.streamed_from_at {
+            Some(log) => {
+                let last = log
+                    .contacts
+                    .iter()
+                    .filter(|(h, p, _)| *h == old.host && *p == old.port)
+                    .map(|(_, _, t)| *t)
+                    .max()
+                    .unwrap_or(log.watching_since_ms);
+                self.now_ms >= last + wait
+            }
+            None => {
+                !n.pg.upstream_streaming
+                    && n.upstream_lost_at_ms
+                        .is_some_and(|t| self.now_ms >= t + wait)
+            }
+        }
+    }
+
+    /// The node a standby streams from: the writable node; during a promotion only the
+    /// candidate keeps streaming from the old primary (to get its last WAL), the other
+    /// standbys cut replication so the old primary's lease can run out.
+    pub fn upstream_of(&self, n: &NodeView) -> Option<&NodeView> {
+        if !n.goal.streams_from_upstream() {
+            return None;
+        }
+        if n.goal == NodeState::FastForward {
+            return self
+                .most_advanced_standby(n.id)
+                .filter(|s| s.pg.lsn > n.pg.lsn);
+        }
+        if let Some(w) = self.writable_goal().filter(|w| w.id != n.id) {
+            return Some(w);
+        }
+        if n.goal == NodeState::PreparePromotion {
+            return self
+                .demoting()
+                .filter(|o| matches!(o.goal, NodeState::Draining | NodeState::DemoteTimeout));
+        }
+        None
+    }
+
+    /// Standbys that may take part in synchronous replication right now.
+    pub(super) fn healthy_quorum_secondaries(&self) -> Vec<&NodeView> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                n.goal == NodeState::Secondary
+                    && n.reported == NodeState::Secondary
+                    && n.replication_quorum
+                    && !self.is_failed(n)
+            })
+            .collect()
+    }
+
+    /// `synchronous_standby_names` for the writable node, from its goal and the standbys.
+    pub fn synchronous_standby_names(&self, primary: &NodeView) -> String {
+        if primary.goal != NodeState::Primary {
+            return String::new();
+        }
+        let quorum = |states: &[NodeState]| {
+            self.nodes
+                .iter()
+                .filter(|n| n.id != primary.id && n.replication_quorum && states.contains(&n.goal))
+                .collect::<Vec<&NodeView>>()
+        };
+        let mut members = quorum(&[NodeState::Secondary]);
+        if self.number_sync_standbys > 0 && members.len() < self.number_sync_standbys as usize {
+            // Fewer secondaries than the file asks to confirm each commit: writes block
+            // rather than go on with less durability, until standbys come back.
+            members.extend(quorum(&[NodeState::Catchingup, NodeState::Maintenance]));
+        }
+        if members.is_empty() {
+            return String::new();
+        }
+        members.sort_by_key(|n| (std::cmp::Reverse(n.candidate_priority), n.id));
+        let names: Vec<String> = members
+            .iter()
+            .map(|n| pgha_api::standby_application_name(n.id))
+            .collect();
+        let k = self.number_sync_standbys.max(1);
+        format!("ANY {k} ({})", names.join(", "))
+    }
+}
