@@ -126,7 +126,9 @@ impl Agent {
                         .collect()
                 })
                 .unwrap_or_default(),
-            restart_allowed: goal.is_standby()
+            // Not in the middle of a promotion (fast_forward, prepare_promotion,
+            // stop_replication): a restart there would only delay the failover.
+            restart_allowed: matches!(goal, NodeState::Catchingup | NodeState::Secondary)
                 || a.is_some_and(|a| a.peers.is_empty() && goal.is_writable()),
         }
     }
