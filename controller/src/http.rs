@@ -462,13 +462,7 @@ async fn forced_failover(
         .ok_or_else(|| unknown_formation(&name))?;
     let (plan, term) = planner::plan_forced_failover(&view)
         .map_err(|why| Failure::new(StatusCode::CONFLICT, "failover_refused", why))?;
-    if let Some(f) = st.durable.formations.get_mut(&name) {
-        f.data_loss_allowed_term = Some(term);
-    }
-    if let Some(t) = st.promotions.get_mut(&name) {
-        // A promotion already in progress goes on under the operator's override.
-        t.reason = "operator_allow_data_loss";
-    }
+    st.allow_data_loss(&name, term);
     let mut ev = st.event(
         &name,
         None,

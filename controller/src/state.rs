@@ -269,6 +269,17 @@ impl ControllerState {
         Ok(())
     }
 
+    /// Lifts the data-loss guard for `term` (persisted by the caller's next save); a
+    /// promotion already in progress goes on under the override and is counted so.
+    pub fn allow_data_loss(&mut self, formation: &str, term: u64) {
+        if let Some(f) = self.durable.formations.get_mut(formation) {
+            f.data_loss_allowed_term = Some(term);
+        }
+        if let Some(t) = self.promotions.get_mut(formation) {
+            t.reason = "operator_allow_data_loss";
+        }
+    }
+
     /// Failover and switchover metrics follow the decisions of a promotion.
     fn track_promotion(&mut self, formation: &str, d: &planner::Decision, now_ms: u64) {
         let fl = |extra: &[(&str, &str)]| {

@@ -59,6 +59,15 @@ fn formation(nodes: Vec<NodeView>) -> FormationView {
     }
 }
 
+/// Node 1 primary, nodes 2 and 3 secondaries.
+fn three_nodes() -> FormationView {
+    formation(vec![
+        node(1, Primary),
+        node(2, Secondary),
+        node(3, Secondary),
+    ])
+}
+
 fn goal_of(p: &Plan, id: NodeId) -> Option<NodeState> {
     p.decisions.iter().find(|d| d.node_id == id).map(|d| d.goal)
 }
@@ -238,11 +247,7 @@ fn blocked_failovers_name_their_reason() {
     f.nodes[0].pg.lsn = Some(Lsn(9000));
     assert_eq!(plan(&f).blocked, Some(BlockReason::Lagging));
     // A quorum standby that does not report.
-    let mut f = formation(vec![
-        node(1, Primary),
-        node(2, Secondary),
-        node(3, Secondary),
-    ]);
+    let mut f = three_nodes();
     fail(&mut f.nodes[0], now, 5000);
     fail(&mut f.nodes[2], now, 5000);
     assert_eq!(plan(&f).blocked, Some(BlockReason::QuorumNotReporting));
@@ -286,11 +291,7 @@ fn reach_goals(f: &mut FormationView) {
 #[test]
 fn the_highest_priority_wins_and_fast_forwards_from_a_more_advanced_standby() {
     // pg_auto_failover's 90/90/70: node 3 (70) is the most advanced, node 2 (90) wins.
-    let mut f = formation(vec![
-        node(1, Primary),
-        node(2, Secondary),
-        node(3, Secondary),
-    ]);
+    let mut f = three_nodes();
     f.nodes[0].candidate_priority = 90;
     f.nodes[1].candidate_priority = 90;
     f.nodes[2].candidate_priority = 70;
@@ -320,11 +321,7 @@ fn the_highest_priority_wins_and_fast_forwards_from_a_more_advanced_standby() {
 
 #[test]
 fn a_priority_zero_standby_is_a_source_never_a_candidate() {
-    let mut f = formation(vec![
-        node(1, Primary),
-        node(2, Secondary),
-        node(3, Secondary),
-    ]);
+    let mut f = three_nodes();
     f.nodes[2].candidate_priority = 0;
     f.nodes[2].pg.lsn = Some(Lsn(9000));
     let now = f.now_ms;
@@ -349,11 +346,7 @@ fn a_priority_zero_standby_is_a_source_never_a_candidate() {
 #[test]
 fn a_candidate_overtaken_during_fast_forward_gives_way() {
     // Same priority: the most advanced wins, no fast-forward needed.
-    let mut f = formation(vec![
-        node(1, Primary),
-        node(2, Secondary),
-        node(3, Secondary),
-    ]);
+    let mut f = three_nodes();
     f.nodes[2].pg.lsn = Some(Lsn(3000));
     let now = f.now_ms;
     fail(&mut f.nodes[0], now, 5000);
@@ -377,11 +370,7 @@ fn a_candidate_overtaken_during_fast_forward_gives_way() {
 #[test]
 fn an_operator_may_allow_data_loss_when_the_guard_blocks() {
     // Primary and a quorum standby die together: node 3 may lack commits node 2 acked.
-    let mut f = formation(vec![
-        node(1, Primary),
-        node(2, Secondary),
-        node(3, Secondary),
-    ]);
+    let mut f = three_nodes();
     let now = f.now_ms;
     fail(&mut f.nodes[0], now, 5000);
     fail(&mut f.nodes[1], now, 5000);
@@ -468,11 +457,7 @@ fn a_demoted_old_primary_does_not_hold_a_failover() {
 
 #[test]
 fn the_primary_the_file_names_is_switched_to_once_per_generation() {
-    let mut f = formation(vec![
-        node(1, Primary),
-        node(2, Secondary),
-        node(3, Secondary),
-    ]);
+    let mut f = three_nodes();
     f.generation = 4;
     f.desired_primary = Some("node_3".into());
     let p = plan(&f);
@@ -740,11 +725,7 @@ fn maintenance_takes_a_standby_out_and_a_primary_only_after_handing_over() {
 
 #[test]
 fn promotion_of_a_chosen_node() {
-    let f = formation(vec![
-        node(1, Primary),
-        node(2, Secondary),
-        node(3, Secondary),
-    ]);
+    let f = three_nodes();
     let (p, from, to) = plan_switchover_to(&f, Some("node_3")).unwrap();
     assert_eq!((from, to), (1, 3));
     assert_eq!(goal_of(&p, 3), Some(PreparePromotion));

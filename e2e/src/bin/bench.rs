@@ -22,6 +22,22 @@ struct Scenario {
     lost: usize,
 }
 
+impl Scenario {
+    /// One run's numbers, printed as they come.
+    fn record(&mut self, run: usize, of: usize, gap: Duration, back: Duration, lost: usize) {
+        eprintln!(
+            "  {} {:>2}/{of}: write gap {}, back to primary+secondary in {}, lost {lost}",
+            self.name,
+            run + 1,
+            secs(gap),
+            secs(back)
+        );
+        self.gaps.push(gap);
+        self.recover.push(back);
+        self.lost = lost;
+    }
+}
+
 fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort();
@@ -75,15 +91,7 @@ async fn switchovers(c: &mut Cluster, probe: &WriteProbe, n: usize) -> anyhow::R
         probe.wait_for_more(10, T).await?;
         let gap = probe.gap_around(t, Instant::now());
         let lost = probe.lost_so_far().await?.len();
-        eprintln!(
-            "  switchover {:>2}/{n}: write gap {}, back to primary+secondary in {}, lost {lost}",
-            i + 1,
-            secs(gap),
-            secs(back)
-        );
-        s.gaps.push(gap);
-        s.recover.push(back);
-        s.lost = lost;
+        s.record(i, n, gap, back, lost);
     }
     Ok(s)
 }
@@ -124,15 +132,7 @@ async fn vm_losses(
         healthy(c, Some(old))?;
         let back = t.elapsed();
         let lost = probe.lost_so_far().await?.len();
-        eprintln!(
-            "  {name} {:>2}/{n}: write gap {}, back to primary+secondary in {}, lost {lost}",
-            i + 1,
-            secs(gap),
-            secs(back)
-        );
-        s.gaps.push(gap);
-        s.recover.push(back);
-        s.lost = lost;
+        s.record(i, n, gap, back, lost);
     }
     Ok(s)
 }
