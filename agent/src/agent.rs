@@ -388,21 +388,30 @@ impl Agent {
     async fn setup_primary(&self) -> anyhow::Result<()> {
         let c = observe::local_client(&self.cfg).await?;
         let user = pgha_api::REPLICATION_USER;
-        let password = self.cfg.replication_password.replace('\'', "''");
+        let exists = c
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
+            .await?
+            .is_some();
+        if !exists {
+            // A SCRAM verifier, never the password itself, goes into the SQL text (which
+            // the server may log): it holds only base64, '$' and ':'.
+            let verifier = scram_verifier(&self.cfg.replication_password);
+            c.batch_execute(&format!(
+                "CREATE ROLE {user} WITH LOGIN REPLICATION PASSWORD {}",
+                quote_literal(&verifier)
+            ))
+            .await
+            .context("creating the replication role")?;
+        }
         c.batch_execute(&format!(
-            "DO $$ BEGIN
-               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{user}') THEN
-                 CREATE ROLE {user} WITH LOGIN REPLICATION PASSWORD '{password}';
-               END IF;
-             END $$;
-             GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {user};
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {user};
              GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {user};
              GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {user};
              GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {user};
              GRANT pg_checkpoint TO {user};"
         ))
         .await
-        .context("creating the replication role")?;
+        .context("granting the replication role what pg_rewind needs")?;
         let exists = c
             .query_opt(
                 "SELECT 1 FROM pg_database WHERE datname = $1",
@@ -650,6 +659,16 @@ fn sibling(pgdata: &std::path::Path, suffix: &str) -> std::path::PathBuf {
     let mut s = pgdata.as_os_str().to_owned();
     s.push(format!(".{suffix}"));
     s.into()
+}
+
+/// A SCRAM-SHA-256 verifier of `password` (Postgres's stored form), made here so that the
+/// password never travels in SQL.
+fn scram_verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 fn quote_ident(s: &str) -> String {

@@ -6,6 +6,7 @@
 
 use crate::config::AgentConfig;
 use crate::pg;
+use pgha_api::host::Host;
 use pgha_api::{PeerNode, REPLICATION_USER};
 use std::fs;
 use std::io;
@@ -37,8 +38,28 @@ pub enum Role {
     Stopped,
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// A string value as postgresql.conf reads it back unchanged: the file's lexer takes no
+/// newline inside quotes and reads backslash escapes, so `\\`, `'` and control
+/// characters are escaped (a trailing backslash or a newline would otherwise break the
+/// file, or end the value and start a setting of the writer's choice).
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push('\t'),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\{:03o}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 fn listen_addresses(hostname: &str) -> String {
@@ -58,7 +79,12 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role, parameters: &Parameters) -> S
     if !parameters.is_empty() {
         out.push_str("# From the formation file (postgresql.parameters):\n");
         for (k, v) in parameters {
-            out.push_str(&format!("{k} = {}\n", quote(v)));
+            // Checked by the controller too; a name that is not a plain setting name (or
+            // one pgha manages) would let a value rewrite the rest of the file.
+            match pgha_api::validate::check_parameter_name(k) {
+                Ok(()) => out.push_str(&format!("{k} = {}\n", quote(v))),
+                Err(e) => tracing::error!("formation parameter skipped: {e}"),
+            }
         }
         out.push_str("# Managed by pgha:\n");
     }
@@ -122,7 +148,9 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role, parameters: &Parameters) -> S
     out
 }
 
-/// Renders the managed pg_hba block for the peers.
+/// Renders the managed pg_hba block for the peers. Every entry line has exactly its five
+/// fields: a peer whose host does not parse as one host is left out (and logged), the
+/// database name is quoted, and comments carry only name-safe characters.
 pub fn render_hba_block(cfg: &AgentConfig, peers: &[PeerNode]) -> String {
     let auth = cfg.auth.hba_name();
     let kind = if cfg.ssl_self_signed {
@@ -130,33 +158,52 @@ pub fn render_hba_block(cfg: &AgentConfig, peers: &[PeerNode]) -> String {
     } else {
         "host"
     };
+    let db = hba_quote(&cfg.dbname);
     let mut out = format!("{HBA_BEGIN}\n");
     for p in peers {
-        let addr = hba_address(&p.host);
+        let addr = match Host::parse(&p.host) {
+            Ok(h) => h.hba_address(),
+            Err(e) => {
+                tracing::error!(peer = p.node_id, "peer left out of pg_hba.conf: {e}");
+                continue;
+            }
+        };
+        let name = comment_safe(&p.name);
         out.push_str(&format!(
-            "{kind} replication {REPLICATION_USER} {addr} {auth}\t# {}\n",
-            p.name
+            "{kind} replication {REPLICATION_USER} {addr} {auth}\t# {name}\n"
         ));
         out.push_str(&format!(
-            "{kind} postgres {REPLICATION_USER} {addr} {auth}\t# {} (pg_rewind)\n",
-            p.name
+            "{kind} postgres {REPLICATION_USER} {addr} {auth}\t# {name} (pg_rewind)\n"
         ));
-        out.push_str(&format!(
-            "{kind} {} all {addr} {auth}\t# {}\n",
-            cfg.dbname, p.name
-        ));
+        if let Some(db) = &db {
+            out.push_str(&format!("{kind} {db} all {addr} {auth}\t# {name}\n"));
+        }
     }
     out.push_str(HBA_END);
     out.push('\n');
     out
 }
 
-fn hba_address(host: &str) -> String {
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => format!("{ip}/32"),
-        Ok(IpAddr::V6(ip)) => format!("{ip}/128"),
-        Err(_) => host.to_string(),
+/// A database name as one pg_hba field: double-quoted (so `all` or `replication` mean
+/// that database, not the keyword); None when it holds a character no quoting carries.
+fn hba_quote(name: &str) -> Option<String> {
+    if name.is_empty() || name.chars().any(|c| c == '"' || c.is_control()) {
+        tracing::error!("database name {name:?} cannot be written to pg_hba.conf");
+        return None;
     }
+    Some(format!("\"{name}\""))
+}
+
+fn comment_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// Replaces (or inserts at the top) the managed block of a pg_hba.conf text.
@@ -264,8 +311,10 @@ mod tests {
             },
             &Parameters::new(),
         );
-        assert!(c.contains("primary_conninfo = 'host=10.0.0.5 port=5432 user=pgha_replicator"));
-        assert!(c.contains("application_name=pgha_standby_2"));
+        assert!(
+            c.contains("primary_conninfo = 'host=''10.0.0.5'' port=5432 user=''pgha_replicator''")
+        );
+        assert!(c.contains("application_name=''pgha_standby_2''"));
         assert!(c.contains("primary_slot_name = 'pgha_slot_2'"));
         assert!(c.contains("listen_addresses = '127.0.0.1'"));
         let cut = render_conf(
@@ -285,7 +334,7 @@ mod tests {
             },
             &Parameters::new(),
         );
-        assert!(from_standby.contains("primary_conninfo = 'host=10.0.0.6 port=5432"));
+        assert!(from_standby.contains("primary_conninfo = 'host=''10.0.0.6'' port=5432"));
         assert!(from_standby.contains("primary_slot_name = ''"));
     }
 
@@ -322,5 +371,134 @@ mod tests {
         let none = splice_hba(&once, &render_hba_block(&cfg(), &[]));
         assert!(!none.contains("10.0.0.6"));
         assert!(none.ends_with(user));
+    }
+
+    /// pg_hba fields as Postgres splits them: whitespace outside double quotes.
+    fn hba_fields(line: &str) -> Vec<String> {
+        let mut fields = vec![];
+        let mut cur = String::new();
+        let mut quoted = false;
+        for c in line.chars() {
+            match c {
+                '"' => {
+                    quoted = !quoted;
+                    cur.push(c);
+                }
+                '#' if !quoted => break,
+                c if c.is_whitespace() && !quoted => {
+                    if !cur.is_empty() {
+                        fields.push(std::mem::take(&mut cur));
+                    }
+                }
+                c => cur.push(c),
+            }
+        }
+        if !cur.is_empty() {
+            fields.push(cur);
+        }
+        fields
+    }
+
+    #[test]
+    fn hostile_hosts_never_reach_pg_hba() {
+        let mut c = cfg();
+        c.dbname = "all".into();
+        let peers: Vec<PeerNode> = [
+            "all",
+            "0.0.0.0/0",
+            "db\nhost all all 0.0.0.0/0 trust",
+            "a b",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| PeerNode {
+            node_id: i as u64 + 3,
+            name: "x\nhost all all 0.0.0.0/0 trust".into(),
+            host: h.to_string(),
+            port: 5432,
+        })
+        .collect();
+        let block = render_hba_block(&c, &peers);
+        assert_eq!(block.lines().count(), 2, "{block}");
+        let ok = render_hba_block(
+            &c,
+            &[PeerNode {
+                node_id: 3,
+                name: "n\nhost all all 0.0.0.0/0 trust".into(),
+                host: "10.0.0.6".into(),
+                port: 5432,
+            }],
+        );
+        assert!(ok.contains("host \"all\" all 10.0.0.6/32 trust"), "{ok}");
+        assert!(!ok.contains("0.0.0.0/0 trust\n"), "{ok}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_hba_line_has_exactly_five_fields(
+            hosts in proptest::collection::vec("[a-z0-9 .:/\\[\\]\n\"#-]{0,20}", 1..4),
+            names in proptest::collection::vec(".{0,12}", 4),
+            dbname in ".{0,12}",
+            ssl: bool,
+        ) {
+            let mut c = cfg();
+            c.dbname = dbname;
+            c.ssl_self_signed = ssl;
+            let peers: Vec<PeerNode> = hosts
+                .iter()
+                .zip(&names)
+                .enumerate()
+                .map(|(i, (h, n))| PeerNode {
+                    node_id: i as u64 + 3,
+                    name: n.clone(),
+                    host: h.clone(),
+                    port: 5432,
+                })
+                .collect();
+            let block = render_hba_block(&c, &peers);
+            for line in block.lines() {
+                if line == HBA_BEGIN || line == HBA_END {
+                    continue;
+                }
+                let f = hba_fields(line);
+                proptest::prop_assert_eq!(f.len(), 5, "{:?} in {:?}", line, block);
+                proptest::prop_assert!(f[0] == "host" || f[0] == "hostssl");
+                proptest::prop_assert!(f[3] != "all" && !f[3].contains("/0"), "{}", line);
+                proptest::prop_assert!(f[3].ends_with("/32") || f[3].ends_with("/128") || pgha_api::host::Host::parse(&f[3]).is_ok());
+            }
+        }
+
+        #[test]
+        fn conf_values_read_back_as_one_setting(v in ".{0,30}") {
+            let line = format!("x = {}", quote(&v));
+            proptest::prop_assert_eq!(line.lines().count(), 1);
+            // Undo the escapes as postgresql.conf's lexer does: the value comes back whole.
+            let inner = &quote(&v)[1..quote(&v).len() - 1];
+            let mut back = String::new();
+            let mut chars = inner.chars().peekable();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\'' => { chars.next(); back.push('\''); }
+                    '\\' => match chars.next() {
+                        Some('n') => back.push('\n'),
+                        Some('r') => back.push('\r'),
+                        Some(d) if d.is_digit(8) => {
+                            let mut n = d.to_digit(8).unwrap_or(0);
+                            for _ in 0..2 {
+                                if let Some(d) = chars.peek().and_then(|d| d.to_digit(8)) {
+                                    n = n * 8 + d;
+                                    chars.next();
+                                }
+                            }
+                            back.push(char::from_u32(n).unwrap_or('?'));
+                        }
+                        Some(o) => back.push(o),
+                        None => back.push('\\'),
+                    },
+                    c => back.push(c),
+                }
+            }
+            proptest::prop_assert_eq!(back, v);
+        }
     }
 }

@@ -274,12 +274,21 @@ pub async fn stop(cfg: &AgentConfig) -> Result<(), PgError> {
     }
 }
 
+/// One libpq conninfo value, single-quoted with `\\` and `'` escaped: a host or path with
+/// a space or `=` stays one value and cannot add a keyword of its own.
+pub fn conninfo_value(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 fn conninfo(cfg: &AgentConfig, host: &str, port: u16, dbname: &str, app: &str) -> String {
+    let q = conninfo_value;
     format!(
-        "host={host} port={port} user={} dbname={dbname} application_name={app} \
-         connect_timeout=5 passfile={}",
-        pgha_api::REPLICATION_USER,
-        cfg.passfile().display()
+        "host={} port={port} user={} dbname={} application_name={} connect_timeout=5 passfile={}",
+        q(host),
+        q(pgha_api::REPLICATION_USER),
+        q(dbname),
+        q(app),
+        q(&cfg.passfile().display().to_string())
     )
 }
 
@@ -392,6 +401,15 @@ pub fn primary_conninfo(cfg: &AgentConfig, host: &str, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conninfo_values_are_quoted_and_escaped() {
+        assert_eq!(conninfo_value("10.0.0.5"), "'10.0.0.5'");
+        assert_eq!(
+            conninfo_value("a b' sslmode=disable \\"),
+            "'a b\\' sslmode=disable \\\\'"
+        );
+    }
 
     #[test]
     fn parses_pg_controldata_output() {

@@ -144,7 +144,8 @@ pub fn watch(
 /// How often formations are re-read even without a change notification.
 pub const RESYNC: Duration = Duration::from_secs(10);
 
-/// The file `create monitor` writes: an open formation that the tutorial's nodes join.
+/// The file `create monitor` writes: the formation the tutorial's nodes join with its
+/// join secret.
 pub fn default_formation_yaml(name: &str, secret_file: &Path) -> String {
     format!(
         "# Written by `pgha create monitor`. Edit it (or replace it from Git): the monitor\n\

@@ -2,7 +2,7 @@
 
 use crate::config::MonitorConfig;
 use crate::planner::{self, NodeView};
-use crate::store::{FormationRecord, NodeRecord};
+use crate::store::{AdmissionRule, FormationRecord, NodeRecord};
 use crate::{Shared, lock, now_ms};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -36,6 +36,14 @@ impl Failure {
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+    /// The store refused a write: nothing of the request is in force; try again.
+    fn store(e: crate::store::StoreError) -> Self {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the controller cannot persist its state, nothing was changed: {e}"),
+        )
     }
 }
 
@@ -109,8 +117,21 @@ fn check_secret(
     formation: &str,
     headers: &HeaderMap,
 ) -> Result<(), Failure> {
-    let Some(want) = st.join_secrets.get(formation) else {
-        return Ok(());
+    let Some(f) = st.durable.formations.get(formation) else {
+        return Err(unknown_formation(formation));
+    };
+    let want = match f.admission() {
+        AdmissionRule::Open => return Ok(()),
+        AdmissionRule::Secret(s) => s,
+        AdmissionRule::Closed => {
+            return Err(Failure::new(
+                StatusCode::UNAUTHORIZED,
+                "join_secret",
+                format!(
+                    "formation {formation:?} has no join secret in force (its file names none that could be read, and it is not `admission: open: true`): nothing is admitted"
+                ),
+            ));
+        }
     };
     let got = headers
         .get(header::AUTHORIZATION)
@@ -162,6 +183,13 @@ async fn register(
             StatusCode::BAD_REQUEST,
             "invalid_name",
             format!("node name {name:?} must be 1-63 letters, digits, '_' or '-'"),
+        ));
+    }
+    if let Err(e) = pgha_api::host::validate_host(&req.host) {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_host",
+            e.to_string(),
         ));
     }
     if f.nodes.len() >= pgha_api::formation::MAX_NODES {
@@ -300,7 +328,7 @@ async fn register(
     }
     let replication_password = f.replication_password.clone();
     f.nodes.insert(id, rec.clone());
-    st.save().map_err(Failure::internal)?;
+    st.save().map_err(Failure::store)?;
     let ev = st.event(
         &req.formation,
         Some(&rec),
@@ -311,7 +339,7 @@ async fn register(
         ),
         now,
     );
-    st.record(ev).map_err(Failure::internal)?;
+    st.record(ev).map_err(Failure::store)?;
     Ok(Json(RegisterResponse {
         node_id: id,
         name,
@@ -330,6 +358,12 @@ async fn report(
     let mut st = lock(&ctx.shared);
     check_secret(&st, &r.formation, &headers)?;
     if st.formation_of(r.node_id).map(|f| f.name.as_str()) != Some(r.formation.as_str()) {
+        // An admitted agent with an id this store never issued (it was restored from an
+        // older copy): that id is never handed out again.
+        if r.node_id >= st.durable.next_node_id && st.formation_of(r.node_id).is_none() {
+            st.durable.next_node_id = r.node_id.saturating_add(1);
+            st.save().map_err(Failure::store)?;
+        }
         return Err(Failure::new(
             StatusCode::NOT_FOUND,
             "unknown_node",
@@ -341,8 +375,8 @@ async fn report(
     }
     let span = tracing::info_span!("reconcile", formation = %r.formation, node = r.node_id);
     let _entered = span.enter();
-    st.take_report(&r, now).map_err(Failure::internal)?;
-    st.reconcile(&r.formation, now).map_err(Failure::internal)?;
+    st.take_report(&r, now).map_err(Failure::store)?;
+    st.reconcile(&r.formation, now).map_err(Failure::store)?;
     st.assignment(&r.formation, r.node_id, now)
         .map(Json)
         .ok_or_else(|| Failure::internal("node vanished"))
@@ -422,9 +456,8 @@ fn start_switchover(
         },
         now,
     );
-    st.record(ev).map_err(Failure::internal)?;
-    st.apply_plan(&name, &plan, now)
-        .map_err(Failure::internal)?;
+    st.record(ev).map_err(Failure::store)?;
+    st.apply_plan(&name, &plan, now).map_err(Failure::store)?;
     let term = st.durable.formations[&name].term;
     Ok(Json(SwitchoverStarted {
         from_node: from,
@@ -474,11 +507,10 @@ async fn forced_failover(
         now,
     );
     ev.inputs = Some(crate::state::decision_inputs(&view));
-    st.record(ev).map_err(Failure::internal)?;
+    st.record(ev).map_err(Failure::store)?;
     // Persists the override (and the plan's term and goals, if any).
-    st.save().map_err(Failure::internal)?;
-    st.apply_plan(&name, &plan, now)
-        .map_err(Failure::internal)?;
+    st.save().map_err(Failure::store)?;
+    st.apply_plan(&name, &plan, now).map_err(Failure::store)?;
     let to_node = plan
         .decisions
         .iter()
@@ -545,9 +577,9 @@ fn operator_action(
         })?;
     set(n);
     let rec = n.clone();
-    st.save().map_err(Failure::internal)?;
+    st.save().map_err(Failure::store)?;
     let ev = st.event(formation, Some(&rec), rule, what, now);
-    st.record(ev).map_err(Failure::internal)?;
+    st.record(ev).map_err(Failure::store)?;
     Ok(Json(
         serde_json::json!({"node": node, "formation": formation}),
     ))

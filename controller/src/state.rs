@@ -44,7 +44,13 @@ pub struct PromotionTrack {
 }
 
 pub struct ControllerState {
+    /// The durable records in force. Changed only under the lock and followed by
+    /// [`ControllerState::save`] before the lock is released: a failed save puts back
+    /// the last saved copy, so nothing is published (no term, goal or node id) that
+    /// the store does not hold.
     pub durable: DurableState,
+    /// What the store last confirmed.
+    saved: DurableState,
     pub observed: HashMap<NodeId, Observed>,
     pub events: VecDeque<Event>,
     pub next_event_id: u64,
@@ -56,8 +62,6 @@ pub struct ControllerState {
     pub promotions: HashMap<String, PromotionTrack>,
     /// Errors of each rejected formation file, as last reported.
     pub config_errors: BTreeMap<String, Vec<String>>,
-    /// Join secrets by formation (memory only: re-read from their files at each load).
-    pub join_secrets: BTreeMap<String, String>,
     store: Box<dyn Store>,
 }
 
@@ -68,6 +72,7 @@ impl ControllerState {
         let next_event_id = all.last().map(|e| e.id + 1).unwrap_or(1);
         let skip = all.len().saturating_sub(EVENTS_IN_MEMORY);
         Ok(ControllerState {
+            saved: durable.clone(),
             durable,
             observed: HashMap::new(),
             events: all.into_iter().skip(skip).collect(),
@@ -78,13 +83,29 @@ impl ControllerState {
             blocked: HashMap::new(),
             promotions: HashMap::new(),
             config_errors: BTreeMap::new(),
-            join_secrets: BTreeMap::new(),
             store,
         })
     }
 
+    /// Persists the durable records, or puts back the last saved copy when the store
+    /// fails (disk full, EIO): memory is never ahead of disk once the lock is released.
     pub fn save(&mut self) -> Result<(), StoreError> {
-        self.store.save(&self.durable)
+        if self.durable == self.saved {
+            return Ok(());
+        }
+        match self.store.save(&self.durable) {
+            Ok(()) => {
+                self.saved = self.durable.clone();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    "the controller store refused a write, nothing of it is in force: {e}"
+                );
+                self.durable = self.saved.clone();
+                Err(e)
+            }
+        }
     }
 
     /// Records an event durably and in memory.
@@ -405,19 +426,6 @@ impl ControllerState {
     ) -> Result<(), StoreError> {
         let mut changed = false;
         let mut events = vec![];
-        // A rejected file keeps its formation's last secret; an accepted one sets it.
-        for (name, (file, _)) in &scan.formations {
-            match scan.secrets.get(name) {
-                Some(s) => {
-                    self.join_secrets.insert(name.clone(), s.clone());
-                }
-                None => {
-                    if !scan.rejected.contains_key(file) {
-                        self.join_secrets.remove(name);
-                    }
-                }
-            }
-        }
         for (file, errs) in &scan.rejected {
             let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
             if self.config_errors.get(file) == Some(&lines) {
@@ -461,6 +469,13 @@ impl ControllerState {
                 .or_insert_with(|| {
                     FormationRecord::new(name, doc.spec.dbname.as_deref().unwrap_or("postgres"))
                 });
+            // An accepted file sets the secret (a rejected one, or one whose secret file
+            // cannot be read, keeps the last good secret: it never opens the formation).
+            let secret = scan.secrets.get(name).cloned();
+            if rec.join_secret != secret {
+                rec.join_secret = secret;
+                changed = true;
+            }
             if rec.spec.as_ref() == Some(&doc.spec)
                 && rec.source_file.as_deref() == Some(file.as_str())
                 && !rec.orphaned
@@ -575,10 +590,18 @@ impl ControllerState {
         });
         o.pg = r.pg.clone();
         let formation = r.formation.clone();
+        let mut term_moved = None;
         let changed = {
             let Some(f) = self.durable.formations.get_mut(&formation) else {
                 return Ok(());
             };
+            // An agent that saw a later term than ours (the store was restored from an
+            // older copy): move past it before planning, so no term number is issued
+            // twice for different promotions.
+            if r.term > f.term {
+                term_moved = Some((f.term, r.term));
+                f.term = r.term;
+            }
             let Some(n) = f.nodes.get_mut(&r.node_id) else {
                 return Ok(());
             };
@@ -595,6 +618,20 @@ impl ControllerState {
                 None
             }
         };
+        if let Some((ours, theirs)) = term_moved {
+            self.save()?;
+            let ev = self.event(
+                &formation,
+                None,
+                "term_catch_up",
+                format!(
+                    "node {} reported term {theirs}, later than the stored term {ours} (was the controller's store restored?): moved to term {theirs}",
+                    r.node_id
+                ),
+                now_ms,
+            );
+            self.record(ev)?;
+        }
         if let Some(n) = changed {
             self.save()?;
             if n.reported.is_writable() {
@@ -863,7 +900,7 @@ mod tests {
         scan
     }
 
-    const GOOD: &str = "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: orders\nspec:\n  dbname: orders\n  numberSyncStandbys: 0\n";
+    const GOOD: &str = "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: orders\nspec:\n  dbname: orders\n  numberSyncStandbys: 0\n  admission:\n    open: true\n";
 
     #[test]
     fn accepted_rejected_and_removed_files() {
@@ -919,5 +956,179 @@ mod tests {
             .unwrap();
         assert!(!st.durable.formations["orders"].orphaned);
         assert_eq!(st.durable.formations["orders"].generation, 2);
+    }
+
+    /// Admission fails closed: the secret persists with the last good spec, so neither a
+    /// restart nor a rejected, removed or secret-less file opens the formation.
+    #[test]
+    fn admission_never_opens_by_itself() {
+        use crate::store::AdmissionRule;
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("orders.secret");
+        std::fs::write(&secret_file, "s3cret\n").unwrap();
+        let formations = dir.path().join("formations");
+        std::fs::create_dir(&formations).unwrap();
+        let with_secret = GOOD.replace(
+            "    open: true\n",
+            &format!("    joinSecretFile: {}\n", secret_file.display()),
+        );
+        let mut st = state(dir.path());
+        let rule = |st: &ControllerState| match st.durable.formations["orders"].admission() {
+            AdmissionRule::Open => "open".to_string(),
+            AdmissionRule::Secret(s) => s.to_string(),
+            AdmissionRule::Closed => "closed".to_string(),
+        };
+        std::fs::write(formations.join("orders.yaml"), &with_secret).unwrap();
+        st.apply_desired(crate::desired::scan(&formations), 2000)
+            .unwrap();
+        assert_eq!(rule(&st), "s3cret");
+        // The secret file becomes unreadable: the file is rejected, the secret stays.
+        std::fs::remove_file(&secret_file).unwrap();
+        st.apply_desired(crate::desired::scan(&formations), 2100)
+            .unwrap();
+        assert_eq!(rule(&st), "s3cret");
+        // A file that names no secret and does not say open is rejected too.
+        let bare = GOOD.replace("  admission:\n    open: true\n", "");
+        std::fs::write(formations.join("orders.yaml"), &bare).unwrap();
+        st.apply_desired(crate::desired::scan(&formations), 2200)
+            .unwrap();
+        assert_eq!(rule(&st), "s3cret");
+        // After a restart (the secret is no longer in memory only) and with the file gone.
+        std::fs::remove_file(formations.join("orders.yaml")).unwrap();
+        let mut reopened = state(dir.path());
+        reopened
+            .apply_desired(crate::desired::scan(&formations), 2300)
+            .unwrap();
+        assert_eq!(rule(&reopened), "s3cret");
+        // Only a file that says so opens it.
+        std::fs::write(formations.join("orders.yaml"), GOOD).unwrap();
+        reopened
+            .apply_desired(crate::desired::scan(&formations), 2400)
+            .unwrap();
+        assert_eq!(rule(&reopened), "open");
+        // A formation record without any accepted spec admits no one.
+        let rec = crate::store::FormationRecord::new("x", "db");
+        assert_eq!(rec.admission(), AdmissionRule::Closed);
+    }
+
+    /// A store that refuses writes while `fail` is set (disk full, EIO).
+    struct FlakyStore {
+        inner: FileStore,
+        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Store for FlakyStore {
+        fn load(&self) -> Result<DurableState, StoreError> {
+            self.inner.load()
+        }
+        fn save(&mut self, state: &DurableState) -> Result<(), StoreError> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Io {
+                    path: "state.json".into(),
+                    source: std::io::Error::other("No space left on device"),
+                });
+            }
+            self.inner.save(state)
+        }
+        fn append_events(&mut self, events: &[Event]) -> Result<(), StoreError> {
+            self.inner.append_events(events)
+        }
+        fn load_events(&self) -> Result<Vec<Event>, StoreError> {
+            self.inner.load_events()
+        }
+    }
+
+    fn report(node_id: NodeId, reported: NodeState, term: u64) -> NodeReport {
+        NodeReport {
+            node_id,
+            formation: "orders".into(),
+            reported_state: reported,
+            term,
+            pg: PgObservation::default(),
+            fenced: false,
+            last_error: None,
+            applied_generation: 0,
+        }
+    }
+
+    fn one_node_formation(store: Box<dyn Store>) -> ControllerState {
+        let mut st = ControllerState::open(store, 1000).unwrap();
+        st.apply_desired(scan_of(&[("orders.yaml", GOOD)]), 1000)
+            .unwrap();
+        let f = st.durable.formations.get_mut("orders").unwrap();
+        f.nodes.insert(
+            1,
+            NodeRecord {
+                id: 1,
+                name: "node_a".into(),
+                host: "10.0.0.1".into(),
+                port: 5432,
+                goal: NodeState::Single,
+                reported: NodeState::Init,
+                candidate_priority: 50,
+                replication_quorum: true,
+                operator_maintenance: false,
+                drop_requested: false,
+            },
+        );
+        st.durable.next_node_id = 2;
+        st.save().unwrap();
+        st
+    }
+
+    /// A failed save leaves memory equal to what the store holds: no reported state,
+    /// term or goal is in force that a restart would not find.
+    #[test]
+    fn a_failed_save_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut st = one_node_formation(Box::new(FlakyStore {
+            inner: FileStore::new(dir.path()),
+            fail: fail.clone(),
+        }));
+        let snapshot = st.durable.clone();
+        let events = st.events.len();
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            st.take_report(&report(1, NodeState::Single, 1), 2000)
+                .is_err()
+        );
+        assert_eq!(st.durable, snapshot);
+        let plan = Plan {
+            decisions: vec![planner::Decision {
+                node_id: 1,
+                goal: NodeState::DemoteTimeout,
+                rule: "test",
+                description: "test".into(),
+            }],
+            new_term: Some(9),
+            ..Plan::default()
+        };
+        assert!(st.apply_plan("orders", &plan, 2000).is_err());
+        assert_eq!(st.durable, snapshot);
+        assert_eq!(st.assignment("orders", 1, 2000).unwrap().term, 1);
+        assert_eq!(st.events.len(), events, "no event for what was not stored");
+        // The disk is back: the same report goes through.
+        fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        st.take_report(&report(1, NodeState::Single, 1), 2100)
+            .unwrap();
+        assert_eq!(
+            st.durable.formations["orders"].nodes[&1].reported,
+            NodeState::Single
+        );
+        assert_eq!(state(dir.path()).durable, st.durable);
+    }
+
+    /// An agent that saw a later term than the store holds (restored from an older
+    /// copy) moves the formation past it before anything is planned.
+    #[test]
+    fn a_later_term_reported_by_an_agent_is_never_reissued() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+        st.take_report(&report(1, NodeState::Single, 7), 2000)
+            .unwrap();
+        assert_eq!(st.durable.formations["orders"].term, 7);
+        assert!(st.events.iter().any(|e| e.rule == "term_catch_up"));
+        assert_eq!(state(dir.path()).durable.formations["orders"].term, 7);
     }
 }

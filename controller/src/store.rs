@@ -84,6 +84,33 @@ pub struct FormationRecord {
     /// Last generation whose `spec.primary` was carried out (or already held).
     #[serde(default)]
     pub desired_primary_generation: u64,
+    /// The join secret last read from the file that the accepted spec names. Kept with
+    /// the last good spec, so a restart with the file rejected, removed or unreadable
+    /// still admits no one without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_secret: Option<String>,
+}
+
+/// Who a formation admits, from its last good spec and secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdmissionRule<'a> {
+    /// `admission.open: true`: anyone who reaches the monitor.
+    Open,
+    /// Only requests presenting this secret.
+    Secret(&'a str),
+    /// Nothing usable is in force (no accepted file, or its secret was never read):
+    /// nobody is admitted.
+    Closed,
+}
+
+impl FormationRecord {
+    pub fn admission(&self) -> AdmissionRule<'_> {
+        match (&self.spec, &self.join_secret) {
+            (Some(spec), _) if spec.admission.open => AdmissionRule::Open,
+            (_, Some(s)) if !s.is_empty() => AdmissionRule::Secret(s),
+            _ => AdmissionRule::Closed,
+        }
+    }
 }
 
 impl FormationRecord {
@@ -104,6 +131,7 @@ impl FormationRecord {
             data_loss_allowed_term: None,
             sync_floor_lsn: pgha_api::Lsn::default(),
             desired_primary_generation: 0,
+            join_secret: None,
         }
     }
 }

@@ -403,10 +403,25 @@ impl Cluster {
         Ok((status, resp.text().await.unwrap_or_default()))
     }
 
-    /// Replaces a formation file the way Git does: write a temp file, rename it over.
+    /// Replaces a formation file the way Git does: write a temp file, rename it over. A
+    /// text without an `admission:` section gets the join secret file that `create
+    /// monitor` made (as an operator's file keeps it): no formation is open by default.
     pub fn write_formation(&self, file: &str, text: &str) -> anyhow::Result<()> {
         let dir = self.monitor_dir().join("formations");
         let tmp = dir.join(format!(".{file}.tmp"));
+        let text = if text.contains("admission:") {
+            text.to_string()
+        } else {
+            let secret = self.monitor_dir().join("join-secrets/default.secret");
+            text.replacen(
+                "\nspec:\n",
+                &format!(
+                    "\nspec:\n  admission:\n    joinSecretFile: {}\n",
+                    secret.display()
+                ),
+                1,
+            )
+        };
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, dir.join(file))?;
         Ok(())

@@ -184,7 +184,7 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
             "--dbname",
             "appdb",
             "--monitor",
-            &c.monitor_url,
+            &c.join_url,
             "--name",
             "node_x",
         ])?;

@@ -100,6 +100,12 @@ pub struct Admission {
     /// URL that `pgha show uri` prints carries it). Never put the secret itself here.
     #[serde(default)]
     pub join_secret_file: Option<String>,
+    /// Admit any node and any operator that reaches the monitor, with no join secret.
+    /// Only for a lab or a network you fully trust: `show state` says so. A formation is
+    /// open only when its file says `open: true`; without it, a `joinSecretFile` is
+    /// required.
+    #[serde(default)]
+    pub open: bool,
     /// Rejected: secrets never go inline in a file kept in Git.
     #[serde(default, skip_serializing)]
     #[schemars(skip)]

@@ -5,6 +5,7 @@
 //! CLI prints. No I/O lives in this crate, so every other crate can depend on it.
 
 pub mod formation;
+pub mod host;
 mod lsn;
 mod state;
 pub mod validate;

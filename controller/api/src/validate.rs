@@ -189,6 +189,25 @@ const MANAGED_PARAMETERS: &[&str] = &[
     "wal_receiver_status_interval",
 ];
 
+/// A setting a formation may set: a Postgres setting name (`[a-z0-9_.]`) that pgha does
+/// not manage itself. Checked in formation files and again by the agent.
+pub fn check_parameter_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+    {
+        Err(format!("{name:?} is not a Postgres setting name"))
+    } else if MANAGED_PARAMETERS.contains(&name) || name.starts_with("include") {
+        Err(format!(
+            "{name} is managed by pgha and cannot be set in a formation"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 fn valid_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some('a'..='z'))
@@ -244,6 +263,17 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             format!("{f:?} must be an absolute path on the monitor VM"),
         );
     }
+    match (&s.admission.join_secret_file, s.admission.open) {
+        (None, false) if s.admission.join_secret.is_none() => err(
+            "spec.admission".into(),
+            "name a joinSecretFile that nodes and operators must present (or say `open: true` to admit anyone who reaches the monitor)".into(),
+        ),
+        (Some(_), true) => err(
+            "spec.admission.open".into(),
+            "a formation with a joinSecretFile is not open: remove one of the two".into(),
+        ),
+        _ => {}
+    }
     let t = &s.timings;
     for (name, v, lo, hi) in [
         ("reportIntervalMs", t.report_interval_ms, 100, 60_000),
@@ -267,18 +297,8 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
         );
     }
     for name in s.postgresql.parameters.keys() {
-        let field = format!("spec.postgresql.parameters.{name}");
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
-        {
-            err(field, format!("{name:?} is not a Postgres setting name"));
-        } else if MANAGED_PARAMETERS.contains(&name.as_str()) || name.starts_with("include") {
-            err(
-                field,
-                format!("{name} is managed by pgha and cannot be set in a formation"),
-            );
+        if let Err(e) = check_parameter_name(name) {
+            err(format!("spec.postgresql.parameters.{name}"), e);
         }
     }
     if s.nodes.len() > crate::formation::MAX_NODES {
@@ -304,8 +324,8 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
                 format!("node name {:?} is declared twice", n.name),
             );
         }
-        if n.host.trim().is_empty() {
-            err(at("host"), "must not be empty".into());
+        if let Err(e) = crate::host::validate_host(&n.host) {
+            err(at("host"), e.to_string());
         }
         if n.port == 0 {
             err(at("port"), "must be 1-65535".into());
@@ -534,6 +554,8 @@ spec:
     - name: node_b
       host: 10.0.0.2
       candidatePriority: 101
+  admission:
+    joinSecretFile: /etc/pgha/default.secret
 ";
 
     #[test]

@@ -216,6 +216,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     // 1. Local checks, before anything is written or registered.
+    pgha_api::host::validate_host(&a.hostname).map_err(|e| anyhow::anyhow!("--hostname: {e}"))?;
     let pg_bin_dir = match &a.pg_bin_dir {
         Some(d) => d.clone(),
         None => default_pg_bin_dir().context(

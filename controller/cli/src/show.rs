@@ -365,10 +365,15 @@ async fn formation(a: FormationArgs) -> anyhow::Result<()> {
             if spec.declared_nodes_only() {
                 " (declared only)"
             } else {
-                " (open admission)"
+                " (any node with the join secret)"
             },
             spec.postgresql.parameters.len()
         );
+        if spec.admission.open {
+            println!(
+                "WARNING: admission is open (admission.open: true): anyone who reaches the monitor may join this formation and act on it; name a joinSecretFile instead"
+            );
+        }
         let diffs = crate::formation::differences(&st, spec);
         for d in diffs {
             println!("  not yet: {d}");
