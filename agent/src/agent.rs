@@ -675,30 +675,34 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Creates a directory for Postgres: owned by its OS user, mode 0700.
+/// Creates a directory for Postgres: owned by its OS user, mode 0700 (never through a
+/// link: see [`crate::files`]).
 fn prepare_dir(dir: &std::path::Path, who: Option<RunAs>) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod 700 {}", dir.display()))?;
-    pg::give(dir, who)?;
-    Ok(())
+    Ok(crate::files::prepare_dir(dir, who)?)
 }
 
-/// A self-signed certificate for `--ssl-self-signed`, made with the openssl tool.
+/// A self-signed certificate for `--ssl-self-signed`, made with the openssl tool run as
+/// the Postgres OS user: it writes into PGDATA, where that user could have planted links.
 async fn ensure_certificate(cfg: &AgentConfig, who: Option<RunAs>) -> anyhow::Result<()> {
     let crt = cfg.pgdata.join("server.crt");
     let key = cfg.pgdata.join("server.key");
     if crt.exists() && key.exists() {
         return Ok(());
     }
-    let out = tokio::process::Command::new("openssl")
-        .args(["req", "-new", "-x509", "-days", "3650", "-nodes", "-subj"])
+    let mut cmd = tokio::process::Command::new("openssl");
+    cmd.args(["req", "-new", "-x509", "-days", "3650", "-nodes", "-subj"])
         .arg(format!("/CN={}", cfg.hostname))
         .arg("-out")
         .arg(&crt)
         .arg("-keyout")
         .arg(&key)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/");
+    if let Some(r) = who {
+        cmd.uid(r.uid).gid(r.gid);
+    }
+    let out = cmd
         .output()
         .await
         .context("running openssl to make a self-signed certificate")?;
@@ -708,10 +712,7 @@ async fn ensure_certificate(cfg: &AgentConfig, who: Option<RunAs>) -> anyhow::Re
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
-    pg::give(&crt, who)?;
-    pg::give(&key, who)?;
+    crate::files::chmod_nofollow(&key, 0o600)?;
     Ok(())
 }
 
@@ -759,14 +760,9 @@ pub async fn run(
     let state = AgentState::load(&cfg)?;
     // 0700: the directory holds the Unix socket (local connections are trusted) and
     // the replication password.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(cfg.state_dir(), std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("chmod 700 {}", cfg.state_dir().display()))?;
-    }
-    pg::give(&cfg.state_dir(), who)?;
+    prepare_dir(&cfg.state_dir(), who)?;
     pg::write_passfile(&cfg, who)?;
-    let client = MonitorClient::new(&cfg.monitor, Duration::from_millis(1000));
+    let client = MonitorClient::new(&cfg.monitor, Duration::from_millis(1000))?;
     let now = Instant::now();
     let reported = state.reported.unwrap_or(NodeState::Init);
     let mut agent = Agent {

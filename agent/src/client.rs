@@ -47,6 +47,22 @@ pub fn split_secret(url: &str) -> (String, Option<String>) {
     }
 }
 
+/// A monitor URL as given, or read from FILE when given as `@FILE` (first line).
+pub fn resolve_url(url: &str) -> Result<String, String> {
+    match url.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file)
+            .map_err(|e| format!("reading the monitor URL from {file}: {e}"))
+            .and_then(|text| {
+                text.lines()
+                    .next()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| format!("{file} holds no monitor URL"))
+            }),
+        None => Ok(url.to_string()),
+    }
+}
+
 /// The URL with any secret replaced, for logs.
 pub fn redact(url: &str) -> String {
     match split_secret(url) {
@@ -77,14 +93,24 @@ fn describe(e: &reqwest::Error) -> String {
 }
 
 impl MonitorClient {
-    /// A client for the monitor at `url`. A join secret in the URL's user info
-    /// (`http://pgha:SECRET@host:port`) is sent as a bearer token, never as part of the URL.
-    pub fn new(url: &str, timeout: Duration) -> Self {
-        let (base, secret) = split_secret(url);
+    /// A client for the monitor at `url`, or at the URL read from a file when `url` is
+    /// `@FILE` (so that a URL carrying the join secret stays out of `ps`). A join secret in
+    /// the URL's user info (`http://pgha:SECRET@host:port`) is sent as a bearer token,
+    /// never as part of the URL. Proxy variables are ignored: the secret goes to the
+    /// monitor and nowhere else.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let bad = |reason: String| ClientError::Protocol {
+            url: redact(url),
+            reason,
+        };
+        let url = resolve_url(url).map_err(bad)?;
+        let (base, secret) = split_secret(&url);
         let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(s) = secret
-            && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {s}"))
-        {
+        if let Some(s) = secret {
+            let mut v =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {s}")).map_err(|_| {
+                    bad("the join secret holds characters a header cannot carry".into())
+                })?;
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
@@ -92,12 +118,13 @@ impl MonitorClient {
             .timeout(timeout)
             .connect_timeout(timeout)
             .default_headers(headers)
+            .no_proxy()
             .build()
-            .unwrap_or_default();
-        MonitorClient {
+            .map_err(|e| bad(format!("cannot build an HTTP client: {}", describe(&e))))?;
+        Ok(MonitorClient {
             base: base.trim_end_matches('/').to_string(),
             http,
-        }
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -268,5 +295,25 @@ mod tests {
         );
         assert_eq!(redact("http://pgha:s3cret@h:5440"), "http://***@h:5440");
         assert!(!redact("http://pgha:s3cret@h:5440").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_client_that_cannot_carry_its_secret_is_an_error_not_a_client_without_it() {
+        let e = MonitorClient::new("http://pgha:bad\nsecret@h:5440", Duration::from_secs(1))
+            .err()
+            .expect("a client was built without its secret")
+            .to_string();
+        assert!(e.contains("join secret") && !e.contains("bad"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("monitor.url");
+        std::fs::write(&file, "http://pgha:s3cret@127.0.0.1:5440\n").unwrap();
+        let c =
+            MonitorClient::new(&format!("@{}", file.display()), Duration::from_secs(1)).unwrap();
+        assert_eq!(c.url(), "http://127.0.0.1:5440");
+        let e = MonitorClient::new("@/nonexistent/monitor.url", Duration::from_secs(1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("/nonexistent/monitor.url"), "{e}");
     }
 }

@@ -5,11 +5,10 @@
 //! - a managed block at the top of `pg_hba.conf` (lines outside the block are the user's).
 
 use crate::config::AgentConfig;
+use crate::files;
 use crate::pg;
 use pgha_api::host::Host;
 use pgha_api::{PeerNode, REPLICATION_USER};
-use std::fs;
-use std::io;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -218,20 +217,17 @@ pub fn splice_hba(existing: &str, block: &str) -> String {
     }
 }
 
-/// Writes a file owned by Postgres if its content differs. Returns true when written.
+/// Writes a file owned by Postgres if its content differs (never through a link, see
+/// [`crate::files`]). Returns true when written.
 pub fn write_if_changed(
     path: &Path,
     content: &str,
     who: Option<pg::RunAs>,
 ) -> Result<bool, pg::PgError> {
-    if fs::read_to_string(path).ok().as_deref() == Some(content) {
+    if files::read_nofollow(path)?.as_deref() == Some(content) {
         return Ok(false);
     }
-    let tmp = path.with_extension("pgha-tmp");
-    let io_err = |what: String| move |source: io::Error| pg::PgError::Io { what, source };
-    fs::write(&tmp, content).map_err(io_err(format!("writing {}", tmp.display())))?;
-    pg::give(&tmp, who)?;
-    fs::rename(&tmp, path).map_err(io_err(format!("replacing {}", path.display())))?;
+    files::replace(path, content.as_bytes(), 0o600, who)?;
     Ok(true)
 }
 
@@ -247,9 +243,9 @@ pub fn apply(
     let pgdata = &cfg.pgdata;
     let mut changed = false;
     let main_conf = pgdata.join("postgresql.conf");
-    let text = fs::read_to_string(&main_conf).map_err(|source| pg::PgError::Io {
+    let text = files::read_nofollow(&main_conf)?.ok_or_else(|| pg::PgError::Io {
         what: format!("reading {}", main_conf.display()),
-        source,
+        source: std::io::ErrorKind::NotFound.into(),
     })?;
     if !text.lines().any(|l| l.trim() == INCLUDE_LINE) {
         changed |= write_if_changed(&main_conf, &format!("{text}\n{INCLUDE_LINE}\n"), who)?;
@@ -268,7 +264,7 @@ pub fn apply(
     }
     if !cfg.skip_pg_hba {
         let hba = pgdata.join("pg_hba.conf");
-        let existing = fs::read_to_string(&hba).unwrap_or_default();
+        let existing = files::read_nofollow(&hba)?.unwrap_or_default();
         let spliced = splice_hba(&existing, &render_hba_block(cfg, peers));
         changed |= write_if_changed(&hba, &spliced, who)?;
     }

@@ -66,13 +66,14 @@ impl AgentConfig {
 
     pub fn load(pgdata: &Path) -> anyhow::Result<Self> {
         let path = Self::config_path(pgdata);
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!(
+        if std::fs::symlink_metadata(&path).is_err() {
+            anyhow::bail!(
                 "{}: this PGDATA has no pgha node (run `pgha create postgres --pgdata {}` first)",
                 path.display(),
                 pgdata.display()
-            )
-        })?;
+            );
+        }
+        let bytes = read_config(&path).with_context(|| path.display().to_string())?;
         serde_json::from_slice(&bytes).with_context(|| format!("{}: invalid", path.display()))
     }
 
@@ -138,21 +139,33 @@ impl AgentState {
     }
 }
 
-/// Replaces a file atomically: temp file, fsync, rename.
+/// Replaces a file atomically and durably (temp file, fsync, rename, fsync of the
+/// directory), mode 0600 (the config holds the replication password), never through a
+/// link planted in the Postgres-owned state directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    // 0600: the config holds the replication password.
+    crate::files::replace(path, bytes, 0o600, None)?;
+    Ok(())
+}
+
+/// Reads the agent's config. Running as root, it must be a plain file owned by root:
+/// the state directory belongs to the Postgres OS user, and a config written by that
+/// user could name the OS user and binaries that root runs.
+fn read_config(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    let euid = nix::unistd::geteuid();
+    let owner = f.metadata()?.uid();
+    if euid.is_root() && owner != 0 {
+        anyhow::bail!(
+            "owned by uid {owner}, not root: refusing it (whoever owns it could choose what root runs); `chown root {}` if you wrote it yourself",
+            path.display()
+        );
+    }
+    let mut bytes = vec![];
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }

@@ -4,6 +4,7 @@
 //! - [`config`]: configuration and persisted state beside PGDATA;
 //! - [`pg`]: one wrapper per Postgres binary;
 //! - [`conf`]: the files the agent owns inside PGDATA;
+//! - [`files`]: writes that never follow a link planted by the Postgres OS user;
 //! - [`observe`]: what the local Postgres looks like now;
 //! - [`plan`]: the pure `(assignment, observation) -> step` function;
 //! - [`agent`]: the loop that ties them together (the I/O shell);
@@ -13,6 +14,7 @@ pub mod agent;
 pub mod client;
 pub mod conf;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod observe;
 pub mod pg;

@@ -3,7 +3,6 @@
 //! the agent runs as root, stderr captured into the error.
 
 use crate::config::AgentConfig;
-use std::os::unix::fs::chown;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -28,6 +27,8 @@ pub enum PgError {
     },
     #[error("OS user {0:?} does not exist (install the postgresql package or pass another user)")]
     NoSuchUser(String),
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
 }
 
 /// The OS identity Postgres runs as.
@@ -54,17 +55,6 @@ pub fn run_as(cfg: &AgentConfig) -> Result<Option<RunAs>, PgError> {
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
     }))
-}
-
-/// Gives a path to the Postgres OS user (no-op when not root).
-pub fn give(path: &Path, who: Option<RunAs>) -> Result<(), PgError> {
-    if let Some(r) = who {
-        chown(path, Some(r.uid), Some(r.gid)).map_err(|source| PgError::Io {
-            what: format!("chown {}", path.display()),
-            source,
-        })?;
-    }
-    Ok(())
 }
 
 /// Runs a Postgres binary to completion and returns its stdout.
@@ -294,23 +284,17 @@ fn conninfo(cfg: &AgentConfig, host: &str, port: u16, dbname: &str, app: &str) -
 
 /// Writes the libpq password file for the replication role (0600, owned by Postgres).
 pub fn write_passfile(cfg: &AgentConfig, who: Option<RunAs>) -> Result<(), PgError> {
-    use std::os::unix::fs::PermissionsExt;
     let path = cfg.passfile();
     let escaped = cfg
         .replication_password
         .replace('\\', "\\\\")
         .replace(':', "\\:");
     let line = format!("*:*:*:{}:{escaped}\n", pgha_api::REPLICATION_USER);
-    if std::fs::read_to_string(&path).ok().as_deref() == Some(line.as_str()) {
+    if crate::files::read_nofollow(&path)?.as_deref() == Some(line.as_str()) {
         return Ok(());
     }
-    let io = |source| PgError::Io {
-        what: format!("writing {}", path.display()),
-        source,
-    };
-    std::fs::write(&path, &line).map_err(io)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    give(&path, who)
+    crate::files::replace(&path, line.as_bytes(), 0o600, who)?;
+    Ok(())
 }
 
 /// Fresh copy of the upstream into `target` (an empty directory owned by Postgres).

@@ -45,7 +45,8 @@ pub async fn run(
     cfg: MonitorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = store::FileStore::new(&cfg.dir);
+    let store = store::FileStore::lock(&cfg.dir)
+        .with_context(|| format!("opening the controller store in {}", cfg.dir.display()))?;
     let st = ControllerState::open(Box::new(store), now_ms())
         .with_context(|| format!("opening the controller store in {}", cfg.dir.display()))?;
     let shared: Shared = Arc::new(Mutex::new(st));

@@ -58,6 +58,8 @@ pub struct PostgresArgs {
     hostname: String,
     #[arg(long, default_value = "postgres")]
     dbname: String,
+    /// Monitor URL with the join secret (`pgha show uri --dir` prints it), or @FILE to
+    /// read it from a file so it stays out of `ps` (PGHA_MONITOR works too).
     #[arg(long, env = "PGHA_MONITOR")]
     monitor: String,
     #[arg(long)]
@@ -207,7 +209,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
             existing.node_id,
             existing.name,
             existing.formation,
-            existing.monitor,
+            pgha_agent::client::redact(&existing.monitor),
             pgdata.display()
         );
         if a.run {
@@ -268,7 +270,10 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         }
     }
     // 2. The monitor: reachable, and willing to take us.
-    let client = MonitorClient::new(&a.monitor, Duration::from_secs(5));
+    // Stored resolved: the node keeps working when an @FILE given here is removed.
+    let monitor = pgha_agent::client::resolve_url(&a.monitor)
+        .map_err(|e| anyhow::anyhow!("--monitor: {e}"))?;
+    let client = MonitorClient::new(&monitor, Duration::from_secs(5))?;
     client.info().await.context("--monitor")?;
     let reg = client
         .register(&RegisterRequest {
@@ -289,7 +294,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         hostname: a.hostname,
         dbname: a.dbname,
         username: a.username,
-        monitor: a.monitor,
+        monitor,
         formation: reg.formation,
         name: reg.name.clone(),
         node_id: reg.node_id,

@@ -195,7 +195,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         &["run", "--dir", &s(&mon_dir)],
         &dir.join("monitor.log"),
     )?;
-    let client = pgha_agent::client::MonitorClient::new(&monitor, Duration::from_secs(2));
+    let client = pgha_agent::client::MonitorClient::new(&monitor, Duration::from_secs(2))?;
     let t0 = Instant::now();
     while client.info().await.is_err() {
         if t0.elapsed() > Duration::from_secs(10) {

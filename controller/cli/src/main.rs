@@ -218,7 +218,8 @@ struct PromotionArgs {
 /// `--pgdata`/`--dir`.
 #[derive(Args, Clone, Default)]
 pub struct MonitorArgs {
-    /// Monitor URL, e.g. http://monitor:5440.
+    /// Monitor URL, e.g. http://monitor:5440, or @FILE to read it from a file (a URL
+    /// with the join secret then stays out of `ps`; PGHA_MONITOR works too).
     #[arg(long, env = "PGHA_MONITOR")]
     pub monitor: Option<String>,
     /// A node's PGDATA (its config names the monitor).
@@ -246,7 +247,7 @@ impl MonitorArgs {
     }
 
     pub fn client(&self) -> anyhow::Result<MonitorClient> {
-        Ok(MonitorClient::new(&self.url()?, Duration::from_secs(5)))
+        Ok(MonitorClient::new(&self.url()?, Duration::from_secs(5))?)
     }
 
     /// A client for operator actions on `formation`, which need its join secret: carried
@@ -260,7 +261,7 @@ impl MonitorArgs {
         {
             url = url.replacen("://", &format!("://pgha:{secret}@"), 1);
         }
-        Ok(MonitorClient::new(&url, Duration::from_secs(5)))
+        Ok(MonitorClient::new(&url, Duration::from_secs(5))?)
     }
 }
 
