@@ -43,6 +43,8 @@ struct Agent {
     hot_standby_floors: std::collections::BTreeMap<String, i64>,
     /// Dropped and removed from the formation: the agent exits.
     removed: bool,
+    /// Fences when the lease runs out while the loop is stuck in a step.
+    watchdog: crate::lease::Watchdog,
 }
 
 /// Starts of a standby that fail in a row before it is rebuilt from a base backup.
@@ -200,7 +202,23 @@ impl Agent {
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snap);
     }
 
+    /// Hands the watchdog the lease's current deadline (none when this node holds no
+    /// lease: not writable, no peers, or already fenced).
+    fn arm_watchdog(&self) {
+        let deadline = match self.lease_remaining_ms() {
+            Some(ms) if !self.state.fenced => {
+                Some(tokio::time::Instant::now() + Duration::from_millis(ms))
+            }
+            _ => None,
+        };
+        self.watchdog.arm(deadline);
+    }
+
     fn check_lease(&mut self, goal: NodeState) -> anyhow::Result<()> {
+        if self.watchdog.take_fired() && !self.state.fenced {
+            self.state.fenced = true;
+            self.state.save(&self.cfg)?;
+        }
         let has_peers = self
             .state
             .assignment
@@ -315,7 +333,11 @@ impl Agent {
                 c.execute("SELECT pg_promote(true, 60)", &[]).await?;
                 // Record the new timeline in pg_control now, so that pg_rewind of the
                 // old primary against us finds it.
-                c.batch_execute("CHECKPOINT").await?;
+                // Bounded: the watchdog fences a stuck writable node, but a step that
+                // never ends would keep it from reporting at all.
+                tokio::time::timeout(Duration::from_secs(60), c.batch_execute("CHECKPOINT"))
+                    .await
+                    .context("CHECKPOINT after promotion did not finish within 60 s")??;
                 Ok(())
             }
             Step::SetupPrimary => self.setup_primary().await,
@@ -503,7 +525,8 @@ impl Agent {
             last_error: self.last_error.clone(),
             applied_generation: self.applied_generation,
         };
-        self.last_report = Some(Instant::now());
+        let sent = Instant::now();
+        self.last_report = Some(sent);
         let a = match self.client.report(&r).await {
             Err(e)
                 if e.code() == Some("unknown_node")
@@ -514,17 +537,17 @@ impl Agent {
             }
             res => res?,
         };
-        self.last_controller_contact = Instant::now();
         self.last_report_ok = Some(Instant::now());
-        self.contacted_since_start = true;
-        if a.term < self.state.max_term {
+        let Some(renewed) = crate::lease::renewal(sent, a.term, self.state.max_term) else {
             tracing::warn!(
                 term = a.term,
                 max_term = self.state.max_term,
-                "refusing an assignment from an older term"
+                "refusing an assignment from an older term (the lease is not renewed)"
             );
             return Ok(());
-        }
+        };
+        self.last_controller_contact = renewed;
+        self.contacted_since_start = true;
         let mut changed = self.state.assignment.as_ref() != Some(&a);
         if self.state.fenced && a.goal.is_writable() {
             tracing::info!("controller confirms our role: lifting the fence");
@@ -539,6 +562,7 @@ impl Agent {
         if changed {
             self.state.save(&self.cfg)?;
         }
+        self.arm_watchdog();
         Ok(())
     }
 
@@ -553,6 +577,7 @@ impl Agent {
         self.track_standbys(&l);
         let goal = self.effective_goal();
         self.check_lease(goal)?;
+        self.arm_watchdog();
         let goal = self.effective_goal();
         let step = plan::next_step(&self.wanted(goal), &l);
         let mut acted = false;
@@ -727,11 +752,18 @@ async fn serve_http(cfg: &AgentConfig, snapshot: crate::http::SharedSnapshot) {
     match tokio::net::TcpListener::bind(&addr).await {
         Ok(listener) => {
             tracing::info!(%addr, "health endpoints and /metrics listening");
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, crate::http::router(snapshot)).await {
-                    tracing::error!("agent HTTP server failed: {e}");
-                }
-            });
+            // Bounded (connections, header and connection timeouts): health checkers and
+            // scrapers must never take the descriptors the agent reports and fences with.
+            tokio::spawn(pgha_api::server::serve(
+                listener,
+                crate::http::router(snapshot),
+                pgha_api::server::Limits {
+                    max_connections: 64,
+                    header_read_timeout: Duration::from_secs(5),
+                    max_connection_age: Duration::from_secs(300),
+                },
+                std::future::pending::<()>(),
+            ));
         }
         Err(e) => tracing::error!(%addr, "cannot listen for health checks: {e}"),
     }
@@ -765,7 +797,19 @@ pub async fn run(
     let client = MonitorClient::new(&cfg.monitor, Duration::from_millis(1000))?;
     let now = Instant::now();
     let reported = state.reported.unwrap_or(NodeState::Init);
+    let watchdog = {
+        let cfg = cfg.clone();
+        crate::lease::Watchdog::spawn(move || {
+            let cfg = cfg.clone();
+            async move {
+                if let Err(e) = pg::stop_immediate(&cfg).await {
+                    tracing::error!("the watchdog could not stop Postgres: {e}");
+                }
+            }
+        })
+    };
     let mut agent = Agent {
+        watchdog,
         cfg,
         who,
         state,

@@ -379,4 +379,71 @@ mod tests {
         );
         assert!(text.ends_with("# EOF\n"));
     }
+
+    /// 2,000 idle sockets (a scanner, a leaky health checker) hold at most the server's
+    /// connection limit of descriptors, and a health check still gets its answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_thousand_idle_sockets_do_not_take_the_agent_down() {
+        let fds = || {
+            std::fs::read_dir("/proc/self/fd")
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = pgha_api::server::Limits {
+            max_connections: 64,
+            header_read_timeout: std::time::Duration::from_millis(1500),
+            max_connection_age: std::time::Duration::from_secs(60),
+        };
+        tokio::spawn(pgha_api::server::serve(
+            listener,
+            router(SharedSnapshot::default()),
+            limits,
+            std::future::pending::<()>(),
+        ));
+        let before = fds();
+        // Up to 2,000, for at most 10 s: once the accept queue is full, a connect waits
+        // in SYN retries (holding nothing of the server's) and is given up.
+        let mut idle = vec![];
+        let t0 = std::time::Instant::now();
+        for _ in 0..2000 {
+            if t0.elapsed() > std::time::Duration::from_secs(10) {
+                break;
+            }
+            let c = tokio::net::TcpStream::connect(addr);
+            if let Ok(Ok(s)) = tokio::time::timeout(std::time::Duration::from_millis(200), c).await
+            {
+                idle.push(s);
+            }
+        }
+        assert!(idle.len() >= 500, "only {} idle sockets opened", idle.len());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let held_by_server = fds().saturating_sub(before + idle.len());
+        assert!(
+            held_by_server <= 64 + 8,
+            "the server holds {held_by_server} descriptors for {} idle clients",
+            idle.len()
+        );
+        // A health check is answered while they stay connected (the idle ones are cut
+        // after the header timeout, freeing their slots).
+        let t0 = std::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![];
+        tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut buf))
+            .await
+            .expect("no answer within 20 s")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 "), "{text}");
+        println!(
+            "{} idle sockets, server held {held_by_server} descriptors, health answered in {:?}",
+            idle.len(),
+            t0.elapsed()
+        );
+    }
 }

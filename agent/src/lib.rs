@@ -6,6 +6,7 @@
 //! - [`conf`]: the files the agent owns inside PGDATA;
 //! - [`files`]: writes that never follow a link planted by the Postgres OS user;
 //! - [`observe`]: what the local Postgres looks like now;
+//! - [`lease`]: the primary's lease: when it renews, and the watchdog that fences;
 //! - [`plan`]: the pure `(assignment, observation) -> step` function;
 //! - [`agent`]: the loop that ties them together (the I/O shell);
 //! - [`client`]: the controller API client.
@@ -16,6 +17,7 @@ pub mod conf;
 pub mod config;
 pub mod files;
 pub mod http;
+pub mod lease;
 pub mod observe;
 pub mod pg;
 pub mod plan;

@@ -227,6 +227,30 @@ pub async fn start(cfg: &AgentConfig) -> Result<(), PgError> {
     .map(|_| ())
 }
 
+/// Stops Postgres at once (`-m immediate`): the fence when the lease ran out, where no
+/// standby is streaming that a clean shutdown could hand the last WAL to.
+pub async fn stop_immediate(cfg: &AgentConfig) -> Result<(), PgError> {
+    let pgdata = cfg.pgdata.display().to_string();
+    run(
+        cfg,
+        "pg_ctl",
+        &[
+            "stop",
+            "-D",
+            &pgdata,
+            "-m",
+            "immediate",
+            "-w",
+            "-t",
+            "15",
+            "-s",
+        ],
+        Duration::from_secs(20),
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Stops Postgres: fast first (clean shutdown that replicates the final WAL), then
 /// immediate if fast does not finish in time.
 pub async fn stop(cfg: &AgentConfig) -> Result<(), PgError> {

@@ -5,8 +5,10 @@
 //! - [`state`]: live state (durable records + observations) and plan application;
 //! - [`http`]: the HTTP API for agents and operators;
 //! - [`probe`]: SQL health probes of every node;
-//! - [`metrics`]: the Prometheus page.
+//! - [`metrics`]: the Prometheus page;
+//! - [`clock`]: the monotonic clock the planner's durations are measured on.
 
+pub mod clock;
 pub mod config;
 pub mod desired;
 pub mod http;
@@ -19,18 +21,11 @@ pub mod store;
 use anyhow::Context;
 use state::ControllerState;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub use config::MonitorConfig;
 
-/// Wall-clock milliseconds: the controller's only clock, read in the I/O shell and passed
-/// to the planner as data.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use clock::now_ms;
 
 /// Shared handle to the controller's state.
 pub type Shared = Arc<Mutex<ControllerState>>;
@@ -66,12 +61,10 @@ pub async fn run(
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
     let prober = tokio::spawn(probe::probe_loop(shared.clone()));
     let app = http::router(shared.clone(), cfg.clone());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    pgha_api::server::serve(listener, app, pgha_api::server::Limits::default(), shutdown).await;
     reconciler.abort();
     prober.abort();
-    served.context("HTTP server failed")
+    Ok(())
 }
 
 /// Reads the formations directory and applies it.

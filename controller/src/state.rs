@@ -121,17 +121,20 @@ impl ControllerState {
         Ok(())
     }
 
+    /// An event, stamped with wall time (`_now_ms` is the planner's monotonic now: events
+    /// are read beside logs, durations never use their stamp).
     pub fn event(
         &self,
         formation: &str,
         node: Option<&NodeRecord>,
         rule: &str,
         description: String,
-        now_ms: u64,
+        _now_ms: u64,
     ) -> Event {
         Event {
             id: 0,
-            time_ms: now_ms,
+            // Events are read beside logs: wall time (durations never use it).
+            time_ms: crate::clock::wall_ms(),
             formation: formation.to_string(),
             node_id: node.map(|n| n.id),
             node_name: node.map(|n| n.name.clone()),
@@ -512,7 +515,7 @@ impl ControllerState {
                 changed = true;
                 events.push(Event {
                     id: 0,
-                    time_ms: now_ms,
+                    time_ms: crate::clock::wall_ms(),
                     formation: f.name.clone(),
                     node_id: None,
                     node_name: None,
@@ -1130,5 +1133,51 @@ mod tests {
         assert_eq!(st.durable.formations["orders"].term, 7);
         assert!(st.events.iter().any(|e| e.rule == "term_catch_up"));
         assert_eq!(state(dir.path()).durable.formations["orders"].term, 7);
+    }
+
+    /// An NTP step of the wall clock does not age fresh reports: the planner's now is
+    /// monotonic. (Stamped with the stepped wall clock, as before, the primary looked
+    /// failed the moment the clock jumped.)
+    #[test]
+    fn a_wall_clock_jump_after_fresh_reports_fails_nothing_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::clock::Clock::anchored_at(crate::clock::wall_ms());
+        let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+        {
+            let f = st.durable.formations.get_mut("orders").unwrap();
+            let a = f.nodes.get_mut(&1).unwrap();
+            a.goal = NodeState::Primary;
+            a.reported = NodeState::Primary;
+            let mut b = a.clone();
+            b.id = 2;
+            b.name = "node_b".into();
+            b.host = "10.0.0.2".into();
+            b.goal = NodeState::Secondary;
+            b.reported = NodeState::Secondary;
+            f.nodes.insert(2, b);
+        }
+        st.save().unwrap();
+        let t0 = clock.now_ms();
+        let mut up = report(1, NodeState::Primary, 1);
+        up.pg.running = true;
+        let mut sb = report(2, NodeState::Secondary, 1);
+        sb.pg.running = true;
+        sb.pg.upstream_streaming = true;
+        st.take_report(&up, t0).unwrap();
+        st.take_report(&sb, t0).unwrap();
+        // The wall clock steps 60 s forward; the controller's clock does not follow.
+        let stepped_wall = crate::clock::wall_ms() + 60_000;
+        let now = clock.now_ms();
+        assert!(
+            now < t0 + 5_000,
+            "the monotonic clock moved with the wall clock"
+        );
+        let plan = st.reconcile("orders", now).unwrap();
+        assert!(plan.decisions.is_empty(), "{:?}", plan.decisions);
+        let view = st.view("orders", now).unwrap();
+        assert!(!view.is_failed(&view.nodes[0]));
+        // What a wall-clock now would have judged.
+        let stepped = st.view("orders", stepped_wall).unwrap();
+        assert!(stepped.is_failed(&stepped.nodes[0]));
     }
 }

@@ -7,6 +7,8 @@
 pub mod formation;
 pub mod host;
 mod lsn;
+#[cfg(feature = "server")]
+pub mod server;
 mod state;
 pub mod validate;
 
