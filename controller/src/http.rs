@@ -4,7 +4,7 @@ use crate::config::MonitorConfig;
 use crate::planner::{self, NodeView};
 use crate::store::{AdmissionRule, FormationRecord, NodeRecord};
 use crate::{Shared, lock, now_ms};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -158,8 +158,31 @@ fn check_secret(
     }
 }
 
+/// Whether a request from `peer` may speak for a node declared at `host`: a node
+/// declared at an IP address registers and reports from that address only (a DNS name
+/// is not resolved here; per-node credentials are what binds those).
+fn peer_may_speak_for(host: &str, peer: std::net::IpAddr) -> bool {
+    match pgha_api::host::Host::parse(host) {
+        Ok(pgha_api::host::Host::Ip(ip)) => ip.to_canonical() == peer.to_canonical(),
+        _ => true,
+    }
+}
+
+/// The declared host of a node, when the formation file declares its nodes.
+fn declared_host<'a>(f: &'a FormationRecord, name: &str) -> Option<&'a str> {
+    let spec = f.spec.as_ref()?;
+    if !spec.declared_nodes_only() {
+        return None;
+    }
+    spec.nodes
+        .iter()
+        .find(|d| d.name == name)
+        .map(|d| d.host.as_str())
+}
+
 async fn register(
     State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult<RegisterResponse> {
@@ -252,6 +275,18 @@ async fn register(
                     "node {:?} is not declared in formation {:?} ({file}): add it under spec.nodes, or pass the --name of a declared node",
                     req.name.as_deref().unwrap_or("(no --name)"),
                     f.name
+                ),
+            ));
+        }
+        Some((Some(d), _)) if !peer_may_speak_for(&d.host, peer.ip()) => {
+            return Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "address_mismatch",
+                format!(
+                    "node {:?} is declared at {} in {file}; this registration came from {}",
+                    d.name,
+                    d.host,
+                    peer.ip()
                 ),
             ));
         }
@@ -351,6 +386,7 @@ async fn register(
 
 async fn report(
     State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Json(r): Json<NodeReport>,
 ) -> ApiResult<Assignment> {
@@ -371,6 +407,32 @@ async fn report(
                 "node {} is not registered in formation {:?} on this monitor",
                 r.node_id, r.formation
             ),
+        ));
+    }
+    if let Some(f) = st.formation_of(r.node_id)
+        && let Some(n) = f.nodes.get(&r.node_id)
+        && let Some(host) = declared_host(f, &n.name)
+        && !peer_may_speak_for(host, peer.ip())
+    {
+        let (name, host) = (n.name.clone(), host.to_string());
+        // One event per node and address, not one per second.
+        if st.refused_peers.insert((r.node_id, peer.ip())) {
+            let ev = st.event(
+                &r.formation,
+                None,
+                "report_refused",
+                format!(
+                    "a report for {name} (declared at {host}) came from {}: refused",
+                    peer.ip()
+                ),
+                now,
+            );
+            st.record(ev).map_err(Failure::store)?;
+        }
+        return Err(Failure::new(
+            StatusCode::FORBIDDEN,
+            "address_mismatch",
+            format!("node {name} is declared at {host}; reports for it come from there only"),
         ));
     }
     let span = tracing::info_span!("reconcile", formation = %r.formation, node = r.node_id);

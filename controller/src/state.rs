@@ -60,6 +60,9 @@ pub struct ControllerState {
     /// Why a needed failover is not happening, per formation.
     pub blocked: HashMap<String, Option<BlockReason>>,
     pub promotions: HashMap<String, PromotionTrack>,
+    /// Reports refused for coming from an address that may not speak for the node
+    /// (recorded once each as an event).
+    pub refused_peers: std::collections::HashSet<(NodeId, std::net::IpAddr)>,
     /// Errors of each rejected formation file, as last reported.
     pub config_errors: BTreeMap<String, Vec<String>>,
     store: Box<dyn Store>,
@@ -83,6 +86,7 @@ impl ControllerState {
             blocked: HashMap::new(),
             promotions: HashMap::new(),
             config_errors: BTreeMap::new(),
+            refused_peers: Default::default(),
             store,
         })
     }

@@ -594,6 +594,27 @@ fn streaming_from_a_standby_does_not_hold_the_old_primary_lease() {
     assert!(!g.lease_certainly_expired(&old));
 }
 
+/// The standbys' word that they stopped streaming is not enough: a primary whose
+/// Postgres answered the controller's own probe within the window may still be
+/// writable (a spoofed or stale standby report cannot get a standby promoted).
+#[test]
+fn a_primary_the_controller_still_reaches_keeps_its_lease_whatever_standbys_say() {
+    let mut f = formation(vec![node(1, Draining), node(2, StopReplication)]);
+    let now = f.now_ms;
+    let wait = f.timings.lease_ms + f.timings.lease_margin_ms;
+    fail(&mut f.nodes[0], now, wait + 1000);
+    f.nodes[0].reported = Primary;
+    f.nodes[1].pg.upstream_streaming = false;
+    f.nodes[1].upstream_lost_at_ms = Some(now - wait - 500);
+    f.nodes[1].streamed_from_at = None;
+    let old = f.nodes[0].clone();
+    assert!(f.lease_certainly_expired(&old));
+    let mut g = f.clone();
+    g.nodes[0].last_probe_ok_ms = Some(now - 200);
+    let old = g.nodes[0].clone();
+    assert!(!g.lease_certainly_expired(&old));
+}
+
 #[test]
 fn acknowledged_demotion_promotes_at_once() {
     let mut old = node(1, Draining);

@@ -202,7 +202,11 @@ impl FormationView {
                 // The operator declared the silent nodes down (--allow-data-loss).
                 || (self.allow_data_loss && !self.is_reporting(n) && self.is_failed(n))
         });
-        controller_lease_over && standbys_gone
+        // The controller's own evidence besides the nodes' word: a primary whose Postgres
+        // answered our probe within the window is reachable and may still be writable,
+        // whatever a (possibly spoofed or stale) standby report says.
+        let probe_silent = old.last_probe_ok_ms.is_none_or(|t| self.now_ms >= t + wait);
+        controller_lease_over && standbys_gone && probe_silent
     }
 
     /// `n` has not streamed from `old` for `wait` ms. Streaming from another address (a
