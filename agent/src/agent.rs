@@ -54,6 +54,10 @@ fn role_for(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Role {
     if goal.is_writable() {
         Role::Primary {
             synchronous_standby_names: ssn,
+            max_slot_wal_keep_size: a
+                .map(|a| a.max_slot_wal_keep_size.clone())
+                .filter(|v| pgha_api::validate::valid_wal_size(v))
+                .unwrap_or_else(|| pgha_api::DEFAULT_MAX_SLOT_WAL_KEEP_SIZE.to_string()),
         }
     } else if goal.is_standby() {
         let upstream = if goal.streams_from_upstream() {
@@ -124,6 +128,7 @@ impl Agent {
                 .map(|a| {
                     a.peers
                         .iter()
+                        .filter(|p| p.slot)
                         .map(|p| pgha_api::replication_slot_name(p.node_id))
                         .collect()
                 })
@@ -344,6 +349,39 @@ impl Agent {
         }
     }
 
+    /// The primary invalidated this node's slot (the WAL it needs is gone): a standby
+    /// stops, moves PGDATA aside and takes a fresh base backup, once per epoch the
+    /// controller sets. Returns true when it acted.
+    async fn rebuild_if_asked(&mut self, l: &Local) -> anyhow::Result<bool> {
+        let Some(a) = &self.state.assignment else {
+            return Ok(false);
+        };
+        if a.rebuild_epoch <= self.state.rebuilt_epoch {
+            return Ok(false);
+        }
+        let epoch = a.rebuild_epoch;
+        match a.goal {
+            NodeState::Secondary | NodeState::Catchingup => {
+                if l.initialized {
+                    if l.postmaster_running {
+                        pg::stop(&self.cfg).await?;
+                    }
+                    self.move_aside(
+                        "slot-invalidated",
+                        "the primary invalidated this standby's replication slot",
+                    )?;
+                }
+            }
+            // Promoted meanwhile: its own data is the formation's; nothing to rebuild.
+            g if g.is_writable() => {}
+            // Mid-promotion or stopped: later, when it is a plain standby again.
+            _ => return Ok(false),
+        }
+        self.state.rebuilt_epoch = epoch;
+        self.state.save(&self.cfg)?;
+        Ok(true)
+    }
+
     /// Moves PGDATA aside (keeping one earlier copy per reason) so that the next tick
     /// takes a fresh base backup.
     fn move_aside(&self, reason: &str, why: &str) -> anyhow::Result<()> {
@@ -449,6 +487,16 @@ impl Agent {
                 .with_context(|| format!("creating database {}", self.cfg.dbname))?;
         }
         let want = self.wanted(NodeState::Primary).slots;
+        // Slots of nodes that cannot stream, and invalidated ones (their standby is
+        // rebuilt and takes a fresh slot), unless a standby streams through them now.
+        c.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name LIKE 'pgha_slot_%' AND NOT active \
+               AND (NOT (slot_name = ANY($1)) OR wal_status = 'lost')",
+            &[&want],
+        )
+        .await
+        .context("dropping replication slots")?;
         for slot in &want {
             c.execute(
                 "SELECT pg_create_physical_replication_slot($1, true) \
@@ -458,13 +506,6 @@ impl Agent {
             .await
             .with_context(|| format!("creating replication slot {slot}"))?;
         }
-        c.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name LIKE 'pgha_slot_%' AND NOT active AND NOT (slot_name = ANY($1))",
-            &[&want],
-        )
-        .await
-        .context("dropping replication slots of removed nodes")?;
         Ok(())
     }
 
@@ -499,6 +540,7 @@ impl Agent {
             },
             prepared_for,
             pending_restart: l.pending_restart.clone(),
+            lost_slots: l.lost_slots.clone(),
             streamed_from: Some(pgha_api::StreamHistory {
                 watching_ms: self.started.elapsed().as_millis() as u64,
                 contacts: self
@@ -575,6 +617,9 @@ impl Agent {
             self.hot_standby_floors = c.hot_standby_floors.clone();
         }
         self.track_standbys(&l);
+        if self.rebuild_if_asked(&l).await? {
+            return Ok(Duration::from_millis(50));
+        }
         let goal = self.effective_goal();
         self.check_lease(goal)?;
         self.arm_watchdog();

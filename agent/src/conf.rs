@@ -25,6 +25,8 @@ pub type Parameters = std::collections::BTreeMap<String, String>;
 pub enum Role {
     Primary {
         synchronous_standby_names: String,
+        /// WAL kept at most for a standby's slot (`max_slot_wal_keep_size`).
+        max_slot_wal_keep_size: String,
     },
     /// A standby; `upstream` None means replication is cut (stop_replication). `slot`
     /// says whether to stream through this node's replication slot on the upstream
@@ -120,11 +122,13 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role, parameters: &Parameters) -> S
     match role {
         Role::Primary {
             synchronous_standby_names,
+            max_slot_wal_keep_size,
         } => {
             set(
                 "synchronous_standby_names",
                 quote(synchronous_standby_names),
             );
+            set("max_slot_wal_keep_size", quote(max_slot_wal_keep_size));
         }
         Role::Standby { upstream, slot } => {
             set("synchronous_standby_names", quote(""));
@@ -340,6 +344,7 @@ mod tests {
             &cfg(),
             &Role::Primary {
                 synchronous_standby_names: "ANY 1 (pgha_standby_3)".into(),
+                max_slot_wal_keep_size: "8GB".into(),
             },
             &[("work_mem".to_string(), "16MB".to_string())]
                 .into_iter()
@@ -347,6 +352,7 @@ mod tests {
         );
         assert!(c.contains("synchronous_standby_names = 'ANY 1 (pgha_standby_3)'"));
         assert!(c.contains("work_mem = '16MB'"));
+        assert!(c.contains("max_slot_wal_keep_size = '8GB'"));
         assert!(!c.contains("primary_conninfo"));
     }
 
@@ -357,6 +363,7 @@ mod tests {
             name: "node_b".into(),
             host: "10.0.0.6".into(),
             port: 5432,
+            slot: true,
         }];
         let user = "host appdb all 10.1.0.0/16 trust\n";
         let once = splice_hba(user, &render_hba_block(&cfg(), &peers));
@@ -412,6 +419,7 @@ mod tests {
             name: "x\nhost all all 0.0.0.0/0 trust".into(),
             host: h.to_string(),
             port: 5432,
+            slot: true,
         })
         .collect();
         let block = render_hba_block(&c, &peers);
@@ -423,6 +431,7 @@ mod tests {
                 name: "n\nhost all all 0.0.0.0/0 trust".into(),
                 host: "10.0.0.6".into(),
                 port: 5432,
+                slot: true,
             }],
         );
         assert!(ok.contains("host \"all\" all 10.0.0.6/32 trust"), "{ok}");
@@ -449,6 +458,7 @@ mod tests {
                     name: n.clone(),
                     host: h.clone(),
                     port: 5432,
+                    slot: true,
                 })
                 .collect();
             let block = render_hba_block(&c, &peers);

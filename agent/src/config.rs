@@ -116,6 +116,10 @@ pub struct AgentState {
     /// Last state reported as reached.
     #[serde(default)]
     pub reported: Option<pgha_api::NodeState>,
+    /// The controller's rebuild epoch last carried out (PGDATA moved aside for a fresh
+    /// base backup after the primary invalidated this node's slot).
+    #[serde(default)]
+    pub rebuilt_epoch: u64,
 }
 
 impl AgentState {

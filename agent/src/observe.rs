@@ -87,7 +87,12 @@ pub struct Local {
     /// Host and port the WAL receiver streams from (when streaming).
     pub wal_receiver_sender: Option<(String, u16)>,
     pub synchronous_standby_names: Option<String>,
+    /// pgha's replication slots that still hold WAL (not invalidated).
     pub slots: Vec<String>,
+    /// pgha's slots a standby is streaming through right now (never dropped).
+    pub active_slots: Vec<String>,
+    /// pgha's slots Postgres invalidated (`wal_status = 'lost'`): their WAL is gone.
+    pub lost_slots: Vec<String>,
     pub replicator_exists: bool,
     pub dbname_exists: bool,
     /// From pg_controldata when stopped.
@@ -237,14 +242,23 @@ async fn query(cfg: &AgentConfig, l: &mut Local) -> Result<(), tokio_postgres::E
             })
             .collect();
     }
-    l.slots = c
+    let slots = c
         .query(
-            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE 'pgha_slot_%'",
+            "SELECT slot_name::text, active, coalesce(wal_status, '') = 'lost' \
+             FROM pg_replication_slots WHERE slot_name LIKE 'pgha_slot_%'",
             &[],
         )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .await?;
+    for r in slots {
+        let (name, active, lost): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
+        if active {
+            l.active_slots.push(name.clone());
+        }
+        if lost {
+            l.lost_slots.push(name);
+        } else {
+            l.slots.push(name);
+        }
+    }
     Ok(())
 }

@@ -66,11 +66,7 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
         if l.in_recovery == Some(true) {
             return Step::Promote;
         }
-        let mut have = l.slots.clone();
-        have.sort();
-        let mut want = w.slots.clone();
-        want.sort();
-        if !l.replicator_exists || !l.dbname_exists || have != want {
+        if !l.replicator_exists || !l.dbname_exists || slots_to_change(w, l) {
             return Step::SetupPrimary;
         }
         if l.synchronous_standby_names.as_deref() != Some(w.synchronous_standby_names.as_str()) {
@@ -119,6 +115,20 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
     }
     // init, wait_standby: nothing to do on this side.
     Step::Reached
+}
+
+/// The primary's slots differ from what it should keep: a wanted slot is missing, or an
+/// unwanted or invalidated one can be dropped (one a standby streams through right now
+/// is left until it disconnects).
+pub fn slots_to_change(w: &Wanted, l: &Local) -> bool {
+    let missing = w.slots.iter().any(|s| !l.slots.contains(s));
+    let droppable = l
+        .slots
+        .iter()
+        .filter(|s| !w.slots.contains(s))
+        .chain(&l.lost_slots)
+        .any(|s| !l.active_slots.contains(s));
+    missing || droppable
 }
 
 /// A writable node fences itself when it has heard from neither the controller nor any
@@ -277,6 +287,31 @@ mod tests {
         let mut w = wanted(NodeState::Primary);
         w.restart_allowed = false;
         assert_eq!(next_step(&w, &p), Step::Reached);
+    }
+
+    #[test]
+    fn slots_follow_the_peers_that_stream_and_invalidated_ones_go() {
+        let mut w = wanted(NodeState::Primary);
+        w.slots = vec!["pgha_slot_2".into(), "pgha_slot_3".into()];
+        let mut l = Local {
+            slots: vec!["pgha_slot_2".into(), "pgha_slot_3".into()],
+            ..Local::default()
+        };
+        assert!(!slots_to_change(&w, &l));
+        // A peer that can no longer stream (maintenance, failed): its slot goes.
+        w.slots = vec!["pgha_slot_2".into()];
+        assert!(slots_to_change(&w, &l));
+        // ... unless a standby streams through it right now.
+        l.active_slots = vec!["pgha_slot_3".into()];
+        assert!(!slots_to_change(&w, &l));
+        // An invalidated slot is dropped (and made anew when wanted).
+        l.active_slots.clear();
+        l.slots = vec![];
+        l.lost_slots = vec!["pgha_slot_2".into()];
+        assert!(slots_to_change(&w, &l));
+        // A missing wanted slot is made.
+        l.lost_slots.clear();
+        assert!(slots_to_change(&w, &l));
     }
 
     #[test]

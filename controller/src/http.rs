@@ -341,6 +341,7 @@ async fn register(
         reported: pgha_api::NodeState::Init,
         operator_maintenance: false,
         drop_requested: false,
+        rebuild_epoch: 0,
         candidate_priority: match &declared {
             Some((Some(d), _)) => d.candidate_priority.min(100) as u8,
             _ => req.candidate_priority.min(100),

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub reconcile_errors: Family<Labels, Counter>,
     /// `file`: formation files rejected (used by the GitOps loader).
     pub config_errors: Family<Labels, Counter>,
+    /// `formation`, `node`: replication slots the primary's Postgres invalidated
+    /// (`max_slot_wal_keep_size` exceeded); the standby is rebuilt.
+    pub slots_invalidated: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,6 +60,7 @@ impl Default for Metrics {
             ]),
             reconcile_errors: Family::default(),
             config_errors: Family::default(),
+            slots_invalidated: Family::default(),
         }
     }
 }
@@ -204,6 +208,11 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
         "Formation files rejected, by file",
         m.config_errors.clone(),
     );
+    reg.register(
+        "replication_slots_invalidated",
+        "Replication slots invalidated past max_slot_wal_keep_size (the standby is rebuilt)",
+        m.slots_invalidated.clone(),
+    );
 
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
@@ -236,6 +245,7 @@ mod tests {
                     replication_quorum: true,
                     operator_maintenance: false,
                     drop_requested: false,
+                    rebuild_epoch: 0,
                 },
             );
         }
@@ -269,6 +279,10 @@ mod tests {
             .inc();
         st.metrics.reconcile_duration.observe(0.0004);
         st.metrics
+            .slots_invalidated
+            .get_or_create(&labels(&[("formation", "default"), ("node", "node_b")]))
+            .inc();
+        st.metrics
             .failovers
             .get_or_create(&labels(&[
                 ("formation", "default"),
@@ -298,6 +312,7 @@ mod tests {
             ("pgha_reconcile_duration_seconds", "histogram"),
             ("pgha_reconcile_errors", "counter"),
             ("pgha_config_errors", "counter"),
+            ("pgha_replication_slots_invalidated", "counter"),
         ];
         for (name, kind) in expected {
             assert!(

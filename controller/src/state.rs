@@ -595,8 +595,17 @@ impl ControllerState {
                 .map(|s| (s.host.clone(), s.port, now_ms.saturating_sub(s.ms_ago)))
                 .collect(),
         });
+        let newly_lost: Vec<String> =
+            r.pg.lost_slots
+                .iter()
+                .filter(|s| !o.pg.lost_slots.contains(s))
+                .cloned()
+                .collect();
         o.pg = r.pg.clone();
         let formation = r.formation.clone();
+        if !newly_lost.is_empty() {
+            self.slots_invalidated(&formation, &newly_lost, now_ms)?;
+        }
         let mut term_moved = None;
         let changed = {
             let Some(f) = self.durable.formations.get_mut(&formation) else {
@@ -656,16 +665,76 @@ impl ControllerState {
         Ok(())
     }
 
+    /// The primary's Postgres invalidated these slots (past `max_slot_wal_keep_size`):
+    /// their standbys lost the WAL they need and are rebuilt from a fresh base backup.
+    fn slots_invalidated(
+        &mut self,
+        formation: &str,
+        slots: &[String],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let Some(f) = self.durable.formations.get_mut(formation) else {
+            return Ok(());
+        };
+        let mut hit = vec![];
+        for n in f.nodes.values_mut() {
+            if slots.contains(&pgha_api::replication_slot_name(n.id)) {
+                n.rebuild_epoch += 1;
+                hit.push(n.clone());
+            }
+        }
+        if hit.is_empty() {
+            return Ok(());
+        }
+        self.save()?;
+        for n in hit {
+            self.metrics
+                .slots_invalidated
+                .get_or_create(&labels(&[("formation", formation), ("node", &n.name)]))
+                .inc();
+            let max = self
+                .durable
+                .formations
+                .get(formation)
+                .and_then(|f| f.spec.as_ref())
+                .and_then(|s| s.postgresql.max_slot_wal_keep_size.clone())
+                .unwrap_or_else(|| pgha_api::DEFAULT_MAX_SLOT_WAL_KEEP_SIZE.to_string());
+            let ev = self.event(
+                formation,
+                Some(&n),
+                "slot_invalidated",
+                format!(
+                    "the primary dropped the WAL {} still needed (its slot passed maxSlotWalKeepSize {max}): {} is rebuilt from a fresh base backup",
+                    n.name, n.name
+                ),
+                now_ms,
+            );
+            self.record(ev)?;
+        }
+        Ok(())
+    }
+
     /// The assignment to send back to a node.
     pub fn assignment(&self, formation: &str, node_id: NodeId, now_ms: u64) -> Option<Assignment> {
         let f = self.durable.formations.get(formation)?;
         let n = f.nodes.get(&node_id)?;
         let view = self.view(formation, now_ms)?;
+        // A slot only for a node that streams or is about to: not one in maintenance,
+        // dropped, or failed (unless it is joining: its base backup streams through it).
+        // A dead node's slot would otherwise keep WAL until the primary's disk is full.
+        let keeps_slot = |id: NodeId| {
+            view.nodes.iter().find(|v| v.id == id).is_some_and(|v| {
+                !matches!(v.goal, NodeState::Maintenance | NodeState::Dropped)
+                    && (!view.is_failed(v)
+                        || matches!(v.goal, NodeState::WaitStandby | NodeState::Catchingup))
+            })
+        };
         let peer = |r: &NodeRecord| PeerNode {
             node_id: r.id,
             name: r.name.clone(),
             host: r.host.clone(),
             port: r.port,
+            slot: keeps_slot(r.id),
         };
         let upstream = view
             .nodes
@@ -712,6 +781,12 @@ impl ControllerState {
                 })
                 .unwrap_or_default(),
             generation: f.generation,
+            max_slot_wal_keep_size: f
+                .spec
+                .as_ref()
+                .and_then(|s| s.postgresql.max_slot_wal_keep_size.clone())
+                .unwrap_or_else(|| pgha_api::DEFAULT_MAX_SLOT_WAL_KEEP_SIZE.to_string()),
+            rebuild_epoch: n.rebuild_epoch,
         })
     }
 
@@ -1076,6 +1151,7 @@ mod tests {
                 replication_quorum: true,
                 operator_maintenance: false,
                 drop_requested: false,
+                rebuild_epoch: 0,
             },
         );
         st.durable.next_node_id = 2;
@@ -1183,5 +1259,68 @@ mod tests {
         // What a wall-clock now would have judged.
         let stepped = st.view("orders", stepped_wall).unwrap();
         assert!(stepped.is_failed(&stepped.nodes[0]));
+    }
+
+    /// A slot the primary's Postgres invalidated: its node is asked to rebuild once (an
+    /// event and a metric), however often the primary reports it before dropping it.
+    #[test]
+    fn an_invalidated_slot_rebuilds_its_node_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+        {
+            let f = st.durable.formations.get_mut("orders").unwrap();
+            let mut b = f.nodes[&1].clone();
+            b.id = 2;
+            b.name = "node_b".into();
+            b.goal = NodeState::Secondary;
+            f.nodes.insert(2, b);
+        }
+        st.save().unwrap();
+        let mut r = report(1, NodeState::Single, 1);
+        r.pg.lost_slots = vec![pgha_api::replication_slot_name(2)];
+        st.take_report(&r, 2000).unwrap();
+        st.take_report(&r, 3000).unwrap();
+        assert_eq!(st.durable.formations["orders"].nodes[&2].rebuild_epoch, 1);
+        assert_eq!(st.assignment("orders", 2, 3000).unwrap().rebuild_epoch, 1);
+        let evs = st
+            .events
+            .iter()
+            .filter(|e| e.rule == "slot_invalidated")
+            .count();
+        assert_eq!(evs, 1);
+        let text = crate::metrics::render(&st, 3000);
+        assert!(
+            text.contains(
+                "pgha_replication_slots_invalidated_total{formation=\"orders\",node=\"node_b\"} 1"
+            ),
+            "{text}"
+        );
+        // The primary keeps a slot for a streaming peer, not for one in maintenance.
+        let slot_of_b =
+            |st: &ControllerState| st.assignment("orders", 1, 3000).unwrap().peers[0].slot;
+        assert!(slot_of_b(&st));
+        st.durable
+            .formations
+            .get_mut("orders")
+            .unwrap()
+            .nodes
+            .get_mut(&2)
+            .unwrap()
+            .goal = NodeState::Maintenance;
+        assert!(!slot_of_b(&st));
+        st.durable
+            .formations
+            .get_mut("orders")
+            .unwrap()
+            .nodes
+            .get_mut(&2)
+            .unwrap()
+            .goal = NodeState::Secondary;
+        // Dropped and made anew, then lost again: a second rebuild.
+        r.pg.lost_slots.clear();
+        st.take_report(&r, 4000).unwrap();
+        r.pg.lost_slots = vec![pgha_api::replication_slot_name(2)];
+        st.take_report(&r, 5000).unwrap();
+        assert_eq!(st.durable.formations["orders"].nodes[&2].rebuild_epoch, 2);
     }
 }

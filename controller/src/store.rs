@@ -44,6 +44,10 @@ pub struct NodeRecord {
     /// An operator asked to drop it (`pgha drop node`).
     #[serde(default)]
     pub drop_requested: bool,
+    /// Bumped each time the primary's slot for this node was invalidated: the node
+    /// rebuilds from a fresh base backup once per bump.
+    #[serde(default)]
+    pub rebuild_epoch: u64,
 }
 
 /// One formation's durable record.

@@ -160,6 +160,12 @@ pub struct PostgresSpec {
     /// `primary_*`) are refused.
     #[serde(default)]
     pub parameters: BTreeMap<String, ParameterValue>,
+    /// The most WAL a primary keeps for a standby's replication slot (`max_slot_wal_keep_size`,
+    /// e.g. `8GB`; `-1` for no limit). A standby that falls further behind (or is dead) has
+    /// its slot invalidated and is rebuilt from a fresh base backup, instead of filling the
+    /// primary's disk. Default 8GB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slot_wal_keep_size: Option<String>,
 }
 
 /// A setting's value, as YAML writes it.

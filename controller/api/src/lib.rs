@@ -128,6 +128,10 @@ pub struct PgObservation {
     /// standby (fast_forward). None from an agent that does not track it.
     #[serde(default)]
     pub streamed_from: Option<StreamHistory>,
+    /// On a primary: its replication slots that Postgres invalidated (`wal_status`
+    /// `lost`: past `max_slot_wal_keep_size`).
+    #[serde(default)]
+    pub lost_slots: Vec<String>,
 }
 
 /// Where a standby's WAL receiver streamed from, as far as its agent watched.
@@ -172,7 +176,20 @@ pub struct PeerNode {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// A primary keeps a replication slot for this peer: it streams, or is about to
+    /// (not in maintenance, not dropped, not failed, not a node that never started).
+    #[serde(default = "default_true")]
+    pub slot: bool,
 }
+
+fn default_true() -> bool {
+    true
+}
+
+/// `max_slot_wal_keep_size` when the formation file sets none: a dead standby's slot
+/// holds at most this much WAL on the primary before it is invalidated (and the standby
+/// rebuilt), instead of filling the primary's disk.
+pub const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: &str = "8GB";
 
 /// The controller's answer to a report: the state this node must reach.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +217,13 @@ pub struct Assignment {
     /// Generation of the formation's desired state these settings come from.
     #[serde(default)]
     pub generation: u64,
+    /// `max_slot_wal_keep_size` for the primary's slots.
+    #[serde(default)]
+    pub max_slot_wal_keep_size: String,
+    /// Bumped by the controller each time this node's replication slot was invalidated
+    /// (its WAL is gone): a standby rebuilds from a fresh base backup once per bump.
+    #[serde(default)]
+    pub rebuild_epoch: u64,
 }
 
 /// Health of a node as the controller sees it.

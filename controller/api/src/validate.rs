@@ -187,6 +187,7 @@ const MANAGED_PARAMETERS: &[&str] = &[
     "wal_sender_timeout",
     "wal_receiver_timeout",
     "wal_receiver_status_interval",
+    "max_slot_wal_keep_size",
 ];
 
 /// A setting a formation may set: a Postgres setting name (`[a-z0-9_.]`) that pgha does
@@ -206,6 +207,19 @@ pub fn check_parameter_name(name: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// A Postgres size setting as pgha writes it: digits and a unit, or -1.
+pub fn valid_wal_size(v: &str) -> bool {
+    if v == "-1" {
+        return true;
+    }
+    let digits = v.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &v[digits.len()..];
+    !digits.is_empty()
+        && digits.len() <= 12
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && matches!(unit, "kB" | "MB" | "GB" | "TB")
 }
 
 fn valid_identifier(s: &str) -> bool {
@@ -300,6 +314,16 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
         if let Err(e) = check_parameter_name(name) {
             err(format!("spec.postgresql.parameters.{name}"), e);
         }
+    }
+    if let Some(v) = &s.postgresql.max_slot_wal_keep_size
+        && !valid_wal_size(v)
+    {
+        err(
+            "spec.postgresql.maxSlotWalKeepSize".into(),
+            format!(
+                "{v:?} is not a size: use a number with kB, MB, GB or TB (e.g. 8GB), or -1 for no limit"
+            ),
+        );
     }
     if s.nodes.len() > crate::formation::MAX_NODES {
         err(
