@@ -45,6 +45,9 @@ struct Agent {
     removed: bool,
     /// Fences when the lease runs out while the loop is stuck in a step.
     watchdog: crate::lease::Watchdog,
+    /// Invalidated slots seen since the last report that went through: reported even
+    /// when this agent already dropped them (the controller rebuilds their standby).
+    lost_slots: std::collections::BTreeSet<String>,
 }
 
 /// Starts of a standby that fail in a row before it is rebuilt from a base backup.
@@ -447,6 +450,11 @@ impl Agent {
 
     async fn setup_primary(&self) -> anyhow::Result<()> {
         let c = observe::local_client(&self.cfg).await?;
+        // The agent's own catalog writes never wait for a synchronous standby: the one
+        // listed may be the one that just died (the reload that drops it from
+        // synchronous_standby_names can come after this step), and a commit waiting on
+        // it would hold this loop until the lease fences the primary.
+        c.batch_execute("SET synchronous_commit TO local").await?;
         let user = pgha_api::REPLICATION_USER;
         let exists = c
             .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
@@ -462,16 +470,16 @@ impl Agent {
             ))
             .await
             .context("creating the replication role")?;
+            c.batch_execute(&format!(
+                "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {user};
+                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {user};
+                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {user};
+                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {user};
+                 GRANT pg_checkpoint TO {user};"
+            ))
+            .await
+            .context("granting the replication role what pg_rewind needs")?;
         }
-        c.batch_execute(&format!(
-            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {user};
-             GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {user};
-             GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {user};
-             GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {user};
-             GRANT pg_checkpoint TO {user};"
-        ))
-        .await
-        .context("granting the replication role what pg_rewind needs")?;
         let exists = c
             .query_opt(
                 "SELECT 1 FROM pg_database WHERE datname = $1",
@@ -540,7 +548,14 @@ impl Agent {
             },
             prepared_for,
             pending_restart: l.pending_restart.clone(),
-            lost_slots: l.lost_slots.clone(),
+            lost_slots: self
+                .lost_slots
+                .iter()
+                .chain(&l.lost_slots)
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
             streamed_from: Some(pgha_api::StreamHistory {
                 watching_ms: self.started.elapsed().as_millis() as u64,
                 contacts: self
@@ -569,7 +584,11 @@ impl Agent {
         };
         let sent = Instant::now();
         self.last_report = Some(sent);
-        let a = match self.client.report(&r).await {
+        let res = self.client.report(&r).await;
+        if res.is_ok() {
+            self.lost_slots.clear();
+        }
+        let a = match res {
             Err(e)
                 if e.code() == Some("unknown_node")
                     && self.effective_goal() == NodeState::Dropped =>
@@ -617,6 +636,7 @@ impl Agent {
             self.hot_standby_floors = c.hot_standby_floors.clone();
         }
         self.track_standbys(&l);
+        self.lost_slots.extend(l.lost_slots.iter().cloned());
         if self.rebuild_if_asked(&l).await? {
             return Ok(Duration::from_millis(50));
         }
@@ -855,6 +875,7 @@ pub async fn run(
     };
     let mut agent = Agent {
         watchdog,
+        lost_slots: Default::default(),
         cfg,
         who,
         state,

@@ -720,13 +720,14 @@ impl ControllerState {
         let n = f.nodes.get(&node_id)?;
         let view = self.view(formation, now_ms)?;
         // A slot only for a node that streams or is about to: not one in maintenance,
-        // dropped, or failed (unless it is joining: its base backup streams through it).
-        // A dead node's slot would otherwise keep WAL until the primary's disk is full.
+        // dropped, or failed (unless it is still joining: its base backup, which sends
+        // no report while it runs, streams through the slot). A dead node's slot would
+        // otherwise keep WAL until the primary's disk is full.
         let keeps_slot = |id: NodeId| {
             view.nodes.iter().find(|v| v.id == id).is_some_and(|v| {
                 !matches!(v.goal, NodeState::Maintenance | NodeState::Dropped)
                     && (!view.is_failed(v)
-                        || matches!(v.goal, NodeState::WaitStandby | NodeState::Catchingup))
+                        || matches!(v.reported, NodeState::Init | NodeState::WaitStandby))
             })
         };
         let peer = |r: &NodeRecord| PeerNode {

@@ -121,7 +121,11 @@ impl Cluster {
         let log = self.log(name)?;
         Command::new(pgha_bin())
             .args(args)
-            .env("PGHA_LOG", "info")
+            // PGHA_E2E_LOG=debug for more detail from every process of a test.
+            .env(
+                "PGHA_LOG",
+                std::env::var("PGHA_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -535,6 +539,11 @@ impl Cluster {
             let path = self.path().join(format!("{name}.log"));
             if let Ok(text) = std::fs::read_to_string(&path) {
                 let lines: Vec<&str> = text.lines().collect();
+                // PGHA_E2E_KEEP_LOGS=DIR keeps every log of a failed test whole.
+                if let Ok(keep) = std::env::var("PGHA_E2E_KEEP_LOGS") {
+                    let _ = std::fs::create_dir_all(&keep);
+                    let _ = std::fs::write(Path::new(&keep).join(format!("{name}.log")), &text);
+                }
                 eprintln!("==== {} (last 40 lines)", path.display());
                 for l in &lines[lines.len().saturating_sub(40)..] {
                     eprintln!("{l}");

@@ -256,3 +256,162 @@ async fn health_endpoints_follow_a_switchover() {
     .await;
     c.check(r);
 }
+
+/// A standby's slot never fills the primary's disk: a dead standby's slot is dropped
+/// (it rejoins from the WAL the primary keeps anyway), and a live standby that falls
+/// past `maxSlotWalKeepSize` has its slot invalidated, is told so (event, metric) and is
+/// rebuilt from a fresh base backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_slots_are_bounded_and_an_invalidated_standby_is_rebuilt() {
+    let mut c = Cluster::start().unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(240), async {
+        c.write_formation(
+            "default.yaml",
+            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  postgresql:\n    maxSlotWalKeepSize: 64MB\n  nodes: []\n",
+        )?;
+        let t0 = Instant::now();
+        while c.state()?.generation < 2 {
+            anyhow::ensure!(t0.elapsed() < T, "formation file not loaded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c.bootstrap_two()?;
+        let b = c.index("node_b");
+        let b_id = c.state()?.nodes.iter().find(|n| n.name == "node_b").unwrap().node_id;
+        let slot = pgha_api::replication_slot_name(b_id);
+        let primary = c.connect_node(0).await?;
+        let setting: String = primary
+            .query_one("SHOW max_slot_wal_keep_size", &[])
+            .await?
+            .get(0);
+        anyhow::ensure!(setting == "64MB", "max_slot_wal_keep_size is {setting}");
+
+        // 1. The standby's VM dies: once it is failed, the primary drops its slot.
+        c.kill_vm(b)?;
+        let t0 = Instant::now();
+        loop {
+            let kept = primary
+                .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                .await?
+                .is_some();
+            if !kept {
+                println!("dead standby's slot dropped after {:?}", t0.elapsed());
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "the dead standby's slot is kept");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        c.start_agent(b)?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+
+        // 2. A live standby falls behind by more than the primary keeps (64MB for the
+        // slot, 512MB of wal_keep_size): its slot is invalidated and it is rebuilt.
+        let receiver = c.stall_wal_receiver(b).await?;
+        let exec = |sql: &'static str| {
+            let p = &primary;
+            async move {
+                tokio::time::timeout(Duration::from_secs(20), p.batch_execute(sql))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("{sql:?} did not finish within 20 s"))?
+                    .map_err(anyhow::Error::from)
+            }
+        };
+        // The primary's WAL sender gives up on the silent receiver (wal_sender_timeout):
+        // the slot stays, unused, as for a standby that is up but cannot keep up.
+        let t0 = Instant::now();
+        loop {
+            let active: Option<bool> = primary
+                .query_opt(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await?
+                .map(|r| r.get(0));
+            if active == Some(false) {
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the slot stays active: {active:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The stalled standby is still a synchronous one: these writes do not wait on it.
+        exec("SET synchronous_commit TO local").await?;
+        exec("CREATE TABLE IF NOT EXISTS filler (x int)").await?;
+        for _ in 0..48 {
+            exec("INSERT INTO filler VALUES (1); SELECT pg_switch_wal()").await?;
+        }
+        exec("CHECKPOINT").await?;
+        let t0 = Instant::now();
+        loop {
+            let status: Option<String> = primary
+                .query_opt(
+                    "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await?
+                .map(|r| r.get(0));
+            if status.as_deref() == Some("lost") || status.is_none() {
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "slot not invalidated: {status:?}"
+            );
+            exec("INSERT INTO filler VALUES (1); SELECT pg_switch_wal(); CHECKPOINT").await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        c.end_stalled_wal_receiver(receiver);
+        exec("INSERT INTO filler VALUES (42)").await?;
+        let t0 = Instant::now();
+        loop {
+            let events = c.events().await?;
+            if events.iter().any(|e| e.rule == "slot_invalidated") {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "no slot_invalidated event");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let metrics = c.monitor_get("/metrics").await?;
+        anyhow::ensure!(
+            metrics.contains("pgha_replication_slots_invalidated_total{formation=\"default\",node=\"node_b\"} 1"),
+            "{metrics}"
+        );
+        let aside = format!("{}.slot-invalidated", c.nodes[b].pgdata.display());
+        let t0 = Instant::now();
+        while !std::path::Path::new(&aside).exists() {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "node_b was not rebuilt ({aside} missing)"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("node_b moved its PGDATA aside after {:?}", t0.elapsed());
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        let t0 = Instant::now();
+        loop {
+            let mut n = 0i64;
+            if let Ok(standby) = c.connect_node(b).await {
+                n = standby
+                    .query_one("SELECT count(*) FROM filler WHERE x = 42", &[])
+                    .await
+                    .map(|r| r.get(0))
+                    .unwrap_or(0);
+            }
+            if n == 1 {
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the rebuilt standby lacks the last row"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("node_b rebuilt and streaming after {:?}", t0.elapsed());
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
+    c.check(r);
+}
