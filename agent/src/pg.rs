@@ -266,24 +266,7 @@ pub async fn stop(cfg: &AgentConfig) -> Result<(), PgError> {
         Ok(_) => Ok(()),
         Err(e) => {
             tracing::warn!("fast shutdown failed ({e}); stopping immediately");
-            run(
-                cfg,
-                "pg_ctl",
-                &[
-                    "stop",
-                    "-D",
-                    &pgdata,
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "-t",
-                    "15",
-                    "-s",
-                ],
-                Duration::from_secs(20),
-            )
-            .await
-            .map(|_| ())
+            stop_immediate(cfg).await
         }
     }
 }

@@ -329,6 +329,11 @@ async fn register(
         .map(|v| v.nodes)
         .unwrap_or_default();
     let goal = planner::initial_state(&others);
+    // Made before anything changes, so a failure here leaves nothing half-done.
+    let new_password = match f.replication_password.is_empty() {
+        true => Some(crate::store::random_secret().map_err(Failure::internal)?),
+        false => None,
+    };
     let id = st.durable.next_node_id.max(1);
     st.durable.next_node_id = id + 1;
     let name = req.name.clone().unwrap_or_else(|| format!("node_{id}"));
@@ -359,8 +364,8 @@ async fn register(
     if f.nodes.is_empty() {
         f.dbname = req.dbname.clone();
     }
-    if f.replication_password.is_empty() {
-        f.replication_password = crate::store::random_secret();
+    if let Some(p) = new_password {
+        f.replication_password = p;
     }
     let replication_password = f.replication_password.clone();
     f.nodes.insert(id, rec.clone());

@@ -1297,26 +1297,14 @@ mod tests {
             "{text}"
         );
         // The primary keeps a slot for a streaming peer, not for one in maintenance.
-        let slot_of_b =
-            |st: &ControllerState| st.assignment("orders", 1, 3000).unwrap().peers[0].slot;
-        assert!(slot_of_b(&st));
-        st.durable
-            .formations
-            .get_mut("orders")
-            .unwrap()
-            .nodes
-            .get_mut(&2)
-            .unwrap()
-            .goal = NodeState::Maintenance;
-        assert!(!slot_of_b(&st));
-        st.durable
-            .formations
-            .get_mut("orders")
-            .unwrap()
-            .nodes
-            .get_mut(&2)
-            .unwrap()
-            .goal = NodeState::Secondary;
+        let slot_of_b_with = |st: &mut ControllerState, goal: NodeState| {
+            let b = st.durable.formations.get_mut("orders").unwrap();
+            b.nodes.get_mut(&2).unwrap().goal = goal;
+            st.assignment("orders", 1, 3000).unwrap().peers[0].slot
+        };
+        assert!(slot_of_b_with(&mut st, NodeState::Secondary));
+        assert!(!slot_of_b_with(&mut st, NodeState::Maintenance));
+        assert!(slot_of_b_with(&mut st, NodeState::Secondary));
         // Dropped and made anew, then lost again: a second rebuild.
         r.pg.lost_slots.clear();
         st.take_report(&r, 4000).unwrap();

@@ -125,7 +125,8 @@ impl FormationRecord {
             term: 1,
             number_sync_standbys: 0,
             timings: Timings::default(),
-            replication_password: random_secret(),
+            // Made at the first registration (which can fail with the reason).
+            replication_password: String::new(),
             nodes: BTreeMap::new(),
             spec: None,
             generation: 0,
@@ -140,14 +141,15 @@ impl FormationRecord {
     }
 }
 
-/// 32 hex characters from the kernel's random source.
-pub fn random_secret() -> String {
+/// 32 hex characters from the kernel's random source; an error (never a weak secret)
+/// when it cannot be read.
+pub fn random_secret() -> std::io::Result<String> {
     use std::io::Read;
     let mut buf = [0u8; 16];
-    if let Ok(mut f) = File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut buf);
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| std::io::Error::other(format!("reading /dev/urandom for a secret: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Everything the controller must not forget across restarts.
@@ -360,17 +362,8 @@ impl Store for FileStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn state_survives_a_reopen_and_torn_event_lines_are_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = FileStore::new(dir.path());
-        assert_eq!(store.load().unwrap(), DurableState::default());
-        let mut st = DurableState::default();
-        st.formations
-            .insert("default".into(), FormationRecord::new("default", "appdb"));
-        st.next_node_id = 3;
-        store.save(&st).unwrap();
-        let ev = Event {
+    fn test_event() -> Event {
+        Event {
             id: 1,
             time_ms: 5,
             formation: "default".into(),
@@ -381,7 +374,20 @@ mod tests {
             rule: "test".into(),
             description: "hello".into(),
             inputs: None,
-        };
+        }
+    }
+
+    #[test]
+    fn state_survives_a_reopen_and_torn_event_lines_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileStore::new(dir.path());
+        assert_eq!(store.load().unwrap(), DurableState::default());
+        let mut st = DurableState::default();
+        st.formations
+            .insert("default".into(), FormationRecord::new("default", "appdb"));
+        st.next_node_id = 3;
+        store.save(&st).unwrap();
+        let ev = test_event();
         store.append_events(std::slice::from_ref(&ev)).unwrap();
         let mut f = OpenOptions::new()
             .append(true)
@@ -408,14 +414,8 @@ mod tests {
         let ev = |id| Event {
             id,
             time_ms: id,
-            formation: "default".into(),
-            node_id: None,
-            node_name: None,
-            reported_state: None,
-            assigned_state: None,
-            rule: "test".into(),
             description: "x".repeat(100),
-            inputs: None,
+            ..test_event()
         };
         for id in 1..=40 {
             store.append_events(&[ev(id)]).unwrap();

@@ -88,6 +88,11 @@ impl Api {
         (status, resp.json().await.unwrap_or_default())
     }
 
+    async fn report(&self, from: &str, id: u64, state: NodeState) -> (u16, serde_json::Value) {
+        self.post(from, "/v1/report", Some(&self.secret), &report(id, state))
+            .await
+    }
+
     async fn register(&self, from: &str, name: &str, host: &str) -> (u16, serde_json::Value) {
         let req = RegisterRequest {
             formation: "orders".into(),
@@ -123,25 +128,11 @@ async fn report_reconcile_assignment_over_http() {
     let id = body["node_id"].as_u64().unwrap();
     assert_eq!(body["assigned_state"], "single");
     // The agent reports init; the controller answers with its assignment and term.
-    let (status, a) = api
-        .post(
-            "127.0.0.1",
-            "/v1/report",
-            Some(&api.secret),
-            &report(id, NodeState::Init),
-        )
-        .await;
+    let (status, a) = api.report("127.0.0.1", id, NodeState::Init).await;
     assert_eq!(status, 200, "{a}");
     assert_eq!(a["goal"], "single");
     assert_eq!(a["term"], 1);
-    let (status, _) = api
-        .post(
-            "127.0.0.1",
-            "/v1/report",
-            Some(&api.secret),
-            &report(id, NodeState::Single),
-        )
-        .await;
+    let (status, _) = api.report("127.0.0.1", id, NodeState::Single).await;
     assert_eq!(status, 200);
     let st = lock(&api.shared);
     assert_eq!(
@@ -193,14 +184,7 @@ async fn only_the_declared_address_speaks_for_a_node() {
     assert_eq!(status, 200, "{body}");
     let id = body["node_id"].as_u64().unwrap();
     for _ in 0..3 {
-        let (status, body) = api
-            .post(
-                "127.0.0.1",
-                "/v1/report",
-                Some(&api.secret),
-                &report(id, NodeState::Single),
-            )
-            .await;
+        let (status, body) = api.report("127.0.0.1", id, NodeState::Single).await;
         assert_eq!(status, 403, "{body}");
     }
     {
@@ -217,14 +201,7 @@ async fn only_the_declared_address_speaks_for_a_node() {
             .count();
         assert_eq!(refused, 1);
     }
-    let (status, body) = api
-        .post(
-            "127.0.0.2",
-            "/v1/report",
-            Some(&api.secret),
-            &report(id, NodeState::Init),
-        )
-        .await;
+    let (status, body) = api.report("127.0.0.2", id, NodeState::Init).await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -233,14 +210,7 @@ async fn only_the_declared_address_speaks_for_a_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_ids_are_never_reused() {
     let api = api().await;
-    let (status, _) = api
-        .post(
-            "127.0.0.1",
-            "/v1/report",
-            Some(&api.secret),
-            &report(41, NodeState::Secondary),
-        )
-        .await;
+    let (status, _) = api.report("127.0.0.1", 41, NodeState::Secondary).await;
     assert_eq!(status, 404);
     let (status, body) = api.register("127.0.0.1", "node_b", "127.0.0.1").await;
     assert_eq!(status, 200, "{body}");

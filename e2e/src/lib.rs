@@ -230,13 +230,17 @@ impl Cluster {
                 &self.join_url,
                 "--name",
                 name,
-                "--auth",
-                "trust",
                 "--no-ssl",
                 "--http-port",
                 &http,
             ]
             .into_iter()
+            // trust (as the tutorial) unless the test picks its own --auth
+            .chain(
+                ["--auth", "trust"]
+                    .into_iter()
+                    .filter(|_| !extra.contains(&"--auth")),
+            )
             .chain(extra.iter().copied())
             .collect::<Vec<_>>(),
         )?;

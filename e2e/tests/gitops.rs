@@ -361,3 +361,57 @@ async fn maintenance_from_the_file_takes_a_standby_out_and_back() {
     .await;
     c.check(r);
 }
+
+/// With `--auth scram-sha-256`, the standby's base backup, streaming and pg_rewind
+/// connections authenticate with SCRAM against a verifier the agent computed: the
+/// replication password itself never reaches Postgres in SQL, nor its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_replication_runs_on_a_verifier_not_a_password() {
+    let mut c = Cluster::start().unwrap();
+    let r = async {
+        c.add_node_with("node_a", &["--auth", "scram-sha-256"])?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        c.add_node_with("node_b", &["--auth", "scram-sha-256"])?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        // Local connections go through the Unix socket beside PGDATA (trusted).
+        let socket_dir = format!("{}.pgha", c.nodes[0].pgdata.display());
+        let db = pgha_e2e::probe::connect_one(
+            &socket_dir,
+            c.nodes[0].port,
+            "postgres",
+            Duration::from_secs(3),
+        )
+        .await?;
+        let stored: String = db
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = 'pgha_replicator'",
+                &[],
+            )
+            .await?
+            .get(0);
+        anyhow::ensure!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
+        let streaming: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await?
+            .get(0);
+        anyhow::ensure!(streaming == 1, "{streaming} standbys streaming");
+        let password = pgha_agent::AgentConfig::load(&c.nodes[0].pgdata)?.replication_password;
+        anyhow::ensure!(password.len() >= 16, "no replication password");
+        for i in 0..2 {
+            let log = std::fs::read_to_string(format!(
+                "{}.pgha/postgres.log",
+                c.nodes[i].pgdata.display()
+            ))?;
+            anyhow::ensure!(
+                !log.contains(&password),
+                "the password is in a Postgres log"
+            );
+        }
+        Ok(())
+    }
+    .await;
+    c.check(r);
+}
