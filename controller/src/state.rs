@@ -764,7 +764,12 @@ impl ControllerState {
             synchronous_standby_names: ssn,
             dbname: f.dbname.clone(),
             timings: f.timings,
-            fast_poll: f.nodes.values().any(|o| o.goal != o.reported),
+            // Also while this node waits on another's step (a demoted or new node waits
+            // for the primary to make its slot and pg_hba entry): the decision that
+            // follows comes from the primary's report, and this node should hear of it
+            // at once, not at its next report interval.
+            fast_poll: f.nodes.values().any(|o| o.goal != o.reported)
+                || matches!(n.goal, NodeState::Demoted | NodeState::WaitStandby),
             primary_lsn: view
                 .nodes
                 .iter()

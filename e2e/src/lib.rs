@@ -586,6 +586,19 @@ fn postgres_processes(node: &Node) -> Vec<i32> {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // PGHA_E2E_KEEP_LOGS=DIR with PGHA_E2E_KEEP_ALL=1 keeps the logs of passing runs
+        // too (to read a timeline).
+        if std::env::var("PGHA_E2E_KEEP_ALL").is_ok()
+            && let Ok(keep) = std::env::var("PGHA_E2E_KEEP_LOGS")
+            && let Ok(entries) = std::fs::read_dir(self.path())
+        {
+            let _ = std::fs::create_dir_all(&keep);
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    let _ = std::fs::copy(e.path(), Path::new(&keep).join(e.file_name()));
+                }
+            }
+        }
         for i in 0..self.nodes.len() {
             let _ = self.freeze_vm(i, false);
             self.kill_agent(i);
