@@ -590,7 +590,7 @@ impl Agent {
         }
         let a = match res {
             Err(e)
-                if e.code() == Some("unknown_node")
+                if e.code() == Some(pgha_api::routes::ErrorCode::UnknownNode)
                     && self.effective_goal() == NodeState::Dropped =>
             {
                 self.removed = true;

@@ -1,5 +1,6 @@
 //! Typed client of the controller's HTTP API, shared by the agent and the CLI.
 
+use pgha_api::routes::{self, ErrorCode};
 use pgha_api::{
     ApiError, Assignment, Event, FormationStatus, MonitorInfo, NodeReport, RegisterRequest,
     RegisterResponse, SwitchoverStarted,
@@ -13,16 +14,16 @@ pub enum ClientError {
     #[error("monitor at {url} is unreachable: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("{0}")]
-    Api(String, String),
+    Api(String, ErrorCode),
     #[error("monitor at {url} answered something unexpected: {reason}")]
     Protocol { url: String, reason: String },
 }
 
 impl ClientError {
     /// The API error code, when the monitor refused the request.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Api(_, code) => Some(code),
+            ClientError::Api(_, code) => Some(*code),
             _ => None,
         }
     }
@@ -195,7 +196,8 @@ impl MonitorClient {
         allow_failover: bool,
     ) -> Result<serde_json::Value, ClientError> {
         let path = format!(
-            "/v1/formations/{formation}/nodes/{node}/maintenance?allow_failover={allow_failover}"
+            "{}?allow_failover={allow_failover}",
+            routes::path(routes::MAINTENANCE, formation, Some(node))
         );
         self.post(&path, &()).await
     }
@@ -206,10 +208,8 @@ impl MonitorClient {
         formation: &str,
         node: &str,
     ) -> Result<serde_json::Value, ClientError> {
-        self.delete(&format!(
-            "/v1/formations/{formation}/nodes/{node}/maintenance"
-        ))
-        .await
+        self.delete(&routes::path(routes::MAINTENANCE, formation, Some(node)))
+            .await
     }
 
     /// `pgha drop node`.
@@ -218,24 +218,25 @@ impl MonitorClient {
         formation: &str,
         node: &str,
     ) -> Result<serde_json::Value, ClientError> {
-        self.delete(&format!("/v1/formations/{formation}/nodes/{node}"))
+        self.delete(&routes::path(routes::NODE, formation, Some(node)))
             .await
     }
 
     pub async fn info(&self) -> Result<MonitorInfo, ClientError> {
-        self.get("/v1/info").await
+        self.get(routes::INFO).await
     }
 
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
-        self.post("/v1/nodes", req).await
+        self.post(routes::REGISTER, req).await
     }
 
     pub async fn report(&self, r: &NodeReport) -> Result<Assignment, ClientError> {
-        self.post("/v1/report", r).await
+        self.post(routes::REPORT, r).await
     }
 
     pub async fn state(&self, formation: &str) -> Result<FormationStatus, ClientError> {
-        self.get(&format!("/v1/formations/{formation}/state")).await
+        self.get(&routes::path(routes::FORMATION_STATE, formation, None))
+            .await
     }
 
     /// Starts a switchover, to `target` when given (`perform promotion`).
@@ -245,8 +246,8 @@ impl MonitorClient {
         target: Option<&str>,
     ) -> Result<SwitchoverStarted, ClientError> {
         let path = match target {
-            Some(t) => format!("/v1/formations/{formation}/promotion/{t}"),
-            None => format!("/v1/formations/{formation}/switchover"),
+            Some(t) => routes::path(routes::PROMOTION, formation, Some(t)),
+            None => routes::path(routes::SWITCHOVER, formation, None),
         };
         self.post(&path, &()).await
     }
@@ -257,7 +258,7 @@ impl MonitorClient {
         formation: &str,
         req: &pgha_api::ForcedFailoverRequest,
     ) -> Result<pgha_api::ForcedFailoverStarted, ClientError> {
-        self.post(&format!("/v1/formations/{formation}/failover"), req)
+        self.post(&routes::path(routes::FAILOVER, formation, None), req)
             .await
     }
 
@@ -272,7 +273,8 @@ impl MonitorClient {
             .map(|f| format!("&formation={f}"))
             .unwrap_or_default();
         let s = since.map(|s| format!("&since={s}")).unwrap_or_default();
-        self.get(&format!("/v1/events?count={count}{f}{s}")).await
+        self.get(&format!("{}?count={count}{f}{s}", routes::EVENTS))
+            .await
     }
 }
 

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use pgha_api::routes::{self, ErrorCode};
 use pgha_api::{
     ApiError, Assignment, Event, ForcedFailoverRequest, ForcedFailoverStarted, FormationStatus,
     MonitorInfo, NodeReport, RegisterRequest, RegisterResponse, SwitchoverStarted,
@@ -25,23 +26,27 @@ struct Ctx {
 pub struct Failure(StatusCode, ApiError);
 
 impl Failure {
-    fn new(status: StatusCode, code: &str, error: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, error: impl Into<String>) -> Self {
         Failure(
             status,
             ApiError {
                 error: error.into(),
-                code: code.to_string(),
+                code,
             },
         )
     }
     fn internal(e: impl std::fmt::Display) -> Self {
-        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
     }
     /// The store refused a write: nothing of the request is in force; try again.
     fn store(e: crate::store::StoreError) -> Self {
         Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
+            ErrorCode::StoreUnavailable,
             format!("the controller cannot persist its state, nothing was changed: {e}"),
         )
     }
@@ -57,26 +62,27 @@ type ApiResult<T> = Result<Json<T>, Failure>;
 
 pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .route("/v1/info", get(info))
-        .route("/v1/nodes", post(register))
-        .route("/v1/report", post(report))
-        .route("/v1/formations/{name}/state", get(formation_state))
-        .route("/v1/formations/{name}/switchover", post(switchover))
-        .route("/v1/formations/{name}/promotion/{node}", post(promotion))
-        .route("/v1/formations/{name}/failover", post(forced_failover))
+        .route(routes::HEALTHZ, get(|| async { "ok\n" }))
+        .route(routes::METRICS, get(metrics))
+        .route(routes::INFO, get(info))
+        .route(routes::REGISTER, post(register))
+        .route(routes::REPORT, post(report))
+        .route(routes::FORMATION_STATE, get(formation_state))
+        .route(routes::SWITCHOVER, post(switchover))
+        .route(routes::PROMOTION, post(promotion))
+        .route(routes::FAILOVER, post(forced_failover))
         .route(
-            "/v1/formations/{name}/nodes/{node}/maintenance",
+            routes::MAINTENANCE,
             post(enable_maintenance).delete(disable_maintenance),
         )
-        .route(
-            "/v1/formations/{name}/nodes/{node}",
-            axum::routing::delete(drop_node),
-        )
-        .route("/v1/events", get(events))
+        .route(routes::NODE, axum::routing::delete(drop_node))
+        .route(routes::EVENTS, get(events))
         .fallback(|| async {
-            Failure::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no such API endpoint",
+            )
         })
         .with_state(Ctx { shared, cfg })
 }
@@ -126,7 +132,7 @@ fn check_secret(
         AdmissionRule::Closed => {
             return Err(Failure::new(
                 StatusCode::UNAUTHORIZED,
-                "join_secret",
+                ErrorCode::JoinSecret,
                 format!(
                     "formation {formation:?} has no join secret in force (its file names none that could be read, and it is not `admission: open: true`): nothing is admitted"
                 ),
@@ -150,7 +156,7 @@ fn check_secret(
     } else {
         Err(Failure::new(
             StatusCode::UNAUTHORIZED,
-            "join_secret",
+            ErrorCode::JoinSecret,
             format!(
                 "formation {formation:?} needs its join secret: use the monitor URL that `pgha show uri --dir <monitor dir>` prints on the monitor VM"
             ),
@@ -192,7 +198,7 @@ async fn register(
     let Some(f) = st.durable.formations.get(&req.formation) else {
         return Err(Failure::new(
             StatusCode::NOT_FOUND,
-            "unknown_formation",
+            ErrorCode::UnknownFormation,
             format!(
                 "formation {:?} does not exist on this monitor",
                 req.formation
@@ -204,21 +210,21 @@ async fn register(
     {
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
-            "invalid_name",
+            ErrorCode::InvalidName,
             format!("node name {name:?} must be 1-63 letters, digits, '_' or '-'"),
         ));
     }
     if let Err(e) = pgha_api::host::validate_host(&req.host) {
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
-            "invalid_host",
+            ErrorCode::InvalidHost,
             e.to_string(),
         ));
     }
     if f.nodes.len() >= pgha_api::formation::MAX_NODES {
         return Err(Failure::new(
             StatusCode::CONFLICT,
-            "formation_full",
+            ErrorCode::FormationFull,
             format!(
                 "formation {:?} already has {} nodes, the most a formation holds",
                 f.name,
@@ -233,7 +239,7 @@ async fn register(
     {
         return Err(Failure::new(
             StatusCode::CONFLICT,
-            "name_taken",
+            ErrorCode::NameTaken,
             format!(
                 "node name {:?} is already taken in formation {:?} by {}:{}",
                 n.name, f.name, n.host, n.port
@@ -247,7 +253,7 @@ async fn register(
     {
         return Err(Failure::new(
             StatusCode::CONFLICT,
-            "address_taken",
+            ErrorCode::AddressTaken,
             format!(
                 "{}:{} is already registered in formation {:?} as node {:?}",
                 req.host, req.port, f.name, n.name
@@ -270,7 +276,7 @@ async fn register(
         Some((None, _)) => {
             return Err(Failure::new(
                 StatusCode::FORBIDDEN,
-                "not_declared",
+                ErrorCode::NotDeclared,
                 format!(
                     "node {:?} is not declared in formation {:?} ({file}): add it under spec.nodes, or pass the --name of a declared node",
                     req.name.as_deref().unwrap_or("(no --name)"),
@@ -281,7 +287,7 @@ async fn register(
         Some((Some(d), _)) if !peer_may_speak_for(&d.host, peer.ip()) => {
             return Err(Failure::new(
                 StatusCode::FORBIDDEN,
-                "address_mismatch",
+                ErrorCode::AddressMismatch,
                 format!(
                     "node {:?} is declared at {} in {file}; this registration came from {}",
                     d.name,
@@ -293,7 +299,7 @@ async fn register(
         Some((Some(d), _)) if d.host != req.host || d.port != req.port => {
             return Err(Failure::new(
                 StatusCode::FORBIDDEN,
-                "address_mismatch",
+                ErrorCode::AddressMismatch,
                 format!(
                     "node {:?} is declared at {}:{} in {file}, not {}:{}",
                     d.name, d.host, d.port, req.host, req.port
@@ -307,7 +313,7 @@ async fn register(
     {
         return Err(Failure::new(
             StatusCode::CONFLICT,
-            "dbname_mismatch",
+            ErrorCode::DbnameMismatch,
             format!(
                 "formation {:?} serves database {db:?} ({file}), not {:?}",
                 f.name, req.dbname
@@ -317,7 +323,7 @@ async fn register(
     if !f.nodes.is_empty() && f.dbname != req.dbname {
         return Err(Failure::new(
             StatusCode::CONFLICT,
-            "dbname_mismatch",
+            ErrorCode::DbnameMismatch,
             format!(
                 "formation {:?} serves database {:?}, not {:?}",
                 f.name, f.dbname, req.dbname
@@ -408,7 +414,7 @@ async fn report(
         }
         return Err(Failure::new(
             StatusCode::NOT_FOUND,
-            "unknown_node",
+            ErrorCode::UnknownNode,
             format!(
                 "node {} is not registered in formation {:?} on this monitor",
                 r.node_id, r.formation
@@ -437,7 +443,7 @@ async fn report(
         }
         return Err(Failure::new(
             StatusCode::FORBIDDEN,
-            "address_mismatch",
+            ErrorCode::AddressMismatch,
             format!("node {name} is declared at {host}; reports for it come from there only"),
         ));
     }
@@ -453,7 +459,7 @@ async fn report(
 fn unknown_formation(name: &str) -> Failure {
     Failure::new(
         StatusCode::NOT_FOUND,
-        "unknown_formation",
+        ErrorCode::UnknownFormation,
         format!("formation {name:?} does not exist on this monitor"),
     )
 }
@@ -509,7 +515,7 @@ fn start_switchover(
             st.metrics.switchovers.get_or_create(&l).inc();
             return Err(Failure::new(
                 StatusCode::CONFLICT,
-                "switchover_refused",
+                ErrorCode::SwitchoverRefused,
                 why,
             ));
         }
@@ -545,14 +551,14 @@ async fn forced_failover(
     if !req.allow_data_loss {
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
-            "allow_data_loss_required",
+            ErrorCode::AllowDataLossRequired,
             "failover without data loss runs by itself; a forced failover must say allow_data_loss",
         ));
     }
     if req.reason.trim().is_empty() {
         return Err(Failure::new(
             StatusCode::BAD_REQUEST,
-            "reason_required",
+            ErrorCode::ReasonRequired,
             "a forced failover needs the operator's reason (it is recorded as an event)",
         ));
     }
@@ -562,7 +568,7 @@ async fn forced_failover(
         .view(&name, now)
         .ok_or_else(|| unknown_formation(&name))?;
     let (plan, term) = planner::plan_forced_failover(&view)
-        .map_err(|why| Failure::new(StatusCode::CONFLICT, "failover_refused", why))?;
+        .map_err(|why| Failure::new(StatusCode::CONFLICT, ErrorCode::FailoverRefused, why))?;
     st.allow_data_loss(&name, term);
     let mut ev = st.event(
         &name,
@@ -639,7 +645,7 @@ fn operator_action(
         .ok_or_else(|| {
             Failure::new(
                 StatusCode::NOT_FOUND,
-                "unknown_node",
+                ErrorCode::UnknownNode,
                 format!("no node {node:?} in formation {formation:?}"),
             )
         })?;
@@ -669,7 +675,7 @@ async fn enable_maintenance(
     if is_primary && !q.allow_failover {
         return Err(Failure::new(
             StatusCode::CONFLICT,
-            "needs_allow_failover",
+            ErrorCode::NeedsAllowFailover,
             format!("{node} is the primary: maintenance hands over first; pass --allow-failover"),
         ));
     }
@@ -682,7 +688,7 @@ async fn enable_maintenance(
         if let Err(why) = planner::plan_switchover(&view) {
             return Err(Failure::new(
                 StatusCode::CONFLICT,
-                "no_candidate",
+                ErrorCode::NoCandidate,
                 format!("{node} is the primary and cannot hand over: {why}"),
             ));
         }

@@ -2,6 +2,7 @@
 //! registration, reports, reconcile and assignments, and the admission rules that guard
 //! them (host strings, join secrets, who may speak for a declared node).
 
+use pgha_api::routes;
 use pgha_api::{NodeReport, NodeState, PgObservation, RegisterRequest};
 use pgha_controller::state::ControllerState;
 use pgha_controller::store::FileStore;
@@ -89,7 +90,7 @@ impl Api {
     }
 
     async fn report(&self, from: &str, id: u64, state: NodeState) -> (u16, serde_json::Value) {
-        self.post(from, "/v1/report", Some(&self.secret), &report(id, state))
+        self.post(from, routes::REPORT, Some(&self.secret), &report(id, state))
             .await
     }
 
@@ -103,7 +104,8 @@ impl Api {
             candidate_priority: 50,
             replication_quorum: true,
         };
-        self.post(from, "/v1/nodes", Some(&self.secret), &req).await
+        self.post(from, routes::REGISTER, Some(&self.secret), &req)
+            .await
     }
 }
 
@@ -158,7 +160,7 @@ async fn hostile_hosts_and_missing_secrets_are_refused() {
         candidate_priority: 50,
         replication_quorum: true,
     };
-    let (status, body) = api.post("127.0.0.1", "/v1/nodes", None, &req).await;
+    let (status, body) = api.post("127.0.0.1", routes::REGISTER, None, &req).await;
     assert_eq!(status, 401, "{body}");
     let (status, _) = api
         .post("127.0.0.1", "/v1/nodes", Some("wrong"), &req)

@@ -7,6 +7,7 @@
 pub mod formation;
 pub mod host;
 mod lsn;
+pub mod routes;
 #[cfg(feature = "server")]
 pub mod server;
 mod state;
@@ -392,5 +393,5 @@ pub struct ForcedFailoverStarted {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
-    pub code: String,
+    pub code: routes::ErrorCode,
 }

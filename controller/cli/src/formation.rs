@@ -178,7 +178,7 @@ async fn diff(dir: &std::path::Path, monitor: &MonitorArgs) -> anyhow::Result<()
                     }
                 }
             }
-            Err(e) if e.code() == Some("unknown_formation") => {
+            Err(e) if e.code() == Some(pgha_api::routes::ErrorCode::UnknownFormation) => {
                 println!(
                     "formation {name} ({file}): new, {} nodes declared",
                     doc.spec.nodes.len()

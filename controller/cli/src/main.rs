@@ -339,7 +339,7 @@ async fn switchover(args: SwitchoverArgs, target: Option<&str>) -> anyhow::Resul
         match client.switchover(&args.formation, target).await {
             Ok(s) => break s,
             Err(e)
-                if e.code() == Some("switchover_refused")
+                if e.code() == Some(pgha_api::routes::ErrorCode::SwitchoverRefused)
                     && t0.elapsed() < Duration::from_secs(args.timeout.min(30))
                     && (e.to_string().contains("caught-up")
                         || e.to_string().contains("no stable primary")) =>

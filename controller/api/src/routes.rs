@@ -1,0 +1,87 @@
+//! The controller API's paths and error codes, shared by the server (`pgha-controller`)
+//! and its clients, so that no path is spelled twice and no error code is compared as
+//! a string. Patterns use axum's `{param}` syntax; [`path`] fills them in.
+
+use serde::{Deserialize, Serialize};
+
+pub const HEALTHZ: &str = "/healthz";
+pub const METRICS: &str = "/metrics";
+pub const INFO: &str = "/v1/info";
+/// `POST`: an agent registers a node.
+pub const REGISTER: &str = "/v1/nodes";
+/// `POST`: an agent's report; the answer is its assignment.
+pub const REPORT: &str = "/v1/report";
+/// `GET ?formation=&count=&since=`.
+pub const EVENTS: &str = "/v1/events";
+pub const FORMATION_STATE: &str = "/v1/formations/{name}/state";
+pub const SWITCHOVER: &str = "/v1/formations/{name}/switchover";
+pub const PROMOTION: &str = "/v1/formations/{name}/promotion/{node}";
+/// `POST {allow_data_loss, reason}`.
+pub const FAILOVER: &str = "/v1/formations/{name}/failover";
+/// `POST` (`?allow_failover=`) enables, `DELETE` ends a node's maintenance.
+pub const MAINTENANCE: &str = "/v1/formations/{name}/nodes/{node}/maintenance";
+/// `DELETE`: drop a node.
+pub const NODE: &str = "/v1/formations/{name}/nodes/{node}";
+
+/// A route with its formation (and node) filled in. Names are validated identifiers
+/// (letters, digits, `_`, `-`), which need no escaping in a path.
+pub fn path(pattern: &str, formation: &str, node: Option<&str>) -> String {
+    let p = pattern.replace("{name}", formation);
+    match node {
+        Some(n) => p.replace("{node}", n),
+        None => p,
+    }
+}
+
+/// Why the controller refused a request (the `code` of an [`crate::ApiError`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    NotFound,
+    Internal,
+    /// The store refused a write: nothing changed; try again.
+    StoreUnavailable,
+    /// The formation's join secret is missing or wrong (or none is in force).
+    JoinSecret,
+    UnknownFormation,
+    UnknownNode,
+    InvalidName,
+    InvalidHost,
+    FormationFull,
+    NameTaken,
+    AddressTaken,
+    /// The request came from an address that may not speak for the node.
+    AddressMismatch,
+    NotDeclared,
+    DbnameMismatch,
+    SwitchoverRefused,
+    FailoverRefused,
+    AllowDataLossRequired,
+    ReasonRequired,
+    NeedsAllowFailover,
+    NoCandidate,
+    /// A code this client does not know (a newer controller).
+    #[serde(other)]
+    Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_travel_as_snake_case_and_unknown_ones_are_kept_apart() {
+        let json = serde_json::to_string(&ErrorCode::StoreUnavailable).unwrap();
+        assert_eq!(json, "\"store_unavailable\"");
+        let back: ErrorCode = serde_json::from_str("\"no_such_code_yet\"").unwrap();
+        assert_eq!(back, ErrorCode::Unknown);
+        assert_eq!(
+            path(PROMOTION, "orders", Some("node_b")),
+            "/v1/formations/orders/promotion/node_b"
+        );
+        assert_eq!(
+            path(SWITCHOVER, "orders", None),
+            "/v1/formations/orders/switchover"
+        );
+    }
+}
