@@ -1,13 +1,13 @@
 //! The agent loop: observe, fence if the lease ran out, take one step toward the
 //! assigned state, report, repeat.
 
-use crate::client::MonitorClient;
 use crate::conf::{self, Role};
 use crate::config::{AgentConfig, AgentState};
 use crate::observe::{self, Local};
 use crate::pg::{self, RunAs};
 use crate::plan::{self, Step, Wanted};
 use anyhow::Context;
+use pgha_api::client::MonitorClient;
 use pgha_api::{Assignment, NodeReport, NodeState, PgObservation, Timings};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -905,7 +905,7 @@ pub async fn run(
     tracing::info!(
         node = %agent.cfg.name,
         pgdata = %agent.cfg.pgdata.display(),
-        monitor = %crate::client::redact(&agent.cfg.monitor),
+        monitor = %pgha_api::client::redact(&agent.cfg.monitor),
         last_goal = ?agent.state.assignment.as_ref().map(|a| a.goal),
         "agent started"
     );

@@ -8,11 +8,11 @@
 //! - [`observe`]: what the local Postgres looks like now;
 //! - [`lease`]: the primary's lease: when it renews, and the watchdog that fences;
 //! - [`plan`]: the pure `(assignment, observation) -> step` function;
-//! - [`agent`]: the loop that ties them together (the I/O shell);
-//! - [`client`]: the controller API client.
+//! - [`agent`]: the loop that ties them together (the I/O shell).
+//!
+//! The controller API client is `pgha_api::client`, beside the contract it speaks.
 
 pub mod agent;
-pub mod client;
 pub mod conf;
 pub mod config;
 pub mod files;

@@ -2,8 +2,13 @@
 //!
 //! Everything here is plain data with serde: node states, the agent's report, the
 //! controller's assignment, and the read models (`FormationStatus`, `Event`) that the
-//! CLI prints. No I/O lives in this crate, so every other crate can depend on it.
+//! CLI prints, the routes and error codes of the API. No I/O lives in this crate by
+//! default, so every other crate can depend on it; two features add the I/O at the
+//! boundary it describes: `server` (the bounded HTTP server) and `client` (the typed
+//! API client).
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod formation;
 pub mod host;
 mod lsn;

@@ -3,9 +3,9 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use pgha_agent::client::MonitorClient;
 use pgha_agent::{AgentConfig, AuthMethod};
 use pgha_api::RegisterRequest;
+use pgha_api::client::MonitorClient;
 use pgha_controller::MonitorConfig;
 use pgha_controller::store::{FileStore, Store};
 use std::path::{Path, PathBuf};
@@ -209,7 +209,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
             existing.node_id,
             existing.name,
             existing.formation,
-            pgha_agent::client::redact(&existing.monitor),
+            pgha_api::client::redact(&existing.monitor),
             pgdata.display()
         );
         if a.run {
@@ -271,8 +271,8 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
     }
     // 2. The monitor: reachable, and willing to take us.
     // Stored resolved: the node keeps working when an @FILE given here is removed.
-    let monitor = pgha_agent::client::resolve_url(&a.monitor)
-        .map_err(|e| anyhow::anyhow!("--monitor: {e}"))?;
+    let monitor =
+        pgha_api::client::resolve_url(&a.monitor).map_err(|e| anyhow::anyhow!("--monitor: {e}"))?;
     let client = MonitorClient::new(&monitor, Duration::from_secs(5))?;
     client.info().await.context("--monitor")?;
     let reg = client

@@ -105,7 +105,7 @@ fn show_state(monitor: &str) -> anyhow::Result<()> {
 }
 
 async fn wait_for_states(
-    client: &pgha_agent::client::MonitorClient,
+    client: &pgha_api::client::MonitorClient,
     want: &[pgha_api::NodeState],
     timeout: Duration,
 ) -> anyhow::Result<()> {
@@ -195,7 +195,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         &["run", "--dir", &s(&mon_dir)],
         &dir.join("monitor.log"),
     )?;
-    let client = pgha_agent::client::MonitorClient::new(&monitor, Duration::from_secs(2))?;
+    let client = pgha_api::client::MonitorClient::new(&monitor, Duration::from_secs(2))?;
     let t0 = Instant::now();
     while client.info().await.is_err() {
         if t0.elapsed() > Duration::from_secs(10) {

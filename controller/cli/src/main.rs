@@ -8,7 +8,7 @@ mod show;
 mod table;
 
 use clap::{Args, Parser, Subcommand};
-use pgha_agent::client::MonitorClient;
+use pgha_api::client::MonitorClient;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

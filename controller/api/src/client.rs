@@ -1,7 +1,8 @@
-//! Typed client of the controller's HTTP API, shared by the agent and the CLI.
+//! Typed client of the controller's HTTP API (feature `client`), beside the contract it
+//! speaks: the agent and the CLI both talk to the controller through it.
 
-use pgha_api::routes::{self, ErrorCode};
-use pgha_api::{
+use crate::routes::{self, ErrorCode};
+use crate::{
     ApiError, Assignment, Event, FormationStatus, MonitorInfo, NodeReport, RegisterRequest,
     RegisterResponse, SwitchoverStarted,
 };
@@ -256,8 +257,8 @@ impl MonitorClient {
     pub async fn forced_failover(
         &self,
         formation: &str,
-        req: &pgha_api::ForcedFailoverRequest,
-    ) -> Result<pgha_api::ForcedFailoverStarted, ClientError> {
+        req: &crate::ForcedFailoverRequest,
+    ) -> Result<crate::ForcedFailoverStarted, ClientError> {
         self.post(&routes::path(routes::FAILOVER, formation, None), req)
             .await
     }
