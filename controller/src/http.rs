@@ -1,8 +1,9 @@
 //! The controller's HTTP API: versioned JSON under `/v1/`, `{error, code}` on failure.
 
+use crate::admission::{self, Refusal};
 use crate::config::MonitorConfig;
 use crate::planner::{self, NodeView};
-use crate::store::{AdmissionRule, FormationRecord, NodeRecord};
+use crate::store::{FormationRecord, NodeRecord};
 use crate::{Shared, lock, now_ms};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -109,81 +110,36 @@ async fn info(State(ctx): State<Ctx>) -> ApiResult<MonitorInfo> {
     }))
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+/// A refusal of the admission rules, with its status.
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        let status = match r.code {
+            ErrorCode::JoinSecret => StatusCode::UNAUTHORIZED,
+            ErrorCode::UnknownFormation | ErrorCode::UnknownNode => StatusCode::NOT_FOUND,
+            ErrorCode::InvalidName | ErrorCode::InvalidHost => StatusCode::BAD_REQUEST,
+            ErrorCode::NotDeclared | ErrorCode::AddressMismatch => StatusCode::FORBIDDEN,
+            _ => StatusCode::CONFLICT,
+        };
+        Failure::new(status, r.code, r.message)
+    }
 }
 
-/// A formation with a join secret admits only requests that present it.
+/// The formation's join secret, as the request presents it.
 fn check_secret(
     st: &crate::state::ControllerState,
     formation: &str,
     headers: &HeaderMap,
 ) -> Result<(), Failure> {
-    let Some(f) = st.durable.formations.get(formation) else {
-        return Err(unknown_formation(formation));
-    };
-    let want = match f.admission() {
-        AdmissionRule::Open => return Ok(()),
-        AdmissionRule::Secret(s) => s,
-        AdmissionRule::Closed => {
-            return Err(Failure::new(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::JoinSecret,
-                format!(
-                    "formation {formation:?} has no join secret in force (its file names none that could be read, and it is not `admission: open: true`): nothing is admitted"
-                ),
-            ));
-        }
-    };
-    let got = headers
+    let f = st
+        .durable
+        .formations
+        .get(formation)
+        .ok_or_else(|| unknown_formation(formation))?;
+    let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Compare without an early exit, so timing does not reveal a prefix.
-    let same = got.len() == want.len()
-        && got
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(Failure::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::JoinSecret,
-            format!(
-                "formation {formation:?} needs its join secret: use the monitor URL that `pgha show uri --dir <monitor dir>` prints on the monitor VM"
-            ),
-        ))
-    }
-}
-
-/// Whether a request from `peer` may speak for a node declared at `host`: a node
-/// declared at an IP address registers and reports from that address only (a DNS name
-/// is not resolved here; per-node credentials are what binds those).
-fn peer_may_speak_for(host: &str, peer: std::net::IpAddr) -> bool {
-    match pgha_api::host::Host::parse(host) {
-        Ok(pgha_api::host::Host::Ip(ip)) => ip.to_canonical() == peer.to_canonical(),
-        _ => true,
-    }
-}
-
-/// The declared host of a node, when the formation file declares its nodes.
-fn declared_host<'a>(f: &'a FormationRecord, name: &str) -> Option<&'a str> {
-    let spec = f.spec.as_ref()?;
-    if !spec.declared_nodes_only() {
-        return None;
-    }
-    spec.nodes
-        .iter()
-        .find(|d| d.name == name)
-        .map(|d| d.host.as_str())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    Ok(admission::check_secret(f, presented)?)
 }
 
 async fn register(
@@ -195,141 +151,13 @@ async fn register(
     let now = now_ms();
     let mut st = lock(&ctx.shared);
     check_secret(&st, &req.formation, &headers)?;
-    let Some(f) = st.durable.formations.get(&req.formation) else {
-        return Err(Failure::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::UnknownFormation,
-            format!(
-                "formation {:?} does not exist on this monitor",
-                req.formation
-            ),
-        ));
-    };
-    if let Some(name) = &req.name
-        && !valid_name(name)
-    {
-        return Err(Failure::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidName,
-            format!("node name {name:?} must be 1-63 letters, digits, '_' or '-'"),
-        ));
-    }
-    if let Err(e) = pgha_api::host::validate_host(&req.host) {
-        return Err(Failure::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidHost,
-            e.to_string(),
-        ));
-    }
-    if f.nodes.len() >= pgha_api::formation::MAX_NODES {
-        return Err(Failure::new(
-            StatusCode::CONFLICT,
-            ErrorCode::FormationFull,
-            format!(
-                "formation {:?} already has {} nodes, the most a formation holds",
-                f.name,
-                f.nodes.len()
-            ),
-        ));
-    }
-    if let Some(n) = f
-        .nodes
-        .values()
-        .find(|n| req.name.as_deref() == Some(n.name.as_str()))
-    {
-        return Err(Failure::new(
-            StatusCode::CONFLICT,
-            ErrorCode::NameTaken,
-            format!(
-                "node name {:?} is already taken in formation {:?} by {}:{}",
-                n.name, f.name, n.host, n.port
-            ),
-        ));
-    }
-    if let Some(n) = f
-        .nodes
-        .values()
-        .find(|n| n.host == req.host && n.port == req.port)
-    {
-        return Err(Failure::new(
-            StatusCode::CONFLICT,
-            ErrorCode::AddressTaken,
-            format!(
-                "{}:{} is already registered in formation {:?} as node {:?}",
-                req.host, req.port, f.name, n.name
-            ),
-        ));
-    }
-    // Admission (DESIGN §5 rule 7): a formation file that declares its nodes admits only
-    // those, each from its declared address. Nothing of a refused node is stored.
-    let declared = f.spec.as_ref().and_then(|spec| {
-        spec.declared_nodes_only().then(|| {
-            let name = req.name.as_deref().unwrap_or("");
-            (
-                spec.nodes.iter().find(|n| n.name == name).cloned(),
-                spec.nodes.len(),
-            )
-        })
-    });
-    let file = f.source_file.clone().unwrap_or_default();
-    match &declared {
-        Some((None, _)) => {
-            return Err(Failure::new(
-                StatusCode::FORBIDDEN,
-                ErrorCode::NotDeclared,
-                format!(
-                    "node {:?} is not declared in formation {:?} ({file}): add it under spec.nodes, or pass the --name of a declared node",
-                    req.name.as_deref().unwrap_or("(no --name)"),
-                    f.name
-                ),
-            ));
-        }
-        Some((Some(d), _)) if !peer_may_speak_for(&d.host, peer.ip()) => {
-            return Err(Failure::new(
-                StatusCode::FORBIDDEN,
-                ErrorCode::AddressMismatch,
-                format!(
-                    "node {:?} is declared at {} in {file}; this registration came from {}",
-                    d.name,
-                    d.host,
-                    peer.ip()
-                ),
-            ));
-        }
-        Some((Some(d), _)) if d.host != req.host || d.port != req.port => {
-            return Err(Failure::new(
-                StatusCode::FORBIDDEN,
-                ErrorCode::AddressMismatch,
-                format!(
-                    "node {:?} is declared at {}:{} in {file}, not {}:{}",
-                    d.name, d.host, d.port, req.host, req.port
-                ),
-            ));
-        }
-        _ => {}
-    }
-    if let Some(db) = f.spec.as_ref().and_then(|s| s.dbname.as_ref())
-        && *db != req.dbname
-    {
-        return Err(Failure::new(
-            StatusCode::CONFLICT,
-            ErrorCode::DbnameMismatch,
-            format!(
-                "formation {:?} serves database {db:?} ({file}), not {:?}",
-                f.name, req.dbname
-            ),
-        ));
-    }
-    if !f.nodes.is_empty() && f.dbname != req.dbname {
-        return Err(Failure::new(
-            StatusCode::CONFLICT,
-            ErrorCode::DbnameMismatch,
-            format!(
-                "formation {:?} serves database {:?}, not {:?}",
-                f.name, f.dbname, req.dbname
-            ),
-        ));
-    }
+    let f = st
+        .durable
+        .formations
+        .get(&req.formation)
+        .ok_or_else(|| unknown_formation(&req.formation))?;
+    // Nothing of a refused node is stored.
+    let declared = admission::admit_registration(f, &req, peer.ip())?;
     let others: Vec<NodeView> = st
         .view(&req.formation, now)
         .map(|v| v.nodes)
@@ -354,12 +182,12 @@ async fn register(
         drop_requested: false,
         rebuild_epoch: 0,
         candidate_priority: match &declared {
-            Some((Some(d), _)) => d.candidate_priority.min(100) as u8,
-            _ => req.candidate_priority.min(100),
+            Some(d) => d.candidate_priority.min(100) as u8,
+            None => req.candidate_priority.min(100),
         },
         replication_quorum: match &declared {
-            Some((Some(d), _)) => d.replication_quorum,
-            _ => req.replication_quorum,
+            Some(d) => d.replication_quorum,
+            None => req.replication_quorum,
         },
     };
     let f: &mut FormationRecord = st
@@ -423,8 +251,8 @@ async fn report(
     }
     if let Some(f) = st.formation_of(r.node_id)
         && let Some(n) = f.nodes.get(&r.node_id)
-        && let Some(host) = declared_host(f, &n.name)
-        && !peer_may_speak_for(host, peer.ip())
+        && let Some(host) = admission::declared_host(f, &n.name)
+        && !admission::peer_may_speak_for(host, peer.ip())
     {
         let (name, host) = (n.name.clone(), host.to_string());
         // One event per node and address, not one per second.

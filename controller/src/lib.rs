@@ -3,11 +3,13 @@
 //! - [`planner`]: the pure decision function (no I/O);
 //! - [`store`]: the crash-safe embedded store;
 //! - [`state`]: live state (durable records + observations) and plan application;
+//! - [`admission`]: who may join a formation and speak for its nodes;
 //! - [`http`]: the HTTP API for agents and operators;
 //! - [`probe`]: SQL health probes of every node;
 //! - [`metrics`]: the Prometheus page;
 //! - [`clock`]: the monotonic clock the planner's durations are measured on.
 
+pub mod admission;
 pub mod clock;
 pub mod config;
 pub mod desired;
