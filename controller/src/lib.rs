@@ -71,7 +71,7 @@ pub async fn run(
 
 /// Reads the formations directory and applies it.
 fn reload_desired(shared: &Shared, dir: &std::path::Path) {
-    let scan = desired::scan(dir);
+    let scan = state::off_async_workers(|| desired::scan(dir));
     if let Err(e) = lock(shared).apply_desired(scan, now_ms()) {
         tracing::error!("applying formation files failed: {e}");
     }

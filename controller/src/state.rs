@@ -97,7 +97,7 @@ impl ControllerState {
         if self.durable == self.saved {
             return Ok(());
         }
-        match self.store.save(&self.durable) {
+        match off_async_workers(|| self.store.save(&self.durable)) {
             Ok(()) => {
                 self.saved = self.durable.clone();
                 Ok(())
@@ -117,7 +117,7 @@ impl ControllerState {
         ev.id = self.next_event_id;
         self.next_event_id += 1;
         tracing::info!(formation = %ev.formation, node = ev.node_name.as_deref().unwrap_or("-"), rule = %ev.rule, "{}", ev.description);
-        self.store.append_events(std::slice::from_ref(&ev))?;
+        off_async_workers(|| self.store.append_events(std::slice::from_ref(&ev)))?;
         self.events.push_back(ev);
         while self.events.len() > EVENTS_IN_MEMORY {
             self.events.pop_front();
@@ -869,6 +869,19 @@ impl ControllerState {
                 .unwrap_or_default(),
             spec: f.spec.clone(),
         })
+    }
+}
+
+/// Runs blocking store I/O (an fsync can take long on a busy disk) without holding up
+/// an async worker: on a multi-threaded runtime the worker's other tasks move elsewhere
+/// meanwhile (`block_in_place`); outside a runtime, or on a current-thread one, it just
+/// runs.
+pub fn off_async_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
