@@ -359,12 +359,11 @@ impl Agent {
         let Some(a) = &self.state.assignment else {
             return Ok(false);
         };
-        if a.rebuild_epoch <= self.state.rebuilt_epoch {
-            return Ok(false);
-        }
         let epoch = a.rebuild_epoch;
-        match a.goal {
-            NodeState::Secondary | NodeState::Catchingup => {
+        match plan::rebuild(a.goal, epoch, self.state.rebuilt_epoch) {
+            plan::Rebuild::No | plan::Rebuild::Later => return Ok(false),
+            plan::Rebuild::Skip => {}
+            plan::Rebuild::MoveAside => {
                 if l.initialized {
                     if l.postmaster_running {
                         pg::stop(&self.cfg).await?;
@@ -375,10 +374,6 @@ impl Agent {
                     )?;
                 }
             }
-            // Promoted meanwhile: its own data is the formation's; nothing to rebuild.
-            g if g.is_writable() => {}
-            // Mid-promotion or stopped: later, when it is a plain standby again.
-            _ => return Ok(false),
         }
         self.state.rebuilt_epoch = epoch;
         self.state.save(&self.cfg)?;

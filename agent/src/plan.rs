@@ -117,6 +117,32 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
     Step::Reached
 }
 
+/// What a node does when the controller asks it to rebuild (the primary invalidated its
+/// slot): a plain standby moves its data aside for a fresh base backup; a node promoted
+/// meanwhile has nothing to rebuild; one mid-promotion or stopped waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebuild {
+    /// Nothing asked, or already done for this epoch.
+    No,
+    /// Stop Postgres and move PGDATA aside, then record the epoch.
+    MoveAside,
+    /// Record the epoch without touching the data.
+    Skip,
+    /// Not now: ask again at a later tick.
+    Later,
+}
+
+pub fn rebuild(goal: NodeState, asked_epoch: u64, done_epoch: u64) -> Rebuild {
+    if asked_epoch <= done_epoch {
+        return Rebuild::No;
+    }
+    match goal {
+        NodeState::Secondary | NodeState::Catchingup => Rebuild::MoveAside,
+        g if g.is_writable() => Rebuild::Skip,
+        _ => Rebuild::Later,
+    }
+}
+
 /// The primary's slots differ from what it should keep: a wanted slot is missing, or an
 /// unwanted or invalidated one can be dropped (one a standby streams through right now
 /// is left until it disconnects).
@@ -287,6 +313,16 @@ mod tests {
         let mut w = wanted(NodeState::Primary);
         w.restart_allowed = false;
         assert_eq!(next_step(&w, &p), Step::Reached);
+    }
+
+    #[test]
+    fn a_rebuild_is_done_once_and_only_by_a_plain_standby() {
+        assert_eq!(rebuild(NodeState::Secondary, 1, 0), Rebuild::MoveAside);
+        assert_eq!(rebuild(NodeState::Catchingup, 2, 1), Rebuild::MoveAside);
+        assert_eq!(rebuild(NodeState::Secondary, 1, 1), Rebuild::No);
+        assert_eq!(rebuild(NodeState::Primary, 1, 0), Rebuild::Skip);
+        assert_eq!(rebuild(NodeState::PreparePromotion, 1, 0), Rebuild::Later);
+        assert_eq!(rebuild(NodeState::Maintenance, 1, 0), Rebuild::Later);
     }
 
     #[test]

@@ -719,17 +719,7 @@ impl ControllerState {
         let f = self.durable.formations.get(formation)?;
         let n = f.nodes.get(&node_id)?;
         let view = self.view(formation, now_ms)?;
-        // A slot only for a node that streams or is about to: not one in maintenance,
-        // dropped, or failed (unless it is still joining: its base backup, which sends
-        // no report while it runs, streams through the slot). A dead node's slot would
-        // otherwise keep WAL until the primary's disk is full.
-        let keeps_slot = |id: NodeId| {
-            view.nodes.iter().find(|v| v.id == id).is_some_and(|v| {
-                !matches!(v.goal, NodeState::Maintenance | NodeState::Dropped)
-                    && (!view.is_failed(v)
-                        || matches!(v.reported, NodeState::Init | NodeState::WaitStandby))
-            })
-        };
+        let keeps_slot = |id: NodeId| view.nodes.iter().any(|v| v.id == id && view.keeps_slot(v));
         let peer = |r: &NodeRecord| PeerNode {
             node_id: r.id,
             name: r.name.clone(),

@@ -594,6 +594,25 @@ fn streaming_from_a_standby_does_not_hold_the_old_primary_lease() {
     assert!(!g.lease_certainly_expired(&old));
 }
 
+#[test]
+fn slots_are_kept_for_nodes_that_stream_or_are_joining() {
+    let mut f = formation(vec![
+        node(1, Primary),
+        node(2, Secondary),
+        node(3, Secondary),
+    ]);
+    let now = f.now_ms;
+    assert!(f.keeps_slot(&f.nodes[1]));
+    // Failed: no slot (its WAL would pile up on the primary)...
+    fail(&mut f.nodes[1], now, 60_000);
+    assert!(!f.keeps_slot(&f.nodes[1]));
+    // ... unless it is still taking its base backup (no reports meanwhile).
+    f.nodes[1].reported = WaitStandby;
+    assert!(f.keeps_slot(&f.nodes[1]));
+    f.nodes[2].goal = Maintenance;
+    assert!(!f.keeps_slot(&f.nodes[2]));
+}
+
 /// The standbys' word that they stopped streaming is not enough: a primary whose
 /// Postgres answered the controller's own probe within the window may still be
 /// writable (a spoofed or stale standby report cannot get a standby promoted).

@@ -159,6 +159,17 @@ impl FormationView {
         })
     }
 
+    /// Whether the primary keeps a replication slot for `n`: only for a node that
+    /// streams or is about to. Not one in maintenance, dropped, or failed (unless it is
+    /// still joining: its base backup, which sends no report while it runs, streams
+    /// through the slot). A dead node's slot would otherwise keep WAL until the
+    /// primary's disk is full.
+    pub fn keeps_slot(&self, n: &NodeView) -> bool {
+        !matches!(n.goal, NodeState::Maintenance | NodeState::Dropped)
+            && (!self.is_failed(n)
+                || matches!(n.reported, NodeState::Init | NodeState::WaitStandby))
+    }
+
     /// The most advanced live standby other than `except` (ties: lowest id). A failover
     /// candidate that lacks WAL this one has streams it from here first (fast_forward).
     pub(super) fn most_advanced_standby(&self, except: NodeId) -> Option<&NodeView> {
