@@ -2,7 +2,7 @@
 //! a formation's record, the request and the client's address: no lock, no I/O. `http`
 //! maps a [`Refusal`] to its status code.
 
-use crate::store::{AdmissionRule, FormationRecord};
+use crate::records::{AdmissionRule, FormationRecord};
 use pgha_api::RegisterRequest;
 use pgha_api::formation::NodeSpec;
 use pgha_api::routes::ErrorCode;
@@ -68,7 +68,7 @@ pub fn peer_may_speak_for(host: &str, peer: IpAddr) -> bool {
 
 /// The declared host of a node, when the formation file declares its nodes.
 pub fn declared_host<'a>(f: &'a FormationRecord, name: &str) -> Option<&'a str> {
-    let spec = f.spec.as_ref()?;
+    let spec = f.spec()?;
     if !spec.declared_nodes_only() {
         return None;
     }
@@ -143,8 +143,8 @@ pub fn admit_registration(
     }
     // A formation file that declares its nodes admits only those, each from its
     // declared address.
-    let file = f.source_file.clone().unwrap_or_default();
-    let declared = match f.spec.as_ref().filter(|s| s.declared_nodes_only()) {
+    let file = f.desired.source_file.clone().unwrap_or_default();
+    let declared = match f.spec().filter(|s| s.declared_nodes_only()) {
         None => None,
         Some(spec) => {
             let name = req.name.as_deref().unwrap_or("");
@@ -179,7 +179,7 @@ pub fn admit_registration(
             Some(d.clone())
         }
     };
-    if let Some(db) = f.spec.as_ref().and_then(|s| s.dbname.as_ref())
+    if let Some(db) = f.spec().and_then(|s| s.dbname.as_ref())
         && *db != req.dbname
     {
         return refuse(
@@ -213,7 +213,7 @@ mod tests {
         );
         let doc = parse_formation("orders.yaml", text.as_bytes()).unwrap();
         let mut f = FormationRecord::new("orders", "orders");
-        f.spec = Some(doc.spec);
+        f.desired.spec = Some(doc.spec);
         f
     }
 
@@ -239,7 +239,7 @@ mod tests {
             code(check_secret(&closed, Some("x"))),
             Some(ErrorCode::JoinSecret)
         );
-        closed.join_secret = Some("s3cret".into());
+        closed.desired.join_secret = Some("s3cret".into());
         assert_eq!(code(check_secret(&closed, Some("s3cret"))), None);
         assert_eq!(
             code(check_secret(&closed, Some("s3cre"))),

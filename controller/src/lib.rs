@@ -1,6 +1,8 @@
 //! pgha controller (the tutorial's "monitor").
 //!
 //! - [`planner`]: the pure decision function (no I/O);
+//! - [`records`]: the durable records, desired apart from intent apart from observed;
+//! - [`rule`]: why each decision and event happened, as a typed enum;
 //! - [`store`]: the crash-safe embedded store;
 //! - [`state`]: live state (durable records + observations) and plan application;
 //! - [`admission`]: who may join a formation and speak for its nodes;
@@ -17,6 +19,8 @@ pub mod http;
 pub mod metrics;
 pub mod planner;
 pub mod probe;
+pub mod records;
+pub mod rule;
 pub mod state;
 pub mod store;
 

@@ -1,10 +1,11 @@
 //! The controller's `/metrics` page (DESIGN §9). Counters and histograms live in
 //! [`Metrics`], owned by the controller state (no process-global registry); gauges are
-//! computed from the live state at scrape time. Each scrape builds a fresh registry.
+//! computed at scrape time from read models ([`FormationReading`]: the status `show
+//! state` prints), so this module knows nothing of the state that owns it. Each scrape
+//! builds a fresh registry.
 
 use crate::planner::BlockReason;
-use crate::state::ControllerState;
-use pgha_api::{ALL_STATES, NodeState};
+use pgha_api::{ALL_STATES, FormationStatus, NodeState};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -65,8 +66,15 @@ impl Default for Metrics {
     }
 }
 
-/// Renders the OpenMetrics text for the current state.
-pub fn render(st: &ControllerState, now_ms: u64) -> String {
+/// What the metrics page shows of one formation: its status (the read model `show
+/// state` prints) and why a needed failover is blocked, if it is.
+pub struct FormationReading {
+    pub status: FormationStatus,
+    pub blocked: Option<BlockReason>,
+}
+
+/// Renders the OpenMetrics text from read models and the counters.
+pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
     let mut reg = Registry::with_prefix("pgha");
     let assigned = Family::<Labels, Gauge>::default();
     let reported = Family::<Labels, Gauge>::default();
@@ -78,15 +86,17 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
     let info = Family::<Labels, Gauge>::default();
     let blocked = Family::<Labels, Gauge>::default();
 
-    for f in st.durable.formations.values() {
-        let Some(status) = st.status(&f.name, now_ms) else {
-            continue;
-        };
+    for FormationReading {
+        status,
+        blocked: current,
+    } in formations
+    {
+        let f = status;
         let fl = labels(&[("formation", &f.name)]);
         term.get_or_create(&fl).set(f.term as i64);
         info.get_or_create(&labels(&[("formation", &f.name), ("dbname", &f.dbname)]))
             .set(1);
-        let current = st.blocked.get(&f.name).copied().flatten();
+        let current = *current;
         for r in BlockReason::ALL {
             blocked
                 .get_or_create(&labels(&[("formation", &f.name), ("reason", r.as_str())]))
@@ -131,7 +141,6 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
         }
     }
 
-    let m = &st.metrics;
     reg.register(
         "node_assigned_state",
         "State the controller assigned to each node (one-hot)",
@@ -224,7 +233,9 @@ pub fn render(st: &ControllerState, now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{FileStore, FormationRecord, NodeRecord};
+    use crate::records::{FormationRecord, NodeRecord};
+    use crate::state::ControllerState;
+    use crate::store::FileStore;
 
     #[test]
     fn metrics_page_has_the_contract_names_types_and_help() {
@@ -234,19 +245,7 @@ mod tests {
         for (id, goal) in [(1, NodeState::Primary), (2, NodeState::Secondary)] {
             f.nodes.insert(
                 id,
-                NodeRecord {
-                    id,
-                    name: format!("node_{id}"),
-                    host: "127.0.0.1".into(),
-                    port: 5432 + id as u16,
-                    goal,
-                    reported: goal,
-                    candidate_priority: 50,
-                    replication_quorum: true,
-                    operator_maintenance: false,
-                    drop_requested: false,
-                    rebuild_epoch: 0,
-                },
+                NodeRecord::for_test(id, &format!("node_{id}"), 5432 + id as u16, goal, goal),
             );
         }
         st.durable.formations.insert("default".into(), f);
@@ -294,7 +293,7 @@ mod tests {
             .failover_duration
             .get_or_create(&labels(&[("formation", "default")]))
             .observe(3.2);
-        let text = render(&st, 2000);
+        let text = st.metrics_page(2000);
         let expected = [
             ("pgha_node_assigned_state", "gauge"),
             ("pgha_node_reported_state", "gauge"),

@@ -22,6 +22,7 @@
 //! maintenance, drop, rolling restart); this file holds the plan and the steady-state
 //! rules (bootstrap, standbys, primary, rejoin).
 
+pub use crate::rule::Rule;
 use pgha_api::{Lsn, NodeId, NodeState, PgObservation, Timings};
 
 mod failover;
@@ -39,7 +40,7 @@ pub use view::{CATCHUP_THRESHOLD_BYTES, FormationView, NodeView, StreamLog};
 pub struct Decision {
     pub node_id: NodeId,
     pub goal: NodeState,
-    pub rule: &'static str,
+    pub rule: Rule,
     pub description: String,
 }
 
@@ -99,7 +100,7 @@ impl BlockReason {
 }
 
 impl Plan {
-    fn assign(&mut self, node: &NodeView, goal: NodeState, rule: &'static str, why: String) {
+    fn assign(&mut self, node: &NodeView, goal: NodeState, rule: Rule, why: String) {
         if node.goal != goal && !self.decisions.iter().any(|d| d.node_id == node.id) {
             self.decisions.push(Decision {
                 node_id: node.id,
@@ -172,7 +173,7 @@ fn plan_bootstrap(f: &FormationView, p: &mut Plan) {
         p.assign(
             primary,
             NodeState::WaitPrimary,
-            "single_to_wait_primary",
+            Rule::SingleToWaitPrimary,
             "a standby is joining: open pg_hba and a replication slot for it".into(),
         );
     }
@@ -191,7 +192,7 @@ fn plan_standbys(f: &FormationView, p: &mut Plan) {
                     p.assign(
                         n,
                         NodeState::Catchingup,
-                        "wait_standby_to_catchingup",
+                        Rule::WaitStandbyToCatchingup,
                         format!("primary {} is ready for it: base backup", pr.name),
                     );
                 } else {
@@ -215,7 +216,7 @@ fn plan_standbys(f: &FormationView, p: &mut Plan) {
                     Some(lag) if same_tli && lag <= CATCHUP_THRESHOLD_BYTES => p.assign(
                         n,
                         NodeState::Secondary,
-                        "catchingup_to_secondary",
+                        Rule::CatchingupToSecondary,
                         format!("caught up with {} ({lag} bytes behind)", pr.name),
                     ),
                     _ => p.wait(format!("{} is catching up with {}", n.name, pr.name)),
@@ -224,7 +225,7 @@ fn plan_standbys(f: &FormationView, p: &mut Plan) {
             (NodeState::Secondary, _) if f.is_failed(n) => p.assign(
                 n,
                 NodeState::Catchingup,
-                "unhealthy_secondary",
+                Rule::UnhealthySecondary,
                 format!("secondary failed: {}", describe_failure(f, n)),
             ),
             _ => {}
@@ -253,7 +254,7 @@ fn plan_primary(f: &FormationView, p: &mut Plan) {
         p.assign(
             pr,
             NodeState::Single,
-            "last_node_to_single",
+            Rule::LastNodeToSingle,
             format!(
                 "{} is the only node left: no replication to wait for",
                 pr.name
@@ -266,7 +267,7 @@ fn plan_primary(f: &FormationView, p: &mut Plan) {
         NodeState::WaitPrimary if !quorum.is_empty() => p.assign(
             pr,
             NodeState::Primary,
-            "wait_primary_to_primary",
+            Rule::WaitPrimaryToPrimary,
             format!(
                 "{} is a healthy quorum secondary: enable synchronous replication",
                 quorum[0].name
@@ -275,7 +276,7 @@ fn plan_primary(f: &FormationView, p: &mut Plan) {
         NodeState::Primary if quorum.is_empty() && f.number_sync_standbys == 0 => p.assign(
             pr,
             NodeState::WaitPrimary,
-            "primary_to_wait_primary",
+            Rule::PrimaryToWaitPrimary,
             "no healthy quorum secondary left: disable synchronous replication so writes continue"
                 .into(),
         ),
@@ -300,7 +301,7 @@ fn plan_rejoin(f: &FormationView, p: &mut Plan) {
                 p.assign(
                     n,
                     NodeState::Catchingup,
-                    "demoted_to_catchingup",
+                    Rule::DemotedToCatchingup,
                     format!("rejoin as a standby of {} (pg_rewind)", pr.name),
                 );
             } else {

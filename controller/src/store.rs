@@ -5,9 +5,8 @@
 //! version and never a torn one. Events are appended to a JSON-lines file and fsynced.
 //! Behind the [`Store`] trait so another engine can carry it later.
 
-use pgha_api::{Event, NodeId, NodeState, Timings};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+pub use crate::records::DurableState;
+use pgha_api::Event;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -24,139 +23,6 @@ pub enum StoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
-}
-
-/// A registered node and what it is assigned.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub id: NodeId,
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub goal: NodeState,
-    /// Last state the node reported (kept so `show state` reads right after a restart).
-    pub reported: NodeState,
-    pub candidate_priority: u8,
-    pub replication_quorum: bool,
-    /// Put in maintenance by an operator (`pgha enable maintenance`), besides the file.
-    #[serde(default)]
-    pub operator_maintenance: bool,
-    /// An operator asked to drop it (`pgha drop node`).
-    #[serde(default)]
-    pub drop_requested: bool,
-    /// Bumped each time the primary's slot for this node was invalidated: the node
-    /// rebuilds from a fresh base backup once per bump.
-    #[serde(default)]
-    pub rebuild_epoch: u64,
-}
-
-/// One formation's durable record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FormationRecord {
-    pub name: String,
-    pub dbname: String,
-    pub term: u64,
-    pub number_sync_standbys: u32,
-    #[serde(default)]
-    pub timings: Timings,
-    /// Password of the replication role, handed to nodes at registration.
-    #[serde(default)]
-    pub replication_password: String,
-    pub nodes: BTreeMap<NodeId, NodeRecord>,
-    /// Last good desired state from the formation file.
-    #[serde(default)]
-    pub spec: Option<pgha_api::formation::FormationSpec>,
-    /// Bumped by every accepted change of the formation file.
-    #[serde(default)]
-    pub generation: u64,
-    #[serde(default)]
-    pub source_file: Option<String>,
-    /// The formation file was removed: left running, not reconciled from YAML.
-    #[serde(default)]
-    pub orphaned: bool,
-    /// Last generation a rolling-restart switchover was done for.
-    #[serde(default)]
-    pub rolling_restart_generation: u64,
-    /// The term whose failover an operator allowed to lose data
-    /// (`pgha perform failover --allow-data-loss`); it lapses with the next term.
-    #[serde(default)]
-    pub data_loss_allowed_term: Option<u64>,
-    /// WAL position of the primary when it last turned synchronous (reported
-    /// `primary`): what it wrote before may have been acknowledged without a standby.
-    #[serde(default)]
-    pub sync_floor_lsn: pgha_api::Lsn,
-    /// Last generation whose `spec.primary` was carried out (or already held).
-    #[serde(default)]
-    pub desired_primary_generation: u64,
-    /// The join secret last read from the file that the accepted spec names. Kept with
-    /// the last good spec, so a restart with the file rejected, removed or unreadable
-    /// still admits no one without it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub join_secret: Option<String>,
-}
-
-/// Who a formation admits, from its last good spec and secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdmissionRule<'a> {
-    /// `admission.open: true`: anyone who reaches the monitor.
-    Open,
-    /// Only requests presenting this secret.
-    Secret(&'a str),
-    /// Nothing usable is in force (no accepted file, or its secret was never read):
-    /// nobody is admitted.
-    Closed,
-}
-
-impl FormationRecord {
-    pub fn admission(&self) -> AdmissionRule<'_> {
-        match (&self.spec, &self.join_secret) {
-            (Some(spec), _) if spec.admission.open => AdmissionRule::Open,
-            (_, Some(s)) if !s.is_empty() => AdmissionRule::Secret(s),
-            _ => AdmissionRule::Closed,
-        }
-    }
-}
-
-impl FormationRecord {
-    pub fn new(name: &str, dbname: &str) -> Self {
-        FormationRecord {
-            name: name.to_string(),
-            dbname: dbname.to_string(),
-            term: 1,
-            number_sync_standbys: 0,
-            timings: Timings::default(),
-            // Made at the first registration (which can fail with the reason).
-            replication_password: String::new(),
-            nodes: BTreeMap::new(),
-            spec: None,
-            generation: 0,
-            source_file: None,
-            orphaned: false,
-            rolling_restart_generation: 0,
-            data_loss_allowed_term: None,
-            sync_floor_lsn: pgha_api::Lsn::default(),
-            desired_primary_generation: 0,
-            join_secret: None,
-        }
-    }
-}
-
-/// 32 hex characters from the kernel's random source; an error (never a weak secret)
-/// when it cannot be read.
-pub fn random_secret() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut buf = [0u8; 16];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| std::io::Error::other(format!("reading /dev/urandom for a secret: {e}")))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Everything the controller must not forget across restarts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DurableState {
-    pub next_node_id: NodeId,
-    pub formations: BTreeMap<String, FormationRecord>,
 }
 
 /// Storage for the durable state and the event log.
@@ -361,6 +227,7 @@ impl Store for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::FormationRecord;
 
     fn test_event() -> Event {
         Event {

@@ -138,7 +138,7 @@ async fn report_reconcile_assignment_over_http() {
     assert_eq!(status, 200);
     let st = lock(&api.shared);
     assert_eq!(
-        st.durable.formations["orders"].nodes[&id].reported,
+        st.durable.formations["orders"].nodes[&id].reported(),
         NodeState::Single
     );
 }
@@ -192,7 +192,7 @@ async fn only_the_declared_address_speaks_for_a_node() {
     {
         let st = lock(&api.shared);
         assert_eq!(
-            st.durable.formations["orders"].nodes[&id].reported,
+            st.durable.formations["orders"].nodes[&id].reported(),
             NodeState::Init,
             "a refused report changed the node"
         );

@@ -142,7 +142,7 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
                     .mode(0o600)
                     .open(&secret_file)
                     .with_context(|| format!("creating {}", secret_file.display()))?;
-                writeln!(f, "{}", pgha_controller::store::random_secret()?)?;
+                writeln!(f, "{}", pgha_controller::records::random_secret()?)?;
             }
             std::fs::write(
                 &default,

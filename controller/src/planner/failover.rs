@@ -176,10 +176,10 @@ pub(super) fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
     p.assign(
         pr,
         NodeState::Draining,
-        "failover_drain_primary",
+        Rule::FailoverDrainPrimary,
         why.clone(),
     );
-    p.assign(e.winner, e.winner_goal(), "failover_promote", why);
+    p.assign(e.winner, e.winner_goal(), Rule::FailoverPromote, why);
 }
 
 /// `pgha perform failover --allow-data-loss`: a failover the data-loss guard blocks,
@@ -237,10 +237,10 @@ fn abort_promotion(f: &FormationView, old: &NodeView, cand: &NodeView, why: Stri
     p.assign(
         old,
         NodeState::WaitPrimary,
-        "promotion_aborted",
+        Rule::PromotionAborted,
         why.clone(),
     );
-    p.assign(cand, NodeState::Catchingup, "promotion_aborted", why);
+    p.assign(cand, NodeState::Catchingup, Rule::PromotionAborted, why);
 }
 
 /// Runs the failover election again for a promotion in progress from the failed `old`:
@@ -267,10 +267,10 @@ fn reelect_or(
             p.assign(
                 cand,
                 NodeState::Secondary,
-                "promotion_reelected",
+                Rule::PromotionReelected,
                 why.clone(),
             );
-            p.assign(e.winner, e.winner_goal(), "promotion_reelected", why);
+            p.assign(e.winner, e.winner_goal(), Rule::PromotionReelected, why);
         }
         Err((reason, why)) => {
             p.blocked = Some(reason);
@@ -314,7 +314,7 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
                     p.assign(
                         cand,
                         NodeState::StopReplication,
-                        "prepare_promotion_to_stop_replication",
+                        Rule::PreparePromotionToStopReplication,
                         format!(
                             "{} stopped at {final_lsn} and {} has it all",
                             old.name, cand.name
@@ -346,7 +346,7 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
                     None => p.assign(
                         cand,
                         NodeState::StopReplication,
-                        "prepare_promotion_to_stop_replication",
+                        Rule::PreparePromotionToStopReplication,
                         format!(
                             "{} is failed: cut replication and wait for its lease",
                             old.name
@@ -355,7 +355,7 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
                     Some(s) => p.assign(
                         cand,
                         NodeState::FastForward,
-                        "fast_forward",
+                        Rule::FastForward,
                         format!(
                             "{} has WAL up to {} that {} lacks: stream it first",
                             s.name,
@@ -369,7 +369,7 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
             None => p.assign(
                 cand,
                 NodeState::StopReplication,
-                "prepare_promotion_to_stop_replication",
+                Rule::PreparePromotionToStopReplication,
                 "no old primary left".into(),
             ),
         },
@@ -378,7 +378,7 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
                 None => p.assign(
                     cand,
                     NodeState::PreparePromotion,
-                    "fast_forward_done",
+                    Rule::FastForwardDone,
                     format!(
                         "{} has all the WAL the live standbys have ({})",
                         cand.name,
@@ -399,7 +399,7 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
             _ => p.assign(
                 cand,
                 NodeState::PreparePromotion,
-                "fast_forward_done",
+                Rule::FastForwardDone,
                 "the old primary answers again: take its last WAL from it".into(),
             ),
         },
@@ -425,12 +425,17 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
             };
             if let Some(why) = fenced {
                 if let Some(old) = old {
-                    p.assign(old, NodeState::Demoted, "old_primary_demoted", why.clone());
+                    p.assign(
+                        old,
+                        NodeState::Demoted,
+                        Rule::OldPrimaryDemoted,
+                        why.clone(),
+                    );
                 }
                 p.assign(
                     cand,
                     NodeState::WaitPrimary,
-                    "stop_replication_to_wait_primary",
+                    Rule::StopReplicationToWaitPrimary,
                     format!("{why}: {} is the primary now", cand.name),
                 );
             }

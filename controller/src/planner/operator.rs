@@ -80,13 +80,13 @@ pub fn plan_switchover_to(
     p.assign(
         pr,
         NodeState::Draining,
-        "switchover_drain_primary",
+        Rule::SwitchoverDrainPrimary,
         why.clone(),
     );
     p.assign(
         winner,
         NodeState::PreparePromotion,
-        "switchover_promote",
+        Rule::SwitchoverPromote,
         why,
     );
     Ok((p, pr.id, winner.id))
@@ -151,7 +151,7 @@ pub(super) fn plan_maintenance(f: &FormationView, p: &mut Plan) {
                 .assign(
                     n,
                     NodeState::Maintenance,
-                    "maintenance_start",
+                    Rule::MaintenanceStart,
                     format!(
                         "{} enters maintenance: Postgres stopped, out of service",
                         n.name
@@ -179,7 +179,7 @@ pub(super) fn plan_maintenance(f: &FormationView, p: &mut Plan) {
                     p.assign(
                         n,
                         NodeState::Catchingup,
-                        "maintenance_end",
+                        Rule::MaintenanceEnd,
                         format!("{} leaves maintenance: rejoin as a standby", n.name),
                     );
                 } else {
@@ -216,7 +216,7 @@ pub(super) fn plan_drop(f: &FormationView, p: &mut Plan) {
                 p.assign(
                     n,
                     NodeState::Dropped,
-                    "undeclared_node_dropped",
+                    Rule::UndeclaredNodeDropped,
                     format!("{} is no longer in the formation file: dropped", n.name),
                 );
                 continue;
@@ -244,7 +244,7 @@ pub(super) fn plan_drop(f: &FormationView, p: &mut Plan) {
         p.assign(
             n,
             NodeState::Dropped,
-            "undeclared_node_dropped",
+            Rule::UndeclaredNodeDropped,
             format!(
                 "{} is no longer in the formation file: stopped and dropped (PGDATA kept)",
                 n.name

@@ -1,0 +1,192 @@
+//! The controller's live state: the durable records plus what agents and probes observed,
+//! and the one way everything changes it. Every change (a report, a file scan, an
+//! operator action, a registration) is a `ControllerState` method that checks and
+//! writes under the one lock the caller holds, then saves before it returns:
+//!
+//! - [`reconcile`]: reports in, the planner over one view, the plan applied;
+//! - [`operator`]: registration and operator actions (switchover, forced failover,
+//!   maintenance, drop), refused with a typed [`Refusal`];
+//! - [`gitops`]: the formation files' desired state;
+//! - [`read`]: read models (planner view, assignment, status);
+//! - [`promotion`]: failover and switchover metrics.
+
+mod gitops;
+mod operator;
+mod promotion;
+mod read;
+mod reconcile;
+#[cfg(test)]
+mod tests;
+
+pub use operator::{ActionError, Refusal, unknown_formation};
+pub use promotion::PromotionTrack;
+pub use read::decision_inputs;
+
+use crate::metrics::{Metrics, labels};
+use crate::planner::{self, BlockReason, FormationView, NodeView, Plan};
+use crate::records::{DurableState, FormationRecord, NodeRecord};
+use crate::rule::Rule;
+use crate::store::{Store, StoreError};
+use pgha_api::{
+    Assignment, Event, FormationStatus, Health, NodeId, NodeReport, NodeState, NodeStatus,
+    PeerNode, PgObservation,
+};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// How many events are kept in memory for `show events` (all are on disk).
+const EVENTS_IN_MEMORY: usize = 10_000;
+
+/// What the controller observed of one node since it started (not persisted: after a
+/// restart the controller waits for fresh reports, DESIGN §5 rule 5).
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub last_report_ms: Option<u64>,
+    pub pg: PgObservation,
+    pub fenced: bool,
+    pub last_error: Option<String>,
+    pub pg_down_since_ms: Option<u64>,
+    pub upstream_lost_at_ms: Option<u64>,
+    /// Where the node streamed from, in controller time.
+    pub streamed_from_at: Option<planner::StreamLog>,
+    pub last_probe: Option<(u64, bool)>,
+    pub last_probe_ok_ms: Option<u64>,
+    pub applied_generation: u64,
+}
+
+pub struct ControllerState {
+    /// The durable records in force. Changed only under the lock and followed by
+    /// [`ControllerState::save`] before the lock is released: a failed save puts back
+    /// the last saved copy, so nothing is published (no term, goal or node id) that
+    /// the store does not hold.
+    pub durable: DurableState,
+    /// What the store last confirmed.
+    saved: DurableState,
+    pub observed: HashMap<NodeId, Observed>,
+    pub events: VecDeque<Event>,
+    pub next_event_id: u64,
+    pub waiting: HashMap<String, Option<String>>,
+    pub started_ms: u64,
+    pub metrics: Metrics,
+    /// Why a needed failover is not happening, per formation.
+    pub blocked: HashMap<String, Option<BlockReason>>,
+    pub promotions: HashMap<String, PromotionTrack>,
+    /// Reports refused for coming from an address that may not speak for the node
+    /// (recorded once each as an event).
+    pub refused_peers: std::collections::HashSet<(NodeId, std::net::IpAddr)>,
+    /// Errors of each rejected formation file, as last reported.
+    pub config_errors: BTreeMap<String, Vec<String>>,
+    store: Box<dyn Store>,
+}
+
+impl ControllerState {
+    pub fn open(store: Box<dyn Store>, started_ms: u64) -> Result<Self, StoreError> {
+        let durable = store.load()?;
+        let all: Vec<Event> = store.load_events()?;
+        let next_event_id = all.last().map(|e| e.id + 1).unwrap_or(1);
+        let skip = all.len().saturating_sub(EVENTS_IN_MEMORY);
+        Ok(ControllerState {
+            saved: durable.clone(),
+            durable,
+            observed: HashMap::new(),
+            events: all.into_iter().skip(skip).collect(),
+            next_event_id,
+            waiting: HashMap::new(),
+            started_ms,
+            metrics: Metrics::default(),
+            blocked: HashMap::new(),
+            promotions: HashMap::new(),
+            config_errors: BTreeMap::new(),
+            refused_peers: Default::default(),
+            store,
+        })
+    }
+
+    /// Persists the durable records, or puts back the last saved copy when the store
+    /// fails (disk full, EIO): memory is never ahead of disk once the lock is released.
+    pub fn save(&mut self) -> Result<(), StoreError> {
+        if self.durable == self.saved {
+            return Ok(());
+        }
+        match off_async_workers(|| self.store.save(&self.durable)) {
+            Ok(()) => {
+                self.saved = self.durable.clone();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    "the controller store refused a write, nothing of it is in force: {e}"
+                );
+                self.durable = self.saved.clone();
+                Err(e)
+            }
+        }
+    }
+
+    /// Records an event durably and in memory.
+    pub fn record(&mut self, ev: Event) -> Result<(), StoreError> {
+        self.record_all(vec![ev])
+    }
+
+    /// Records events durably in one append, then in memory.
+    pub fn record_all(&mut self, mut events: Vec<Event>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        for ev in &mut events {
+            ev.id = self.next_event_id;
+            self.next_event_id += 1;
+            tracing::info!(formation = %ev.formation, node = ev.node_name.as_deref().unwrap_or("-"), rule = %ev.rule, "{}", ev.description);
+        }
+        off_async_workers(|| self.store.append_events(&events))?;
+        self.events.extend(events);
+        while self.events.len() > EVENTS_IN_MEMORY {
+            self.events.pop_front();
+        }
+        Ok(())
+    }
+
+    /// An event, stamped with wall time (`_now_ms` is the planner's monotonic now: events
+    /// are read beside logs, durations never use their stamp).
+    pub fn event(
+        &self,
+        formation: &str,
+        node: Option<&NodeRecord>,
+        rule: Rule,
+        description: String,
+        _now_ms: u64,
+    ) -> Event {
+        Event {
+            id: 0,
+            // Events are read beside logs: wall time (durations never use it).
+            time_ms: crate::clock::wall_ms(),
+            formation: formation.to_string(),
+            node_id: node.map(|n| n.id),
+            node_name: node.map(|n| n.name.clone()),
+            reported_state: node.map(|n| n.reported()),
+            assigned_state: node.map(|n| n.goal()),
+            rule: rule.as_str().to_string(),
+            description,
+            inputs: None,
+        }
+    }
+
+    pub fn formation_of(&self, node_id: NodeId) -> Option<&FormationRecord> {
+        self.durable
+            .formations
+            .values()
+            .find(|f| f.nodes.contains_key(&node_id))
+    }
+}
+
+/// Runs blocking store I/O (an fsync can take long on a busy disk) without holding up
+/// an async worker: on a multi-threaded runtime the worker's other tasks move elsewhere
+/// meanwhile (`block_in_place`); outside a runtime, or on a current-thread one, it just
+/// runs.
+pub fn off_async_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}

@@ -1,0 +1,326 @@
+//! Registration and operator actions, the same way into the state as reports: each is
+//! one method that checks and writes under the lock its caller holds, so nothing can
+//! change between the check and the write. `http` only maps requests and errors.
+
+use super::*;
+use crate::admission;
+pub use crate::admission::Refusal;
+use crate::records::{NodeDesired, random_secret};
+use pgha_api::routes::ErrorCode;
+use pgha_api::{
+    ForcedFailoverRequest, ForcedFailoverStarted, RegisterRequest, RegisterResponse,
+    SwitchoverStarted,
+};
+use std::net::IpAddr;
+
+/// Why an action did not happen.
+#[derive(Debug)]
+pub enum ActionError {
+    /// Refused by a rule: nothing changed.
+    Refused(Refusal),
+    /// The store refused the write: nothing of it is in force.
+    Store(StoreError),
+    /// Something that should not happen (a random source that cannot be read).
+    Internal(String),
+}
+
+impl From<Refusal> for ActionError {
+    fn from(r: Refusal) -> Self {
+        ActionError::Refused(r)
+    }
+}
+
+impl From<StoreError> for ActionError {
+    fn from(e: StoreError) -> Self {
+        ActionError::Store(e)
+    }
+}
+
+fn refused<T>(code: ErrorCode, message: String) -> Result<T, ActionError> {
+    Err(ActionError::Refused(Refusal { code, message }))
+}
+
+pub fn unknown_formation(name: &str) -> ActionError {
+    ActionError::Refused(Refusal {
+        code: ErrorCode::UnknownFormation,
+        message: format!("formation {name:?} does not exist on this monitor"),
+    })
+}
+
+impl ControllerState {
+    fn formation(&self, name: &str) -> Result<&FormationRecord, ActionError> {
+        self.durable
+            .formations
+            .get(name)
+            .ok_or_else(|| unknown_formation(name))
+    }
+
+    fn node_named(&self, formation: &str, node: &str) -> Result<&NodeRecord, ActionError> {
+        self.formation(formation)?
+            .nodes
+            .values()
+            .find(|n| n.name == node)
+            .ok_or_else(|| {
+                ActionError::Refused(Refusal {
+                    code: ErrorCode::UnknownNode,
+                    message: format!("no node {node:?} in formation {formation:?}"),
+                })
+            })
+    }
+
+    /// A request for `formation` presenting `presented` (its bearer token). Operator
+    /// actions need the formation's join secret, as registration does: whoever may not
+    /// join a formation may not switch it over, fail it over or take nodes out of it.
+    pub fn authorize(&self, formation: &str, presented: Option<&str>) -> Result<(), ActionError> {
+        Ok(admission::check_secret(
+            self.formation(formation)?,
+            presented,
+        )?)
+    }
+
+    /// Admits a node (its secret already authorized): a new id, its first goal, and the
+    /// formation's replication password. Nothing of a refused node is stored.
+    pub fn register(
+        &mut self,
+        req: &RegisterRequest,
+        peer: IpAddr,
+        now_ms: u64,
+    ) -> Result<RegisterResponse, ActionError> {
+        let f = self.formation(&req.formation)?;
+        admission::admit_registration(f, req, peer)?;
+        let others: Vec<NodeView> = self
+            .view(&req.formation, now_ms)
+            .map(|v| v.nodes)
+            .unwrap_or_default();
+        let goal = planner::initial_state(&others);
+        // Made before anything changes, so a failure here leaves nothing half-done.
+        let new_password = match f.replication_password.is_empty() {
+            true => Some(random_secret().map_err(|e| ActionError::Internal(e.to_string()))?),
+            false => None,
+        };
+        let id = self.durable.next_node_id.max(1);
+        self.durable.next_node_id = id + 1;
+        let name = req.name.clone().unwrap_or_else(|| format!("node_{id}"));
+        // What the node asked for; the file's entry, when there is one, overrides it.
+        let rec = NodeRecord::registered(
+            id,
+            name.clone(),
+            req.host.clone(),
+            req.port,
+            NodeDesired {
+                candidate_priority: req.candidate_priority.min(100),
+                replication_quorum: req.replication_quorum,
+                operator_maintenance: false,
+                drop_requested: false,
+            },
+            goal,
+        );
+        let Some(f) = self.durable.formations.get_mut(&req.formation) else {
+            return Err(unknown_formation(&req.formation));
+        };
+        if f.nodes.is_empty() {
+            f.dbname = req.dbname.clone();
+        }
+        if let Some(p) = new_password {
+            f.replication_password = p;
+        }
+        let replication_password = f.replication_password.clone();
+        f.nodes.insert(id, rec.clone());
+        self.save()?;
+        let ev = self.event(
+            &req.formation,
+            Some(&rec),
+            Rule::Register,
+            format!(
+                "registered {name} ({}:{}) as node {id}, assigned {goal}",
+                req.host, req.port
+            ),
+            now_ms,
+        );
+        self.record(ev)?;
+        Ok(RegisterResponse {
+            node_id: id,
+            name,
+            formation: req.formation.clone(),
+            assigned_state: goal,
+            replication_password,
+        })
+    }
+
+    /// `pgha perform switchover` (no target) or `pgha perform promotion` (a target).
+    pub fn switchover(
+        &mut self,
+        formation: &str,
+        target: Option<&str>,
+        now_ms: u64,
+    ) -> Result<SwitchoverStarted, ActionError> {
+        let view = self
+            .view(formation, now_ms)
+            .ok_or_else(|| unknown_formation(formation))?;
+        let (plan, from, to) = match planner::plan_switchover_to(&view, target) {
+            Ok(x) => x,
+            Err(why) => {
+                let l = labels(&[("formation", formation), ("result", "refused")]);
+                self.metrics.switchovers.get_or_create(&l).inc();
+                return refused(ErrorCode::SwitchoverRefused, why);
+            }
+        };
+        let ev = self.event(
+            formation,
+            None,
+            Rule::OperatorSwitchover,
+            match target {
+                Some(t) => format!("operator asked to promote {t} (node {from} -> node {to})"),
+                None => format!("operator asked for a switchover (node {from} -> node {to})"),
+            },
+            now_ms,
+        );
+        self.record(ev)?;
+        self.apply_plan(&view, &plan, now_ms)?;
+        Ok(SwitchoverStarted {
+            from_node: from,
+            to_node: to,
+            term: self.durable.formations[formation].term(),
+        })
+    }
+
+    /// `pgha perform failover --allow-data-loss --reason R`.
+    pub fn forced_failover(
+        &mut self,
+        formation: &str,
+        req: &ForcedFailoverRequest,
+        now_ms: u64,
+    ) -> Result<ForcedFailoverStarted, ActionError> {
+        if !req.allow_data_loss {
+            return refused(
+                ErrorCode::AllowDataLossRequired,
+                "failover without data loss runs by itself; a forced failover must say allow_data_loss".into(),
+            );
+        }
+        if req.reason.trim().is_empty() {
+            return refused(
+                ErrorCode::ReasonRequired,
+                "a forced failover needs the operator's reason (it is recorded as an event)".into(),
+            );
+        }
+        let view = self
+            .view(formation, now_ms)
+            .ok_or_else(|| unknown_formation(formation))?;
+        let (plan, term) = match planner::plan_forced_failover(&view) {
+            Ok(x) => x,
+            Err(why) => return refused(ErrorCode::FailoverRefused, why),
+        };
+        self.allow_data_loss(formation, term);
+        let mut ev = self.event(
+            formation,
+            None,
+            Rule::OperatorFailoverAllowDataLoss,
+            format!(
+                "operator forced a failover that may lose acknowledged commits (term {term}): {}",
+                req.reason.trim()
+            ),
+            now_ms,
+        );
+        ev.inputs = Some(decision_inputs(&view));
+        // Persists the override (and the plan's term and goals, if any) before the
+        // event says it happened.
+        self.save()?;
+        self.record(ev)?;
+        // The plan goes on under the override: its promotion is counted so.
+        let view = self
+            .view(formation, now_ms)
+            .ok_or_else(|| unknown_formation(formation))?;
+        self.apply_plan(&view, &plan, now_ms)?;
+        let to_node = plan
+            .decisions
+            .iter()
+            .find(|d| d.goal.is_standby())
+            .map(|d| d.node_id);
+        Ok(ForcedFailoverStarted { term, to_node })
+    }
+
+    /// `pgha enable|disable maintenance`. The primary goes into maintenance only with
+    /// `allow_failover`, and only when a switchover could hand over now: a flag left
+    /// waiting would take the primary out of service whenever a candidate shows up later.
+    pub fn set_maintenance(
+        &mut self,
+        formation: &str,
+        node: &str,
+        on: bool,
+        allow_failover: bool,
+        now_ms: u64,
+    ) -> Result<(), ActionError> {
+        let is_primary = self.node_named(formation, node)?.goal().is_writable();
+        if on && is_primary {
+            if !allow_failover {
+                return refused(
+                    ErrorCode::NeedsAllowFailover,
+                    format!(
+                        "{node} is the primary: maintenance hands over first; pass --allow-failover"
+                    ),
+                );
+            }
+            let view = self
+                .view(formation, now_ms)
+                .ok_or_else(|| unknown_formation(formation))?;
+            if let Err(why) = planner::plan_switchover(&view) {
+                return refused(
+                    ErrorCode::NoCandidate,
+                    format!("{node} is the primary and cannot hand over: {why}"),
+                );
+            }
+        }
+        let what = match on {
+            true => format!("operator asked for maintenance of {node}"),
+            false => format!("operator ended the maintenance of {node}"),
+        };
+        self.set_node_flag(
+            formation,
+            node,
+            Rule::OperatorMaintenance,
+            what,
+            now_ms,
+            |d| d.operator_maintenance = on,
+        )
+    }
+
+    /// `pgha drop node`: the planner takes it out of the formation.
+    pub fn drop_node(
+        &mut self,
+        formation: &str,
+        node: &str,
+        now_ms: u64,
+    ) -> Result<(), ActionError> {
+        let what = format!("operator asked to drop {node}");
+        self.set_node_flag(formation, node, Rule::OperatorDrop, what, now_ms, |d| {
+            d.drop_requested = true
+        })
+    }
+
+    /// Sets an operator flag on a node, saves, and records what was asked.
+    fn set_node_flag(
+        &mut self,
+        formation: &str,
+        node: &str,
+        rule: Rule,
+        what: String,
+        now_ms: u64,
+        set: impl FnOnce(&mut NodeDesired),
+    ) -> Result<(), ActionError> {
+        let id = self.node_named(formation, node)?.id;
+        let Some(n) = self
+            .durable
+            .formations
+            .get_mut(formation)
+            .and_then(|f| f.nodes.get_mut(&id))
+        else {
+            return Err(unknown_formation(formation));
+        };
+        set(&mut n.desired);
+        let rec = n.clone();
+        self.save()?;
+        let ev = self.event(formation, Some(&rec), rule, what, now_ms);
+        self.record(ev)?;
+        Ok(())
+    }
+}

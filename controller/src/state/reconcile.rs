@@ -1,0 +1,323 @@
+//! Reports in, plans out: what an agent reported becomes observed state, the planner
+//! runs once over the view, and its plan is persisted before anyone is told.
+
+use super::*;
+use crate::admission;
+use operator::ActionError;
+use pgha_api::routes::ErrorCode;
+
+impl ControllerState {
+    /// An agent's report, from `peer` (its secret already authorized): taken in only from
+    /// a node this formation holds and from an address that may speak for it; then the
+    /// planner runs and the node gets its assignment.
+    pub fn report(
+        &mut self,
+        r: &NodeReport,
+        peer: std::net::IpAddr,
+        now_ms: u64,
+    ) -> Result<Assignment, ActionError> {
+        if self.formation_of(r.node_id).map(|f| f.name.as_str()) != Some(r.formation.as_str()) {
+            // An admitted agent with an id this store never issued (it was restored from
+            // an older copy): that id is never handed out again.
+            if r.node_id >= self.durable.next_node_id && self.formation_of(r.node_id).is_none() {
+                self.durable.next_node_id = r.node_id.saturating_add(1);
+                self.save()?;
+            }
+            return Err(ActionError::Refused(Refusal {
+                code: ErrorCode::UnknownNode,
+                message: format!(
+                    "node {} is not registered in formation {:?} on this monitor",
+                    r.node_id, r.formation
+                ),
+            }));
+        }
+        if let Some(f) = self.formation_of(r.node_id)
+            && let Some(n) = f.nodes.get(&r.node_id)
+            && let Some(host) = admission::declared_host(f, &n.name)
+            && !admission::peer_may_speak_for(host, peer)
+        {
+            let (name, host) = (n.name.clone(), host.to_string());
+            // One event per node and address, not one per second.
+            if self.refused_peers.insert((r.node_id, peer)) {
+                let ev = self.event(
+                    &r.formation,
+                    None,
+                    Rule::ReportRefused,
+                    format!("a report for {name} (declared at {host}) came from {peer}: refused"),
+                    now_ms,
+                );
+                self.record(ev)?;
+            }
+            return Err(ActionError::Refused(Refusal {
+                code: ErrorCode::AddressMismatch,
+                message: format!(
+                    "node {name} is declared at {host}; reports for it come from there only"
+                ),
+            }));
+        }
+        self.take_report(r, now_ms)?;
+        self.reconcile(&r.formation, now_ms)?;
+        self.assignment(&r.formation, r.node_id, now_ms)
+            .ok_or_else(|| ActionError::Internal("node vanished".into()))
+    }
+
+    /// Runs the planner for one formation and applies the result.
+    pub fn reconcile(&mut self, formation: &str, now_ms: u64) -> Result<Plan, StoreError> {
+        let started = std::time::Instant::now();
+        let Some(view) = self.view(formation, now_ms) else {
+            return Ok(Plan::default());
+        };
+        let plan = planner::plan(&view);
+        let res = self.apply_plan(&view, &plan, now_ms);
+        self.metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        if res.is_err() {
+            self.metrics
+                .reconcile_errors
+                .get_or_create(&labels(&[("kind", "store")]))
+                .inc();
+        }
+        res.map(|_| plan)
+    }
+
+    /// Takes in an agent's report: updates what we observed and the reported state.
+    pub fn take_report(&mut self, r: &NodeReport, now_ms: u64) -> Result<(), StoreError> {
+        let o = self.observed.entry(r.node_id).or_default();
+        o.last_report_ms = Some(now_ms);
+        o.fenced = r.fenced;
+        o.applied_generation = r.applied_generation;
+        o.last_error = r.last_error.clone();
+        if r.pg.running {
+            o.pg_down_since_ms = None;
+        } else if o.pg_down_since_ms.is_none() {
+            o.pg_down_since_ms = Some(now_ms);
+        }
+        o.upstream_lost_at_ms = if r.pg.upstream_streaming {
+            None
+        } else {
+            // Conservative: the agent's "ago" is measured before the report was sent.
+            Some(
+                r.pg.upstream_lost_ms_ago
+                    .map(|ago| now_ms.saturating_sub(ago))
+                    .unwrap_or(self.started_ms.min(now_ms)),
+            )
+        };
+        // Conservative as above: "ago" was measured before the report was sent.
+        o.streamed_from_at = r.pg.streamed_from.as_ref().map(|h| planner::StreamLog {
+            // The agent's watch started after its process did; the report's transit
+            // only makes this earlier (conservative).
+            watching_since_ms: now_ms.saturating_sub(h.watching_ms),
+            contacts: h
+                .contacts
+                .iter()
+                .map(|s| (s.host.clone(), s.port, now_ms.saturating_sub(s.ms_ago)))
+                .collect(),
+        });
+        let newly_lost: Vec<String> =
+            r.pg.lost_slots
+                .iter()
+                .filter(|s| !o.pg.lost_slots.contains(s))
+                .cloned()
+                .collect();
+        o.pg = r.pg.clone();
+        let formation = r.formation.clone();
+        if !newly_lost.is_empty() {
+            self.slots_invalidated(&formation, &newly_lost, now_ms)?;
+        }
+        let mut term_moved = None;
+        let changed = {
+            let Some(f) = self.durable.formations.get_mut(&formation) else {
+                return Ok(());
+            };
+            // An agent that saw a later term than ours (the store was restored from an
+            // older copy): move past it before planning, so no term number is issued
+            // twice for different promotions.
+            if r.term > f.intent.term {
+                term_moved = Some((f.intent.term, r.term));
+                f.intent.term = r.term;
+            }
+            let Some(n) = f.nodes.get_mut(&r.node_id) else {
+                return Ok(());
+            };
+            if n.observed.reported != r.reported_state {
+                n.observed.reported = r.reported_state;
+                let n = n.clone();
+                if n.observed.reported == NodeState::Primary && n.intent.goal == NodeState::Primary
+                {
+                    // Everything written before synchronous replication was in force
+                    // may have been acknowledged without a standby: a failover needs it.
+                    f.observed.sync_floor_lsn = r.pg.lsn.unwrap_or_default();
+                }
+                Some(n)
+            } else {
+                None
+            }
+        };
+        if let Some((ours, theirs)) = term_moved {
+            self.save()?;
+            let ev = self.event(
+                &formation,
+                None,
+                Rule::TermCatchUp,
+                format!(
+                    "node {} reported term {theirs}, later than the stored term {ours} (was the controller's store restored?): moved to term {theirs}",
+                    r.node_id
+                ),
+                now_ms,
+            );
+            self.record(ev)?;
+        }
+        if let Some(n) = changed {
+            self.save()?;
+            if n.observed.reported.is_writable() {
+                self.finish_promotion(&formation, n.id, now_ms);
+            }
+            let ev = self.event(
+                &formation,
+                Some(&n),
+                Rule::Report,
+                format!("{} reached {}", n.name, n.observed.reported),
+                now_ms,
+            );
+            self.record(ev)?;
+        }
+        Ok(())
+    }
+
+    /// The primary's Postgres invalidated these slots (past `max_slot_wal_keep_size`):
+    /// their standbys lost the WAL they need and are rebuilt from a fresh base backup.
+    fn slots_invalidated(
+        &mut self,
+        formation: &str,
+        slots: &[String],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let Some(f) = self.durable.formations.get_mut(formation) else {
+            return Ok(());
+        };
+        let mut hit = vec![];
+        for n in f.nodes.values_mut() {
+            if slots.contains(&pgha_api::replication_slot_name(n.id)) {
+                n.intent.rebuild_epoch += 1;
+                hit.push(n.clone());
+            }
+        }
+        if hit.is_empty() {
+            return Ok(());
+        }
+        self.save()?;
+        for n in hit {
+            self.metrics
+                .slots_invalidated
+                .get_or_create(&labels(&[("formation", formation), ("node", &n.name)]))
+                .inc();
+            let max = self
+                .durable
+                .formations
+                .get(formation)
+                .map(|f| f.max_slot_wal_keep_size())
+                .unwrap_or_default();
+            let ev = self.event(
+                formation,
+                Some(&n),
+                Rule::SlotInvalidated,
+                format!(
+                    "the primary dropped the WAL {} still needed (its slot passed maxSlotWalKeepSize {max}): {} is rebuilt from a fresh base backup",
+                    n.name, n.name
+                ),
+                now_ms,
+            );
+            self.record(ev)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a plan made from `view` as one transaction: the term, goals and removals
+    /// are saved together, then its events (with the inputs the planner looked at) are
+    /// written in one append. A failed save leaves nothing of the plan in force.
+    pub fn apply_plan(
+        &mut self,
+        view: &FormationView,
+        plan: &Plan,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let formation = view.name.as_str();
+        let inputs = decision_inputs(view);
+        let mut events = vec![];
+        self.waiting
+            .insert(formation.to_string(), plan.waiting.clone());
+        let was_blocked = self.blocked.insert(formation.to_string(), plan.blocked);
+        if plan.blocked.is_some() && was_blocked.flatten() != plan.blocked {
+            let reason = plan.blocked.map(|r| r.as_str()).unwrap_or_default();
+            let why = plan.waiting.clone().unwrap_or_default();
+            let mut ev = self.event(
+                formation,
+                None,
+                Rule::FailoverBlocked,
+                format!("{why} (reason: {reason})"),
+                now_ms,
+            );
+            ev.inputs = Some(inputs.clone());
+            events.push(ev);
+        }
+        let changes = !(plan.decisions.is_empty()
+            && plan.new_term.is_none()
+            && plan.remove.is_empty()
+            && plan.desired_primary_generation.is_none());
+        if changes && let Some(f) = self.durable.formations.get_mut(formation) {
+            if let Some(t) = plan.new_term {
+                f.intent.term = f.intent.term.max(t);
+            }
+            if let Some(g) = plan.rolling_restart_generation {
+                f.intent.rolling_restart_generation = g;
+            }
+            if let Some(g) = plan.desired_primary_generation {
+                f.intent.desired_primary_generation = g;
+            }
+            let removed: Vec<NodeRecord> = plan
+                .remove
+                .iter()
+                .filter_map(|id| f.nodes.remove(id))
+                .collect();
+            for d in &plan.decisions {
+                if let Some(n) = f.nodes.get_mut(&d.node_id) {
+                    n.intent.goal = d.goal;
+                }
+            }
+            self.save()?;
+            for n in &removed {
+                self.observed.remove(&n.id);
+                events.push(self.event(
+                    formation,
+                    Some(n),
+                    Rule::NodeRemoved,
+                    format!(
+                        "{} ({}:{}) left the formation; its PGDATA stays on its VM",
+                        n.name, n.host, n.port
+                    ),
+                    now_ms,
+                ));
+            }
+            for d in &plan.decisions {
+                self.track_promotion(view, d, now_ms);
+                let node = self.durable.formations[formation].nodes.get(&d.node_id);
+                let mut ev = self.event(formation, node, d.rule, d.description.clone(), now_ms);
+                ev.inputs = Some(inputs.clone());
+                events.push(ev);
+            }
+        }
+        self.record_all(events)
+    }
+
+    /// Lifts the data-loss guard for `term` (persisted by the caller's next save); a
+    /// promotion already in progress goes on under the override and is counted so.
+    pub fn allow_data_loss(&mut self, formation: &str, term: u64) {
+        if let Some(f) = self.durable.formations.get_mut(formation) {
+            f.intent.data_loss_allowed_term = Some(term);
+        }
+        if let Some(t) = self.promotions.get_mut(formation) {
+            t.reason = promotion::FailoverReason::OperatorAllowDataLoss;
+        }
+    }
+}

@@ -1,0 +1,358 @@
+use super::*;
+use crate::desired::Scan;
+use crate::store::FileStore;
+use pgha_api::validate::parse_formation;
+
+fn state(dir: &std::path::Path) -> ControllerState {
+    ControllerState::open(Box::new(FileStore::new(dir)), 1000).unwrap()
+}
+
+fn scan_of(files: &[(&str, &str)]) -> Scan {
+    let mut scan = Scan::default();
+    for (file, text) in files {
+        match parse_formation(file, text.as_bytes()) {
+            Ok(doc) => {
+                scan.formations
+                    .insert(doc.metadata.name.clone(), (file.to_string(), doc));
+            }
+            Err(e) => {
+                scan.rejected.insert(file.to_string(), e);
+            }
+        }
+    }
+    scan
+}
+
+const GOOD: &str = "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: orders\nspec:\n  dbname: orders\n  numberSyncStandbys: 0\n  admission:\n    open: true\n";
+
+#[test]
+fn accepted_rejected_and_removed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = state(dir.path());
+    st.apply_desired(scan_of(&[("orders.yaml", GOOD)]), 2000)
+        .unwrap();
+    assert_eq!(st.durable.formations["orders"].desired.generation, 1);
+    // The same file again: no new generation, no event.
+    let events = st.events.len();
+    st.apply_desired(scan_of(&[("orders.yaml", GOOD)]), 2100)
+        .unwrap();
+    assert_eq!(st.durable.formations["orders"].desired.generation, 1);
+    assert_eq!(st.events.len(), events);
+    // A broken version: rejected once (one event however often it is seen), the last
+    // good version stays in force.
+    let broken = scan_of(&[("orders.yaml", "spec: [")]);
+    st.apply_desired(broken, 2200).unwrap();
+    st.apply_desired(scan_of(&[("orders.yaml", "spec: [")]), 2300)
+        .unwrap();
+    let f = &st.durable.formations["orders"];
+    assert_eq!(f.desired.generation, 1);
+    assert_eq!(f.spec().unwrap().dbname.as_deref(), Some("orders"));
+    let rejected: Vec<_> = st
+        .events
+        .iter()
+        .filter(|e| e.rule == "config_rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        rejected[0].description.contains("orders.yaml:1:"),
+        "{}",
+        rejected[0].description
+    );
+    assert!(
+        !f.desired.orphaned,
+        "a rejected file must not orphan its formation"
+    );
+    // The file removed: the formation stays, orphaned, and says so once.
+    st.apply_desired(Scan::default(), 2400).unwrap();
+    st.apply_desired(Scan::default(), 2500).unwrap();
+    assert!(st.durable.formations["orders"].desired.orphaned);
+    assert_eq!(
+        st.events
+            .iter()
+            .filter(|e| e.rule == "formation_orphaned")
+            .count(),
+        1
+    );
+    // Everything survives a restart of the controller.
+    let reopened = state(dir.path());
+    assert!(reopened.durable.formations["orders"].desired.orphaned);
+    assert_eq!(reopened.durable.formations["orders"].desired.generation, 1);
+    // The file back: a new generation, no longer orphaned.
+    st.apply_desired(scan_of(&[("orders.yaml", GOOD)]), 2600)
+        .unwrap();
+    assert!(!st.durable.formations["orders"].desired.orphaned);
+    assert_eq!(st.durable.formations["orders"].desired.generation, 2);
+}
+
+/// Admission fails closed: the secret persists with the last good spec, so neither a
+/// restart nor a rejected, removed or secret-less file opens the formation.
+#[test]
+fn admission_never_opens_by_itself() {
+    use crate::records::AdmissionRule;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("orders.secret");
+    std::fs::write(&secret_file, "s3cret\n").unwrap();
+    let formations = dir.path().join("formations");
+    std::fs::create_dir(&formations).unwrap();
+    let with_secret = GOOD.replace(
+        "    open: true\n",
+        &format!("    joinSecretFile: {}\n", secret_file.display()),
+    );
+    let mut st = state(dir.path());
+    let rule = |st: &ControllerState| match st.durable.formations["orders"].admission() {
+        AdmissionRule::Open => "open".to_string(),
+        AdmissionRule::Secret(s) => s.to_string(),
+        AdmissionRule::Closed => "closed".to_string(),
+    };
+    std::fs::write(formations.join("orders.yaml"), &with_secret).unwrap();
+    st.apply_desired(crate::desired::scan(&formations), 2000)
+        .unwrap();
+    assert_eq!(rule(&st), "s3cret");
+    // The secret file becomes unreadable: the file is rejected, the secret stays.
+    std::fs::remove_file(&secret_file).unwrap();
+    st.apply_desired(crate::desired::scan(&formations), 2100)
+        .unwrap();
+    assert_eq!(rule(&st), "s3cret");
+    // A file that names no secret and does not say open is rejected too.
+    let bare = GOOD.replace("  admission:\n    open: true\n", "");
+    std::fs::write(formations.join("orders.yaml"), &bare).unwrap();
+    st.apply_desired(crate::desired::scan(&formations), 2200)
+        .unwrap();
+    assert_eq!(rule(&st), "s3cret");
+    // After a restart (the secret is no longer in memory only) and with the file gone.
+    std::fs::remove_file(formations.join("orders.yaml")).unwrap();
+    let mut reopened = state(dir.path());
+    reopened
+        .apply_desired(crate::desired::scan(&formations), 2300)
+        .unwrap();
+    assert_eq!(rule(&reopened), "s3cret");
+    // Only a file that says so opens it.
+    std::fs::write(formations.join("orders.yaml"), GOOD).unwrap();
+    reopened
+        .apply_desired(crate::desired::scan(&formations), 2400)
+        .unwrap();
+    assert_eq!(rule(&reopened), "open");
+    // A formation record without any accepted spec admits no one.
+    let rec = crate::records::FormationRecord::new("x", "db");
+    assert_eq!(rec.admission(), AdmissionRule::Closed);
+}
+
+/// A store that refuses writes while `fail` is set (disk full, EIO).
+struct FlakyStore {
+    inner: FileStore,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for FlakyStore {
+    fn load(&self) -> Result<DurableState, StoreError> {
+        self.inner.load()
+    }
+    fn save(&mut self, state: &DurableState) -> Result<(), StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                path: "state.json".into(),
+                source: std::io::Error::other("No space left on device"),
+            });
+        }
+        self.inner.save(state)
+    }
+    fn append_events(&mut self, events: &[Event]) -> Result<(), StoreError> {
+        self.inner.append_events(events)
+    }
+    fn load_events(&self) -> Result<Vec<Event>, StoreError> {
+        self.inner.load_events()
+    }
+}
+
+fn report(node_id: NodeId, reported: NodeState, term: u64) -> NodeReport {
+    NodeReport {
+        node_id,
+        formation: "orders".into(),
+        reported_state: reported,
+        term,
+        pg: PgObservation::default(),
+        fenced: false,
+        last_error: None,
+        applied_generation: 0,
+    }
+}
+
+fn one_node_formation(store: Box<dyn Store>) -> ControllerState {
+    let mut st = ControllerState::open(store, 1000).unwrap();
+    st.apply_desired(scan_of(&[("orders.yaml", GOOD)]), 1000)
+        .unwrap();
+    let f = st.durable.formations.get_mut("orders").unwrap();
+    f.nodes.insert(
+        1,
+        NodeRecord::for_test(1, "node_a", 5432, NodeState::Single, NodeState::Init),
+    );
+    st.durable.next_node_id = 2;
+    st.save().unwrap();
+    st
+}
+
+/// A failed save leaves memory equal to what the store holds: no reported state,
+/// term or goal is in force that a restart would not find.
+#[test]
+fn a_failed_save_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut st = one_node_formation(Box::new(FlakyStore {
+        inner: FileStore::new(dir.path()),
+        fail: fail.clone(),
+    }));
+    let snapshot = st.durable.clone();
+    let events = st.events.len();
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        st.take_report(&report(1, NodeState::Single, 1), 2000)
+            .is_err()
+    );
+    assert_eq!(st.durable, snapshot);
+    let plan = Plan {
+        decisions: vec![planner::Decision {
+            node_id: 1,
+            goal: NodeState::DemoteTimeout,
+            rule: Rule::Report,
+            description: "test".into(),
+        }],
+        new_term: Some(9),
+        ..Plan::default()
+    };
+    assert!(
+        st.apply_plan(&st.view("orders", 2000).unwrap(), &plan, 2000)
+            .is_err()
+    );
+    assert_eq!(st.durable, snapshot);
+    assert_eq!(st.assignment("orders", 1, 2000).unwrap().term, 1);
+    assert_eq!(st.events.len(), events, "no event for what was not stored");
+    // The disk is back: the same report goes through.
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    st.take_report(&report(1, NodeState::Single, 1), 2100)
+        .unwrap();
+    assert_eq!(
+        st.durable.formations["orders"].nodes[&1].reported(),
+        NodeState::Single
+    );
+    assert_eq!(state(dir.path()).durable, st.durable);
+}
+
+/// An agent that saw a later term than the store holds (restored from an older
+/// copy) moves the formation past it before anything is planned.
+#[test]
+fn a_later_term_reported_by_an_agent_is_never_reissued() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+    st.take_report(&report(1, NodeState::Single, 7), 2000)
+        .unwrap();
+    assert_eq!(st.durable.formations["orders"].term(), 7);
+    assert!(st.events.iter().any(|e| e.rule == "term_catch_up"));
+    assert_eq!(state(dir.path()).durable.formations["orders"].term(), 7);
+}
+
+/// An NTP step of the wall clock does not age fresh reports: the planner's now is
+/// monotonic. (Stamped with the stepped wall clock, as before, the primary looked
+/// failed the moment the clock jumped.)
+#[test]
+fn a_wall_clock_jump_after_fresh_reports_fails_nothing_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = crate::clock::Clock::anchored_at(crate::clock::wall_ms());
+    let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+    {
+        let f = st.durable.formations.get_mut("orders").unwrap();
+        let a = f.nodes.get_mut(&1).unwrap();
+        a.intent.goal = NodeState::Primary;
+        a.observed.reported = NodeState::Primary;
+        let mut b = a.clone();
+        b.id = 2;
+        b.name = "node_b".into();
+        b.host = "10.0.0.2".into();
+        b.intent.goal = NodeState::Secondary;
+        b.observed.reported = NodeState::Secondary;
+        f.nodes.insert(2, b);
+    }
+    st.save().unwrap();
+    let t0 = clock.now_ms();
+    let mut up = report(1, NodeState::Primary, 1);
+    up.pg.running = true;
+    let mut sb = report(2, NodeState::Secondary, 1);
+    sb.pg.running = true;
+    sb.pg.upstream_streaming = true;
+    st.take_report(&up, t0).unwrap();
+    st.take_report(&sb, t0).unwrap();
+    // The wall clock steps 60 s forward; the controller's clock does not follow.
+    let stepped_wall = crate::clock::wall_ms() + 60_000;
+    let now = clock.now_ms();
+    assert!(
+        now < t0 + 5_000,
+        "the monotonic clock moved with the wall clock"
+    );
+    let plan = st.reconcile("orders", now).unwrap();
+    assert!(plan.decisions.is_empty(), "{:?}", plan.decisions);
+    let view = st.view("orders", now).unwrap();
+    assert!(!view.is_failed(&view.nodes[0]));
+    // What a wall-clock now would have judged.
+    let stepped = st.view("orders", stepped_wall).unwrap();
+    assert!(stepped.is_failed(&stepped.nodes[0]));
+}
+
+/// A slot the primary's Postgres invalidated: its node is asked to rebuild once (an
+/// event and a metric), however often the primary reports it before dropping it.
+#[test]
+fn an_invalidated_slot_rebuilds_its_node_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+    {
+        let f = st.durable.formations.get_mut("orders").unwrap();
+        let mut b = f.nodes[&1].clone();
+        b.id = 2;
+        b.name = "node_b".into();
+        b.intent.goal = NodeState::Secondary;
+        f.nodes.insert(2, b);
+    }
+    st.save().unwrap();
+    let mut r = report(1, NodeState::Single, 1);
+    r.pg.lost_slots = vec![pgha_api::replication_slot_name(2)];
+    st.take_report(&r, 2000).unwrap();
+    st.take_report(&r, 3000).unwrap();
+    assert_eq!(
+        st.durable.formations["orders"].nodes[&2]
+            .intent
+            .rebuild_epoch,
+        1
+    );
+    assert_eq!(st.assignment("orders", 2, 3000).unwrap().rebuild_epoch, 1);
+    let evs = st
+        .events
+        .iter()
+        .filter(|e| e.rule == "slot_invalidated")
+        .count();
+    assert_eq!(evs, 1);
+    let text = st.metrics_page(3000);
+    assert!(
+        text.contains(
+            "pgha_replication_slots_invalidated_total{formation=\"orders\",node=\"node_b\"} 1"
+        ),
+        "{text}"
+    );
+    // The primary keeps a slot for a streaming peer, not for one in maintenance.
+    let slot_of_b_with = |st: &mut ControllerState, goal: NodeState| {
+        let b = st.durable.formations.get_mut("orders").unwrap();
+        b.nodes.get_mut(&2).unwrap().intent.goal = goal;
+        st.assignment("orders", 1, 3000).unwrap().peers[0].slot
+    };
+    assert!(slot_of_b_with(&mut st, NodeState::Secondary));
+    assert!(!slot_of_b_with(&mut st, NodeState::Maintenance));
+    assert!(slot_of_b_with(&mut st, NodeState::Secondary));
+    // Dropped and made anew, then lost again: a second rebuild.
+    r.pg.lost_slots.clear();
+    st.take_report(&r, 4000).unwrap();
+    r.pg.lost_slots = vec![pgha_api::replication_slot_name(2)];
+    st.take_report(&r, 5000).unwrap();
+    assert_eq!(
+        st.durable.formations["orders"].nodes[&2]
+            .intent
+            .rebuild_epoch,
+        2
+    );
+}
