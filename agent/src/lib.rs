@@ -3,24 +3,30 @@
 //!
 //! - [`config`]: configuration and persisted state beside PGDATA;
 //! - [`pg`]: one wrapper per Postgres binary;
-//! - [`conf`]: the files the agent owns inside PGDATA;
+//! - [`pgdata_files`]: the files the agent owns inside PGDATA (postgresql.conf include,
+//!   pg_hba.conf entries, standby.signal);
 //! - [`files`]: writes that never follow a link planted by the Postgres OS user;
-//! - [`observe`]: what the local Postgres looks like now;
+//! - [`observation`]: the plain data of what the local Postgres looks like now;
+//! - [`observe`]: filling it in (files, postmaster.pid, pg_controldata, SQL);
+//! - [`sql`]: all the SQL the agent runs, with its escaping helpers;
 //! - [`lease`]: the primary's lease: when it renews, and the watchdog that fences;
-//! - [`plan`]: the pure `(assignment, observation) -> step` function;
+//! - [`plan`]: the pure functions: what an assignment asks for, and
+//!   `(wanted, observation) -> step`;
 //! - [`agent`]: the loop that ties them together (the I/O shell).
 //!
 //! The controller API client is `pgha_api::client`, beside the contract it speaks.
 
 pub mod agent;
-pub mod conf;
 pub mod config;
 pub mod files;
 pub mod http;
 pub mod lease;
+pub mod observation;
 pub mod observe;
 pub mod pg;
+pub mod pgdata_files;
 pub mod plan;
+pub mod sql;
 
 pub use agent::{EXIT_DROPPED, Exit, run};
 pub use config::{AgentConfig, AuthMethod};

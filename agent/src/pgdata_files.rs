@@ -7,6 +7,7 @@
 use crate::config::AgentConfig;
 use crate::files;
 use crate::pg;
+pub use crate::plan::Role;
 use pgha_api::host::Host;
 use pgha_api::{PeerNode, REPLICATION_USER};
 use std::net::IpAddr;
@@ -19,25 +20,6 @@ const HBA_END: &str = "# END pgha";
 
 /// Settings from the formation file, by name.
 pub type Parameters = std::collections::BTreeMap<String, String>;
-
-/// The Postgres role a node plays, as far as its configuration goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
-    Primary {
-        synchronous_standby_names: String,
-        /// WAL kept at most for a standby's slot (`max_slot_wal_keep_size`).
-        max_slot_wal_keep_size: String,
-    },
-    /// A standby; `upstream` None means replication is cut (stop_replication). `slot`
-    /// says whether to stream through this node's replication slot on the upstream
-    /// (not when the upstream is another standby, in fast_forward).
-    Standby {
-        upstream: Option<(String, u16)>,
-        slot: bool,
-    },
-    /// Stopped states: configuration left as it is.
-    Stopped,
-}
 
 /// A string value as postgresql.conf reads it back unchanged: the file's lexer takes no
 /// newline inside quotes and reads backslash escapes, so `\\`, `'` and control

@@ -4,7 +4,11 @@
 //! idempotent by construction (check before act). The agent reports a state as reached
 //! only when this returns [`Step::Reached`].
 
-use crate::observe::Local;
+mod wanted;
+
+pub use wanted::{Role, effective_goal, role_for, synchronous_standby_names, wanted};
+
+use crate::observation::Local;
 use pgha_api::NodeState;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

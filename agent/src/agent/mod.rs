@@ -1,0 +1,227 @@
+//! The agent loop: observe, fence if the lease ran out, take one step toward the
+//! assigned state, report, repeat. This is the I/O shell around the pure planner
+//! ([`crate::plan`]):
+//!
+//! - [`tick`]: one pass of the loop, in named phases;
+//! - [`steps`]: carrying out one step (initdb, base backup, rewind, start, promote…);
+//! - [`report`]: what the agent tells the controller and its HTTP endpoint;
+//! - [`fence`]: the lease check and the watchdog's deadline.
+
+mod fence;
+mod report;
+mod steps;
+mod tick;
+
+use crate::config::{AgentConfig, AgentState};
+use crate::observe;
+use crate::pg::{self, RunAs};
+use crate::plan::{self, Wanted};
+use pgha_api::client::MonitorClient;
+use pgha_api::{NodeState, Timings};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+struct Agent {
+    cfg: AgentConfig,
+    who: Option<RunAs>,
+    state: AgentState,
+    client: MonitorClient,
+    started: Instant,
+    last_controller_contact: Instant,
+    contacted_since_start: bool,
+    last_standby_seen: Instant,
+    standby_replies: HashMap<String, Option<String>>,
+    last_streaming: Option<Instant>,
+    /// When the WAL receiver was last seen streaming from each address.
+    streamed_from: HashMap<(String, u16), Instant>,
+    last_report: Option<Instant>,
+    last_error: Option<String>,
+    reported: NodeState,
+    /// A wait that has not ended yet, and since when (reported once it lasts).
+    waiting: Option<(&'static str, Instant)>,
+    /// Starts attempted since Postgres last ran.
+    start_attempts: u32,
+    /// What the HTTP endpoint serves.
+    snapshot: crate::http::SharedSnapshot,
+    last_report_ok: Option<Instant>,
+    /// Postgres accepted connections at the previous tick.
+    was_ready: bool,
+    /// Generation of the formation settings written and reloaded.
+    applied_generation: u64,
+    /// The primary's values of the hot-standby settings, from pg_controldata.
+    hot_standby_floors: std::collections::BTreeMap<String, i64>,
+    /// Dropped and removed from the formation: the agent exits.
+    removed: bool,
+    /// Fences when the lease runs out while the loop is stuck in a step.
+    watchdog: crate::lease::Watchdog,
+    /// Invalidated slots seen since the last report that went through: reported even
+    /// when this agent already dropped them (the controller rebuilds their standby).
+    lost_slots: std::collections::BTreeSet<String>,
+}
+
+/// Starts of a standby that fail in a row before it is rebuilt from a base backup.
+const MAX_START_ATTEMPTS: u32 = 5;
+
+impl Agent {
+    fn timings(&self) -> Timings {
+        self.state
+            .assignment
+            .as_ref()
+            .map(|a| a.timings)
+            .unwrap_or_default()
+    }
+
+    /// The goal after local safety overrides: a fenced node stays stopped.
+    fn effective_goal(&self) -> NodeState {
+        plan::effective_goal(self.state.assignment.as_ref(), self.state.fenced)
+    }
+
+    /// `synchronous_standby_names` to apply (see [`plan::synchronous_standby_names`]).
+    fn synchronous_standby_names(&self) -> String {
+        plan::synchronous_standby_names(self.state.assignment.as_ref(), self.contacted_since_start)
+    }
+
+    fn wanted(&self, goal: NodeState) -> Wanted {
+        plan::wanted(
+            goal,
+            self.state.assignment.as_ref(),
+            self.synchronous_standby_names(),
+        )
+    }
+}
+
+/// Serves the health endpoints and `/metrics`; a port that cannot be bound is logged and
+/// skipped (health checks must never take the database down).
+async fn serve_http(cfg: &AgentConfig, snapshot: crate::http::SharedSnapshot) {
+    let host = match cfg.hostname.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_loopback() => ip.to_string(),
+        _ => "0.0.0.0".to_string(),
+    };
+    let addr = format!("{host}:{}", cfg.http_port);
+    match tokio::net::TcpListener::bind(&addr).await {
+        Ok(listener) => {
+            tracing::info!(%addr, "health endpoints and /metrics listening");
+            // Bounded (connections, header and connection timeouts): health checkers and
+            // scrapers must never take the descriptors the agent reports and fences with.
+            tokio::spawn(pgha_api::server::serve(
+                listener,
+                crate::http::router(snapshot),
+                pgha_api::server::Limits {
+                    max_connections: 64,
+                    header_read_timeout: Duration::from_secs(5),
+                    max_connection_age: Duration::from_secs(300),
+                },
+                std::future::pending::<()>(),
+            ));
+        }
+        Err(e) => tracing::error!(%addr, "cannot listen for health checks: {e}"),
+    }
+}
+
+/// Why the agent stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop (SIGTERM, ^C).
+    Stopped,
+    /// Dropped from its formation: nothing left to do (a service manager should not
+    /// restart it; `pgha run` exits with [`EXIT_DROPPED`]).
+    Dropped,
+}
+
+/// Exit status of `pgha run` for a node dropped from its formation (as pg_autoctl).
+pub const EXIT_DROPPED: u8 = 121;
+
+/// Runs the agent until `shutdown` resolves. Postgres is left running when the agent
+/// stops: restarting the agent (upgrade, crash) never interrupts the database.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Exit> {
+    let who = pg::run_as(&cfg)?;
+    let state = AgentState::load(&cfg)?;
+    // 0700: the directory holds the Unix socket (local connections are trusted) and
+    // the replication password.
+    steps::prepare_dir(&cfg.state_dir(), who)?;
+    pg::write_passfile(&cfg, who)?;
+    let client = MonitorClient::new(&cfg.monitor, Duration::from_millis(1000))?;
+    let now = Instant::now();
+    let reported = state.reported.unwrap_or(NodeState::Init);
+    let watchdog = {
+        let cfg = cfg.clone();
+        crate::lease::Watchdog::spawn(move || {
+            let cfg = cfg.clone();
+            async move {
+                if let Err(e) = pg::stop_immediate(&cfg).await {
+                    tracing::error!("the watchdog could not stop Postgres: {e}");
+                }
+            }
+        })
+    };
+    let mut agent = Agent {
+        watchdog,
+        lost_slots: Default::default(),
+        cfg,
+        who,
+        state,
+        client,
+        started: now,
+        last_controller_contact: now,
+        contacted_since_start: false,
+        last_standby_seen: now,
+        standby_replies: HashMap::new(),
+        last_streaming: None,
+        streamed_from: HashMap::new(),
+        last_report: None,
+        last_error: None,
+        reported,
+        waiting: None,
+        start_attempts: 0,
+        snapshot: Default::default(),
+        last_report_ok: None,
+        was_ready: false,
+        applied_generation: 0,
+        hot_standby_floors: Default::default(),
+        removed: false,
+    };
+    if agent.cfg.http_port != 0 {
+        serve_http(&agent.cfg, agent.snapshot.clone()).await;
+    }
+    tracing::info!(
+        node = %agent.cfg.name,
+        pgdata = %agent.cfg.pgdata.display(),
+        monitor = %pgha_api::client::redact(&agent.cfg.monitor),
+        last_goal = ?agent.state.assignment.as_ref().map(|a| a.goal),
+        "agent started"
+    );
+    // Learn the current assignment before touching Postgres when the controller is up;
+    // when it is down, act on the last one we persisted.
+    let l = observe::observe(&agent.cfg).await;
+    if let Err(e) = agent.report(&l).await {
+        tracing::warn!("controller unreachable at start ({e:#}); resuming the last assigned role");
+    }
+    let mut shutdown = std::pin::pin!(shutdown);
+    let span =
+        tracing::info_span!("agent", formation = %agent.cfg.formation, node = %agent.cfg.name);
+    loop {
+        let wait = match tracing::Instrument::instrument(agent.tick(), span.clone()).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                Duration::from_millis(500)
+            }
+        };
+        if agent.removed {
+            tracing::info!(
+                pgdata = %agent.cfg.pgdata.display(),
+                "dropped from the formation: Postgres is stopped, PGDATA is kept; exiting"
+            );
+            return Ok(Exit::Dropped);
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    tracing::info!("agent stopping; Postgres keeps running");
+    Ok(Exit::Stopped)
+}

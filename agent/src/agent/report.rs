@@ -1,0 +1,166 @@
+//! What the agent tells: its report to the controller (and the assignment it gets back),
+//! and the snapshot its HTTP endpoint serves.
+
+use super::*;
+use crate::observe::Local;
+use pgha_api::{NodeReport, PgObservation};
+
+impl Agent {
+    /// Tracks when a standby was last heard from: a streaming standby whose reply
+    /// timestamp moved since the previous tick (values compared, no clocks across hosts).
+    pub(super) fn track_standbys(&mut self, l: &Local) {
+        // After a restart with the controller down, standbys need time to reconnect to
+        // a Postgres that just came up: their lease counts from then. (Only then: once
+        // the controller was reached, its view of our lease must stay conservative.)
+        if l.ready && !self.was_ready && !self.contacted_since_start {
+            self.last_standby_seen = Instant::now();
+        }
+        self.was_ready = l.ready;
+        let mut seen = HashMap::new();
+        for s in &l.standbys {
+            if s.obs.state != "streaming" {
+                continue;
+            }
+            let prev = self.standby_replies.get(&s.obs.application_name);
+            if prev != Some(&s.reply_time) {
+                self.last_standby_seen = Instant::now();
+            }
+            seen.insert(s.obs.application_name.clone(), s.reply_time.clone());
+        }
+        self.standby_replies = seen;
+        if l.wal_receiver_streaming {
+            self.last_streaming = Some(Instant::now());
+        }
+        if let Some(sender) = &l.wal_receiver_sender {
+            self.streamed_from.insert(sender.clone(), Instant::now());
+        }
+        self.streamed_from
+            .retain(|_, t| t.elapsed() < Duration::from_secs(3600));
+    }
+
+    /// Refreshes what the HTTP endpoint serves.
+    pub(super) fn publish(&self, l: &Local) {
+        let snap = crate::http::Snapshot {
+            node: self.cfg.name.clone(),
+            formation: self.cfg.formation.clone(),
+            local: l.clone(),
+            goal: self.effective_goal(),
+            reported: self.reported,
+            fenced: self.state.fenced,
+            lease_remaining_ms: self.lease_remaining_ms(),
+            last_report_ok: self.last_report_ok,
+            primary_lsn: self.state.assignment.as_ref().and_then(|a| a.primary_lsn),
+        };
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snap);
+    }
+
+    pub(super) fn observation(&self, l: &Local) -> PgObservation {
+        let prepared_for = match &self.state.assignment {
+            Some(a) if l.ready && l.in_recovery == Some(false) => a
+                .peers
+                .iter()
+                .filter(|p| {
+                    l.slots
+                        .contains(&pgha_api::replication_slot_name(p.node_id))
+                })
+                .map(|p| p.node_id)
+                .collect(),
+            _ => vec![],
+        };
+        PgObservation {
+            running: l.ready,
+            initialized: l.initialized,
+            in_recovery: l.in_recovery,
+            timeline: l.timeline,
+            lsn: l.lsn,
+            system_identifier: l.control.as_ref().and_then(|c| c.system_identifier.clone()),
+            standbys: l.standbys.iter().map(|s| s.obs.clone()).collect(),
+            upstream_streaming: l.wal_receiver_streaming,
+            upstream_lost_ms_ago: if l.wal_receiver_streaming {
+                None
+            } else {
+                self.last_streaming
+                    .map(|t| t.elapsed().as_millis() as u64)
+                    .or(Some(self.started.elapsed().as_millis() as u64))
+            },
+            prepared_for,
+            pending_restart: l.pending_restart.clone(),
+            lost_slots: self
+                .lost_slots
+                .iter()
+                .chain(&l.lost_slots)
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            streamed_from: Some(pgha_api::StreamHistory {
+                watching_ms: self.started.elapsed().as_millis() as u64,
+                contacts: self
+                    .streamed_from
+                    .iter()
+                    .map(|((host, port), t)| pgha_api::StreamedFrom {
+                        host: host.clone(),
+                        port: *port,
+                        ms_ago: t.elapsed().as_millis() as u64,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    pub(super) async fn report(&mut self, l: &Local) -> anyhow::Result<()> {
+        let r = NodeReport {
+            node_id: self.cfg.node_id,
+            formation: self.cfg.formation.clone(),
+            reported_state: self.reported,
+            term: self.state.max_term,
+            pg: self.observation(l),
+            fenced: self.state.fenced,
+            last_error: self.last_error.clone(),
+            applied_generation: self.applied_generation,
+        };
+        let sent = Instant::now();
+        self.last_report = Some(sent);
+        let res = self.client.report(&r).await;
+        if res.is_ok() {
+            self.lost_slots.clear();
+        }
+        let a = match res {
+            Err(e)
+                if e.code() == Some(pgha_api::routes::ErrorCode::UnknownNode)
+                    && self.effective_goal() == NodeState::Dropped =>
+            {
+                self.removed = true;
+                return Ok(());
+            }
+            res => res?,
+        };
+        self.last_report_ok = Some(Instant::now());
+        let Some(renewed) = crate::lease::renewal(sent, a.term, self.state.max_term) else {
+            tracing::warn!(
+                term = a.term,
+                max_term = self.state.max_term,
+                "refusing an assignment from an older term (the lease is not renewed)"
+            );
+            return Ok(());
+        };
+        self.last_controller_contact = renewed;
+        self.contacted_since_start = true;
+        let mut changed = self.state.assignment.as_ref() != Some(&a);
+        if self.state.fenced && a.goal.is_writable() {
+            tracing::info!("controller confirms our role: lifting the fence");
+            self.state.fenced = false;
+            changed = true;
+        }
+        if self.state.assignment.as_ref().map(|x| x.goal) != Some(a.goal) {
+            tracing::info!(goal = %a.goal, term = a.term, "new assignment");
+        }
+        self.state.max_term = a.term;
+        self.state.assignment = Some(a);
+        if changed {
+            self.state.save(&self.cfg)?;
+        }
+        self.arm_watchdog();
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! Carrying out one step of the plan on the local Postgres: each is idempotent (the
+//! planner checked before it chose the step; the next tick observes again).
+
+use super::*;
+use crate::observe::Local;
+use crate::plan::Step;
+use crate::{pgdata_files, sql};
+use anyhow::Context;
+
+impl Agent {
+    pub(super) async fn reload(&self) -> anyhow::Result<()> {
+        let c = observe::local_client(&self.cfg).await?;
+        sql::reload(&c).await
+    }
+
+    pub(super) async fn execute(&mut self, step: &Step, goal: NodeState) -> anyhow::Result<()> {
+        let cfg = &self.cfg;
+        match step {
+            Step::Reached | Step::Wait(_) => Ok(()),
+            Step::Blocked(why) => anyhow::bail!("cannot reach {goal}: {why}"),
+            Step::Initdb => {
+                prepare_dir(&cfg.pgdata, self.who)?;
+                tracing::info!(pgdata = %cfg.pgdata.display(), "initdb");
+                pg::initdb(cfg).await?;
+                self.after_new_pgdata(goal).await
+            }
+            Step::BaseBackup => {
+                let up = self.upstream()?;
+                let tmp = sibling(&cfg.pgdata, "basebackup-tmp");
+                if tmp.exists() {
+                    std::fs::remove_dir_all(&tmp)
+                        .with_context(|| format!("removing {}", tmp.display()))?;
+                }
+                prepare_dir(&tmp, self.who)?;
+                tracing::info!(upstream = %format!("{}:{}", up.0, up.1), "pg_basebackup");
+                pg::basebackup(cfg, &tmp, &up.0, up.1).await?;
+                if cfg.pgdata.exists() {
+                    // Only an empty directory can be here (initialized is false).
+                    std::fs::remove_dir(&cfg.pgdata).with_context(|| {
+                        format!(
+                            "{} is not empty; refusing to replace it",
+                            cfg.pgdata.display()
+                        )
+                    })?;
+                }
+                std::fs::rename(&tmp, &cfg.pgdata).with_context(|| {
+                    format!("moving the base backup to {}", cfg.pgdata.display())
+                })?;
+                self.after_new_pgdata(goal).await
+            }
+            Step::Rewind => {
+                let up = self.upstream()?;
+                let _ = std::fs::remove_file(cfg.pgdata.join("standby.signal"));
+                tracing::info!(upstream = %format!("{}:{}", up.0, up.1), "pg_rewind");
+                // pg_rewind reads the source's timeline from its control file, which a
+                // freshly promoted node updates only at its next checkpoint.
+                if let Err(e) = pg::checkpoint_remote(cfg, &up.0, up.1).await {
+                    tracing::warn!("CHECKPOINT on the upstream failed ({e:#}); rewinding anyway");
+                }
+                if let Err(e) = pg::rewind(cfg, &up.0, up.1).await {
+                    self.move_aside("rewind-failed", &e.to_string())?;
+                    return Err(e.into());
+                }
+                self.start_attempts = 0;
+                self.after_new_pgdata(goal).await
+            }
+            Step::Start => {
+                // A standby that cannot start (its data does not fit the upstream's
+                // timeline) is rebuilt from a fresh base backup; a primary never is.
+                if self.start_attempts >= MAX_START_ATTEMPTS && goal.is_standby() {
+                    self.start_attempts = 0;
+                    return self.move_aside(
+                        "start-failed",
+                        &format!(
+                            "Postgres failed to start {MAX_START_ATTEMPTS} times as a standby"
+                        ),
+                    );
+                }
+                self.start_attempts += 1;
+                self.apply_conf(goal)?;
+                tracing::info!(attempt = self.start_attempts, "starting Postgres");
+                pg::start(cfg).await?;
+                Ok(())
+            }
+            Step::Stop if !goal.is_stopped() => {
+                tracing::info!("restarting Postgres to apply settings pending a restart");
+                pg::stop(cfg).await?;
+                Ok(())
+            }
+            Step::Stop => {
+                tracing::info!("stopping Postgres for {goal}");
+                pg::stop(cfg).await?;
+                Ok(())
+            }
+            Step::Promote => {
+                tracing::info!("promoting");
+                let c = observe::local_client(cfg).await?;
+                sql::promote(&c).await
+            }
+            Step::SetupPrimary => self.setup_primary().await,
+        }
+    }
+
+    /// The primary invalidated this node's slot (the WAL it needs is gone): a standby
+    /// stops, moves PGDATA aside and takes a fresh base backup, once per epoch the
+    /// controller sets. Returns true when it acted.
+    pub(super) async fn rebuild_if_asked(&mut self, l: &Local) -> anyhow::Result<bool> {
+        let Some(a) = &self.state.assignment else {
+            return Ok(false);
+        };
+        let epoch = a.rebuild_epoch;
+        match plan::rebuild(a.goal, epoch, self.state.rebuilt_epoch) {
+            plan::Rebuild::No | plan::Rebuild::Later => return Ok(false),
+            plan::Rebuild::Skip => {}
+            plan::Rebuild::MoveAside => {
+                if l.initialized {
+                    if l.postmaster_running {
+                        pg::stop(&self.cfg).await?;
+                    }
+                    self.move_aside(
+                        "slot-invalidated",
+                        "the primary invalidated this standby's replication slot",
+                    )?;
+                }
+            }
+        }
+        self.state.rebuilt_epoch = epoch;
+        self.state.save(&self.cfg)?;
+        Ok(true)
+    }
+
+    /// Moves PGDATA aside (keeping one earlier copy per reason) so that the next tick
+    /// takes a fresh base backup.
+    fn move_aside(&self, reason: &str, why: &str) -> anyhow::Result<()> {
+        let aside = sibling(&self.cfg.pgdata, reason);
+        tracing::error!(
+            "{why}; moving PGDATA aside to {} for a fresh base backup",
+            aside.display()
+        );
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside)
+                .with_context(|| format!("removing {}", aside.display()))?;
+        }
+        std::fs::rename(&self.cfg.pgdata, &aside)
+            .with_context(|| format!("moving PGDATA to {}", aside.display()))?;
+        Ok(())
+    }
+
+    async fn after_new_pgdata(&mut self, goal: NodeState) -> anyhow::Result<()> {
+        if self.cfg.ssl_self_signed {
+            ensure_certificate(&self.cfg, self.who).await?;
+        }
+        if let Ok(c) = pg::controldata(&self.cfg).await {
+            self.hot_standby_floors = c.hot_standby_floors;
+        }
+        self.apply_conf(goal)?;
+        pg::start(&self.cfg).await?;
+        Ok(())
+    }
+
+    fn upstream(&self) -> anyhow::Result<(String, u16)> {
+        self.state
+            .assignment
+            .as_ref()
+            .and_then(|a| a.upstream.as_ref())
+            .map(|u| (u.host.clone(), u.port))
+            .context("no upstream node in the assignment")
+    }
+
+    pub(super) fn apply_conf(&self, goal: NodeState) -> anyhow::Result<bool> {
+        let a = self.state.assignment.as_ref();
+        let role = plan::role_for(goal, a, self.synchronous_standby_names());
+        let peers = a.map(|a| a.peers.clone()).unwrap_or_default();
+        let mut parameters = a.map(|a| a.parameters.clone()).unwrap_or_default();
+        if goal.is_standby() {
+            // A standby cannot start below the primary's values of these settings: a
+            // decrease reaches it only once the primary runs the lower value.
+            for (name, floor) in &self.hot_standby_floors {
+                if let Some(v) = parameters.get_mut(name)
+                    && v.parse::<i64>().is_ok_and(|want| want < *floor)
+                {
+                    *v = floor.to_string();
+                }
+            }
+        }
+        Ok(pgdata_files::apply(
+            &self.cfg,
+            &role,
+            &parameters,
+            &peers,
+            self.who,
+        )?)
+    }
+
+    async fn setup_primary(&self) -> anyhow::Result<()> {
+        let c = observe::local_client(&self.cfg).await?;
+        let slots = self.wanted(NodeState::Primary).slots;
+        sql::setup_primary(&c, &self.cfg, &slots).await
+    }
+}
+
+fn sibling(pgdata: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut s = pgdata.as_os_str().to_owned();
+    s.push(format!(".{suffix}"));
+    s.into()
+}
+
+/// Creates a directory for Postgres: owned by its OS user, mode 0700 (never through a
+/// link: see [`crate::files`]).
+pub(super) fn prepare_dir(dir: &std::path::Path, who: Option<RunAs>) -> anyhow::Result<()> {
+    Ok(crate::files::prepare_dir(dir, who)?)
+}
+
+/// A self-signed certificate for `--ssl-self-signed`, made with the openssl tool run as
+/// the Postgres OS user: it writes into PGDATA, where that user could have planted links.
+async fn ensure_certificate(cfg: &AgentConfig, who: Option<RunAs>) -> anyhow::Result<()> {
+    let crt = cfg.pgdata.join("server.crt");
+    let key = cfg.pgdata.join("server.key");
+    if crt.exists() && key.exists() {
+        return Ok(());
+    }
+    let mut cmd = tokio::process::Command::new("openssl");
+    cmd.args(["req", "-new", "-x509", "-days", "3650", "-nodes", "-subj"])
+        .arg(format!("/CN={}", cfg.hostname))
+        .arg("-out")
+        .arg(&crt)
+        .arg("-keyout")
+        .arg(&key)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/");
+    if let Some(r) = who {
+        cmd.uid(r.uid).gid(r.gid);
+    }
+    let out = cmd
+        .output()
+        .await
+        .context("running openssl to make a self-signed certificate")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "openssl failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    crate::files::chmod_nofollow(&key, 0o600)?;
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! The plain data of one observation of the local Postgres: what [`crate::observe`]
+//! fills in each tick and the pure planner ([`crate::plan`]) reads. No I/O here.
+
+use crate::pg;
+use pgha_api::{Lsn, StandbyObservation};
+
+/// A standby streaming from this node, from `pg_stat_replication`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalStandby {
+    pub obs: StandbyObservation,
+    /// The standby's last reply timestamp, as text (compared, never interpreted).
+    pub reply_time: Option<String>,
+    /// `replay_lag` in seconds (0 when idle).
+    pub replay_lag_seconds: f64,
+}
+
+/// What the agent saw of its Postgres this tick.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Local {
+    pub initialized: bool,
+    pub postmaster_running: bool,
+    /// Accepting connections and answered our queries.
+    pub ready: bool,
+    pub standby_signal: bool,
+    /// A backup_label is present (fresh base backup or rewind not yet started).
+    pub backup_label: bool,
+    pub in_recovery: Option<bool>,
+    pub timeline: Option<u32>,
+    pub lsn: Option<Lsn>,
+    pub standbys: Vec<LocalStandby>,
+    /// WAL receiver streaming.
+    pub wal_receiver_streaming: bool,
+    /// Host and port the WAL receiver streams from (when streaming).
+    pub wal_receiver_sender: Option<(String, u16)>,
+    pub synchronous_standby_names: Option<String>,
+    /// pgha's replication slots that still hold WAL (not invalidated).
+    pub slots: Vec<String>,
+    /// pgha's slots a standby is streaming through right now (never dropped).
+    pub active_slots: Vec<String>,
+    /// pgha's slots Postgres invalidated (`wal_status = 'lost'`): their WAL is gone.
+    pub lost_slots: Vec<String>,
+    pub replicator_exists: bool,
+    pub dbname_exists: bool,
+    /// From pg_controldata when stopped.
+    pub control: Option<pg::ControlData>,
+    /// Settings changed in the files but waiting for a restart.
+    pub pending_restart: Vec<String>,
+    /// Settings Postgres rejected when reading its configuration: (name, error).
+    pub setting_errors: Vec<(String, String)>,
+}

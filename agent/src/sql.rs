@@ -1,0 +1,238 @@
+//! All the SQL the agent runs, with the escaping helpers it needs. Values go as bind
+//! parameters wherever Postgres takes them; the few places that need text (role and
+//! database names, the SCRAM verifier) go through [`quote_ident`] and [`quote_literal`].
+
+use crate::config::AgentConfig;
+use crate::observation::{Local, LocalStandby};
+use anyhow::Context;
+use pgha_api::StandbyObservation;
+use std::time::Duration;
+use tokio_postgres::Client;
+
+/// A string literal (standard_conforming_strings, on since Postgres 9.1).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A quoted identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A SCRAM-SHA-256 verifier of `password` (Postgres's stored form), made here so that the
+/// password never travels in SQL.
+pub fn scram_verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
+
+/// Fills in what SQL tells of the local Postgres (recovery, settings, WAL position,
+/// standbys, slots).
+pub async fn read_local(
+    c: &Client,
+    cfg: &AgentConfig,
+    l: &mut Local,
+) -> Result<(), tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            "SELECT pg_is_in_recovery(), \
+                    current_setting('synchronous_standby_names'), \
+                    EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), \
+                    EXISTS (SELECT 1 FROM pg_database WHERE datname = $2), \
+                    ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY 1), \
+                    ARRAY(SELECT coalesce(name, '?') || ': ' || error FROM pg_file_settings \
+                          WHERE error IS NOT NULL \
+                          AND error <> 'setting could not be applied' ORDER BY 1)",
+            &[&pgha_api::REPLICATION_USER, &cfg.dbname],
+        )
+        .await?;
+    let in_recovery: bool = row.get(0);
+    l.in_recovery = Some(in_recovery);
+    l.synchronous_standby_names = Some(row.get(1));
+    l.replicator_exists = row.get(2);
+    l.dbname_exists = row.get(3);
+    l.pending_restart = row.get(4);
+    l.setting_errors = row
+        .get::<_, Vec<String>>(5)
+        .into_iter()
+        .map(|e| match e.split_once(": ") {
+            Some((n, m)) => (n.to_string(), m.to_string()),
+            None => (String::new(), e),
+        })
+        .collect();
+    if in_recovery {
+        let row = c
+            .query_one(
+                "SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text, \
+                        w.received_tli, w.sender_host, w.sender_port, \
+                        (SELECT timeline_id FROM pg_control_checkpoint()) \
+                 FROM (SELECT 1) AS one \
+                 LEFT JOIN pg_stat_wal_receiver w ON w.status = 'streaming'",
+                &[],
+            )
+            .await?;
+        l.lsn = row.get::<_, Option<String>>(0).and_then(|s| s.parse().ok());
+        let streaming_tli: Option<i32> = row.get(1);
+        l.wal_receiver_streaming = streaming_tli.is_some();
+        l.wal_receiver_sender = match (
+            row.get::<_, Option<String>>(2),
+            row.get::<_, Option<i32>>(3),
+        ) {
+            (Some(h), Some(p)) if l.wal_receiver_streaming => Some((h, p as u16)),
+            _ => None,
+        };
+        l.timeline = streaming_tli
+            .or(row.get::<_, Option<i32>>(4))
+            .map(|t| t as u32);
+    } else {
+        let row = c
+            .query_one(
+                "SELECT pg_current_wal_flush_lsn()::text, \
+                        ('x' || substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int",
+                &[],
+            )
+            .await?;
+        l.lsn = row.get::<_, String>(0).parse().ok();
+        l.timeline = Some(row.get::<_, i32>(1) as u32);
+        let rows = c
+            .query(
+                "SELECT application_name, state, sync_state, flush_lsn::text, reply_time::text, \
+                        coalesce(extract(epoch FROM replay_lag), 0)::float8 \
+                 FROM pg_stat_replication",
+                &[],
+            )
+            .await?;
+        l.standbys = rows
+            .iter()
+            .map(|r| LocalStandby {
+                obs: StandbyObservation {
+                    application_name: r.get(0),
+                    state: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                    sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
+                    flush_lsn: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+                },
+                reply_time: r.get(4),
+                replay_lag_seconds: r.get(5),
+            })
+            .collect();
+    }
+    let slots = c
+        .query(
+            "SELECT slot_name::text, active, coalesce(wal_status, '') = 'lost' \
+             FROM pg_replication_slots WHERE slot_name LIKE 'pgha_slot_%'",
+            &[],
+        )
+        .await?;
+    for r in slots {
+        let (name, active, lost): (String, bool, bool) = (r.get(0), r.get(1), r.get(2));
+        if active {
+            l.active_slots.push(name.clone());
+        }
+        if lost {
+            l.lost_slots.push(name);
+        } else {
+            l.slots.push(name);
+        }
+    }
+    Ok(())
+}
+
+/// Roles, database and replication slots of a primary: the replication role and the
+/// database when missing, the slots in `slots` created, and the others dropped.
+pub async fn setup_primary(c: &Client, cfg: &AgentConfig, slots: &[String]) -> anyhow::Result<()> {
+    // The agent's own catalog writes never wait for a synchronous standby: the one
+    // listed may be the one that just died (the reload that drops it from
+    // synchronous_standby_names can come after this step), and a commit waiting on
+    // it would hold this loop until the lease fences the primary.
+    c.batch_execute("SET synchronous_commit TO local").await?;
+    let user = pgha_api::REPLICATION_USER;
+    let exists = c
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
+        .await?
+        .is_some();
+    if !exists {
+        // A SCRAM verifier, never the password itself, goes into the SQL text (which
+        // the server may log): it holds only base64, '$' and ':'.
+        let verifier = scram_verifier(&cfg.replication_password);
+        c.batch_execute(&format!(
+            "CREATE ROLE {user} WITH LOGIN REPLICATION PASSWORD {}",
+            quote_literal(&verifier)
+        ))
+        .await
+        .context("creating the replication role")?;
+        c.batch_execute(&format!(
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {user};
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {user};
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {user};
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {user};
+             GRANT pg_checkpoint TO {user};"
+        ))
+        .await
+        .context("granting the replication role what pg_rewind needs")?;
+    }
+    let exists = c
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&cfg.dbname],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        let db = quote_ident(&cfg.dbname);
+        let owner = quote_ident(&cfg.username);
+        c.batch_execute(&format!("CREATE DATABASE {db} OWNER {owner}"))
+            .await
+            .with_context(|| format!("creating database {}", cfg.dbname))?;
+    }
+    // Slots of nodes that cannot stream, and invalidated ones (their standby is
+    // rebuilt and takes a fresh slot), unless a standby streams through them now.
+    c.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE slot_name LIKE 'pgha_slot_%' AND NOT active \
+           AND (NOT (slot_name = ANY($1)) OR wal_status = 'lost')",
+        &[&slots],
+    )
+    .await
+    .context("dropping replication slots")?;
+    for slot in slots {
+        c.execute(
+            "SELECT pg_create_physical_replication_slot($1, true) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[slot],
+        )
+        .await
+        .with_context(|| format!("creating replication slot {slot}"))?;
+    }
+    Ok(())
+}
+
+/// Promotes the local standby and records the new timeline in pg_control at once, so
+/// that pg_rewind of the old primary against this node finds it.
+pub async fn promote(c: &Client) -> anyhow::Result<()> {
+    c.execute("SELECT pg_promote(true, 60)", &[]).await?;
+    // Bounded: the watchdog fences a stuck writable node, but a step that never ends
+    // would keep it from reporting at all.
+    tokio::time::timeout(Duration::from_secs(60), c.batch_execute("CHECKPOINT"))
+        .await
+        .context("CHECKPOINT after promotion did not finish within 60 s")??;
+    Ok(())
+}
+
+/// Makes Postgres read its configuration files again.
+pub async fn reload(c: &Client) -> anyhow::Result<()> {
+    c.execute("SELECT pg_reload_conf()", &[]).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_the_quote_character() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_ident("my \"db\""), "\"my \"\"db\"\"\"");
+        let v = scram_verifier("secret");
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
+        assert!(!v.contains('\''), "a verifier needs no escaping: {v}");
+    }
+}
