@@ -1,0 +1,61 @@
+//! What the controller answers a report with: the node's [`Assignment`].
+
+use crate::{Lsn, NodeId, NodeState, Timings};
+use serde::{Deserialize, Serialize};
+
+/// Another node of the formation, as an agent needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    pub node_id: NodeId,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// A primary keeps a replication slot for this peer: it streams, or is about to
+    /// (not in maintenance, not dropped, not failed, not a node that never started).
+    #[serde(default = "default_true")]
+    pub slot: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `max_slot_wal_keep_size` when the formation file sets none: a dead standby's slot
+/// holds at most this much WAL on the primary before it is invalidated (and the standby
+/// rebuilt), instead of filling the primary's disk.
+pub const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: &str = "8GB";
+
+/// The controller's answer to a report: the state this node must reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub node_id: NodeId,
+    pub goal: NodeState,
+    /// Formation term; agents refuse assignments from a term older than one they saw.
+    pub term: u64,
+    /// The node to stream from, for standby states.
+    pub upstream: Option<PeerNode>,
+    /// Every other node of the formation (for pg_hba and replication slots).
+    pub peers: Vec<PeerNode>,
+    /// Value for `synchronous_standby_names` when this node is writable.
+    pub synchronous_standby_names: String,
+    pub dbname: String,
+    pub timings: Timings,
+    /// Something in the formation is changing: report again soon rather than at the interval.
+    pub fast_poll: bool,
+    /// The primary's last reported WAL position (for a standby's lag).
+    #[serde(default)]
+    pub primary_lsn: Option<Lsn>,
+    /// Postgres settings from the formation file (`postgresql.parameters`).
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, String>,
+    /// Generation of the formation's desired state these settings come from.
+    #[serde(default)]
+    pub generation: u64,
+    /// `max_slot_wal_keep_size` for the primary's slots.
+    #[serde(default)]
+    pub max_slot_wal_keep_size: String,
+    /// Bumped by the controller each time this node's replication slot was invalidated
+    /// (its WAL is gone): a standby rebuilds from a fresh base backup once per bump.
+    #[serde(default)]
+    pub rebuild_epoch: u64,
+}

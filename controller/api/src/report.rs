@@ -1,0 +1,85 @@
+//! What an agent sends: `POST /v1/report` carries a [`NodeReport`] of its node and of
+//! the Postgres beside it.
+
+use crate::{Lsn, NodeId, NodeState};
+use serde::{Deserialize, Serialize};
+
+/// One standby as the primary sees it in `pg_stat_replication`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbyObservation {
+    pub application_name: String,
+    pub state: String,
+    pub sync_state: String,
+    pub flush_lsn: Option<Lsn>,
+}
+
+/// What an agent observed of its local Postgres.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgObservation {
+    /// The postmaster is running and accepts connections.
+    pub running: bool,
+    /// PGDATA holds an initialised cluster.
+    pub initialized: bool,
+    pub in_recovery: Option<bool>,
+    pub timeline: Option<u32>,
+    /// Current WAL position: insert LSN on a primary, received/replayed on a standby.
+    pub lsn: Option<Lsn>,
+    pub system_identifier: Option<String>,
+    /// Standbys streaming from this node (primary view).
+    pub standbys: Vec<StandbyObservation>,
+    /// This node's WAL receiver is streaming from its upstream.
+    pub upstream_streaming: bool,
+    /// Milliseconds since this node last streamed from its upstream (None: never seen since
+    /// the agent started).
+    pub upstream_lost_ms_ago: Option<u64>,
+    /// Node ids for which this node has a replication slot and pg_hba entries ready.
+    pub prepared_for: Vec<NodeId>,
+    /// Settings changed but waiting for a Postgres restart.
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
+    /// Each address this node's WAL receiver streamed from since the agent started (last
+    /// hour), and how long ago (0: now). The controller's lease check uses it to tell
+    /// streaming from an old primary (which keeps its lease alive) from streaming from a
+    /// standby (fast_forward). None from an agent that does not track it.
+    #[serde(default)]
+    pub streamed_from: Option<StreamHistory>,
+    /// On a primary: its replication slots that Postgres invalidated (`wal_status`
+    /// `lost`: past `max_slot_wal_keep_size`).
+    #[serde(default)]
+    pub lost_slots: Vec<String>,
+}
+
+/// Where a standby's WAL receiver streamed from, as far as its agent watched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHistory {
+    /// How long the agent has been watching (ms): before that, anything may have been.
+    pub watching_ms: u64,
+    pub contacts: Vec<StreamedFrom>,
+}
+
+/// One upstream a standby streamed from, as its WAL receiver names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamedFrom {
+    pub host: String,
+    pub port: u16,
+    pub ms_ago: u64,
+}
+
+/// `POST /v1/report`: sent by every agent every report interval and after each change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node_id: NodeId,
+    pub formation: String,
+    /// The state the agent has reached (not the one it is trying to reach).
+    pub reported_state: NodeState,
+    /// The highest term the agent has seen.
+    pub term: u64,
+    pub pg: PgObservation,
+    /// The agent stopped Postgres because its lease ran out.
+    pub fenced: bool,
+    /// Last error the agent hit while applying its assignment, if any.
+    pub last_error: Option<String>,
+    /// Generation of the desired state whose settings are in force on this node.
+    #[serde(default)]
+    pub applied_generation: u64,
+}

@@ -1,0 +1,65 @@
+//! Requests and answers of the API's actions (registration, switchover, forced
+//! failover), and the error body every failed call returns.
+
+use crate::{NodeId, NodeState, routes};
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/nodes`: an agent asks to join a formation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub formation: String,
+    /// Requested node name; the controller picks `node_<id>` when absent.
+    pub name: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub candidate_priority: u8,
+    pub replication_quorum: bool,
+}
+
+/// The controller's answer to a registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub node_id: NodeId,
+    pub name: String,
+    pub formation: String,
+    pub assigned_state: NodeState,
+    /// Password of the replication role, shared by the formation's nodes (for
+    /// `--auth scram-sha-256`). Never logged.
+    pub replication_password: String,
+}
+
+/// `POST /v1/formations/{name}/switchover` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchoverStarted {
+    pub from_node: NodeId,
+    pub to_node: NodeId,
+    pub term: u64,
+}
+
+/// `POST /v1/formations/{name}/failover` request: a failover the data-loss guard
+/// blocks, forced by an operator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForcedFailoverRequest {
+    /// Must be true: the operator accepts that acknowledged commits may be lost.
+    pub allow_data_loss: bool,
+    /// Why (recorded in the event).
+    pub reason: String,
+}
+
+/// `POST /v1/formations/{name}/failover` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForcedFailoverStarted {
+    /// The term the override applies to.
+    pub term: u64,
+    /// The node being promoted, when this request started the promotion (None when it
+    /// lifted the guard of a promotion already in progress).
+    pub to_node: Option<NodeId>,
+}
+
+/// Uniform error body of every failed API call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    pub code: routes::ErrorCode,
+}

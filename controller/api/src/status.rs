@@ -1,0 +1,139 @@
+//! Read models the CLI prints: a formation's status (`show state`), its events
+//! (`show events`), and the monitor's connection details (`show uri`).
+
+use crate::{Lsn, NodeId, NodeState, formation};
+use serde::{Deserialize, Serialize};
+
+/// Health of a node as the controller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Unknown,
+    Good,
+    Bad,
+}
+
+/// One node in `show state`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub reported_state: NodeState,
+    pub assigned_state: NodeState,
+    pub timeline: Option<u32>,
+    pub lsn: Option<Lsn>,
+    pub health: Health,
+    /// Postgres running according to the agent's last report.
+    pub pg_running: bool,
+    pub candidate_priority: u8,
+    pub replication_quorum: bool,
+    /// Milliseconds since the last report (None: no report since the controller started).
+    pub report_age_ms: Option<u64>,
+    pub fenced: bool,
+    pub last_error: Option<String>,
+    /// Generation of the desired state applied on the node.
+    #[serde(default)]
+    pub applied_generation: u64,
+    /// Settings waiting for a Postgres restart.
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
+}
+
+impl NodeStatus {
+    /// `read-write` or `read-only` as pg_autoctl prints it, `!` when the node is unhealthy.
+    pub fn connection(&self) -> String {
+        let kind = if self.reported_state.is_writable() && self.pg_running {
+            "read-write"
+        } else {
+            "read-only"
+        };
+        match self.health {
+            Health::Good => kind.to_string(),
+            Health::Bad => format!("{kind} !"),
+            Health::Unknown => format!("{kind} ?"),
+        }
+    }
+}
+
+/// A formation as `show state` and `show uri` need it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FormationStatus {
+    pub name: String,
+    pub dbname: String,
+    pub term: u64,
+    pub number_sync_standbys: u32,
+    pub nodes: Vec<NodeStatus>,
+    /// One line on what the formation is doing or waiting for, when not steady.
+    pub summary: String,
+    /// Generation of the desired state (bumped by every accepted change of its file).
+    #[serde(default)]
+    pub generation: u64,
+    /// The formation file it comes from.
+    #[serde(default)]
+    pub source_file: Option<String>,
+    /// Its file was removed: nodes keep running, nothing is reconciled from YAML.
+    #[serde(default)]
+    pub orphaned: bool,
+    /// Errors of the formation file's last rejected version (the last good one is in force).
+    #[serde(default)]
+    pub config_errors: Vec<String>,
+    /// The desired state in force.
+    #[serde(default)]
+    pub spec: Option<formation::FormationSpec>,
+}
+
+impl FormationStatus {
+    /// libpq multi-host URI with `target_session_attrs=read-write`.
+    pub fn uri(&self, username: Option<&str>, sslmode: &str) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}:{}", uri_host(&n.host), n.port))
+            .collect();
+        let user = username.map(|u| format!("{u}@")).unwrap_or_default();
+        format!(
+            "postgres://{user}{}/{}?target_session_attrs=read-write&sslmode={sslmode}",
+            hosts.join(","),
+            self.dbname
+        )
+    }
+}
+
+fn uri_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// One entry of the controller's event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: u64,
+    /// Unix time in milliseconds.
+    pub time_ms: u64,
+    pub formation: String,
+    pub node_id: Option<NodeId>,
+    pub node_name: Option<String>,
+    pub reported_state: Option<NodeState>,
+    pub assigned_state: Option<NodeState>,
+    /// The planner rule (or operator action) behind the event.
+    pub rule: String,
+    pub description: String,
+    /// What the planner looked at when it decided (nodes' states, LSNs, health,
+    /// priorities, term); absent on reports and operator events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<serde_json::Value>,
+}
+
+/// The controller's connection details, as `show uri` prints them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MonitorInfo {
+    pub url: String,
+    pub formations: Vec<String>,
+    pub sslmode: String,
+    pub username: Option<String>,
+}
