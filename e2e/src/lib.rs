@@ -584,6 +584,14 @@ fn postgres_processes(node: &Node) -> Vec<i32> {
     out
 }
 
+/// Runs one scenario on a fresh cluster: on failure, the logs of the monitor and every
+/// node are printed (and kept with `PGHA_E2E_KEEP_LOGS`) before the test fails.
+pub async fn scenario(f: impl AsyncFnOnce(&mut Cluster) -> anyhow::Result<()>) {
+    let mut c = Cluster::start().unwrap();
+    let r = f(&mut c).await;
+    c.check(r);
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         // PGHA_E2E_KEEP_LOGS=DIR with PGHA_E2E_KEEP_ALL=1 keeps the logs of passing runs

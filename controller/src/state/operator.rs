@@ -226,10 +226,6 @@ impl ControllerState {
         // event says it happened.
         self.save()?;
         self.record(ev)?;
-        // The plan goes on under the override: its promotion is counted so.
-        let view = self
-            .view(formation, now_ms)
-            .ok_or_else(|| unknown_formation(formation))?;
         self.apply_plan(&view, &plan, now_ms)?;
         let to_node = plan
             .decisions

@@ -38,6 +38,7 @@ impl ControllerState {
         &mut self,
         view: &FormationView,
         d: &planner::Decision,
+        allow_data_loss: bool,
         now_ms: u64,
     ) {
         let formation = view.name.as_str();
@@ -49,7 +50,7 @@ impl ControllerState {
         match d.rule {
             Rule::FailoverPromote | Rule::SwitchoverPromote => {
                 let switchover = d.rule == Rule::SwitchoverPromote;
-                let reason = if view.allow_data_loss {
+                let reason = if allow_data_loss {
                     FailoverReason::OperatorAllowDataLoss
                 } else {
                     FailoverReason::PrimaryFailed

@@ -299,8 +299,14 @@ impl ControllerState {
                     now_ms,
                 ));
             }
+            // Under the operator's override when it covers the term this plan leaves.
+            let allow_data_loss = self
+                .durable
+                .formations
+                .get(formation)
+                .is_some_and(|f| f.intent.data_loss_allowed_term == Some(f.intent.term));
             for d in &plan.decisions {
-                self.track_promotion(view, d, now_ms);
+                self.track_promotion(view, d, allow_data_loss, now_ms);
                 let node = self.durable.formations[formation].nodes.get(&d.node_id);
                 let mut ev = self.event(formation, node, d.rule, d.description.clone(), now_ms);
                 ev.inputs = Some(inputs.clone());

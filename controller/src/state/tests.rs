@@ -356,3 +356,57 @@ fn an_invalidated_slot_rebuilds_its_node_once() {
         2
     );
 }
+
+/// A forced failover is counted under the operator's reason, from its start to its end
+/// (the override covers the term the plan moves to).
+#[test]
+fn a_forced_failover_is_counted_as_the_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+    {
+        let f = st.durable.formations.get_mut("orders").unwrap();
+        let a = f.nodes.get_mut(&1).unwrap();
+        a.intent.goal = NodeState::Primary;
+        a.observed.reported = NodeState::Primary;
+        for (id, name) in [(2, "node_b"), (3, "node_c")] {
+            let n =
+                NodeRecord::for_test(id, name, 5432, NodeState::Secondary, NodeState::Secondary);
+            f.nodes.insert(id, n);
+        }
+    }
+    st.save().unwrap();
+    let up = |id, state, lsn: u64, streaming| {
+        let mut r = report(id, state, 1);
+        r.pg.running = true;
+        r.pg.lsn = Some(pgha_api::Lsn(lsn));
+        r.pg.upstream_streaming = streaming;
+        r
+    };
+    st.take_report(&up(1, NodeState::Primary, 5000, false), 10_000)
+        .unwrap();
+    st.take_report(&up(2, NodeState::Secondary, 5000, true), 10_000)
+        .unwrap();
+    st.take_report(&up(3, NodeState::Secondary, 5000, true), 10_000)
+        .unwrap();
+    st.reconcile("orders", 10_000).unwrap();
+    // node_a and node_b are lost together: node_b may hold commits node_c lacks.
+    st.take_report(&up(3, NodeState::Secondary, 5000, false), 30_000)
+        .unwrap();
+    let plan = st.reconcile("orders", 30_000).unwrap();
+    assert!(plan.blocked.is_some(), "{plan:?}");
+    let req = pgha_api::ForcedFailoverRequest {
+        allow_data_loss: true,
+        reason: "ticket 4711".into(),
+    };
+    let started = st.forced_failover("orders", &req, 30_100).unwrap();
+    assert_eq!(started.to_node, Some(3));
+    let text = st.metrics_page(30_200);
+    assert!(
+        text.contains(r#"pgha_failovers_total{formation="orders",reason="operator_allow_data_loss",result="started"} 1"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"reason="primary_failed",result="started"} 1"#),
+        "{text}"
+    );
+}

@@ -5,7 +5,7 @@
 //! is stored.
 
 use pgha_api::NodeState::*;
-use pgha_e2e::Cluster;
+use pgha_e2e::{Cluster, scenario};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -51,27 +51,26 @@ async fn setting(c: &Cluster, i: usize, name: &str) -> anyhow::Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn formation_file_changes_converge_and_bad_files_change_nothing() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
+    scenario(async |c| {
         c.bootstrap_two()?;
         let g0 = c.state()?.generation;
 
         // A reload-only setting reaches every node.
         c.write_formation(
             "default.yaml",
-            &formation_yaml(&c, "      work_mem: 12MB\n", 50),
+            &formation_yaml(c, "      work_mem: 12MB\n", 50),
         )?;
-        let (g1, took) = wait_applied(&c, g0)?;
+        let (g1, took) = wait_applied(c, g0)?;
         println!("reload-only setting applied on every node in {took:?}");
-        anyhow::ensure!(setting(&c, 0, "work_mem").await? == "12MB");
-        anyhow::ensure!(setting(&c, 1, "work_mem").await? == "12MB");
+        anyhow::ensure!(setting(c, 0, "work_mem").await? == "12MB");
+        anyhow::ensure!(setting(c, 1, "work_mem").await? == "12MB");
 
         // A candidate priority flows to the node record.
         c.write_formation(
             "default.yaml",
-            &formation_yaml(&c, "      work_mem: 12MB\n", 0),
+            &formation_yaml(c, "      work_mem: 12MB\n", 0),
         )?;
-        let (g2, took) = wait_applied(&c, g1)?;
+        let (g2, took) = wait_applied(c, g1)?;
         println!("priority change applied in {took:?}");
         let st = c.state()?;
         let b = st.nodes.iter().find(|n| n.name == "node_b").unwrap();
@@ -88,13 +87,13 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
         let term = c.state()?.term;
         c.write_formation(
             "default.yaml",
-            &formation_yaml(&c, "      work_mem: 12MB\n      max_connections: 150\n", 50),
+            &formation_yaml(c, "      work_mem: 12MB\n      max_connections: 150\n", 50),
         )?;
-        let (g3, _) = wait_applied(&c, g2)?;
+        let (g3, _) = wait_applied(c, g2)?;
         let t0 = Instant::now();
         loop {
-            let a = setting(&c, 0, "max_connections").await.unwrap_or_default();
-            let b = setting(&c, 1, "max_connections").await.unwrap_or_default();
+            let a = setting(c, 0, "max_connections").await.unwrap_or_default();
+            let b = setting(c, 1, "max_connections").await.unwrap_or_default();
             let st = c.state()?;
             let pending = st.nodes.iter().any(|n| !n.pending_restart.is_empty());
             let steady = st
@@ -145,7 +144,7 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
             "{:?}",
             st.config_errors
         );
-        anyhow::ensure!(setting(&c, 0, "work_mem").await? == "12MB");
+        anyhow::ensure!(setting(c, 0, "work_mem").await? == "12MB");
         let out = c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?;
         anyhow::ensure!(
             out.contains("rejected (last good version in force): default.yaml:"),
@@ -199,11 +198,11 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
         // Fixed again: accepted, errors gone.
         c.write_formation(
             "default.yaml",
-            &formation_yaml(&c, "      work_mem: 16MB\n", 50),
+            &formation_yaml(c, "      work_mem: 16MB\n", 50),
         )?;
-        wait_applied(&c, g3)?;
+        wait_applied(c, g3)?;
         anyhow::ensure!(c.state()?.config_errors.is_empty());
-        anyhow::ensure!(setting(&c, 1, "work_mem").await? == "16MB");
+        anyhow::ensure!(setting(c, 1, "work_mem").await? == "16MB");
         // The rolling restart made node_b primary; max_connections went back to its
         // default, a decrease a standby cannot take before its primary: node_a stays
         // startable (it keeps the primary's value) and node_b reports the restart it needs.
@@ -222,17 +221,15 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
             std::thread::sleep(Duration::from_millis(200));
         }
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 /// A formation with a join secret admits only nodes presenting it; the URL that `show
 /// uri --dir` prints on the monitor carries it; the secret never shows in logs or events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_secret_admits_only_nodes_that_present_it() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
+    scenario(async |c| {
         let secret_file = c.path().join("default.secret");
         std::fs::write(&secret_file, "s3cret-for-the-test\n")?;
         c.write_formation(
@@ -276,17 +273,15 @@ async fn join_secret_admits_only_nodes_that_present_it() {
         let events = c.pgha_ok(&["show", "events", "--json", "--count", "100", "--monitor", &c.monitor_url])?;
         anyhow::ensure!(!events.contains("s3cret-for-the-test"), "the secret leaked into events");
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 /// A node removed from the formation file is drained and dropped: its Postgres stops,
 /// its PGDATA stays, its agent exits with 121, and the primary goes on alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_removed_from_the_file_is_dropped() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
+    scenario(async |c| {
         c.bootstrap_two()?;
         let node = |name: &str, port: u16| {
             format!("    - name: {name}\n      host: 127.0.0.1\n      port: {port}\n")
@@ -328,17 +323,15 @@ async fn a_node_removed_from_the_file_is_dropped() {
         let events = c.pgha_ok(&["show", "events", "--count", "30", "--monitor", &c.monitor_url])?;
         anyhow::ensure!(events.contains("node_removed"), "{events}");
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 /// `maintenance: true` on the standby takes it out (Postgres stopped, the primary stops
 /// waiting for it, writes go on); set back to false, it rejoins as a secondary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_from_the_file_takes_a_standby_out_and_back() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
+    scenario(async |c| {
         c.bootstrap_two()?;
         let yaml = |maint: bool| {
             format!(
@@ -357,9 +350,8 @@ async fn maintenance_from_the_file_takes_a_standby_out_and_back() {
         let report = probe.finish_without_loss().await?;
         println!("longest write gap: {:?}", report.max_gap);
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 /// With `--auth scram-sha-256`, the standby's base backup, streaming and pg_rewind
@@ -367,8 +359,7 @@ async fn maintenance_from_the_file_takes_a_standby_out_and_back() {
 /// replication password itself never reaches Postgres in SQL, nor its log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_replication_runs_on_a_verifier_not_a_password() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
+    scenario(async |c| {
         c.add_node_with("node_a", &["--auth", "scram-sha-256"])?;
         c.wait_for(&[("node_a", Single)], T)?;
         c.add_node_with("node_b", &["--auth", "scram-sha-256"])?;
@@ -411,7 +402,6 @@ async fn scram_replication_runs_on_a_verifier_not_a_password() {
             );
         }
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }

@@ -3,7 +3,7 @@
 //! sees a failover counted, the assigned states flip and the duration observed.
 
 use pgha_api::NodeState::*;
-use pgha_e2e::{Cluster, free_port};
+use pgha_e2e::{free_port, scenario};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,8 +11,7 @@ const T: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_failover_names_its_reason_everywhere() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
+    scenario(async |c| {
         c.add_node("node_a")?;
         c.wait_for(&[("node_a", Single)], T)?;
         c.add_node_with("node_b", &["--candidate-priority", "0"])?;
@@ -70,9 +69,8 @@ async fn a_blocked_failover_names_its_reason_everywhere() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 struct Prometheus {
@@ -156,8 +154,7 @@ async fn eventually(p: &Prometheus, q: &str, want: f64) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_sees_a_failover() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
+    scenario(async |c| {
         c.bootstrap_two()?;
         let mut targets = vec![format!("127.0.0.1:{}", c.monitor_port)];
         targets.extend(c.nodes.iter().map(|n| format!("127.0.0.1:{}", n.http_port)));
@@ -212,7 +209,6 @@ async fn prometheus_sees_a_failover() {
         )
         .await?;
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }

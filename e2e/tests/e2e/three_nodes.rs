@@ -3,15 +3,14 @@
 //! rejoining. A write probe runs throughout; no acknowledged write may be lost.
 
 use pgha_api::NodeState::*;
-use pgha_e2e::Cluster;
+use pgha_e2e::scenario;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_fail_over_and_rejoin() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
+    scenario(async |c| {
         c.add_node("node_a")?;
         c.wait_for(&[("node_a", Single)], T)?;
         c.add_node("node_b")?;
@@ -135,7 +134,6 @@ async fn three_nodes_fail_over_and_rejoin() {
             "{other} took another base backup to follow the new primary"
         );
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }

@@ -3,20 +3,20 @@
 //! A write probe runs through each; every acknowledged write must survive.
 
 use pgha_api::NodeState::*;
-use pgha_e2e::{Cluster, WriteProbe};
+use pgha_e2e::{Cluster, WriteProbe, scenario};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
 
-async fn two_nodes() -> anyhow::Result<(Cluster, WriteProbe)> {
-    let mut c = Cluster::start()?;
+/// Two nodes (primary and secondary) with a write probe running.
+async fn two_nodes(c: &mut Cluster) -> anyhow::Result<WriteProbe> {
     c.add_node("node_a")?;
     c.wait_for(&[("node_a", Single)], T)?;
     c.add_node("node_b")?;
     c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
     let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
     probe.wait_for_more(20, T).await?;
-    Ok((c, probe))
+    Ok(probe)
 }
 
 /// Number of nodes whose Postgres accepts writes right now (direct connections).
@@ -53,8 +53,8 @@ async fn watch_no_failover(c: &Cluster, d: Duration) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_restart_changes_nothing() {
-    let (mut c, probe) = two_nodes().await.unwrap();
-    let r = async {
+    scenario(async |c| {
+        let probe = two_nodes(c).await?;
         let before = c.state()?;
         c.kill_monitor();
         // The formation serves with the controller down (DESIGN §5 rule 4).
@@ -62,7 +62,7 @@ async fn controller_restart_changes_nothing() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         probe.wait_for_more(50, T).await?;
         c.start_monitor()?;
-        watch_no_failover(&c, Duration::from_secs(6)).await?;
+        watch_no_failover(c, Duration::from_secs(6)).await?;
         let after = c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
         anyhow::ensure!(after.term == before.term, "term changed across the restart");
         let events = c.pgha_ok(&[
@@ -85,17 +85,16 @@ async fn controller_restart_changes_nothing() {
             report.max_gap
         );
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_primary_agent_with_live_postgres_is_no_failover() {
-    let (mut c, probe) = two_nodes().await.unwrap();
-    let r = async {
+    scenario(async |c| {
+        let probe = two_nodes(c).await?;
         c.kill_agent(0);
-        watch_no_failover(&c, Duration::from_secs(8)).await?;
+        watch_no_failover(c, Duration::from_secs(8)).await?;
         probe.wait_for_more(50, T).await?;
         c.start_agent(0)?;
         let t0 = Instant::now();
@@ -114,15 +113,14 @@ async fn dead_primary_agent_with_live_postgres_is_no_failover() {
         anyhow::ensure!(c.state()?.term == 1, "a failover happened");
         probe.finish_without_loss().await?;
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_postgres_is_restarted_in_place() {
-    let (mut c, probe) = two_nodes().await.unwrap();
-    let r = async {
+    scenario(async |c| {
+        let probe = two_nodes(c).await?;
         let term = c.state()?.term;
         let old_pid = c.nodes[0].postmaster_pid();
         let t = Instant::now();
@@ -142,17 +140,16 @@ async fn crashed_postgres_is_restarted_in_place() {
         );
         probe.finish_without_loss().await?;
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 /// DESIGN §5 rule 4: a full reboot with the controller down brings the formation back in
 /// its last roles, and the primary serves writes once its standby streams again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_reboot_with_the_controller_down_resumes_last_roles() {
-    let (mut c, probe) = two_nodes().await.unwrap();
-    let r = async {
+    scenario(async |c| {
+        let probe = two_nodes(c).await?;
         let before = probe.acked();
         let report = probe.finish().await?;
         anyhow::ensure!(
@@ -192,31 +189,28 @@ async fn full_reboot_with_the_controller_down_resumes_last_roles() {
         .await
         .map_err(|_| anyhow::anyhow!("write did not commit with the standby streaming"))??;
         anyhow::ensure!(
-            writable_nodes(&c).await == 1,
+            writable_nodes(c).await == 1,
             "not exactly one writable node"
         );
         // The controller returns: nothing fails over, the formation is steady.
         c.start_monitor()?;
         c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 /// The agents' health endpoints follow the roles across a switchover, as a load balancer
 /// (HAProxy with Patroni-style checks) would see them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_endpoints_follow_a_switchover() {
-    let (c, probe) = two_nodes().await.unwrap();
-    let r = async {
-        let codes = |path: &'static str| {
-            let c = &c;
-            async move {
-                let a = c.agent_get(0, path).await.map(|x| x.0).unwrap_or(0);
-                let b = c.agent_get(1, path).await.map(|x| x.0).unwrap_or(0);
-                (a, b)
-            }
+    scenario(async |c| {
+        let probe = two_nodes(c).await?;
+        let c = &*c;
+        let codes = |path: &'static str| async move {
+            let a = c.agent_get(0, path).await.map(|x| x.0).unwrap_or(0);
+            let b = c.agent_get(1, path).await.map(|x| x.0).unwrap_or(0);
+            (a, b)
         };
         // Allow one tick for the endpoints to see the current state.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -252,9 +246,8 @@ async fn health_endpoints_follow_a_switchover() {
             report.lost
         );
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 /// A standby's slot never fills the primary's disk: a dead standby's slot is dropped

@@ -6,7 +6,7 @@
 //! probe runs throughout; no acknowledged write may be lost unless an operator said so.
 
 use pgha_api::NodeState::*;
-use pgha_e2e::{Cluster, WriteProbe};
+use pgha_e2e::{Cluster, WriteProbe, scenario};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -61,9 +61,8 @@ async fn fail_primary(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_candidate_fast_forwards_from_a_priority_zero_standby() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
-        formation(&mut c, &[("node_a", 90), ("node_b", 90), ("node_c", 0)])?;
+    scenario(async |c| {
+        formation(c, &[("node_a", 90), ("node_b", 90), ("node_c", 0)])?;
         let probe = c.write_probe().await?;
 
         // node_b stops receiving WAL; node_c acknowledges the commits meanwhile.
@@ -103,21 +102,19 @@ async fn lagging_candidate_fast_forwards_from_a_priority_zero_standby() {
             "priority-0 node_c was promoted"
         );
         c.wait_for(&[("node_b", Primary), ("node_c", Secondary)], T)?;
-        println!("{}", show_state(&c)?);
+        println!("{}", show_state(c)?);
         let report = probe.finish_without_loss().await?;
         println!("{} writes acknowledged, 0 lost", report.acked);
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priorities_90_90_70_0_and_cascading_failures() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
+    scenario(async |c| {
         formation(
-            &mut c,
+            c,
             &[
                 ("node_a", 90),
                 ("node_b", 90),
@@ -128,11 +125,11 @@ async fn priorities_90_90_70_0_and_cascading_failures() {
         let probe = c.write_probe().await?;
 
         // A dies: the other priority-90 node wins.
-        let p1 = fail_primary(&mut c, &probe, "node_a", &[]).await?;
+        let p1 = fail_primary(c, &probe, "node_a", &[]).await?;
         anyhow::ensure!(p1 == "node_b", "{p1} promoted, node_b (90) expected");
         // B dies before A is back: C (70) wins over D (0); A, an old primary that
         // never streamed from B, does not hold the failover.
-        let p2 = fail_primary(&mut c, &probe, "node_b", &["node_a"]).await?;
+        let p2 = fail_primary(c, &probe, "node_b", &["node_a"]).await?;
         anyhow::ensure!(p2 == "node_c", "{p2} promoted, node_c (70) expected");
         // Both old primaries come back and rejoin as standbys of C.
         c.start_agent(c.index("node_a"))?;
@@ -148,7 +145,7 @@ async fn priorities_90_90_70_0_and_cascading_failures() {
         )?;
         probe.wait_for_more(20, T).await?;
         // C dies: a priority-90 node takes over again; then it dies too, with C back.
-        let p3 = fail_primary(&mut c, &probe, "node_c", &[]).await?;
+        let p3 = fail_primary(c, &probe, "node_c", &[]).await?;
         anyhow::ensure!(p3 == "node_a" || p3 == "node_b", "{p3} promoted");
         c.start_agent(c.index("node_c"))?;
         let other90 = if p3 == "node_a" { "node_b" } else { "node_a" };
@@ -156,7 +153,7 @@ async fn priorities_90_90_70_0_and_cascading_failures() {
             &[(&p3, Primary), ("node_c", Secondary), (other90, Secondary)],
             T,
         )?;
-        let p4 = fail_primary(&mut c, &probe, &p3, &[]).await?;
+        let p4 = fail_primary(c, &probe, &p3, &[]).await?;
         anyhow::ensure!(p4 == other90, "{p4} promoted, {other90} (90) expected");
         c.start_agent(c.index(&p3))?;
         c.wait_for(
@@ -168,7 +165,7 @@ async fn priorities_90_90_70_0_and_cascading_failures() {
             ],
             T,
         )?;
-        println!("{}", show_state(&c)?);
+        println!("{}", show_state(c)?);
         let events = c.events().await?;
         anyhow::ensure!(
             !events
@@ -194,16 +191,14 @@ async fn priorities_90_90_70_0_and_cascading_failures() {
             anyhow::ensure!(backups == want, "{n} took {backups} base backups");
         }
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_sync_standby_required_writes_block_until_the_file_says_zero() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
-        formation(&mut c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
+    scenario(async |c| {
+        formation(c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
         c.set_number_sync_standbys(1)?;
         let t0 = Instant::now();
         while c.state()?.number_sync_standbys != 1 {
@@ -242,7 +237,7 @@ async fn with_one_sync_standby_required_writes_block_until_the_file_says_zero() 
                 .iter()
                 .all(|n| !n.assigned_state.is_writable() || n.name == "node_a")
         );
-        println!("{}", show_state(&c)?);
+        println!("{}", show_state(c)?);
 
         // The operator accepts asynchronous writes: the primary turns wait_primary.
         c.set_number_sync_standbys(0)?;
@@ -263,16 +258,14 @@ async fn with_one_sync_standby_required_writes_block_until_the_file_says_zero() 
         probe.wait_for_more(20, T).await?;
         probe.finish_without_loss().await?;
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_and_quorum_standby_lost_together_need_allow_data_loss() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
-        formation(&mut c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
+    scenario(async |c| {
+        formation(c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
         let probe = c.write_probe().await?;
 
         c.kill_vm(c.index("node_a"))?;
@@ -373,16 +366,14 @@ async fn primary_and_quorum_standby_lost_together_need_allow_data_loss() {
             report.lost.len()
         );
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_of_standbys_and_primary_then_drops_down_to_single() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
-        formation(&mut c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
+    scenario(async |c| {
+        formation(c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
         let probe = c.write_probe().await?;
         let m = c.join_url.clone();
 
@@ -458,21 +449,19 @@ async fn maintenance_of_standbys_and_primary_then_drops_down_to_single() {
         let st = c.wait_for(&[("node_b", Single)], T)?;
         anyhow::ensure!(st.nodes.len() == 1, "{} nodes left", st.nodes.len());
         probe.wait_for_more(20, T).await?;
-        println!("{}", show_state(&c)?);
+        println!("{}", show_state(c)?);
         probe.finish_without_loss().await?;
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nine_nodes_fail_over_and_a_tenth_is_refused() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
+    scenario(async |c| {
         let names: Vec<String> = (1..=9).map(|i| format!("node_{i}")).collect();
         let nodes: Vec<(&str, u8)> = names.iter().map(|n| (n.as_str(), 50)).collect();
-        formation(&mut c, &nodes)?;
+        formation(c, &nodes)?;
         // The primary's synchronous_standby_names lists all 8 (reloaded just after the
         // last standby turned secondary).
         let db = c.connect_node(0).await?;
@@ -490,7 +479,7 @@ async fn nine_nodes_fail_over_and_a_tenth_is_refused() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let probe = c.write_probe().await?;
-        let new = fail_primary(&mut c, &probe, "node_1", &[]).await?;
+        let new = fail_primary(c, &probe, "node_1", &[]).await?;
         let want: Vec<(&str, pgha_api::NodeState)> = names[1..]
             .iter()
             .map(|n| (n.as_str(), if *n == new { Primary } else { Secondary }))
@@ -522,9 +511,8 @@ async fn nine_nodes_fail_over_and_a_tenth_is_refused() {
         anyhow::ensure!(!c.path().join("node_10").join("PG_VERSION").exists());
         probe.finish_without_loss().await?;
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }
 
 /// A formation file declaring the cluster's nodes, naming `primary` when given.
@@ -549,12 +537,11 @@ fn declared(c: &Cluster, primary: Option<&str>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_formation_file_names_the_primary() {
-    let mut c = Cluster::start().unwrap();
-    let r = async {
-        formation(&mut c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
+    scenario(async |c| {
+        formation(c, &[("node_a", 50), ("node_b", 50), ("node_c", 50)])?;
         let probe = c.write_probe().await?;
         let t = Instant::now();
-        c.write_formation("default.yaml", &declared(&c, Some("node_c")))?;
+        c.write_formation("default.yaml", &declared(c, Some("node_c")))?;
         c.wait_for(
             &[
                 ("node_c", Primary),
@@ -570,14 +557,14 @@ async fn the_formation_file_names_the_primary() {
             probe.gap_around(t, Instant::now())
         );
         // Once per change of the file: a failover is not undone by itself.
-        let p = fail_primary(&mut c, &probe, "node_c", &[]).await?;
+        let p = fail_primary(c, &probe, "node_c", &[]).await?;
         c.start_agent(c.index("node_c"))?;
         c.wait_for(&[(&p, Primary), ("node_c", Secondary)], T)?;
         std::thread::sleep(Duration::from_secs(2));
         c.wait_for(&[(&p, Primary), ("node_c", Secondary)], T)?;
         // A new change of the file is carried out again.
         let next = if p == "node_a" { "node_b" } else { "node_a" };
-        c.write_formation("default.yaml", &declared(&c, Some(next)))?;
+        c.write_formation("default.yaml", &declared(c, Some(next)))?;
         c.wait_for(&[(next, Primary)], T)?;
         let events = c.events().await?;
         let why = format!("the formation file names {next} as primary");
@@ -585,7 +572,6 @@ async fn the_formation_file_names_the_primary() {
         probe.wait_for_more(20, T).await?;
         probe.finish_without_loss().await?;
         Ok(())
-    }
+    })
     .await;
-    c.check(r);
 }

@@ -1,0 +1,13 @@
+//! The end-to-end suite against real Postgres, real agents and a real controller: one
+//! test binary (one build, one link), one module per scenario family, the harness in
+//! `pgha_e2e` (the crate's `src/`). nextest runs these tests one at a time
+//! (`.config/nextest.toml`), so two cores are not swamped.
+
+mod bad_input;
+mod elections;
+mod gitops;
+mod manifests;
+mod observability;
+mod robustness;
+mod three_nodes;
+mod tutorial;
