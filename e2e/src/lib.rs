@@ -3,8 +3,14 @@
 //! the formation URI and checks afterwards that every acknowledged id survived.
 //!
 //! Processes are ended by PID (never by name), and only those this harness started.
+//!
+//! The `Cluster` is built here (monitor, nodes, the CLI); `faults` holds what breaks it
+//! (kills, freezes, stalled WAL receivers), `reads` what a test looks at (state,
+//! waits, URIs, connections, events, endpoints).
 
+mod faults;
 pub mod probe;
+mod reads;
 
 use anyhow::{Context, bail};
 use pgha_api::{FormationStatus, NodeState};
@@ -263,154 +269,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// `kill -9` of a node's agent (Postgres left running).
-    pub fn kill_agent(&mut self, i: usize) {
-        if let Some(mut c) = self.nodes[i].agent.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// `kill -9` of a node's postmaster.
-    pub fn kill_postgres(&mut self, i: usize) -> anyhow::Result<()> {
-        let pid = self.nodes[i]
-            .postmaster_pid()
-            .context("no postmaster.pid: Postgres is not running")?;
-        signal(pid, nix::sys::signal::Signal::SIGKILL);
-        Ok(())
-    }
-
-    /// A VM stop: `kill -9` of agent and postmaster together.
-    pub fn kill_vm(&mut self, i: usize) -> anyhow::Result<()> {
-        let pid = self.nodes[i].postmaster_pid();
-        self.kill_agent(i);
-        if let Some(pid) = pid {
-            signal(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        Ok(())
-    }
-
-    /// A frozen VM: SIGSTOP of agent and every Postgres process of the node.
-    pub fn freeze_vm(&mut self, i: usize, freeze: bool) -> anyhow::Result<()> {
-        let sig = if freeze {
-            nix::sys::signal::Signal::SIGSTOP
-        } else {
-            nix::sys::signal::Signal::SIGCONT
-        };
-        if let Some(c) = &self.nodes[i].agent {
-            signal(c.id() as i32, sig);
-        }
-        for pid in postgres_processes(&self.nodes[i]) {
-            signal(pid, sig);
-        }
-        Ok(())
-    }
-
-    pub fn state(&self) -> anyhow::Result<FormationStatus> {
-        let out = self.pgha_ok(&["show", "state", "--json", "--monitor", &self.monitor_url])?;
-        Ok(serde_json::from_str(&out)?)
-    }
-
-    /// Waits until each named node is stable in the given state.
-    pub fn wait_for(
-        &self,
-        want: &[(&str, NodeState)],
-        timeout: Duration,
-    ) -> anyhow::Result<FormationStatus> {
-        let t0 = Instant::now();
-        let mut last = None;
-        loop {
-            if let Ok(st) = self.state() {
-                let ok = want.iter().all(|(name, s)| {
-                    st.nodes.iter().any(|n| {
-                        n.name == *name && n.reported_state == *s && n.assigned_state == *s
-                    })
-                });
-                if ok {
-                    return Ok(st);
-                }
-                last = Some(st);
-            }
-            if t0.elapsed() > timeout {
-                let summary = last
-                    .map(|st| {
-                        st.nodes
-                            .iter()
-                            .map(|n| {
-                                format!("{} {}/{}", n.name, n.reported_state, n.assigned_state)
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                            + " | "
-                            + &st.summary
-                    })
-                    .unwrap_or_default();
-                bail!("formation did not reach {want:?} within {timeout:?}; last: {summary}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The formation URI, as `pgha show uri --formation default` prints it.
-    pub fn uri(&self) -> anyhow::Result<String> {
-        Ok(self
-            .pgha_ok(&[
-                "show",
-                "uri",
-                "--formation",
-                "default",
-                "--monitor",
-                &self.monitor_url,
-            ])?
-            .trim()
-            .to_string())
-    }
-
-    /// A write probe inserting every 10 ms through the formation URI, once it has its
-    /// first 20 writes acknowledged.
-    pub async fn write_probe(&self) -> anyhow::Result<WriteProbe> {
-        let probe = WriteProbe::start(&self.uri()?, Duration::from_millis(10)).await?;
-        probe.wait_for_more(20, Duration::from_secs(120)).await?;
-        Ok(probe)
-    }
-
-    /// The formation URI built from the nodes (for when the monitor is down).
-    pub fn uri_from_nodes(&self) -> String {
-        let hosts: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        format!(
-            "postgres://{}/appdb?target_session_attrs=read-write",
-            hosts.join(",")
-        )
-    }
-
-    /// A direct connection to one node.
-    pub async fn connect_node(&self, i: usize) -> anyhow::Result<tokio_postgres::Client> {
-        probe::connect_one(
-            "127.0.0.1",
-            self.nodes[i].port,
-            "appdb",
-            Duration::from_secs(3),
-        )
-        .await
-    }
-
-    /// `GET http://127.0.0.1:<agent http port>PATH` → (status, body).
-    pub async fn agent_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, String)> {
-        let url = format!("http://127.0.0.1:{}{path}", self.nodes[i].http_port);
-        let resp = reqwest::Client::new()
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.text().await.unwrap_or_default()))
-    }
-
     /// Replaces a formation file the way Git does: write a temp file, rename it over. A
     /// text without an `admission:` section gets the join secret file that `create
     /// monitor` made (as an operator's file keeps it): no formation is open by default.
@@ -435,87 +293,12 @@ impl Cluster {
         Ok(())
     }
 
-    /// `GET` on the monitor's HTTP API → body.
-    pub async fn monitor_get(&self, path: &str) -> anyhow::Result<String> {
-        let url = format!("{}{path}", self.monitor_url);
-        let resp = reqwest::Client::new()
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        Ok(resp.text().await?)
-    }
-
     /// Index of the node called `name`.
     pub fn index(&self, name: &str) -> usize {
         self.nodes
             .iter()
             .position(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name} in this cluster"))
-    }
-
-    /// Waits until a node other than those in `not` is stable in a writable state;
-    /// returns its name.
-    pub fn wait_new_primary(&self, not: &[&str], timeout: Duration) -> anyhow::Result<String> {
-        let t0 = Instant::now();
-        loop {
-            let st = self.state()?;
-            if let Some(n) = st.nodes.iter().find(|n| {
-                !not.contains(&n.name.as_str())
-                    && n.assigned_state.is_writable()
-                    && n.reported_state == n.assigned_state
-            }) {
-                return Ok(n.name.clone());
-            }
-            if t0.elapsed() > timeout {
-                bail!("no new primary within {timeout:?}: {}", st.summary);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The formation's events, oldest first (up to 1000).
-    pub async fn events(&self) -> anyhow::Result<Vec<pgha_api::Event>> {
-        Ok(serde_json::from_str(
-            &self.monitor_get("/v1/events?count=1000").await?,
-        )?)
-    }
-
-    /// Stalls (SIGSTOP) the WAL receiver of standby `i`: the standby stays up and its
-    /// agent reports it healthy, but it falls behind. Returns the receiver's PID.
-    pub async fn stall_wal_receiver(&self, i: usize) -> anyhow::Result<i32> {
-        let db = self.connect_node(i).await?;
-        let pid: i32 = db
-            .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
-            .await
-            .context("no WAL receiver on the standby")?
-            .get(0);
-        signal(pid, nix::sys::signal::Signal::SIGSTOP);
-        Ok(pid)
-    }
-
-    /// Ends a stalled WAL receiver without letting it read what waits in its socket
-    /// (SIGTERM, then SIGCONT): the standby keeps only the WAL it had written. Postgres
-    /// starts a new receiver by itself.
-    pub fn end_stalled_wal_receiver(&self, pid: i32) {
-        signal(pid, nix::sys::signal::Signal::SIGTERM);
-        signal(pid, nix::sys::signal::Signal::SIGCONT);
-    }
-
-    /// The last WAL position a standby received, or a primary flushed.
-    pub async fn wal_position(&self, i: usize) -> anyhow::Result<pgha_api::Lsn> {
-        let db = self.connect_node(i).await?;
-        let text: String = db
-            .query_one(
-                "SELECT CASE WHEN pg_is_in_recovery() \
-                 THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
-                 ELSE pg_current_wal_flush_lsn() END::text",
-                &[],
-            )
-            .await?
-            .get(0);
-        Ok(text.parse()?)
     }
 
     /// Rewrites the default formation file with a new `numberSyncStandbys`.
@@ -555,33 +338,6 @@ impl Cluster {
             }
         }
     }
-}
-
-/// PIDs of the postmaster and its children (from /proc), for SIGSTOP/SIGCONT.
-fn postgres_processes(node: &Node) -> Vec<i32> {
-    let Some(pm) = node.postmaster_pid() else {
-        return vec![];
-    };
-    let mut out = vec![pm];
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-                continue;
-            };
-            // Field 4 (after the parenthesised command) is the parent PID.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if ppid == Some(pm) {
-                out.push(pid);
-            }
-        }
-    }
-    out
 }
 
 /// Runs one scenario on a fresh cluster: on failure, the logs of the monitor and every

@@ -1,0 +1,96 @@
+//! What breaks a cluster: process kills, frozen VMs, stalled WAL receivers.
+
+use super::*;
+
+impl Cluster {
+    /// `kill -9` of a node's agent (Postgres left running).
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `kill -9` of a node's postmaster.
+    pub fn kill_postgres(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self.nodes[i]
+            .postmaster_pid()
+            .context("no postmaster.pid: Postgres is not running")?;
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
+        Ok(())
+    }
+
+    /// A VM stop: `kill -9` of agent and postmaster together.
+    pub fn kill_vm(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self.nodes[i].postmaster_pid();
+        self.kill_agent(i);
+        if let Some(pid) = pid {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        Ok(())
+    }
+
+    /// A frozen VM: SIGSTOP of agent and every Postgres process of the node.
+    pub fn freeze_vm(&mut self, i: usize, freeze: bool) -> anyhow::Result<()> {
+        let sig = if freeze {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        if let Some(c) = &self.nodes[i].agent {
+            signal(c.id() as i32, sig);
+        }
+        for pid in postgres_processes(&self.nodes[i]) {
+            signal(pid, sig);
+        }
+        Ok(())
+    }
+
+    /// Stalls (SIGSTOP) the WAL receiver of standby `i`: the standby stays up and its
+    /// agent reports it healthy, but it falls behind. Returns the receiver's PID.
+    pub async fn stall_wal_receiver(&self, i: usize) -> anyhow::Result<i32> {
+        let db = self.connect_node(i).await?;
+        let pid: i32 = db
+            .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
+            .await
+            .context("no WAL receiver on the standby")?
+            .get(0);
+        signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        Ok(pid)
+    }
+
+    /// Ends a stalled WAL receiver without letting it read what waits in its socket
+    /// (SIGTERM, then SIGCONT): the standby keeps only the WAL it had written. Postgres
+    /// starts a new receiver by itself.
+    pub fn end_stalled_wal_receiver(&self, pid: i32) {
+        signal(pid, nix::sys::signal::Signal::SIGTERM);
+        signal(pid, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// PIDs of the postmaster and its children (from /proc), for SIGSTOP/SIGCONT.
+fn postgres_processes(node: &Node) -> Vec<i32> {
+    let Some(pm) = node.postmaster_pid() else {
+        return vec![];
+    };
+    let mut out = vec![pm];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // Field 4 (after the parenthesised command) is the parent PID.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(pm) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}

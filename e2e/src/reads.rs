@@ -1,0 +1,165 @@
+//! What a test looks at: formation state, waits, URIs, connections, events and the
+//! HTTP endpoints.
+
+use super::*;
+
+impl Cluster {
+    pub fn state(&self) -> anyhow::Result<FormationStatus> {
+        let out = self.pgha_ok(&["show", "state", "--json", "--monitor", &self.monitor_url])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Waits until each named node is stable in the given state.
+    pub fn wait_for(
+        &self,
+        want: &[(&str, NodeState)],
+        timeout: Duration,
+    ) -> anyhow::Result<FormationStatus> {
+        let t0 = Instant::now();
+        let mut last = None;
+        loop {
+            if let Ok(st) = self.state() {
+                let ok = want.iter().all(|(name, s)| {
+                    st.nodes.iter().any(|n| {
+                        n.name == *name && n.reported_state == *s && n.assigned_state == *s
+                    })
+                });
+                if ok {
+                    return Ok(st);
+                }
+                last = Some(st);
+            }
+            if t0.elapsed() > timeout {
+                let summary = last
+                    .map(|st| {
+                        st.nodes
+                            .iter()
+                            .map(|n| {
+                                format!("{} {}/{}", n.name, n.reported_state, n.assigned_state)
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                            + " | "
+                            + &st.summary
+                    })
+                    .unwrap_or_default();
+                bail!("formation did not reach {want:?} within {timeout:?}; last: {summary}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The formation URI, as `pgha show uri --formation default` prints it.
+    pub fn uri(&self) -> anyhow::Result<String> {
+        Ok(self
+            .pgha_ok(&[
+                "show",
+                "uri",
+                "--formation",
+                "default",
+                "--monitor",
+                &self.monitor_url,
+            ])?
+            .trim()
+            .to_string())
+    }
+
+    /// A write probe inserting every 10 ms through the formation URI, once it has its
+    /// first 20 writes acknowledged.
+    pub async fn write_probe(&self) -> anyhow::Result<WriteProbe> {
+        let probe = WriteProbe::start(&self.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, Duration::from_secs(120)).await?;
+        Ok(probe)
+    }
+
+    /// The formation URI built from the nodes (for when the monitor is down).
+    pub fn uri_from_nodes(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!(
+            "postgres://{}/appdb?target_session_attrs=read-write",
+            hosts.join(",")
+        )
+    }
+
+    /// A direct connection to one node.
+    pub async fn connect_node(&self, i: usize) -> anyhow::Result<tokio_postgres::Client> {
+        probe::connect_one(
+            "127.0.0.1",
+            self.nodes[i].port,
+            "appdb",
+            Duration::from_secs(3),
+        )
+        .await
+    }
+
+    /// `GET http://127.0.0.1:<agent http port>PATH` → (status, body).
+    pub async fn agent_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.nodes[i].http_port);
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.unwrap_or_default()))
+    }
+
+    /// `GET` on the monitor's HTTP API → body.
+    pub async fn monitor_get(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.monitor_url);
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        Ok(resp.text().await?)
+    }
+
+    /// Waits until a node other than those in `not` is stable in a writable state;
+    /// returns its name.
+    pub fn wait_new_primary(&self, not: &[&str], timeout: Duration) -> anyhow::Result<String> {
+        let t0 = Instant::now();
+        loop {
+            let st = self.state()?;
+            if let Some(n) = st.nodes.iter().find(|n| {
+                !not.contains(&n.name.as_str())
+                    && n.assigned_state.is_writable()
+                    && n.reported_state == n.assigned_state
+            }) {
+                return Ok(n.name.clone());
+            }
+            if t0.elapsed() > timeout {
+                bail!("no new primary within {timeout:?}: {}", st.summary);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The formation's events, oldest first (up to 1000).
+    pub async fn events(&self) -> anyhow::Result<Vec<pgha_api::Event>> {
+        Ok(serde_json::from_str(
+            &self.monitor_get("/v1/events?count=1000").await?,
+        )?)
+    }
+
+    /// The last WAL position a standby received, or a primary flushed.
+    pub async fn wal_position(&self, i: usize) -> anyhow::Result<pgha_api::Lsn> {
+        let db = self.connect_node(i).await?;
+        let text: String = db
+            .query_one(
+                "SELECT CASE WHEN pg_is_in_recovery() \
+                 THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
+                 ELSE pg_current_wal_flush_lsn() END::text",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(text.parse()?)
+    }
+}
