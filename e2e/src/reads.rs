@@ -98,27 +98,12 @@ impl Cluster {
 
     /// `GET http://127.0.0.1:<agent http port>PATH` → (status, body).
     pub async fn agent_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, String)> {
-        let url = format!("http://127.0.0.1:{}{path}", self.nodes[i].http_port);
-        let resp = reqwest::Client::new()
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.text().await.unwrap_or_default()))
+        http_get(&format!("http://127.0.0.1:{}{path}", self.nodes[i].http_port)).await
     }
 
     /// `GET` on the monitor's HTTP API → body.
     pub async fn monitor_get(&self, path: &str) -> anyhow::Result<String> {
-        let url = format!("{}{path}", self.monitor_url);
-        let resp = reqwest::Client::new()
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        Ok(resp.text().await?)
+        Ok(http_get(&format!("{}{path}", self.monitor_url)).await?.1)
     }
 
     /// Waits until a node other than those in `not` is stable in a writable state;
@@ -162,4 +147,16 @@ impl Cluster {
             .get(0);
         Ok(text.parse()?)
     }
+}
+
+/// `GET url` → (status, body), within 2 s.
+async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await?))
 }
