@@ -400,6 +400,7 @@ mod tests {
             listener,
             router(SharedSnapshot::default()),
             limits,
+            None,
             std::future::pending::<()>(),
         ));
         let before = fds();

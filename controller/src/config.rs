@@ -20,12 +20,51 @@ pub struct MonitorConfig {
     /// come from node registration alone.
     #[serde(default)]
     pub formations_dir: Option<PathBuf>,
+    /// TLS of the API. None only for a monitor created with `--no-ssl` (plain HTTP,
+    /// warned about at every start), or by a version before TLS.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// The monitor's TLS identity on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM chain the API serves: its certificate, then the CA's.
+    pub chain: PathBuf,
+    /// PEM private key (mode 0600).
+    pub key: PathBuf,
+    /// The CA certificate (PEM): what clients trust, by the fingerprint URLs carry.
+    pub ca: PathBuf,
+    /// SHA-256 of the CA certificate's DER bytes.
+    pub ca_fingerprint: String,
 }
 
 impl MonitorConfig {
+    /// The URL nodes and operators reach the API at: `https://host:port#sha256=<CA
+    /// fingerprint>` (the fragment pins the CA; it never leaves the client), or
+    /// `http://host:port` for a `--no-ssl` monitor.
     pub fn url(&self) -> String {
         let port = self.listen.rsplit(':').next().unwrap_or("5440");
-        format!("http://{}:{port}", self.hostname)
+        let host = match self.hostname.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => format!("[{}]", self.hostname),
+            Err(_) => self.hostname.clone(),
+        };
+        match &self.tls {
+            Some(t) => format!("https://{host}:{port}#sha256={}", t.ca_fingerprint),
+            None => format!("http://{host}:{port}"),
+        }
+    }
+
+    /// The TLS configuration the API serves with, from the files the config names.
+    pub fn server_tls(&self) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+        let Some(t) = &self.tls else {
+            return Ok(None);
+        };
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let cfg = pgha_api::tls::server_config(&read(&t.chain)?, &read(&t.key)?)
+            .map_err(|e| anyhow::anyhow!("{} / {}: {e}", t.chain.display(), t.key.display()))?;
+        Ok(Some(std::sync::Arc::new(cfg)))
     }
 
     pub fn path(dir: &Path) -> PathBuf {

@@ -59,15 +59,28 @@ pub async fn run(
         }
         None => None,
     };
+    let tls = cfg.server_tls()?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, url = %cfg.url(), "controller started");
+    if tls.is_none() {
+        tracing::warn!(
+            "the API is plain HTTP (created with --no-ssl): credentials and reports cross the network unencrypted"
+        );
+    }
 
     let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
     let prober = tokio::spawn(probe::probe_loop(shared.clone()));
     let app = http::router(shared.clone(), cfg.clone());
-    pgha_api::server::serve(listener, app, pgha_api::server::Limits::default(), shutdown).await;
+    pgha_api::server::serve(
+        listener,
+        app,
+        pgha_api::server::Limits::default(),
+        tls,
+        shutdown,
+    )
+    .await;
     reconciler.abort();
     prober.abort();
     Ok(())

@@ -16,6 +16,8 @@ struct Api {
     shared: Shared,
     base: String,
     secret: String,
+    /// The fingerprint of the CA the API's certificate comes from.
+    pin: String,
 }
 
 /// A controller serving one formation `orders` whose file declares node_a at 127.0.0.2
@@ -46,28 +48,39 @@ async fn api() -> Api {
         hostname: "127.0.0.1".into(),
         sslmode: "prefer".into(),
         formations_dir: Some(formations),
+        tls: None,
     };
     let app = pgha_controller::http::router(shared.clone(), cfg);
+    let pki = pgha_api::tls::generate_pki("127.0.0.1").unwrap();
+    let tls = pgha_api::tls::server_config(
+        pki.server_chain_pem.as_bytes(),
+        pki.server_key_pem.as_bytes(),
+    )
+    .unwrap();
     tokio::spawn(pgha_api::server::serve(
         listener,
         app,
         pgha_api::server::Limits::default(),
+        Some(Arc::new(tls)),
         std::future::pending::<()>(),
     ));
     Api {
         _dir: dir,
         shared,
-        base: format!("http://{addr}"),
+        base: format!("https://{addr}"),
         secret: "s3cret".into(),
+        pin: pki.ca_fingerprint,
     }
 }
 
-/// A client whose connections come from `from` (any 127.x address reaches loopback).
-fn client(from: &str) -> reqwest::Client {
+/// A client trusting the CA `pin` names, whose connections come from `from` (any
+/// 127.x address reaches loopback).
+fn client_pinning(from: &str, pin: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(from.parse::<IpAddr>().unwrap())
         .timeout(Duration::from_secs(5))
         .no_proxy()
+        .use_preconfigured_tls(pgha_api::tls::client_config(pin))
         .build()
         .unwrap()
 }
@@ -80,7 +93,9 @@ impl Api {
         secret: Option<&str>,
         body: &impl serde::Serialize,
     ) -> (u16, serde_json::Value) {
-        let mut req = client(from).post(format!("{}{path}", self.base)).json(body);
+        let mut req = client_pinning(from, &self.pin)
+            .post(format!("{}{path}", self.base))
+            .json(body);
         if let Some(s) = secret {
             req = req.bearer_auth(s);
         }
@@ -217,4 +232,53 @@ async fn node_ids_are_never_reused() {
     let (status, body) = api.register("127.0.0.1", "node_b", "127.0.0.1").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["node_id"], 42);
+}
+
+/// Only a client that pins the monitor's CA, and reaches it under the name its
+/// certificate carries, gets through; and the typed client refuses an https URL
+/// without a pin rather than trust any certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_client_pinning_the_monitors_ca_connects() {
+    let api = api().await;
+    let ok = client_pinning("127.0.0.1", &api.pin)
+        .get(format!("{}{}", api.base, routes::HEALTHZ))
+        .send()
+        .await;
+    assert_eq!(ok.unwrap().status().as_u16(), 200);
+    let other = pgha_api::tls::generate_pki("127.0.0.1").unwrap();
+    let refused = client_pinning("127.0.0.1", &other.ca_fingerprint)
+        .get(format!("{}{}", api.base, routes::HEALTHZ))
+        .send()
+        .await;
+    assert!(refused.is_err(), "a client pinning another CA connected");
+    // The right CA, but the certificate is for 127.0.0.1 and this name is another.
+    let port = api.base.rsplit(':').next().unwrap();
+    let wrong_name = client_pinning("127.0.0.1", &api.pin)
+        .get(format!("https://localhost:{port}{}", routes::HEALTHZ))
+        .send()
+        .await;
+    assert!(
+        wrong_name.is_err(),
+        "a certificate for another name was accepted"
+    );
+    // Plain HTTP to the TLS port gets nothing.
+    let plain = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .use_preconfigured_tls(pgha_api::tls::client_config(&api.pin))
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{port}{}", routes::HEALTHZ))
+        .send()
+        .await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+    // The typed client: with the pin it reads; without, it refuses to start.
+    let url = format!("{}#sha256={}", api.base, api.pin);
+    let c = pgha_api::client::MonitorClient::new(&url, Duration::from_secs(5)).unwrap();
+    assert_eq!(c.get_text(routes::HEALTHZ).await.unwrap().0, 200);
+    let e = pgha_api::client::MonitorClient::new(&api.base, Duration::from_secs(5))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("#sha256="), "{e}");
 }

@@ -72,8 +72,15 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) {
 }
 
 impl Cluster {
-    /// Creates and starts a monitor.
+    /// Creates and starts a monitor (its API over HTTPS).
     pub fn start() -> anyhow::Result<Cluster> {
+        Cluster::start_with(true)
+    }
+
+    /// Creates and starts a monitor, its API over HTTPS when `ssl`, else plain HTTP
+    /// (`create monitor --no-ssl`).
+    pub fn start_with(ssl: bool) -> anyhow::Result<Cluster> {
+        pgha_api::tls::install_default_provider();
         let dir = tempfile::Builder::new().prefix("pgha-e2e-").tempdir()?;
         {
             use std::os::unix::fs::PermissionsExt;
@@ -81,7 +88,7 @@ impl Cluster {
         }
         let port = free_port();
         let mut c = Cluster {
-            monitor_url: format!("http://127.0.0.1:{port}"),
+            monitor_url: String::new(),
             join_url: String::new(),
             monitor_port: port,
             dir,
@@ -89,22 +96,31 @@ impl Cluster {
             nodes: vec![],
         };
         let mon = c.monitor_dir();
-        c.pgha_ok(&[
+        let mon_s = s(&mon);
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec![
             "create",
             "monitor",
             "--dir",
-            &s(&mon),
+            &mon_s,
             "--hostname",
             "127.0.0.1",
             "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--no-ssl",
-        ])?;
+            &listen,
+        ];
+        // By default the API is HTTPS with a CA made by `create monitor` (nodes here run
+        // Postgres without SSL, so no --ssl-self-signed: URIs keep sslmode=prefer).
+        if !ssl {
+            args.push("--no-ssl");
+        }
+        c.pgha_ok(&args)?;
         c.start_monitor()?;
         c.join_url = c
             .pgha_ok(&["show", "uri", "--formation", "monitor", "--dir", &s(&mon)])?
             .trim()
             .to_string();
+        // The same URL without its credential: https, the CA pinned.
+        c.monitor_url = pgha_api::client::split_secret(&c.join_url).0;
         Ok(c)
     }
 

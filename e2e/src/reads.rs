@@ -98,12 +98,18 @@ impl Cluster {
 
     /// `GET http://127.0.0.1:<agent http port>PATH` → (status, body).
     pub async fn agent_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, String)> {
-        http_get(&format!("http://127.0.0.1:{}{path}", self.nodes[i].http_port)).await
+        http_get(&format!(
+            "http://127.0.0.1:{}{path}",
+            self.nodes[i].http_port
+        ))
+        .await
     }
 
     /// `GET` on the monitor's HTTP API → body.
     pub async fn monitor_get(&self, path: &str) -> anyhow::Result<String> {
-        Ok(http_get(&format!("{}{path}", self.monitor_url)).await?.1)
+        let client =
+            pgha_api::client::MonitorClient::new(&self.monitor_url, Duration::from_secs(2))?;
+        Ok(client.get_text(path).await?.1)
     }
 
     /// Waits until a node other than those in `not` is stable in a writable state;

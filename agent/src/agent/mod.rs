@@ -111,6 +111,7 @@ async fn serve_http(cfg: &AgentConfig, snapshot: crate::http::SharedSnapshot) {
                     header_read_timeout: Duration::from_secs(5),
                     max_connection_age: Duration::from_secs(300),
                 },
+                None,
                 std::future::pending::<()>(),
             ));
         }

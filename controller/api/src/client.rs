@@ -18,6 +18,8 @@ pub enum ClientError {
     Api(String, ErrorCode),
     #[error("monitor at {url} answered something unexpected: {reason}")]
     Protocol { url: String, reason: String },
+    #[error("monitor URL {url}: {reason}")]
+    BadUrl { url: String, reason: String },
 }
 
 impl ClientError {
@@ -101,12 +103,13 @@ impl MonitorClient {
     /// never as part of the URL. Proxy variables are ignored: the secret goes to the
     /// monitor and nowhere else.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, ClientError> {
-        let bad = |reason: String| ClientError::Protocol {
+        let bad = |reason: String| ClientError::BadUrl {
             url: redact(url),
             reason,
         };
         let url = resolve_url(url).map_err(bad)?;
         let (base, secret) = split_secret(&url);
+        let (base, pin) = crate::tls::split_pin(&base).map_err(bad)?;
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(s) = secret {
             let mut v =
@@ -116,11 +119,36 @@ impl MonitorClient {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .default_headers(headers)
             .no_proxy()
+            // A redirect would take the credential somewhere the URL does not name.
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(pin.is_some());
+        match (&pin, base.starts_with("https://")) {
+            // The one CA the URL pins, and nothing else.
+            (Some(pin), true) => {
+                builder = builder.use_preconfigured_tls(crate::tls::client_config(pin));
+            }
+            (None, true) => {
+                return Err(bad(
+                    "an https monitor URL must pin the monitor's CA (#sha256=<fingerprint>): use the URL `pgha show uri` prints".into(),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(bad(
+                    "#sha256= pins a CA, which only an https:// URL uses".into()
+                ));
+            }
+            // Plain HTTP (a monitor created with --no-ssl): a TLS configuration that
+            // trusts nothing, so no https:// is ever reached through this client.
+            (None, false) => {
+                builder = builder.use_preconfigured_tls(crate::tls::client_config(&"0".repeat(64)));
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| bad(format!("cannot build an HTTP client: {}", describe(&e))))?;
         Ok(MonitorClient {
@@ -131,6 +159,23 @@ impl MonitorClient {
 
     pub fn url(&self) -> &str {
         &self.base
+    }
+
+    /// `GET path` as text, whatever the status: (status, body). For endpoints that are
+    /// not JSON (`/metrics`) and for tests of refusals.
+    pub async fn get_text(&self, path: &str) -> Result<(u16, String), ClientError> {
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: describe(&e),
+        };
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.map_err(unreachable)?))
     }
 
     async fn decode<T: DeserializeOwned>(

@@ -22,6 +22,8 @@ pub mod routes;
 pub mod server;
 mod state;
 mod status;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod validate;
 
 pub use lsn::{Lsn, LsnParseError};

@@ -8,6 +8,9 @@
 //!   idle keep-alive connections), and a connection lives at most `max_connection_age`;
 //! - accept errors (EMFILE, ENFILE) are logged and retried after a pause, never fatal.
 //!
+//! - with a TLS configuration, connections are TLS (rustls) and the handshake must end
+//!   within `header_read_timeout`.
+//!
 //! Each request carries the client's address as
 //! `axum::extract::ConnectInfo<std::net::SocketAddr>`.
 
@@ -37,13 +40,16 @@ impl Default for Limits {
     }
 }
 
-/// Serves `app` on `listener` within `limits` until `shutdown` resolves.
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves; over TLS when
+/// `tls` is given (the handshake must end within `header_read_timeout` too).
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -66,22 +72,41 @@ pub async fn serve(
             _ = &mut shutdown => return,
         };
         let app = app.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let mut app = app.clone();
-                async move {
-                    let resp = tower_service::Service::call(&mut app, req).await;
-                    resp.map_err(|never| match never {})
+            match acceptor {
+                None => serve_connection(stream, peer, app, limits).await,
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, app, limits).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
                 }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            // Past its age the connection is dropped, whatever it is doing.
-            let _ = tokio::time::timeout(limits.max_connection_age, conn).await;
+            }
         });
     }
+}
+
+/// One HTTP/1 connection: headers within the limit, the whole connection within its age.
+async fn serve_connection<IO>(io: IO, peer: std::net::SocketAddr, app: axum::Router, limits: Limits)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let mut app = app.clone();
+        async move {
+            let resp = tower_service::Service::call(&mut app, req).await;
+            resp.map_err(|never| match never {})
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    // Past its age the connection is dropped, whatever it is doing.
+    let _ = tokio::time::timeout(limits.max_connection_age, conn).await;
 }

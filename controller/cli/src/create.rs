@@ -29,12 +29,23 @@ pub struct MonitorArgs {
     /// Address the HTTP API listens on.
     #[arg(long, default_value = "0.0.0.0:5440")]
     listen: String,
-    /// Nodes use self-signed TLS certificates: URIs carry sslmode=require.
+    /// The API serves HTTPS with a CA and certificate made here (the default), and
+    /// formation URIs carry sslmode=require (nodes use self-signed certificates).
     #[arg(long, conflicts_with = "no_ssl")]
     ssl_self_signed: bool,
-    /// No TLS: URIs carry sslmode=prefer.
+    /// No TLS anywhere: the API is plain HTTP (warned about at every start) and URIs
+    /// carry sslmode=prefer.
     #[arg(long)]
     no_ssl: bool,
+    /// Your own PKI for the API: the CA that signed --server-cert (clients pin it).
+    #[arg(long, requires_all = ["server_cert", "server_key"], conflicts_with = "no_ssl")]
+    ssl_ca_file: Option<PathBuf>,
+    /// The API's certificate (PEM; its chain may follow), for --hostname.
+    #[arg(long, requires = "ssl_ca_file")]
+    server_cert: Option<PathBuf>,
+    /// The API certificate's private key (PEM).
+    #[arg(long, requires = "ssl_ca_file")]
+    server_key: Option<PathBuf>,
     /// Run the monitor in the foreground once created.
     #[arg(long)]
     run: bool,
@@ -121,6 +132,12 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
         if let Err(e) = std::net::TcpListener::bind(&a.listen) {
             bail!("--listen {}: cannot listen there: {e}", a.listen);
         }
+        // Checked (the operator's PKI) or made first: a refusal leaves nothing behind.
+        let tls = if a.no_ssl {
+            None
+        } else {
+            Some(monitor_tls(&dir, &a)?)
+        };
         let formations = dir.join("formations");
         std::fs::create_dir_all(&formations)
             .with_context(|| format!("creating {}", formations.display()))?;
@@ -166,6 +183,7 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
             }
             .into(),
             formations_dir: Some(dir.join("formations")),
+            tls,
         };
         cfg.save()?;
         eprintln!("created monitor in {}: {}", dir.display(), cfg.url());
@@ -175,6 +193,82 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
         return pgha_controller::run(cfg, crate::shutdown_signal()).await;
     }
     Ok(())
+}
+
+/// The API's TLS identity: the operator's own (checked: the certificate must chain to
+/// the CA and name --hostname), or a CA and certificate made here into `<dir>/tls`.
+fn monitor_tls(dir: &Path, a: &MonitorArgs) -> anyhow::Result<pgha_controller::config::TlsFiles> {
+    use pgha_api::tls;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let tls_dir = dir.join("tls");
+    if let (Some(ca), Some(cert), Some(key)) = (&a.ssl_ca_file, &a.server_cert, &a.server_key) {
+        let (ca, cert, key) = (absolute(ca)?, absolute(cert)?, absolute(key)?);
+        let ca_certs = tls::certs_from_pem(&read(&ca)?)
+            .map_err(|e| anyhow::anyhow!("--ssl-ca-file {}: {e}", ca.display()))?;
+        let mut chain = tls::certs_from_pem(&read(&cert)?)
+            .map_err(|e| anyhow::anyhow!("--server-cert {}: {e}", cert.display()))?;
+        let fingerprint = tls::fingerprint(&ca_certs[0]);
+        let has_ca = chain.iter().any(|c| tls::fingerprint(c) == fingerprint);
+        if !has_ca {
+            chain.push(ca_certs[0].clone());
+        }
+        tls::check_chain(&chain, &fingerprint, &a.hostname).map_err(|e| {
+            anyhow::anyhow!(
+                "--server-cert {} does not verify for --hostname {} against --ssl-ca-file: {e}",
+                cert.display(),
+                a.hostname
+            )
+        })?;
+        // The served chain ends with the CA (clients find it there by its fingerprint).
+        let chain_file = if has_ca {
+            cert.clone()
+        } else {
+            std::fs::create_dir_all(&tls_dir)?;
+            let joined = format!(
+                "{}{}",
+                String::from_utf8_lossy(&read(&cert)?),
+                String::from_utf8_lossy(&read(&ca)?)
+            );
+            let f = tls_dir.join("server-chain.crt");
+            std::fs::write(&f, joined).with_context(|| format!("writing {}", f.display()))?;
+            f
+        };
+        tls::server_config(&read(&chain_file)?, &read(&key)?)
+            .map_err(|e| anyhow::anyhow!("--server-cert/--server-key: {e}"))?;
+        return Ok(pgha_controller::config::TlsFiles {
+            chain: chain_file,
+            key,
+            ca,
+            ca_fingerprint: fingerprint,
+        });
+    }
+    let pki = tls::generate_pki(&a.hostname)
+        .map_err(|e| anyhow::anyhow!("making the monitor's certificate: {e}"))?;
+    std::fs::create_dir_all(&tls_dir).with_context(|| format!("creating {}", tls_dir.display()))?;
+    let write = |name: &str, text: &str, mode: u32| -> anyhow::Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = tls_dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(text.as_bytes())?;
+        Ok(path)
+    };
+    let ca = write("ca.crt", &pki.ca_cert_pem, 0o644)?;
+    write("ca.key", &pki.ca_key_pem, 0o600)?;
+    let chain = write("server.crt", &pki.server_chain_pem, 0o644)?;
+    let key = write("server.key", &pki.server_key_pem, 0o600)?;
+    Ok(pgha_controller::config::TlsFiles {
+        chain,
+        key,
+        ca,
+        ca_fingerprint: pki.ca_fingerprint,
+    })
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {

@@ -175,7 +175,6 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     };
     let mon_dir = dir.join("monitor");
     let listen = format!("127.0.0.1:{}", a.base_port);
-    let monitor = format!("http://127.0.0.1:{}", a.base_port);
     let s = |p: &Path| p.display().to_string();
     println!("== 1. the monitor");
     pgha(&[
@@ -187,8 +186,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "127.0.0.1",
         "--listen",
         &listen,
-        "--no-ssl",
     ])?;
+    // https, the monitor's CA pinned by its fingerprint.
+    let monitor = pgha_controller::MonitorConfig::load(&mon_dir)?.url();
     spawn(
         &mut procs,
         "monitor",

@@ -2,11 +2,13 @@
 //! with the write probe inserting through the formation URI.
 //!
 //!     cargo run -p pgha-e2e --bin pgha-bench -- [--nodes 2] [--switchovers 20]
-//!         [--failovers 5] [--gitops 5]
+//!         [--failovers 5] [--gitops 5] [--api-calls 200] [--no-ssl]
 //!
 //! Prints per scenario: median and max write gap (last acknowledged write before the
 //! event to the first after it), median and max time until the formation is back to
-//! one primary + secondaries, and acknowledged writes lost (must be 0).
+//! one primary + secondaries, and acknowledged writes lost (must be 0); and the API's
+//! round trip (HTTPS by default, plain HTTP with `--no-ssl`): on a kept connection, as
+//! agents report, and on a new connection each time (the TLS handshake included).
 
 use pgha_api::NodeState::*;
 use pgha_e2e::{Cluster, WriteProbe};
@@ -228,7 +230,9 @@ async fn main() -> anyhow::Result<()> {
         "--nodes {n_nodes}: a benchmark needs 2 to {} nodes",
         pgha_api::formation::MAX_NODES
     );
-    let mut c = Cluster::start()?;
+    let no_ssl = std::env::args().any(|a| a == "--no-ssl");
+    let n_api = arg("--api-calls", 200);
+    let mut c = Cluster::start_with(!no_ssl)?;
     let res = async {
         c.add_node("node_a")?;
         c.wait_for(&[("node_a", Single)], T)?;
@@ -247,10 +251,11 @@ async fn main() -> anyhow::Result<()> {
         out.push(vm_losses(&mut c, &probe, n_fail, true).await?);
         let report = probe.finish().await?;
         let files = gitops(&mut c, n_gitops).await?;
-        Ok::<_, anyhow::Error>((out, report, files))
+        let api = api_round_trips(&c, n_api).await?;
+        Ok::<_, anyhow::Error>((out, report, files, api))
     }
     .await;
-    let (scenarios, report, files) = match res {
+    let (scenarios, report, files, api) = match res {
         Ok(x) => x,
         Err(e) => {
             c.dump_logs();
@@ -297,10 +302,66 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    if n_api > 0 {
+        let scheme = if no_ssl { "HTTP (--no-ssl)" } else { "HTTPS" };
+        println!(
+            "\n{:<34} | {:>5} | {:>8} | {:>8} | {:>8}",
+            format!("API round trip, {scheme}"),
+            "calls",
+            "median",
+            "p99",
+            "max"
+        );
+        println!("{}", "-".repeat(74));
+        for (name, v) in &api {
+            let mut v = v.clone();
+            v.sort();
+            let ms = |d: Duration| format!("{:.2}ms", d.as_secs_f64() * 1000.0);
+            println!(
+                "{:<34} | {:>5} | {:>8} | {:>8} | {:>8}",
+                name,
+                v.len(),
+                ms(median(&v)),
+                ms(v[(v.len() * 99 / 100).min(v.len() - 1)]),
+                ms(*v.last().unwrap())
+            );
+        }
+    }
     anyhow::ensure!(
         report.lost.is_empty(),
         "acknowledged writes lost: {:?}",
         report.lost
     );
     Ok(())
+}
+
+/// `GET` of the formation's state `n` times: on one kept connection, then on a new
+/// connection each time.
+async fn api_round_trips(c: &Cluster, n: usize) -> anyhow::Result<Vec<(String, Vec<Duration>)>> {
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    let path = "/v1/formations/default/state";
+    let timeout = Duration::from_secs(5);
+    let kept = pgha_api::client::MonitorClient::new(&c.monitor_url, timeout)?;
+    kept.get_text(path).await?;
+    let mut on_kept = vec![];
+    for _ in 0..n {
+        let t = Instant::now();
+        let (status, _) = kept.get_text(path).await?;
+        anyhow::ensure!(status == 200, "GET {path}: {status}");
+        on_kept.push(t.elapsed());
+    }
+    let mut on_new = vec![];
+    for _ in 0..n {
+        let t = Instant::now();
+        let fresh = pgha_api::client::MonitorClient::new(&c.monitor_url, timeout)?;
+        let (status, _) = fresh.get_text(path).await?;
+        anyhow::ensure!(status == 200, "GET {path}: {status}");
+        on_new.push(t.elapsed());
+    }
+    Ok(vec![
+        ("kept connection (as agents report)".into(), on_kept),
+        ("new connection each call".into(), on_new),
+    ])
 }

@@ -9,5 +9,6 @@ mod gitops;
 mod manifests;
 mod observability;
 mod robustness;
+mod security;
 mod three_nodes;
 mod tutorial;

@@ -85,12 +85,19 @@ impl Drop for Prometheus {
     }
 }
 
-/// Starts Debian's Prometheus on a loopback port, scraping `targets` every second.
-fn start_prometheus(dir: &std::path::Path, targets: &[String]) -> anyhow::Result<Prometheus> {
+/// Starts Debian's Prometheus on a loopback port, scraping every second the controller
+/// over HTTPS (trusting the monitor's CA) and the agents' endpoints.
+fn start_prometheus(
+    dir: &std::path::Path,
+    controller: &str,
+    ca_file: &std::path::Path,
+    agents: &[String],
+) -> anyhow::Result<Prometheus> {
     let port = free_port();
-    let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    let list: Vec<String> = agents.iter().map(|t| format!("'{t}'")).collect();
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pgha\n    static_configs:\n      - targets: [{}]\n",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pgha-controller\n    scheme: https\n    tls_config:\n      ca_file: {}\n    static_configs:\n      - targets: ['{controller}']\n  - job_name: pgha-agent\n    static_configs:\n      - targets: [{}]\n",
+        ca_file.display(),
         list.join(", ")
     );
     let cfg_path = dir.join("prometheus.yml");
@@ -156,10 +163,18 @@ async fn eventually(p: &Prometheus, q: &str, want: f64) -> anyhow::Result<()> {
 async fn prometheus_sees_a_failover() {
     scenario(async |c| {
         c.bootstrap_two()?;
-        let mut targets = vec![format!("127.0.0.1:{}", c.monitor_port)];
-        targets.extend(c.nodes.iter().map(|n| format!("127.0.0.1:{}", n.http_port)));
-        let prom = start_prometheus(c.path(), &targets)?;
-        eventually(&prom, r#"count(up{job="pgha"} == 1)"#, 3.0).await?;
+        let agents: Vec<String> = c
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.http_port))
+            .collect();
+        let prom = start_prometheus(
+            c.path(),
+            &format!("127.0.0.1:{}", c.monitor_port),
+            &c.monitor_dir().join("tls/ca.crt"),
+            &agents,
+        )?;
+        eventually(&prom, r#"count(up == 1)"#, 3.0).await?;
         eventually(
             &prom,
             r#"pgha_node_assigned_state{node="node_a",state="primary"}"#,
