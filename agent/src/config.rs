@@ -50,6 +50,26 @@ pub struct AgentConfig {
     /// Password of the formation's replication role (from the monitor at registration).
     #[serde(default)]
     pub replication_password: String,
+    /// This node's own credential (from the monitor at registration): its reports carry
+    /// it, and `monitor` then holds no secret. None for a node registered before nodes
+    /// had one, until its first report is answered with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_token: Option<String>,
+}
+
+impl AgentConfig {
+    /// The client this node reports with: its own credential, or (before it has one)
+    /// the secret its monitor URL carries.
+    pub fn monitor_client(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<pgha_api::client::MonitorClient, pgha_api::client::ClientError> {
+        pgha_api::client::MonitorClient::with_credential(
+            &self.monitor,
+            self.node_token.as_deref(),
+            timeout,
+        )
+    }
 }
 
 /// Directory beside PGDATA holding the agent's files.

@@ -280,6 +280,7 @@ mod tests {
             os_user: None,
             http_port: 0,
             replication_password: "secret".into(),
+            node_token: None,
         }
     }
 

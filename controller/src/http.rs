@@ -3,9 +3,9 @@
 //! result or [`ActionError`] to a response.
 
 use crate::config::MonitorConfig;
-use crate::state::{ActionError, Refusal, unknown_formation};
+use crate::state::{ActionError, Principal, Refusal, unknown_formation};
 use crate::{Shared, lock, now_ms};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -62,6 +62,7 @@ impl IntoResponse for Failure {
 type ApiResult<T> = Result<Json<T>, Failure>;
 
 pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
+    let ctx = Ctx { shared, cfg };
     Router::new()
         .route(routes::HEALTHZ, get(|| async { "ok\n" }))
         .route(routes::METRICS, get(metrics))
@@ -78,6 +79,8 @@ pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
         )
         .route(routes::NODE, axum::routing::delete(drop_node))
         .route(routes::EVENTS, get(events))
+        // Every matched route passes the access check of its entry in routes::ALL.
+        .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), guard))
         .fallback(|| async {
             Failure::new(
                 StatusCode::NOT_FOUND,
@@ -85,7 +88,60 @@ pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
                 "no such API endpoint",
             )
         })
-        .with_state(Ctx { shared, cfg })
+        .with_state(ctx)
+}
+
+/// Who a request speaks for, as the access check found (None: no credential, on a
+/// route whose handler decides: registration into an open formation).
+#[derive(Clone)]
+struct Caller(Option<Principal>);
+
+impl Caller {
+    fn actor(&self, st: &crate::state::ControllerState) -> String {
+        self.0
+            .as_ref()
+            .map_or_else(|| "anyone".into(), |p| p.actor(st))
+    }
+}
+
+/// The access check of every route: its entry in `routes::ALL` (none: refused, so a
+/// route added without one is closed, not open), then the bearer token against it.
+async fn guard(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    matched: axum::extract::MatchedPath,
+    params: axum::extract::RawPathParams,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = matched.as_str().to_string();
+    let Some(access) = routes::access(req.method().as_str(), &route) else {
+        return Failure::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("{route} has no access rule: refused"),
+        )
+        .into_response();
+    };
+    let formation = params
+        .iter()
+        .find(|(k, _)| *k == "name")
+        .map(|(_, v)| v.to_string());
+    let caller = lock(&ctx.shared).authenticate(
+        access,
+        bearer(req.headers()),
+        formation.as_deref(),
+        peer.ip(),
+        &route,
+        now_ms(),
+    );
+    match caller {
+        Ok(p) => {
+            req.extensions_mut().insert(Caller(p));
+            next.run(req).await
+        }
+        Err(e) => Failure::from(e).into_response(),
+    }
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> Response {
@@ -114,7 +170,8 @@ async fn info(State(ctx): State<Ctx>) -> ApiResult<MonitorInfo> {
 impl From<Refusal> for Failure {
     fn from(r: Refusal) -> Self {
         let status = match r.code {
-            ErrorCode::JoinSecret => StatusCode::UNAUTHORIZED,
+            ErrorCode::JoinSecret | ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::UnknownFormation | ErrorCode::UnknownNode => StatusCode::NOT_FOUND,
             ErrorCode::InvalidName
             | ErrorCode::InvalidHost
@@ -148,25 +205,33 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 async fn register(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult<RegisterResponse> {
     let mut st = lock(&ctx.shared);
-    st.authorize(&req.formation, bearer(&headers))?;
-    Ok(Json(st.register(&req, peer.ip(), now_ms())?))
+    Ok(Json(st.register(
+        &req,
+        caller.0.as_ref(),
+        peer.ip(),
+        now_ms(),
+    )?))
 }
 
 async fn report(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Json(r): Json<NodeReport>,
 ) -> ApiResult<Assignment> {
     let mut st = lock(&ctx.shared);
-    st.authorize(&r.formation, bearer(&headers))?;
     let span = tracing::info_span!("reconcile", formation = %r.formation, node = r.node_id);
     let _entered = span.enter();
-    Ok(Json(st.report(&r, peer.ip(), now_ms())?))
+    Ok(Json(st.report(
+        &r,
+        caller.0.as_ref(),
+        peer.ip(),
+        now_ms(),
+    )?))
 }
 
 async fn formation_state(
@@ -182,33 +247,33 @@ async fn formation_state(
 async fn switchover(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<SwitchoverStarted> {
     let mut st = lock(&ctx.shared);
-    st.authorize(&name, bearer(&headers))?;
-    Ok(Json(st.switchover(&name, None, now_ms())?))
+    let actor = caller.actor(&st);
+    Ok(Json(st.switchover(&name, None, &actor, now_ms())?))
 }
 
 async fn promotion(
     State(ctx): State<Ctx>,
     Path((name, node)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<SwitchoverStarted> {
     let mut st = lock(&ctx.shared);
-    st.authorize(&name, bearer(&headers))?;
-    Ok(Json(st.switchover(&name, Some(&node), now_ms())?))
+    let actor = caller.actor(&st);
+    Ok(Json(st.switchover(&name, Some(&node), &actor, now_ms())?))
 }
 
 /// `pgha perform failover --allow-data-loss --reason R`.
 async fn forced_failover(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Json(req): Json<ForcedFailoverRequest>,
 ) -> ApiResult<ForcedFailoverStarted> {
     let mut st = lock(&ctx.shared);
-    st.authorize(&name, bearer(&headers))?;
-    Ok(Json(st.forced_failover(&name, &req, now_ms())?))
+    let actor = caller.actor(&st);
+    Ok(Json(st.forced_failover(&name, &req, &actor, now_ms())?))
 }
 
 #[derive(Deserialize)]
@@ -218,7 +283,15 @@ struct EventsQuery {
     since: Option<u64>,
 }
 
-async fn events(State(ctx): State<Ctx>, Query(q): Query<EventsQuery>) -> ApiResult<Vec<Event>> {
+async fn events(
+    State(ctx): State<Ctx>,
+    Query(mut q): Query<EventsQuery>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Vec<Event>> {
+    // A node reads the events of its own formation only.
+    if let Some(Principal::Node { formation, .. }) = caller.0 {
+        q.formation = Some(formation);
+    }
     let st = lock(&ctx.shared);
     let mut out: Vec<Event> = st
         .events
@@ -250,32 +323,32 @@ async fn enable_maintenance(
     State(ctx): State<Ctx>,
     Path((name, node)): Path<(String, String)>,
     Query(q): Query<MaintenanceQuery>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
     let mut st = lock(&ctx.shared);
-    st.authorize(&name, bearer(&headers))?;
-    st.set_maintenance(&name, &node, true, q.allow_failover, now_ms())?;
+    let actor = caller.actor(&st);
+    st.set_maintenance(&name, &node, true, q.allow_failover, &actor, now_ms())?;
     node_done(&name, &node)
 }
 
 async fn disable_maintenance(
     State(ctx): State<Ctx>,
     Path((name, node)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
     let mut st = lock(&ctx.shared);
-    st.authorize(&name, bearer(&headers))?;
-    st.set_maintenance(&name, &node, false, false, now_ms())?;
+    let actor = caller.actor(&st);
+    st.set_maintenance(&name, &node, false, false, &actor, now_ms())?;
     node_done(&name, &node)
 }
 
 async fn drop_node(
     State(ctx): State<Ctx>,
     Path((name, node)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
     let mut st = lock(&ctx.shared);
-    st.authorize(&name, bearer(&headers))?;
-    st.drop_node(&name, &node, now_ms())?;
+    let actor = caller.actor(&st);
+    st.drop_node(&name, &node, &actor, now_ms())?;
     node_done(&name, &node)
 }

@@ -6,6 +6,7 @@
 //! - [`store`]: the crash-safe embedded store;
 //! - [`state`]: live state (durable records + observations) and plan application;
 //! - [`admission`]: who may join a formation and speak for its nodes;
+//! - [`credentials`]: the operator's and the read-only credential of the monitor;
 //! - [`http`]: the HTTP API for agents and operators;
 //! - [`probe`]: SQL health probes of every node;
 //! - [`metrics`]: the Prometheus page;
@@ -14,6 +15,7 @@
 pub mod admission;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod desired;
 pub mod http;
 pub mod metrics;
@@ -50,12 +52,20 @@ pub async fn run(
         .with_context(|| format!("opening the controller store in {}", cfg.dir.display()))?;
     let st = ControllerState::open(Box::new(store), now_ms())
         .with_context(|| format!("opening the controller store in {}", cfg.dir.display()))?;
+    // A monitor made before the operator's and the read credential gets them now.
+    credentials::ensure(&cfg.dir)
+        .with_context(|| format!("making the monitor's credentials in {}", cfg.dir.display()))?;
     let shared: Shared = Arc::new(Mutex::new(st));
+    lock(&shared).credentials = credentials::MonitorCredentials::load(&cfg.dir);
     // The desired state is read before anything is served or reconciled.
     let _watcher = match &cfg.formations_dir {
         Some(dir) => {
             reload_desired(&shared, dir);
-            Some(spawn_desired_loop(shared.clone(), dir.clone()))
+            Some(spawn_desired_loop(
+                shared.clone(),
+                dir.clone(),
+                cfg.dir.clone(),
+            ))
         }
         None => None,
     };
@@ -95,10 +105,12 @@ fn reload_desired(shared: &Shared, dir: &std::path::Path) {
 }
 
 /// Reloads formation files on change (the directory is watched: Git replaces files by
-/// rename), on SIGHUP, and every [`desired::RESYNC`] as a safety net.
+/// rename), on SIGHUP, and every [`desired::RESYNC`] as a safety net; the monitor's
+/// credentials with them.
 fn spawn_desired_loop(
     shared: Shared,
     dir: std::path::PathBuf,
+    monitor_dir: std::path::PathBuf,
 ) -> Option<notify::RecommendedWatcher> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
     let watcher = match desired::watch(&dir, tx) {
@@ -130,6 +142,10 @@ fn spawn_desired_loop(
                 _ = tokio::time::sleep(desired::RESYNC) => {}
             }
             reload_desired(&shared, &dir);
+            // Rotated credentials take effect with the formation files.
+            let creds =
+                state::off_async_workers(|| credentials::MonitorCredentials::load(&monitor_dir));
+            lock(&shared).credentials = creds;
         }
     });
     watcher

@@ -47,6 +47,8 @@ pub struct Metrics {
     /// `formation`, `node`: replication slots the primary's Postgres invalidated
     /// (`max_slot_wal_keep_size` exceeded); the standby is rebuilt.
     pub slots_invalidated: Family<Labels, Counter>,
+    /// API calls refused for their credential, by route and status (401, 403).
+    pub api_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -62,6 +64,7 @@ impl Default for Metrics {
             reconcile_errors: Family::default(),
             config_errors: Family::default(),
             slots_invalidated: Family::default(),
+            api_refused: Family::default(),
         }
     }
 }
@@ -221,6 +224,11 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
         "replication_slots_invalidated",
         "Replication slots invalidated past max_slot_wal_keep_size (the standby is rebuilt)",
         m.slots_invalidated.clone(),
+    );
+    reg.register(
+        "api_refused",
+        "API calls refused for their credential (401: none or unknown; 403: out of scope), by route",
+        m.api_refused.clone(),
     );
 
     let mut out = String::new();

@@ -108,6 +108,10 @@ pub struct NodeRecord {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// SHA-256 (hex) of the node's own credential, which its reports must carry. None
+    /// for a node registered before nodes had one: it is given one with its next report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
     #[serde(flatten)]
     pub desired: NodeDesired,
     #[serde(flatten)]
@@ -163,6 +167,7 @@ impl NodeRecord {
             name,
             host,
             port,
+            credential: None,
             desired,
             intent: NodeIntent {
                 goal,

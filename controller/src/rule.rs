@@ -43,6 +43,8 @@ pub enum Rule {
     OperatorFailoverAllowDataLoss,
     OperatorMaintenance,
     OperatorDrop,
+    AuthRefused,
+    NodeCredentialIssued,
 }
 
 impl Rule {
@@ -83,6 +85,8 @@ impl Rule {
         Rule::OperatorFailoverAllowDataLoss,
         Rule::OperatorMaintenance,
         Rule::OperatorDrop,
+        Rule::AuthRefused,
+        Rule::NodeCredentialIssued,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +127,8 @@ impl Rule {
             Rule::OperatorFailoverAllowDataLoss => "operator_failover_allow_data_loss",
             Rule::OperatorMaintenance => "operator_maintenance",
             Rule::OperatorDrop => "operator_drop",
+            Rule::AuthRefused => "auth_refused",
+            Rule::NodeCredentialIssued => "node_credential_issued",
         }
     }
 

@@ -241,6 +241,7 @@ mod tests {
             rule: "test".into(),
             description: "hello".into(),
             inputs: None,
+            actor: None,
         }
     }
 

@@ -11,11 +11,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+const OPERATOR: &str = "operator-token-for-the-test";
+const READ: &str = "read-token-for-the-test";
+
 struct Api {
     _dir: tempfile::TempDir,
     shared: Shared,
     base: String,
     secret: String,
+    /// Each registered node's own credential, by id.
+    tokens: Mutex<std::collections::HashMap<u64, String>>,
     /// The fingerprint of the CA the API's certificate comes from.
     pin: String,
 }
@@ -37,6 +42,10 @@ async fn api() -> Api {
     )
     .unwrap();
     let mut st = ControllerState::open(Box::new(FileStore::new(dir.path())), now_ms()).unwrap();
+    st.credentials = pgha_controller::credentials::MonitorCredentials {
+        operator: Some(pgha_api::tls::sha256_hex(OPERATOR.as_bytes())),
+        read: Some(pgha_api::tls::sha256_hex(READ.as_bytes())),
+    };
     st.apply_desired(pgha_controller::desired::scan(&formations), now_ms())
         .unwrap();
     let shared: Shared = Arc::new(Mutex::new(st));
@@ -69,6 +78,7 @@ async fn api() -> Api {
         shared,
         base: format!("https://{addr}"),
         secret: "s3cret".into(),
+        tokens: Mutex::new(Default::default()),
         pin: pki.ca_fingerprint,
     }
 }
@@ -104,8 +114,12 @@ impl Api {
         (status, resp.json().await.unwrap_or_default())
     }
 
+    /// A report for node `id` with its own credential (the join secret for a node this
+    /// test never registered).
     async fn report(&self, from: &str, id: u64, state: NodeState) -> (u16, serde_json::Value) {
-        self.post(from, routes::REPORT, Some(&self.secret), &report(id, state))
+        let token = self.tokens.lock().unwrap().get(&id).cloned();
+        let credential = token.unwrap_or_else(|| self.secret.clone());
+        self.post(from, routes::REPORT, Some(&credential), &report(id, state))
             .await
     }
 
@@ -119,8 +133,13 @@ impl Api {
             candidate_priority: 50,
             replication_quorum: true,
         };
-        self.post(from, routes::REGISTER, Some(&self.secret), &req)
-            .await
+        let (status, body) = self
+            .post(from, routes::REGISTER, Some(&self.secret), &req)
+            .await;
+        if let (Some(id), Some(token)) = (body["node_id"].as_u64(), body["node_token"].as_str()) {
+            self.tokens.lock().unwrap().insert(id, token.to_string());
+        }
+        (status, body)
     }
 }
 
@@ -281,4 +300,239 @@ async fn only_a_client_pinning_the_monitors_ca_connects() {
         .unwrap()
         .to_string();
     assert!(e.contains("#sha256="), "{e}");
+}
+
+/// A request with a method, a path and a body, presenting `credential`.
+async fn call(
+    api: &Api,
+    method: &str,
+    path: &str,
+    credential: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let c = client_pinning("127.0.0.1", &api.pin);
+    let url = format!("{}{path}", api.base);
+    let mut req = match method {
+        "GET" => c.get(url),
+        "POST" => c.post(url).json(&body),
+        "DELETE" => c.delete(url),
+        m => panic!("no method {m}"),
+    };
+    if let Some(t) = credential {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// Every route of the API (walked from `routes::ALL`, so a new route is covered the day
+/// it is added): without a credential, with one the monitor does not know, and with
+/// each credential whose scope does not cover it, it is refused (401, 403), nothing
+/// changes, and the refusals are recorded as events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_calls_outside_their_scope() {
+    use pgha_api::routes::Access;
+    let api = api().await;
+    let (status, body) = api.register("127.0.0.1", "node_b", "127.0.0.1").await;
+    assert_eq!(status, 200, "{body}");
+    let b_id = body["node_id"].as_u64().unwrap();
+    let node_b = api.tokens.lock().unwrap()[&b_id].clone();
+    let before = lock(&api.shared).durable.clone();
+    let events_before = lock(&api.shared).events.len();
+    let body_for = |path: &str| match path {
+        routes::REGISTER => serde_json::json!({
+            "formation": "orders", "name": "node_x", "host": "127.0.0.1", "port": 5432,
+            "dbname": "orders", "candidate_priority": 50, "replication_quorum": true
+        }),
+        routes::REPORT => serde_json::to_value(report(b_id, NodeState::Single)).unwrap(),
+        routes::FAILOVER => serde_json::json!({"allow_data_loss": true, "reason": "test"}),
+        _ => serde_json::json!({}),
+    };
+    let mut checked = 0;
+    for r in routes::ALL {
+        let path = routes::path(r.path, "orders", Some("node_b"));
+        // (credential, what it is)
+        let mut wrong: Vec<(Option<&str>, &str, u16)> = vec![
+            (None, "no credential", 401),
+            (
+                Some("not-a-credential-of-this-monitor"),
+                "an unknown credential",
+                401,
+            ),
+        ];
+        match r.access {
+            Access::Public => wrong.clear(),
+            Access::Read => wrong.push((Some(&api.secret), "the join secret", 403)),
+            Access::Register => {
+                wrong.push((Some(READ), "the read credential", 403));
+                wrong.push((Some(&node_b), "a node's credential", 403));
+            }
+            Access::Report => {
+                wrong.push((Some(READ), "the read credential", 403));
+                wrong.push((
+                    Some(&api.secret),
+                    "the join secret, for a node with its own",
+                    403,
+                ));
+                wrong.push((
+                    Some(OPERATOR),
+                    "the operator's, for a node with its own",
+                    403,
+                ));
+            }
+            Access::Operate => {
+                wrong.push((Some(READ), "the read credential", 403));
+                wrong.push((Some(&api.secret), "the join secret", 403));
+                wrong.push((Some(&node_b), "a node's credential", 403));
+            }
+        }
+        for (cred, what, want) in wrong {
+            let (status, body) = call(&api, r.method, &path, cred, body_for(r.path)).await;
+            assert_eq!(status, want, "{} {path} with {what}: {body}", r.method);
+            let code = if want == 401 {
+                "unauthenticated"
+            } else {
+                "forbidden"
+            };
+            assert_eq!(
+                body["code"], code,
+                "{} {path} with {what}: {body}",
+                r.method
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "only {checked} refusals checked");
+    {
+        let st = lock(&api.shared);
+        assert_eq!(st.durable, before, "a refused call changed the state");
+        let refused: Vec<&pgha_api::Event> = st
+            .events
+            .iter()
+            .skip(events_before)
+            .filter(|e| e.rule == "auth_refused")
+            .collect();
+        assert!(refused.len() >= 10, "{} refusals recorded", refused.len());
+        assert!(
+            refused
+                .iter()
+                .all(|e| e.actor.as_deref() == Some("address 127.0.0.1"))
+        );
+        // And the credentials that do cover them get through.
+    }
+    let state = routes::path(routes::FORMATION_STATE, "orders", None);
+    for cred in [READ, OPERATOR, node_b.as_str()] {
+        assert_eq!(
+            call(&api, "GET", &state, Some(cred), serde_json::json!({}))
+                .await
+                .0,
+            200
+        );
+    }
+    let (status, body) = call(
+        &api,
+        "GET",
+        routes::METRICS,
+        Some(READ),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.as_str()
+            .unwrap_or_default()
+            .contains("pgha_api_refused_total"),
+        "{body}"
+    );
+}
+
+/// A node's credential reports for that node only: a report it carries for another
+/// node is refused (403), changes nothing, and is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reports_only_as_itself() {
+    let api = api().await;
+    let (_, a) = api.register("127.0.0.2", "node_a", "127.0.0.2").await;
+    let (_, b) = api.register("127.0.0.1", "node_b", "127.0.0.1").await;
+    let (a_id, b_id) = (
+        a["node_id"].as_u64().unwrap(),
+        b["node_id"].as_u64().unwrap(),
+    );
+    let b_token = b["node_token"].as_str().unwrap().to_string();
+    assert_eq!(b_token.len(), 32, "{b}");
+    assert_ne!(a["node_token"], b["node_token"]);
+    // node_b's credential, a report for node_a, from node_a's address.
+    let (status, body) = api
+        .post(
+            "127.0.0.2",
+            routes::REPORT,
+            Some(&b_token),
+            &report(a_id, NodeState::Primary),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["code"], "forbidden");
+    {
+        let st = lock(&api.shared);
+        assert_eq!(
+            st.durable.formations["orders"].nodes[&a_id].reported(),
+            NodeState::Init
+        );
+        assert!(
+            st.events
+                .iter()
+                .any(|e| e.rule == "auth_refused" && e.description.contains("node_b")),
+            "the refusal was not recorded"
+        );
+        // The controller keeps only a hash of each credential.
+        let stored = serde_json::to_string(&st.durable).unwrap();
+        assert!(
+            !stored.contains(&b_token),
+            "a node credential is stored in clear"
+        );
+    }
+    let (status, _) = api.report("127.0.0.1", b_id, NodeState::Init).await;
+    assert_eq!(status, 200);
+}
+
+/// A node registered before nodes had their own credential reports once with the join
+/// secret and gets one in the answer; from then on only that one is accepted for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_from_before_credentials_is_given_one_once() {
+    let api = api().await;
+    let (_, b) = api.register("127.0.0.1", "node_b", "127.0.0.1").await;
+    let id = b["node_id"].as_u64().unwrap();
+    // As a store written by the previous version holds it.
+    lock(&api.shared)
+        .durable
+        .formations
+        .get_mut("orders")
+        .unwrap()
+        .nodes
+        .get_mut(&id)
+        .unwrap()
+        .credential = None;
+    api.tokens.lock().unwrap().clear();
+    let (status, a) = api.report("127.0.0.1", id, NodeState::Init).await;
+    assert_eq!(status, 200, "{a}");
+    let token = a["node_token"]
+        .as_str()
+        .expect("a credential in the answer")
+        .to_string();
+    let (status, body) = api.report("127.0.0.1", id, NodeState::Init).await;
+    assert_eq!(status, 403, "the join secret still reports for it: {body}");
+    api.tokens.lock().unwrap().insert(id, token);
+    let (status, a) = api.report("127.0.0.1", id, NodeState::Init).await;
+    assert_eq!(status, 200);
+    assert!(a.get("node_token").is_none(), "handed out twice: {a}");
+    assert!(
+        lock(&api.shared)
+            .events
+            .iter()
+            .any(|e| e.rule == "node_credential_issued")
+    );
 }

@@ -119,8 +119,11 @@ impl Cluster {
             .pgha_ok(&["show", "uri", "--formation", "monitor", "--dir", &s(&mon)])?
             .trim()
             .to_string();
-        // The same URL without its credential: https, the CA pinned.
-        c.monitor_url = pgha_api::client::split_secret(&c.join_url).0;
+        // For reads: the read-only credential (https, the CA pinned).
+        c.monitor_url = c
+            .pgha_ok(&["show", "uri", "--formation", "read", "--dir", &mon_s])?
+            .trim()
+            .to_string();
         Ok(c)
     }
 

@@ -59,6 +59,9 @@ struct Agent {
     lost_slots: std::collections::BTreeSet<String>,
 }
 
+/// How long a report may take before the agent counts the controller unreachable.
+const REPORT_TIMEOUT: Duration = Duration::from_millis(1000);
+
 /// Starts of a standby that fail in a row before it is rebuilt from a base backup.
 const MAX_START_ATTEMPTS: u32 = 5;
 
@@ -144,7 +147,7 @@ pub async fn run(
     // the replication password.
     steps::prepare_dir(&cfg.state_dir(), who)?;
     pg::write_passfile(&cfg, who)?;
-    let client = MonitorClient::new(&cfg.monitor, Duration::from_millis(1000))?;
+    let client = cfg.monitor_client(REPORT_TIMEOUT)?;
     let now = Instant::now();
     let reported = state.reported.unwrap_or(NodeState::Init);
     let watchdog = {

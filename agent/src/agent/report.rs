@@ -136,6 +136,10 @@ impl Agent {
             res => res?,
         };
         self.last_report_ok = Some(Instant::now());
+        let mut a = a;
+        if let Some(token) = a.node_token.take() {
+            self.take_credential(&token)?;
+        }
         let Some(renewed) = crate::lease::renewal(sent, a.term, self.state.max_term) else {
             tracing::warn!(
                 term = a.term,
@@ -161,6 +165,22 @@ impl Agent {
             self.state.save(&self.cfg)?;
         }
         self.arm_watchdog();
+        Ok(())
+    }
+
+    /// The node's own credential, handed out in an answer (a node registered before
+    /// nodes had one): kept in the config, and from now on the only one presented.
+    fn take_credential(&mut self, token: &str) -> anyhow::Result<()> {
+        let mut cfg = self.cfg.clone();
+        cfg.node_token = Some(token.to_string());
+        // The join secret the URL carried is no longer needed: the config drops it.
+        cfg.monitor = pgha_api::client::split_secret(&cfg.monitor).0;
+        cfg.save()?;
+        self.client = cfg.monitor_client(REPORT_TIMEOUT)?;
+        self.cfg = cfg;
+        tracing::info!(
+            "the monitor gave this node its own credential; reports carry it from now on"
+        );
         Ok(())
     }
 }

@@ -134,6 +134,7 @@ mod tests {
             generation: 1,
             max_slot_wal_keep_size: "8GB".into(),
             rebuild_epoch: 0,
+            node_token: None,
         }
     }
 

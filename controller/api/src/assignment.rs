@@ -58,4 +58,9 @@ pub struct Assignment {
     /// (its WAL is gone): a standby rebuilds from a fresh base backup once per bump.
     #[serde(default)]
     pub rebuild_epoch: u64,
+    /// A credential for a node that registered before nodes had their own: handed out
+    /// once, in the answer to its first report; the agent keeps it and reports with it
+    /// from then on. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_token: Option<String>,
 }

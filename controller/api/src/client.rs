@@ -103,12 +103,23 @@ impl MonitorClient {
     /// never as part of the URL. Proxy variables are ignored: the secret goes to the
     /// monitor and nowhere else.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, ClientError> {
+        Self::with_credential(url, None, timeout)
+    }
+
+    /// As [`MonitorClient::new`], presenting `credential` (a node's own token) instead
+    /// of any secret in the URL.
+    pub fn with_credential(
+        url: &str,
+        credential: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let bad = |reason: String| ClientError::BadUrl {
             url: redact(url),
             reason,
         };
         let url = resolve_url(url).map_err(bad)?;
         let (base, secret) = split_secret(&url);
+        let secret = credential.map(str::to_string).or(secret);
         let (base, pin) = crate::tls::split_pin(&base).map_err(bad)?;
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(s) = secret {

@@ -27,6 +27,10 @@ pub struct RegisterResponse {
     /// Password of the replication role, shared by the formation's nodes (for
     /// `--auth scram-sha-256`). Never logged.
     pub replication_password: String,
+    /// This node's own credential: its reports are accepted with it, and only for it.
+    /// Handed out once; the controller keeps only its SHA-256. Never logged.
+    #[serde(default)]
+    pub node_token: String,
 }
 
 /// `POST /v1/formations/{name}/switchover` answer.

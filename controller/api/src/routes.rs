@@ -23,6 +23,62 @@ pub const MAINTENANCE: &str = "/v1/formations/{name}/nodes/{node}/maintenance";
 /// `DELETE`: drop a node.
 pub const NODE: &str = "/v1/formations/{name}/nodes/{node}";
 
+/// Who may call a route. Every route the controller serves has an entry in [`ALL`]; the
+/// server refuses a route without one (fail closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: liveness only.
+    Public,
+    /// The read credential, the operator's, or a node's (its own formation).
+    Read,
+    /// The formation's join secret (the body names the formation) or the operator's.
+    Register,
+    /// A node's own credential (the body names the node).
+    Report,
+    /// The operator's credential.
+    Operate,
+}
+
+/// One route: method, path pattern, who may call it.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+const fn route(method: &'static str, path: &'static str, access: Access) -> Route {
+    Route {
+        method,
+        path,
+        access,
+    }
+}
+
+/// Every route of the controller API and who may call it.
+pub const ALL: &[Route] = &[
+    route("GET", HEALTHZ, Access::Public),
+    route("GET", METRICS, Access::Read),
+    route("GET", INFO, Access::Read),
+    route("POST", REGISTER, Access::Register),
+    route("POST", REPORT, Access::Report),
+    route("GET", EVENTS, Access::Read),
+    route("GET", FORMATION_STATE, Access::Read),
+    route("POST", SWITCHOVER, Access::Operate),
+    route("POST", PROMOTION, Access::Operate),
+    route("POST", FAILOVER, Access::Operate),
+    route("POST", MAINTENANCE, Access::Operate),
+    route("DELETE", MAINTENANCE, Access::Operate),
+    route("DELETE", NODE, Access::Operate),
+];
+
+/// Who may call `method` on the route `pattern`; None for a route without an entry.
+pub fn access(method: &str, pattern: &str) -> Option<Access> {
+    ALL.iter()
+        .find(|r| r.method == method && r.path == pattern)
+        .map(|r| r.access)
+}
+
 /// A route with its formation (and node) filled in. Names are validated identifiers
 /// (letters, digits, `_`, `-`), which need no escaping in a path.
 pub fn path(pattern: &str, formation: &str, node: Option<&str>) -> String {
@@ -43,6 +99,10 @@ pub enum ErrorCode {
     StoreUnavailable,
     /// The formation's join secret is missing or wrong (or none is in force).
     JoinSecret,
+    /// No credential, or one this monitor does not know (401).
+    Unauthenticated,
+    /// A credential this monitor knows, whose scope does not cover the request (403).
+    Forbidden,
     UnknownFormation,
     UnknownNode,
     InvalidName,

@@ -127,6 +127,10 @@ pub struct Event {
     /// priorities, term); absent on reports and operator events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<serde_json::Value>,
+    /// Who made the call behind it (`operator`, `node node_a`, `join secret of
+    /// default`, an address refused); absent on the controller's own decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 /// The controller's connection details, as `show uri` prints them.

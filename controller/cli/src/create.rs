@@ -172,6 +172,7 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
         }
         let store = FileStore::new(&dir);
         store.load()?;
+        pgha_controller::credentials::ensure(&dir)?;
         let cfg = MonitorConfig {
             dir: dir.clone(),
             listen: a.listen.clone(),
@@ -368,7 +369,10 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
     let monitor =
         pgha_api::client::resolve_url(&a.monitor).map_err(|e| anyhow::anyhow!("--monitor: {e}"))?;
     let client = MonitorClient::new(&monitor, Duration::from_secs(5))?;
-    client.info().await.context("--monitor")?;
+    client
+        .get_text(pgha_api::routes::HEALTHZ)
+        .await
+        .context("--monitor")?;
     let reg = client
         .register(&RegisterRequest {
             formation: a.formation.clone(),
@@ -388,7 +392,8 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         hostname: a.hostname,
         dbname: a.dbname,
         username: a.username,
-        monitor,
+        // The node reports with its own credential: the URL keeps no secret.
+        monitor: pgha_api::client::split_secret(&monitor).0,
         formation: reg.formation,
         name: reg.name.clone(),
         node_id: reg.node_id,
@@ -402,6 +407,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         os_user,
         http_port: a.http_port,
         replication_password: reg.replication_password.clone(),
+        node_token: Some(reg.node_token.clone()),
     };
     cfg.save()?;
     eprintln!(

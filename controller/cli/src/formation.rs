@@ -20,9 +20,20 @@ pub enum FormationCmd {
         /// Directory of formation files (a Git checkout).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// Monitor URL, e.g. http://monitor:5440.
+        /// Monitor URL, e.g. https://monitor:5440#sha256=... (`pgha show uri` prints it).
         #[arg(long, env = "PGHA_MONITOR")]
         monitor: Option<String>,
+    },
+    /// Writes a new join secret into the file the formation names
+    /// (`admission.joinSecretFile`), on the monitor VM. Nodes that already joined go on
+    /// with their own credentials; new nodes need the new join URL (`pgha show uri
+    /// --dir`). The monitor reads it at its next resync (10 s) or on SIGHUP.
+    RotateSecret {
+        /// The monitor's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
+        formation: String,
     },
 }
 
@@ -36,7 +47,41 @@ pub async fn run(cmd: FormationCmd) -> anyhow::Result<()> {
             };
             diff(&dir, &monitor).await
         }
+        FormationCmd::RotateSecret { dir, formation } => rotate_secret(&dir, &formation),
     }
+}
+
+fn rotate_secret(dir: &std::path::Path, formation: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cfg = pgha_controller::MonitorConfig::load(dir)?;
+    let fdir = cfg.formations_dir.context(
+        "this monitor reads no formation files: its formations have no join secret file",
+    )?;
+    let scan = pgha_controller::desired::scan(&fdir);
+    let Some((file, doc)) = scan.formations.get(formation) else {
+        match scan.rejected.keys().next() {
+            Some(f) => anyhow::bail!(
+                "formation {formation:?}: no accepted file in {} ({f} is rejected: `pgha formation validate` says why)",
+                fdir.display()
+            ),
+            None => anyhow::bail!("formation {formation:?}: no file in {}", fdir.display()),
+        }
+    };
+    let Some(secret_file) = &doc.spec.admission.join_secret_file else {
+        anyhow::bail!(
+            "{file}: formation {formation:?} names no joinSecretFile (admission open?): nothing to rotate"
+        );
+    };
+    let secret_file = std::path::Path::new(secret_file);
+    let new = pgha_controller::records::random_secret()?;
+    // Replaced atomically (0600): the monitor never reads half a secret.
+    pgha_controller::store::write_file_atomically(secret_file, format!("{new}\n").as_bytes())?;
+    eprintln!(
+        "new join secret for {formation:?} in {}: the monitor uses it within 10 s; nodes that joined keep running, new ones join with the URL `pgha show uri --dir {}` prints",
+        secret_file.display(),
+        dir.display()
+    );
+    Ok(())
 }
 
 fn validate(files: &[PathBuf]) -> anyhow::Result<()> {

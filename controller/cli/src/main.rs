@@ -163,7 +163,7 @@ async fn wait_formation(
 
 async fn maintenance(a: NodeArgs, enable: bool) -> anyhow::Result<()> {
     use pgha_api::NodeState;
-    let client = a.monitor.operator_client(&a.formation)?;
+    let client = a.monitor.operator_client()?;
     let name = a.name.clone();
     if enable {
         client
@@ -194,7 +194,7 @@ async fn maintenance(a: NodeArgs, enable: bool) -> anyhow::Result<()> {
 }
 
 async fn drop_node(a: NodeArgs) -> anyhow::Result<()> {
-    let client = a.monitor.operator_client(&a.formation)?;
+    let client = a.monitor.operator_client()?;
     client.drop_node(&a.formation, &a.name).await?;
     let name = a.name.clone();
     wait_formation(&client, &a.formation, a.timeout, |st| {
@@ -231,15 +231,22 @@ pub struct MonitorArgs {
 }
 
 impl MonitorArgs {
+    /// The monitor's URL with the credential this command presents: as given
+    /// (`--monitor`, `PGHA_MONITOR`), the node's own (`--pgdata`: reads of its
+    /// formation), or the operator's (`--dir`, on the monitor VM).
     pub fn url(&self) -> anyhow::Result<String> {
         if let Some(m) = &self.monitor {
             return Ok(m.clone());
         }
         if let Some(p) = &self.pgdata {
-            return Ok(pgha_agent::AgentConfig::load(p)?.monitor);
+            let cfg = pgha_agent::AgentConfig::load(p)?;
+            return Ok(match &cfg.node_token {
+                Some(t) => with_credential(&cfg.monitor, "node", t),
+                None => cfg.monitor,
+            });
         }
         if let Some(d) = &self.dir {
-            return Ok(pgha_controller::MonitorConfig::load(d)?.url());
+            return operator_url(d);
         }
         anyhow::bail!(
             "where is the monitor? pass --monitor URL, set PGHA_MONITOR, or pass --pgdata/--dir"
@@ -250,19 +257,30 @@ impl MonitorArgs {
         Ok(MonitorClient::new(&self.url()?, Duration::from_secs(5))?)
     }
 
-    /// A client for operator actions on `formation`, which need its join secret: carried
-    /// by `--monitor`/`PGHA_MONITOR` (the URL `pgha show uri --dir` prints) or a node's
-    /// config (`--pgdata`), or read from the formation file on the monitor VM (`--dir`).
-    pub fn operator_client(&self, formation: &str) -> anyhow::Result<MonitorClient> {
-        let mut url = self.url()?;
-        if let (None, None, Some(dir)) = (&self.monitor, &self.pgdata, &self.dir)
-            && let Some(fdir) = pgha_controller::MonitorConfig::load(dir)?.formations_dir
-            && let Some(secret) = pgha_controller::desired::scan(&fdir).secrets.get(formation)
-        {
-            url = url.replacen("://", &format!("://pgha:{secret}@"), 1);
+    /// A client for operator actions, which need the operator's credential: carried by
+    /// `--monitor`/`PGHA_MONITOR` (the URL `pgha show uri --dir` prints) or read on the
+    /// monitor VM (`--dir`). A node's config does not carry it.
+    pub fn operator_client(&self) -> anyhow::Result<MonitorClient> {
+        if self.monitor.is_none() && self.dir.is_none() {
+            anyhow::bail!(
+                "operator actions need the operator's credential: pass --monitor with the URL `pgha show uri --dir <monitor dir>` prints, or --dir on the monitor VM"
+            );
         }
-        Ok(MonitorClient::new(&url, Duration::from_secs(5))?)
+        self.client()
     }
+}
+
+/// `url` presenting `secret` (as its user info; the client sends it as a bearer token).
+pub fn with_credential(url: &str, user: &str, secret: &str) -> String {
+    url.replacen("://", &format!("://{user}:{secret}@"), 1)
+}
+
+/// The monitor's URL with the operator's credential, read on the monitor VM.
+pub fn operator_url(dir: &std::path::Path) -> anyhow::Result<String> {
+    let cfg = pgha_controller::MonitorConfig::load(dir)?;
+    let token =
+        pgha_controller::credentials::read_token(dir, pgha_controller::credentials::OPERATOR)?;
+    Ok(with_credential(&cfg.url(), "operator", &token))
 }
 
 #[derive(Args)]
@@ -330,7 +348,7 @@ pub fn agent_exit(e: pgha_agent::Exit) -> anyhow::Result<()> {
 
 /// Waits for a switchover to finish, printing each state change.
 async fn switchover(args: SwitchoverArgs, target: Option<&str>) -> anyhow::Result<()> {
-    let client = args.monitor.operator_client(&args.formation)?;
+    let client = args.monitor.operator_client()?;
     let t0 = std::time::Instant::now();
     // A standby still replaying a burst of writes (or a formation still settling) is a
     // passing refusal: wait for it, within the timeout, rather than fail at once.
@@ -391,7 +409,7 @@ async fn forced_failover(a: FailoverArgs) -> anyhow::Result<()> {
         _ => anyhow::bail!("--reason TEXT is required: it is recorded in the events"),
     };
     let args = a.switchover;
-    let client = args.monitor.operator_client(&args.formation)?;
+    let client = args.monitor.operator_client()?;
     let t0 = std::time::Instant::now();
     let started = client
         .forced_failover(

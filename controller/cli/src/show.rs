@@ -161,20 +161,32 @@ async fn uri(a: UriArgs) -> anyhow::Result<()> {
         let st = client.state(f).await?;
         rows.push(("formation".into(), f.clone(), st.uri(None, &info.sslmode)));
     }
-    // On the monitor VM (--dir), the join secrets are readable: print the URL each
-    // formation's nodes join with (`create postgres --monitor <join URL>`).
-    // The monitor row then carries the default formation's secret, as pg_autoctl's
-    // monitor URI carries its credentials.
-    if let Some(dir) = &a.monitor.dir
-        && let Some(fdir) = pgha_controller::MonitorConfig::load(dir)?.formations_dir
-    {
-        let scan = pgha_controller::desired::scan(&fdir);
-        for (name, secret) in &scan.secrets {
-            let url = info.url.replacen("://", &format!("://pgha:{secret}@"), 1);
-            if name == pgha_api::DEFAULT_FORMATION {
-                rows[0].2 = url.clone();
+    // On the monitor VM (--dir), the credentials are readable: the monitor row carries
+    // the operator's (every action, as pg_autoctl's monitor URI carries its
+    // credentials), a read row the read-only one, and each formation's join row its join
+    // secret (`create postgres --monitor <join URL>` registers with it, nothing more).
+    if let Some(dir) = &a.monitor.dir {
+        let cfg = pgha_controller::MonitorConfig::load(dir)?;
+        rows[0].2 = crate::operator_url(dir)?;
+        let read =
+            pgha_controller::credentials::read_token(dir, pgha_controller::credentials::READ)?;
+        rows.insert(
+            1,
+            (
+                "monitor".into(),
+                "read".into(),
+                crate::with_credential(&info.url, "read", &read),
+            ),
+        );
+        if let Some(fdir) = cfg.formations_dir {
+            let scan = pgha_controller::desired::scan(&fdir);
+            for (name, secret) in &scan.secrets {
+                rows.push((
+                    "join".into(),
+                    name.clone(),
+                    crate::with_credential(&info.url, "pgha", secret),
+                ));
             }
-            rows.push(("join".into(), name.clone(), url));
         }
     }
     if let Some(f) = &a.formation {

@@ -10,6 +10,7 @@
 //! - [`read`]: read models (planner view, assignment, status);
 //! - [`promotion`]: failover and switchover metrics.
 
+mod auth;
 mod gitops;
 mod operator;
 mod promotion;
@@ -18,6 +19,7 @@ mod reconcile;
 #[cfg(test)]
 mod tests;
 
+pub use auth::Principal;
 pub use operator::{ActionError, Refusal, unknown_formation};
 pub use promotion::PromotionTrack;
 pub use read::decision_inputs;
@@ -75,6 +77,10 @@ pub struct ControllerState {
     pub refused_peers: std::collections::HashSet<(NodeId, std::net::IpAddr)>,
     /// Errors of each rejected formation file, as last reported.
     pub config_errors: BTreeMap<String, Vec<String>>,
+    /// The operator's and the read-only credential (their SHA-256).
+    pub credentials: crate::credentials::MonitorCredentials,
+    /// When each refusal (address, route, answer) was last recorded as an event.
+    refusals_recorded: HashMap<(std::net::IpAddr, String, pgha_api::routes::ErrorCode), u64>,
     store: Box<dyn Store>,
 }
 
@@ -97,6 +103,8 @@ impl ControllerState {
             promotions: HashMap::new(),
             config_errors: BTreeMap::new(),
             refused_peers: Default::default(),
+            credentials: Default::default(),
+            refusals_recorded: HashMap::new(),
             store,
         })
     }
@@ -167,6 +175,7 @@ impl ControllerState {
             rule: rule.as_str().to_string(),
             description,
             inputs: None,
+            actor: None,
         }
     }
 

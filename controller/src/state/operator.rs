@@ -5,8 +5,8 @@
 use super::*;
 use crate::admission;
 pub use crate::admission::Refusal;
-use crate::records::{NodeDesired, random_secret};
-use pgha_api::routes::ErrorCode;
+use crate::records::{AdmissionRule, NodeDesired, random_secret};
+use pgha_api::routes::{self, ErrorCode};
 use pgha_api::{
     ForcedFailoverRequest, ForcedFailoverStarted, RegisterRequest, RegisterResponse,
     SwitchoverStarted,
@@ -34,6 +34,13 @@ impl From<StoreError> for ActionError {
     fn from(e: StoreError) -> Self {
         ActionError::Store(e)
     }
+}
+
+/// What an operator asked of a node, for its event.
+struct Ask<'a> {
+    rule: Rule,
+    what: String,
+    actor: &'a str,
 }
 
 fn refused<T>(code: ErrorCode, message: String) -> Result<T, ActionError> {
@@ -68,24 +75,55 @@ impl ControllerState {
             })
     }
 
-    /// A request for `formation` presenting `presented` (its bearer token). Operator
-    /// actions need the formation's join secret, as registration does: whoever may not
-    /// join a formation may not switch it over, fail it over or take nodes out of it.
-    pub fn authorize(&self, formation: &str, presented: Option<&str>) -> Result<(), ActionError> {
-        Ok(admission::check_secret(
-            self.formation(formation)?,
-            presented,
-        )?)
-    }
-
-    /// Admits a node (its secret already authorized): a new id, its first goal, and the
-    /// formation's replication password. Nothing of a refused node is stored.
+    /// Admits a node: the operator's credential, the formation's join secret, or nothing
+    /// for a formation whose file says `admission: open: true`. It gets a new id, its
+    /// first goal, the formation's replication password and its own credential (kept
+    /// here only as a SHA-256). Nothing of a refused node is stored.
     pub fn register(
         &mut self,
         req: &RegisterRequest,
+        principal: Option<&Principal>,
         peer: IpAddr,
         now_ms: u64,
     ) -> Result<RegisterResponse, ActionError> {
+        let admission = self
+            .durable
+            .formations
+            .get(&req.formation)
+            .map(|f| f.admission());
+        let admitted = match principal {
+            Some(Principal::Operator) => true,
+            Some(Principal::Joiner(f)) => *f == req.formation,
+            None => matches!(admission, Some(AdmissionRule::Open)),
+            Some(_) => false,
+        };
+        if !admitted {
+            let f = &req.formation;
+            let (code, message) = match (principal, admission) {
+                (None, Some(AdmissionRule::Closed)) => (
+                    ErrorCode::Unauthenticated,
+                    format!(
+                        "formation {f:?} has no join secret in force (its file names none that could be read, and it is not `admission: open: true`): only the operator's credential registers"
+                    ),
+                ),
+                (None, _) => (
+                    ErrorCode::Unauthenticated,
+                    format!(
+                        "registering into formation {f:?} needs its join secret (or the operator's credential): use the URL `pgha show uri --dir <monitor dir>` prints on the monitor VM"
+                    ),
+                ),
+                (Some(p), _) => (
+                    ErrorCode::Forbidden,
+                    format!(
+                        "the {} may not register nodes into formation {f:?}: that takes its join secret",
+                        p.actor(self)
+                    ),
+                ),
+            };
+            return Err(self.refuse(code, message, Some(f), peer, routes::REGISTER, now_ms));
+        }
+        let actor =
+            principal.map_or_else(|| "anyone (admission open)".to_string(), |p| p.actor(self));
         let f = self.formation(&req.formation)?;
         admission::admit_registration(f, req, peer)?;
         let others: Vec<NodeView> = self
@@ -98,6 +136,7 @@ impl ControllerState {
             true => Some(random_secret().map_err(|e| ActionError::Internal(e.to_string()))?),
             false => None,
         };
+        let token = random_secret().map_err(|e| ActionError::Internal(e.to_string()))?;
         let id = self.durable.next_node_id.max(1);
         self.durable.next_node_id = id + 1;
         let name = req.name.clone().unwrap_or_else(|| format!("node_{id}"));
@@ -115,6 +154,10 @@ impl ControllerState {
             },
             goal,
         );
+        let rec = NodeRecord {
+            credential: Some(pgha_api::tls::sha256_hex(token.as_bytes())),
+            ..rec
+        };
         let Some(f) = self.durable.formations.get_mut(&req.formation) else {
             return Err(unknown_formation(&req.formation));
         };
@@ -127,7 +170,7 @@ impl ControllerState {
         let replication_password = f.replication_password.clone();
         f.nodes.insert(id, rec.clone());
         self.save()?;
-        let ev = self.event(
+        let mut ev = self.event(
             &req.formation,
             Some(&rec),
             Rule::Register,
@@ -137,6 +180,7 @@ impl ControllerState {
             ),
             now_ms,
         );
+        ev.actor = Some(actor);
         self.record(ev)?;
         Ok(RegisterResponse {
             node_id: id,
@@ -144,6 +188,7 @@ impl ControllerState {
             formation: req.formation.clone(),
             assigned_state: goal,
             replication_password,
+            node_token: token,
         })
     }
 
@@ -152,6 +197,7 @@ impl ControllerState {
         &mut self,
         formation: &str,
         target: Option<&str>,
+        actor: &str,
         now_ms: u64,
     ) -> Result<SwitchoverStarted, ActionError> {
         let view = self
@@ -165,7 +211,7 @@ impl ControllerState {
                 return refused(ErrorCode::SwitchoverRefused, why);
             }
         };
-        let ev = self.event(
+        let mut ev = self.event(
             formation,
             None,
             Rule::OperatorSwitchover,
@@ -175,6 +221,7 @@ impl ControllerState {
             },
             now_ms,
         );
+        ev.actor = Some(actor.to_string());
         self.record(ev)?;
         self.apply_plan(&view, &plan, now_ms)?;
         Ok(SwitchoverStarted {
@@ -189,6 +236,7 @@ impl ControllerState {
         &mut self,
         formation: &str,
         req: &ForcedFailoverRequest,
+        actor: &str,
         now_ms: u64,
     ) -> Result<ForcedFailoverStarted, ActionError> {
         if !req.allow_data_loss {
@@ -222,6 +270,7 @@ impl ControllerState {
             now_ms,
         );
         ev.inputs = Some(decision_inputs(&view));
+        ev.actor = Some(actor.to_string());
         // Persists the override (and the plan's term and goals, if any) before the
         // event says it happened.
         self.save()?;
@@ -244,6 +293,7 @@ impl ControllerState {
         node: &str,
         on: bool,
         allow_failover: bool,
+        actor: &str,
         now_ms: u64,
     ) -> Result<(), ActionError> {
         let is_primary = self.node_named(formation, node)?.goal().is_writable();
@@ -270,14 +320,14 @@ impl ControllerState {
             true => format!("operator asked for maintenance of {node}"),
             false => format!("operator ended the maintenance of {node}"),
         };
-        self.set_node_flag(
-            formation,
-            node,
-            Rule::OperatorMaintenance,
+        let ask = Ask {
+            rule: Rule::OperatorMaintenance,
             what,
-            now_ms,
-            |d| d.operator_maintenance = on,
-        )
+            actor,
+        };
+        self.set_node_flag(formation, node, ask, now_ms, |d| {
+            d.operator_maintenance = on
+        })
     }
 
     /// `pgha drop node`: the planner takes it out of the formation.
@@ -285,12 +335,16 @@ impl ControllerState {
         &mut self,
         formation: &str,
         node: &str,
+        actor: &str,
         now_ms: u64,
     ) -> Result<(), ActionError> {
         let what = format!("operator asked to drop {node}");
-        self.set_node_flag(formation, node, Rule::OperatorDrop, what, now_ms, |d| {
-            d.drop_requested = true
-        })
+        let ask = Ask {
+            rule: Rule::OperatorDrop,
+            what,
+            actor,
+        };
+        self.set_node_flag(formation, node, ask, now_ms, |d| d.drop_requested = true)
     }
 
     /// Sets an operator flag on a node, saves, and records what was asked.
@@ -298,8 +352,7 @@ impl ControllerState {
         &mut self,
         formation: &str,
         node: &str,
-        rule: Rule,
-        what: String,
+        ask: Ask<'_>,
         now_ms: u64,
         set: impl FnOnce(&mut NodeDesired),
     ) -> Result<(), ActionError> {
@@ -315,7 +368,8 @@ impl ControllerState {
         set(&mut n.desired);
         let rec = n.clone();
         self.save()?;
-        let ev = self.event(formation, Some(&rec), rule, what, now_ms);
+        let mut ev = self.event(formation, Some(&rec), ask.rule, ask.what, now_ms);
+        ev.actor = Some(ask.actor.to_string());
         self.record(ev)?;
         Ok(())
     }

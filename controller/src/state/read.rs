@@ -131,6 +131,7 @@ impl ControllerState {
             generation: f.desired.generation,
             max_slot_wal_keep_size: f.max_slot_wal_keep_size(),
             rebuild_epoch: n.intent.rebuild_epoch,
+            node_token: None,
         })
     }
 

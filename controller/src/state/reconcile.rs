@@ -3,33 +3,105 @@
 
 use super::*;
 use crate::admission;
+use crate::records::AdmissionRule;
 use operator::ActionError;
 use pgha_api::routes::ErrorCode;
 
 impl ControllerState {
-    /// An agent's report, from `peer` (its secret already authorized): taken in only from
-    /// a node this formation holds and from an address that may speak for it; then the
-    /// planner runs and the node gets its assignment.
+    /// An agent's report, from `peer`, speaking as `principal`: taken in only for the
+    /// node whose own credential it carries (a node registered before nodes had one
+    /// reports once with the join secret, and gets its credential in the answer), and
+    /// only from an address that may speak for it; then the planner runs and the node
+    /// gets its assignment.
     pub fn report(
         &mut self,
         r: &NodeReport,
+        principal: Option<&Principal>,
         peer: std::net::IpAddr,
         now_ms: u64,
     ) -> Result<Assignment, ActionError> {
-        if self.formation_of(r.node_id).map(|f| f.name.as_str()) != Some(r.formation.as_str()) {
-            // An admitted agent with an id this store never issued (it was restored from
-            // an older copy): that id is never handed out again.
-            if r.node_id >= self.durable.next_node_id && self.formation_of(r.node_id).is_none() {
-                self.durable.next_node_id = r.node_id.saturating_add(1);
-                self.save()?;
+        let route = pgha_api::routes::REPORT;
+        let issue_credential = match principal {
+            Some(Principal::Node { id, formation }) => {
+                if *id != r.node_id || *formation != r.formation {
+                    let who = principal.map(|p| p.actor(self)).unwrap_or_default();
+                    return Err(self.refuse(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "the credential of {who} reports for that node only, not for node {} of formation {:?}",
+                            r.node_id, r.formation
+                        ),
+                        Some(&r.formation),
+                        peer,
+                        route,
+                        now_ms,
+                    ));
+                }
+                false
             }
-            return Err(ActionError::Refused(Refusal {
-                code: ErrorCode::UnknownNode,
-                message: format!(
-                    "node {} is not registered in formation {:?} on this monitor",
-                    r.node_id, r.formation
-                ),
-            }));
+            // Only a node without a credential of its own may still report with its
+            // formation's join secret (or the operator's, or none when admission is
+            // open): once, to be given one.
+            Some(Principal::Joiner(f)) if *f == r.formation => true,
+            Some(Principal::Operator) => true,
+            None => self
+                .durable
+                .formations
+                .get(&r.formation)
+                .is_some_and(|f| f.admission() == AdmissionRule::Open),
+            Some(_) => false,
+        };
+        if issue_credential {
+            if self.formation_of(r.node_id).map(|f| f.name.as_str()) != Some(r.formation.as_str()) {
+                // An admitted agent with an id this store never issued (it was restored
+                // from an older copy): that id is never handed out again.
+                if r.node_id >= self.durable.next_node_id && self.formation_of(r.node_id).is_none()
+                {
+                    self.durable.next_node_id = r.node_id.saturating_add(1);
+                    self.save()?;
+                }
+                return Err(ActionError::Refused(Refusal {
+                    code: ErrorCode::UnknownNode,
+                    message: format!(
+                        "node {} is not registered in formation {:?} on this monitor",
+                        r.node_id, r.formation
+                    ),
+                }));
+            }
+            let has_own = self
+                .formation_of(r.node_id)
+                .and_then(|f| f.nodes.get(&r.node_id))
+                .is_some_and(|n| n.credential.is_some());
+            if has_own {
+                let code = match principal {
+                    None => ErrorCode::Unauthenticated,
+                    Some(_) => ErrorCode::Forbidden,
+                };
+                return Err(self.refuse(
+                    code,
+                    format!(
+                        "node {} has a credential of its own: its reports must carry it",
+                        r.node_id
+                    ),
+                    Some(&r.formation),
+                    peer,
+                    route,
+                    now_ms,
+                ));
+            }
+        } else if !matches!(principal, Some(Principal::Node { .. })) {
+            let code = match principal {
+                None => ErrorCode::Unauthenticated,
+                Some(_) => ErrorCode::Forbidden,
+            };
+            return Err(self.refuse(
+                code,
+                "reports carry the node's own credential".into(),
+                Some(&r.formation),
+                peer,
+                route,
+                now_ms,
+            ));
         }
         if let Some(f) = self.formation_of(r.node_id)
             && let Some(n) = f.nodes.get(&r.node_id)
@@ -55,10 +127,52 @@ impl ControllerState {
                 ),
             }));
         }
+        let token = match issue_credential {
+            true => Some(self.issue_node_credential(&r.formation, r.node_id, now_ms)?),
+            false => None,
+        };
         self.take_report(r, now_ms)?;
         self.reconcile(&r.formation, now_ms)?;
-        self.assignment(&r.formation, r.node_id, now_ms)
-            .ok_or_else(|| ActionError::Internal("node vanished".into()))
+        let mut a = self
+            .assignment(&r.formation, r.node_id, now_ms)
+            .ok_or_else(|| ActionError::Internal("node vanished".into()))?;
+        a.node_token = token;
+        Ok(a)
+    }
+
+    /// A credential for a node registered before nodes had their own: stored (as its
+    /// SHA-256) before it is handed out.
+    fn issue_node_credential(
+        &mut self,
+        formation: &str,
+        node_id: NodeId,
+        now_ms: u64,
+    ) -> Result<String, ActionError> {
+        let token =
+            crate::records::random_secret().map_err(|e| ActionError::Internal(e.to_string()))?;
+        let Some(n) = self
+            .durable
+            .formations
+            .get_mut(formation)
+            .and_then(|f| f.nodes.get_mut(&node_id))
+        else {
+            return Err(ActionError::Internal("node vanished".into()));
+        };
+        n.credential = Some(pgha_api::tls::sha256_hex(token.as_bytes()));
+        let rec = n.clone();
+        self.save()?;
+        let ev = self.event(
+            formation,
+            Some(&rec),
+            Rule::NodeCredentialIssued,
+            format!(
+                "{} registered before nodes had their own credential: it has one now, and its reports must carry it",
+                rec.name
+            ),
+            now_ms,
+        );
+        self.record(ev)?;
+        Ok(token)
     }
 
     /// Runs the planner for one formation and applies the result.

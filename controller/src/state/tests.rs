@@ -398,7 +398,9 @@ fn a_forced_failover_is_counted_as_the_operators() {
         allow_data_loss: true,
         reason: "ticket 4711".into(),
     };
-    let started = st.forced_failover("orders", &req, 30_100).unwrap();
+    let started = st
+        .forced_failover("orders", &req, "operator", 30_100)
+        .unwrap();
     assert_eq!(started.to_node, Some(3));
     let text = st.metrics_page(30_200);
     assert!(

@@ -301,7 +301,7 @@ async fn primary_and_quorum_standby_lost_together_need_allow_data_loss() {
             "blocked metric missing"
         );
 
-        // Operator actions need the formation's join secret.
+        // Operator actions need the operator's credential (the read one is refused).
         let (ok, _, err) = c.pgha(&[
             "perform",
             "failover",
@@ -311,7 +311,7 @@ async fn primary_and_quorum_standby_lost_together_need_allow_data_loss() {
             "--monitor",
             &c.monitor_url,
         ])?;
-        anyhow::ensure!(!ok && err.contains("join secret"), "{err}");
+        anyhow::ensure!(!ok && err.contains("operator's credential"), "{err}");
         // The operator's forms: refused without the flag or without a reason.
         let m = c.join_url.clone();
         let (ok, _, err) = c.pgha(&["perform", "failover", "--monitor", &m])?;

@@ -10,9 +10,13 @@ fn manifests() -> PathBuf {
 }
 
 fn promtool(args: &[&str]) -> String {
+    promtool_in(&manifests().join("prometheus"), args)
+}
+
+fn promtool_in(dir: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new("promtool")
         .args(args)
-        .current_dir(manifests().join("prometheus"))
+        .current_dir(dir)
         .output()
         .expect("promtool not found: apt-get install prometheus (scripts/setup.sh does)");
     let text = format!(
@@ -45,9 +49,22 @@ fn alert_rules_are_valid_and_each_fires_on_its_fixture() {
     }
 }
 
+/// As deployed: beside the monitor's CA and read credential copied from the monitor
+/// (promtool checks that the credential file exists).
 #[test]
 fn scrape_config_is_valid() {
-    promtool(&["check", "config", "prometheus.yml"]);
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["prometheus.yml", "pgha-alerts.yml"] {
+        std::fs::copy(manifests().join("prometheus").join(f), dir.path().join(f)).unwrap();
+    }
+    let pki = pgha_api::tls::generate_pki("10.0.1.10").unwrap();
+    std::fs::write(dir.path().join("monitor-ca.crt"), pki.ca_cert_pem).unwrap();
+    std::fs::write(
+        dir.path().join("monitor-read.token"),
+        "0123456789abcdef0123\n",
+    )
+    .unwrap();
+    promtool_in(dir.path(), &["check", "config", "prometheus.yml"]);
 }
 
 #[test]

@@ -96,8 +96,14 @@ fn start_prometheus(
     let port = free_port();
     let list: Vec<String> = agents.iter().map(|t| format!("'{t}'")).collect();
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pgha-controller\n    scheme: https\n    tls_config:\n      ca_file: {}\n    static_configs:\n      - targets: ['{controller}']\n  - job_name: pgha-agent\n    static_configs:\n      - targets: [{}]\n",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pgha-controller\n    scheme: https\n    tls_config:\n      ca_file: {}\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{controller}']\n  - job_name: pgha-agent\n    static_configs:\n      - targets: [{}]\n",
         ca_file.display(),
+        ca_file
+            .parent()
+            .and_then(|tls| tls.parent())
+            .map(|mon| mon.join("credentials/read.token"))
+            .unwrap_or_default()
+            .display(),
         list.join(", ")
     );
     let cfg_path = dir.join("prometheus.yml");

@@ -99,3 +99,176 @@ async fn the_operators_pki_is_checked_then_served() {
     assert!(ok && shown.trim().starts_with("https://"), "{shown}");
     assert!(shown.contains(&format!("#sha256={pin}")), "{shown}");
 }
+
+/// Every file under `dir` that is a log: `*.log`, and Postgres's own under `log/`.
+fn log_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            log_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "log")
+            || p.parent().is_some_and(|d| d.ends_with("log"))
+        {
+            out.push(p);
+        }
+    }
+}
+
+/// After a formation with scram-sha-256 registered, failed over and rejoined, no
+/// secret (join secret, operator and read credentials, node credentials, replication
+/// password) is in any log, event, `show` output or process argument. Then the join
+/// secret is rotated: the old join URL admits nobody, the new one does, and the nodes
+/// that joined go on reporting with their own credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_leaks_and_the_join_secret_rotates() {
+    pgha_e2e::scenario(async |c| {
+        let t = Duration::from_secs(120);
+        use pgha_api::NodeState::*;
+        let scram = ["--auth", "scram-sha-256"];
+        c.add_node_with("node_a", &scram)?;
+        c.wait_for(&[("node_a", Single)], t)?;
+        c.add_node_with("node_b", &scram)?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], t)?;
+        c.kill_vm(0)?;
+        c.wait_for(&[("node_b", WaitPrimary)], t)?;
+        c.start_agent(0)?;
+        c.wait_for(&[("node_a", Secondary), ("node_b", Primary)], t)?;
+
+        let mon = c.monitor_dir();
+        let read = |p: std::path::PathBuf| {
+            std::fs::read_to_string(&p)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        };
+        let mut secrets = vec![
+            (
+                "join secret",
+                read(mon.join("join-secrets/default.secret"))?,
+            ),
+            (
+                "operator credential",
+                read(mon.join("credentials/operator.token"))?,
+            ),
+            ("read credential", read(mon.join("credentials/read.token"))?),
+        ];
+        for n in &c.nodes {
+            let cfg = pgha_agent::AgentConfig::load(&n.pgdata)?;
+            anyhow::ensure!(
+                !cfg.monitor.contains('@'),
+                "{}'s config keeps a secret in its monitor URL",
+                n.name
+            );
+            secrets.push(("node credential", cfg.node_token.unwrap_or_default()));
+            secrets.push(("replication password", cfg.replication_password));
+        }
+        anyhow::ensure!(
+            secrets.iter().all(|(_, s)| s.len() >= 16),
+            "a secret is missing"
+        );
+        let mut places: Vec<(String, String)> = vec![];
+        let mut logs = vec![];
+        log_files(c.path(), &mut logs);
+        anyhow::ensure!(logs.len() >= 3, "no logs found: {logs:?}");
+        for l in logs {
+            places.push((
+                l.display().to_string(),
+                std::fs::read_to_string(&l).unwrap_or_default(),
+            ));
+        }
+        let m = c.monitor_url.clone();
+        for args in [
+            vec![
+                "show",
+                "events",
+                "--json",
+                "--count",
+                "1000",
+                "--monitor",
+                &m,
+            ],
+            vec!["show", "state", "--json", "--monitor", &m],
+            vec!["show", "uri", "--monitor", &m],
+        ] {
+            places.push((format!("pgha {}", args.join(" ")), c.pgha_ok(&args)?));
+        }
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "args"])
+            .output()?;
+        places.push(("ps".into(), String::from_utf8_lossy(&ps.stdout).into()));
+        for (what, secret) in &secrets {
+            for (place, text) in &places {
+                anyhow::ensure!(!text.contains(secret.as_str()), "the {what} is in {place}");
+            }
+        }
+        println!(
+            "{} secrets checked in {} places",
+            secrets.len(),
+            places.len()
+        );
+
+        // Rotation: a new join secret, read at once (SIGHUP).
+        let mon_s = mon.display().to_string();
+        let join_url = |c: &pgha_e2e::Cluster| -> anyhow::Result<String> {
+            let out = c.pgha_ok(&["show", "uri", "--json", "--dir", &mon_s])?;
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+            rows.iter()
+                .find(|r| r["type"] == "join")
+                .and_then(|r| r["uri"].as_str())
+                .map(str::to_string)
+                .ok_or_else(|| anyhow::anyhow!("no join URL: {out}"))
+        };
+        let old = join_url(c)?;
+        c.pgha_ok(&["formation", "rotate-secret", "--dir", &mon_s])?;
+        let pid = c.monitor.as_ref().map(|m| m.id()).unwrap_or_default() as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let new = join_url(c)?;
+        anyhow::ensure!(new != old, "the join URL did not change");
+        let create = |c: &pgha_e2e::Cluster, name: &str, url: &str| {
+            c.pgha(&[
+                "create",
+                "postgres",
+                "--pgdata",
+                &c.path().join(name).display().to_string(),
+                "--pgport",
+                &free_port().to_string(),
+                "--hostname",
+                "127.0.0.1",
+                "--dbname",
+                "appdb",
+                "--monitor",
+                url,
+                "--name",
+                name,
+                "--http-port",
+                "0",
+            ])
+        };
+        let (ok, _, err) = create(c, "node_x", &old)?;
+        anyhow::ensure!(
+            !ok && err.contains("join secret"),
+            "the old join secret still admits: {err}"
+        );
+        let (ok, _, err) = create(c, "node_y", &new)?;
+        anyhow::ensure!(ok, "the new join secret does not admit: {err}");
+        // The nodes that joined report on, with their own credentials.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let st = c.state()?;
+        for n in st.nodes.iter().filter(|n| n.name != "node_y") {
+            let age = n.report_age_ms.unwrap_or(u64::MAX);
+            anyhow::ensure!(
+                age < 2500,
+                "{} stopped reporting after the rotation ({age} ms)",
+                n.name
+            );
+        }
+        Ok(())
+    })
+    .await;
+}

@@ -29,6 +29,21 @@ async fn three_nodes_fail_over_and_rejoin() {
             c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?
         );
         anyhow::ensure!(st.nodes.len() == 3);
+        // The replication role streams, rewinds and is probed without being a superuser
+        // (the whole suite runs with it so).
+        let db = c.connect_node(0).await?;
+        let row = db
+            .query_one(
+                "SELECT rolsuper, rolreplication, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = $1",
+                &[&pgha_api::REPLICATION_USER],
+            )
+            .await?;
+        let (su, repl, cr, cd): (bool, bool, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        anyhow::ensure!(
+            !su && repl && !cr && !cd,
+            "{}: superuser={su} replication={repl} createrole={cr} createdb={cd}",
+            pgha_api::REPLICATION_USER
+        );
         let probe = c.write_probe().await?;
 
         // Switchover to a standby.

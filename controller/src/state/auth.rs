@@ -1,0 +1,198 @@
+//! Who is calling, and whether they may: every request's bearer token is matched to one
+//! principal (the operator, the read-only credential, a formation's join secret, a
+//! node's own credential), and each route's [`Access`] says which principals pass.
+//! Refusals are answered 401 (no or unknown credential) or 403 (a known credential
+//! whose scope does not cover the call), counted, and recorded as an event (once a
+//! minute per address, route and answer, so a flood cannot fill the event log).
+
+use super::*;
+use crate::records::AdmissionRule;
+use operator::ActionError;
+use pgha_api::routes::{Access, ErrorCode};
+use std::net::IpAddr;
+
+/// How often the same refusal (address, route, answer) is recorded as an event.
+const REFUSAL_EVENT_EVERY_MS: u64 = 60_000;
+
+/// Who a request speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The operator's credential: every action, every formation.
+    Operator,
+    /// The read-only credential.
+    Reader,
+    /// A formation's join secret: registration into that formation only.
+    Joiner(String),
+    /// A node's own credential: its reports, and reads of its formation.
+    Node { id: NodeId, formation: String },
+}
+
+impl Principal {
+    /// Who, as events name them.
+    pub fn actor(&self, st: &ControllerState) -> String {
+        match self {
+            Principal::Operator => "operator".into(),
+            Principal::Reader => "read credential".into(),
+            Principal::Joiner(f) => format!("join secret of {f}"),
+            Principal::Node { id, formation } => {
+                let name = st
+                    .durable
+                    .formations
+                    .get(formation)
+                    .and_then(|f| f.nodes.get(id))
+                    .map(|n| n.name.clone())
+                    .unwrap_or_else(|| format!("node {id}"));
+                format!("node {name}")
+            }
+        }
+    }
+}
+
+/// Equal, in time that does not depend on where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl ControllerState {
+    /// The principal a presented token stands for, if any.
+    pub fn identify(&self, presented: &str) -> Option<Principal> {
+        if presented.is_empty() {
+            return None;
+        }
+        let hash = pgha_api::tls::sha256_hex(presented.as_bytes());
+        let is = |h: &Option<String>| h.as_deref().is_some_and(|h| same(h, &hash));
+        if is(&self.credentials.operator) {
+            return Some(Principal::Operator);
+        }
+        if is(&self.credentials.read) {
+            return Some(Principal::Reader);
+        }
+        for f in self.durable.formations.values() {
+            if let Some(n) = f.nodes.values().find(|n| is(&n.credential)) {
+                return Some(Principal::Node {
+                    id: n.id,
+                    formation: f.name.clone(),
+                });
+            }
+        }
+        self.durable
+            .formations
+            .values()
+            .find(|f| matches!(f.admission(), AdmissionRule::Secret(s) if same(s, presented)))
+            .map(|f| Principal::Joiner(f.name.clone()))
+    }
+
+    /// Checks a request against its route's access: returns its principal (None only
+    /// where the handler decides: registration into an open formation), or the refusal,
+    /// recorded. `formation` is the one the path names, if any.
+    pub fn authenticate(
+        &mut self,
+        access: Access,
+        presented: Option<&str>,
+        formation: Option<&str>,
+        peer: IpAddr,
+        route: &str,
+        now_ms: u64,
+    ) -> Result<Option<Principal>, ActionError> {
+        if access == Access::Public {
+            return Ok(None);
+        }
+        let principal = match presented {
+            Some(p) => match self.identify(p) {
+                Some(x) => Some(x),
+                None => {
+                    return Err(self.refuse(
+                        ErrorCode::Unauthenticated,
+                        "the credential presented is not one of this monitor's (a rotated join secret or credential?): use the URL `pgha show uri --dir` prints on the monitor VM".into(),
+                        formation,
+                        peer,
+                        route,
+                        now_ms,
+                    ));
+                }
+            },
+            None => None,
+        };
+        let allowed = match (&access, &principal) {
+            // Registration and reports are decided with their body (formation, node).
+            (Access::Register | Access::Report, _) => true,
+            (_, Some(Principal::Operator)) => true,
+            (Access::Read, Some(Principal::Reader)) => true,
+            (Access::Read, Some(Principal::Node { formation: own, .. })) => {
+                formation.is_none_or(|f| f == own)
+            }
+            _ => false,
+        };
+        if allowed {
+            return Ok(principal);
+        }
+        let need = match access {
+            Access::Operate => "the operator's credential",
+            _ => "a read credential (or the operator's)",
+        };
+        Err(match principal {
+            None => self.refuse(
+                ErrorCode::Unauthenticated,
+                format!("{route} needs {need}: use the URL `pgha show uri --dir` prints on the monitor VM"),
+                formation,
+                peer,
+                route,
+                now_ms,
+            ),
+            Some(p) => {
+                let who = p.actor(self);
+                self.refuse(
+                    ErrorCode::Forbidden,
+                    format!("{route} needs {need}; the {who} does not cover it"),
+                    formation,
+                    peer,
+                    route,
+                    now_ms,
+                )
+            }
+        })
+    }
+
+    /// A refusal: counted, recorded as an event (at most once a minute per address,
+    /// route and answer), and returned for the caller to answer with.
+    pub fn refuse(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        formation: Option<&str>,
+        peer: IpAddr,
+        route: &str,
+        now_ms: u64,
+    ) -> ActionError {
+        let status = if code == ErrorCode::Unauthenticated {
+            "401"
+        } else {
+            "403"
+        };
+        self.metrics
+            .api_refused
+            .get_or_create(&labels(&[("route", route), ("status", status)]))
+            .inc();
+        let key = (peer, route.to_string(), code);
+        let last = self.refusals_recorded.get(&key).copied();
+        if last.is_none_or(|t| now_ms.saturating_sub(t) >= REFUSAL_EVENT_EVERY_MS) {
+            self.refusals_recorded.insert(key, now_ms);
+            let mut ev = self.event(
+                formation.unwrap_or("-"),
+                None,
+                Rule::AuthRefused,
+                format!("{route} refused ({status}): {message}"),
+                now_ms,
+            );
+            ev.actor = Some(format!("address {peer}"));
+            if let Err(e) = self.record(ev) {
+                tracing::error!("recording a refusal failed: {e}");
+            }
+        }
+        ActionError::Refused(Refusal { code, message })
+    }
+}
