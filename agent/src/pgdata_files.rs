@@ -133,10 +133,34 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role, parameters: &Parameters) -> S
     out
 }
 
-/// Renders the managed pg_hba block for the peers. Every entry line has exactly its five
-/// fields: a peer whose host does not parse as one host is left out (and logged), the
-/// database name is quoted, and comments carry only name-safe characters.
+/// Renders the managed pg_hba block for the peers, with the peers' names resolved by
+/// the system's resolver ([`resolve_host`]).
 pub fn render_hba_block(cfg: &AgentConfig, peers: &[PeerNode]) -> String {
+    render_hba_block_with(cfg, peers, resolve_host)
+}
+
+/// The addresses a DNS name resolves to now (none when it does not resolve).
+pub fn resolve_host(name: &str) -> Vec<IpAddr> {
+    use std::net::ToSocketAddrs;
+    let mut ips: Vec<IpAddr> = (name, 0)
+        .to_socket_addrs()
+        .map(|it| it.map(|a| a.ip()).collect())
+        .unwrap_or_default();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// Renders the managed pg_hba block. Every entry names an address (a peer known by DNS
+/// name gets one entry per address `resolve` gives, so Postgres never needs a reverse
+/// lookup; a name that resolves to nothing is left out and logged), every line has
+/// exactly its five fields, the database name is quoted, and comments carry only
+/// name-safe characters.
+pub fn render_hba_block_with(
+    cfg: &AgentConfig,
+    peers: &[PeerNode],
+    resolve: impl Fn(&str) -> Vec<IpAddr>,
+) -> String {
     let auth = cfg.auth.hba_name();
     let kind = if cfg.ssl_self_signed {
         "hostssl"
@@ -146,22 +170,33 @@ pub fn render_hba_block(cfg: &AgentConfig, peers: &[PeerNode]) -> String {
     let db = hba_quote(&cfg.dbname);
     let mut out = format!("{HBA_BEGIN}\n");
     for p in peers {
-        let addr = match Host::parse(&p.host) {
-            Ok(h) => h.hba_address(),
+        let addrs: Vec<String> = match Host::parse(&p.host) {
+            Ok(Host::Dns(dns)) => {
+                let ips = resolve(&dns);
+                if ips.is_empty() {
+                    tracing::error!(peer = p.node_id, host = %dns, "peer left out of pg_hba.conf: its name resolves to no address");
+                }
+                ips.into_iter()
+                    .map(|ip| Host::Ip(ip).hba_address())
+                    .collect()
+            }
+            Ok(h) => vec![h.hba_address()],
             Err(e) => {
                 tracing::error!(peer = p.node_id, "peer left out of pg_hba.conf: {e}");
                 continue;
             }
         };
         let name = comment_safe(&p.name);
-        out.push_str(&format!(
-            "{kind} replication {REPLICATION_USER} {addr} {auth}\t# {name}\n"
-        ));
-        out.push_str(&format!(
-            "{kind} postgres {REPLICATION_USER} {addr} {auth}\t# {name} (pg_rewind)\n"
-        ));
-        if let Some(db) = &db {
-            out.push_str(&format!("{kind} {db} all {addr} {auth}\t# {name}\n"));
+        for addr in addrs {
+            out.push_str(&format!(
+                "{kind} replication {REPLICATION_USER} {addr} {auth}\t# {name}\n"
+            ));
+            out.push_str(&format!(
+                "{kind} postgres {REPLICATION_USER} {addr} {auth}\t# {name} (pg_rewind)\n"
+            ));
+            if let Some(db) = &db {
+                out.push_str(&format!("{kind} {db} all {addr} {auth}\t# {name}\n"));
+            }
         }
     }
     out.push_str(HBA_END);
@@ -284,6 +319,50 @@ mod tests {
         }
     }
 
+    /// Tests never ask the system's resolver: every name is 10.9.9.9.
+    fn fake_resolve(_: &str) -> Vec<IpAddr> {
+        vec!["10.9.9.9".parse().unwrap()]
+    }
+
+    /// A peer known by DNS name is written as the addresses it resolves to, never as
+    /// the name (which would make Postgres depend on reverse DNS); a name that resolves
+    /// to nothing is left out.
+    #[test]
+    fn peers_known_by_name_are_written_as_their_addresses() {
+        let peer = |id, host: &str| PeerNode {
+            node_id: id,
+            name: format!("node_{id}"),
+            host: host.into(),
+            port: 5432,
+            slot: true,
+        };
+        let resolve = |name: &str| match name {
+            "db-b.internal" => vec!["10.0.0.7".parse().unwrap(), "fd00::7".parse().unwrap()],
+            _ => vec![],
+        };
+        let block = render_hba_block_with(
+            &cfg(),
+            &[peer(2, "db-b.internal"), peer(3, "gone.internal")],
+            resolve,
+        );
+        assert!(
+            block.contains("replication pgha_replicator 10.0.0.7/32 "),
+            "{block}"
+        );
+        assert!(
+            block.contains("replication pgha_replicator fd00::7/128 "),
+            "{block}"
+        );
+        assert!(
+            !block.contains("db-b.internal") && !block.contains("gone.internal"),
+            "{block}"
+        );
+        assert!(
+            !block.contains("node_3"),
+            "an unresolved peer was written: {block}"
+        );
+    }
+
     #[test]
     fn standby_conf_points_at_upstream_with_own_slot() {
         let c = render_conf(
@@ -349,12 +428,12 @@ mod tests {
             slot: true,
         }];
         let user = "host appdb all 10.1.0.0/16 trust\n";
-        let once = splice_hba(user, &render_hba_block(&cfg(), &peers));
-        let twice = splice_hba(&once, &render_hba_block(&cfg(), &peers));
+        let once = splice_hba(user, &render_hba_block_with(&cfg(), &peers, fake_resolve));
+        let twice = splice_hba(&once, &render_hba_block_with(&cfg(), &peers, fake_resolve));
         assert_eq!(once, twice);
         assert!(once.ends_with(user));
         assert!(once.contains("host replication pgha_replicator 10.0.0.6/32 trust"));
-        let none = splice_hba(&once, &render_hba_block(&cfg(), &[]));
+        let none = splice_hba(&once, &render_hba_block_with(&cfg(), &[], fake_resolve));
         assert!(!none.contains("10.0.0.6"));
         assert!(none.ends_with(user));
     }
@@ -405,9 +484,9 @@ mod tests {
             slot: true,
         })
         .collect();
-        let block = render_hba_block(&c, &peers);
+        let block = render_hba_block_with(&c, &peers, fake_resolve);
         assert_eq!(block.lines().count(), 2, "{block}");
-        let ok = render_hba_block(
+        let ok = render_hba_block_with(
             &c,
             &[PeerNode {
                 node_id: 3,
@@ -416,6 +495,7 @@ mod tests {
                 port: 5432,
                 slot: true,
             }],
+            fake_resolve,
         );
         assert!(ok.contains("host \"all\" all 10.0.0.6/32 trust"), "{ok}");
         assert!(!ok.contains("0.0.0.0/0 trust\n"), "{ok}");
@@ -444,7 +524,7 @@ mod tests {
                     slot: true,
                 })
                 .collect();
-            let block = render_hba_block(&c, &peers);
+            let block = render_hba_block_with(&c, &peers, fake_resolve);
             for line in block.lines() {
                 if line == HBA_BEGIN || line == HBA_END {
                     continue;

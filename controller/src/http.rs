@@ -61,6 +61,52 @@ impl IntoResponse for Failure {
 
 type ApiResult<T> = Result<Json<T>, Failure>;
 
+/// Bodies are small (a report is a few kilobytes): a larger one is refused (413).
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// A JSON body, refused with the API's own error body (`bad_request`, and the status
+/// axum chose: 400, 413, 415, 422) when it is not what the route takes: malformed,
+/// unknown fields, too large, too deep.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = Failure;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Failure> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(r) => Err(Failure::new(
+                r.status(),
+                ErrorCode::BadRequest,
+                r.body_text(),
+            )),
+        }
+    }
+}
+
+/// A query string, refused as a [`Body`] is.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for Params<T>
+{
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Failure> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(r) => Err(Failure::new(
+                r.status(),
+                ErrorCode::BadRequest,
+                r.body_text(),
+            )),
+        }
+    }
+}
+
 pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
     let ctx = Ctx { shared, cfg };
     Router::new()
@@ -81,6 +127,7 @@ pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
         .route(routes::EVENTS, get(events))
         // Every matched route passes the access check of its entry in routes::ALL.
         .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), guard))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(|| async {
             Failure::new(
                 StatusCode::NOT_FOUND,
@@ -206,7 +253,7 @@ async fn register(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<RegisterRequest>,
+    Body(req): Body<RegisterRequest>,
 ) -> ApiResult<RegisterResponse> {
     let mut st = lock(&ctx.shared);
     Ok(Json(st.register(
@@ -221,7 +268,7 @@ async fn report(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Extension(caller): Extension<Caller>,
-    Json(r): Json<NodeReport>,
+    Body(r): Body<NodeReport>,
 ) -> ApiResult<Assignment> {
     let mut st = lock(&ctx.shared);
     let span = tracing::info_span!("reconcile", formation = %r.formation, node = r.node_id);
@@ -269,7 +316,7 @@ async fn forced_failover(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
     Extension(caller): Extension<Caller>,
-    Json(req): Json<ForcedFailoverRequest>,
+    Body(req): Body<ForcedFailoverRequest>,
 ) -> ApiResult<ForcedFailoverStarted> {
     let mut st = lock(&ctx.shared);
     let actor = caller.actor(&st);
@@ -285,7 +332,7 @@ struct EventsQuery {
 
 async fn events(
     State(ctx): State<Ctx>,
-    Query(mut q): Query<EventsQuery>,
+    Params(mut q): Params<EventsQuery>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Vec<Event>> {
     // A node reads the events of its own formation only.
@@ -322,7 +369,7 @@ fn node_done(formation: &str, node: &str) -> ApiResult<serde_json::Value> {
 async fn enable_maintenance(
     State(ctx): State<Ctx>,
     Path((name, node)): Path<(String, String)>,
-    Query(q): Query<MaintenanceQuery>,
+    Params(q): Params<MaintenanceQuery>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
     let mut st = lock(&ctx.shared);

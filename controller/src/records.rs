@@ -18,9 +18,17 @@ use pgha_api::{Lsn, NodeId, NodeState, Timings};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// The format of the durable state this version writes. A store written in a later
+/// format is refused at start, never half-applied; 0 is a store from before formats.
+pub const STORE_FORMAT: u32 = 1;
+
 /// Everything the controller must not forget across restarts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DurableState {
+    /// [`STORE_FORMAT`] of the version that wrote it (0 when the file has none); in
+    /// memory always this version's.
+    #[serde(default)]
+    pub format: u32,
     pub next_node_id: NodeId,
     pub formations: BTreeMap<String, FormationRecord>,
 }
@@ -211,6 +219,16 @@ impl NodeRecord {
 
     pub fn reported(&self) -> NodeState {
         self.observed.reported
+    }
+}
+
+impl Default for DurableState {
+    fn default() -> Self {
+        DurableState {
+            format: STORE_FORMAT,
+            next_node_id: 0,
+            formations: BTreeMap::new(),
+        }
     }
 }
 

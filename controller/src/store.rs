@@ -23,6 +23,14 @@ pub enum StoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(
+        "{path}: written by a later pgha (store format {found}; this one reads up to {supported}): refusing to start rather than apply part of it; run the version that wrote it"
+    )]
+    Format {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
 }
 
 /// Storage for the durable state and the event log.
@@ -154,10 +162,23 @@ impl Store for FileStore {
     fn load(&self) -> Result<DurableState, StoreError> {
         let path = self.state_path();
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                path: path.clone(),
-                source,
-            }),
+            Ok(bytes) => {
+                let mut st: DurableState =
+                    serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                        path: path.clone(),
+                        source,
+                    })?;
+                if st.format > crate::records::STORE_FORMAT {
+                    return Err(StoreError::Format {
+                        path,
+                        found: st.format,
+                        supported: crate::records::STORE_FORMAT,
+                    });
+                }
+                // An earlier format reads as this one (its fields have defaults).
+                st.format = crate::records::STORE_FORMAT;
+                Ok(st)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DurableState::default()),
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -316,6 +337,30 @@ mod tests {
         );
         drop(first);
         FileStore::lock(dir.path()).unwrap();
+    }
+
+    /// A store written by a later format, or truncated, is refused at start with the
+    /// file named; nothing of it is applied.
+    #[test]
+    fn a_later_or_truncated_store_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileStore::new(dir.path());
+        store.save(&DurableState::default()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(text.contains("\"format\": 1"), "{text}");
+        let later = text.replace("\"format\": 1", "\"format\": 99");
+        std::fs::write(dir.path().join("state.json"), later).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(
+            err.contains("state.json") && err.contains("format 99"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("state.json"), &text[..text.len() / 2]).unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(
+            err.contains("state.json") && err.contains("corrupt"),
+            "{err}"
+        );
     }
 
     #[test]

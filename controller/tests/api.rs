@@ -153,6 +153,7 @@ fn report(node_id: u64, reported: NodeState) -> NodeReport {
         fenced: false,
         last_error: None,
         applied_generation: 0,
+        auth_method: None,
     }
 }
 
@@ -535,4 +536,98 @@ async fn a_node_from_before_credentials_is_given_one_once() {
             .iter()
             .any(|e| e.rule == "node_credential_issued")
     );
+}
+
+/// Random, mutated, huge and deeply nested bodies to every route that reads one (with
+/// the operator's credential, so the body is what decides): never a panic or a 5xx,
+/// every refusal a 4xx with the API's error body, and the controller answers after.
+#[test]
+fn malformed_bodies_get_a_4xx_with_a_message() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = rt.block_on(api());
+    let valid = serde_json::to_string(&report(1, NodeState::Init)).unwrap();
+    let routes_with_bodies = [
+        routes::REGISTER.to_string(),
+        routes::REPORT.to_string(),
+        routes::path(routes::FAILOVER, "orders", None),
+    ];
+    let body = prop_oneof![
+        // Anything at all.
+        any::<Vec<u8>>(),
+        // A valid report with bytes changed, inserted or cut.
+        (any::<usize>(), any::<u8>(), 0..3u8).prop_map({
+            let valid = valid.clone();
+            move |(at, byte, how)| {
+                let mut b = valid.clone().into_bytes();
+                let at = at % b.len();
+                match how {
+                    0 => b[at] = byte,
+                    1 => b.insert(at, byte),
+                    _ => b.truncate(at),
+                }
+                b
+            }
+        }),
+        // Deep nesting.
+        (1usize..20_000).prop_map(|n| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes()),
+        // Unknown fields.
+        Just(valid.replacen('{', "{\"admin\":true,", 1).into_bytes()),
+        // Past the body limit.
+        Just(format!("{{\"x\":\"{}\"}}", "a".repeat(300 * 1024)).into_bytes()),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let client = client_pinning("127.0.0.1", &api.pin);
+    let refused = std::cell::Cell::new(0);
+    runner
+        .run(&(0..routes_with_bodies.len(), body), |(r, bytes)| {
+            let url = format!("{}{}", api.base, routes_with_bodies[r]);
+            let (status, text) = rt.block_on(async {
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(OPERATOR)
+                    .header("content-type", "application/json")
+                    .body(bytes.clone())
+                    .send()
+                    .await
+                    .expect("the controller answers");
+                let status = resp.status().as_u16();
+                (status, resp.text().await.unwrap_or_default())
+            });
+            prop_assert!(status < 500, "{status} for {url}: {text}");
+            if status >= 400 {
+                refused.set(refused.get() + 1);
+                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    TestCaseError::fail(format!("{status} body is not JSON ({e}): {text}"))
+                })?;
+                prop_assert!(
+                    v["error"].as_str().is_some_and(|e| !e.is_empty()) && v["code"].is_string(),
+                    "{status} without the error body: {text}"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(
+        refused.get() >= 200,
+        "only {} bodies refused",
+        refused.get()
+    );
+    let (status, _) = rt.block_on(call(
+        &api,
+        "GET",
+        routes::HEALTHZ,
+        None,
+        serde_json::json!({}),
+    ));
+    assert_eq!(status, 200);
 }

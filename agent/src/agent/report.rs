@@ -118,6 +118,7 @@ impl Agent {
             fenced: self.state.fenced,
             last_error: self.last_error.clone(),
             applied_generation: self.applied_generation,
+            auth_method: Some(self.cfg.auth.hba_name().to_string()),
         };
         let sent = Instant::now();
         self.last_report = Some(sent);
@@ -126,9 +127,15 @@ impl Agent {
             self.lost_slots.clear();
         }
         let a = match res {
+            // Dropped, the node's record and its credential are gone from the monitor.
             Err(e)
-                if e.code() == Some(pgha_api::routes::ErrorCode::UnknownNode)
-                    && self.effective_goal() == NodeState::Dropped =>
+                if matches!(
+                    e.code(),
+                    Some(
+                        pgha_api::routes::ErrorCode::UnknownNode
+                            | pgha_api::routes::ErrorCode::Unauthenticated
+                    )
+                ) && self.effective_goal() == NodeState::Dropped =>
             {
                 self.removed = true;
                 return Ok(());

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// One standby as the primary sees it in `pg_stat_replication`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StandbyObservation {
     pub application_name: String,
     pub state: String,
@@ -15,6 +16,7 @@ pub struct StandbyObservation {
 
 /// What an agent observed of its local Postgres.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PgObservation {
     /// The postmaster is running and accepts connections.
     pub running: bool,
@@ -51,6 +53,7 @@ pub struct PgObservation {
 
 /// Where a standby's WAL receiver streamed from, as far as its agent watched.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamHistory {
     /// How long the agent has been watching (ms): before that, anything may have been.
     pub watching_ms: u64,
@@ -59,6 +62,7 @@ pub struct StreamHistory {
 
 /// One upstream a standby streamed from, as its WAL receiver names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamedFrom {
     pub host: String,
     pub port: u16,
@@ -67,6 +71,7 @@ pub struct StreamedFrom {
 
 /// `POST /v1/report`: sent by every agent every report interval and after each change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeReport {
     pub node_id: NodeId,
     pub formation: String,
@@ -82,4 +87,8 @@ pub struct NodeReport {
     /// Generation of the desired state whose settings are in force on this node.
     #[serde(default)]
     pub applied_generation: u64,
+    /// How this node's Postgres authenticates peers and clients (`trust`,
+    /// `scram-sha-256`): `show state` warns about `trust`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_method: Option<String>,
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// `POST /v1/nodes`: an agent asks to join a formation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub formation: String,
     /// Requested node name; the controller picks `node_<id>` when absent.
@@ -44,6 +45,7 @@ pub struct SwitchoverStarted {
 /// `POST /v1/formations/{name}/failover` request: a failover the data-loss guard
 /// blocks, forced by an operator.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ForcedFailoverRequest {
     /// Must be true: the operator accepts that acknowledged commits may be lost.
     pub allow_data_loss: bool,

@@ -99,6 +99,9 @@ pub enum ErrorCode {
     StoreUnavailable,
     /// The formation's join secret is missing or wrong (or none is in force).
     JoinSecret,
+    /// The request body is not what the route takes (malformed or unknown JSON, too
+    /// large, wrong content type).
+    BadRequest,
     /// No credential, or one this monitor does not know (401).
     Unauthenticated,
     /// A credential this monitor knows, whose scope does not cover the request (403).

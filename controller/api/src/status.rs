@@ -39,6 +39,9 @@ pub struct NodeStatus {
     /// Settings waiting for a Postgres restart.
     #[serde(default)]
     pub pending_restart: Vec<String>,
+    /// How its Postgres authenticates (`trust`, `scram-sha-256`), as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_method: Option<String>,
 }
 
 impl NodeStatus {
@@ -85,6 +88,15 @@ pub struct FormationStatus {
 }
 
 impl FormationStatus {
+    /// The nodes whose Postgres trusts every connection (`--auth trust`).
+    pub fn trusting_nodes(&self) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter(|n| n.auth_method.as_deref() == Some("trust"))
+            .map(|n| n.name.as_str())
+            .collect()
+    }
+
     /// libpq multi-host URI with `target_session_attrs=read-write`.
     pub fn uri(&self, username: Option<&str>, sslmode: &str) -> String {
         let hosts: Vec<String> = self

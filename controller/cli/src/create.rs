@@ -80,7 +80,9 @@ pub struct PostgresArgs {
     /// Postgres superuser created by initdb.
     #[arg(long, default_value = "postgres")]
     username: String,
-    #[arg(long, value_enum, default_value = "trust")]
+    /// How Postgres authenticates peers and clients. `trust` (no password) is for a
+    /// throwaway tutorial only, and is warned about in `show state`.
+    #[arg(long, value_enum, default_value = "scram-sha-256")]
     auth: Auth,
     #[arg(long, conflicts_with = "no_ssl")]
     ssl_self_signed: bool,
@@ -363,6 +365,11 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
                 "running as root, Postgres needs an unprivileged OS user: {name:?} does not exist (pass --os-user)"
             );
         }
+    }
+    if matches!(a.auth, Auth::Trust) {
+        eprintln!(
+            "WARNING: --auth trust: anyone who reaches this Postgres connects without a password; fine for a throwaway tutorial, not for production (the default is scram-sha-256)"
+        );
     }
     // 2. The monitor: reachable, and willing to take us.
     // Stored resolved: the node keeps working when an @FILE given here is removed.

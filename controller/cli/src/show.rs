@@ -136,6 +136,9 @@ async fn state(a: StateArgs) -> anyhow::Result<()> {
     if !st.summary.is_empty() {
         println!("\n{}", st.summary);
     }
+    if let Some(w) = trust_warning(&st) {
+        println!("{w}");
+    }
     for line in observed_vs_desired(&st) {
         println!("{line}");
     }
@@ -381,6 +384,9 @@ async fn formation(a: FormationArgs) -> anyhow::Result<()> {
             },
             spec.postgresql.parameters.len()
         );
+        if let Some(w) = trust_warning(&st) {
+            println!("{w}");
+        }
         if spec.admission.open {
             println!(
                 "WARNING: admission is open (admission.open: true): anyone who reaches the monitor may join this formation and act on it; name a joinSecretFile instead"
@@ -461,6 +467,17 @@ pub fn observed_vs_desired(st: &pgha_api::FormationStatus) -> Vec<String> {
         }
     }
     out
+}
+
+/// A warning when nodes accept connections without a password.
+fn trust_warning(st: &pgha_api::FormationStatus) -> Option<String> {
+    let nodes = st.trusting_nodes();
+    (!nodes.is_empty()).then(|| {
+        format!(
+            "WARNING: {} run with --auth trust: anyone who reaches Postgres there connects without a password (not for production; use scram-sha-256)",
+            nodes.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ pub struct Observed {
     pub last_probe: Option<(u64, bool)>,
     pub last_probe_ok_ms: Option<u64>,
     pub applied_generation: u64,
+    pub auth_method: Option<String>,
 }
 
 pub struct ControllerState {

@@ -181,6 +181,7 @@ impl ControllerState {
                         last_error: o.last_error.clone(),
                         applied_generation: o.applied_generation,
                         pending_restart: o.pg.pending_restart.clone(),
+                        auth_method: o.auth_method.clone(),
                     }
                 })
                 .collect();

@@ -201,6 +201,7 @@ impl ControllerState {
         o.last_report_ms = Some(now_ms);
         o.fenced = r.fenced;
         o.applied_generation = r.applied_generation;
+        o.auth_method = r.auth_method.clone();
         o.last_error = r.last_error.clone();
         if r.pg.running {
             o.pg_down_since_ms = None;

@@ -174,6 +174,7 @@ fn report(node_id: NodeId, reported: NodeState, term: u64) -> NodeReport {
         fenced: false,
         last_error: None,
         applied_generation: 0,
+        auth_method: None,
     }
 }
 
