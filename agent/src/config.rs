@@ -47,6 +47,9 @@ pub struct AgentConfig {
     /// Port of the agent's own HTTP endpoint (0: none).
     #[serde(default)]
     pub http_port: u16,
+    /// Address `/metrics` listens on instead of `http_port` (e.g. a management network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
     /// Password of the formation's replication role (from the monitor at registration).
     #[serde(default)]
     pub replication_password: String,

@@ -298,6 +298,11 @@ async fn metrics(State(s): State<SharedSnapshot>) -> Response {
 }
 
 pub fn router(s: SharedSnapshot) -> Router {
+    health_router(s.clone()).merge(metrics_router(s))
+}
+
+/// The health endpoints alone: read-only, no credential (HAProxy checks them).
+pub fn health_router(s: SharedSnapshot) -> Router {
     // axum answers HEAD on every GET route (headers only), as load balancers expect.
     Router::new()
         .route("/primary", get(primary))
@@ -306,8 +311,12 @@ pub fn router(s: SharedSnapshot) -> Router {
         .route("/replica", get(replica))
         .route("/health", get(health))
         .route("/read-only", get(read_only))
-        .route("/metrics", get(metrics))
         .with_state(s)
+}
+
+/// `/metrics` alone, for `--metrics-listen` (another address than the health checks').
+pub fn metrics_router(s: SharedSnapshot) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(s)
 }
 
 #[cfg(test)]

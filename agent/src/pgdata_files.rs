@@ -316,6 +316,7 @@ mod tests {
             http_port: 0,
             replication_password: "secret".into(),
             node_token: None,
+            metrics_listen: None,
         }
     }
 

@@ -93,22 +93,48 @@ impl Agent {
     }
 }
 
-/// Serves the health endpoints and `/metrics`; a port that cannot be bound is logged and
-/// skipped (health checks must never take the database down).
+/// Serves the health endpoints and `/metrics` (on `--metrics-listen` when given); a port
+/// that cannot be bound is logged and skipped (health checks must never take the
+/// database down).
 async fn serve_http(cfg: &AgentConfig, snapshot: crate::http::SharedSnapshot) {
     let host = match cfg.hostname.parse::<std::net::IpAddr>() {
         Ok(ip) if ip.is_loopback() => ip.to_string(),
         _ => "0.0.0.0".to_string(),
     };
-    let addr = format!("{host}:{}", cfg.http_port);
+    match &cfg.metrics_listen {
+        Some(m) => {
+            let health = crate::http::health_router(snapshot.clone());
+            listen(
+                format!("{host}:{}", cfg.http_port),
+                health,
+                "health endpoints",
+            )
+            .await;
+            let metrics = crate::http::metrics_router(snapshot);
+            listen(m.clone(), metrics, "/metrics").await;
+        }
+        None => {
+            let both = crate::http::router(snapshot);
+            listen(
+                format!("{host}:{}", cfg.http_port),
+                both,
+                "health endpoints and /metrics",
+            )
+            .await;
+        }
+    }
+}
+
+/// Serves `app` on `addr`, bounded (connections, header and connection timeouts):
+/// health checkers and scrapers must never take the descriptors the agent reports and
+/// fences with.
+async fn listen(addr: String, app: axum::Router, what: &str) {
     match tokio::net::TcpListener::bind(&addr).await {
         Ok(listener) => {
-            tracing::info!(%addr, "health endpoints and /metrics listening");
-            // Bounded (connections, header and connection timeouts): health checkers and
-            // scrapers must never take the descriptors the agent reports and fences with.
+            tracing::info!(%addr, "{what} listening");
             tokio::spawn(pgha_api::server::serve(
                 listener,
-                crate::http::router(snapshot),
+                app,
                 pgha_api::server::Limits {
                     max_connections: 64,
                     header_read_timeout: Duration::from_secs(5),
@@ -118,7 +144,7 @@ async fn serve_http(cfg: &AgentConfig, snapshot: crate::http::SharedSnapshot) {
                 std::future::pending::<()>(),
             ));
         }
-        Err(e) => tracing::error!(%addr, "cannot listen for health checks: {e}"),
+        Err(e) => tracing::error!(%addr, "cannot listen for {what}: {e}"),
     }
 }
 

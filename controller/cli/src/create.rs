@@ -107,6 +107,10 @@ pub struct PostgresArgs {
     /// /metrics, as Patroni's REST API; 0 turns them off.
     #[arg(long, default_value_t = 8008)]
     http_port: u16,
+    /// ADDRESS:PORT where /metrics listens instead of --http-port (the health endpoints
+    /// stay there, unauthenticated and read-only for load balancers).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Run the agent in the foreground once created.
     #[arg(long)]
     run: bool,
@@ -371,6 +375,10 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
             "WARNING: --auth trust: anyone who reaches this Postgres connects without a password; fine for a throwaway tutorial, not for production (the default is scram-sha-256)"
         );
     }
+    if let Some(m) = &a.metrics_listen {
+        m.parse::<std::net::SocketAddr>()
+            .with_context(|| format!("--metrics-listen {m:?}: expected ADDRESS:PORT"))?;
+    }
     // 2. The monitor: reachable, and willing to take us.
     // Stored resolved: the node keeps working when an @FILE given here is removed.
     let monitor =
@@ -413,6 +421,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         skip_pg_hba: a.skip_pg_hba,
         os_user,
         http_port: a.http_port,
+        metrics_listen: a.metrics_listen.clone(),
         replication_password: reg.replication_password.clone(),
         node_token: Some(reg.node_token.clone()),
     };

@@ -288,13 +288,14 @@ impl ControllerState {
             if n.observed.reported.is_writable() {
                 self.finish_promotion(&formation, n.id, now_ms);
             }
-            let ev = self.event(
+            let mut ev = self.event(
                 &formation,
                 Some(&n),
                 Rule::Report,
                 format!("{} reached {}", n.name, n.observed.reported),
                 now_ms,
             );
+            ev.actor = Some(format!("node {}", n.name));
             self.record(ev)?;
         }
         Ok(())

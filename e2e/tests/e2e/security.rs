@@ -130,8 +130,27 @@ async fn no_secret_leaks_and_the_join_secret_rotates() {
         let scram = ["--auth", "scram-sha-256"];
         c.add_node_with("node_a", &scram)?;
         c.wait_for(&[("node_a", Single)], t)?;
-        c.add_node_with("node_b", &scram)?;
+        // node_b serves /metrics on another address than its health endpoints.
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        c.add_node_with(
+            "node_b",
+            &[scram[0], scram[1], "--metrics-listen", &metrics_addr],
+        )?;
         c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], t)?;
+        let (status, _) = c.agent_get(1, "/metrics").await?;
+        anyhow::ensure!(
+            status == 404,
+            "/metrics is still on the health port ({status})"
+        );
+        anyhow::ensure!(c.agent_get(1, "/replica").await?.0 == 200);
+        let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+            .await?
+            .text()
+            .await?;
+        anyhow::ensure!(
+            text.contains("pgha_agent_"),
+            "no agent metrics on {metrics_addr}"
+        );
         c.kill_vm(0)?;
         c.wait_for(&[("node_b", WaitPrimary)], t)?;
         c.start_agent(0)?;
