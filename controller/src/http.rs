@@ -124,6 +124,7 @@ pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
             post(enable_maintenance).delete(disable_maintenance),
         )
         .route(routes::NODE, axum::routing::delete(drop_node))
+        .route(routes::PAUSE, post(pause).delete(resume))
         .route(routes::EVENTS, get(events))
         // Every matched route passes the access check of its entry in routes::ALL.
         .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), guard))
@@ -398,4 +399,30 @@ async fn drop_node(
     let actor = caller.actor(&st);
     st.drop_node(&name, &node, &actor, now_ms())?;
     node_done(&name, &node)
+}
+
+async fn pause(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<serde_json::Value> {
+    let mut st = lock(&ctx.shared);
+    let actor = caller.actor(&st);
+    let paused = st.set_paused(&name, true, &actor, now_ms())?;
+    Ok(Json(
+        serde_json::json!({"formation": name, "paused": paused}),
+    ))
+}
+
+async fn resume(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<serde_json::Value> {
+    let mut st = lock(&ctx.shared);
+    let actor = caller.actor(&st);
+    let paused = st.set_paused(&name, false, &actor, now_ms())?;
+    Ok(Json(
+        serde_json::json!({"formation": name, "paused": paused}),
+    ))
 }

@@ -69,6 +69,34 @@ impl Default for Metrics {
     }
 }
 
+impl Metrics {
+    /// Every series of a formation whose label values are known exists from the start,
+    /// at 0: an alert on `increase(...)` sees the formation's first failover (a series
+    /// that appears already at 1 has no increase to see).
+    pub fn start_at_zero(&self, formation: &str) {
+        let fl = |extra: &[(&str, &str)]| {
+            let mut l = labels(&[("formation", formation)]);
+            l.extend(labels(extra));
+            l
+        };
+        for reason in ["primary_failed", "operator_allow_data_loss"] {
+            for result in ["started", "succeeded", "aborted"] {
+                drop(
+                    self.failovers
+                        .get_or_create(&fl(&[("reason", reason), ("result", result)])),
+                );
+            }
+        }
+        for result in ["started", "succeeded", "aborted", "refused"] {
+            drop(self.switchovers.get_or_create(&fl(&[("result", result)])));
+        }
+        drop(self.failover_duration.get_or_create(&fl(&[])));
+        for phase in ["detection", "fencing", "promotion"] {
+            drop(self.failover_phase.get_or_create(&fl(&[("phase", phase)])));
+        }
+    }
+}
+
 /// What the metrics page shows of one formation: its status (the read model `show
 /// state` prints) and why a needed failover is blocked, if it is.
 pub struct FormationReading {
@@ -88,6 +116,7 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
     let term = Family::<Labels, Gauge>::default();
     let info = Family::<Labels, Gauge>::default();
     let blocked = Family::<Labels, Gauge>::default();
+    let paused = Family::<Labels, Gauge>::default();
 
     for FormationReading {
         status,
@@ -97,6 +126,7 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
         let f = status;
         let fl = labels(&[("formation", &f.name)]);
         term.get_or_create(&fl).set(f.term as i64);
+        paused.get_or_create(&fl).set(f.paused as i64);
         info.get_or_create(&labels(&[("formation", &f.name), ("dbname", &f.dbname)]))
             .set(1);
         let current = *current;
@@ -181,6 +211,11 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
     );
     reg.register("formation_info", "Formation metadata (always 1)", info);
     reg.register(
+        "formation_paused",
+        "1 while the formation is paused (pgha pause, or paused: true in its file)",
+        paused,
+    );
+    reg.register(
         "failover_blocked",
         "1 while a needed failover is not happening, by reason",
         blocked,
@@ -244,6 +279,25 @@ mod tests {
     use crate::records::{FormationRecord, NodeRecord};
     use crate::state::ControllerState;
     use crate::store::FileStore;
+
+    #[test]
+    fn counters_of_a_formation_start_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = ControllerState::open(Box::new(FileStore::new(dir.path())), 1000).unwrap();
+        st.durable
+            .formations
+            .insert("orders".into(), FormationRecord::new("orders", "orders"));
+        let text = st.metrics_page(2000);
+        for line in [
+            r#"pgha_failovers_total{formation="orders",reason="primary_failed",result="succeeded"} 0"#,
+            r#"pgha_failovers_total{formation="orders",reason="operator_allow_data_loss",result="started"} 0"#,
+            r#"pgha_switchovers_total{formation="orders",result="refused"} 0"#,
+            r#"pgha_failover_duration_seconds_count{formation="orders"} 0"#,
+            r#"pgha_failover_phase_duration_seconds_count{formation="orders",phase="fencing"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
+    }
 
     #[test]
     fn metrics_page_has_the_contract_names_types_and_help() {

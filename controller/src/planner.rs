@@ -138,6 +138,11 @@ fn describe_failure(f: &FormationView, n: &NodeView) -> String {
 /// the same view returns the same plan, and a plan that was applied yields no decisions.
 pub fn plan(f: &FormationView) -> Plan {
     let mut p = Plan::default();
+    if f.paused {
+        // Nothing new is assigned and nothing fails over; nodes keep their roles.
+        p.waiting = Some("paused: nothing is assigned or failed over until it resumes".into());
+        return p;
+    }
     plan_bootstrap(f, &mut p);
     plan_standbys(f, &mut p);
     plan_primary(f, &mut p);

@@ -71,6 +71,9 @@ pub struct FormationDesired {
     /// still admits no one without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_secret: Option<String>,
+    /// Paused by an operator (`pgha pause`), besides the file's `paused`.
+    #[serde(default)]
+    pub operator_paused: bool,
 }
 
 /// What the planner decided for the formation as a whole.
@@ -309,6 +312,11 @@ impl FormationRecord {
     pub fn replication_quorum(&self, n: &NodeRecord) -> bool {
         self.declared(&n.name)
             .map_or(n.desired.replication_quorum, |d| d.replication_quorum)
+    }
+
+    /// Paused by an operator or by the file.
+    pub fn paused(&self) -> bool {
+        self.desired.operator_paused || self.spec().is_some_and(|s| s.paused)
     }
 
     /// In maintenance by the operator or by the file.

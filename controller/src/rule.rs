@@ -45,6 +45,7 @@ pub enum Rule {
     OperatorDrop,
     AuthRefused,
     NodeCredentialIssued,
+    OperatorPause,
 }
 
 impl Rule {
@@ -87,6 +88,7 @@ impl Rule {
         Rule::OperatorDrop,
         Rule::AuthRefused,
         Rule::NodeCredentialIssued,
+        Rule::OperatorPause,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -129,6 +131,7 @@ impl Rule {
             Rule::OperatorDrop => "operator_drop",
             Rule::AuthRefused => "auth_refused",
             Rule::NodeCredentialIssued => "node_credential_issued",
+            Rule::OperatorPause => "operator_pause",
         }
     }
 

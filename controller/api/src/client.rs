@@ -279,6 +279,19 @@ impl MonitorClient {
             .await
     }
 
+    /// `pgha pause` (true) or `pgha resume` (false).
+    pub async fn set_paused(
+        &self,
+        formation: &str,
+        paused: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let path = routes::path(routes::PAUSE, formation, None);
+        match paused {
+            true => self.post(&path, &()).await,
+            false => self.delete(&path).await,
+        }
+    }
+
     pub async fn info(&self) -> Result<MonitorInfo, ClientError> {
         self.get(routes::INFO).await
     }

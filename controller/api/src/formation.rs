@@ -72,6 +72,11 @@ pub struct FormationSpec {
     /// later failover is not undone by itself (no automatic failback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
+    /// Paused: the controller assigns nothing new and fails nothing over; every node
+    /// keeps its role and Postgres runs on (`pgha pause` does the same from the CLI).
+    /// Set back to false, the formation is reconciled again (a healthy primary stays).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// Who may join, and how a node proves it belongs.
     #[serde(default)]
     pub admission: Admission,

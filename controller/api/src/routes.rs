@@ -22,6 +22,8 @@ pub const FAILOVER: &str = "/v1/formations/{name}/failover";
 pub const MAINTENANCE: &str = "/v1/formations/{name}/nodes/{node}/maintenance";
 /// `DELETE`: drop a node.
 pub const NODE: &str = "/v1/formations/{name}/nodes/{node}";
+/// `POST` pauses the formation (no assignment, no failover), `DELETE` resumes it.
+pub const PAUSE: &str = "/v1/formations/{name}/pause";
 
 /// Who may call a route. Every route the controller serves has an entry in [`ALL`]; the
 /// server refuses a route without one (fail closed).
@@ -70,6 +72,8 @@ pub const ALL: &[Route] = &[
     route("POST", MAINTENANCE, Access::Operate),
     route("DELETE", MAINTENANCE, Access::Operate),
     route("DELETE", NODE, Access::Operate),
+    route("POST", PAUSE, Access::Operate),
+    route("DELETE", PAUSE, Access::Operate),
 ];
 
 /// Who may call `method` on the route `pattern`; None for a route without an entry.
@@ -123,6 +127,8 @@ pub enum ErrorCode {
     ReasonRequired,
     NeedsAllowFailover,
     NoCandidate,
+    /// The formation is paused: nothing is switched or failed over until it resumes.
+    Paused,
     /// A code this client does not know (a newer controller).
     #[serde(other)]
     Unknown,

@@ -85,6 +85,9 @@ pub struct FormationStatus {
     /// The desired state in force.
     #[serde(default)]
     pub spec: Option<formation::FormationSpec>,
+    /// Paused (by `pgha pause` or the file): nothing is assigned or failed over.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl FormationStatus {

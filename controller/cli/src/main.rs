@@ -57,6 +57,10 @@ enum Cmd {
     /// Remove a node from its formation (Postgres stopped, PGDATA kept).
     #[command(subcommand)]
     Drop(DropCmd),
+    /// Pause a formation: nothing is assigned or failed over; every node keeps its role.
+    Pause(PauseArgs),
+    /// Resume a paused formation (a healthy primary stays primary).
+    Resume(PauseArgs),
     /// Formation files: validate, diff against the monitor.
     #[command(subcommand)]
     Formation(formation::FormationCmd),
@@ -189,6 +193,32 @@ async fn maintenance(a: NodeArgs, enable: bool) -> anyhow::Result<()> {
         })
         .await?;
         eprintln!("{name} is back as a secondary");
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+struct PauseArgs {
+    #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
+    formation: String,
+    #[command(flatten)]
+    monitor: MonitorArgs,
+}
+
+async fn set_paused(a: PauseArgs, on: bool) -> anyhow::Result<()> {
+    let client = a.monitor.operator_client()?;
+    let v = client.set_paused(&a.formation, on).await?;
+    let paused = v["paused"].as_bool().unwrap_or(on);
+    match (on, paused) {
+        (true, _) => eprintln!(
+            "formation {:?} paused: nothing is assigned or failed over until `pgha resume`",
+            a.formation
+        ),
+        (false, false) => eprintln!("formation {:?} resumed", a.formation),
+        (false, true) => anyhow::bail!(
+            "formation {:?} stays paused: its file says `paused: true`",
+            a.formation
+        ),
     }
     Ok(())
 }
@@ -474,6 +504,8 @@ fn main() -> ExitCode {
             Cmd::Enable(MaintenanceCmd::Maintenance(a)) => maintenance(a, true).await,
             Cmd::Disable(MaintenanceCmd::Maintenance(a)) => maintenance(a, false).await,
             Cmd::Drop(DropCmd::Node(a)) => drop_node(a).await,
+            Cmd::Pause(a) => set_paused(a, true).await,
+            Cmd::Resume(a) => set_paused(a, false).await,
         }
     });
     match res {

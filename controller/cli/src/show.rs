@@ -136,6 +136,9 @@ async fn state(a: StateArgs) -> anyhow::Result<()> {
     if !st.summary.is_empty() {
         println!("\n{}", st.summary);
     }
+    if st.paused {
+        println!("PAUSED: nothing is assigned or failed over until `pgha resume`");
+    }
     if let Some(w) = trust_warning(&st) {
         println!("{w}");
     }

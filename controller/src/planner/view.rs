@@ -80,6 +80,8 @@ pub struct FormationView {
     pub desired_primary: Option<String>,
     /// Last generation whose `spec.primary` was carried out (or already held).
     pub desired_primary_generation: u64,
+    /// Paused: the planner assigns nothing.
+    pub paused: bool,
 }
 
 impl FormationView {

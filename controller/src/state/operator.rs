@@ -192,6 +192,51 @@ impl ControllerState {
         })
     }
 
+    /// Refused while the formation is paused: it keeps its roles until it resumes.
+    fn refuse_if_paused(&self, formation: &str, what: &str) -> Result<(), ActionError> {
+        if self.formation(formation)?.paused() {
+            return refused(
+                ErrorCode::Paused,
+                format!("formation {formation:?} is paused: no {what} until `pgha resume`"),
+            );
+        }
+        Ok(())
+    }
+
+    /// `pgha pause` (on) or `pgha resume` (off). A formation the file pauses stays
+    /// paused until the file says otherwise.
+    pub fn set_paused(
+        &mut self,
+        formation: &str,
+        on: bool,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<bool, ActionError> {
+        self.formation(formation)?;
+        let Some(f) = self.durable.formations.get_mut(formation) else {
+            return Err(unknown_formation(formation));
+        };
+        f.desired.operator_paused = on;
+        let by_file = f.spec().is_some_and(|s| s.paused);
+        let paused = f.paused();
+        self.save()?;
+        let what = match (on, by_file) {
+            (true, _) => {
+                "operator paused the formation: nothing is assigned or failed over until it resumes"
+                    .to_string()
+            }
+            (false, false) => "operator resumed the formation".to_string(),
+            (false, true) => {
+                "operator resumed the formation, but its file says paused: it stays paused"
+                    .to_string()
+            }
+        };
+        let mut ev = self.event(formation, None, Rule::OperatorPause, what, now_ms);
+        ev.actor = Some(actor.to_string());
+        self.record(ev)?;
+        Ok(paused)
+    }
+
     /// `pgha perform switchover` (no target) or `pgha perform promotion` (a target).
     pub fn switchover(
         &mut self,
@@ -200,6 +245,7 @@ impl ControllerState {
         actor: &str,
         now_ms: u64,
     ) -> Result<SwitchoverStarted, ActionError> {
+        self.refuse_if_paused(formation, "switchover")?;
         let view = self
             .view(formation, now_ms)
             .ok_or_else(|| unknown_formation(formation))?;
@@ -251,6 +297,7 @@ impl ControllerState {
                 "a forced failover needs the operator's reason (it is recorded as an event)".into(),
             );
         }
+        self.refuse_if_paused(formation, "failover")?;
         let view = self
             .view(formation, now_ms)
             .ok_or_else(|| unknown_formation(formation))?;

@@ -48,11 +48,15 @@ impl ControllerState {
             sync_floor_lsn: f.observed.sync_floor_lsn,
             desired_primary: f.spec().and_then(|s| s.primary.clone()),
             desired_primary_generation: f.intent.desired_primary_generation,
+            paused: f.paused(),
         })
     }
 
     /// The `/metrics` page: every formation's status and blocked reason, and the counters.
     pub fn metrics_page(&self, now_ms: u64) -> String {
+        for name in self.durable.formations.keys() {
+            self.metrics.start_at_zero(name);
+        }
         let readings: Vec<crate::metrics::FormationReading> = self
             .durable
             .formations
@@ -209,6 +213,7 @@ impl ControllerState {
                 .cloned()
                 .unwrap_or_default(),
             spec: f.desired.spec.clone(),
+            paused: f.paused(),
         })
     }
 }

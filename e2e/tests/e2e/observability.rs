@@ -96,7 +96,10 @@ fn start_prometheus(
     let port = free_port();
     let list: Vec<String> = agents.iter().map(|t| format!("'{t}'")).collect();
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pgha-controller\n    scheme: https\n    tls_config:\n      ca_file: {}\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{controller}']\n  - job_name: pgha-agent\n    static_configs:\n      - targets: [{}]\n",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: pgha-controller\n    scheme: https\n    tls_config:\n      ca_file: {}\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{controller}']\n  - job_name: pgha-agent\n    static_configs:\n      - targets: [{}]\n",
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests/prometheus/pgha-alerts.yml")
+            .display(),
         ca_file.display(),
         ca_file
             .parent()
@@ -215,6 +218,14 @@ async fn prometheus_sees_a_failover() {
         )
         .await?;
         eventually(&prom, r#"pgha_failover_duration_seconds_count"#, 1.0).await?;
+        // The shipped alert fires on the formation's first failover: its counter was
+        // there at 0 before it.
+        eventually(
+            &prom,
+            r#"ALERTS{alertname="PghaFailoverHappened",alertstate="firing",reason="primary_failed"}"#,
+            1.0,
+        )
+        .await?;
         let secs = query(&prom, r#"pgha_failover_duration_seconds_sum"#)
             .await?
             .unwrap_or(0.0);

@@ -61,6 +61,7 @@ fn formation(nodes: Vec<NodeView>) -> FormationView {
         sync_floor_lsn: Lsn(0),
         desired_primary: None,
         desired_primary_generation: 0,
+        paused: false,
     }
 }
 

@@ -151,3 +151,21 @@ fn a_plan_applied_yields_no_new_decisions() {
     }
     assert!(plan(&f).decisions.is_empty());
 }
+
+/// A paused formation gets no decision, not even a failover of a dead primary; resumed,
+/// the same view fails over.
+#[test]
+fn a_paused_formation_is_assigned_nothing() {
+    let mut f = three_nodes();
+    let now = f.now_ms;
+    fail(&mut f.nodes[0], now, 60_000);
+    f.paused = true;
+    let p = plan(&f);
+    assert!(p.decisions.is_empty() && p.new_term.is_none(), "{p:?}");
+    assert!(p.waiting.as_deref().is_some_and(|w| w.contains("paused")));
+    f.paused = false;
+    assert!(
+        goal_of(&plan(&f), 1).is_some(),
+        "resumed, the dead primary is drained"
+    );
+}

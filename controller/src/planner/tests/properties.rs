@@ -243,6 +243,7 @@ impl World {
             sync_floor_lsn: Lsn(self.sync_floor),
             desired_primary: None,
             desired_primary_generation: 0,
+            paused: false,
         }
     }
 

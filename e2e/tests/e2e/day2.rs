@@ -1,0 +1,58 @@
+//! Day-2 verbs a Patroni user reaches for: pause and resume.
+
+use pgha_api::NodeState::*;
+use pgha_e2e::scenario;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(120);
+
+/// A paused formation fails nothing over, even with its primary's VM gone; `show state`
+/// and the metric say paused; resumed, it fails over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_formation_fails_nothing_over_until_it_resumes() {
+    scenario(async |c| {
+        c.bootstrap_two()?;
+        let m = c.join_url.clone();
+        c.pgha_ok(&["pause", "--monitor", &m])?;
+        let shown = c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?;
+        anyhow::ensure!(shown.contains("PAUSED"), "{shown}");
+        let metrics = c.monitor_get("/metrics").await?;
+        anyhow::ensure!(
+            metrics.contains("pgha_formation_paused{formation=\"default\"} 1"),
+            "no paused metric"
+        );
+        // Operator actions wait for the resume.
+        let (ok, _, err) = c.pgha(&["perform", "switchover", "--monitor", &m])?;
+        anyhow::ensure!(!ok && err.contains("paused"), "{err}");
+
+        c.kill_vm(0)?;
+        // Three times the failure timeout: a formation not paused fails over in ~4 s.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            let st = c.state()?;
+            let b = st.nodes.iter().find(|n| n.name == "node_b").unwrap();
+            anyhow::ensure!(
+                b.assigned_state == Secondary,
+                "paused, node_b was assigned {} ({})",
+                b.assigned_state,
+                st.summary
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let t1 = Instant::now();
+        c.pgha_ok(&["resume", "--monitor", &m])?;
+        c.wait_for(&[("node_b", WaitPrimary)], T)?;
+        println!("resumed: node_b writable {:?} later", t1.elapsed());
+        let events = c.pgha_ok(&[
+            "show",
+            "events",
+            "--count",
+            "50",
+            "--monitor",
+            &c.monitor_url,
+        ])?;
+        anyhow::ensure!(events.contains("operator_pause"), "{events}");
+        Ok(())
+    })
+    .await;
+}
