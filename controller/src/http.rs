@@ -406,12 +406,7 @@ async fn pause(
     Path(name): Path<String>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
-    let mut st = lock(&ctx.shared);
-    let actor = caller.actor(&st);
-    let paused = st.set_paused(&name, true, &actor, now_ms())?;
-    Ok(Json(
-        serde_json::json!({"formation": name, "paused": paused}),
-    ))
+    set_paused(&ctx, name, &caller, true)
 }
 
 async fn resume(
@@ -419,9 +414,13 @@ async fn resume(
     Path(name): Path<String>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
+    set_paused(&ctx, name, &caller, false)
+}
+
+fn set_paused(ctx: &Ctx, name: String, caller: &Caller, on: bool) -> ApiResult<serde_json::Value> {
     let mut st = lock(&ctx.shared);
     let actor = caller.actor(&st);
-    let paused = st.set_paused(&name, false, &actor, now_ms())?;
+    let paused = st.set_paused(&name, on, &actor, now_ms())?;
     Ok(Json(
         serde_json::json!({"formation": name, "paused": paused}),
     ))
