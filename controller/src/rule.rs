@@ -46,6 +46,7 @@ pub enum Rule {
     AuthRefused,
     NodeCredentialIssued,
     OperatorPause,
+    OperatorReinit,
 }
 
 impl Rule {
@@ -89,6 +90,7 @@ impl Rule {
         Rule::AuthRefused,
         Rule::NodeCredentialIssued,
         Rule::OperatorPause,
+        Rule::OperatorReinit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -132,6 +134,7 @@ impl Rule {
             Rule::AuthRefused => "auth_refused",
             Rule::NodeCredentialIssued => "node_credential_issued",
             Rule::OperatorPause => "operator_pause",
+            Rule::OperatorReinit => "operator_reinit",
         }
     }
 

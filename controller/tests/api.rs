@@ -154,6 +154,7 @@ fn report(node_id: u64, reported: NodeState) -> NodeReport {
         last_error: None,
         applied_generation: 0,
         auth_method: None,
+        rebuilt_epoch: 0,
     }
 }
 

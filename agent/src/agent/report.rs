@@ -119,6 +119,7 @@ impl Agent {
             last_error: self.last_error.clone(),
             applied_generation: self.applied_generation,
             auth_method: Some(self.cfg.auth.hba_name().to_string()),
+            rebuilt_epoch: self.state.rebuilt_epoch,
         };
         let sent = Instant::now();
         self.last_report = Some(sent);

@@ -117,9 +117,11 @@ impl Agent {
                     if l.postmaster_running {
                         pg::stop(&self.cfg).await?;
                     }
+                    // Asked by the controller: the primary invalidated this standby's
+                    // slot, or an operator ran `pgha reinit`.
                     self.move_aside(
-                        "slot-invalidated",
-                        "the primary invalidated this standby's replication slot",
+                        "rebuilt",
+                        "the controller asked for a rebuild from a fresh base backup (slot invalidated, or pgha reinit)",
                     )?;
                 }
             }

@@ -279,6 +279,16 @@ impl MonitorClient {
             .await
     }
 
+    /// `pgha reinit --name N`.
+    pub async fn reinit(
+        &self,
+        formation: &str,
+        node: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.post(&routes::path(routes::REINIT, formation, Some(node)), &())
+            .await
+    }
+
     /// `pgha pause` (true) or `pgha resume` (false).
     pub async fn set_paused(
         &self,

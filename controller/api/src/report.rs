@@ -91,4 +91,7 @@ pub struct NodeReport {
     /// `scram-sha-256`): `show state` warns about `trust`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_method: Option<String>,
+    /// The last rebuild epoch this node carried out (the assignment's `rebuild_epoch`).
+    #[serde(default)]
+    pub rebuilt_epoch: u64,
 }

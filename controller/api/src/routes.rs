@@ -22,6 +22,8 @@ pub const FAILOVER: &str = "/v1/formations/{name}/failover";
 pub const MAINTENANCE: &str = "/v1/formations/{name}/nodes/{node}/maintenance";
 /// `DELETE`: drop a node.
 pub const NODE: &str = "/v1/formations/{name}/nodes/{node}";
+/// `POST`: rebuild a standby from a fresh base backup (`pgha reinit`).
+pub const REINIT: &str = "/v1/formations/{name}/nodes/{node}/reinit";
 /// `POST` pauses the formation (no assignment, no failover), `DELETE` resumes it.
 pub const PAUSE: &str = "/v1/formations/{name}/pause";
 
@@ -72,6 +74,7 @@ pub const ALL: &[Route] = &[
     route("POST", MAINTENANCE, Access::Operate),
     route("DELETE", MAINTENANCE, Access::Operate),
     route("DELETE", NODE, Access::Operate),
+    route("POST", REINIT, Access::Operate),
     route("POST", PAUSE, Access::Operate),
     route("DELETE", PAUSE, Access::Operate),
 ];
@@ -129,6 +132,8 @@ pub enum ErrorCode {
     NoCandidate,
     /// The formation is paused: nothing is switched or failed over until it resumes.
     Paused,
+    /// The action is for a standby, and the node is the primary.
+    NotAStandby,
     /// A code this client does not know (a newer controller).
     #[serde(other)]
     Unknown,

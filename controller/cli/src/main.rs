@@ -61,6 +61,9 @@ enum Cmd {
     Pause(PauseArgs),
     /// Resume a paused formation (a healthy primary stays primary).
     Resume(PauseArgs),
+    /// Rebuild a standby from a fresh base backup (its data is moved aside, not deleted):
+    /// for a standby whose data is damaged, which pg_rewind cannot repair.
+    Reinit(NodeArgs),
     /// Formation files: validate, diff against the monitor.
     #[command(subcommand)]
     Formation(formation::FormationCmd),
@@ -220,6 +223,27 @@ async fn set_paused(a: PauseArgs, on: bool) -> anyhow::Result<()> {
             a.formation
         ),
     }
+    Ok(())
+}
+
+async fn reinit(a: NodeArgs) -> anyhow::Result<()> {
+    let client = a.monitor.operator_client()?;
+    client.reinit(&a.formation, &a.name).await?;
+    eprintln!(
+        "{} moves its data aside and takes a fresh base backup",
+        a.name
+    );
+    let name = a.name.clone();
+    wait_formation(&client, &a.formation, a.timeout, |st| {
+        st.nodes.iter().any(|n| {
+            n.name == name
+                && !n.rebuilding
+                && n.reported_state == n.assigned_state
+                && n.assigned_state.is_standby()
+        })
+    })
+    .await?;
+    eprintln!("{name} rebuilt and back as a standby");
     Ok(())
 }
 
@@ -505,6 +529,7 @@ fn main() -> ExitCode {
             Cmd::Disable(MaintenanceCmd::Maintenance(a)) => maintenance(a, false).await,
             Cmd::Drop(DropCmd::Node(a)) => drop_node(a).await,
             Cmd::Pause(a) => set_paused(a, true).await,
+            Cmd::Reinit(a) => reinit(a).await,
             Cmd::Resume(a) => set_paused(a, false).await,
         }
     });

@@ -54,6 +54,7 @@ pub struct Observed {
     pub last_probe_ok_ms: Option<u64>,
     pub applied_generation: u64,
     pub auth_method: Option<String>,
+    pub rebuilt_epoch: u64,
 }
 
 pub struct ControllerState {

@@ -377,6 +377,49 @@ impl ControllerState {
         })
     }
 
+    /// `pgha reinit --name N`: the standby moves its data aside and takes a fresh base
+    /// backup (pg_rewind cannot repair damaged data). Not the primary: switch over first.
+    pub fn reinit(
+        &mut self,
+        formation: &str,
+        node: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<(), ActionError> {
+        self.refuse_if_paused(formation, "reinit")?;
+        let n = self.node_named(formation, node)?;
+        if n.goal().is_writable() {
+            return refused(
+                ErrorCode::NotAStandby,
+                format!(
+                    "{node} is the primary: switch over first (`pgha perform promotion` of another node), then reinit it"
+                ),
+            );
+        }
+        let id = n.id;
+        let Some(n) = self
+            .durable
+            .formations
+            .get_mut(formation)
+            .and_then(|f| f.nodes.get_mut(&id))
+        else {
+            return Err(unknown_formation(formation));
+        };
+        n.intent.rebuild_epoch += 1;
+        let rec = n.clone();
+        self.save()?;
+        let mut ev = self.event(
+            formation,
+            Some(&rec),
+            Rule::OperatorReinit,
+            format!("operator asked to rebuild {node} from a fresh base backup"),
+            now_ms,
+        );
+        ev.actor = Some(actor.to_string());
+        self.record(ev)?;
+        Ok(())
+    }
+
     /// `pgha drop node`: the planner takes it out of the formation.
     pub fn drop_node(
         &mut self,

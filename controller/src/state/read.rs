@@ -186,6 +186,7 @@ impl ControllerState {
                         applied_generation: o.applied_generation,
                         pending_restart: o.pg.pending_restart.clone(),
                         auth_method: o.auth_method.clone(),
+                        rebuilding: n.intent.rebuild_epoch > o.rebuilt_epoch,
                     }
                 })
                 .collect();

@@ -202,6 +202,7 @@ impl ControllerState {
         o.fenced = r.fenced;
         o.applied_generation = r.applied_generation;
         o.auth_method = r.auth_method.clone();
+        o.rebuilt_epoch = r.rebuilt_epoch;
         o.last_error = r.last_error.clone();
         if r.pg.running {
             o.pg_down_since_ms = None;

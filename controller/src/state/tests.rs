@@ -175,6 +175,7 @@ fn report(node_id: NodeId, reported: NodeState, term: u64) -> NodeReport {
         last_error: None,
         applied_generation: 0,
         auth_method: None,
+        rebuilt_epoch: 0,
     }
 }
 

@@ -56,3 +56,43 @@ async fn a_paused_formation_fails_nothing_over_until_it_resumes() {
     })
     .await;
 }
+
+/// `pgha reinit` rebuilds a standby from a fresh base backup: what its data directory
+/// held is moved aside (a marker file stays behind there), it streams again, and no
+/// acknowledged write is lost; the primary is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinit_rebuilds_a_standby_from_scratch() {
+    scenario(async |c| {
+        c.bootstrap_two()?;
+        let probe = c.write_probe().await?;
+        probe.wait_for_more(20, T).await?;
+        let m = c.join_url.clone();
+        let (ok, _, err) = c.pgha(&["reinit", "--name", "node_a", "--monitor", &m])?;
+        anyhow::ensure!(!ok && err.contains("is the primary"), "{err}");
+        // Damage only a fresh copy can repair: a file that is not Postgres's.
+        let pgdata = c.nodes[1].pgdata.clone();
+        std::fs::write(pgdata.join("damaged-by-the-test"), "x")?;
+        let t0 = Instant::now();
+        c.pgha_ok(&["reinit", "--name", "node_b", "--monitor", &m])?;
+        println!("node_b rebuilt in {:?}", t0.elapsed());
+        anyhow::ensure!(
+            !pgdata.join("damaged-by-the-test").exists(),
+            "node_b's data was not replaced"
+        );
+        let aside = std::path::PathBuf::from(format!("{}.rebuilt", pgdata.display()));
+        anyhow::ensure!(
+            aside.join("damaged-by-the-test").exists(),
+            "the old data was not kept aside"
+        );
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        let db = c.connect_node(1).await?;
+        let row = db
+            .query_one("SELECT status FROM pg_stat_wal_receiver", &[])
+            .await?;
+        anyhow::ensure!(row.get::<_, String>(0) == "streaming");
+        probe.wait_for_more(20, T).await?;
+        probe.finish_without_loss().await?;
+        Ok(())
+    })
+    .await;
+}

@@ -370,7 +370,7 @@ async fn standby_slots_are_bounded_and_an_invalidated_standby_is_rebuilt() {
             metrics.contains("pgha_replication_slots_invalidated_total{formation=\"default\",node=\"node_b\"} 1"),
             "{metrics}"
         );
-        let aside = format!("{}.slot-invalidated", c.nodes[b].pgdata.display());
+        let aside = format!("{}.rebuilt", c.nodes[b].pgdata.display());
         let t0 = Instant::now();
         while !std::path::Path::new(&aside).exists() {
             anyhow::ensure!(
