@@ -42,6 +42,10 @@ pub struct NodeStatus {
     /// How its Postgres authenticates (`trust`, `scram-sha-256`), as last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_method: Option<String>,
+    /// The node it streams from (None for the primary, and for a standby whose
+    /// replication is cut).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
     /// Asked to rebuild from a fresh base backup (`pgha reinit`, or its slot was
     /// invalidated) and not done yet.
     #[serde(default)]

@@ -235,9 +235,13 @@ async fn reinit(a: NodeArgs) -> anyhow::Result<()> {
     );
     let name = a.name.clone();
     wait_formation(&client, &a.formation, a.timeout, |st| {
+        // Done: the agent carried out the rebuild (it reports the epoch once its data
+        // is moved aside) and its new Postgres is up, healthy, in its assigned state.
         st.nodes.iter().any(|n| {
             n.name == name
                 && !n.rebuilding
+                && n.pg_running
+                && n.health == pgha_api::Health::Good
                 && n.reported_state == n.assigned_state
                 && n.assigned_state.is_standby()
         })

@@ -17,6 +17,12 @@ pub enum ShowCmd {
     Systemd(SystemdArgs),
     /// A formation's desired state (from its file) and what runs.
     Formation(FormationArgs),
+    /// Every promotion the monitor recorded: when, which node, the rule that fired, the
+    /// timeline and WAL position it was promoted from, and why.
+    History(StateArgs),
+    /// The formation as a tree: the primary, the standbys streaming from it (and from
+    /// them), with each standby's lag.
+    Topology(StateArgs),
 }
 
 #[derive(Args)]
@@ -84,7 +90,180 @@ pub async fn run(cmd: ShowCmd) -> anyhow::Result<()> {
         ShowCmd::Events(a) => events(a).await,
         ShowCmd::Systemd(a) => systemd(a),
         ShowCmd::Formation(a) => formation(a).await,
+        ShowCmd::History(a) => history(a).await,
+        ShowCmd::Topology(a) => topology(a).await,
     }
+}
+
+/// One promotion, as `show history` prints it.
+#[derive(serde::Serialize)]
+struct Promotion {
+    time_ms: u64,
+    node: String,
+    rule: String,
+    /// Timeline and WAL position the node had when it was chosen.
+    from_timeline: Option<u32>,
+    from_lsn: Option<pgha_api::Lsn>,
+    /// The timeline it writes on once promoted.
+    new_timeline: Option<u32>,
+    why: String,
+}
+
+/// The decisions that promote a node, with what the planner saw of it.
+fn promotions(events: &[pgha_api::Event]) -> Vec<Promotion> {
+    events
+        .iter()
+        .filter(|e| e.rule == "failover_promote" || e.rule == "switchover_promote")
+        .map(|e| {
+            let node = e.node_name.clone().unwrap_or_default();
+            let seen = e.inputs.as_ref().and_then(|i| {
+                i["nodes"]
+                    .as_array()?
+                    .iter()
+                    .find(|n| n["name"] == node.as_str())
+                    .cloned()
+            });
+            let from_timeline = seen
+                .as_ref()
+                .and_then(|n| n["timeline"].as_u64())
+                .map(|t| t as u32);
+            let from_lsn = seen
+                .as_ref()
+                .and_then(|n| serde_json::from_value(n["lsn"].clone()).ok());
+            Promotion {
+                time_ms: e.time_ms,
+                node,
+                rule: e.rule.clone(),
+                from_timeline,
+                from_lsn,
+                new_timeline: from_timeline.map(|t| t + 1),
+                why: e.description.clone(),
+            }
+        })
+        .collect()
+}
+
+async fn history(a: StateArgs) -> anyhow::Result<()> {
+    let client = a.monitor.client()?;
+    let events = client.events(Some(&a.formation), 10_000, None).await?;
+    let list = promotions(&events);
+    if a.json {
+        return json(&list);
+    }
+    if list.is_empty() {
+        println!("no promotion recorded for formation {:?}", a.formation);
+        return Ok(());
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|p| {
+            vec![
+                format_time(p.time_ms),
+                p.node.clone(),
+                p.rule.clone(),
+                format!(
+                    "{}: {}",
+                    opt(p.from_timeline.map(|t| t.to_string())),
+                    opt(p.from_lsn.map(|l| l.to_string()))
+                ),
+                opt(p.new_timeline.map(|t| t.to_string())),
+                p.why.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &["Time", "Node", "Rule", "From TLI: LSN", "New TLI", "Why"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// The tree of who streams from whom, as lines.
+fn topology_lines(st: &pgha_api::FormationStatus) -> Vec<String> {
+    let primary_lsn = st
+        .nodes
+        .iter()
+        .find(|n| n.assigned_state.is_writable())
+        .and_then(|n| n.lsn);
+    let describe = |n: &pgha_api::NodeStatus| {
+        let lag = match (n.assigned_state.is_writable(), primary_lsn, n.lsn) {
+            (false, Some(p), Some(x)) => format!(", {} bytes behind", p.bytes_ahead_of(x)),
+            _ => String::new(),
+        };
+        format!(
+            "{} ({}:{}) {} [{}]{lag}",
+            n.name,
+            n.host,
+            n.port,
+            n.assigned_state,
+            n.connection()
+        )
+    };
+    fn walk(
+        st: &pgha_api::FormationStatus,
+        name: &str,
+        depth: usize,
+        out: &mut Vec<String>,
+        describe: &dyn Fn(&pgha_api::NodeStatus) -> String,
+    ) {
+        for n in st
+            .nodes
+            .iter()
+            .filter(|n| n.upstream.as_deref() == Some(name))
+        {
+            out.push(format!("{}└─ {}", "   ".repeat(depth), describe(n)));
+            if depth < st.nodes.len() {
+                walk(st, &n.name, depth + 1, out, describe);
+            }
+        }
+    }
+    let mut out = vec![];
+    let roots: Vec<&pgha_api::NodeStatus> = st
+        .nodes
+        .iter()
+        .filter(|n| n.upstream.is_none() && n.assigned_state.is_writable())
+        .collect();
+    for r in &roots {
+        out.push(describe(r));
+        walk(st, &r.name, 0, &mut out, &describe);
+    }
+    let placed = |n: &&pgha_api::NodeStatus| n.assigned_state.is_writable() || n.upstream.is_some();
+    let others: Vec<String> = st
+        .nodes
+        .iter()
+        .filter(|n| !placed(n))
+        .map(|n| format!("   {}", describe(n)))
+        .collect();
+    if !others.is_empty() {
+        out.push("not streaming:".into());
+        out.extend(others);
+    }
+    out
+}
+
+async fn topology(a: StateArgs) -> anyhow::Result<()> {
+    let st = a.monitor.client()?.state(&a.formation).await?;
+    if a.json {
+        let v: Vec<serde_json::Value> = st
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "name": n.name, "assigned_state": n.assigned_state,
+                    "upstream": n.upstream, "lsn": n.lsn,
+                })
+            })
+            .collect();
+        return json(&v);
+    }
+    for l in topology_lines(&st) {
+        println!("{l}");
+    }
+    Ok(())
 }
 
 fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -485,6 +664,87 @@ fn trust_warning(st: &pgha_api::FormationStatus) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use pgha_api::NodeState;
+
+    fn node(
+        name: &str,
+        state: NodeState,
+        upstream: Option<&str>,
+        lsn: u64,
+    ) -> pgha_api::NodeStatus {
+        serde_json::from_value(serde_json::json!({
+            "node_id": 1, "name": name, "host": "10.0.0.1", "port": 5432,
+            "reported_state": state, "assigned_state": state, "timeline": 1,
+            "lsn": pgha_api::Lsn(lsn), "health": "good", "pg_running": true,
+            "candidate_priority": 50, "replication_quorum": true, "report_age_ms": 10,
+            "fenced": false, "last_error": null, "applied_generation": 1,
+            "pending_restart": [], "upstream": upstream,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn topology_is_a_tree_with_lag() {
+        let st: pgha_api::FormationStatus = serde_json::from_value(serde_json::json!({
+            "name": "default", "dbname": "appdb", "term": 2, "number_sync_standbys": 0,
+            "nodes": [], "summary": "", "generation": 1,
+        }))
+        .unwrap();
+        let st = pgha_api::FormationStatus {
+            nodes: vec![
+                node("node_a", NodeState::Primary, None, 5000),
+                node("node_b", NodeState::Secondary, Some("node_a"), 4000),
+                node("node_c", NodeState::FastForward, Some("node_b"), 3000),
+                node("node_d", NodeState::Maintenance, None, 1000),
+            ],
+            ..st
+        };
+        let lines = super::topology_lines(&st);
+        assert!(
+            lines[0].starts_with("node_a (10.0.0.1:5432) primary"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("└─ node_b") && lines[1].ends_with("1000 bytes behind"),
+            "{lines:?}"
+        );
+        assert!(lines[2].starts_with("   └─ node_c"), "{lines:?}");
+        assert_eq!(lines[3], "not streaming:");
+        assert!(lines[4].contains("node_d"), "{lines:?}");
+    }
+
+    #[test]
+    fn history_reads_promotions_from_events() {
+        let ev = |rule: &str, node: &str| pgha_api::Event {
+            id: 1,
+            time_ms: 1_796_000_000_000,
+            formation: "default".into(),
+            node_id: Some(2),
+            node_name: Some(node.into()),
+            reported_state: None,
+            assigned_state: None,
+            rule: rule.into(),
+            description: "why".into(),
+            inputs: Some(serde_json::json!({"term": 1, "nodes": [
+                {"name": "node_b", "timeline": 3, "lsn": "0/3000060"},
+            ]})),
+            actor: None,
+        };
+        let list = super::promotions(&[
+            ev("report", "node_b"),
+            ev("failover_promote", "node_b"),
+            ev("switchover_promote", "node_c"),
+        ]);
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].from_timeline, Some(3));
+        assert_eq!(list[0].new_timeline, Some(4));
+        assert_eq!(
+            list[0].from_lsn.map(|l| l.to_string()).as_deref(),
+            Some("0/3000060")
+        );
+        assert_eq!(list[1].from_timeline, None, "node_c was not in the inputs");
+    }
+
     #[test]
     fn formats_utc_times() {
         assert_eq!(super::format_time(0), "1970-01-01 00:00:00.000");

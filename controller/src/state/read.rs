@@ -187,6 +187,12 @@ impl ControllerState {
                         pending_restart: o.pg.pending_restart.clone(),
                         auth_method: o.auth_method.clone(),
                         rebuilding: n.intent.rebuild_epoch > o.rebuilt_epoch,
+                        upstream: view
+                            .nodes
+                            .iter()
+                            .find(|v| v.id == n.id)
+                            .and_then(|v| view.upstream_of(v))
+                            .map(|u| u.name.clone()),
                     }
                 })
                 .collect();

@@ -13,6 +13,9 @@ async fn a_paused_formation_fails_nothing_over_until_it_resumes() {
     scenario(async |c| {
         c.bootstrap_two()?;
         let m = c.join_url.clone();
+        // A switchover first, for the history: node_b primary, node_a its standby.
+        c.pgha_ok(&["perform", "switchover", "--monitor", &m])?;
+        c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
         c.pgha_ok(&["pause", "--monitor", &m])?;
         let shown = c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?;
         anyhow::ensure!(shown.contains("PAUSED"), "{shown}");
@@ -25,24 +28,30 @@ async fn a_paused_formation_fails_nothing_over_until_it_resumes() {
         let (ok, _, err) = c.pgha(&["perform", "switchover", "--monitor", &m])?;
         anyhow::ensure!(!ok && err.contains("paused"), "{err}");
 
-        c.kill_vm(0)?;
+        c.kill_vm(1)?;
         // Three times the failure timeout: a formation not paused fails over in ~4 s.
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(10) {
             let st = c.state()?;
-            let b = st.nodes.iter().find(|n| n.name == "node_b").unwrap();
+            let a = st.nodes.iter().find(|n| n.name == "node_a").unwrap();
             anyhow::ensure!(
-                b.assigned_state == Secondary,
-                "paused, node_b was assigned {} ({})",
-                b.assigned_state,
+                a.assigned_state == Secondary,
+                "paused, node_a was assigned {} ({})",
+                a.assigned_state,
                 st.summary
             );
             std::thread::sleep(Duration::from_millis(200));
         }
         let t1 = Instant::now();
         c.pgha_ok(&["resume", "--monitor", &m])?;
-        c.wait_for(&[("node_b", WaitPrimary)], T)?;
-        println!("resumed: node_b writable {:?} later", t1.elapsed());
+        c.wait_for(&[("node_a", WaitPrimary)], T)?;
+        println!("resumed: node_a writable {:?} later", t1.elapsed());
+        let history = c.pgha_ok(&["show", "history", "--monitor", &c.monitor_url])?;
+        println!("{history}");
+        anyhow::ensure!(
+            history.contains("switchover_promote") && history.contains("failover_promote"),
+            "{history}"
+        );
         let events = c.pgha_ok(&[
             "show",
             "events",
@@ -85,11 +94,34 @@ async fn reinit_rebuilds_a_standby_from_scratch() {
             "the old data was not kept aside"
         );
         c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
-        let db = c.connect_node(1).await?;
-        let row = db
-            .query_one("SELECT status FROM pg_stat_wal_receiver", &[])
-            .await?;
-        anyhow::ensure!(row.get::<_, String>(0) == "streaming");
+        let topology = c.pgha_ok(&["show", "topology", "--monitor", &c.monitor_url])?;
+        println!("{topology}");
+        anyhow::ensure!(
+            topology
+                .lines()
+                .next()
+                .is_some_and(|l| l.starts_with("node_a"))
+                && topology.contains("└─ node_b"),
+            "{topology}"
+        );
+        // Streaming again (its Postgres may still be opening for reads).
+        let t0 = Instant::now();
+        loop {
+            let streaming = match c.connect_node(1).await {
+                Ok(db) => db
+                    .query_opt("SELECT status FROM pg_stat_wal_receiver", &[])
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.get::<_, String>(0) == "streaming"),
+                Err(_) => false,
+            };
+            if streaming {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < T, "node_b does not stream after its rebuild");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         probe.wait_for_more(20, T).await?;
         probe.finish_without_loss().await?;
         Ok(())
