@@ -33,7 +33,7 @@ pub use failover::plan_forced_failover;
 use failover::{plan_failover, plan_promotion};
 use operator::{plan_desired_primary, plan_drop, plan_maintenance, plan_rolling_restart};
 pub use operator::{plan_switchover, plan_switchover_to};
-pub use view::{CATCHUP_THRESHOLD_BYTES, FormationView, NodeView, StreamLog};
+pub use view::{CATCHUP_THRESHOLD_BYTES, Flapping, FormationView, NodeView, StreamLog};
 
 /// One change of a node's assigned state, with the rule that caused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +69,8 @@ pub struct Plan {
 pub enum BlockReason {
     /// No healthy secondary to promote.
     NoCandidate,
+    /// The anti-flapping limit of automatic failovers in a window is reached.
+    TooManyFailovers,
     /// Every healthy secondary has candidate priority 0.
     PriorityZero,
     /// The candidates lack WAL the primary acknowledged or reported.
@@ -80,12 +82,13 @@ pub enum BlockReason {
 }
 
 impl BlockReason {
-    pub const ALL: [BlockReason; 5] = [
+    pub const ALL: [BlockReason; 6] = [
         BlockReason::NoCandidate,
         BlockReason::PriorityZero,
         BlockReason::Lagging,
         BlockReason::QuorumNotReporting,
         BlockReason::WarmingUp,
+        BlockReason::TooManyFailovers,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +98,7 @@ impl BlockReason {
             BlockReason::Lagging => "lag",
             BlockReason::QuorumNotReporting => "quorum",
             BlockReason::WarmingUp => "controller_warming_up",
+            BlockReason::TooManyFailovers => "too_many_failovers",
         }
     }
 }

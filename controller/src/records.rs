@@ -90,6 +90,10 @@ pub struct FormationIntent {
     /// (`pgha perform failover --allow-data-loss`); it lapses with the next term.
     #[serde(default)]
     pub data_loss_allowed_term: Option<u64>,
+    /// When the last automatic failovers started, in wall-clock ms (the monotonic clock
+    /// restarts with the controller; minutes-long windows tolerate a clock step).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_wall_ms: Vec<u64>,
 }
 
 impl Default for FormationIntent {
@@ -99,6 +103,7 @@ impl Default for FormationIntent {
             rolling_restart_generation: 0,
             desired_primary_generation: 0,
             data_loss_allowed_term: None,
+            failover_wall_ms: vec![],
         }
     }
 }
@@ -312,6 +317,32 @@ impl FormationRecord {
     pub fn replication_quorum(&self, n: &NodeRecord) -> bool {
         self.declared(&n.name)
             .map_or(n.desired.replication_quorum, |d| d.replication_quorum)
+    }
+
+    /// Automatic failovers against the file's anti-flapping limit, at wall time `now`.
+    pub fn flapping(&self, now_wall_ms: u64) -> crate::planner::Flapping {
+        let limit = self
+            .spec()
+            .map(|s| s.anti_flapping.clone())
+            .unwrap_or_default();
+        let window_ms = limit.window_seconds.saturating_mul(1000);
+        let recent: Vec<u64> = self
+            .intent
+            .failover_wall_ms
+            .iter()
+            .copied()
+            .filter(|t| now_wall_ms.saturating_sub(*t) < window_ms)
+            .collect();
+        crate::planner::Flapping {
+            max_failovers: limit.max_failovers,
+            window_ms,
+            recent: recent.len() as u32,
+            next_allowed_in_ms: recent
+                .iter()
+                .min()
+                .map(|oldest| (oldest + window_ms).saturating_sub(now_wall_ms))
+                .unwrap_or(0),
+        }
     }
 
     /// Paused by an operator or by the file.

@@ -114,6 +114,11 @@ impl Cluster {
             args.push("--no-ssl");
         }
         c.pgha_ok(&args)?;
+        // Tests chain failovers faster than the default anti-flapping limit (one per 5
+        // minutes) allows: their formations lift it (day2.rs tests the limit itself).
+        let default = mon.join("formations/default.yaml");
+        let text = std::fs::read_to_string(&default)?;
+        std::fs::write(&default, lift_anti_flapping(&text))?;
         c.start_monitor()?;
         c.join_url = c
             .pgha_ok(&["show", "uri", "--formation", "monitor", "--dir", &s(&mon)])?
@@ -307,7 +312,7 @@ impl Cluster {
                 1,
             )
         };
-        std::fs::write(&tmp, text)?;
+        std::fs::write(&tmp, lift_anti_flapping(&text))?;
         std::fs::rename(&tmp, dir.join(file))?;
         Ok(())
     }
@@ -357,6 +362,18 @@ impl Cluster {
             }
         }
     }
+}
+
+/// A formation file's text with no anti-flapping limit, unless it sets one itself.
+fn lift_anti_flapping(text: &str) -> String {
+    if text.contains("antiFlapping:") {
+        return text.to_string();
+    }
+    text.replacen(
+        "\nspec:\n",
+        "\nspec:\n  antiFlapping:\n    maxFailovers: 0\n",
+        1,
+    )
 }
 
 /// Runs one scenario on a fresh cluster: on failure, the logs of the monitor and every

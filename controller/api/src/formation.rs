@@ -83,6 +83,10 @@ pub struct FormationSpec {
     /// Failure detection and fencing timings.
     #[serde(default)]
     pub timings: TimingsSpec,
+    /// At most this many automatic failovers in a window: past it, a needed failover
+    /// waits and says why (an operator's forced failover is not counted nor held).
+    #[serde(default)]
+    pub anti_flapping: AntiFlapping,
     /// Postgres settings applied to every node.
     #[serde(default)]
     pub postgresql: PostgresSpec,
@@ -133,6 +137,34 @@ pub struct TimingsSpec {
     /// (1000-600000).
     #[serde(default = "default_lease")]
     pub lease_ms: u64,
+}
+
+/// The anti-flapping limit of automatic failovers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AntiFlapping {
+    /// Automatic failovers allowed per window; 0: no limit.
+    #[serde(default = "default_max_failovers")]
+    pub max_failovers: u32,
+    /// The window, in seconds (1-86400).
+    #[serde(default = "default_flap_window")]
+    pub window_seconds: u64,
+}
+
+fn default_max_failovers() -> u32 {
+    1
+}
+fn default_flap_window() -> u64 {
+    300
+}
+
+impl Default for AntiFlapping {
+    fn default() -> Self {
+        AntiFlapping {
+            max_failovers: default_max_failovers(),
+            window_seconds: default_flap_window(),
+        }
+    }
 }
 
 fn default_report_interval() -> u64 {

@@ -301,6 +301,12 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             );
         }
     }
+    if !(1..=86_400).contains(&s.anti_flapping.window_seconds) {
+        err(
+            "spec.antiFlapping.windowSeconds".into(),
+            format!("{} is out of range 1-86400", s.anti_flapping.window_seconds),
+        );
+    }
     if t.report_interval_ms >= t.failure_timeout_ms {
         err(
             "spec.timings.failureTimeoutMs".into(),

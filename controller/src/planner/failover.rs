@@ -149,6 +149,20 @@ pub(super) fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
         ));
         return;
     }
+    // Anti-flapping: an operator's forced failover is neither counted nor held.
+    if f.flapping.exhausted() && !f.allow_data_loss {
+        p.blocked = Some(BlockReason::TooManyFailovers);
+        p.wait(format!(
+            "failover blocked: {} failed ({}); {} automatic failover(s) in the last {} s already (antiFlapping.maxFailovers {}): the next may start in {} s, or raise the limit in the formation file",
+            pr.name,
+            describe_failure(f, pr),
+            f.flapping.recent,
+            f.flapping.window_ms / 1000,
+            f.flapping.max_failovers,
+            f.flapping.next_allowed_in_ms.div_ceil(1000)
+        ));
+        return;
+    }
     let e = match elect(f, pr, pr.goal == NodeState::Primary) {
         Ok(e) => e,
         Err((reason, why)) => {

@@ -53,6 +53,24 @@ pub struct StreamLog {
     pub contacts: Vec<(String, u16, u64)>,
 }
 
+/// Automatic failovers in the anti-flapping window, and the limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flapping {
+    /// Allowed per window; 0: no limit.
+    pub max_failovers: u32,
+    pub window_ms: u64,
+    /// Automatic failovers started within the window.
+    pub recent: u32,
+    /// When the oldest of them leaves the window.
+    pub next_allowed_in_ms: u64,
+}
+
+impl Flapping {
+    pub fn exhausted(&self) -> bool {
+        self.max_failovers > 0 && self.recent >= self.max_failovers
+    }
+}
+
 /// Everything the planner looks at for one formation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FormationView {
@@ -82,6 +100,8 @@ pub struct FormationView {
     pub desired_primary_generation: u64,
     /// Paused: the planner assigns nothing.
     pub paused: bool,
+    /// Automatic failovers against the anti-flapping limit.
+    pub flapping: Flapping,
 }
 
 impl FormationView {

@@ -49,6 +49,7 @@ impl ControllerState {
             desired_primary: f.spec().and_then(|s| s.primary.clone()),
             desired_primary_generation: f.intent.desired_primary_generation,
             paused: f.paused(),
+            flapping: f.flapping(crate::clock::wall_ms()),
         })
     }
 

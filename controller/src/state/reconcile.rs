@@ -392,6 +392,17 @@ impl ControllerState {
             if let Some(g) = plan.desired_primary_generation {
                 f.intent.desired_primary_generation = g;
             }
+            // An automatic failover starts: counted against the anti-flapping limit.
+            if !view.allow_data_loss
+                && plan
+                    .decisions
+                    .iter()
+                    .any(|d| d.rule == Rule::FailoverPromote)
+            {
+                f.intent.failover_wall_ms.push(crate::clock::wall_ms());
+                let excess = f.intent.failover_wall_ms.len().saturating_sub(16);
+                f.intent.failover_wall_ms.drain(..excess);
+            }
             let removed: Vec<NodeRecord> = plan
                 .remove
                 .iter()

@@ -128,3 +128,63 @@ async fn reinit_rebuilds_a_standby_from_scratch() {
     })
     .await;
 }
+
+/// One automatic failover per window (the file's `antiFlapping`): the second failure in
+/// the window is held and says why (state, metric); raising the limit in the file lets
+/// it go ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_flapping_holds_a_second_failover_in_its_window() {
+    scenario(async |c| {
+        let file = |max: u32| {
+            format!(
+                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  antiFlapping:\n    maxFailovers: {max}\n    windowSeconds: 300\n  nodes: []\n"
+            )
+        };
+        c.write_formation("default.yaml", &file(1))?;
+        c.add_node("node_a")?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        c.add_node("node_b")?;
+        c.add_node("node_c")?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary), ("node_c", Secondary)], T)?;
+        let probe = c.write_probe().await?;
+        probe.wait_for_more(20, T).await?;
+        c.kill_vm(0)?;
+        let first = c.wait_new_primary(&["node_a"], T)?;
+        // The other standby follows the new primary with all its WAL before it is lost.
+        let other = if first == "node_b" { "node_c" } else { "node_b" };
+        c.wait_for(&[(first.as_str(), Primary), (other, Secondary)], T)?;
+        probe.wait_for_more(20, T).await?;
+        println!("first failover: {first} promoted");
+        let i = c.index(&first);
+        c.kill_vm(i)?;
+        // Held: the summary says why, and the blocked metric names the reason.
+        let t0 = Instant::now();
+        loop {
+            let st = c.state()?;
+            if st.summary.contains("antiFlapping") {
+                println!("{}", st.summary);
+                break;
+            }
+            anyhow::ensure!(
+                !st.nodes.iter().any(|n| n.name != first && n.name != "node_a" && n.assigned_state.is_writable()),
+                "the second failover was not held: {}",
+                st.summary
+            );
+            anyhow::ensure!(t0.elapsed() < T, "no anti-flapping hold: {}", st.summary);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let metrics = c.monitor_get("/metrics").await?;
+        anyhow::ensure!(
+            metrics.contains("pgha_failover_blocked{formation=\"default\",reason=\"too_many_failovers\"} 1"),
+            "the blocked metric does not say too_many_failovers"
+        );
+        // The file raises the limit: the failover goes ahead.
+        c.write_formation("default.yaml", &file(2))?;
+        let second = c.wait_new_primary(&["node_a", first.as_str()], T)?;
+        println!("second failover once the file allowed it: {second} promoted");
+        probe.wait_for_more(10, T).await?;
+        probe.finish_without_loss().await?;
+        Ok(())
+    })
+    .await;
+}

@@ -370,3 +370,35 @@ fn demoted_node_rejoins_once_the_new_primary_has_its_slot() {
     b.pg.prepared_for = vec![1];
     assert_eq!(goal_of(&plan(&formation(vec![a, b])), 1), Some(Catchingup));
 }
+
+/// Past the anti-flapping limit a needed failover waits and says why; an operator's
+/// forced failover is not held; without a limit (0) it goes ahead.
+#[test]
+fn anti_flapping_holds_the_next_automatic_failover() {
+    let mut f = three_nodes();
+    let now = f.now_ms;
+    fail(&mut f.nodes[0], now, 60_000);
+    f.flapping = Flapping {
+        max_failovers: 1,
+        window_ms: 300_000,
+        recent: 1,
+        next_allowed_in_ms: 120_000,
+    };
+    let p = plan(&f);
+    assert!(p.decisions.is_empty(), "{p:?}");
+    assert_eq!(p.blocked, Some(BlockReason::TooManyFailovers));
+    let why = p.waiting.unwrap_or_default();
+    assert!(
+        why.contains("antiFlapping") && why.contains("120 s"),
+        "{why}"
+    );
+    f.flapping.max_failovers = 0;
+    assert_eq!(goal_of(&plan(&f), 1), Some(Draining));
+    f.flapping.max_failovers = 1;
+    f.allow_data_loss = true;
+    assert_eq!(
+        goal_of(&plan(&f), 1),
+        Some(Draining),
+        "forced by the operator"
+    );
+}

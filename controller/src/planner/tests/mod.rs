@@ -62,6 +62,7 @@ fn formation(nodes: Vec<NodeView>) -> FormationView {
         desired_primary: None,
         desired_primary_generation: 0,
         paused: false,
+        flapping: Flapping::default(),
     }
 }
 

@@ -244,6 +244,7 @@ impl World {
             desired_primary: None,
             desired_primary_generation: 0,
             paused: false,
+            flapping: Flapping::default(),
         }
     }
 
