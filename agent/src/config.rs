@@ -143,6 +143,9 @@ pub struct AgentState {
     /// base backup after the primary invalidated this node's slot).
     #[serde(default)]
     pub rebuilt_epoch: u64,
+    /// The last restart epoch carried out (`pgha restart`).
+    #[serde(default)]
+    pub restarted_epoch: u64,
 }
 
 impl AgentState {

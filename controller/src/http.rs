@@ -126,6 +126,7 @@ pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
         .route(routes::NODE, axum::routing::delete(drop_node))
         .route(routes::PAUSE, post(pause).delete(resume))
         .route(routes::REINIT, post(reinit))
+        .route(routes::RESTART, post(restart))
         .route(routes::EVENTS, get(events))
         // Every matched route passes the access check of its entry in routes::ALL.
         .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), guard))
@@ -410,6 +411,17 @@ async fn reinit(
     let mut st = lock(&ctx.shared);
     let actor = caller.actor(&st);
     st.reinit(&name, &node, &actor, now_ms())?;
+    node_done(&name, &node)
+}
+
+async fn restart(
+    State(ctx): State<Ctx>,
+    Path((name, node)): Path<(String, String)>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<serde_json::Value> {
+    let mut st = lock(&ctx.shared);
+    let actor = caller.actor(&st);
+    st.restart(&name, &node, &actor, now_ms())?;
     node_done(&name, &node)
 }
 

@@ -160,6 +160,9 @@ pub struct NodeIntent {
     /// rebuilds from a fresh base backup once per bump.
     #[serde(default)]
     pub rebuild_epoch: u64,
+    /// Bumped by each `pgha restart`: the node restarts its Postgres once per bump.
+    #[serde(default)]
+    pub restart_epoch: u64,
 }
 
 /// What the node last reported (kept so `show state` reads right after a restart).
@@ -188,6 +191,7 @@ impl NodeRecord {
             intent: NodeIntent {
                 goal,
                 rebuild_epoch: 0,
+                restart_epoch: 0,
             },
             observed: NodeObserved {
                 reported: NodeState::Init,

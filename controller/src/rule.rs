@@ -47,6 +47,7 @@ pub enum Rule {
     NodeCredentialIssued,
     OperatorPause,
     OperatorReinit,
+    OperatorRestart,
 }
 
 impl Rule {
@@ -91,6 +92,7 @@ impl Rule {
         Rule::NodeCredentialIssued,
         Rule::OperatorPause,
         Rule::OperatorReinit,
+        Rule::OperatorRestart,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -135,6 +137,7 @@ impl Rule {
             Rule::NodeCredentialIssued => "node_credential_issued",
             Rule::OperatorPause => "operator_pause",
             Rule::OperatorReinit => "operator_reinit",
+            Rule::OperatorRestart => "operator_restart",
         }
     }
 

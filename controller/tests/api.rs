@@ -155,6 +155,7 @@ fn report(node_id: u64, reported: NodeState) -> NodeReport {
         applied_generation: 0,
         auth_method: None,
         rebuilt_epoch: 0,
+        restarted_epoch: 0,
     }
 }
 

@@ -120,6 +120,7 @@ impl Agent {
             applied_generation: self.applied_generation,
             auth_method: Some(self.cfg.auth.hba_name().to_string()),
             rebuilt_epoch: self.state.rebuilt_epoch,
+            restarted_epoch: self.state.restarted_epoch,
         };
         let sent = Instant::now();
         self.last_report = Some(sent);

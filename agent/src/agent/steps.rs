@@ -131,6 +131,25 @@ impl Agent {
         Ok(true)
     }
 
+    /// `pgha restart`: a running Postgres is stopped once per epoch the controller sets;
+    /// the next tick starts it as its goal says. Returns true when it acted.
+    pub(super) async fn restart_if_asked(&mut self, l: &Local) -> anyhow::Result<bool> {
+        let Some(a) = &self.state.assignment else {
+            return Ok(false);
+        };
+        let epoch = a.restart_epoch;
+        if epoch <= self.state.restarted_epoch {
+            return Ok(false);
+        }
+        if l.postmaster_running {
+            tracing::info!("restarting Postgres, as an operator asked (pgha restart)");
+            pg::stop(&self.cfg).await?;
+        }
+        self.state.restarted_epoch = epoch;
+        self.state.save(&self.cfg)?;
+        Ok(true)
+    }
+
     /// Moves PGDATA aside (keeping one earlier copy per reason) so that the next tick
     /// takes a fresh base backup.
     fn move_aside(&self, reason: &str, why: &str) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ impl Agent {
     /// One pass; returns how long to sleep before the next.
     pub(super) async fn tick(&mut self) -> anyhow::Result<Duration> {
         let l = self.observe().await;
-        if self.rebuild_if_asked(&l).await? {
+        if self.rebuild_if_asked(&l).await? || self.restart_if_asked(&l).await? {
             return Ok(FAST_PAUSE);
         }
         self.check_lease(self.effective_goal())?;

@@ -135,6 +135,7 @@ mod tests {
             max_slot_wal_keep_size: "8GB".into(),
             rebuild_epoch: 0,
             node_token: None,
+            restart_epoch: 0,
         }
     }
 

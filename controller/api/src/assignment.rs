@@ -58,6 +58,10 @@ pub struct Assignment {
     /// (its WAL is gone): a standby rebuilds from a fresh base backup once per bump.
     #[serde(default)]
     pub rebuild_epoch: u64,
+    /// Bumped by each `pgha restart` of this node: it restarts its Postgres once per
+    /// bump.
+    #[serde(default)]
+    pub restart_epoch: u64,
     /// A credential for a node that registered before nodes had their own: handed out
     /// once, in the answer to its first report; the agent keeps it and reports with it
     /// from then on. Never logged.

@@ -289,6 +289,16 @@ impl MonitorClient {
             .await
     }
 
+    /// `pgha restart --name N`.
+    pub async fn restart(
+        &self,
+        formation: &str,
+        node: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.post(&routes::path(routes::RESTART, formation, Some(node)), &())
+            .await
+    }
+
     /// `pgha pause` (true) or `pgha resume` (false).
     pub async fn set_paused(
         &self,

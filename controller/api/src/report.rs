@@ -94,4 +94,7 @@ pub struct NodeReport {
     /// The last rebuild epoch this node carried out (the assignment's `rebuild_epoch`).
     #[serde(default)]
     pub rebuilt_epoch: u64,
+    /// The last restart epoch this node carried out (the assignment's `restart_epoch`).
+    #[serde(default)]
+    pub restarted_epoch: u64,
 }

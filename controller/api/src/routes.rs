@@ -24,6 +24,8 @@ pub const MAINTENANCE: &str = "/v1/formations/{name}/nodes/{node}/maintenance";
 pub const NODE: &str = "/v1/formations/{name}/nodes/{node}";
 /// `POST`: rebuild a standby from a fresh base backup (`pgha reinit`).
 pub const REINIT: &str = "/v1/formations/{name}/nodes/{node}/reinit";
+/// `POST`: restart a node's Postgres (`pgha restart`).
+pub const RESTART: &str = "/v1/formations/{name}/nodes/{node}/restart";
 /// `POST` pauses the formation (no assignment, no failover), `DELETE` resumes it.
 pub const PAUSE: &str = "/v1/formations/{name}/pause";
 
@@ -75,6 +77,7 @@ pub const ALL: &[Route] = &[
     route("DELETE", MAINTENANCE, Access::Operate),
     route("DELETE", NODE, Access::Operate),
     route("POST", REINIT, Access::Operate),
+    route("POST", RESTART, Access::Operate),
     route("POST", PAUSE, Access::Operate),
     route("DELETE", PAUSE, Access::Operate),
 ];

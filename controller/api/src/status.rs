@@ -50,6 +50,9 @@ pub struct NodeStatus {
     /// invalidated) and not done yet.
     #[serde(default)]
     pub rebuilding: bool,
+    /// Asked to restart its Postgres (`pgha restart`) and not done yet.
+    #[serde(default)]
+    pub restarting: bool,
 }
 
 impl NodeStatus {

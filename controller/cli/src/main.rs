@@ -64,6 +64,9 @@ enum Cmd {
     /// Rebuild a standby from a fresh base backup (its data is moved aside, not deleted):
     /// for a standby whose data is damaged, which pg_rewind cannot repair.
     Reinit(NodeArgs),
+    /// Restart a node's Postgres (a standby, or a lone primary; switch a primary with
+    /// standbys over first). Settings from the formation file restart by themselves.
+    Restart(NodeArgs),
     /// Formation files: validate, diff against the monitor.
     #[command(subcommand)]
     Formation(formation::FormationCmd),
@@ -248,6 +251,25 @@ async fn reinit(a: NodeArgs) -> anyhow::Result<()> {
     })
     .await?;
     eprintln!("{name} rebuilt and back as a standby");
+    Ok(())
+}
+
+async fn restart(a: NodeArgs) -> anyhow::Result<()> {
+    let client = a.monitor.operator_client()?;
+    client.restart(&a.formation, &a.name).await?;
+    eprintln!("{} restarts its Postgres", a.name);
+    let name = a.name.clone();
+    wait_formation(&client, &a.formation, a.timeout, |st| {
+        st.nodes.iter().any(|n| {
+            n.name == name
+                && !n.restarting
+                && n.pg_running
+                && n.health == pgha_api::Health::Good
+                && n.reported_state == n.assigned_state
+        })
+    })
+    .await?;
+    eprintln!("{name} restarted");
     Ok(())
 }
 
@@ -534,6 +556,7 @@ fn main() -> ExitCode {
             Cmd::Drop(DropCmd::Node(a)) => drop_node(a).await,
             Cmd::Pause(a) => set_paused(a, true).await,
             Cmd::Reinit(a) => reinit(a).await,
+            Cmd::Restart(a) => restart(a).await,
             Cmd::Resume(a) => set_paused(a, false).await,
         }
     });

@@ -55,6 +55,7 @@ pub struct Observed {
     pub applied_generation: u64,
     pub auth_method: Option<String>,
     pub rebuilt_epoch: u64,
+    pub restarted_epoch: u64,
 }
 
 pub struct ControllerState {

@@ -420,6 +420,51 @@ impl ControllerState {
         Ok(())
     }
 
+    /// `pgha restart --name N`: the node restarts its Postgres (for a setting the file
+    /// does not carry, or a stuck process). A primary with standbys is refused: it
+    /// would stop writes; switch over first (a lone primary restarts in place).
+    pub fn restart(
+        &mut self,
+        formation: &str,
+        node: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<(), ActionError> {
+        self.refuse_if_paused(formation, "restart")?;
+        let has_peers = self.formation(formation)?.nodes.len() > 1;
+        let n = self.node_named(formation, node)?;
+        if n.goal().is_writable() && has_peers {
+            return refused(
+                ErrorCode::NotAStandby,
+                format!(
+                    "{node} is the primary: its restart would stop writes; switch over first (`pgha perform promotion` of another node)"
+                ),
+            );
+        }
+        let id = n.id;
+        let Some(n) = self
+            .durable
+            .formations
+            .get_mut(formation)
+            .and_then(|f| f.nodes.get_mut(&id))
+        else {
+            return Err(unknown_formation(formation));
+        };
+        n.intent.restart_epoch += 1;
+        let rec = n.clone();
+        self.save()?;
+        let mut ev = self.event(
+            formation,
+            Some(&rec),
+            Rule::OperatorRestart,
+            format!("operator asked to restart the Postgres of {node}"),
+            now_ms,
+        );
+        ev.actor = Some(actor.to_string());
+        self.record(ev)?;
+        Ok(())
+    }
+
     /// `pgha drop node`: the planner takes it out of the formation.
     pub fn drop_node(
         &mut self,

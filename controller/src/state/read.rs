@@ -137,6 +137,7 @@ impl ControllerState {
             max_slot_wal_keep_size: f.max_slot_wal_keep_size(),
             rebuild_epoch: n.intent.rebuild_epoch,
             node_token: None,
+            restart_epoch: n.intent.restart_epoch,
         })
     }
 
@@ -188,6 +189,7 @@ impl ControllerState {
                         pending_restart: o.pg.pending_restart.clone(),
                         auth_method: o.auth_method.clone(),
                         rebuilding: n.intent.rebuild_epoch > o.rebuilt_epoch,
+                        restarting: n.intent.restart_epoch > o.restarted_epoch,
                         upstream: view
                             .nodes
                             .iter()

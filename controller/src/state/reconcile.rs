@@ -203,6 +203,7 @@ impl ControllerState {
         o.applied_generation = r.applied_generation;
         o.auth_method = r.auth_method.clone();
         o.rebuilt_epoch = r.rebuilt_epoch;
+        o.restarted_epoch = r.restarted_epoch;
         o.last_error = r.last_error.clone();
         if r.pg.running {
             o.pg_down_since_ms = None;

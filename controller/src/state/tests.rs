@@ -176,6 +176,7 @@ fn report(node_id: NodeId, reported: NodeState, term: u64) -> NodeReport {
         applied_generation: 0,
         auth_method: None,
         rebuilt_epoch: 0,
+        restarted_epoch: 0,
     }
 }
 

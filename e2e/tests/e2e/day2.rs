@@ -188,3 +188,44 @@ async fn anti_flapping_holds_a_second_failover_in_its_window() {
     })
     .await;
 }
+
+/// `pgha restart` restarts a standby's Postgres (a new postmaster), the formation stays
+/// primary + secondary and no acknowledged write is lost; the primary with a standby is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_restarts_a_standby_in_place() {
+    scenario(async |c| {
+        c.bootstrap_two()?;
+        let probe = c.write_probe().await?;
+        probe.wait_for_more(20, T).await?;
+        let m = c.join_url.clone();
+        let (ok, _, err) = c.pgha(&["restart", "--name", "node_a", "--monitor", &m])?;
+        anyhow::ensure!(!ok && err.contains("is the primary"), "{err}");
+        let before = c.nodes[1].postmaster_pid();
+        let t0 = Instant::now();
+        c.pgha_ok(&["restart", "--name", "node_b", "--monitor", &m])?;
+        let after = c.nodes[1].postmaster_pid();
+        println!(
+            "node_b restarted in {:?}: postmaster {before:?} -> {after:?}",
+            t0.elapsed()
+        );
+        anyhow::ensure!(
+            before.is_some() && after.is_some() && before != after,
+            "node_b's postmaster did not change: {before:?} -> {after:?}"
+        );
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        probe.wait_for_more(20, T).await?;
+        probe.finish_without_loss().await?;
+        let events = c.pgha_ok(&[
+            "show",
+            "events",
+            "--count",
+            "50",
+            "--monitor",
+            &c.monitor_url,
+        ])?;
+        anyhow::ensure!(events.contains("operator_restart"), "{events}");
+        Ok(())
+    })
+    .await;
+}
