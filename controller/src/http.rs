@@ -363,66 +363,74 @@ struct MaintenanceQuery {
     allow_failover: bool,
 }
 
-fn node_done(formation: &str, node: &str) -> ApiResult<serde_json::Value> {
-    Ok(Json(
-        serde_json::json!({"node": node, "formation": formation}),
-    ))
+/// An operator action on one node: the state method, under the lock, as the caller.
+fn on_node(
+    ctx: &Ctx,
+    (name, node): (String, String),
+    caller: &Caller,
+    act: impl FnOnce(
+        &mut crate::state::ControllerState,
+        &str,
+        &str,
+        &str,
+        u64,
+    ) -> Result<(), ActionError>,
+) -> ApiResult<serde_json::Value> {
+    let mut st = lock(&ctx.shared);
+    let actor = caller.actor(&st);
+    act(&mut st, &name, &node, &actor, now_ms())?;
+    Ok(Json(serde_json::json!({"node": node, "formation": name})))
 }
 
 async fn enable_maintenance(
     State(ctx): State<Ctx>,
-    Path((name, node)): Path<(String, String)>,
+    Path(at): Path<(String, String)>,
     Params(q): Params<MaintenanceQuery>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
-    let mut st = lock(&ctx.shared);
-    let actor = caller.actor(&st);
-    st.set_maintenance(&name, &node, true, q.allow_failover, &actor, now_ms())?;
-    node_done(&name, &node)
+    on_node(&ctx, at, &caller, |st, f, n, who, now| {
+        st.set_maintenance(f, n, true, q.allow_failover, who, now)
+    })
 }
 
 async fn disable_maintenance(
     State(ctx): State<Ctx>,
-    Path((name, node)): Path<(String, String)>,
+    Path(at): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
-    let mut st = lock(&ctx.shared);
-    let actor = caller.actor(&st);
-    st.set_maintenance(&name, &node, false, false, &actor, now_ms())?;
-    node_done(&name, &node)
+    on_node(&ctx, at, &caller, |st, f, n, who, now| {
+        st.set_maintenance(f, n, false, false, who, now)
+    })
 }
 
 async fn drop_node(
     State(ctx): State<Ctx>,
-    Path((name, node)): Path<(String, String)>,
+    Path(at): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
-    let mut st = lock(&ctx.shared);
-    let actor = caller.actor(&st);
-    st.drop_node(&name, &node, &actor, now_ms())?;
-    node_done(&name, &node)
+    on_node(&ctx, at, &caller, |st, f, n, who, now| {
+        st.drop_node(f, n, who, now)
+    })
 }
 
 async fn reinit(
     State(ctx): State<Ctx>,
-    Path((name, node)): Path<(String, String)>,
+    Path(at): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
-    let mut st = lock(&ctx.shared);
-    let actor = caller.actor(&st);
-    st.reinit(&name, &node, &actor, now_ms())?;
-    node_done(&name, &node)
+    on_node(&ctx, at, &caller, |st, f, n, who, now| {
+        st.reinit(f, n, who, now)
+    })
 }
 
 async fn restart(
     State(ctx): State<Ctx>,
-    Path((name, node)): Path<(String, String)>,
+    Path(at): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
-    let mut st = lock(&ctx.shared);
-    let actor = caller.actor(&st);
-    st.restart(&name, &node, &actor, now_ms())?;
-    node_done(&name, &node)
+    on_node(&ctx, at, &caller, |st, f, n, who, now| {
+        st.restart(f, n, who, now)
+    })
 }
 
 async fn pause(

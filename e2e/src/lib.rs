@@ -379,7 +379,7 @@ fn lift_anti_flapping(text: &str) -> String {
 /// Runs one scenario on a fresh cluster: on failure, the logs of the monitor and every
 /// node are printed (and kept with `PGHA_E2E_KEEP_LOGS`) before the test fails.
 pub async fn scenario(f: impl AsyncFnOnce(&mut Cluster) -> anyhow::Result<()>) {
-    let mut c = Cluster::start().unwrap();
+    let mut c = Cluster::start().expect("starting the e2e cluster (see the error for what)");
     let r = f(&mut c).await;
     c.check(r);
 }

@@ -372,8 +372,8 @@ impl ControllerState {
             what,
             actor,
         };
-        self.set_node_flag(formation, node, ask, now_ms, |d| {
-            d.operator_maintenance = on
+        self.change_node(formation, node, ask, now_ms, |n| {
+            n.desired.operator_maintenance = on
         })
     }
 
@@ -396,28 +396,14 @@ impl ControllerState {
                 ),
             );
         }
-        let id = n.id;
-        let Some(n) = self
-            .durable
-            .formations
-            .get_mut(formation)
-            .and_then(|f| f.nodes.get_mut(&id))
-        else {
-            return Err(unknown_formation(formation));
+        let ask = Ask {
+            rule: Rule::OperatorReinit,
+            what: format!("operator asked to rebuild {node} from a fresh base backup"),
+            actor,
         };
-        n.intent.rebuild_epoch += 1;
-        let rec = n.clone();
-        self.save()?;
-        let mut ev = self.event(
-            formation,
-            Some(&rec),
-            Rule::OperatorReinit,
-            format!("operator asked to rebuild {node} from a fresh base backup"),
-            now_ms,
-        );
-        ev.actor = Some(actor.to_string());
-        self.record(ev)?;
-        Ok(())
+        self.change_node(formation, node, ask, now_ms, |n| {
+            n.intent.rebuild_epoch += 1
+        })
     }
 
     /// `pgha restart --name N`: the node restarts its Postgres (for a setting the file
@@ -441,28 +427,14 @@ impl ControllerState {
                 ),
             );
         }
-        let id = n.id;
-        let Some(n) = self
-            .durable
-            .formations
-            .get_mut(formation)
-            .and_then(|f| f.nodes.get_mut(&id))
-        else {
-            return Err(unknown_formation(formation));
+        let ask = Ask {
+            rule: Rule::OperatorRestart,
+            what: format!("operator asked to restart the Postgres of {node}"),
+            actor,
         };
-        n.intent.restart_epoch += 1;
-        let rec = n.clone();
-        self.save()?;
-        let mut ev = self.event(
-            formation,
-            Some(&rec),
-            Rule::OperatorRestart,
-            format!("operator asked to restart the Postgres of {node}"),
-            now_ms,
-        );
-        ev.actor = Some(actor.to_string());
-        self.record(ev)?;
-        Ok(())
+        self.change_node(formation, node, ask, now_ms, |n| {
+            n.intent.restart_epoch += 1
+        })
     }
 
     /// `pgha drop node`: the planner takes it out of the formation.
@@ -479,17 +451,20 @@ impl ControllerState {
             what,
             actor,
         };
-        self.set_node_flag(formation, node, ask, now_ms, |d| d.drop_requested = true)
+        self.change_node(formation, node, ask, now_ms, |n| {
+            n.desired.drop_requested = true
+        })
     }
 
-    /// Sets an operator flag on a node, saves, and records what was asked.
-    fn set_node_flag(
+    /// Changes what an operator asked of a node (a flag, an epoch to act on), saves, and
+    /// records what was asked and by whom.
+    fn change_node(
         &mut self,
         formation: &str,
         node: &str,
         ask: Ask<'_>,
         now_ms: u64,
-        set: impl FnOnce(&mut NodeDesired),
+        change: impl FnOnce(&mut NodeRecord),
     ) -> Result<(), ActionError> {
         let id = self.node_named(formation, node)?.id;
         let Some(n) = self
@@ -500,7 +475,7 @@ impl ControllerState {
         else {
             return Err(unknown_formation(formation));
         };
-        set(&mut n.desired);
+        change(n);
         let rec = n.clone();
         self.save()?;
         let mut ev = self.event(formation, Some(&rec), ask.rule, ask.what, now_ms);
