@@ -49,12 +49,22 @@ impl Cluster {
     /// Stalls (SIGSTOP) the WAL receiver of standby `i`: the standby stays up and its
     /// agent reports it healthy, but it falls behind. Returns the receiver's PID.
     pub async fn stall_wal_receiver(&self, i: usize) -> anyhow::Result<i32> {
-        let db = self.connect_node(i).await?;
-        let pid: i32 = db
-            .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
-            .await
-            .context("no WAL receiver on the standby")?
-            .get(0);
+        // A receiver that is (re)connecting right now shows no row for a moment.
+        let t0 = std::time::Instant::now();
+        let pid: i32 = loop {
+            let db = self.connect_node(i).await?;
+            if let Some(row) = db
+                .query_opt("SELECT pid FROM pg_stat_wal_receiver", &[])
+                .await?
+            {
+                break row.get(0);
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no WAL receiver on the standby for 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         signal(pid, nix::sys::signal::Signal::SIGSTOP);
         Ok(pid)
     }
