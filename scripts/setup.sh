@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Installs what pgha needs on a fresh Debian machine: PostgreSQL 15 (server binaries
 # under /usr/lib/postgresql/15/bin, and the unprivileged `postgres` OS user that runs
-# them when pgha runs as root) and openssl; for the tests (unless --runtime-only) also
-# Prometheus (server and promtool) and cargo-nextest.
+# them when pgha runs as root), openssl and protoc (to build etcd's client); for the
+# tests (unless --runtime-only) also Prometheus (server and promtool), etcd and
+# cargo-nextest.
 set -euo pipefail
 runtime_only=false
 [ "${1:-}" = "--runtime-only" ] && runtime_only=true
 need_apt=()
 [ -x /usr/lib/postgresql/15/bin/pg_ctl ] || need_apt+=(postgresql-15)
 command -v openssl >/dev/null || need_apt+=(openssl)
+# etcd's client is generated from .proto files at build time (the `etcd` feature).
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 if ! $runtime_only; then
   command -v promtool >/dev/null || need_apt+=(prometheus)
+  # The controller-group tests run a real etcd cluster.
+  [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

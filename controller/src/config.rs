@@ -24,6 +24,52 @@ pub struct MonitorConfig {
     /// warned about at every start), or by a version before TLS.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// Where the durable state lives: this directory (the default) or etcd.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `host:port` of every controller sharing the store (this one included), in the
+    /// order URLs list them; empty for a single controller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controllers: Vec<String>,
+}
+
+/// The store a controller keeps its state in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// `state.json` and `events.jsonl` in the monitor's directory.
+    #[default]
+    File,
+    /// An etcd cluster, shared by several controllers of which one leads.
+    Etcd(EtcdSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSettings {
+    /// Client URLs of the etcd members (`http://host:2379`, or `https://` with
+    /// `ca_file`).
+    pub endpoints: Vec<String>,
+    /// Key prefix of everything this controller group keeps (one group per prefix).
+    pub prefix: String,
+    /// CA certificate (PEM) the etcd members' certificates chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// etcd user (its password in `password_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Seconds the leader's lease lasts without a keep-alive: how long the group is
+    /// without a leader when the leader's VM dies.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_s: u64,
+}
+
+pub const DEFAULT_LEASE_TTL_S: u64 = 5;
+
+fn default_lease_ttl() -> u64 {
+    DEFAULT_LEASE_TTL_S
 }
 
 /// The monitor's TLS identity on disk.
@@ -44,15 +90,35 @@ impl MonitorConfig {
     /// The URL nodes and operators reach the API at: `https://host:port#sha256=<CA
     /// fingerprint>` (the fragment pins the CA; it never leaves the client), or
     /// `http://host:port` for a `--no-ssl` monitor.
+    ///
+    /// With several controllers on one store, the URL names them all
+    /// (`https://h1:5440,h2:5440,h3:5440#sha256=...`) and clients find the leader.
     pub fn url(&self) -> String {
+        let hosts = match self.controllers.is_empty() {
+            true => self.own_host_port(),
+            false => self.controllers.join(","),
+        };
+        self.url_of(&hosts)
+    }
+
+    /// This controller's own URL (the one its leader key advertises).
+    pub fn own_url(&self) -> String {
+        self.url_of(&self.own_host_port())
+    }
+
+    fn own_host_port(&self) -> String {
         let port = self.listen.rsplit(':').next().unwrap_or("5440");
         let host = match self.hostname.parse::<std::net::Ipv6Addr>() {
             Ok(_) => format!("[{}]", self.hostname),
             Err(_) => self.hostname.clone(),
         };
+        format!("{host}:{port}")
+    }
+
+    fn url_of(&self, hosts: &str) -> String {
         match &self.tls {
-            Some(t) => format!("https://{host}:{port}#sha256={}", t.ca_fingerprint),
-            None => format!("http://{host}:{port}"),
+            Some(t) => format!("https://{hosts}#sha256={}", t.ca_fingerprint),
+            None => format!("http://{hosts}"),
         }
     }
 

@@ -21,6 +21,7 @@ use serde::Deserialize;
 struct Ctx {
     shared: Shared,
     cfg: MonitorConfig,
+    leadership: std::sync::Arc<crate::leader::Leadership>,
 }
 
 /// An API failure: HTTP status plus the uniform body.
@@ -107,8 +108,16 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
     }
 }
 
-pub fn router(shared: Shared, cfg: MonitorConfig) -> Router {
-    let ctx = Ctx { shared, cfg };
+pub fn router(
+    shared: Shared,
+    cfg: MonitorConfig,
+    leadership: std::sync::Arc<crate::leader::Leadership>,
+) -> Router {
+    let ctx = Ctx {
+        shared,
+        cfg,
+        leadership,
+    };
     Router::new()
         .route(routes::HEALTHZ, get(|| async { "ok\n" }))
         .route(routes::METRICS, get(metrics))
@@ -173,6 +182,13 @@ async fn guard(
         )
         .into_response();
     };
+    // A follower answers only what needs no state: health, and its own metrics page.
+    if access != routes::Access::Public
+        && route != routes::METRICS
+        && !ctx.leadership.is_leader(now_ms())
+    {
+        return not_leader(&ctx).into_response();
+    }
     let formation = params
         .iter()
         .find(|(k, _)| *k == "name")
@@ -194,8 +210,37 @@ async fn guard(
     }
 }
 
+/// A follower's refusal, naming the leader when one is known.
+fn not_leader(ctx: &Ctx) -> Failure {
+    let leader = match ctx.leadership.leader_url() {
+        Some(url) if url != ctx.cfg.own_url() => format!("the leader is {url}"),
+        _ => "no controller leads right now (an election is under way, or etcd cannot be reached)"
+            .into(),
+    };
+    Failure::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::NotLeader,
+        format!(
+            "this controller ({}) does not lead: {leader}",
+            ctx.cfg.own_url()
+        ),
+    )
+}
+
 async fn metrics(State(ctx): State<Ctx>) -> Response {
-    let text = lock(&ctx.shared).metrics_page(now_ms());
+    let now = now_ms();
+    let text = if ctx.leadership.is_leader(now) {
+        lock(&ctx.shared).metrics_page(now)
+    } else {
+        // A follower's formations are stale: it says only that it follows, so a
+        // Prometheus scraping every controller counts each formation once.
+        String::from("# EOF\n")
+    };
+    let text = crate::metrics::with_leader_gauge(
+        text,
+        ctx.leadership.shared_store(),
+        ctx.leadership.is_leader(now),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -3,7 +3,8 @@
 //! - [`planner`]: the pure decision function (no I/O);
 //! - [`records`]: the durable records, desired apart from intent apart from observed;
 //! - [`rule`]: why each decision and event happened, as a typed enum;
-//! - [`store`]: the crash-safe embedded store;
+//! - [`store`]: where the durable state lives (a file, or etcd);
+//! - [`leader`]: which controller decides, and the fence that stops a deposed one;
 //! - [`state`]: live state (durable records + observations) and plan application;
 //! - [`admission`]: who may join a formation and speak for its nodes;
 //! - [`credentials`]: the operator's and the read-only credential of the monitor;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod credentials;
 pub mod desired;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod planner;
 pub mod probe;
@@ -48,27 +50,41 @@ pub async fn run(
     cfg: MonitorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = store::FileStore::lock(&cfg.dir)
-        .with_context(|| format!("opening the controller store in {}", cfg.dir.display()))?;
-    let st = ControllerState::open(Box::new(store), now_ms())
-        .with_context(|| format!("opening the controller store in {}", cfg.dir.display()))?;
     // A monitor made before the operator's and the read credential gets them now.
     credentials::ensure(&cfg.dir)
         .with_context(|| format!("making the monitor's credentials in {}", cfg.dir.display()))?;
-    let shared: Shared = Arc::new(Mutex::new(st));
-    lock(&shared).credentials = credentials::MonitorCredentials::load(&cfg.dir);
-    // The desired state is read before anything is served or reconciled.
-    let _watcher = match &cfg.formations_dir {
-        Some(dir) => {
-            reload_desired(&shared, dir);
-            Some(spawn_desired_loop(
-                shared.clone(),
-                dir.clone(),
-                cfg.dir.clone(),
-            ))
+    let (shared, leadership) = match &cfg.store {
+        config::StoreConfig::File => {
+            let store = store::FileStore::lock(&cfg.dir).with_context(|| {
+                format!("opening the controller store in {}", cfg.dir.display())
+            })?;
+            let st = ControllerState::open(Box::new(store), now_ms()).with_context(|| {
+                format!("opening the controller store in {}", cfg.dir.display())
+            })?;
+            let shared: Shared = Arc::new(Mutex::new(st));
+            lock(&shared).credentials = credentials::MonitorCredentials::load(&cfg.dir);
+            // The desired state is read before anything is served or reconciled.
+            if let Some(dir) = &cfg.formations_dir {
+                reload_desired(&shared, dir);
+            }
+            (shared, Arc::new(leader::Leadership::sole()))
         }
-        None => None,
+        #[cfg(feature = "etcd")]
+        config::StoreConfig::Etcd(settings) => start_etcd_campaign(&cfg, settings)?,
+        #[cfg(not(feature = "etcd"))]
+        config::StoreConfig::Etcd(_) => anyhow::bail!(
+            "{}: this monitor keeps its state in etcd, and this pgha was built without the `etcd` feature",
+            MonitorConfig::path(&cfg.dir).display()
+        ),
     };
+    let _watcher = cfg.formations_dir.as_ref().map(|dir| {
+        spawn_desired_loop(
+            shared.clone(),
+            leadership.clone(),
+            dir.clone(),
+            cfg.dir.clone(),
+        )
+    });
     let tls = cfg.server_tls()?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
@@ -80,9 +96,9 @@ pub async fn run(
         );
     }
 
-    let reconciler = tokio::spawn(reconcile_loop(shared.clone()));
-    let prober = tokio::spawn(probe::probe_loop(shared.clone()));
-    let app = http::router(shared.clone(), cfg.clone());
+    let reconciler = tokio::spawn(reconcile_loop(shared.clone(), leadership.clone()));
+    let prober = tokio::spawn(probe::probe_loop(shared.clone(), leadership.clone()));
+    let app = http::router(shared.clone(), cfg.clone(), leadership);
     pgha_api::server::serve(
         listener,
         app,
@@ -94,6 +110,52 @@ pub async fn run(
     reconciler.abort();
     prober.abort();
     Ok(())
+}
+
+/// Opens the etcd store as a follower and starts contending for leadership; on winning,
+/// the state is loaded afresh from etcd (another controller may have led meanwhile)
+/// and the formation files applied, before this controller answers as leader.
+#[cfg(feature = "etcd")]
+fn start_etcd_campaign(
+    cfg: &MonitorConfig,
+    settings: &config::EtcdSettings,
+) -> anyhow::Result<(Shared, Arc<leader::Leadership>)> {
+    use store::etcd::{Campaign, Etcd, EtcdStore};
+    let etcd = Etcd::connect(settings).context("opening the controller store")?;
+    let leadership = Arc::new(leader::Leadership::follower());
+    let st = ControllerState::open(
+        Box::new(EtcdStore::new(etcd.clone(), leadership.clone())),
+        now_ms(),
+    )
+    .context("opening the controller store in etcd")?;
+    let shared: Shared = Arc::new(Mutex::new(st));
+    let on_elected = {
+        let (shared, etcd, leadership) = (shared.clone(), etcd.clone(), leadership.clone());
+        let (dir, formations_dir) = (cfg.dir.clone(), cfg.formations_dir.clone());
+        let own_url = cfg.own_url();
+        move || -> anyhow::Result<()> {
+            let store = EtcdStore::new(etcd.clone(), leadership.clone());
+            let mut st = ControllerState::open(Box::new(store), now_ms())?;
+            st.credentials = credentials::MonitorCredentials::load(&dir);
+            st.leader_url = Some(own_url.clone());
+            *lock(&shared) = st;
+            if let Some(d) = &formations_dir {
+                reload_desired(&shared, d);
+            }
+            Ok(())
+        }
+    };
+    tokio::spawn(
+        Campaign {
+            etcd,
+            leadership: leadership.clone(),
+            own_url: cfg.own_url(),
+            lease_ttl_s: settings.lease_ttl_s,
+            on_elected: Arc::new(on_elected),
+        }
+        .run(),
+    );
+    Ok((shared, leadership))
 }
 
 /// Reads the formations directory and applies it.
@@ -109,6 +171,7 @@ fn reload_desired(shared: &Shared, dir: &std::path::Path) {
 /// credentials with them.
 fn spawn_desired_loop(
     shared: Shared,
+    leadership: Arc<leader::Leadership>,
     dir: std::path::PathBuf,
     monitor_dir: std::path::PathBuf,
 ) -> Option<notify::RecommendedWatcher> {
@@ -141,6 +204,9 @@ fn spawn_desired_loop(
                 _ = hup_recv => tracing::info!("SIGHUP: reloading formation files"),
                 _ = tokio::time::sleep(desired::RESYNC) => {}
             }
+            if !leadership.is_leader(now_ms()) {
+                continue;
+            }
             reload_desired(&shared, &dir);
             // Rotated credentials take effect with the formation files.
             let creds =
@@ -153,11 +219,15 @@ fn spawn_desired_loop(
 
 /// The safety net: every formation is re-planned periodically, so timers (failure
 /// timeouts, leases) fire without waiting for a report.
-async fn reconcile_loop(shared: Shared) {
+async fn reconcile_loop(shared: Shared, leadership: Arc<leader::Leadership>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
         let mut st = lock(&shared);
+        // Checked under the lock: a newly elected state is swapped in under it too.
+        if !leadership.is_leader(now_ms()) {
+            continue;
+        }
         let names: Vec<String> = st.durable.formations.keys().cloned().collect();
         for f in names {
             let span = tracing::info_span!("reconcile", formation = %f);

@@ -105,6 +105,20 @@ pub struct FormationReading {
 }
 
 /// Renders the OpenMetrics text from read models and the counters.
+/// Adds `pgha_controller_leader` (1 on the controller that leads, 0 on a follower) to a
+/// page, for controllers that share an etcd store; a single controller's page is left
+/// as it is.
+pub fn with_leader_gauge(page: String, shared_store: bool, leads: bool) -> String {
+    if !shared_store {
+        return page;
+    }
+    let body = page.strip_suffix("# EOF\n").unwrap_or(&page);
+    format!(
+        "{body}# HELP pgha_controller_leader 1 on the controller of an etcd store that leads, 0 on a follower.\n# TYPE pgha_controller_leader gauge\npgha_controller_leader {}\n# EOF\n",
+        leads as u8
+    )
+}
+
 pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
     let mut reg = Registry::with_prefix("pgha");
     let assigned = Family::<Labels, Gauge>::default();

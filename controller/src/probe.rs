@@ -32,10 +32,14 @@ pub async fn probe(host: &str, port: u16) -> bool {
     }
 }
 
-pub async fn probe_loop(shared: Shared) {
+pub async fn probe_loop(shared: Shared, leadership: std::sync::Arc<crate::leader::Leadership>) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     loop {
         tick.tick().await;
+        // A follower probes nothing: the leader's observations are what count.
+        if !leadership.is_leader(now_ms()) {
+            continue;
+        }
         let targets: Vec<(u64, String, u16)> = {
             let st = lock(&shared);
             st.durable

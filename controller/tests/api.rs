@@ -58,8 +58,14 @@ async fn api() -> Api {
         sslmode: "prefer".into(),
         formations_dir: Some(formations),
         tls: None,
+        store: Default::default(),
+        controllers: vec![],
     };
-    let app = pgha_controller::http::router(shared.clone(), cfg);
+    let app = pgha_controller::http::router(
+        shared.clone(),
+        cfg,
+        Arc::new(pgha_controller::leader::Leadership::sole()),
+    );
     let pki = pgha_api::tls::generate_pki("127.0.0.1").unwrap();
     let tls = pgha_api::tls::server_config(
         pki.server_chain_pem.as_bytes(),

@@ -8,6 +8,7 @@
 //! (kills, freezes, stalled WAL receivers), `reads` what a test looks at (state,
 //! waits, URIs, connections, events, endpoints).
 
+pub mod etcd;
 mod faults;
 pub mod probe;
 mod reads;
@@ -65,6 +66,18 @@ pub struct Cluster {
     pub monitor_port: u16,
     pub monitor: Option<Child>,
     pub nodes: Vec<Node>,
+    /// With [`Cluster::start_group`]: the controllers after the first (whose process,
+    /// directory and port are `monitor`, `monitor_dir()` and `monitor_port`).
+    pub more_controllers: Vec<Controller>,
+    /// With [`Cluster::start_group`]: the etcd cluster the controllers share.
+    pub etcd: Option<etcd::EtcdCluster>,
+}
+
+/// A controller of a group beyond the first.
+pub struct Controller {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub child: Option<Child>,
 }
 
 fn signal(pid: i32, sig: nix::sys::signal::Signal) {
@@ -80,21 +93,8 @@ impl Cluster {
     /// Creates and starts a monitor, its API over HTTPS when `ssl`, else plain HTTP
     /// (`create monitor --no-ssl`).
     pub fn start_with(ssl: bool) -> anyhow::Result<Cluster> {
-        pgha_api::tls::install_default_provider();
-        let dir = tempfile::Builder::new().prefix("pgha-e2e-").tempdir()?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-        }
-        let port = free_port();
-        let mut c = Cluster {
-            monitor_url: String::new(),
-            join_url: String::new(),
-            monitor_port: port,
-            dir,
-            monitor: None,
-            nodes: vec![],
-        };
+        let mut c = Cluster::empty()?;
+        let port = c.monitor_port;
         let mon = c.monitor_dir();
         let mon_s = s(&mon);
         let listen = format!("127.0.0.1:{port}");
@@ -114,12 +114,106 @@ impl Cluster {
             args.push("--no-ssl");
         }
         c.pgha_ok(&args)?;
-        // Tests chain failovers faster than the default anti-flapping limit (one per 5
-        // minutes) allows: their formations lift it (day2.rs tests the limit itself).
-        let default = mon.join("formations/default.yaml");
+        c.lift_default_anti_flapping()?;
+        c.start_monitor()?;
+        c.read_urls()?;
+        Ok(c)
+    }
+
+    /// A cluster with nothing made or started yet.
+    fn empty() -> anyhow::Result<Cluster> {
+        pgha_api::tls::install_default_provider();
+        let dir = tempfile::Builder::new().prefix("pgha-e2e-").tempdir()?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(Cluster {
+            monitor_url: String::new(),
+            join_url: String::new(),
+            monitor_port: free_port(),
+            dir,
+            monitor: None,
+            nodes: vec![],
+            more_controllers: vec![],
+            etcd: None,
+        })
+    }
+
+    /// Tests chain failovers faster than the default anti-flapping limit (one per 5
+    /// minutes) allows: their formations lift it (day2.rs tests the limit itself).
+    fn lift_default_anti_flapping(&self) -> anyhow::Result<()> {
+        let default = self.monitor_dir().join("formations/default.yaml");
         let text = std::fs::read_to_string(&default)?;
         std::fs::write(&default, lift_anti_flapping(&text))?;
-        c.start_monitor()?;
+        Ok(())
+    }
+
+    /// A group of `n` controllers sharing a three-member etcd cluster (`create monitor
+    /// --store etcd`, the others `--copy-from` the first), all started; URLs name them
+    /// all.
+    pub fn start_group(n: usize) -> anyhow::Result<Cluster> {
+        let mut c = Cluster::empty()?;
+        let etcd = etcd::EtcdCluster::start(&c.path().join("etcd"), 3)?;
+        let endpoints = etcd.endpoints();
+        c.etcd = Some(etcd);
+        let ports: Vec<u16> = std::iter::once(c.monitor_port)
+            .chain((1..n).map(|_| free_port()))
+            .collect();
+        let controllers = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let first = s(&c.monitor_dir());
+        for (i, port) in ports.iter().enumerate() {
+            let dir = match i {
+                0 => c.monitor_dir(),
+                _ => c.path().join(format!("monitor-{}", i + 1)),
+            };
+            let (dir_s, listen) = (s(&dir), format!("127.0.0.1:{port}"));
+            let mut args = vec![
+                "create",
+                "monitor",
+                "--dir",
+                &dir_s,
+                "--hostname",
+                "127.0.0.1",
+                "--listen",
+                &listen,
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                &endpoints,
+                "--controllers",
+                &controllers,
+            ];
+            if i > 0 {
+                args.extend(["--copy-from", &first]);
+            }
+            c.pgha_ok(&args)?;
+            if i == 0 {
+                c.lift_default_anti_flapping()?;
+            } else {
+                c.more_controllers.push(Controller {
+                    dir,
+                    port: *port,
+                    child: None,
+                });
+            }
+        }
+        for i in 0..n {
+            c.start_controller(i)?;
+        }
+        c.read_urls()?;
+        Ok(c)
+    }
+
+    /// The join and read URLs, as `show uri --dir` prints them on the first controller.
+    fn read_urls(&mut self) -> anyhow::Result<()> {
+        let mon = self.monitor_dir();
+        let mon_s = s(&mon);
+        let c = self;
         c.join_url = c
             .pgha_ok(&["show", "uri", "--formation", "monitor", "--dir", &s(&mon)])?
             .trim()
@@ -129,7 +223,7 @@ impl Cluster {
             .pgha_ok(&["show", "uri", "--formation", "read", "--dir", &mon_s])?
             .trim()
             .to_string();
-        Ok(c)
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -186,14 +280,48 @@ impl Cluster {
     }
 
     pub fn start_monitor(&mut self) -> anyhow::Result<()> {
-        let child = self.spawn("monitor", &["run", "--dir", &s(&self.monitor_dir())])?;
-        self.monitor = Some(child);
+        self.start_controller(0)
+    }
+
+    /// `kill -9` of the monitor (the first controller).
+    pub fn kill_monitor(&mut self) {
+        self.kill_controller(0);
+    }
+
+    /// How many controllers the cluster has (1 unless made by `start_group`).
+    pub fn controller_count(&self) -> usize {
+        1 + self.more_controllers.len()
+    }
+
+    /// The log name, directory and port of controller `i` (0: the monitor).
+    fn controller(&self, i: usize) -> (String, PathBuf, u16) {
+        match i {
+            0 => ("monitor".into(), self.monitor_dir(), self.monitor_port),
+            _ => {
+                let c = &self.more_controllers[i - 1];
+                (format!("monitor-{}", i + 1), c.dir.clone(), c.port)
+            }
+        }
+    }
+
+    fn controller_child(&mut self, i: usize) -> &mut Option<Child> {
+        match i {
+            0 => &mut self.monitor,
+            _ => &mut self.more_controllers[i - 1].child,
+        }
+    }
+
+    /// Starts controller `i` and waits until it listens.
+    pub fn start_controller(&mut self, i: usize) -> anyhow::Result<()> {
+        let (name, dir, port) = self.controller(i);
+        let child = self.spawn(&name, &["run", "--dir", &s(&dir)])?;
+        *self.controller_child(i) = Some(child);
         let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.monitor_port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if t0.elapsed() > Duration::from_secs(15) {
                 bail!(
-                    "monitor did not listen within 15 s; see {}",
-                    self.path().join("monitor.log").display()
+                    "{name} did not listen within 15 s; see {}",
+                    self.path().join(format!("{name}.log")).display()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -201,12 +329,39 @@ impl Cluster {
         Ok(())
     }
 
-    /// `kill -9` of the monitor.
-    pub fn kill_monitor(&mut self) {
-        if let Some(mut c) = self.monitor.take() {
+    /// `kill -9` of controller `i`.
+    pub fn kill_controller(&mut self, i: usize) {
+        if let Some(mut c) = self.controller_child(i).take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGSTOP (`freeze`) or SIGCONT of controller `i`: a frozen monitor VM.
+    pub fn freeze_controller(&mut self, i: usize, freeze: bool) {
+        let sig = match freeze {
+            true => nix::sys::signal::Signal::SIGSTOP,
+            false => nix::sys::signal::Signal::SIGCONT,
+        };
+        if let Some(c) = self.controller_child(i) {
+            signal(c.id() as i32, sig);
+        }
+    }
+
+    /// The API port of controller `i`.
+    pub fn controller_port(&self, i: usize) -> u16 {
+        self.controller(i).2
+    }
+
+    /// The read URL of controller `i` alone (not the group's).
+    pub fn controller_read_url(&self, i: usize) -> String {
+        let (_, _, port) = self.controller(i);
+        let (base, pin) = self
+            .monitor_url
+            .split_once('#')
+            .unwrap_or((&self.monitor_url, ""));
+        let (userinfo, _) = base.rsplit_once('@').unwrap_or(("", ""));
+        format!("{userinfo}@127.0.0.1:{port}#{pin}")
     }
 
     /// The tutorial's start: node_a (single), then node_b; waits for primary + secondary.
@@ -344,9 +499,8 @@ impl Cluster {
 
     /// Prints every log of the cluster (for a failed test).
     pub fn dump_logs(&self) {
-        for name in
-            std::iter::once("monitor".to_string()).chain(self.nodes.iter().map(|n| n.name.clone()))
-        {
+        let controllers = (0..self.controller_count()).map(|i| self.controller(i).0);
+        for name in controllers.chain(self.nodes.iter().map(|n| n.name.clone())) {
             let path = self.path().join(format!("{name}.log"));
             if let Ok(text) = std::fs::read_to_string(&path) {
                 let lines: Vec<&str> = text.lines().collect();
@@ -413,7 +567,10 @@ impl Drop for Cluster {
                 }
             }
         }
-        self.kill_monitor();
+        for i in 0..self.controller_count() {
+            self.freeze_controller(i, false);
+            self.kill_controller(i);
+        }
         if std::env::var("PGHA_KEEP").is_ok() {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
             eprintln!("PGHA_KEEP: leaving {}", dir.keep().display());

@@ -112,6 +112,44 @@ impl Cluster {
         Ok(client.get_text(path).await?.1)
     }
 
+    /// Which controller leads, by each one's own `/metrics` (`pgha_controller_leader`).
+    pub async fn leader_index(&self) -> Option<usize> {
+        for i in 0..self.controller_count() {
+            let Ok(client) = pgha_api::client::MonitorClient::new(
+                &self.controller_read_url(i),
+                Duration::from_secs(1),
+            ) else {
+                continue;
+            };
+            if let Ok((200, page)) = client.get_text("/metrics").await
+                && page.lines().any(|l| l == "pgha_controller_leader 1")
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Waits until a controller other than `not` leads; returns it.
+    pub async fn wait_for_leader(
+        &self,
+        not: Option<usize>,
+        timeout: Duration,
+    ) -> anyhow::Result<usize> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(i) = self.leader_index().await
+                && Some(i) != not
+            {
+                return Ok(i);
+            }
+            if t0.elapsed() > timeout {
+                bail!("no controller (other than {not:?}) leads within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until a node other than those in `not` is stable in a writable state;
     /// returns its name.
     pub fn wait_new_primary(&self, not: &[&str], timeout: Duration) -> anyhow::Result<String> {

@@ -75,9 +75,34 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Splits a base URL naming several controllers (`https://h1:5440,h2:5440/`, as a
+/// libpq multi-host URI does) into one base URL per controller.
+pub fn split_hosts(base: &str) -> Result<Vec<String>, String> {
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return Ok(vec![base.to_string()]);
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let hosts: Vec<&str> = authority.split(',').map(str::trim).collect();
+    if hosts.iter().any(|h| h.is_empty()) {
+        return Err("an empty host between commas".into());
+    }
+    Ok(hosts
+        .into_iter()
+        .map(|h| format!("{scheme}://{h}{path}"))
+        .collect())
+}
+
+/// A client of one controller, or of several (a URL with comma-separated hosts: the
+/// controllers of one etcd store). Requests go to the one that answered last; one that
+/// cannot be reached, or answers `not_leader`, passes the request to the next.
 #[derive(Clone)]
 pub struct MonitorClient {
-    base: String,
+    bases: std::sync::Arc<Vec<String>>,
+    /// Index in `bases` of the controller that last answered as leader.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     http: reqwest::Client,
 }
 
@@ -162,64 +187,96 @@ impl MonitorClient {
         let http = builder
             .build()
             .map_err(|e| bad(format!("cannot build an HTTP client: {}", describe(&e))))?;
+        let bases = split_hosts(base.trim_end_matches('/'))
+            .map_err(bad)?
+            .into_iter()
+            .map(|b| b.trim_end_matches('/').to_string())
+            .collect();
         Ok(MonitorClient {
-            base: base.trim_end_matches('/').to_string(),
+            bases: std::sync::Arc::new(bases),
+            current: Default::default(),
             http,
         })
     }
 
+    /// The base URL of the controller requests go to first (the last one that answered).
     pub fn url(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Every controller's base URL.
+    pub fn urls(&self) -> &[String] {
+        &self.bases
+    }
+
+    /// Sends the request `build` makes for a base URL, to the controller that answered
+    /// last and then to the others, until one answers other than "unreachable" or "not
+    /// the leader"; that one is tried first next time.
+    async fn send<T>(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+        read: impl AsyncFn(&str, Result<reqwest::Response, reqwest::Error>) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        use std::sync::atomic::Ordering;
+        let n = self.bases.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let base = &self.bases[idx];
+            match read(base, build(base).send().await).await {
+                Err(e @ ClientError::Unreachable { .. })
+                | Err(e @ ClientError::Api(_, ErrorCode::NotLeader))
+                    if n > 1 =>
+                {
+                    last = Some(e);
+                }
+                other => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    return other;
+                }
+            }
+        }
+        Err(last.expect("at least one controller was tried"))
     }
 
     /// `GET path` as text, whatever the status: (status, body). For endpoints that are
     /// not JSON (`/metrics`) and for tests of refusals.
     pub async fn get_text(&self, path: &str) -> Result<(u16, String), ClientError> {
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: describe(&e),
-        };
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(unreachable)?;
-        let status = resp.status().as_u16();
-        Ok((status, resp.text().await.map_err(unreachable)?))
+        self.send(
+            |base| self.http.get(format!("{base}{path}")),
+            async |base, resp| {
+                let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+                    url: base.to_string(),
+                    reason: describe(&e),
+                };
+                let resp = resp.map_err(unreachable)?;
+                let status = resp.status().as_u16();
+                let text = resp.text().await.map_err(unreachable)?;
+                // A follower's refusal passes the request on, as for JSON requests.
+                if status == 503
+                    && let Ok(e) = serde_json::from_str::<ApiError>(&text)
+                    && e.code == ErrorCode::NotLeader
+                {
+                    return Err(ClientError::Api(e.error, e.code));
+                }
+                Ok((status, text))
+            },
+        )
+        .await
     }
 
-    async fn decode<T: DeserializeOwned>(
+    async fn request<T: DeserializeOwned>(
         &self,
-        resp: Result<reqwest::Response, reqwest::Error>,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let resp = resp.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: describe(&e),
-        })?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: describe(&e),
-        })?;
-        if !status.is_success() {
-            return Err(match serde_json::from_slice::<ApiError>(&bytes) {
-                Ok(e) => ClientError::Api(e.error, e.code),
-                Err(_) => ClientError::Protocol {
-                    url: self.base.clone(),
-                    reason: format!("HTTP {status}"),
-                },
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
-            url: self.base.clone(),
-            reason: e.to_string(),
-        })
+        self.send(build, async |base, resp| decode(base, resp).await)
+            .await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let resp = self.http.get(format!("{}{path}", self.base)).send().await;
-        self.decode(resp).await
+        self.request(|base| self.http.get(format!("{base}{path}")))
+            .await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(
@@ -227,22 +284,13 @@ impl MonitorClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await;
-        self.decode(resp).await
+        self.request(|base| self.http.post(format!("{base}{path}")).json(body))
+            .await
     }
 
     async fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
-        let resp = self
-            .http
-            .delete(format!("{}{path}", self.base))
-            .send()
-            .await;
-        self.decode(resp).await
+        self.request(|base| self.http.delete(format!("{base}{path}")))
+            .await
     }
 
     /// `pgha enable maintenance`.
@@ -368,6 +416,33 @@ impl MonitorClient {
     }
 }
 
+/// A controller's answer: the JSON body, or its `{error, code}` as [`ClientError::Api`].
+async fn decode<T: DeserializeOwned>(
+    base: &str,
+    resp: Result<reqwest::Response, reqwest::Error>,
+) -> Result<T, ClientError> {
+    let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+        url: base.to_string(),
+        reason: describe(&e),
+    };
+    let resp = resp.map_err(unreachable)?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(unreachable)?;
+    if !status.is_success() {
+        return Err(match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(e) => ClientError::Api(e.error, e.code),
+            Err(_) => ClientError::Protocol {
+                url: base.to_string(),
+                reason: format!("HTTP {status}"),
+            },
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+        url: base.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +462,56 @@ mod tests {
         );
         assert_eq!(redact("http://pgha:s3cret@h:5440"), "http://***@h:5440");
         assert!(!redact("http://pgha:s3cret@h:5440").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_url_with_several_hosts_is_one_base_per_controller() {
+        assert_eq!(
+            split_hosts("https://a:5440,b:5441,[::1]:5442").unwrap(),
+            vec!["https://a:5440", "https://b:5441", "https://[::1]:5442"]
+        );
+        assert_eq!(split_hosts("http://a:1/v1").unwrap(), vec!["http://a:1/v1"]);
+        assert!(split_hosts("http://a:1,,b:2").is_err());
+        let (base, secret) = split_secret("https://pgha:s3cret@a:5440,b:5441");
+        assert_eq!(base, "https://a:5440,b:5441");
+        assert_eq!(secret.as_deref(), Some("s3cret"));
+        let c =
+            MonitorClient::new("http://127.0.0.1:1,127.0.0.1:2/", Duration::from_secs(1)).unwrap();
+        assert_eq!(c.urls(), ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+    }
+
+    /// Two controllers, the first unreachable and the second a follower: the request is
+    /// passed on to each, and the error says why the last one refused.
+    #[tokio::test]
+    async fn a_request_passes_over_unreachable_controllers_and_followers() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let follower = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = follower.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = follower.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body =
+                    r#"{"error":"not the leader; the leader is http://x:1","code":"not_leader"}"#;
+                let resp = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        let c = MonitorClient::new(
+            &format!("http://127.0.0.1:{dead_port},127.0.0.1:{port}"),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let e = c.info().await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::NotLeader), "{e}");
+        assert!(e.to_string().contains("http://x:1"), "{e}");
     }
 
     #[test]

@@ -137,6 +137,9 @@ pub enum ErrorCode {
     Paused,
     /// The action is for a standby, and the node is the primary.
     NotAStandby,
+    /// This controller is a follower (another one of the same etcd store leads): the
+    /// request goes to the leader, whose URL the message names (503).
+    NotLeader,
     /// A code this client does not know (a newer controller).
     #[serde(other)]
     Unknown,

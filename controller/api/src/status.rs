@@ -99,6 +99,10 @@ pub struct FormationStatus {
     /// Paused (by `pgha pause` or the file): nothing is assigned or failed over.
     #[serde(default)]
     pub paused: bool,
+    /// With several controllers on one etcd store: the URL of the one that leads (and
+    /// answered). None with a single controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 impl FormationStatus {

@@ -215,6 +215,24 @@ pub fn generate_pki(hostname: &str) -> Result<GeneratedPki, String> {
     ten_years(&mut ca);
     let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
 
+    let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
+    let (server_cert_pem, server_key_pem) = server_certificate(&issuer, hostname)?;
+    Ok(GeneratedPki {
+        ca_fingerprint: fingerprint(ca_cert.der()),
+        ca_cert_pem: ca_cert.pem(),
+        ca_key_pem: ca_key.serialize_pem(),
+        server_chain_pem: format!("{server_cert_pem}{}", ca_cert.pem()),
+        server_key_pem,
+    })
+}
+
+/// A server certificate for `hostname` signed by `issuer`: (certificate PEM, key PEM).
+fn server_certificate<K: rcgen::SigningKey>(
+    issuer: &rcgen::Issuer<'_, K>,
+    hostname: &str,
+) -> Result<(String, String), String> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, KeyUsagePurpose};
+    let err = |e: rcgen::Error| e.to_string();
     let key = KeyPair::generate().map_err(err)?;
     let mut server = CertificateParams::new(vec![hostname.to_string()]).map_err(err)?;
     let mut dn = DistinguishedName::new();
@@ -222,16 +240,25 @@ pub fn generate_pki(hostname: &str) -> Result<GeneratedPki, String> {
     server.distinguished_name = dn;
     server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     server.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    ten_years(&mut server);
-    let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
-    let server_cert = server.signed_by(&key, &issuer).map_err(err)?;
-    Ok(GeneratedPki {
-        ca_fingerprint: fingerprint(ca_cert.der()),
-        ca_cert_pem: ca_cert.pem(),
-        ca_key_pem: ca_key.serialize_pem(),
-        server_chain_pem: format!("{}{}", server_cert.pem(), ca_cert.pem()),
-        server_key_pem: key.serialize_pem(),
-    })
+    server.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    server.not_after = server.not_before + std::time::Duration::from_secs(10 * 366 * 86_400);
+    let cert = server.signed_by(&key, issuer).map_err(err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A server certificate for another controller of the same group, signed by the
+/// group's existing CA (so the URL's one pin covers every controller): (the chain to
+/// serve, its key), as PEM.
+pub fn issue_server_certificate(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    hostname: &str,
+) -> Result<(String, String), String> {
+    let key = rcgen::KeyPair::from_pem(ca_key_pem).map_err(|e| format!("the CA key: {e}"))?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_cert_pem, key)
+        .map_err(|e| format!("the CA certificate: {e}"))?;
+    let (cert, key) = server_certificate(&issuer, hostname)?;
+    Ok((format!("{cert}{ca_cert_pem}"), key))
 }
 
 #[cfg(test)]
@@ -266,6 +293,21 @@ mod tests {
         assert_eq!(fingerprint(&chain[1]), pki.ca_fingerprint);
         let ca = certs_from_pem(pki.ca_cert_pem.as_bytes()).unwrap();
         assert_eq!(fingerprint(&ca[0]), pki.ca_fingerprint);
+    }
+
+    /// A second controller's certificate, issued from the first one's CA, is trusted by
+    /// the same pin.
+    #[test]
+    fn a_certificate_issued_from_an_existing_ca_verifies_under_its_pin() {
+        let pki = generate_pki("m1.example").unwrap();
+        let (chain, key) =
+            issue_server_certificate(&pki.ca_cert_pem, &pki.ca_key_pem, "m2.example").unwrap();
+        server_config(chain.as_bytes(), key.as_bytes()).unwrap();
+        let chain = certs_from_pem(chain.as_bytes()).unwrap();
+        let name = ServerName::try_from("m2.example".to_string()).unwrap();
+        PinnedCaVerifier::new(&pki.ca_fingerprint)
+            .verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+            .unwrap();
     }
 
     /// The verifier accepts the pinned CA's certificate for the right name only.

@@ -46,9 +46,46 @@ pub struct MonitorArgs {
     /// The API certificate's private key (PEM).
     #[arg(long, requires = "ssl_ca_file")]
     server_key: Option<PathBuf>,
+    /// Where the controller keeps its state: `file` (this directory; one controller) or
+    /// `etcd` (an etcd cluster shared by several controllers, of which one leads).
+    #[arg(long, value_enum, default_value = "file")]
+    store: StoreKind,
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(long, value_delimiter = ',', required_if_eq("store", "etcd"))]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix of this controller group in etcd.
+    #[arg(long, default_value = "/pgha/")]
+    etcd_prefix: String,
+    /// CA certificate (PEM) of etcd's TLS (with https:// endpoints).
+    #[arg(long)]
+    etcd_ca_file: Option<PathBuf>,
+    /// etcd user; its password is read from --etcd-password-file.
+    #[arg(long, requires = "etcd_password_file")]
+    etcd_user: Option<String>,
+    #[arg(long, requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+    /// Seconds without a keep-alive before the leader's lease runs out and another
+    /// controller takes over.
+    #[arg(long, default_value_t = pgha_controller::config::DEFAULT_LEASE_TTL_S, value_parser = clap::value_parser!(u64).range(2..=60))]
+    etcd_lease_ttl: u64,
+    /// HOST:PORT of every controller of the group, this one included, comma-separated:
+    /// the URLs `show uri` prints name them all, and clients find the leader.
+    #[arg(long, value_delimiter = ',')]
+    controllers: Vec<String>,
+    /// Adds a controller to an existing group: DIR is (a copy of) the first controller's
+    /// directory. Its CA (this controller gets its own certificate for --hostname), its
+    /// credentials, join secrets and formation files are taken over.
+    #[arg(long, requires = "etcd_endpoints")]
+    copy_from: Option<PathBuf>,
     /// Run the monitor in the foreground once created.
     #[arg(long)]
     run: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum StoreKind {
+    File,
+    Etcd,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,9 +175,21 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
         if let Err(e) = std::net::TcpListener::bind(&a.listen) {
             bail!("--listen {}: cannot listen there: {e}", a.listen);
         }
+        if a.store == StoreKind::File && (a.copy_from.is_some() || !a.controllers.is_empty()) {
+            bail!("--copy-from and --controllers are for a group of controllers: add --store etcd");
+        }
+        let store = match a.store {
+            StoreKind::File => pgha_controller::config::StoreConfig::File,
+            StoreKind::Etcd => etcd_store(&a)?,
+        };
+        if let Some(from) = &a.copy_from {
+            copy_group_files(&absolute(from)?, &dir)?;
+        }
         // Checked (the operator's PKI) or made first: a refusal leaves nothing behind.
         let tls = if a.no_ssl {
             None
+        } else if let Some(from) = &a.copy_from {
+            group_tls(&absolute(from)?, &dir, &a.hostname)?
         } else {
             Some(monitor_tls(&dir, &a)?)
         };
@@ -176,8 +225,9 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
             )
             .with_context(|| format!("writing {}", default.display()))?;
         }
-        let store = FileStore::new(&dir);
-        store.load()?;
+        if store == pgha_controller::config::StoreConfig::File {
+            FileStore::new(&dir).load()?;
+        }
         pgha_controller::credentials::ensure(&dir)?;
         let cfg = MonitorConfig {
             dir: dir.clone(),
@@ -191,6 +241,8 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
             .into(),
             formations_dir: Some(dir.join("formations")),
             tls,
+            store,
+            controllers: a.controllers.clone(),
         };
         cfg.save()?;
         eprintln!("created monitor in {}: {}", dir.display(), cfg.url());
@@ -200,6 +252,122 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
         return pgha_controller::run(cfg, crate::shutdown_signal()).await;
     }
     Ok(())
+}
+
+/// The etcd settings of `create monitor --store etcd`, checked against etcd itself: it
+/// answers, and its prefix holds a group's state exactly when a controller is being
+/// added to that group (--copy-from).
+fn etcd_store(a: &MonitorArgs) -> anyhow::Result<pgha_controller::config::StoreConfig> {
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = a;
+        bail!("--store etcd: this pgha was built without the `etcd` feature");
+    }
+    #[cfg(feature = "etcd")]
+    {
+        let settings = pgha_controller::config::EtcdSettings {
+            endpoints: a.etcd_endpoints.clone(),
+            prefix: a.etcd_prefix.clone(),
+            ca_file: a.etcd_ca_file.as_deref().map(absolute).transpose()?,
+            user: a.etcd_user.clone(),
+            password_file: a.etcd_password_file.as_deref().map(absolute).transpose()?,
+            lease_ttl_s: a.etcd_lease_ttl,
+        };
+        let etcd =
+            pgha_controller::store::etcd::Etcd::connect(&settings).context("--etcd-endpoints")?;
+        let holds = etcd.holds_state().context("--etcd-endpoints")?;
+        if holds && a.copy_from.is_none() {
+            bail!(
+                "etcd prefix {} already holds a controller group's state: add this controller to it with --copy-from <the first controller's directory>, or choose another --etcd-prefix",
+                a.etcd_prefix
+            );
+        }
+        Ok(pgha_controller::config::StoreConfig::Etcd(settings))
+    }
+}
+
+/// Takes over a group's shared files from another controller's directory: the
+/// operator's and read credentials, the join secrets, the formation files (paths in
+/// them that name the other directory are rewritten to name this one).
+fn copy_group_files(from: &Path, dir: &Path) -> anyhow::Result<()> {
+    let other = MonitorConfig::load(from).context("--copy-from")?;
+    if !matches!(other.store, pgha_controller::config::StoreConfig::Etcd(_)) {
+        bail!(
+            "--copy-from {}: that monitor keeps its state in its directory, not in etcd; only controllers of an etcd store form a group",
+            from.display()
+        );
+    }
+    let from_text = from.display().to_string();
+    let dir_text = dir.display().to_string();
+    for sub in ["credentials", "join-secrets", "formations"] {
+        let src = from.join(sub);
+        let Ok(entries) = std::fs::read_dir(&src) else {
+            continue;
+        };
+        let dst = dir.join(sub);
+        std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
+        for e in entries {
+            let e = e?;
+            if !e.file_type()?.is_file() {
+                continue;
+            }
+            let text = std::fs::read_to_string(e.path())
+                .with_context(|| format!("reading {}", e.path().display()))?;
+            let text = match sub {
+                "formations" => text.replace(&from_text, &dir_text),
+                _ => text,
+            };
+            let target = dst.join(e.file_name());
+            pgha_controller::store::write_file_atomically(&target, text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// A group member's TLS identity: the group's CA (from the first controller's
+/// directory) and a certificate of its own for `hostname`, so one pin covers them all.
+fn group_tls(
+    from: &Path,
+    dir: &Path,
+    hostname: &str,
+) -> anyhow::Result<Option<pgha_controller::config::TlsFiles>> {
+    let other = MonitorConfig::load(from).context("--copy-from")?;
+    let Some(t) = other.tls else {
+        return Ok(None);
+    };
+    let ca_key_file = t.ca.with_file_name("ca.key");
+    let ca_key_file = if ca_key_file.exists() {
+        ca_key_file
+    } else {
+        from.join("tls").join("ca.key")
+    };
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).with_context(|| {
+            format!(
+                "--copy-from: reading {} (a new controller's certificate is signed by the group's CA)",
+                p.display()
+            )
+        })
+    };
+    let ca_pem = read(&t.ca)?;
+    let ca_key = read(&ca_key_file)?;
+    let (chain, key) = pgha_api::tls::issue_server_certificate(&ca_pem, &ca_key, hostname)
+        .map_err(|e| anyhow::anyhow!("--copy-from: {e}"))?;
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir).with_context(|| format!("creating {}", tls_dir.display()))?;
+    let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+        let path = tls_dir.join(name);
+        pgha_controller::store::write_file_atomically(&path, text.as_bytes())?;
+        Ok(path)
+    };
+    let ca = write("ca.crt", &ca_pem)?;
+    write("ca.key", &ca_key)?;
+    Ok(Some(pgha_controller::config::TlsFiles {
+        chain: write("server.crt", &chain)?,
+        key: write("server.key", &key)?,
+        ca,
+        ca_fingerprint: t.ca_fingerprint,
+    }))
 }
 
 /// The API's TLS identity: the operator's own (checked: the certificate must chain to

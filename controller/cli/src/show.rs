@@ -318,6 +318,14 @@ async fn state(a: StateArgs) -> anyhow::Result<()> {
     if st.paused {
         println!("PAUSED: nothing is assigned or failed over until `pgha resume`");
     }
+    if let Some(leader) = &st.leader {
+        println!(
+            "Controller: {} leads (etcd store)",
+            pgha_api::tls::split_pin(leader)
+                .map(|(b, _)| b)
+                .unwrap_or_else(|_| leader.clone())
+        );
+    }
     if let Some(w) = trust_warning(&st) {
         println!("{w}");
     }

@@ -36,7 +36,7 @@ use pgha_api::{
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// How many events are kept in memory for `show events` (all are on disk).
-const EVENTS_IN_MEMORY: usize = 10_000;
+pub const EVENTS_IN_MEMORY: usize = 10_000;
 
 /// What the controller observed of one node since it started (not persisted: after a
 /// restart the controller waits for fresh reports, DESIGN §5 rule 5).
@@ -84,6 +84,8 @@ pub struct ControllerState {
     pub credentials: crate::credentials::MonitorCredentials,
     /// When each refusal (address, route, answer) was last recorded as an event.
     refusals_recorded: HashMap<(std::net::IpAddr, String, pgha_api::routes::ErrorCode), u64>,
+    /// This controller's URL while it leads a group on a shared store (None alone).
+    pub leader_url: Option<String>,
     store: Box<dyn Store>,
 }
 
@@ -108,6 +110,7 @@ impl ControllerState {
             refused_peers: Default::default(),
             credentials: Default::default(),
             refusals_recorded: HashMap::new(),
+            leader_url: None,
             store,
         })
     }

@@ -224,6 +224,7 @@ impl ControllerState {
                 .unwrap_or_default(),
             spec: f.desired.spec.clone(),
             paused: f.paused(),
+            leader: self.leader_url.clone(),
         })
     }
 }

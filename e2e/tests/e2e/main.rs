@@ -4,6 +4,7 @@
 //! (`.config/nextest.toml`), so two cores are not swamped.
 
 mod bad_input;
+mod controllers;
 mod day2;
 mod elections;
 mod gitops;

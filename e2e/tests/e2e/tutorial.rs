@@ -26,6 +26,18 @@ async fn tutorial_switchover_vm_loss_and_rejoin() {
     }
 }
 
+/// The same walk with the monitor as a group of three controllers on etcd (`create
+/// monitor --store etcd`): nodes and the CLI use the group's URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tutorial_on_three_controllers_over_etcd() {
+    let mut c = Cluster::start_group(3).unwrap();
+    let res = run(&mut c).await;
+    if let Err(e) = &res {
+        c.dump_logs();
+        panic!("{e:#}");
+    }
+}
+
 async fn run(c: &mut Cluster) -> anyhow::Result<()> {
     c.add_node("node_a")?;
     c.wait_for(&[("node_a", Single)], T)?;

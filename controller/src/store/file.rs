@@ -1,47 +1,13 @@
-//! The controller's crash-safe embedded store: node registry, assignments, terms, events.
-//!
-//! The durable state is one JSON document rewritten atomically (write to a temp file,
-//! fsync, rename over, fsync the directory), so a crash leaves either the old or the new
-//! version and never a torn one. Events are appended to a JSON-lines file and fsynced.
-//! Behind the [`Store`] trait so another engine can carry it later.
+//! The embedded store: the durable state as one JSON document in the controller's
+//! `--dir`, rewritten atomically (write to a temp file, fsync, rename over, fsync the
+//! directory), so a crash leaves either the old or the new version and never a torn one.
+//! Events are appended to a JSON-lines file and fsynced.
 
-pub use crate::records::DurableState;
+use super::{DurableState, Store, StoreError, io_err, write_file_atomically};
 use pgha_api::Event;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: corrupt store: {source}")]
-    Corrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error(
-        "{path}: written by a later pgha (store format {found}; this one reads up to {supported}): refusing to start rather than apply part of it; run the version that wrote it"
-    )]
-    Format {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
-}
-
-/// Storage for the durable state and the event log.
-pub trait Store: Send {
-    fn load(&self) -> Result<DurableState, StoreError>;
-    /// Persists `state`; returns only once it is durable.
-    fn save(&mut self, state: &DurableState) -> Result<(), StoreError>;
-    /// Appends events durably.
-    fn append_events(&mut self, events: &[Event]) -> Result<(), StoreError>;
-    fn load_events(&self) -> Result<Vec<Event>, StoreError>;
-}
 
 /// The event log is rotated past this size: `events.jsonl` becomes `events.1.jsonl`
 /// (replacing the one before), so the log on disk and its read at startup stay bounded.
@@ -127,35 +93,6 @@ fn ends_without_newline(f: &mut File) -> std::io::Result<bool> {
     let mut last = [0u8; 1];
     f.read_exact(&mut last)?;
     Ok(last[0] != b'\n')
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Atomically replaces `path` with `bytes` (temp file, fsync, rename, fsync directory).
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-    }
-    Ok(())
 }
 
 impl Store for FileStore {
