@@ -129,6 +129,8 @@ fn start_etcd_campaign(
     )
     .context("opening the controller store in etcd")?;
     let shared: Shared = Arc::new(Mutex::new(st));
+    // A follower checks credentials too (its /metrics is read with the read token).
+    lock(&shared).credentials = credentials::MonitorCredentials::load(&cfg.dir);
     let on_elected = {
         let (shared, etcd, leadership) = (shared.clone(), etcd.clone(), leadership.clone());
         let (dir, formations_dir) = (cfg.dir.clone(), cfg.formations_dir.clone());
@@ -204,10 +206,11 @@ fn spawn_desired_loop(
                 _ = hup_recv => tracing::info!("SIGHUP: reloading formation files"),
                 _ = tokio::time::sleep(desired::RESYNC) => {}
             }
-            if !leadership.is_leader(now_ms()) {
-                continue;
+            // Only the leader applies formation files (a follower's state is replaced
+            // when it wins, and the files applied then).
+            if leadership.is_leader(now_ms()) {
+                reload_desired(&shared, &dir);
             }
-            reload_desired(&shared, &dir);
             // Rotated credentials take effect with the formation files.
             let creds =
                 state::off_async_workers(|| credentials::MonitorCredentials::load(&monitor_dir));

@@ -189,7 +189,10 @@ impl ControllerState {
                 now_ms,
             );
             ev.actor = Some(format!("address {peer}"));
-            if let Err(e) = self.record(ev) {
+            // A follower records nothing (its store refuses): the log line is all.
+            if let Err(e) = self.record(ev)
+                && !matches!(e, crate::store::StoreError::NotLeader)
+            {
                 tracing::error!("recording a refusal failed: {e}");
             }
         }

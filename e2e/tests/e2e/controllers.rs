@@ -291,3 +291,110 @@ async fn a_deposed_controllers_writes_are_always_refused() {
         stale = Some((leadership, store));
     }
 }
+
+/// Waits until `pred` holds for the formation's state (polling through the group URL).
+fn wait_until(
+    c: &Cluster,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&pgha_api::FormationStatus) -> bool,
+) -> anyhow::Result<pgha_api::FormationStatus> {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(st) = c.state()
+            && pred(&st)
+        {
+            return Ok(st);
+        }
+        anyhow::ensure!(t0.elapsed() < timeout, "not {what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Exactly one node reports a writable state.
+fn one_primary(st: &pgha_api::FormationStatus) -> anyhow::Result<String> {
+    let writable: Vec<&str> = st
+        .nodes
+        .iter()
+        .filter(|n| n.reported_state.is_writable())
+        .map(|n| n.name.as_str())
+        .collect();
+    anyhow::ensure!(writable.len() == 1, "writable nodes: {writable:?}");
+    Ok(writable[0].to_string())
+}
+
+/// The leading controller killed in the middle of a failover (the primary's VM is lost,
+/// the standby's promotion under way): the next leader finishes it from the state in
+/// etcd; one primary, every acknowledged write, and the old primary rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_mid_failover_leaves_one_primary_and_every_write() {
+    group(async |c| {
+        c.bootstrap_two()?;
+        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+        let leader = c.wait_for_leader(None, T).await?;
+        let a = c.index("node_a");
+        c.kill_vm(a)?;
+        let st = wait_until(c, "a failover under way", T, |st| {
+            st.nodes
+                .iter()
+                .any(|n| n.name == "node_b" && n.assigned_state != Secondary)
+        })?;
+        let phase = st
+            .nodes
+            .iter()
+            .find(|n| n.name == "node_b")
+            .map(|n| n.assigned_state);
+        c.kill_controller(leader);
+        println!("leader killed with node_b assigned {phase:?}");
+        c.wait_for_leader(Some(leader), Duration::from_secs(30))
+            .await?;
+        // Alone, node_b serves as wait_primary until node_a is back.
+        let primary = c.wait_new_primary(&["node_a"], T)?;
+        anyhow::ensure!(primary == "node_b");
+        c.start_agent(a)?;
+        let st = c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
+        anyhow::ensure!(one_primary(&st)? == "node_b");
+        probe.wait_for_more(20, T).await?;
+        let report = probe.finish().await?;
+        println!("write probe: {report:?}");
+        anyhow::ensure!(report.lost.is_empty(), "lost writes: {:?}", report.lost);
+        Ok(())
+    })
+    .await;
+}
+
+/// The leading controller killed right after it started a switchover (the primary
+/// draining): the next leader finishes or undoes it; either way one primary, every
+/// acknowledged write, both nodes back in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_mid_switchover_leaves_one_primary_and_every_write() {
+    group(async |c| {
+        c.bootstrap_two()?;
+        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        probe.wait_for_more(20, T).await?;
+        let leader = c.wait_for_leader(None, T).await?;
+        let client = pgha_api::client::MonitorClient::new(&c.join_url, Duration::from_secs(5))?;
+        client.switchover("default", None).await?;
+        c.kill_controller(leader);
+        c.wait_for_leader(Some(leader), Duration::from_secs(30))
+            .await?;
+        let st = wait_until(c, "one primary and one secondary again", T, |st| {
+            let count = |s| {
+                st.nodes
+                    .iter()
+                    .filter(|n| n.reported_state == s && n.assigned_state == s)
+                    .count()
+            };
+            count(Primary) == 1 && count(Secondary) == 1
+        })?;
+        let primary = one_primary(&st)?;
+        println!("after the leader died mid-switchover, {primary} is primary");
+        probe.wait_for_more(20, T).await?;
+        let report = probe.finish().await?;
+        println!("write probe: {report:?}");
+        anyhow::ensure!(report.lost.is_empty(), "lost writes: {:?}", report.lost);
+        Ok(())
+    })
+    .await;
+}
