@@ -50,8 +50,27 @@ pub struct MonitorArgs {
     /// `etcd` (an etcd cluster shared by several controllers, of which one leads).
     #[arg(long, value_enum, default_value = "file")]
     store: StoreKind,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// HOST:PORT of every controller of the group, this one included, comma-separated:
+    /// the URLs `show uri` prints name them all, and clients find the leader.
+    #[arg(long, value_delimiter = ',')]
+    controllers: Vec<String>,
+    /// Adds a controller to an existing group: DIR is (a copy of) the first controller's
+    /// directory. Its CA (this controller gets its own certificate for --hostname), its
+    /// credentials, join secrets and formation files are taken over.
+    #[arg(long)]
+    copy_from: Option<PathBuf>,
+    /// Run the monitor in the foreground once created.
+    #[arg(long)]
+    run: bool,
+}
+
+/// Where etcd is, for `create monitor --store etcd` and `migrate`.
+#[derive(Args)]
+pub struct EtcdArgs {
     /// etcd client URLs, comma-separated (with --store etcd).
-    #[arg(long, value_delimiter = ',', required_if_eq("store", "etcd"))]
+    #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
     /// Key prefix of this controller group in etcd.
     #[arg(long, default_value = "/pgha/")]
@@ -68,18 +87,6 @@ pub struct MonitorArgs {
     /// controller takes over.
     #[arg(long, default_value_t = pgha_controller::config::DEFAULT_LEASE_TTL_S, value_parser = clap::value_parser!(u64).range(2..=60))]
     etcd_lease_ttl: u64,
-    /// HOST:PORT of every controller of the group, this one included, comma-separated:
-    /// the URLs `show uri` prints name them all, and clients find the leader.
-    #[arg(long, value_delimiter = ',')]
-    controllers: Vec<String>,
-    /// Adds a controller to an existing group: DIR is (a copy of) the first controller's
-    /// directory. Its CA (this controller gets its own certificate for --hostname), its
-    /// credentials, join secrets and formation files are taken over.
-    #[arg(long, requires = "etcd_endpoints")]
-    copy_from: Option<PathBuf>,
-    /// Run the monitor in the foreground once created.
-    #[arg(long)]
-    run: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -180,7 +187,7 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
         }
         let store = match a.store {
             StoreKind::File => pgha_controller::config::StoreConfig::File,
-            StoreKind::Etcd => etcd_store(&a)?,
+            StoreKind::Etcd => etcd_store(&a.etcd, a.copy_from.is_some())?,
         };
         if let Some(from) = &a.copy_from {
             copy_group_files(&absolute(from)?, &dir)?;
@@ -254,35 +261,59 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The etcd settings of `create monitor --store etcd`, checked against etcd itself: it
-/// answers, and its prefix holds a group's state exactly when a controller is being
-/// added to that group (--copy-from).
-fn etcd_store(a: &MonitorArgs) -> anyhow::Result<pgha_controller::config::StoreConfig> {
+/// The etcd settings of `create monitor --store etcd` (and `migrate`), checked against
+/// etcd itself: it answers, and its prefix holds a group's state exactly when a
+/// controller is being added to that group (`joining`).
+pub fn etcd_store(
+    a: &EtcdArgs,
+    joining: bool,
+) -> anyhow::Result<pgha_controller::config::StoreConfig> {
+    if a.etcd_endpoints.is_empty() {
+        bail!("--store etcd needs --etcd-endpoints URL,... (the etcd members' client URLs)");
+    }
     #[cfg(not(feature = "etcd"))]
     {
-        let _ = a;
+        let _ = joining;
         bail!("--store etcd: this pgha was built without the `etcd` feature");
     }
     #[cfg(feature = "etcd")]
     {
-        let settings = pgha_controller::config::EtcdSettings {
-            endpoints: a.etcd_endpoints.clone(),
-            prefix: a.etcd_prefix.clone(),
-            ca_file: a.etcd_ca_file.as_deref().map(absolute).transpose()?,
-            user: a.etcd_user.clone(),
-            password_file: a.etcd_password_file.as_deref().map(absolute).transpose()?,
-            lease_ttl_s: a.etcd_lease_ttl,
-        };
+        let settings = a.settings()?;
         let etcd =
             pgha_controller::store::etcd::Etcd::connect(&settings).context("--etcd-endpoints")?;
         let holds = etcd.holds_state().context("--etcd-endpoints")?;
-        if holds && a.copy_from.is_none() {
+        if holds && !joining {
             bail!(
                 "etcd prefix {} already holds a controller group's state: add this controller to it with --copy-from <the first controller's directory>, or choose another --etcd-prefix",
                 a.etcd_prefix
             );
         }
         Ok(pgha_controller::config::StoreConfig::Etcd(settings))
+    }
+}
+
+impl EtcdArgs {
+    pub fn endpoints_text(&self) -> String {
+        self.etcd_endpoints.join(",")
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.etcd_prefix
+    }
+
+    pub fn settings(&self) -> anyhow::Result<pgha_controller::config::EtcdSettings> {
+        Ok(pgha_controller::config::EtcdSettings {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            ca_file: self.etcd_ca_file.as_deref().map(absolute).transpose()?,
+            user: self.etcd_user.clone(),
+            password_file: self
+                .etcd_password_file
+                .as_deref()
+                .map(absolute)
+                .transpose()?,
+            lease_ttl_s: self.etcd_lease_ttl,
+        })
     }
 }
 
@@ -446,7 +477,7 @@ fn monitor_tls(dir: &Path, a: &MonitorArgs) -> anyhow::Result<pgha_controller::c
     })
 }
 
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+pub fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(if p.is_absolute() {
         p.to_path_buf()
     } else {

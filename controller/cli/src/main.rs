@@ -4,6 +4,7 @@
 mod create;
 mod demo;
 mod formation;
+mod migrate;
 mod show;
 mod table;
 
@@ -70,6 +71,9 @@ enum Cmd {
     /// Formation files: validate, diff against the monitor.
     #[command(subcommand)]
     Formation(formation::FormationCmd),
+    /// Move a stopped monitor's state from its directory into etcd (then more
+    /// controllers can join it with `create monitor --store etcd --copy-from`).
+    Migrate(migrate::MigrateArgs),
     /// Run a local formation on loopback doing real work: monitor, two nodes, writes,
     /// state, a switchover.
     Demo(demo::DemoArgs),
@@ -550,6 +554,7 @@ fn main() -> ExitCode {
             Cmd::Perform(PerformCmd::Promotion(a)) => switchover(a.switchover, Some(&a.name)).await,
             Cmd::Perform(PerformCmd::Failover(a)) => forced_failover(a).await,
             Cmd::Demo(a) => demo::run(a).await,
+            Cmd::Migrate(a) => migrate::run(a).await,
             Cmd::Formation(f) => formation::run(f).await,
             Cmd::Enable(MaintenanceCmd::Maintenance(a)) => maintenance(a, true).await,
             Cmd::Disable(MaintenanceCmd::Maintenance(a)) => maintenance(a, false).await,

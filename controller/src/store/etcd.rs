@@ -220,6 +220,56 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Writes a whole state and its events into an empty prefix while no controller
+    /// leads it: `pgha migrate` of a stopped file-store monitor. Every transaction is
+    /// guarded by the leader key's absence, so a group that starts meanwhile is never
+    /// written over.
+    pub fn import(&self, state: &DurableState, events: &[Event]) -> Result<(), StoreError> {
+        if self.holds_state()? {
+            return Err(self.error(format!(
+                "prefix {} already holds a controller group's state: nothing imported",
+                self.inner.prefix
+            )));
+        }
+        let meta = Meta {
+            format: crate::records::STORE_FORMAT,
+            next_node_id: state.next_node_id,
+        };
+        let mut ops = vec![TxnOp::put(
+            self.key("meta"),
+            serde_json::to_vec(&meta).map_err(|e| json_err("meta", e))?,
+            None,
+        )];
+        for (name, f) in &state.formations {
+            let v = serde_json::to_vec(f).map_err(|e| json_err(name, e))?;
+            ops.push(TxnOp::put(self.key(&format!("formations/{name}")), v, None));
+        }
+        let kept = events.len().saturating_sub(EVENTS_KEPT as usize);
+        for e in &events[kept..] {
+            let v = serde_json::to_vec(e).map_err(|err| json_err("event", err))?;
+            ops.push(TxnOp::put(
+                self.key(&format!("events/{:020}", e.id)),
+                v,
+                None,
+            ));
+        }
+        while !ops.is_empty() {
+            let rest = ops.split_off(ops.len().min(MAX_TXN_OPS));
+            let chunk = std::mem::replace(&mut ops, rest);
+            let guard = Compare::create_revision(self.leader_key(), CompareOp::Equal, 0);
+            let txn = Txn::new().when([guard]).and_then(chunk);
+            let r = self.block(move |mut c| async move { c.txn(txn).await })?;
+            if !r.succeeded() {
+                return Err(self.error(
+                    "a controller started leading this prefix during the import: stop it, delete the prefix, and migrate again".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The etcd client's error, with the gRPC status message rather than its debug form.
 fn describe(e: &etcd_client::Error) -> String {
     match e {

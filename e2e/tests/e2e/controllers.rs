@@ -398,3 +398,47 @@ async fn the_leader_killed_mid_switchover_leaves_one_primary_and_every_write() {
     })
     .await;
 }
+
+/// A running formation on the file store moves into etcd (`pgha migrate`, the monitor
+/// stopped meanwhile): nodes keep their roles, ids and credentials, the term stays,
+/// writes go on, and the migrated controller leads and acts (a switchover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_formation_migrates_from_the_file_store_to_etcd() {
+    pgha_e2e::scenario(async |c| {
+        c.bootstrap_two()?;
+        let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
+        let before = c.state()?;
+        let dir = c.monitor_dir().display().to_string();
+        // A running monitor is refused: its state would move under it.
+        let etcd = pgha_e2e::etcd::EtcdCluster::start(&c.path().join("etcd"), 3)?;
+        let endpoints = etcd.endpoints();
+        c.etcd = Some(etcd);
+        let (ok, _, err) = c.pgha(&["migrate", "--dir", &dir, "--etcd-endpoints", &endpoints])?;
+        anyhow::ensure!(!ok && err.contains("must be stopped"), "{err}");
+        c.kill_monitor();
+        let out = c.pgha_ok(&["migrate", "--dir", &dir, "--etcd-endpoints", &endpoints]);
+        let (_, _, err) = c.pgha(&["migrate", "--dir", &dir, "--etcd-endpoints", &endpoints])?;
+        out?;
+        anyhow::ensure!(err.contains("in etcd already"), "a second migrate: {err}");
+        c.start_monitor()?;
+        c.wait_for_leader(None, Duration::from_secs(30)).await?;
+        let after = c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        anyhow::ensure!(after.term == before.term, "the term moved");
+        anyhow::ensure!(after.leader.is_some(), "show state names the leader");
+        for (b, a) in before.nodes.iter().zip(&after.nodes) {
+            anyhow::ensure!(b.name == a.name && b.node_id == a.node_id, "{b:?} vs {a:?}");
+        }
+        // As after any controller restart, the nodes' health is known again from
+        // fresh reports and probes before a switchover is accepted.
+        wait_until(c, "every node healthy again", T, |st| {
+            st.nodes.iter().all(|n| n.health == pgha_api::Health::Good)
+        })?;
+        c.pgha_ok(&["perform", "switchover", "--monitor", &c.join_url])?;
+        c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
+        probe.wait_for_more(20, T).await?;
+        let report = probe.finish().await?;
+        anyhow::ensure!(report.lost.is_empty(), "lost writes: {:?}", report.lost);
+        Ok(())
+    })
+    .await;
+}
