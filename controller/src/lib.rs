@@ -99,17 +99,38 @@ pub async fn run(
     let reconciler = tokio::spawn(reconcile_loop(shared.clone(), leadership.clone()));
     let prober = tokio::spawn(probe::probe_loop(shared.clone(), leadership.clone()));
     let app = http::router(shared.clone(), cfg.clone(), leadership);
-    pgha_api::server::serve(
-        listener,
-        app,
-        pgha_api::server::Limits::default(),
-        tls,
-        shutdown,
-    )
-    .await;
+    raise_open_files_limit(MAX_API_CONNECTIONS as u64 + 1024);
+    let limits = pgha_api::server::Limits {
+        max_connections: MAX_API_CONNECTIONS,
+        ..Default::default()
+    };
+    pgha_api::server::serve(listener, app, limits, tls, shutdown).await;
     reconciler.abort();
     prober.abort();
     Ok(())
+}
+
+/// Connections the API keeps at once. Every agent holds one open (it reports each
+/// second over a kept connection), so this bounds the nodes one controller serves; the
+/// default of 256 of the agents' own health servers cut a fleet at 256 nodes, which
+/// `pgha-scale` found.
+pub const MAX_API_CONNECTIONS: usize = 8192;
+
+/// Raises the soft limit of open files toward `want` (at most the hard limit): every
+/// connection is a descriptor, and the usual soft limit is 1024.
+fn raise_open_files_limit(want: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < want
+    {
+        let new = want.min(hard);
+        if setrlimit(Resource::RLIMIT_NOFILE, new, hard).is_err() || new < want {
+            tracing::warn!(
+                soft = new,
+                "open files limited to {new} (hard limit): fewer agents than {MAX_API_CONNECTIONS} can stay connected; raise LimitNOFILE"
+            );
+        }
+    }
 }
 
 /// Opens the etcd store as a follower and starts contending for leadership; on winning,

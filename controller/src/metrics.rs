@@ -49,6 +49,9 @@ pub struct Metrics {
     pub slots_invalidated: Family<Labels, Counter>,
     /// API calls refused for their credential, by route and status (401, 403).
     pub api_refused: Family<Labels, Counter>,
+    /// Writes the store carried out, by `kind` (`state`, `events`): a save of changed
+    /// records, or an append of events.
+    pub store_writes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -65,6 +68,7 @@ impl Default for Metrics {
             config_errors: Family::default(),
             slots_invalidated: Family::default(),
             api_refused: Family::default(),
+            store_writes: Family::default(),
         }
     }
 }
@@ -104,7 +108,6 @@ pub struct FormationReading {
     pub blocked: Option<BlockReason>,
 }
 
-/// Renders the OpenMetrics text from read models and the counters.
 /// Adds `pgha_controller_leader` (1 on the controller that leads, 0 on a follower) to a
 /// page, for controllers that share an etcd store; a single controller's page is left
 /// as it is.
@@ -119,6 +122,7 @@ pub fn with_leader_gauge(page: String, shared_store: bool, leads: bool) -> Strin
     )
 }
 
+/// Renders the OpenMetrics text from read models and the counters.
 pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
     let mut reg = Registry::with_prefix("pgha");
     let assigned = Family::<Labels, Gauge>::default();
@@ -278,6 +282,11 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
         "api_refused",
         "API calls refused for their credential (401: none or unknown; 403: out of scope), by route",
         m.api_refused.clone(),
+    );
+    reg.register(
+        "store_writes",
+        "Writes the controller's store carried out (state: a save of changed records; events: an append), by kind",
+        m.store_writes.clone(),
     );
 
     let mut out = String::new();

@@ -53,6 +53,12 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        if permits.available_permits() == 0 {
+            tracing::warn!(
+                max = limits.max_connections,
+                "connection limit reached: new connections wait until one closes"
+            );
+        }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,

@@ -124,6 +124,10 @@ impl ControllerState {
         match off_async_workers(|| self.store.save(&self.durable)) {
             Ok(()) => {
                 self.saved = self.durable.clone();
+                self.metrics
+                    .store_writes
+                    .get_or_create(&labels(&[("kind", "state")]))
+                    .inc();
                 Ok(())
             }
             Err(e) => {
@@ -152,6 +156,10 @@ impl ControllerState {
             tracing::info!(formation = %ev.formation, node = ev.node_name.as_deref().unwrap_or("-"), rule = %ev.rule, "{}", ev.description);
         }
         off_async_workers(|| self.store.append_events(&events))?;
+        self.metrics
+            .store_writes
+            .get_or_create(&labels(&[("kind", "events")]))
+            .inc();
         self.events.extend(events);
         while self.events.len() > EVENTS_IN_MEMORY {
             self.events.pop_front();
