@@ -532,6 +532,9 @@ RestartPreventExitStatus=121
 # crash) leaves the database serving, so only the agent process is signalled here.
 KillMode=process
 TimeoutStopSec=10s
+# The monitor keeps a connection open per agent (it raises its soft limit itself, up to
+# this hard one).
+LimitNOFILE=16384
 
 [Install]
 WantedBy=multi-user.target

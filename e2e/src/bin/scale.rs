@@ -260,13 +260,13 @@ fn cpu_and_rss(pid: u32) -> Option<(f64, f64)> {
     Some((ticks / 100.0, rss_kb / 1024.0))
 }
 
-/// `pgha_store_writes_total` of the controller, all kinds.
-async fn store_writes(read: &MonitorClient) -> f64 {
+/// The sum of the controller's metric samples whose line starts with `name`.
+async fn metric_sum(read: &MonitorClient, name: &str) -> f64 {
     let Ok((_, page)) = read.get_text("/metrics").await else {
         return 0.0;
     };
     page.lines()
-        .filter(|l| l.starts_with("pgha_store_writes_total"))
+        .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -511,7 +511,9 @@ async fn run(
 
     // The measured window: reports throughout, failures a third of the way in.
     m.on.store(true, Ordering::Relaxed);
-    let writes0 = store_writes(&read).await;
+    let writes0 = metric_sum(&read, "pgha_store_writes_total").await;
+    let plans0 = metric_sum(&read, "pgha_reconcile_duration_seconds_count").await;
+    let plan_s0 = metric_sum(&read, "pgha_reconcile_duration_seconds_sum").await;
     let (cpu0, _) = cpu_and_rss(pid).unwrap_or_default();
     let t_run = Instant::now();
     let to_fail: Vec<Arc<FormationSim>> = all
@@ -557,7 +559,9 @@ async fn run(
     let elapsed = t_run.elapsed().as_secs_f64();
     m.on.store(false, Ordering::Relaxed);
     let (cpu1, _) = cpu_and_rss(pid).unwrap_or_default();
-    let writes1 = store_writes(&read).await;
+    let writes1 = metric_sum(&read, "pgha_store_writes_total").await;
+    let plans = metric_sum(&read, "pgha_reconcile_duration_seconds_count").await - plans0;
+    let plan_s = metric_sum(&read, "pgha_reconcile_duration_seconds_sum").await - plan_s0;
 
     let mut lat = m.latencies_us.lock().unwrap().clone();
     lat.sort();
@@ -595,6 +599,12 @@ async fn run(
         (cpu1 - cpu0) / elapsed * 100.0,
         rss_peak,
         (writes1 - writes0) / elapsed
+    );
+    println!(
+        "reconciles: {:.0}/s, mean {:.0} us each (plan + persist, under the state's lock: {:.0}% of the time)",
+        plans / elapsed,
+        plan_s / plans.max(1.0) * 1e6,
+        plan_s / elapsed * 100.0
     );
     if let Some(e) = m.last_error.lock().unwrap().as_ref() {
         println!("last report error: {e}");
