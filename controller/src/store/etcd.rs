@@ -36,6 +36,8 @@ use std::time::Duration;
 pub const EVENTS_KEPT: u64 = 20_000;
 /// One etcd request's deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// A write slower than this is logged.
+const SLOW_WRITE: Duration = Duration::from_millis(100);
 /// etcd refuses a transaction of more than 128 operations (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 100;
 
@@ -328,9 +330,17 @@ impl EtcdStore {
             let chunk = std::mem::replace(&mut ops, rest);
             let guard = Compare::create_revision(self.etcd.leader_key(), CompareOp::Equal, fence);
             let txn = Txn::new().when([guard]).and_then(chunk);
+            let started = std::time::Instant::now();
             let r = self
                 .etcd
                 .block(move |mut c| async move { c.txn(txn).await })?;
+            // Every report waits behind a write (it runs under the state's lock).
+            if started.elapsed() > SLOW_WRITE {
+                tracing::warn!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "slow etcd write: reports wait behind it"
+                );
+            }
             if !r.succeeded() {
                 self.leadership.deposed(fence);
                 return Err(StoreError::NotLeader);

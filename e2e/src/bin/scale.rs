@@ -353,8 +353,16 @@ async fn main() -> anyhow::Result<()> {
     let result = run(&mon_s, pid, formations, per, seconds, fail, stuck, &store).await;
     let _ = controller.kill();
     let _ = controller.wait();
+    let text = std::fs::read_to_string(dir.path().join("monitor.log")).unwrap_or_default();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ")).collect();
+    if !warnings.is_empty() {
+        println!(
+            "controller warnings: {} (last: {})",
+            warnings.len(),
+            warnings.last().unwrap_or(&"")
+        );
+    }
     if result.is_err() {
-        let text = std::fs::read_to_string(dir.path().join("monitor.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         for l in &lines[lines.len().saturating_sub(20)..] {
             eprintln!("controller: {l}");
