@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub lease_remaining_ms: Option<u64>,
     pub last_report_ok: Option<Instant>,
     pub primary_lsn: Option<Lsn>,
+    /// The formation file keeps this node out of read load balancing (`/replica` 503).
+    pub no_load_balance: bool,
 }
 
 pub type SharedSnapshot = Arc<Mutex<Option<Snapshot>>>;
@@ -153,6 +155,7 @@ async fn replica(State(s): State<SharedSnapshot>, Query(q): Query<LagQuery>) -> 
     let s = snapshot(&s);
     let ok = s.as_ref().is_some_and(|s| {
         s.role() == Role::Replica
+            && !s.no_load_balance
             && s.local.wal_receiver_streaming
             && max_lag.is_none_or(|max| s.lag_bytes().is_some_and(|lag| lag <= max))
     });
@@ -351,7 +354,27 @@ mod tests {
             lease_remaining_ms: Some(2500),
             last_report_ok: None,
             primary_lsn: Some(Lsn(300)),
+            no_load_balance: false,
         }
+    }
+
+    /// A streaming standby kept out of load balancing fails `/replica` only.
+    #[tokio::test]
+    async fn a_standby_kept_out_of_load_balancing_fails_replica_checks_only() {
+        let mut s = snap(true, true, NodeState::Secondary);
+        s.local.wal_receiver_streaming = true;
+        let status = async |s: &Snapshot| {
+            let shared: SharedSnapshot = Arc::new(Mutex::new(Some(s.clone())));
+            let r = replica(State(shared.clone()), Query(LagQuery { lag: None })).await;
+            let ro = read_only(State(shared)).await;
+            (r.status(), ro.status())
+        };
+        assert_eq!(status(&s).await, (StatusCode::OK, StatusCode::OK));
+        s.no_load_balance = true;
+        assert_eq!(
+            status(&s).await,
+            (StatusCode::SERVICE_UNAVAILABLE, StatusCode::OK)
+        );
     }
 
     #[test]

@@ -316,6 +316,11 @@ impl FormationRecord {
             })
     }
 
+    /// Whether the file keeps the node out of read load balancing.
+    pub fn no_load_balance(&self, n: &NodeRecord) -> bool {
+        self.declared(&n.name).is_some_and(|d| d.no_load_balance)
+    }
+
     /// The node's replication quorum: the file's when it declares the node, else the
     /// registration's.
     pub fn replication_quorum(&self, n: &NodeRecord) -> bool {

@@ -50,6 +50,11 @@ impl Agent {
             lease_remaining_ms: self.lease_remaining_ms(),
             last_report_ok: self.last_report_ok,
             primary_lsn: self.state.assignment.as_ref().and_then(|a| a.primary_lsn),
+            no_load_balance: self
+                .state
+                .assignment
+                .as_ref()
+                .is_some_and(|a| a.no_load_balance),
         };
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snap);
     }

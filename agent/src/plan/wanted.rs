@@ -136,6 +136,7 @@ mod tests {
             rebuild_epoch: 0,
             node_token: None,
             restart_epoch: 0,
+            no_load_balance: false,
         }
     }
 

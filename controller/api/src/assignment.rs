@@ -67,4 +67,8 @@ pub struct Assignment {
     /// from then on. Never logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_token: Option<String>,
+    /// The formation file keeps this node out of read load balancing: its `/replica`
+    /// health endpoint answers 503.
+    #[serde(default)]
+    pub no_load_balance: bool,
 }

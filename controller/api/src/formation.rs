@@ -249,6 +249,11 @@ pub struct NodeSpec {
     /// candidate (refused while there is none). Set back to false to bring it back.
     #[serde(default)]
     pub maintenance: bool,
+    /// Keep the node out of read load balancing (Patroni's `noloadbalance` tag): its
+    /// `/replica` health endpoint answers 503 whatever its state. It still replicates,
+    /// counts for synchronous replication and may be promoted.
+    #[serde(default)]
+    pub no_load_balance: bool,
 }
 
 fn default_port() -> u16 {

@@ -138,6 +138,7 @@ impl ControllerState {
             rebuild_epoch: n.intent.rebuild_epoch,
             node_token: None,
             restart_epoch: n.intent.restart_epoch,
+            no_load_balance: f.no_load_balance(n),
         })
     }
 

@@ -354,6 +354,42 @@ async fn maintenance_from_the_file_takes_a_standby_out_and_back() {
     .await;
 }
 
+/// `noLoadBalance: true` on the standby (Patroni's `noloadbalance` tag): its `/replica`
+/// answers 503 while it keeps streaming and `/read-only` still answers 200; set back to
+/// false, `/replica` answers 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_load_balance_takes_a_standby_out_of_replica_checks_only() {
+    scenario(async |c| {
+        c.bootstrap_two()?;
+        let yaml = |nlb: bool| {
+            format!(
+                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  nodes:\n    - name: node_a\n      host: 127.0.0.1\n      port: {}\n    - name: node_b\n      host: 127.0.0.1\n      port: {}\n      noLoadBalance: {nlb}\n",
+                c.nodes[0].port, c.nodes[1].port
+            )
+        };
+        let b = c.index("node_b");
+        let wait_replica = async |want: u16| -> anyhow::Result<()> {
+            let t0 = std::time::Instant::now();
+            loop {
+                if c.agent_get(b, "/replica").await?.0 == want {
+                    return Ok(());
+                }
+                anyhow::ensure!(t0.elapsed() < T, "/replica of node_b never answered {want}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        wait_replica(200).await?;
+        c.write_formation("default.yaml", &yaml(true))?;
+        wait_replica(503).await?;
+        anyhow::ensure!(c.agent_get(b, "/read-only").await?.0 == 200);
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        c.write_formation("default.yaml", &yaml(false))?;
+        wait_replica(200).await?;
+        Ok(())
+    })
+    .await;
+}
+
 /// With `--auth scram-sha-256`, the standby's base backup, streaming and pg_rewind
 /// connections authenticate with SCRAM against a verifier the agent computed: the
 /// replication password itself never reaches Postgres in SQL, nor its log.
