@@ -50,6 +50,9 @@ pub struct AgentConfig {
     /// Address `/metrics` listens on instead of `http_port` (e.g. a management network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    /// Command run when this node's role changes (`crate::hooks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_role_change: Option<PathBuf>,
     /// Password of the formation's replication role (from the monitor at registration).
     #[serde(default)]
     pub replication_password: String,

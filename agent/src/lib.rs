@@ -19,6 +19,7 @@
 pub mod agent;
 pub mod config;
 pub mod files;
+pub mod hooks;
 pub mod http;
 pub mod lease;
 pub mod observation;

@@ -317,6 +317,7 @@ mod tests {
             replication_password: "secret".into(),
             node_token: None,
             metrics_listen: None,
+            on_role_change: None,
         }
     }
 

@@ -57,6 +57,8 @@ struct Agent {
     /// Invalidated slots seen since the last report that went through: reported even
     /// when this agent already dropped them (the controller rebuilds their standby).
     lost_slots: std::collections::BTreeSet<String>,
+    /// The operator's role-change hook.
+    hooks: crate::hooks::Hooks,
 }
 
 /// How long a report may take before the agent counts the controller unreachable.
@@ -188,6 +190,7 @@ pub async fn run(
         })
     };
     let mut agent = Agent {
+        hooks: crate::hooks::Hooks::new(cfg.on_role_change.clone()),
         watchdog,
         lost_slots: Default::default(),
         cfg,

@@ -121,7 +121,13 @@ impl Agent {
             term: self.state.max_term,
             pg: self.observation(l),
             fenced: self.state.fenced,
-            last_error: self.last_error.clone(),
+            last_error: self.last_error.clone().or_else(|| {
+                self.hooks
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            }),
             applied_generation: self.applied_generation,
             auth_method: Some(self.cfg.auth.hba_name().to_string()),
             rebuilt_epoch: self.state.rebuilt_epoch,

@@ -26,6 +26,8 @@ impl Agent {
         self.note_outcome(&step, acted, result, goal, &l);
         if self.reported != prev {
             tracing::info!(state = %self.reported, "reached");
+            self.hooks
+                .state_changed(&self.cfg.formation, &self.cfg.name, prev, self.reported);
             self.state.reported = Some(self.reported);
             self.state.save(&self.cfg)?;
         }

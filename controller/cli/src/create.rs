@@ -155,6 +155,11 @@ pub struct PostgresArgs {
     /// stay there, unauthenticated and read-only for load balancers).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// A command run when this node's role changes, as `CMD <formation> <node> <old
+    /// role> <new role> <new state>` (roles: primary, standby, stopped), e.g. to move a
+    /// virtual IP. Set on the node, never in the formation file.
+    #[arg(long)]
+    on_role_change: Option<PathBuf>,
     /// Run the agent in the foreground once created.
     #[arg(long)]
     run: bool,
@@ -574,6 +579,18 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
             "WARNING: --auth trust: anyone who reaches this Postgres connects without a password; fine for a throwaway tutorial, not for production (the default is scram-sha-256)"
         );
     }
+    let on_role_change = a.on_role_change.as_deref().map(absolute).transpose()?;
+    if let Some(hook) = &on_role_change {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(hook)
+            .with_context(|| format!("--on-role-change {}", hook.display()))?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            bail!(
+                "--on-role-change {}: not an executable file",
+                hook.display()
+            );
+        }
+    }
     if let Some(m) = &a.metrics_listen {
         m.parse::<std::net::SocketAddr>()
             .with_context(|| format!("--metrics-listen {m:?}: expected ADDRESS:PORT"))?;
@@ -621,6 +638,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         os_user,
         http_port: a.http_port,
         metrics_listen: a.metrics_listen.clone(),
+        on_role_change,
         replication_password: reg.replication_password.clone(),
         node_token: Some(reg.node_token.clone()),
     };

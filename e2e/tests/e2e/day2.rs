@@ -1,4 +1,5 @@
-//! Day-2 verbs a Patroni user reaches for: pause and resume.
+//! Day-2 verbs a Patroni user reaches for: pause and resume, reinit, restart (and the
+//! pending restarts that roll by themselves), anti-flapping.
 
 use pgha_api::NodeState::*;
 use pgha_e2e::scenario;
@@ -225,6 +226,122 @@ async fn restart_restarts_a_standby_in_place() {
             &c.monitor_url,
         ])?;
         anyhow::ensure!(events.contains("operator_restart"), "{events}");
+        Ok(())
+    })
+    .await;
+}
+
+/// Patroni's `restart --pending` is automatic here: a restart-only setting changed with
+/// ALTER SYSTEM on both nodes (`max_prepared_transactions`, which a standby must have at
+/// least as high as its primary: the order matters) rolls by itself, the standby first,
+/// then the primary after one switchover. Both run the new value, nothing waits for a
+/// restart any more, no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_restarts_roll_by_themselves_with_one_switchover() {
+    scenario(async |c| {
+        c.bootstrap_two()?;
+        let probe = c.write_probe().await?;
+        probe.wait_for_more(20, T).await?;
+        let term = c.state()?.term;
+        for i in 0..2 {
+            let db = c.connect_node(i).await?;
+            db.batch_execute("ALTER SYSTEM SET max_prepared_transactions = 7")
+                .await?;
+            db.batch_execute("SELECT pg_reload_conf()").await?;
+        }
+        let t0 = Instant::now();
+        let value = async |i: usize| -> anyhow::Result<String> {
+            let db = c.connect_node(i).await?;
+            Ok(db
+                .query_one("SHOW max_prepared_transactions", &[])
+                .await?
+                .get(0))
+        };
+        loop {
+            let st = c.state()?;
+            let mut done = st.nodes.iter().all(|n| {
+                n.pending_restart.is_empty()
+                    && n.reported_state == n.assigned_state
+                    && matches!(n.reported_state, Primary | Secondary)
+            });
+            for i in 0..2 {
+                done = done && value(i).await.is_ok_and(|v| v == "7");
+            }
+            if done {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < T, "the restart did not roll: {}", st.summary);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("rolled in {:?}", t0.elapsed());
+        let st = c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
+        anyhow::ensure!(
+            st.term == term + 1,
+            "one switchover: term {term} -> {}",
+            st.term
+        );
+        probe.wait_for_more(20, T).await?;
+        let report = probe.finish_without_loss().await?;
+        println!("longest write gap: {:?}", report.max_gap);
+        Ok(())
+    })
+    .await;
+}
+
+/// An on-role-change hook on each node (`create postgres --on-role-change`, Patroni's
+/// callback): a switchover runs it on both nodes, with the formation, the node, the old
+/// and the new role, and the new state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_change_hooks_run_on_a_switchover() {
+    scenario(async |c| {
+        let script = c.path().join("on-role-change.sh");
+        let calls = c.path().join("hook-calls");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+        )?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let hook = script.display().to_string();
+        let (ok, _, err) = c.pgha(&[
+            "create",
+            "postgres",
+            "--pgdata",
+            &c.path().join("never").display().to_string(),
+            "--hostname",
+            "127.0.0.1",
+            "--monitor",
+            &c.join_url,
+            "--on-role-change",
+            "/nonexistent/hook",
+        ])?;
+        anyhow::ensure!(!ok && err.contains("--on-role-change"), "{err}");
+        c.add_node_with("node_a", &["--on-role-change", &hook])?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        c.add_node_with("node_b", &["--on-role-change", &hook])?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        c.pgha_ok(&["perform", "switchover", "--monitor", &c.join_url])?;
+        c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
+        let t0 = Instant::now();
+        let want = [
+            "default node_b standby primary wait_primary",
+            "default node_a primary stopped",
+            "default node_a stopped standby",
+        ];
+        loop {
+            let text = std::fs::read_to_string(&calls).unwrap_or_default();
+            if want.iter().all(|w| text.contains(w)) {
+                println!("{text}");
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "hook calls: {text:?}, wanted {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         Ok(())
     })
     .await;

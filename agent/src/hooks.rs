@@ -1,0 +1,160 @@
+//! Commands the node's operator has the agent run when its role changes (Patroni's
+//! `on_role_change` callback): move a virtual IP, repoint PgBouncer.
+//!
+//! Configured on the node (`create postgres --on-role-change PATH`, `config.json`),
+//! never in the formation file: whoever edits formation files in Git does not get to run
+//! commands on every database VM.
+//!
+//! A hook runs as `PATH <formation> <node> <old role> <new role> <new state>`, roles
+//! being `primary` (writable), `standby` and `stopped`, once per change of role (not per
+//! state: `single` → `wait_primary` → `primary` is one role). Hooks run one at a time in
+//! the order of the changes, each for at most [`HOOK_TIMEOUT`] (then it is killed), off
+//! the agent's loop: a slow hook never delays a failover. Output goes to the agent's log;
+//! a failure also becomes the node's last error (`show state`).
+
+use pgha_api::NodeState;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The role a state stands for, as hooks see it.
+pub fn role(s: NodeState) -> &'static str {
+    if s.is_writable() {
+        "primary"
+    } else if s.is_stopped() {
+        "stopped"
+    } else {
+        "standby"
+    }
+}
+
+/// Runs the role-change hook, in order, one at a time.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    on_role_change: Option<PathBuf>,
+    /// Held while a hook runs: the next waits (tokio's mutex is fair, so in order).
+    running: Arc<tokio::sync::Mutex<()>>,
+    /// The last hook failure, until a hook succeeds.
+    pub last_failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Hooks {
+    pub fn new(on_role_change: Option<PathBuf>) -> Self {
+        Hooks {
+            on_role_change,
+            ..Default::default()
+        }
+    }
+
+    /// Starts the hook when `old` → `new` changes the role.
+    pub fn state_changed(&self, formation: &str, node: &str, old: NodeState, new: NodeState) {
+        let Some(cmd) = self.on_role_change.clone() else {
+            return;
+        };
+        if role(old) == role(new) {
+            return;
+        }
+        let args: Vec<String> = vec![
+            formation.into(),
+            node.into(),
+            role(old).into(),
+            role(new).into(),
+            new.to_string(),
+        ];
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _turn = me.running.lock().await;
+            let outcome = run(&cmd, &args).await;
+            let mut last = me.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                Ok(()) => *last = None,
+                Err(e) => {
+                    tracing::warn!(hook = %cmd.display(), "on-role-change hook failed: {e}");
+                    *last = Some(format!("on-role-change hook {}: {e}", cmd.display()));
+                }
+            }
+        });
+    }
+}
+
+async fn run(cmd: &PathBuf, args: &[String]) -> Result<(), String> {
+    let child = tokio::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(HOOK_TIMEOUT, child).await {
+        Err(_) => return Err(format!("killed after {} s", HOOK_TIMEOUT.as_secs())),
+        Ok(Err(e)) => return Err(format!("cannot run it: {e}")),
+        Ok(Ok(out)) => out,
+    };
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        tracing::info!(hook = %cmd.display(), "{line}");
+    }
+    match out.status.success() {
+        true => {
+            tracing::info!(hook = %cmd.display(), args = %args.join(" "), "on-role-change hook ran");
+            Ok(())
+        }
+        false => Err(format!("exited with {}", out.status)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_group_states() {
+        assert_eq!(role(NodeState::Single), "primary");
+        assert_eq!(role(NodeState::WaitPrimary), "primary");
+        assert_eq!(role(NodeState::Secondary), "standby");
+        assert_eq!(role(NodeState::Demoted), "stopped");
+    }
+
+    /// A hook runs once per role change, in order, with its arguments; one that fails
+    /// is remembered until one succeeds.
+    #[tokio::test]
+    async fn hooks_run_per_role_change_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("calls");
+        let script = dir.path().join("hook.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {}\n[ \"$4\" != stopped ]\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let h = Hooks::new(Some(script));
+        use NodeState::*;
+        h.state_changed("f", "n", Secondary, PreparePromotion); // same role: nothing
+        h.state_changed("f", "n", StopReplication, WaitPrimary);
+        h.state_changed("f", "n", WaitPrimary, Primary); // same role
+        h.state_changed("f", "n", Primary, Demoted);
+        let _ = h.running.lock().await;
+        for _ in 0..100 {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if text.lines().count() == 2 && h.last_failure.lock().unwrap().is_some() {
+                assert_eq!(
+                    text,
+                    "f n standby primary wait_primary\nf n primary stopped demoted\n"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "hooks did not run as expected: {:?}",
+            std::fs::read_to_string(&out)
+        );
+    }
+}
