@@ -173,12 +173,23 @@ impl Etcd {
         let task = self
             .rt()
             .spawn(async move { tokio::time::timeout(REQUEST_TIMEOUT, fut).await });
-        match task.await {
+        let answer = task
+            .await
+            .map_err(|e| format!("the request's task failed: {e}"));
+        self.outcome(answer)
+    }
+
+    /// A request's outcome as the store reports it: the answer, or why there is none.
+    fn outcome<T>(
+        &self,
+        answer: Result<Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>, String>,
+    ) -> Result<T, StoreError> {
+        match answer {
             Ok(Ok(r)) => r.map_err(|e| self.error(describe(&e))),
             Ok(Err(_)) => {
                 Err(self.error(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())))
             }
-            Err(e) => Err(self.error(format!("the request's task failed: {e}"))),
+            Err(why) => Err(self.error(why)),
         }
     }
 
@@ -194,13 +205,7 @@ impl Etcd {
         self.rt().spawn(async move {
             let _ = tx.send(tokio::time::timeout(REQUEST_TIMEOUT, fut).await);
         });
-        match rx.recv() {
-            Ok(Ok(r)) => r.map_err(|e| self.error(describe(&e))),
-            Ok(Err(_)) => {
-                Err(self.error(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())))
-            }
-            Err(_) => Err(self.error("the etcd client stopped".into())),
-        }
+        self.outcome(rx.recv().map_err(|_| "the etcd client stopped".to_string()))
     }
 
     /// Whether the group's prefix holds a formation or a node counter already.

@@ -124,14 +124,14 @@ async fn fake_postgres(listener: tokio::net::TcpListener, hang: bool) {
 impl SimNode {
     /// The report of a node that reached its goal at once.
     fn report(&self, formation: &FormationSim, started: Instant) -> NodeReport {
-        let mut st = self.st.lock().unwrap();
+        let mut st = self.st.lock().unwrap_or_else(|e| e.into_inner());
         let reached = st.goal;
         let writable = reached.is_writable();
         let upstream_alive = st.upstream_port.is_some_and(|p| {
             formation
                 .nodes
                 .lock()
-                .unwrap()
+                .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .any(|n| n.port == p && n.alive.load(Ordering::Relaxed))
         });
@@ -146,7 +146,7 @@ impl SimNode {
         let peers: Vec<NodeId> = formation
             .nodes
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|n| n.id)
             .filter(|&id| id != self.id)
@@ -210,10 +210,10 @@ async fn agent(node: Arc<SimNode>, m: Arc<Measures>, started: Instant) {
                 if m.on.load(Ordering::Relaxed) {
                     m.latencies_us
                         .lock()
-                        .unwrap()
+                        .unwrap_or_else(|e| e.into_inner())
                         .push(t.elapsed().as_micros() as u64);
                 }
-                let mut st = node.st.lock().unwrap();
+                let mut st = node.st.lock().unwrap_or_else(|e| e.into_inner());
                 again = a.goal != st.goal;
                 st.goal = a.goal;
                 st.term = st.term.max(a.term);
@@ -221,20 +221,26 @@ async fn agent(node: Arc<SimNode>, m: Arc<Measures>, started: Instant) {
                 st.rebuild_epoch = a.rebuild_epoch;
                 st.restart_epoch = a.restart_epoch;
                 st.upstream_port = a.upstream.as_ref().map(|u| u.port);
-                if let Some(failed) = *f.failed_at.lock().unwrap() {
+                if let Some(failed) = *f.failed_at.lock().unwrap_or_else(|e| e.into_inner()) {
                     let since = failed.elapsed();
                     if a.goal != NodeState::Secondary {
-                        f.decided.lock().unwrap().get_or_insert(since);
+                        f.decided
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(since);
                     }
                     if a.goal.is_writable() {
-                        f.promoted.lock().unwrap().get_or_insert(since);
+                        f.promoted
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(since);
                     }
                 }
             }
             Err(e) => {
                 if m.on.load(Ordering::Relaxed) {
                     m.errors.fetch_add(1, Ordering::Relaxed);
-                    *m.last_error.lock().unwrap() = Some(e.to_string());
+                    *m.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                 }
             }
         }
@@ -476,7 +482,10 @@ async fn run(
                 }),
                 listener: Mutex::new(Some(task)),
             });
-            f.nodes.lock().unwrap().push(node.clone());
+            f.nodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(node.clone());
             tokio::spawn(agent(node, m.clone(), started));
         }
         all.push(f);
@@ -491,8 +500,11 @@ async fn run(
     let registration = t_reg.elapsed();
     // Settled: every formation one primary and its secondaries.
     let settled = |f: &FormationSim| {
-        let nodes = f.nodes.lock().unwrap();
-        let goals: Vec<NodeState> = nodes.iter().map(|n| n.st.lock().unwrap().goal).collect();
+        let nodes = f.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let goals: Vec<NodeState> = nodes
+            .iter()
+            .map(|n| n.st.lock().unwrap_or_else(|e| e.into_inner()).goal)
+            .collect();
         goals.iter().filter(|g| **g == NodeState::Primary).count() == 1
             && goals
                 .iter()
@@ -550,16 +562,16 @@ async fn run(
             let primary = f
                 .nodes
                 .lock()
-                .unwrap()
+                .unwrap_or_else(|e| e.into_inner())
                 .iter()
-                .find(|n| n.st.lock().unwrap().goal == NodeState::Primary)
+                .find(|n| n.st.lock().unwrap_or_else(|e| e.into_inner()).goal == NodeState::Primary)
                 .cloned();
             if let Some(p) = primary {
                 p.alive.store(false, Ordering::Relaxed);
-                if let Some(t) = p.listener.lock().unwrap().take() {
+                if let Some(t) = p.listener.lock().unwrap_or_else(|e| e.into_inner()).take() {
                     t.abort();
                 }
-                *f.failed_at.lock().unwrap() = Some(Instant::now());
+                *f.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             }
             failed += 1;
         }
@@ -571,15 +583,19 @@ async fn run(
     let plans = metric_sum(&read, "pgha_reconcile_duration_seconds_count").await - plans0;
     let plan_s = metric_sum(&read, "pgha_reconcile_duration_seconds_sum").await - plan_s0;
 
-    let mut lat = m.latencies_us.lock().unwrap().clone();
+    let mut lat = m
+        .latencies_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     lat.sort();
     let mut decided: Vec<u64> = vec![];
     let mut promoted: Vec<u64> = vec![];
     for f in &to_fail {
-        if let Some(d) = *f.decided.lock().unwrap() {
+        if let Some(d) = *f.decided.lock().unwrap_or_else(|e| e.into_inner()) {
             decided.push(d.as_millis() as u64);
         }
-        if let Some(d) = *f.promoted.lock().unwrap() {
+        if let Some(d) = *f.promoted.lock().unwrap_or_else(|e| e.into_inner()) {
             promoted.push(d.as_millis() as u64);
         }
     }
@@ -614,7 +630,12 @@ async fn run(
         plan_s / plans.max(1.0) * 1e6,
         plan_s / elapsed * 100.0
     );
-    if let Some(e) = m.last_error.lock().unwrap().as_ref() {
+    if let Some(e) = m
+        .last_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
         println!("last report error: {e}");
     }
     Ok(())
