@@ -2,8 +2,8 @@
 # Installs what pgha needs on a fresh Debian machine: PostgreSQL 15 (server binaries
 # under /usr/lib/postgresql/15/bin, and the unprivileged `postgres` OS user that runs
 # them when pgha runs as root), openssl and protoc (to build etcd's client); for the
-# tests (unless --runtime-only) also Prometheus (server and promtool), etcd and
-# cargo-nextest.
+# tests (unless --runtime-only) also Prometheus (server and promtool), etcd, iproute2 and
+# nftables (the multi-host fault tests) and cargo-nextest.
 set -euo pipefail
 runtime_only=false
 [ "${1:-}" = "--runtime-only" ] && runtime_only=true
@@ -16,6 +16,10 @@ if ! $runtime_only; then
   command -v promtool >/dev/null || need_apt+=(prometheus)
   # The controller-group tests run a real etcd cluster.
   [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
+  # The multi-host fault tests: network namespaces (iproute2), cut links (nftables),
+  # slow links (tc netem, in iproute2).
+  command -v ip >/dev/null || need_apt+=(iproute2)
+  command -v nft >/dev/null || need_apt+=(nftables)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -222,12 +222,20 @@ fn plan_standbys(f: &FormationView, p: &mut Plan) {
                     _ => None,
                 };
                 match lag {
-                    Some(lag) if same_tli && lag <= CATCHUP_THRESHOLD_BYTES => p.assign(
-                        n,
-                        NodeState::Secondary,
-                        Rule::CatchingupToSecondary,
-                        format!("caught up with {} ({lag} bytes behind)", pr.name),
-                    ),
+                    // Streaming too: a standby cut off from the primary is close behind
+                    // only because nothing could be written without it.
+                    Some(lag)
+                        if same_tli
+                            && lag <= CATCHUP_THRESHOLD_BYTES
+                            && n.pg.upstream_streaming =>
+                    {
+                        p.assign(
+                            n,
+                            NodeState::Secondary,
+                            Rule::CatchingupToSecondary,
+                            format!("caught up with {} ({lag} bytes behind)", pr.name),
+                        )
+                    }
                     _ => p.wait(format!("{} is catching up with {}", n.name, pr.name)),
                 }
             }
@@ -237,6 +245,27 @@ fn plan_standbys(f: &FormationView, p: &mut Plan) {
                 Rule::UnhealthySecondary,
                 format!("secondary failed: {}", describe_failure(f, n)),
             ),
+            // Alive but cut off from the primary (both still reach the controller): a
+            // synchronous primary would wait for it for ever. pg_auto_failover reads the
+            // same from the primary's pg_stat_replication.
+            (NodeState::Secondary, NodeState::Secondary)
+                if f.is_reporting(n)
+                    && !n.pg.upstream_streaming
+                    && let Some(pr) =
+                        primary.filter(|pr| pr.id != n.id && f.reported_lately(pr))
+                    && let Some(lost_ms) = f.stopped_streaming_from_for(n, pr)
+                    && lost_ms >= f.timings.failure_timeout_ms =>
+            {
+                p.assign(
+                    n,
+                    NodeState::Catchingup,
+                    Rule::UnhealthySecondary,
+                    format!(
+                        "secondary stopped streaming from {} {lost_ms} ms ago",
+                        pr.name
+                    ),
+                )
+            }
             _ => {}
         }
     }
@@ -252,9 +281,18 @@ fn plan_primary(f: &FormationView, p: &mut Plan) {
         ));
         return;
     }
-    if f.is_failed(pr) {
+    if f.primary_failed(pr) {
         plan_failover(f, pr, p);
         return;
+    }
+    if let Some(s) = f
+        .streaming_from(pr)
+        .filter(|_| f.is_failed(pr) && !f.is_reporting(pr))
+    {
+        p.wait(format!(
+            "{} does not answer the controller, but {} streams from it: no failover while it serves",
+            pr.name, s.name
+        ));
     }
     if pr.reported != pr.goal {
         return;

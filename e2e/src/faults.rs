@@ -31,7 +31,7 @@ impl Cluster {
     }
 
     /// A frozen VM: SIGSTOP of agent and every Postgres process of the node.
-    pub fn freeze_vm(&mut self, i: usize, freeze: bool) -> anyhow::Result<()> {
+    pub fn freeze_vm(&self, i: usize, freeze: bool) -> anyhow::Result<()> {
         let sig = if freeze {
             nix::sys::signal::Signal::SIGSTOP
         } else {

@@ -10,6 +10,8 @@
 
 pub mod etcd;
 mod faults;
+pub mod history;
+pub mod net;
 pub mod probe;
 mod reads;
 
@@ -43,6 +45,10 @@ pub fn free_port() -> u16 {
 /// One node: its agent process (when running) and PGDATA.
 pub struct Node {
     pub name: String,
+    /// The address peers and clients reach it at (127.0.0.1, or its namespace's).
+    pub host: String,
+    /// Its host in the multi-host network (None on loopback).
+    pub net_host: Option<String>,
     pub pgdata: PathBuf,
     pub port: u16,
     /// Port of the agent's health endpoints and /metrics.
@@ -71,6 +77,14 @@ pub struct Cluster {
     pub more_controllers: Vec<Controller>,
     /// With [`Cluster::start_group`]: the etcd cluster the controllers share.
     pub etcd: Option<etcd::EtcdCluster>,
+    /// The controller's address (127.0.0.1, or the "ctl" host's in a multi-host network).
+    pub controller_host: String,
+    /// Small filesystems made for nodes' PGDATA ([`Cluster::add_node_on_small_disk`]),
+    /// unmounted by `Drop` once Postgres is stopped.
+    pub mounts: Vec<PathBuf>,
+    /// With [`Cluster::start_on`]: one network namespace per host. Last, so it is
+    /// removed after `Drop` ended every process inside it.
+    pub net: Option<net::Net>,
 }
 
 /// A controller of a group beyond the first.
@@ -93,18 +107,32 @@ impl Cluster {
     /// Creates and starts a monitor, its API over HTTPS when `ssl`, else plain HTTP
     /// (`create monitor --no-ssl`).
     pub fn start_with(ssl: bool) -> anyhow::Result<Cluster> {
+        Cluster::start_in(Cluster::empty()?, ssl)
+    }
+
+    /// Creates and starts a monitor (HTTPS) in a multi-host network: the controller on
+    /// host "ctl", nodes on "n1", "n2", ... as they are added; the calling thread must
+    /// already be in the "client" host (see [`net_scenario`]).
+    pub fn start_on(net: net::Net) -> anyhow::Result<Cluster> {
         let mut c = Cluster::empty()?;
+        c.controller_host = net.host("ctl").addr.to_string();
+        c.net = Some(net);
+        Cluster::start_in(c, true)
+    }
+
+    fn start_in(mut c: Cluster, ssl: bool) -> anyhow::Result<Cluster> {
         let port = c.monitor_port;
         let mon = c.monitor_dir();
         let mon_s = s(&mon);
-        let listen = format!("127.0.0.1:{port}");
+        let host = c.controller_host.clone();
+        let listen = format!("{host}:{port}");
         let mut args = vec![
             "create",
             "monitor",
             "--dir",
             &mon_s,
             "--hostname",
-            "127.0.0.1",
+            &host,
             "--listen",
             &listen,
         ];
@@ -113,7 +141,11 @@ impl Cluster {
         if !ssl {
             args.push("--no-ssl");
         }
-        c.pgha_ok(&args)?;
+        // On the controller's host: `create monitor` checks that it can listen there.
+        let (ok, _, err) = c.pgha_on(Some("ctl"), &args)?;
+        if !ok {
+            bail!("pgha {args:?} failed: {err}");
+        }
         c.lift_default_anti_flapping()?;
         c.start_monitor()?;
         c.read_urls()?;
@@ -137,6 +169,9 @@ impl Cluster {
             nodes: vec![],
             more_controllers: vec![],
             etcd: None,
+            controller_host: "127.0.0.1".into(),
+            mounts: vec![],
+            net: None,
         })
     }
 
@@ -241,9 +276,11 @@ impl Cluster {
             .open(self.path().join(format!("{name}.log")))?)
     }
 
-    fn spawn(&self, name: &str, args: &[&str]) -> anyhow::Result<Child> {
+    /// Starts `pgha ARGS` in the background, logging to `<name>.log`; on `host` of the
+    /// multi-host network when there is one.
+    fn spawn(&self, host: Option<&str>, name: &str, args: &[&str]) -> anyhow::Result<Child> {
         let log = self.log(name)?;
-        Command::new(pgha_bin())
+        self.pgha_command(host)?
             .args(args)
             // PGHA_E2E_LOG=debug for more detail from every process of a test.
             .env(
@@ -257,9 +294,27 @@ impl Cluster {
             .with_context(|| format!("spawning {} {args:?}", pgha_bin().display()))
     }
 
+    /// `pgha`, to run on `host` when the cluster has a multi-host network (else here).
+    fn pgha_command(&self, host: Option<&str>) -> anyhow::Result<Command> {
+        match (&self.net, host) {
+            (Some(net), Some(h)) => net.command(h, &pgha_bin()),
+            _ => Ok(Command::new(pgha_bin())),
+        }
+    }
+
     /// Runs `pgha ARGS` to completion and returns (success, stdout, stderr).
     pub fn pgha(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-        let out = Command::new(pgha_bin())
+        self.pgha_on(None, args)
+    }
+
+    /// `pgha` run on `host` of the multi-host network (None: where the test runs).
+    pub fn pgha_on(
+        &self,
+        host: Option<&str>,
+        args: &[&str],
+    ) -> anyhow::Result<(bool, String, String)> {
+        let out = self
+            .pgha_command(host)?
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -314,10 +369,10 @@ impl Cluster {
     /// Starts controller `i` and waits until it listens.
     pub fn start_controller(&mut self, i: usize) -> anyhow::Result<()> {
         let (name, dir, port) = self.controller(i);
-        let child = self.spawn(&name, &["run", "--dir", &s(&dir)])?;
+        let child = self.spawn(Some("ctl"), &name, &["run", "--dir", &s(&dir)])?;
         *self.controller_child(i) = Some(child);
         let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((self.controller_host.as_str(), port)).is_err() {
             if t0.elapsed() > Duration::from_secs(15) {
                 bail!(
                     "{name} did not listen within 15 s; see {}",
@@ -361,7 +416,7 @@ impl Cluster {
             .split_once('#')
             .unwrap_or((&self.monitor_url, ""));
         let (userinfo, _) = base.rsplit_once('@').unwrap_or(("", ""));
-        format!("{userinfo}@127.0.0.1:{port}#{pin}")
+        format!("{userinfo}@{}:{port}#{pin}", self.controller_host)
     }
 
     /// The tutorial's start: node_a (single), then node_b; waits for primary + secondary.
@@ -369,6 +424,7 @@ impl Cluster {
         let t = Duration::from_secs(120);
         self.add_node("node_a")?;
         self.wait_for(&[("node_a", NodeState::Single)], t)?;
+        self.allow_client(0)?;
         self.add_node("node_b")?;
         self.wait_for(
             &[
@@ -388,18 +444,112 @@ impl Cluster {
         }
     }
 
+    /// In a multi-host network, the client host is not a peer of the nodes: an
+    /// application's address is the operator's to allow. This adds it to node `i`'s
+    /// pg_hba.conf, outside the block the agent manages (standbys copy it with the base
+    /// backup), and reloads. Nothing to do on loopback.
+    pub fn allow_client(&self, i: usize) -> anyhow::Result<()> {
+        let Some(net) = &self.net else {
+            return Ok(());
+        };
+        let hba = self.nodes[i].pgdata.join("pg_hba.conf");
+        let mut text =
+            std::fs::read_to_string(&hba).with_context(|| format!("reading {}", hba.display()))?;
+        text.push_str(&format!(
+            "host all all {}/32 trust\t# the e2e client\n",
+            net.host("client").addr
+        ));
+        std::fs::write(&hba, text)?;
+        let pid = self.nodes[i]
+            .postmaster_pid()
+            .context("no postmaster to reload")?;
+        signal(pid, nix::sys::signal::Signal::SIGHUP);
+        Ok(())
+    }
+
     /// `pgha create postgres` for a new node, then starts its agent.
     pub fn add_node(&mut self, name: &str) -> anyhow::Result<usize> {
         self.add_node_with(name, &[])
     }
 
+    /// A node whose PGDATA lives on a filesystem of its own of `mb` MiB (a tmpfs
+    /// mounted by the harness; needs root), so a test can fill its disk.
+    pub fn add_node_on_small_disk(&mut self, name: &str, mb: u32) -> anyhow::Result<usize> {
+        let disk = self.path().join(format!("{name}-disk"));
+        std::fs::create_dir_all(&disk)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m,mode=0755")])
+            .arg("tmpfs")
+            .arg(&disk)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "mounting a {mb} MiB tmpfs on {}: {}",
+                disk.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        self.mounts.push(disk.clone());
+        let i = self.add_node_at(name, &disk.join("pgdata"), &[])?;
+        Ok(i)
+    }
+
+    /// Fills the filesystem of node `i`'s PGDATA (made by `add_node_on_small_disk`)
+    /// with a file beside PGDATA, until the disk is full.
+    pub fn fill_disk(&self, i: usize) -> anyhow::Result<u64> {
+        use std::io::Write;
+        let disk = self.nodes[i]
+            .pgdata
+            .parent()
+            .context("PGDATA has no parent")?
+            .join("filler");
+        let mut f = std::fs::File::create(&disk)?;
+        let block = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let _ = f.flush();
+        Ok(written)
+    }
+
+    /// Removes the filler of `fill_disk`.
+    pub fn free_disk(&self, i: usize) -> anyhow::Result<()> {
+        let parent = self.nodes[i]
+            .pgdata
+            .parent()
+            .context("PGDATA has no parent")?;
+        std::fs::remove_file(parent.join("filler"))?;
+        Ok(())
+    }
+
     /// `add_node` with extra `create postgres` flags.
     pub fn add_node_with(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<usize> {
+        let pgdata = self.path().join(name);
+        self.add_node_at(name, &pgdata, extra)
+    }
+
+    /// `add_node_with`, PGDATA at `pgdata`.
+    fn add_node_at(&mut self, name: &str, pgdata: &Path, extra: &[&str]) -> anyhow::Result<usize> {
         let port = free_port();
         let http_port = free_port();
-        let pgdata = self.path().join(name);
+        let pgdata = pgdata.to_path_buf();
         let http = http_port.to_string();
-        self.pgha_ok(
+        let net_host = self
+            .net
+            .as_ref()
+            .map(|_| format!("n{}", self.nodes.len() + 1));
+        let host = match (&self.net, &net_host) {
+            (Some(net), Some(h)) => net.host(h).addr.to_string(),
+            _ => "127.0.0.1".to_string(),
+        };
+        let (ok, _, err) = self.pgha_on(
+            net_host.as_deref(),
             &[
                 "create",
                 "postgres",
@@ -408,7 +558,7 @@ impl Cluster {
                 "--pgport",
                 &port.to_string(),
                 "--hostname",
-                "127.0.0.1",
+                &host,
                 "--dbname",
                 "appdb",
                 "--monitor",
@@ -429,8 +579,13 @@ impl Cluster {
             .chain(extra.iter().copied())
             .collect::<Vec<_>>(),
         )?;
+        if !ok {
+            bail!("pgha create postgres --name {name} failed: {err}");
+        }
         self.nodes.push(Node {
             name: name.to_string(),
+            host,
+            net_host,
             pgdata,
             port,
             http_port,
@@ -443,7 +598,12 @@ impl Cluster {
 
     pub fn start_agent(&mut self, i: usize) -> anyhow::Result<()> {
         let name = self.nodes[i].name.clone();
-        let child = self.spawn(&name, &["run", "--pgdata", &s(&self.nodes[i].pgdata)])?;
+        let host = self.nodes[i].net_host.clone();
+        let child = self.spawn(
+            host.as_deref(),
+            &name,
+            &["run", "--pgdata", &s(&self.nodes[i].pgdata)],
+        )?;
         self.nodes[i].agent = Some(child);
         Ok(())
     }
@@ -538,6 +698,40 @@ pub async fn scenario(f: impl AsyncFnOnce(&mut Cluster) -> anyhow::Result<()>) {
     c.check(r);
 }
 
+/// Runs one scenario on a fresh cluster in a multi-host network of `nodes` node hosts,
+/// a controller host and a client host (where the test itself runs). Without root or
+/// the network tools, says why in one line and returns (skipped).
+pub fn net_scenario(nodes: usize, f: impl AsyncFnOnce(&mut Cluster) -> anyhow::Result<()>) {
+    if let Some(why) = net::unavailable() {
+        println!("skipped: the multi-host tests {why}");
+        return;
+    }
+    let (net, rt) = enter_multi_host(nodes).expect("making the multi-host network");
+    let mut c = Cluster::start_on(net).expect("starting the multi-host cluster");
+    let r = rt.block_on(f(&mut c));
+    c.check(r);
+}
+
+/// A multi-host network of `nodes` node hosts ("n1".."nN") plus "client" and "ctl";
+/// the calling thread moves into the client host and a tokio runtime is built there
+/// (its threads are made from this one, so they live there too). Call it on a thread
+/// of its own, before any runtime exists on it.
+pub fn enter_multi_host(nodes: usize) -> anyhow::Result<(net::Net, tokio::runtime::Runtime)> {
+    let names: Vec<String> = ["client", "ctl"]
+        .into_iter()
+        .map(String::from)
+        .chain((1..=nodes).map(|i| format!("n{i}")))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let net = net::Net::create(&names)?;
+    net.enter("client")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    Ok((net, rt))
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         // PGHA_E2E_KEEP_LOGS=DIR with PGHA_E2E_KEEP_ALL=1 keeps the logs of passing runs
@@ -570,6 +764,10 @@ impl Drop for Cluster {
         for i in 0..self.controller_count() {
             self.freeze_controller(i, false);
             self.kill_controller(i);
+        }
+        for m in &self.mounts {
+            // Lazy: a process of ours that is still exiting must not keep it mounted.
+            let _ = Command::new("umount").arg("-l").arg(m).status();
         }
         if std::env::var("PGHA_KEEP").is_ok() {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));

@@ -77,7 +77,7 @@ impl Cluster {
         let hosts: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
+            .map(|n| format!("{}:{}", n.host, n.port))
             .collect();
         format!(
             "postgres://{}/appdb?target_session_attrs=read-write",
@@ -88,7 +88,7 @@ impl Cluster {
     /// A direct connection to one node.
     pub async fn connect_node(&self, i: usize) -> anyhow::Result<tokio_postgres::Client> {
         probe::connect_one(
-            "127.0.0.1",
+            &self.nodes[i].host,
             self.nodes[i].port,
             "appdb",
             Duration::from_secs(3),
@@ -96,11 +96,11 @@ impl Cluster {
         .await
     }
 
-    /// `GET http://127.0.0.1:<agent http port>PATH` → (status, body).
+    /// `GET http://<node>:<agent http port>PATH` → (status, body).
     pub async fn agent_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, String)> {
         http_get(&format!(
-            "http://127.0.0.1:{}{path}",
-            self.nodes[i].http_port
+            "http://{}:{}{path}",
+            self.nodes[i].host, self.nodes[i].http_port
         ))
         .await
     }
@@ -168,6 +168,40 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Number of nodes whose Postgres accepts writes right now (direct connections).
+    pub async fn writable_nodes(&self) -> usize {
+        let mut n = 0;
+        for i in 0..self.nodes.len() {
+            if let Ok(db) = self.connect_node(i).await
+                && let Ok(row) = db.query_one("SELECT pg_is_in_recovery()", &[]).await
+                && !row.get::<_, bool>(0)
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Watches for `d`: never two writable nodes, and the term never changes (a
+    /// controller that cannot be reached is no answer, not a failure).
+    pub async fn watch_no_failover(&self, d: Duration) -> anyhow::Result<()> {
+        let mut term = self.state().ok().map(|s| s.term);
+        let t0 = Instant::now();
+        while t0.elapsed() < d {
+            anyhow::ensure!(self.writable_nodes().await <= 1, "two writable nodes");
+            if let Ok(st) = self.state() {
+                let term = *term.get_or_insert(st.term);
+                anyhow::ensure!(
+                    st.term == term,
+                    "term changed from {term} to {}: a failover happened",
+                    st.term
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Ok(())
     }
 
     /// The formation's events, oldest first (up to 1000).

@@ -6,6 +6,10 @@ use super::*;
 /// A standby is "caught up" when at most this many bytes behind (pg_auto_failover's 16 MB).
 pub const CATCHUP_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
 
+/// A standby's report says it streams "now" from an upstream it last saw within this
+/// long before the report was sent (the agent's observation precedes its report).
+pub const STREAMING_NOW_MS: u64 = 1000;
+
 /// What the controller knows about one node at planning time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeView {
@@ -115,6 +119,14 @@ impl FormationView {
             .is_some_and(|t| self.now_ms.saturating_sub(t) < self.timings.failure_timeout_ms)
     }
 
+    /// The agent reported within two report intervals: alive now, not merely not yet
+    /// judged failed (what a rule acting on a standby's word needs, so that a primary
+    /// that died a moment ago is not mistaken for a link cut).
+    pub fn reported_lately(&self, n: &NodeView) -> bool {
+        n.last_report_ms
+            .is_some_and(|t| self.now_ms.saturating_sub(t) <= 2 * self.timings.report_interval_ms)
+    }
+
     /// Postgres answered the controller's last probe, recently.
     pub(super) fn probe_ok(&self, n: &NodeView) -> bool {
         matches!(n.last_probe, Some((_, true)))
@@ -140,6 +152,38 @@ impl FormationView {
                 .is_some_and(|t| self.now_ms.saturating_sub(t) >= self.timings.restart_grace_ms);
         }
         !self.probe_ok(n)
+    }
+
+    /// The primary is failed and no standby streams from it: a failover is needed.
+    ///
+    /// A primary a standby still streams from is alive, whatever the controller's own
+    /// link to it says: cut off from the controller alone it keeps serving (and does not
+    /// fence itself, since its standby streams), so failing it over would only trade a
+    /// working primary for a write outage. Once a promotion is under way this no longer
+    /// counts (the candidate streams from the old primary on purpose, for its last WAL),
+    /// nor when the primary's own agent reports its Postgres down.
+    pub fn primary_failed(&self, pr: &NodeView) -> bool {
+        self.is_failed(pr) && (self.is_reporting(pr) || self.streaming_from(pr).is_none())
+    }
+
+    /// A node whose last report (a fresh one) says it was streaming from `old` when it
+    /// was sent.
+    pub fn streaming_from(&self, old: &NodeView) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| {
+            n.id != old.id
+                && self.is_reporting(n)
+                && n.last_report_ms
+                    .is_some_and(|sent| match &n.streamed_from_at {
+                        Some(log) => log.contacts.iter().any(|(h, p, t)| {
+                            *h == old.host && *p == old.port && t + STREAMING_NOW_MS >= sent
+                        }),
+                        // An agent that does not say from where: its upstream by the plan.
+                        None => {
+                            n.pg.upstream_streaming
+                                && self.upstream_of(n).is_some_and(|u| u.id == old.id)
+                        }
+                    })
+        })
     }
 
     /// A node stable in one of the writable states (goal and report agree).
@@ -192,12 +236,35 @@ impl FormationView {
                 || matches!(n.reported, NodeState::Init | NodeState::WaitStandby))
     }
 
-    /// The most advanced live standby other than `except` (ties: lowest id). A failover
-    /// candidate that lacks WAL this one has streams it from here first (fast_forward).
+    /// The most advanced standby other than `except` that a failover candidate may take
+    /// WAL from (ties: lowest id). A candidate that lacks WAL this one has streams it
+    /// from here first (fast_forward).
     pub(super) fn most_advanced_standby(&self, except: NodeId) -> Option<&NodeView> {
-        self.live_standbys()
+        self.wal_sources()
             .filter(|n| n.id != except && n.pg.lsn.is_some())
             .max_by_key(|n| (n.pg.lsn, std::cmp::Reverse(n.id)))
+    }
+
+    /// Standbys whose WAL a promotion may use: the live standbys, and healthy standbys
+    /// parked in catchingup on the timeline of the primary being replaced. Those streamed
+    /// from it (a catchingup node reached that state only once rewound onto it), so
+    /// their WAL is a prefix of its history; a candidate may fast-forward from them even
+    /// though they are not candidates themselves. Without them, a failover whose only
+    /// copy of the last acknowledged writes sits on a catchingup standby waits for ever.
+    pub(super) fn wal_sources(&self) -> impl Iterator<Item = &NodeView> {
+        let timeline = self
+            .demoting()
+            .or(self.writable_goal())
+            .and_then(|o| o.pg.timeline);
+        let live: Vec<NodeId> = self.live_standbys().map(|n| n.id).collect();
+        self.nodes.iter().filter(move |n| {
+            live.contains(&n.id)
+                || (n.goal == NodeState::Catchingup
+                    && n.reported == NodeState::Catchingup
+                    && self.is_healthy(n)
+                    && timeline.is_some()
+                    && n.pg.timeline == timeline)
+        })
     }
 
     /// The old primary acknowledged its demotion: its agent reports it stopped Postgres.
@@ -262,6 +329,16 @@ impl FormationView {
                         .is_some_and(|t| self.now_ms >= t + wait)
             }
         }
+    }
+
+    /// How long ago `n` stopped streaming from `pr`, when `pr` is the last upstream it
+    /// streamed from. None when it streamed from another node since (after a failover
+    /// it has not yet found the new primary: not a cut link), when it never streamed
+    /// from `pr`, or when its agent does not say where it streamed from.
+    pub fn stopped_streaming_from_for(&self, n: &NodeView, pr: &NodeView) -> Option<u64> {
+        let log = n.streamed_from_at.as_ref()?;
+        let (host, port, t) = log.contacts.iter().max_by_key(|(_, _, t)| *t)?;
+        (*host == pr.host && *port == pr.port).then(|| self.now_ms.saturating_sub(*t))
     }
 
     /// The node a standby streams from: the writable node; during a promotion only the

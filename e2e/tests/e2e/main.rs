@@ -10,6 +10,7 @@ mod elections;
 mod gitops;
 mod manifests;
 mod observability;
+mod partitions;
 mod robustness;
 mod security;
 mod three_nodes;

@@ -19,38 +19,6 @@ async fn two_nodes(c: &mut Cluster) -> anyhow::Result<WriteProbe> {
     Ok(probe)
 }
 
-/// Number of nodes whose Postgres accepts writes right now (direct connections).
-async fn writable_nodes(c: &Cluster) -> usize {
-    let mut n = 0;
-    for i in 0..c.nodes.len() {
-        if let Ok(db) = c.connect_node(i).await
-            && let Ok(row) = db.query_one("SELECT pg_is_in_recovery()", &[]).await
-            && !row.get::<_, bool>(0)
-        {
-            n += 1;
-        }
-    }
-    n
-}
-
-/// Watches for `d`: never two writable nodes, and the term never changes.
-async fn watch_no_failover(c: &Cluster, d: Duration) -> anyhow::Result<()> {
-    let term = c.state()?.term;
-    let t0 = Instant::now();
-    while t0.elapsed() < d {
-        anyhow::ensure!(writable_nodes(c).await <= 1, "two writable nodes");
-        if let Ok(st) = c.state() {
-            anyhow::ensure!(
-                st.term == term,
-                "term changed from {term} to {}: a failover happened",
-                st.term
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_restart_changes_nothing() {
     scenario(async |c| {
@@ -62,7 +30,7 @@ async fn controller_restart_changes_nothing() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         probe.wait_for_more(50, T).await?;
         c.start_monitor()?;
-        watch_no_failover(c, Duration::from_secs(6)).await?;
+        c.watch_no_failover(Duration::from_secs(6)).await?;
         let after = c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
         anyhow::ensure!(after.term == before.term, "term changed across the restart");
         let events = c.pgha_ok(&[
@@ -94,7 +62,7 @@ async fn dead_primary_agent_with_live_postgres_is_no_failover() {
     scenario(async |c| {
         let probe = two_nodes(c).await?;
         c.kill_agent(0);
-        watch_no_failover(c, Duration::from_secs(8)).await?;
+        c.watch_no_failover(Duration::from_secs(8)).await?;
         probe.wait_for_more(50, T).await?;
         c.start_agent(0)?;
         let t0 = Instant::now();
@@ -189,7 +157,7 @@ async fn full_reboot_with_the_controller_down_resumes_last_roles() {
         .await
         .map_err(|_| anyhow::anyhow!("write did not commit with the standby streaming"))??;
         anyhow::ensure!(
-            writable_nodes(c).await == 1,
+            c.writable_nodes().await == 1,
             "not exactly one writable node"
         );
         // The controller returns: nothing fails over, the formation is steady.

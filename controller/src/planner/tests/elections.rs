@@ -13,7 +13,7 @@ fn the_highest_priority_wins_and_fast_forwards_from_a_more_advanced_standby() {
     f.nodes[1].pg.lsn = Some(Lsn(1000));
     f.nodes[2].pg.lsn = Some(Lsn(5000));
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 5000);
+    fail(&mut f, 0, now, 5000);
     let p = plan(&f);
     assert_eq!(goal_of(&p, 1), Some(Draining));
     assert_eq!(goal_of(&p, 2), Some(FastForward), "{p:?}");
@@ -40,7 +40,7 @@ fn a_priority_zero_standby_is_a_source_never_a_candidate() {
     f.nodes[2].candidate_priority = 0;
     f.nodes[2].pg.lsn = Some(Lsn(9000));
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 5000);
+    fail(&mut f, 0, now, 5000);
     let p = plan(&f);
     assert_eq!(goal_of(&p, 2), Some(FastForward));
     assert_eq!(goal_of(&p, 3), None);
@@ -48,7 +48,7 @@ fn a_priority_zero_standby_is_a_source_never_a_candidate() {
     // commits, so the promotion blocks rather than go on without them.
     apply_goals(&mut f, &p);
     reach_goals(&mut f);
-    fail(&mut f.nodes[2], now, 5000);
+    fail(&mut f, 2, now, 5000);
     let p = plan(&f);
     assert_eq!(goal_of(&p, 2), None, "{p:?}");
     assert_eq!(p.blocked, Some(BlockReason::QuorumNotReporting));
@@ -64,7 +64,7 @@ fn a_candidate_overtaken_during_fast_forward_gives_way() {
     let mut f = three_nodes();
     f.nodes[2].pg.lsn = Some(Lsn(3000));
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 5000);
+    fail(&mut f, 0, now, 5000);
     let p = plan(&f);
     assert_eq!(goal_of(&p, 3), Some(PreparePromotion));
     assert_eq!(goal_of(&p, 2), None);
@@ -75,7 +75,7 @@ fn a_candidate_overtaken_during_fast_forward_gives_way() {
         node(3, Secondary),
     ]);
     f.nodes[2].pg.lsn = Some(Lsn(3000));
-    fail(&mut f.nodes[0], now, 5000);
+    fail(&mut f, 0, now, 5000);
     f.nodes[0].reported = Primary;
     let p = plan(&f);
     assert_eq!(goal_of(&p, 2), Some(Secondary), "{p:?}");
@@ -87,8 +87,8 @@ fn an_operator_may_allow_data_loss_when_the_guard_blocks() {
     // Primary and a quorum standby die together: node 3 may lack commits node 2 acked.
     let mut f = three_nodes();
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 5000);
-    fail(&mut f.nodes[1], now, 5000);
+    fail(&mut f, 0, now, 5000);
+    fail(&mut f, 1, now, 5000);
     let p = plan(&f);
     assert_eq!(p.blocked, Some(BlockReason::QuorumNotReporting));
     assert_eq!(goal_of(&p, 3), None);
@@ -105,16 +105,16 @@ fn an_operator_may_allow_data_loss_when_the_guard_blocks() {
     // The silent standby cannot say it stopped streaming from the old primary; the
     // operator's override takes it as down once the lease ran out.
     f.now_ms += f.timings.lease_ms + f.timings.lease_margin_ms;
-    fail(
-        &mut f.nodes[0],
+    let (now, ago) = (
         f.now_ms,
         5000 + f.timings.lease_ms + f.timings.lease_margin_ms,
     );
-    fail(
-        &mut f.nodes[1],
+    fail(&mut f, 0, now, ago);
+    let (now, ago) = (
         f.now_ms,
         5000 + f.timings.lease_ms + f.timings.lease_margin_ms,
     );
+    fail(&mut f, 1, now, ago);
     f.nodes[2].last_report_ms = Some(f.now_ms);
     f.nodes[2].last_probe_ok_ms = Some(f.now_ms);
     let p = plan(&f);
@@ -132,7 +132,7 @@ fn a_forced_failover_is_refused_with_a_healthy_primary_or_no_candidate() {
     let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
     f.nodes[1].candidate_priority = 0;
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 5000);
+    fail(&mut f, 0, now, 5000);
     let err = plan_forced_failover(&f).unwrap_err();
     assert!(err.contains("candidate priority 0"), "{err}");
 }
@@ -151,9 +151,9 @@ fn a_demoted_old_primary_does_not_hold_a_failover() {
     // too. Node 1 never streamed from node 2, so its silence does not block node 3.
     let mut f = formation(vec![node(1, Demoted), node(2, Primary), node(3, Secondary)]);
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 60_000);
+    fail(&mut f, 0, now, 60_000);
     f.nodes[0].reported = Primary;
-    fail(&mut f.nodes[1], now, 5000);
+    fail(&mut f, 1, now, 5000);
     let p = plan(&f);
     assert_eq!(goal_of(&p, 3), Some(PreparePromotion), "{p:?}");
     apply_goals(&mut f, &p);
@@ -210,7 +210,7 @@ fn the_primary_the_file_names_is_switched_to_once_per_generation() {
 fn async_primary_fails_over_only_to_a_standby_with_all_its_wal() {
     let mut f = formation(vec![node(1, WaitPrimary), node(2, Secondary)]);
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 5000);
+    fail(&mut f, 0, now, 5000);
     f.nodes[0].pg.lsn = Some(Lsn(2000));
     assert!(plan(&f).decisions.is_empty());
     f.nodes[1].pg.lsn = Some(Lsn(2000));
@@ -247,7 +247,7 @@ fn promotion_of_a_cut_standby_waits_for_ack_or_certain_lease_expiry() {
     f.nodes[0].reported = Primary;
     f.nodes[0].pg.running = true;
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 3000);
+    fail(&mut f, 0, now, 3000);
     f.nodes[1].pg.upstream_streaming = false;
     f.nodes[1].upstream_lost_at_ms = Some(now - 3000);
     let p = plan(&f);
@@ -275,7 +275,7 @@ fn streaming_from_a_standby_does_not_hold_the_old_primary_lease() {
     ]);
     let now = f.now_ms;
     let wait = f.timings.lease_ms + f.timings.lease_margin_ms;
-    fail(&mut f.nodes[0], now, wait + 1000);
+    fail(&mut f, 0, now, wait + 1000);
     f.nodes[0].reported = Primary;
     let old = f.nodes[0].clone();
     let (h1, p1) = (old.host.clone(), old.port);
@@ -319,7 +319,7 @@ fn slots_are_kept_for_nodes_that_stream_or_are_joining() {
     let now = f.now_ms;
     assert!(f.keeps_slot(&f.nodes[1]));
     // Failed: no slot (its WAL would pile up on the primary)...
-    fail(&mut f.nodes[1], now, 60_000);
+    fail(&mut f, 1, now, 60_000);
     assert!(!f.keeps_slot(&f.nodes[1]));
     // ... unless it is still taking its base backup (no reports meanwhile).
     f.nodes[1].reported = WaitStandby;
@@ -336,7 +336,7 @@ fn a_primary_the_controller_still_reaches_keeps_its_lease_whatever_standbys_say(
     let mut f = formation(vec![node(1, Draining), node(2, StopReplication)]);
     let now = f.now_ms;
     let wait = f.timings.lease_ms + f.timings.lease_margin_ms;
-    fail(&mut f.nodes[0], now, wait + 1000);
+    fail(&mut f, 0, now, wait + 1000);
     f.nodes[0].reported = Primary;
     f.nodes[1].pg.upstream_streaming = false;
     f.nodes[1].upstream_lost_at_ms = Some(now - wait - 500);
@@ -377,7 +377,7 @@ fn demoted_node_rejoins_once_the_new_primary_has_its_slot() {
 fn anti_flapping_holds_the_next_automatic_failover() {
     let mut f = three_nodes();
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 60_000);
+    fail(&mut f, 0, now, 60_000);
     f.flapping = Flapping {
         max_failovers: 1,
         window_ms: 300_000,

@@ -79,8 +79,16 @@ fn goal_of(p: &Plan, id: NodeId) -> Option<NodeState> {
     p.decisions.iter().find(|d| d.node_id == id).map(|d| d.goal)
 }
 
-/// Node 1 stops reporting and answering probes `ago` ms before `now`.
-fn fail(n: &mut NodeView, now: u64, ago: u64) {
+/// Node `i` stops reporting and answering probes `ago` ms before `now`; whoever streamed
+/// from it no longer does (a dead node feeds nobody).
+fn fail(f: &mut FormationView, i: usize, now: u64, ago: u64) {
+    let id = f.nodes[i].id;
+    for j in 0..f.nodes.len() {
+        if j != i && f.upstream_of(&f.nodes[j]).is_some_and(|u| u.id == id) {
+            f.nodes[j].pg.upstream_streaming = false;
+        }
+    }
+    let n = &mut f.nodes[i];
     n.last_report_ms = Some(now - ago);
     n.last_probe = Some((now, false));
     n.last_probe_ok_ms = Some(now - ago);

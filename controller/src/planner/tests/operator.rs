@@ -158,7 +158,7 @@ fn a_plan_applied_yields_no_new_decisions() {
 fn a_paused_formation_is_assigned_nothing() {
     let mut f = three_nodes();
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 60_000);
+    fail(&mut f, 0, now, 60_000);
     f.paused = true;
     let p = plan(&f);
     assert!(p.decisions.is_empty() && p.new_term.is_none(), "{p:?}");

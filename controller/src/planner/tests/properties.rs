@@ -460,13 +460,12 @@ fn known_bug_a_standby_is_promoted_without_an_acknowledged_write() {
     assert!(w.heal().unwrap());
 }
 
-/// KNOWN BUG (liveness), found by the property test on 2026-12-02, present before that
-/// session: the only candidate with priority > 0 waits in fast_forward for WAL that
-/// only priority-0 standbys parked in catchingup hold, and `live_standbys()` does
-/// not count those as a source: the formation never heals.
+/// Found by the property test on 2026-12-02: the only candidate with priority > 0
+/// waited in fast_forward for WAL that only priority-0 standbys parked in catchingup
+/// held, and the formation never healed. Catchingup standbys on the old primary's
+/// timeline are WAL sources now (`wal_sources`).
 #[test]
-#[ignore = "known planner liveness bug: fast_forward cannot source from catchingup standbys"]
-fn known_bug_a_candidate_waits_for_ever_on_wal_only_catchingup_standbys_hold() {
+fn a_candidate_fast_forwards_from_wal_only_catchingup_standbys_hold() {
     use Op::*;
     let mut w = World::with_priorities(&[0, 0, 70, 0, 70]);
     w.nss = 0;

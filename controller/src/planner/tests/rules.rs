@@ -48,7 +48,7 @@ fn primary_turns_synchronous_with_a_healthy_secondary_and_back_when_it_fails() {
 
     let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
     let now = f.now_ms;
-    fail(&mut f.nodes[1], now, 5000);
+    fail(&mut f, 1, now, 5000);
     let p = plan(&f);
     assert_eq!(goal_of(&p, 2), Some(Catchingup));
     assert_eq!(goal_of(&p, 1), Some(WaitPrimary));
@@ -59,7 +59,7 @@ fn with_number_sync_standbys_writes_block_rather_than_lose_durability() {
     let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
     f.number_sync_standbys = 1;
     let now = f.now_ms;
-    fail(&mut f.nodes[1], now, 5000);
+    fail(&mut f, 1, now, 5000);
     let p = plan(&f);
     assert_eq!(goal_of(&p, 1), None);
     assert!(p.waiting.unwrap().contains("writes on node_1 block"));
@@ -100,7 +100,7 @@ fn synchronous_standby_names_lists_quorum_secondaries() {
 fn failed_primary_is_drained_and_the_secondary_promoted_in_a_new_term() {
     let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 3500);
+    fail(&mut f, 0, now, 3500);
     let p = plan(&f);
     assert_eq!(goal_of(&p, 1), Some(Draining));
     assert_eq!(goal_of(&p, 2), Some(PreparePromotion));
@@ -111,7 +111,7 @@ fn failed_primary_is_drained_and_the_secondary_promoted_in_a_new_term() {
 fn no_failover_before_the_failure_timeout() {
     let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 2000);
+    fail(&mut f, 0, now, 2000);
     assert!(plan(&f).decisions.is_empty());
 }
 
@@ -121,6 +121,8 @@ fn a_fresh_controller_does_not_act_on_ignorance() {
     f.nodes[0].last_report_ms = None;
     f.nodes[0].last_probe = None;
     f.nodes[0].last_probe_ok_ms = None;
+    // Dead: its standby does not stream from it either.
+    f.nodes[1].pg.upstream_streaming = false;
     f.now_ms = START + 1000;
     assert!(plan(&f).decisions.is_empty());
     f.now_ms = START + 3500;
@@ -151,7 +153,7 @@ fn priority_zero_is_never_promoted() {
     let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
     f.nodes[1].candidate_priority = 0;
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 5000);
+    fail(&mut f, 0, now, 5000);
     let p = plan(&f);
     assert!(p.decisions.is_empty());
     assert_eq!(p.blocked, Some(BlockReason::PriorityZero));
@@ -163,17 +165,17 @@ fn blocked_failovers_name_their_reason() {
     // No secondary at all.
     let mut f = formation(vec![node(1, Primary), node(2, Catchingup)]);
     let now = f.now_ms;
-    fail(&mut f.nodes[0], now, 5000);
+    fail(&mut f, 0, now, 5000);
     assert_eq!(plan(&f).blocked, Some(BlockReason::NoCandidate));
     // Asynchronous primary ahead of its only standby.
     let mut f = formation(vec![node(1, WaitPrimary), node(2, Secondary)]);
-    fail(&mut f.nodes[0], now, 5000);
+    fail(&mut f, 0, now, 5000);
     f.nodes[0].pg.lsn = Some(Lsn(9000));
     assert_eq!(plan(&f).blocked, Some(BlockReason::Lagging));
     // A quorum standby that does not report.
     let mut f = three_nodes();
-    fail(&mut f.nodes[0], now, 5000);
-    fail(&mut f.nodes[2], now, 5000);
+    fail(&mut f, 0, now, 5000);
+    fail(&mut f, 2, now, 5000);
     assert_eq!(plan(&f).blocked, Some(BlockReason::QuorumNotReporting));
     // A fresh controller that has not heard from the primary yet.
     let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
@@ -185,4 +187,63 @@ fn blocked_failovers_name_their_reason() {
         plan(&formation(vec![node(1, Primary), node(2, Secondary)])).blocked,
         None
     );
+}
+
+#[test]
+fn a_secondary_cut_off_from_the_primary_is_parked_in_catchingup() {
+    // Both report; node 2 last streamed from node 1 (the primary) 4 s ago.
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    let now = f.now_ms;
+    let primary = ("127.0.0.1".to_string(), f.nodes[0].port);
+    f.nodes[1].pg.upstream_streaming = false;
+    f.nodes[1].streamed_from_at = Some(StreamLog {
+        watching_since_ms: START,
+        contacts: vec![(primary.0.clone(), primary.1, now - 4000)],
+    });
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), Some(Catchingup), "{p:?}");
+    assert!(p.decisions[0].description.contains("stopped streaming"));
+    // 2 s ago: not yet.
+    f.nodes[1].streamed_from_at.as_mut().unwrap().contacts[0].2 = now - 2000;
+    assert_eq!(goal_of(&plan(&f), 2), None);
+    // After a failover its last upstream was another node: it has not found the new
+    // primary yet, which is no cut link.
+    f.nodes[1].streamed_from_at = Some(StreamLog {
+        watching_since_ms: START,
+        contacts: vec![
+            (primary.0.clone(), primary.1, now - 60_000),
+            ("127.0.0.1".into(), 5499, now - 4000),
+        ],
+    });
+    assert_eq!(goal_of(&plan(&f), 2), None);
+    // Back in catchingup, it returns to secondary only once it streams again.
+    f.nodes[1].goal = Catchingup;
+    f.nodes[1].reported = Catchingup;
+    assert_eq!(goal_of(&plan(&f), 2), None);
+    f.nodes[1].pg.upstream_streaming = true;
+    assert_eq!(goal_of(&plan(&f), 2), Some(Secondary));
+}
+
+#[test]
+fn a_primary_a_standby_still_streams_from_is_not_failed_over() {
+    // The controller lost node 1 (no report, no probe) but node 2 streamed from it when
+    // it last reported: the primary serves, cut off from the controller alone.
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    let now = f.now_ms;
+    let port = f.nodes[0].port;
+    f.nodes[0].last_report_ms = Some(now - 5000);
+    f.nodes[0].last_probe = Some((now, false));
+    f.nodes[0].last_probe_ok_ms = Some(now - 5000);
+    f.nodes[1].streamed_from_at = Some(StreamLog {
+        watching_since_ms: START,
+        contacts: vec![("127.0.0.1".into(), port, now - 300)],
+    });
+    f.nodes[1].last_report_ms = Some(now - 300);
+    let p = plan(&f);
+    assert!(p.decisions.is_empty(), "{p:?}");
+    assert!(p.waiting.unwrap().contains("streams from it"));
+    // The standby stops streaming: now it is a failover.
+    f.nodes[1].streamed_from_at.as_mut().unwrap().contacts[0].2 = now - 4000;
+    f.nodes[1].pg.upstream_streaming = false;
+    assert_eq!(goal_of(&plan(&f), 2), Some(PreparePromotion));
 }

@@ -3,6 +3,10 @@
 //!
 //!     cargo run -p pgha-e2e --bin pgha-bench -- [--nodes 2] [--switchovers 20]
 //!         [--failovers 5] [--gitops 5] [--api-calls 200] [--no-ssl]
+//!     cargo run -p pgha-e2e --bin pgha-bench -- --nemesis NAME|all [--runs 3]
+//!
+//! With `--nemesis`, network faults between VMs instead (see `nemesis.rs`: one network
+//! namespace per host, needs root).
 //!
 //! Prints per scenario: median and max write gap (last acknowledged write before the
 //! event to the first after it), median and max time until the formation is back to
@@ -10,11 +14,13 @@
 //! round trip (HTTPS by default, plain HTTP with `--no-ssl`): on a kept connection, as
 //! agents report, and on a new connection each time (the TLS handshake included).
 
+mod nemesis;
+
 use pgha_api::NodeState::*;
 use pgha_e2e::{Cluster, WriteProbe};
 use std::time::{Duration, Instant};
 
-const T: Duration = Duration::from_secs(120);
+pub(crate) const T: Duration = Duration::from_secs(120);
 
 #[derive(Default)]
 struct Scenario {
@@ -40,19 +46,19 @@ impl Scenario {
     }
 }
 
-fn median(v: &[Duration]) -> Duration {
+pub(crate) fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
-fn secs(d: Duration) -> String {
+pub(crate) fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
 
 /// Waits until the formation is one primary (not `not`) and every other node a
 /// secondary; returns the primary's index.
-fn healthy(c: &Cluster, not: Option<usize>) -> anyhow::Result<usize> {
+pub(crate) fn healthy(c: &Cluster, not: Option<usize>) -> anyhow::Result<usize> {
     let t0 = Instant::now();
     loop {
         let st = c.state()?;
@@ -219,8 +225,23 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--nemesis") {
+        let name = args
+            .get(i + 1)
+            .ok_or_else(|| anyhow::anyhow!("--nemesis needs a name or `all`"))?;
+        return nemesis::run(name, arg("--runs", 3));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(loopback())
+}
+
+/// Switchovers, VM losses and formation file changes on loopback.
+async fn loopback() -> anyhow::Result<()> {
     let n_switch = arg("--switchovers", 20);
     let n_fail = arg("--failovers", 5);
     let n_gitops = arg("--gitops", 5);

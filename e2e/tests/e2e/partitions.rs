@@ -1,0 +1,353 @@
+//! The faults VMs have, on a multi-host network (one network namespace per node, one
+//! for the controller, one for the client): partitions, one-way links, slow links. The
+//! history checker runs through each (several clients writing through the formation
+//! URI) and judges the history after healing: nothing acknowledged lost, no split brain.
+
+use pgha_api::NodeState::*;
+use pgha_e2e::history::{HistoryProbe, Verdict};
+use pgha_e2e::{Cluster, net_scenario};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(120);
+
+/// Three clients, one write each every 20 ms.
+async fn history(c: &Cluster) -> anyhow::Result<HistoryProbe> {
+    let h = HistoryProbe::start(&c.uri()?, 3, Duration::from_millis(20)).await?;
+    h.wait_for_more(30, T).await?;
+    Ok(h)
+}
+
+/// Stops the clients, checks the history, prints the verdict; an error unless clean.
+async fn verdict(h: HistoryProbe) -> anyhow::Result<Verdict> {
+    let dir = std::env::var("PGHA_E2E_KEEP_LOGS").unwrap_or_else(|_| "/tmp".into());
+    let v = h.finish(std::path::Path::new(&dir)).await?;
+    println!("{}", v.line());
+    v.ensure_clean()?;
+    Ok(v)
+}
+
+#[test]
+fn the_primary_isolated_from_everyone_is_replaced_and_rejoins() {
+    net_scenario(2, async |c| {
+        c.bootstrap_two()?;
+        let h = history(c).await?;
+        let net = c.net.as_ref().expect("multi-host");
+        let t0 = Instant::now();
+        net.isolate("n1")?;
+        c.wait_for(&[("node_b", WaitPrimary)], T)?;
+        let promoted = t0.elapsed();
+        h.wait_for_more(30, T).await?;
+        println!(
+            "isolated at 0, node_b promoted after {:.2}s, write gap {:.2}s",
+            promoted.as_secs_f64(),
+            h.gap_around(t0, Instant::now()).as_secs_f64()
+        );
+        net.heal()?;
+        c.wait_for(&[("node_a", Secondary), ("node_b", Primary)], T)?;
+        h.wait_for_more(30, T).await?;
+        verdict(h).await?;
+        Ok(())
+    });
+}
+
+/// The primary's term and writes survive a fault that must not fail anything over:
+/// watched for `d` (no second writer, no new term), writes acknowledged during it.
+async fn no_failover_through(c: &Cluster, h: &HistoryProbe, d: Duration) -> anyhow::Result<()> {
+    c.watch_no_failover(d).await?;
+    h.wait_for_more(30, T).await?;
+    Ok(())
+}
+
+/// Heals, waits for node_a primary and node_b secondary again, judges the history.
+async fn heal_and_judge(c: &Cluster, h: HistoryProbe) -> anyhow::Result<Verdict> {
+    c.net.as_ref().expect("multi-host").heal()?;
+    c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+    h.wait_for_more(30, T).await?;
+    verdict(h).await
+}
+
+#[test]
+fn the_controller_cut_from_the_primary_fails_nothing_over() {
+    // The standby still streams from the primary and still reaches the controller: the
+    // primary is alive, so nothing may be promoted.
+    net_scenario(2, async |c| {
+        c.bootstrap_two()?;
+        let h = history(c).await?;
+        c.net.as_ref().expect("multi-host").cut("ctl", "n1")?;
+        no_failover_through(c, &h, Duration::from_secs(15)).await?;
+        heal_and_judge(c, h).await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn the_primary_one_way_cut_to_the_controller_fails_nothing_over() {
+    // What the primary sends the controller is lost (its reports, its answers to the
+    // probes); what the controller sends arrives.
+    net_scenario(2, async |c| {
+        c.bootstrap_two()?;
+        let h = history(c).await?;
+        c.net
+            .as_ref()
+            .expect("multi-host")
+            .cut_one_way("n1", "ctl")?;
+        no_failover_through(c, &h, Duration::from_secs(15)).await?;
+        heal_and_judge(c, h).await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn the_primary_cut_from_its_standby_keeps_writing_alone() {
+    // Both still see the controller: the primary stops waiting for its synchronous
+    // standby (wait_primary) and writes go on; after healing the standby catches up.
+    net_scenario(2, async |c| {
+        c.bootstrap_two()?;
+        let h = history(c).await?;
+        let t0 = Instant::now();
+        c.net.as_ref().expect("multi-host").cut("n1", "n2")?;
+        c.wait_for(&[("node_a", WaitPrimary)], T)?;
+        no_failover_through(c, &h, Duration::from_secs(10)).await?;
+        println!(
+            "write gap while the standby was cut off: {:.2}s",
+            h.gap_around(t0, Instant::now()).as_secs_f64()
+        );
+        heal_and_judge(c, h).await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn an_isolated_standby_costs_no_writes() {
+    net_scenario(2, async |c| {
+        c.bootstrap_two()?;
+        let h = history(c).await?;
+        let t0 = Instant::now();
+        c.net.as_ref().expect("multi-host").isolate("n2")?;
+        c.wait_for(&[("node_a", WaitPrimary)], T)?;
+        no_failover_through(c, &h, Duration::from_secs(10)).await?;
+        println!(
+            "write gap while the standby was isolated: {:.2}s",
+            h.gap_around(t0, Instant::now()).as_secs_f64()
+        );
+        heal_and_judge(c, h).await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn an_isolated_controller_changes_nothing() {
+    // DESIGN §5 rule 4: the primary keeps serving while its standby streams from it.
+    net_scenario(2, async |c| {
+        c.bootstrap_two()?;
+        let h = history(c).await?;
+        let before = c.state()?;
+        c.net.as_ref().expect("multi-host").isolate("ctl")?;
+        no_failover_through(c, &h, Duration::from_secs(15)).await?;
+        heal_and_judge(c, h).await?;
+        anyhow::ensure!(
+            c.state()?.term == before.term,
+            "the term changed: a failover happened"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_frozen_primary_never_writes_after_thawing() {
+    // SIGSTOP of the primary's agent and every Postgres process (a VM paused by its
+    // hypervisor) past its lease: node_b is promoted; thawed, node_a must not
+    // acknowledge a single write (the checker sees a split brain if it did) and rejoins.
+    net_scenario(2, async |c| {
+        c.bootstrap_two()?;
+        let h = history(c).await?;
+        let t0 = Instant::now();
+        c.freeze_vm(0, true)?;
+        c.wait_for(&[("node_b", WaitPrimary)], T)?;
+        let promoted = t0.elapsed();
+        h.wait_for_more(30, T).await?;
+        c.freeze_vm(0, false)?;
+        c.wait_for(&[("node_a", Secondary), ("node_b", Primary)], T)?;
+        println!(
+            "frozen at 0, node_b promoted after {:.2}s, write gap {:.2}s",
+            promoted.as_secs_f64(),
+            h.gap_around(t0, t0 + promoted).as_secs_f64()
+        );
+        h.wait_for_more(30, T).await?;
+        verdict(h).await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn slow_and_lossy_links_cause_no_failover() {
+    // Every link slow and lossy for a minute (see `Net::slow_and_lossy` for what this
+    // kernel allows).
+    net_scenario(2, async |c| {
+        c.bootstrap_two()?;
+        let h = history(c).await?;
+        let net = c.net.as_ref().expect("multi-host");
+        println!("links: {}", net.slow_and_lossy()?);
+        let r = no_failover_through(c, &h, Duration::from_secs(60)).await;
+        net.heal()?;
+        r?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        verdict(h).await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn three_nodes_the_isolated_primary_is_replaced_by_the_standby_with_its_writes() {
+    net_scenario(3, async |c| {
+        c.bootstrap_two()?;
+        c.add_node("node_c")?;
+        c.wait_for(
+            &[
+                ("node_a", Primary),
+                ("node_b", Secondary),
+                ("node_c", Secondary),
+            ],
+            T,
+        )?;
+        let h = history(c).await?;
+        let t0 = Instant::now();
+        c.net.as_ref().expect("multi-host").isolate("n1")?;
+        let new = c.wait_new_primary(&["node_a"], T)?;
+        println!(
+            "isolated at 0, {new} promoted after {:.2}s",
+            t0.elapsed().as_secs_f64()
+        );
+        h.wait_for_more(30, T).await?;
+        c.net.as_ref().expect("multi-host").heal()?;
+        c.wait_for(&[("node_a", Secondary)], T)?;
+        h.wait_for_more(30, T).await?;
+        verdict(h).await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn three_nodes_the_primary_cut_from_one_standby_keeps_its_quorum() {
+    // node_c still streams: the primary keeps a synchronous standby, writes never stop
+    // for long, and nothing fails over.
+    net_scenario(3, async |c| {
+        c.bootstrap_two()?;
+        c.add_node("node_c")?;
+        c.wait_for(
+            &[
+                ("node_a", Primary),
+                ("node_b", Secondary),
+                ("node_c", Secondary),
+            ],
+            T,
+        )?;
+        let h = history(c).await?;
+        let t0 = Instant::now();
+        c.net.as_ref().expect("multi-host").cut("n1", "n2")?;
+        no_failover_through(c, &h, Duration::from_secs(15)).await?;
+        println!(
+            "write gap with node_b cut off: {:.2}s",
+            h.gap_around(t0, Instant::now()).as_secs_f64()
+        );
+        c.net.as_ref().expect("multi-host").heal()?;
+        c.wait_for(
+            &[
+                ("node_a", Primary),
+                ("node_b", Secondary),
+                ("node_c", Secondary),
+            ],
+            T,
+        )?;
+        verdict(h).await?;
+        Ok(())
+    });
+}
+
+/// Polls the state until `pred` holds for some node's assigned state; returns at once
+/// when the controller cannot be reached (the caller kills it anyway).
+fn until_assigned(c: &Cluster, pred: impl Fn(&str, NodeState) -> bool) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(st) = c.state()
+            && st.nodes.iter().any(|n| pred(&n.name, n.assigned_state))
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(t0.elapsed() < T, "the phase never came");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+use pgha_api::NodeState;
+
+/// A phase of a failover: its name, and when a node's assigned state shows it.
+type Phase = (&'static str, fn(&str, NodeState) -> bool);
+
+#[test]
+fn the_controller_killed_in_each_phase_of_a_failover_and_a_switchover() {
+    // kill -9 of the controller (file store, restarted at once) while the primary is
+    // isolated: before it decided anything (detection), while the candidate waits for
+    // the old primary's lease (fencing), just after it assigned the promotion; then in
+    // a switchover, while the old primary drains. Each ends with one primary, the old
+    // one rejoining, and the history clean.
+    net_scenario(2, async |c| {
+        c.bootstrap_two()?;
+        let h = history(c).await?;
+        let phases: [Phase; 3] = [
+            ("detection", |_, _| true),
+            ("fencing", |_, s| s == StopReplication),
+            ("promotion", |_, s| s == WaitPrimary),
+        ];
+        for (phase, pred) in phases {
+            let st = c.state()?;
+            let old = st
+                .nodes
+                .iter()
+                .find(|n| n.assigned_state == Primary)
+                .map(|n| n.name.clone())
+                .ok_or_else(|| anyhow::anyhow!("no primary: {}", st.summary))?;
+            let i = c.index(&old);
+            let host = c.nodes[i].net_host.clone().unwrap_or_default();
+            let t0 = Instant::now();
+            c.net.as_ref().expect("multi-host").isolate(&host)?;
+            if phase == "detection" {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            until_assigned(c, |n, s| n != old && pred(n, s))?;
+            c.kill_monitor();
+            c.start_monitor()?;
+            let new = c.wait_new_primary(&[&old], T)?;
+            println!(
+                "{phase}: controller killed and restarted; {new} primary after {:.2}s",
+                t0.elapsed().as_secs_f64()
+            );
+            c.net.as_ref().expect("multi-host").heal()?;
+            c.wait_for(&[(old.as_str(), Secondary), (new.as_str(), Primary)], T)?;
+            h.wait_for_more(30, T).await?;
+        }
+        // A switchover, the controller killed while the old primary drains.
+        let old = c
+            .state()?
+            .nodes
+            .iter()
+            .find(|n| n.assigned_state == Primary)
+            .map(|n| n.name.clone())
+            .ok_or_else(|| anyhow::anyhow!("no primary"))?;
+        // The API call returns once the switchover is started (the CLI waits for its end).
+        pgha_api::client::MonitorClient::new(&c.join_url, Duration::from_secs(5))?
+            .switchover("default", None)
+            .await?;
+        until_assigned(c, |n, s| n == old && s == Draining)?;
+        c.kill_monitor();
+        c.start_monitor()?;
+        let st = c.wait_for(&[(old.as_str(), Secondary)], T)?;
+        println!(
+            "switchover: controller killed while {old} drained; {}",
+            st.summary
+        );
+        h.wait_for_more(30, T).await?;
+        verdict(h).await?;
+        Ok(())
+    });
+}
