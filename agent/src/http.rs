@@ -221,6 +221,20 @@ pub fn render_metrics(s: &Snapshot) -> String {
             t as i64,
         );
     }
+    if let Some(d) = s.local.disk {
+        gauge(
+            &mut reg,
+            "pgdata_free_bytes",
+            "Bytes free on the filesystem of PGDATA (as an unprivileged user sees it)",
+            d.free_bytes as i64,
+        );
+        gauge(
+            &mut reg,
+            "pgdata_size_bytes",
+            "Size of the filesystem of PGDATA, in bytes",
+            d.total_bytes as i64,
+        );
+    }
     if let Some(l) = s.local.lsn {
         gauge(
             &mut reg,
@@ -346,6 +360,10 @@ mod tests {
                 ready,
                 in_recovery: Some(in_recovery),
                 lsn: Some(Lsn(100)),
+                disk: Some(pgha_api::DiskSpace {
+                    free_bytes: 1 << 30,
+                    total_bytes: 10 << 30,
+                }),
                 ..Local::default()
             },
             goal,
@@ -399,6 +417,7 @@ mod tests {
             "pgha_agent_role",
             "pgha_agent_fenced",
             "pgha_agent_lease_remaining_seconds",
+            "pgha_agent_pgdata_free_bytes",
         ] {
             assert!(
                 text.contains(&format!("# HELP {name} ")),

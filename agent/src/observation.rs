@@ -47,4 +47,6 @@ pub struct Local {
     pub pending_restart: Vec<String>,
     /// Settings Postgres rejected when reading its configuration: (name, error).
     pub setting_errors: Vec<(String, String)>,
+    /// PGDATA's filesystem (None when it cannot be read).
+    pub disk: Option<pgha_api::DiskSpace>,
 }

@@ -78,9 +78,22 @@ pub async fn local_client(cfg: &AgentConfig) -> anyhow::Result<tokio_postgres::C
     Ok(connect(cfg).await?)
 }
 
+/// Free and total bytes of the filesystem holding `dir` (or its nearest existing
+/// parent, before initdb). Free counts what an unprivileged user may use, as Postgres.
+pub fn disk_space(dir: &Path) -> Option<pgha_api::DiskSpace> {
+    let at = dir.ancestors().find(|d| d.exists())?;
+    let st = nix::sys::statvfs::statvfs(at).ok()?;
+    let frag = st.fragment_size() as u64;
+    Some(pgha_api::DiskSpace {
+        free_bytes: st.blocks_available() as u64 * frag,
+        total_bytes: st.blocks() as u64 * frag,
+    })
+}
+
 pub async fn observe(cfg: &AgentConfig) -> Local {
     let pgdata = &cfg.pgdata;
     let mut l = Local {
+        disk: disk_space(pgdata),
         initialized: pgdata.join("PG_VERSION").exists(),
         standby_signal: pgdata.join("standby.signal").exists(),
         backup_label: pgdata.join("backup_label").exists(),

@@ -90,6 +90,7 @@ impl Agent {
             },
             prepared_for,
             pending_restart: l.pending_restart.clone(),
+            disk: l.disk,
             lost_slots: self
                 .lost_slots
                 .iter()

@@ -49,6 +49,26 @@ pub struct PgObservation {
     /// `lost`: past `max_slot_wal_keep_size`).
     #[serde(default)]
     pub lost_slots: Vec<String>,
+    /// The filesystem of PGDATA: bytes free (for an unprivileged user, as Postgres
+    /// sees it) and its size. None from an agent that does not say.
+    #[serde(default)]
+    pub disk: Option<DiskSpace>,
+}
+
+/// Free and total bytes of a filesystem.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpace {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
+impl DiskSpace {
+    /// Less than 2% free (at least one WAL segment, 16 MiB, counts as low on a small
+    /// disk): writes are about to fail, or already do.
+    pub fn is_low(&self) -> bool {
+        self.free_bytes < (self.total_bytes / 50).max(16 << 20)
+    }
 }
 
 /// Where a standby's WAL receiver streamed from, as far as its agent watched.
@@ -97,4 +117,22 @@ pub struct NodeReport {
     /// The last restart epoch this node carried out (the assignment's `restart_epoch`).
     #[serde(default)]
     pub restarted_epoch: u64,
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::DiskSpace;
+
+    #[test]
+    fn low_is_under_two_percent_or_one_wal_segment() {
+        let d = |free: u64, total: u64| DiskSpace {
+            free_bytes: free,
+            total_bytes: total,
+        };
+        assert!(d(0, 300 << 20).is_low());
+        assert!(d(10 << 20, 300 << 20).is_low());
+        assert!(!d(100 << 20, 300 << 20).is_low());
+        assert!(d(1 << 30, 100 << 30).is_low());
+        assert!(!d(3 << 30, 100 << 30).is_low());
+    }
 }

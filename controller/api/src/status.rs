@@ -33,6 +33,9 @@ pub struct NodeStatus {
     pub report_age_ms: Option<u64>,
     pub fenced: bool,
     pub last_error: Option<String>,
+    /// PGDATA's filesystem, as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<crate::report::DiskSpace>,
     /// Generation of the desired state applied on the node.
     #[serde(default)]
     pub applied_generation: u64,
@@ -107,6 +110,14 @@ pub struct FormationStatus {
 
 impl FormationStatus {
     /// The nodes whose Postgres trusts every connection (`--auth trust`).
+    /// Nodes whose PGDATA filesystem is nearly or wholly full, with what is free.
+    pub fn low_disk_nodes(&self) -> Vec<(&str, crate::report::DiskSpace)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.disk.filter(|d| d.is_low()).map(|d| (n.name.as_str(), d)))
+            .collect()
+    }
+
     pub fn trusting_nodes(&self) -> Vec<&str> {
         self.nodes
             .iter()

@@ -329,6 +329,13 @@ async fn state(a: StateArgs) -> anyhow::Result<()> {
     if let Some(w) = trust_warning(&st) {
         println!("{w}");
     }
+    for (name, d) in st.low_disk_nodes() {
+        println!(
+            "WARNING: {name}: the filesystem of PGDATA is nearly full ({} MiB free of {} MiB)",
+            d.free_bytes >> 20,
+            d.total_bytes >> 20
+        );
+    }
     for line in observed_vs_desired(&st) {
         println!("{line}");
     }

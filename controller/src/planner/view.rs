@@ -230,9 +230,14 @@ impl FormationView {
     /// still joining: its base backup, which sends no report while it runs, streams
     /// through the slot). A dead node's slot would otherwise keep WAL until the
     /// primary's disk is full.
+    ///
+    /// A node whose agent reports keeps its slot even with its Postgres down: an old
+    /// primary waiting in `demoted` (say, until its full disk is freed) needs the slot
+    /// to rejoin, and `maxSlotWalKeepSize` bounds what the slot holds meanwhile.
     pub fn keeps_slot(&self, n: &NodeView) -> bool {
         !matches!(n.goal, NodeState::Maintenance | NodeState::Dropped)
             && (!self.is_failed(n)
+                || self.is_reporting(n)
                 || matches!(n.reported, NodeState::Init | NodeState::WaitStandby))
     }
 

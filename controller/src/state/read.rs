@@ -186,6 +186,7 @@ impl ControllerState {
                         report_age_ms: o.last_report_ms.map(|t| now_ms.saturating_sub(t)),
                         fenced: o.fenced,
                         last_error: o.last_error.clone(),
+                        disk: o.pg.disk,
                         applied_generation: o.applied_generation,
                         pending_restart: o.pg.pending_restart.clone(),
                         auth_method: o.auth_method.clone(),

@@ -237,10 +237,16 @@ impl ControllerState {
                 .filter(|s| !o.pg.lost_slots.contains(s))
                 .cloned()
                 .collect();
+        let was_low = o.pg.disk.is_some_and(|d| d.is_low());
         o.pg = r.pg.clone();
         let formation = r.formation.clone();
         if !newly_lost.is_empty() {
             self.slots_invalidated(&formation, &newly_lost, now_ms)?;
+        }
+        if let Some(d) = r.pg.disk
+            && d.is_low() != was_low
+        {
+            self.disk_space_changed(&formation, r.node_id, d, now_ms)?;
         }
         let mut term_moved = None;
         let changed = {
@@ -305,6 +311,49 @@ impl ControllerState {
 
     /// The primary's Postgres invalidated these slots (past `max_slot_wal_keep_size`):
     /// their standbys lost the WAL they need and are rebuilt from a fresh base backup.
+    /// An event when a node's PGDATA filesystem turns nearly full, or has room again.
+    fn disk_space_changed(
+        &mut self,
+        formation: &str,
+        node_id: NodeId,
+        d: pgha_api::DiskSpace,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let Some(n) = self
+            .durable
+            .formations
+            .get(formation)
+            .and_then(|f| f.nodes.get(&node_id))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let mib = |b: u64| b >> 20;
+        let (rule, text) = if d.is_low() {
+            (
+                Rule::DiskLow,
+                format!(
+                    "{}: the filesystem of PGDATA is nearly full ({} MiB free of {} MiB): writes fail once it is full, and Postgres stops when it cannot write WAL",
+                    n.name,
+                    mib(d.free_bytes),
+                    mib(d.total_bytes)
+                ),
+            )
+        } else {
+            (
+                Rule::DiskRecovered,
+                format!(
+                    "{}: the filesystem of PGDATA has room again ({} MiB free of {} MiB)",
+                    n.name,
+                    mib(d.free_bytes),
+                    mib(d.total_bytes)
+                ),
+            )
+        };
+        let ev = self.event(formation, Some(&n), rule, text, now_ms);
+        self.record(ev)
+    }
+
     fn slots_invalidated(
         &mut self,
         formation: &str,

@@ -168,6 +168,7 @@ impl SimNode {
                 upstream_lost_ms_ago: st.upstream_port.map(|_| lost_ms),
                 prepared_for: if writable { peers } else { vec![] },
                 pending_restart: vec![],
+                disk: None,
                 streamed_from: Some(StreamHistory {
                     watching_ms: started.elapsed().as_millis() as u64,
                     contacts: st

@@ -376,3 +376,67 @@ async fn standby_slots_are_bounded_and_an_invalidated_standby_is_rebuilt() {
     .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
     c.check(r);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_on_the_primary_is_reported_and_fails_over_without_loss() {
+    // node_a's PGDATA on a 300 MiB filesystem of its own, filled while clients write:
+    // `show state` and an event say so; writes fail but Postgres runs, so nothing fails
+    // over; its next checkpoint cannot be written (triggered here rather than waited
+    // for), Postgres stops and cannot start, and node_b takes over after the restart
+    // grace with every acknowledged write. Freed, node_a rejoins as a standby.
+    scenario(async |c| {
+        c.add_node_on_small_disk("node_a", 300)?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        c.add_node("node_b")?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        let h =
+            pgha_e2e::history::HistoryProbe::start(&c.uri()?, 3, Duration::from_millis(20)).await?;
+        h.wait_for_more(30, T).await?;
+        let t0 = Instant::now();
+        let filled = c.fill_disk(0)?;
+        let warning = loop {
+            let (_, out, _) = c.pgha(&["show", "state", "--monitor", &c.monitor_url])?;
+            if let Some(l) = out.lines().find(|l| l.contains("nearly full")) {
+                break l.to_string();
+            }
+            anyhow::ensure!(t0.elapsed() < T, "no disk warning in show state:\n{out}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        println!(
+            "filled node_a's disk ({} MiB); after {:.2}s show state says: {warning}",
+            filled >> 20,
+            t0.elapsed().as_secs_f64()
+        );
+        anyhow::ensure!(warning.contains("node_a"), "{warning}");
+        let st = c.state()?;
+        anyhow::ensure!(
+            st.nodes
+                .iter()
+                .any(|n| n.name == "node_a" && n.assigned_state == Primary),
+            "a full disk alone failed the primary over: {}",
+            st.summary
+        );
+        let t1 = Instant::now();
+        let db = c.connect_node(0).await?;
+        let r = db.execute("CHECKPOINT", &[]).await;
+        println!("CHECKPOINT on the full disk: {r:?}");
+        let new = c.wait_new_primary(&["node_a"], T)?;
+        println!(
+            "{new} primary {:.2}s after the checkpoint failed",
+            t1.elapsed().as_secs_f64()
+        );
+        h.wait_for_more(30, T).await?;
+        c.free_disk(0)?;
+        c.wait_for(&[("node_a", Secondary), ("node_b", Primary)], T)?;
+        let events = c.events().await?;
+        for kind in ["disk_low", "disk_recovered"] {
+            anyhow::ensure!(events.iter().any(|e| e.rule == kind), "no {kind} event");
+        }
+        h.wait_for_more(30, T).await?;
+        let v = h.finish(&std::env::temp_dir()).await?;
+        println!("{}", v.line());
+        v.ensure_clean()?;
+        Ok(())
+    })
+    .await;
+}

@@ -247,3 +247,17 @@ fn a_primary_a_standby_still_streams_from_is_not_failed_over() {
     f.nodes[1].pg.upstream_streaming = false;
     assert_eq!(goal_of(&plan(&f), 2), Some(PreparePromotion));
 }
+
+#[test]
+fn a_demoted_node_that_reports_keeps_its_slot_however_long_its_postgres_is_down() {
+    // An old primary that waited in demoted (its disk was full) must find a slot when it
+    // rejoins; a node that does not report at all loses its slot.
+    let mut f = formation(vec![node(1, Demoted), node(2, WaitPrimary)]);
+    f.nodes[0].pg.running = false;
+    f.nodes[0].pg_down_since_ms = Some(f.now_ms - 60_000);
+    assert!(f.is_failed(&f.nodes[0]));
+    assert!(f.keeps_slot(&f.nodes[0]));
+    f.nodes[0].last_report_ms = Some(f.now_ms - 60_000);
+    f.nodes[0].last_probe = Some((f.now_ms, false));
+    assert!(!f.keeps_slot(&f.nodes[0]));
+}
