@@ -5,4 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --workspace --bins
-cargo nextest run --workspace --no-fail-fast
+status=0
+cargo nextest run --workspace --no-fail-fast || status=$?
+# A multi-host test that nextest had to kill (a timeout) cannot remove its network
+# namespaces itself: remove those whose test process is gone, with what runs inside
+# (only the harness names namespaces pgha-<pid>-...).
+if command -v ip >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^pgha-[0-9]+-' || true); do
+    pid=${ns#pgha-}; pid=${pid%%-*}
+    if ! kill -0 "$pid" 2>/dev/null; then
+      for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+      ip netns del "$ns" 2>/dev/null || true
+    fi
+  done
+fi
+exit $status
