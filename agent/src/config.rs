@@ -53,6 +53,9 @@ pub struct AgentConfig {
     /// Command run when this node's role changes (`crate::hooks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_role_change: Option<PathBuf>,
+    /// Command that may refuse this node's promotion (`crate::hooks::PrePromote`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promote: Option<PathBuf>,
     /// Password of the formation's replication role (from the monitor at registration).
     #[serde(default)]
     pub replication_password: String,

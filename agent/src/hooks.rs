@@ -66,7 +66,7 @@ impl Hooks {
         let me = self.clone();
         tokio::spawn(async move {
             let _turn = me.running.lock().await;
-            let outcome = run(&cmd, &args).await;
+            let outcome = run("on-role-change", &cmd, &args).await;
             let mut last = me.last_failure.lock().unwrap_or_else(|e| e.into_inner());
             match outcome {
                 Ok(()) => *last = None,
@@ -79,7 +79,78 @@ impl Hooks {
     }
 }
 
-async fn run(cmd: &PathBuf, args: &[String]) -> Result<(), String> {
+/// The pre-promote hook: run once per term when the controller asks this node to
+/// prepare its promotion, as `PATH <formation> <node> standby primary
+/// prepare_promotion`. Until it exits 0 the agent does not report `prepare_promotion`
+/// (so the controller waits); a non-zero exit, or [`HOOK_TIMEOUT`] without one, refuses
+/// the promotion: the agent reports the refusal and its reason, and the controller
+/// promotes another node or gives the old primary its role back.
+#[derive(Default)]
+pub struct PrePromote {
+    cmd: Option<PathBuf>,
+    running: Option<(u64, tokio::task::JoinHandle<Result<(), String>>)>,
+    passed: Option<u64>,
+    /// The term whose promotion the hook refused, and why.
+    pub refused: Option<(u64, String)>,
+}
+
+impl PrePromote {
+    pub fn new(cmd: Option<PathBuf>) -> Self {
+        PrePromote {
+            cmd,
+            ..Default::default()
+        }
+    }
+
+    /// None: go on with the promotion of `term` (no hook, or it agreed); Some(why):
+    /// wait (it runs, or it refused).
+    pub async fn gate(&mut self, formation: &str, node: &str, term: u64) -> Option<&'static str> {
+        let cmd = self.cmd.clone()?;
+        if self.passed == Some(term) {
+            return None;
+        }
+        if self.refused.as_ref().is_some_and(|(t, _)| *t == term) {
+            return Some("the pre-promote hook refused this promotion");
+        }
+        match self.running.take() {
+            Some((t, h)) if t == term && h.is_finished() => {
+                match h
+                    .await
+                    .unwrap_or_else(|e| Err(format!("did not finish: {e}")))
+                {
+                    Ok(()) => {
+                        self.passed = Some(term);
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(hook = %cmd.display(), term, "pre-promote hook refused the promotion: {e}");
+                        self.refused =
+                            Some((term, format!("pre-promote hook {}: {e}", cmd.display())));
+                        Some("the pre-promote hook refused this promotion")
+                    }
+                }
+            }
+            Some((t, h)) if t == term => {
+                self.running = Some((t, h));
+                Some("the pre-promote hook runs")
+            }
+            _ => {
+                let args: Vec<String> = vec![
+                    formation.into(),
+                    node.into(),
+                    "standby".into(),
+                    "primary".into(),
+                    NodeState::PreparePromotion.to_string(),
+                ];
+                let h = tokio::spawn(async move { run("pre-promote", &cmd, &args).await });
+                self.running = Some((term, h));
+                Some("the pre-promote hook runs")
+            }
+        }
+    }
+}
+
+async fn run(what: &str, cmd: &PathBuf, args: &[String]) -> Result<(), String> {
     let child = tokio::process::Command::new(cmd)
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -90,18 +161,29 @@ async fn run(cmd: &PathBuf, args: &[String]) -> Result<(), String> {
         Ok(Err(e)) => return Err(format!("cannot run it: {e}")),
         Ok(Ok(out)) => out,
     };
-    for line in String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .chain(String::from_utf8_lossy(&out.stderr).lines())
-    {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    for line in stdout.lines().chain(stderr.lines()) {
         tracing::info!(hook = %cmd.display(), "{line}");
     }
+    // What it said last, for the node's error and the events (bounded).
+    let said: String = stdout
+        .lines()
+        .chain(stderr.lines())
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
     match out.status.success() {
         true => {
-            tracing::info!(hook = %cmd.display(), args = %args.join(" "), "on-role-change hook ran");
+            tracing::info!(hook = %cmd.display(), args = %args.join(" "), "{what} hook ran");
             Ok(())
         }
-        false => Err(format!("exited with {}", out.status)),
+        false if said.is_empty() => Err(format!("exited with {}", out.status)),
+        false => Err(format!("exited with {}: {said}", out.status)),
     }
 }
 

@@ -318,6 +318,7 @@ mod tests {
             node_token: None,
             metrics_listen: None,
             on_role_change: None,
+            pre_promote: None,
         }
     }
 

@@ -158,6 +158,7 @@ fn report(node_id: u64, reported: NodeState) -> NodeReport {
         pg: PgObservation::default(),
         fenced: false,
         last_error: None,
+        promotion_refused_term: None,
         applied_generation: 0,
         auth_method: None,
         rebuilt_epoch: 0,

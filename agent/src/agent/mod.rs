@@ -59,6 +59,7 @@ struct Agent {
     lost_slots: std::collections::BTreeSet<String>,
     /// The operator's role-change hook.
     hooks: crate::hooks::Hooks,
+    pre_promote: crate::hooks::PrePromote,
 }
 
 /// How long a report may take before the agent counts the controller unreachable.
@@ -191,6 +192,7 @@ pub async fn run(
     };
     let mut agent = Agent {
         hooks: crate::hooks::Hooks::new(cfg.on_role_change.clone()),
+        pre_promote: crate::hooks::PrePromote::new(cfg.pre_promote.clone()),
         watchdog,
         lost_slots: Default::default(),
         cfg,

@@ -122,13 +122,23 @@ impl Agent {
             term: self.state.max_term,
             pg: self.observation(l),
             fenced: self.state.fenced,
-            last_error: self.last_error.clone().or_else(|| {
-                self.hooks
-                    .last_failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-            }),
+            promotion_refused_term: self.pre_promote.refused.as_ref().map(|(t, _)| *t),
+            last_error: self
+                .last_error
+                .clone()
+                .or_else(|| {
+                    let refused = self.pre_promote.refused.as_ref();
+                    refused
+                        .filter(|(t, _)| *t == self.state.max_term)
+                        .map(|(_, why)| why.clone())
+                })
+                .or_else(|| {
+                    self.hooks
+                        .last_failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()
+                }),
             applied_generation: self.applied_generation,
             auth_method: Some(self.cfg.auth.hba_name().to_string()),
             rebuilt_epoch: self.state.rebuilt_epoch,

@@ -19,7 +19,16 @@ impl Agent {
         self.check_lease(self.effective_goal())?;
         self.arm_watchdog();
         let goal = self.effective_goal();
-        let step = plan::next_step(&self.wanted(goal), &l);
+        let mut step = plan::next_step(&self.wanted(goal), &l);
+        if goal == NodeState::PreparePromotion
+            && let Some(term) = self.state.assignment.as_ref().map(|a| a.term)
+            && let Some(why) = self
+                .pre_promote
+                .gate(&self.cfg.formation, &self.cfg.name, term)
+                .await
+        {
+            step = Step::Wait(why);
+        }
         let (acted, result) = self.take_step(&step, goal, &l).await?;
         self.note_wait(&step, goal);
         let prev = self.reported;

@@ -104,6 +104,9 @@ pub struct NodeReport {
     pub fenced: bool,
     /// Last error the agent hit while applying its assignment, if any.
     pub last_error: Option<String>,
+    /// The term whose promotion of this node its pre-promote hook refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion_refused_term: Option<u64>,
     /// Generation of the desired state whose settings are in force on this node.
     #[serde(default)]
     pub applied_generation: u64,

@@ -160,6 +160,12 @@ pub struct PostgresArgs {
     /// virtual IP. Set on the node, never in the formation file.
     #[arg(long)]
     on_role_change: Option<PathBuf>,
+    /// A command run before this node is promoted, as `CMD <formation> <node> standby
+    /// primary prepare_promotion`: a non-zero exit (or 30 s without one) refuses the
+    /// promotion, and the controller promotes another node or keeps the old primary.
+    /// Set on the node, never in the formation file.
+    #[arg(long)]
+    pre_promote: Option<PathBuf>,
     /// Run the agent in the foreground once created.
     #[arg(long)]
     run: bool,
@@ -579,18 +585,8 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
             "WARNING: --auth trust: anyone who reaches this Postgres connects without a password; fine for a throwaway tutorial, not for production (the default is scram-sha-256)"
         );
     }
-    let on_role_change = a.on_role_change.as_deref().map(absolute).transpose()?;
-    if let Some(hook) = &on_role_change {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(hook)
-            .with_context(|| format!("--on-role-change {}", hook.display()))?;
-        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-            bail!(
-                "--on-role-change {}: not an executable file",
-                hook.display()
-            );
-        }
-    }
+    let on_role_change = executable_hook("--on-role-change", a.on_role_change.as_deref())?;
+    let pre_promote = executable_hook("--pre-promote", a.pre_promote.as_deref())?;
     if let Some(m) = &a.metrics_listen {
         m.parse::<std::net::SocketAddr>()
             .with_context(|| format!("--metrics-listen {m:?}: expected ADDRESS:PORT"))?;
@@ -639,6 +635,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         http_port: a.http_port,
         metrics_listen: a.metrics_listen.clone(),
         on_role_change,
+        pre_promote,
         replication_password: reg.replication_password.clone(),
         node_token: Some(reg.node_token.clone()),
     };
@@ -655,4 +652,18 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         return crate::agent_exit(pgha_agent::run(cfg, crate::shutdown_signal()).await?);
     }
     Ok(())
+}
+
+/// A hook given on the command line: made absolute, and refused unless it is an
+/// executable file.
+fn executable_hook(flag: &str, path: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+    let Some(hook) = path.map(absolute).transpose()? else {
+        return Ok(None);
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(&hook).with_context(|| format!("{flag} {}", hook.display()))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        bail!("{flag} {}: not an executable file", hook.display());
+    }
+    Ok(Some(hook))
 }

@@ -45,8 +45,23 @@ fn elect<'a>(
     let mut candidates: Vec<&NodeView> = healthy
         .iter()
         .copied()
-        .filter(|n| n.candidate_priority > 0)
+        .filter(|n| n.candidate_priority > 0 && !n.promotion_refused)
         .collect();
+    let refused: Vec<&str> = f
+        .nodes
+        .iter()
+        .filter(|n| n.promotion_refused)
+        .map(|n| n.name.as_str())
+        .collect();
+    if candidates.is_empty() && !refused.is_empty() {
+        return Err((
+            BlockReason::NoCandidate,
+            format!(
+                "{} refused promotion (pre-promote hook) and no other node may be promoted",
+                refused.join(", ")
+            ),
+        ));
+    }
     if candidates.is_empty() {
         let names: Vec<&str> = healthy.iter().map(|n| n.name.as_str()).collect();
         return Err((
@@ -299,6 +314,23 @@ fn reelect_or(
 pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
     let Some(cand) = f.promoting() else { return };
     let old = f.demoting();
+    if cand.promotion_refused {
+        // Its pre-promote hook said no: the old primary takes its role back when it is
+        // there to (a switchover), else the next candidate is elected (or none is).
+        match old {
+            Some(old) if f.is_reporting(old) && old.pg.initialized => {
+                abort_promotion(f, old, cand, "its pre-promote hook refused".into(), p)
+            }
+            Some(old) => reelect_or(f, old, cand, p, |_, p| {
+                p.wait(format!("{} refused its promotion", cand.name))
+            }),
+            None => p.wait(format!(
+                "{} refused its promotion and no old primary is left to take its role back",
+                cand.name
+            )),
+        }
+        return;
+    }
     if f.is_failed(cand) {
         match old {
             Some(old) if f.is_reporting(old) && old.pg.initialized => abort_promotion(

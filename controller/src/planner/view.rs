@@ -45,6 +45,8 @@ pub struct NodeView {
     pub declared: bool,
     /// The formation file asks for this node to be in maintenance.
     pub maintenance: bool,
+    /// Its pre-promote hook refused its promotion in the current term.
+    pub promotion_refused: bool,
 }
 
 /// Where a standby's WAL receiver streamed from, in controller time.

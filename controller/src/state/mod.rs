@@ -56,6 +56,8 @@ pub struct Observed {
     pub auth_method: Option<String>,
     pub rebuilt_epoch: u64,
     pub restarted_epoch: u64,
+    /// The term whose promotion of the node its pre-promote hook refused.
+    pub promotion_refused_term: Option<u64>,
 }
 
 pub struct ControllerState {

@@ -31,6 +31,7 @@ impl ControllerState {
                     applied_generation: o.applied_generation,
                     declared: f.keeps(n),
                     maintenance: f.in_maintenance(n),
+                    promotion_refused: o.promotion_refused_term == Some(f.intent.term),
                 }
             })
             .collect();

@@ -205,6 +205,9 @@ impl ControllerState {
         o.rebuilt_epoch = r.rebuilt_epoch;
         o.restarted_epoch = r.restarted_epoch;
         o.last_error = r.last_error.clone();
+        let newly_refused = r.promotion_refused_term.is_some()
+            && r.promotion_refused_term != o.promotion_refused_term;
+        o.promotion_refused_term = r.promotion_refused_term;
         if r.pg.running {
             o.pg_down_since_ms = None;
         } else if o.pg_down_since_ms.is_none() {
@@ -247,6 +250,9 @@ impl ControllerState {
             && d.is_low() != was_low
         {
             self.disk_space_changed(&formation, r.node_id, d, now_ms)?;
+        }
+        if newly_refused {
+            self.promotion_refused(&formation, r, now_ms)?;
         }
         let mut term_moved = None;
         let changed = {
@@ -311,6 +317,34 @@ impl ControllerState {
 
     /// The primary's Postgres invalidated these slots (past `max_slot_wal_keep_size`):
     /// their standbys lost the WAL they need and are rebuilt from a fresh base backup.
+    /// An event when a node's pre-promote hook refused its promotion (with why).
+    fn promotion_refused(
+        &mut self,
+        formation: &str,
+        r: &NodeReport,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let Some(n) = self
+            .durable
+            .formations
+            .get(formation)
+            .and_then(|f| f.nodes.get(&r.node_id))
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let text = format!(
+            "{} refused its promotion in term {}: {}",
+            n.name,
+            r.promotion_refused_term.unwrap_or_default(),
+            r.last_error
+                .as_deref()
+                .unwrap_or("its pre-promote hook failed")
+        );
+        let ev = self.event(formation, Some(&n), Rule::PromotionRefused, text, now_ms);
+        self.record(ev)
+    }
+
     /// An event when a node's PGDATA filesystem turns nearly full, or has room again.
     fn disk_space_changed(
         &mut self,

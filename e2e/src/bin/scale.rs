@@ -185,6 +185,7 @@ impl SimNode {
             },
             fenced: false,
             last_error: None,
+            promotion_refused_term: None,
             applied_generation: st.generation,
             auth_method: Some("scram-sha-256".into()),
             rebuilt_epoch: st.rebuild_epoch,

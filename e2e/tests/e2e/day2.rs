@@ -346,3 +346,88 @@ async fn role_change_hooks_run_on_a_switchover() {
     })
     .await;
 }
+
+/// An executable shell script at `path`.
+fn write_script(path: &std::path::Path, body: &str) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path.display().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_promote_hook_refuses_and_the_next_candidate_or_the_old_primary_serves() {
+    // node_b (priority 90) refuses every promotion; node_c agrees. A switchover to
+    // node_b is given back to node_a; when node_a's VM dies, node_b refuses and node_c
+    // is promoted with every acknowledged write.
+    scenario(async |c| {
+        let calls = c.path().join("pre-promote-calls");
+        let refuse = write_script(
+            &c.path().join("refuse.sh"),
+            &format!(
+                "echo \"$@\" >> {}\necho 'replica of the billing VIP is not ready'\nexit 3",
+                calls.display()
+            ),
+        )?;
+        let agree = write_script(&c.path().join("agree.sh"), "exit 0")?;
+        c.add_node("node_a")?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        c.add_node_with(
+            "node_b",
+            &["--pre-promote", &refuse, "--candidate-priority", "90"],
+        )?;
+        c.add_node_with("node_c", &["--pre-promote", &agree])?;
+        c.wait_for(
+            &[
+                ("node_a", Primary),
+                ("node_b", Secondary),
+                ("node_c", Secondary),
+            ],
+            T,
+        )?;
+        let probe = c.write_probe().await?;
+        let (ok, _, err) = c.pgha(&[
+            "perform",
+            "switchover",
+            "--monitor",
+            &c.join_url,
+            "--timeout",
+            "20",
+        ])?;
+        println!("switchover to node_b: ok={ok} {err}");
+        c.wait_for(&[("node_a", Primary)], T)?;
+        let events = c.events().await?;
+        let refused = events
+            .iter()
+            .find(|e| e.rule == "promotion_refused")
+            .ok_or_else(|| anyhow::anyhow!("no promotion_refused event"))?;
+        println!("event: {}", refused.description);
+        anyhow::ensure!(
+            refused.description.contains("billing VIP is not ready"),
+            "the hook's own words are not in the event: {}",
+            refused.description
+        );
+        anyhow::ensure!(
+            events.iter().any(|e| e.rule == "promotion_aborted"),
+            "the switchover was not given back to node_a"
+        );
+        let args = std::fs::read_to_string(&calls)?;
+        anyhow::ensure!(
+            args.contains("default node_b standby primary prepare_promotion"),
+            "{args}"
+        );
+        c.wait_for(&[("node_b", Secondary), ("node_c", Secondary)], T)?;
+        let t0 = Instant::now();
+        c.kill_vm(0)?;
+        let new = c.wait_new_primary(&["node_a"], T)?;
+        println!(
+            "node_a's VM lost: {new} primary after {:.2}s",
+            t0.elapsed().as_secs_f64()
+        );
+        anyhow::ensure!(new == "node_c", "{new} was promoted, not node_c");
+        probe.wait_for_more(20, T).await?;
+        probe.finish_without_loss().await?;
+        Ok(())
+    })
+    .await;
+}

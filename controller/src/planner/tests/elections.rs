@@ -402,3 +402,40 @@ fn anti_flapping_holds_the_next_automatic_failover() {
         "forced by the operator"
     );
 }
+
+#[test]
+fn a_refused_promotion_moves_to_the_next_candidate() {
+    // Failover: the candidate's pre-promote hook refuses; the other standby is elected.
+    let mut f = three_nodes();
+    let now = f.now_ms;
+    fail(&mut f, 0, now, 5000);
+    let p = plan(&f);
+    let first = [2, 3]
+        .into_iter()
+        .find(|&id| goal_of(&p, id) == Some(PreparePromotion))
+        .expect("a candidate");
+    apply_goals(&mut f, &p);
+    f.nodes[(first - 1) as usize].promotion_refused = true;
+    let p = plan(&f);
+    let other = 5 - first;
+    assert_eq!(goal_of(&p, first), Some(Secondary), "{p:?}");
+    assert_eq!(goal_of(&p, other), Some(PreparePromotion), "{p:?}");
+    // The other refuses too: blocked, and it says why.
+    apply_goals(&mut f, &p);
+    f.nodes[(other - 1) as usize].promotion_refused = true;
+    let p = plan(&f);
+    assert!(p.decisions.is_empty(), "{p:?}");
+    assert_eq!(p.blocked, Some(BlockReason::NoCandidate));
+    assert!(p.waiting.unwrap().contains("refused promotion"));
+}
+
+#[test]
+fn a_refused_switchover_gives_the_old_primary_its_role_back() {
+    let mut f = formation(vec![node(1, Draining), node(2, PreparePromotion)]);
+    f.nodes[1].reported = Secondary;
+    f.nodes[1].promotion_refused = true;
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 1), Some(WaitPrimary), "{p:?}");
+    assert_eq!(goal_of(&p, 2), Some(Catchingup), "{p:?}");
+    assert_eq!(p.new_term, Some(f.term + 1));
+}

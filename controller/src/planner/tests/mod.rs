@@ -43,6 +43,7 @@ fn node(id: NodeId, goal: NodeState) -> NodeView {
         applied_generation: 0,
         declared: true,
         maintenance: false,
+        promotion_refused: false,
     }
 }
 
