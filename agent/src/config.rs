@@ -53,6 +53,11 @@ pub struct AgentConfig {
     /// Command run when this node's role changes (`crate::hooks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_role_change: Option<PathBuf>,
+    /// Commands run when the agent saw Postgres start or stop (`crate::hooks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_start: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_stop: Option<PathBuf>,
     /// Command that may refuse this node's promotion (`crate::hooks::PrePromote`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_promote: Option<PathBuf>,

@@ -30,10 +30,14 @@ pub fn role(s: NodeState) -> &'static str {
     }
 }
 
-/// Runs the role-change hook, in order, one at a time.
+/// Runs the role-change, start and stop hooks, in order, one at a time.
 #[derive(Clone, Default)]
 pub struct Hooks {
     on_role_change: Option<PathBuf>,
+    /// Run as `PATH <formation> <node> <role>` when the agent saw Postgres start
+    /// (Patroni's `on_start`), and when it saw it stop (`on_stop`, with the role it had).
+    on_start: Option<PathBuf>,
+    on_stop: Option<PathBuf>,
     /// Held while a hook runs: the next waits (tokio's mutex is fair, so in order).
     running: Arc<tokio::sync::Mutex<()>>,
     /// The last hook failure, until a hook succeeds.
@@ -46,6 +50,41 @@ impl Hooks {
             on_role_change,
             ..Default::default()
         }
+    }
+
+    /// With the start and stop hooks too.
+    pub fn with_start_stop(mut self, on_start: Option<PathBuf>, on_stop: Option<PathBuf>) -> Self {
+        self.on_start = on_start;
+        self.on_stop = on_stop;
+        self
+    }
+
+    /// Postgres went from stopped to running (`running`) or back, in `role`.
+    pub fn postgres_changed(&self, formation: &str, node: &str, running: bool, role: &str) {
+        let (kind, cmd) = match running {
+            true => ("on-start", self.on_start.clone()),
+            false => ("on-stop", self.on_stop.clone()),
+        };
+        if let Some(cmd) = cmd {
+            self.fire(kind, cmd, vec![formation.into(), node.into(), role.into()]);
+        }
+    }
+
+    /// Queues `cmd args` behind the hooks already running; a failure is remembered.
+    fn fire(&self, kind: &'static str, cmd: PathBuf, args: Vec<String>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _turn = me.running.lock().await;
+            let outcome = run(kind, &cmd, &args).await;
+            let mut last = me.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                Ok(()) => *last = None,
+                Err(e) => {
+                    tracing::warn!(hook = %cmd.display(), "{kind} hook failed: {e}");
+                    *last = Some(format!("{kind} hook {}: {e}", cmd.display()));
+                }
+            }
+        });
     }
 
     /// Starts the hook when `old` → `new` changes the role.
@@ -63,19 +102,7 @@ impl Hooks {
             role(new).into(),
             new.to_string(),
         ];
-        let me = self.clone();
-        tokio::spawn(async move {
-            let _turn = me.running.lock().await;
-            let outcome = run("on-role-change", &cmd, &args).await;
-            let mut last = me.last_failure.lock().unwrap_or_else(|e| e.into_inner());
-            match outcome {
-                Ok(()) => *last = None,
-                Err(e) => {
-                    tracing::warn!(hook = %cmd.display(), "on-role-change hook failed: {e}");
-                    *last = Some(format!("on-role-change hook {}: {e}", cmd.display()));
-                }
-            }
-        });
+        self.fire("on-role-change", cmd, args);
     }
 }
 
@@ -190,6 +217,39 @@ async fn run(what: &str, cmd: &PathBuf, args: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The start and stop hooks get formation, node and role.
+    #[tokio::test]
+    async fn start_and_stop_hooks_name_the_role() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("calls");
+        let script = dir.path().join("hook.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", out.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let h = Hooks::new(None).with_start_stop(Some(script.clone()), Some(script));
+        h.postgres_changed("f", "n", true, "standby");
+        h.postgres_changed("f", "n", false, "primary");
+        for _ in 0..100 {
+            if std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                == 2
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "f n standby\nf n primary\n"
+        );
+    }
 
     #[test]
     fn roles_group_states() {

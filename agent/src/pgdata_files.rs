@@ -319,6 +319,8 @@ mod tests {
             metrics_listen: None,
             on_role_change: None,
             pre_promote: None,
+            on_start: None,
+            on_stop: None,
         }
     }
 

@@ -60,6 +60,8 @@ struct Agent {
     /// The operator's role-change hook.
     hooks: crate::hooks::Hooks,
     pre_promote: crate::hooks::PrePromote,
+    /// Postgres' running state and role at the last tick (for the start/stop hooks).
+    pg_was_running: Option<(bool, &'static str)>,
 }
 
 /// How long a report may take before the agent counts the controller unreachable.
@@ -191,7 +193,9 @@ pub async fn run(
         })
     };
     let mut agent = Agent {
-        hooks: crate::hooks::Hooks::new(cfg.on_role_change.clone()),
+        hooks: crate::hooks::Hooks::new(cfg.on_role_change.clone())
+            .with_start_stop(cfg.on_start.clone(), cfg.on_stop.clone()),
+        pg_was_running: None,
         pre_promote: crate::hooks::PrePromote::new(cfg.pre_promote.clone()),
         watchdog,
         lost_slots: Default::default(),

@@ -53,6 +53,25 @@ impl Agent {
     /// invalidated slots, the primary's hot-standby settings).
     async fn observe(&mut self) -> Local {
         let l = observe::observe(&self.cfg).await;
+        // The start and stop hooks: a change seen while the agent runs (not the state
+        // it found at its own start).
+        let role = match l.in_recovery {
+            Some(true) => "standby",
+            Some(false) => "primary",
+            None => crate::hooks::role(self.reported),
+        };
+        let now = (l.ready, role);
+        if let Some((was, was_role)) = self.pg_was_running
+            && was != l.ready
+            && (l.ready || !l.postmaster_running)
+        {
+            let role = if l.ready { role } else { was_role };
+            self.hooks
+                .postgres_changed(&self.cfg.formation, &self.cfg.name, l.ready, role);
+        }
+        if l.ready || !l.postmaster_running {
+            self.pg_was_running = Some(now);
+        }
         if l.ready {
             self.start_attempts = 0;
         }

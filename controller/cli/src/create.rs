@@ -166,6 +166,14 @@ pub struct PostgresArgs {
     /// Set on the node, never in the formation file.
     #[arg(long)]
     pre_promote: Option<PathBuf>,
+    /// A command run when the agent has seen Postgres start, as `CMD <formation> <node>
+    /// <role>` (primary or standby). Set on the node, never in the formation file.
+    #[arg(long)]
+    on_start: Option<PathBuf>,
+    /// A command run when the agent has seen Postgres stop, as `CMD <formation> <node>
+    /// <role it had>`. Set on the node, never in the formation file.
+    #[arg(long)]
+    on_stop: Option<PathBuf>,
     /// Run the agent in the foreground once created.
     #[arg(long)]
     run: bool,
@@ -587,6 +595,8 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
     }
     let on_role_change = executable_hook("--on-role-change", a.on_role_change.as_deref())?;
     let pre_promote = executable_hook("--pre-promote", a.pre_promote.as_deref())?;
+    let on_start = executable_hook("--on-start", a.on_start.as_deref())?;
+    let on_stop = executable_hook("--on-stop", a.on_stop.as_deref())?;
     if let Some(m) = &a.metrics_listen {
         m.parse::<std::net::SocketAddr>()
             .with_context(|| format!("--metrics-listen {m:?}: expected ADDRESS:PORT"))?;
@@ -636,6 +646,8 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         metrics_listen: a.metrics_listen.clone(),
         on_role_change,
         pre_promote,
+        on_start,
+        on_stop,
         replication_password: reg.replication_password.clone(),
         node_token: Some(reg.node_token.clone()),
     };

@@ -318,9 +318,26 @@ async fn role_change_hooks_run_on_a_switchover() {
             "/nonexistent/hook",
         ])?;
         anyhow::ensure!(!ok && err.contains("--on-role-change"), "{err}");
-        c.add_node_with("node_a", &["--on-role-change", &hook])?;
+        // The start and stop hooks (Patroni's on_start/on_stop) write to the same file.
+        let start = write_script(
+            &c.path().join("on-start.sh"),
+            &format!("echo \"start $@\" >> {}", calls.display()),
+        )?;
+        let stop = write_script(
+            &c.path().join("on-stop.sh"),
+            &format!("echo \"stop $@\" >> {}", calls.display()),
+        )?;
+        let flags = [
+            "--on-role-change",
+            &hook,
+            "--on-start",
+            &start,
+            "--on-stop",
+            &stop,
+        ];
+        c.add_node_with("node_a", &flags)?;
         c.wait_for(&[("node_a", Single)], T)?;
-        c.add_node_with("node_b", &["--on-role-change", &hook])?;
+        c.add_node_with("node_b", &flags)?;
         c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
         c.pgha_ok(&["perform", "switchover", "--monitor", &c.join_url])?;
         c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
@@ -329,6 +346,8 @@ async fn role_change_hooks_run_on_a_switchover() {
             "default node_b standby primary wait_primary",
             "default node_a primary stopped",
             "default node_a stopped standby",
+            "stop default node_a primary",
+            "start default node_a standby",
         ];
         loop {
             let text = std::fs::read_to_string(&calls).unwrap_or_default();
