@@ -197,7 +197,8 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     )?;
     let client = pgha_api::client::MonitorClient::new(&monitor, Duration::from_secs(2))?;
     let t0 = Instant::now();
-    while client.info().await.is_err() {
+    // /healthz needs no credential (/v1/info needs the read one, which nodes do not use).
+    while !matches!(client.get_text("/healthz").await, Ok((200, _))) {
         if t0.elapsed() > Duration::from_secs(10) {
             bail!(
                 "monitor did not start; see {}",
@@ -220,6 +221,10 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         ])
         .output()?;
     let join_url = String::from_utf8(out.stdout)?.trim().to_string();
+    // The same URL is the operator's (as the tutorial's MONITOR): reads need a
+    // credential since the API has scopes.
+    let monitor = join_url.clone();
+    let client = pgha_api::client::MonitorClient::new(&monitor, Duration::from_secs(2))?;
     println!("== 2. nodes A and B");
     let mut want = vec![];
     for (i, name) in ["node_a", "node_b"].iter().enumerate() {

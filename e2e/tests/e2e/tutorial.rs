@@ -128,3 +128,45 @@ async fn run(c: &mut Cluster) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The README's first command runs `pgha demo`: it must work as a newcomer runs it
+/// (the bare `create monitor` URL, the operator URL from `show uri`, a switchover).
+#[test]
+fn the_demo_runs_to_the_end() {
+    // A base port whose neighbours the demo uses (monitor, +1, +2, +11, +12) are free.
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let base = (0..50)
+        .map(|_| pgha_e2e::free_port())
+        .find(|&b| b < 65_000 && [0, 1, 2, 11, 12].iter().all(|d| free(b + d)))
+        .expect("a free port range");
+    let dir = tempfile::Builder::new()
+        .prefix("pgha-e2e-demo-")
+        .tempdir()
+        .expect("tempdir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    let out = std::process::Command::new(pgha_e2e::pgha_bin())
+        .args([
+            "demo",
+            "--rows",
+            "1000",
+            "--base-port",
+            &base.to_string(),
+            "--dir",
+        ])
+        .arg(dir.path().join("demo"))
+        .output()
+        .expect("running pgha demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("demo done"),
+        "pgha demo failed:\n{stdout}\n{stderr}"
+    );
+    let all = format!("{stdout}{stderr}");
+    assert!(all.contains("switchover done"), "{all}");
+    assert!(all.contains("FROM foo on the new primary"), "{all}");
+}
