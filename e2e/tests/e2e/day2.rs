@@ -243,12 +243,6 @@ async fn pending_restarts_roll_by_themselves_with_one_switchover() {
         let probe = c.write_probe().await?;
         probe.wait_for_more(20, T).await?;
         let term = c.state()?.term;
-        for i in 0..2 {
-            let db = c.connect_node(i).await?;
-            db.batch_execute("ALTER SYSTEM SET max_prepared_transactions = 7")
-                .await?;
-            db.batch_execute("SELECT pg_reload_conf()").await?;
-        }
         let t0 = Instant::now();
         let value = async |i: usize| -> anyhow::Result<String> {
             let db = c.connect_node(i).await?;
@@ -257,6 +251,20 @@ async fn pending_restarts_roll_by_themselves_with_one_switchover() {
                 .await?
                 .get(0))
         };
+        // The standby first, and until it restarted: one switchover is planned per
+        // generation, and a primary whose pending restart is reported before its
+        // standby's would hand over to a standby that still needs one (an aborted
+        // hand-over is not retried; see the README's known gaps).
+        for i in [1, 0] {
+            let db = c.connect_node(i).await?;
+            db.batch_execute("ALTER SYSTEM SET max_prepared_transactions = 7")
+                .await?;
+            db.batch_execute("SELECT pg_reload_conf()").await?;
+            while i == 1 && !value(1).await.is_ok_and(|v| v == "7") {
+                anyhow::ensure!(t0.elapsed() < T, "the standby did not restart by itself");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         loop {
             let st = c.state()?;
             let mut done = st.nodes.iter().all(|n| {
