@@ -436,6 +436,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// `bootstrap_two`, then node_c; waits for primary + two secondaries.
+    pub fn bootstrap_three(&mut self) -> anyhow::Result<()> {
+        self.bootstrap_two()?;
+        self.add_node("node_c")?;
+        self.wait_for(
+            &[
+                ("node_a", NodeState::Primary),
+                ("node_b", NodeState::Secondary),
+                ("node_c", NodeState::Secondary),
+            ],
+            Duration::from_secs(120),
+        )?;
+        Ok(())
+    }
+
     /// Fails the test with the cluster's logs when `r` is an error.
     pub fn check(&self, r: anyhow::Result<()>) {
         if let Err(e) = r {

@@ -315,8 +315,6 @@ impl ControllerState {
         Ok(())
     }
 
-    /// The primary's Postgres invalidated these slots (past `max_slot_wal_keep_size`):
-    /// their standbys lost the WAL they need and are rebuilt from a fresh base backup.
     /// An event when a node's pre-promote hook refused its promotion (with why).
     fn promotion_refused(
         &mut self,
@@ -324,33 +322,24 @@ impl ControllerState {
         r: &NodeReport,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let Some(n) = self
-            .durable
-            .formations
-            .get(formation)
-            .and_then(|f| f.nodes.get(&r.node_id))
-            .cloned()
-        else {
-            return Ok(());
-        };
         let text = format!(
             "{} refused its promotion in term {}: {}",
-            n.name,
+            self.node_name(formation, r.node_id),
             r.promotion_refused_term.unwrap_or_default(),
             r.last_error
                 .as_deref()
                 .unwrap_or("its pre-promote hook failed")
         );
-        let ev = self.event(formation, Some(&n), Rule::PromotionRefused, text, now_ms);
-        self.record(ev)
+        self.node_event(formation, r.node_id, Rule::PromotionRefused, text, now_ms)
     }
 
-    /// An event when a node's PGDATA filesystem turns nearly full, or has room again.
-    fn disk_space_changed(
+    /// Records an event about one node (nothing when it is gone).
+    fn node_event(
         &mut self,
         formation: &str,
         node_id: NodeId,
-        d: pgha_api::DiskSpace,
+        rule: Rule,
+        text: String,
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let Some(n) = self
@@ -362,13 +351,36 @@ impl ControllerState {
         else {
             return Ok(());
         };
+        let ev = self.event(formation, Some(&n), rule, text, now_ms);
+        self.record(ev)
+    }
+
+    /// A node's name, or its id when it is gone.
+    fn node_name(&self, formation: &str, node_id: NodeId) -> String {
+        self.durable
+            .formations
+            .get(formation)
+            .and_then(|f| f.nodes.get(&node_id))
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| format!("node {node_id}"))
+    }
+
+    /// An event when a node's PGDATA filesystem turns nearly full, or has room again.
+    fn disk_space_changed(
+        &mut self,
+        formation: &str,
+        node_id: NodeId,
+        d: pgha_api::DiskSpace,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let name = self.node_name(formation, node_id);
         let mib = |b: u64| b >> 20;
         let (rule, text) = if d.is_low() {
             (
                 Rule::DiskLow,
                 format!(
                     "{}: the filesystem of PGDATA is nearly full ({} MiB free of {} MiB): writes fail once it is full, and Postgres stops when it cannot write WAL",
-                    n.name,
+                    name,
                     mib(d.free_bytes),
                     mib(d.total_bytes)
                 ),
@@ -378,16 +390,17 @@ impl ControllerState {
                 Rule::DiskRecovered,
                 format!(
                     "{}: the filesystem of PGDATA has room again ({} MiB free of {} MiB)",
-                    n.name,
+                    name,
                     mib(d.free_bytes),
                     mib(d.total_bytes)
                 ),
             )
         };
-        let ev = self.event(formation, Some(&n), rule, text, now_ms);
-        self.record(ev)
+        self.node_event(formation, node_id, rule, text, now_ms)
     }
 
+    /// The primary's Postgres invalidated these slots (past `max_slot_wal_keep_size`):
+    /// their standbys lost the WAL they need and are rebuilt from a fresh base backup.
     fn slots_invalidated(
         &mut self,
         formation: &str,

@@ -200,16 +200,7 @@ fn slow_and_lossy_links_cause_no_failover() {
 #[test]
 fn three_nodes_the_isolated_primary_is_replaced_by_the_standby_with_its_writes() {
     net_scenario(3, async |c| {
-        c.bootstrap_two()?;
-        c.add_node("node_c")?;
-        c.wait_for(
-            &[
-                ("node_a", Primary),
-                ("node_b", Secondary),
-                ("node_c", Secondary),
-            ],
-            T,
-        )?;
+        c.bootstrap_three()?;
         let h = history(c).await?;
         let t0 = Instant::now();
         c.net.as_ref().expect("multi-host").isolate("n1")?;
@@ -232,16 +223,7 @@ fn three_nodes_the_primary_cut_from_one_standby_keeps_its_quorum() {
     // node_c still streams: the primary keeps a synchronous standby, writes never stop
     // for long, and nothing fails over.
     net_scenario(3, async |c| {
-        c.bootstrap_two()?;
-        c.add_node("node_c")?;
-        c.wait_for(
-            &[
-                ("node_a", Primary),
-                ("node_b", Secondary),
-                ("node_c", Secondary),
-            ],
-            T,
-        )?;
+        c.bootstrap_three()?;
         let h = history(c).await?;
         let t0 = Instant::now();
         c.net.as_ref().expect("multi-host").cut("n1", "n2")?;
