@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what pgha needs on a fresh Debian machine: PostgreSQL 15 (server binaries
 # under /usr/lib/postgresql/15/bin, and the unprivileged `postgres` OS user that runs
-# them when pgha runs as root), openssl and protoc (to build etcd's client); for the
-# tests (unless --runtime-only) also Prometheus (server and promtool), etcd, iproute2 and
-# nftables (the multi-host fault tests) and cargo-nextest.
+# them when pgha runs as root), pgBackRest (backups), openssl and protoc (to build
+# etcd's client); for the tests (unless --runtime-only) also Prometheus (server and
+# promtool), etcd, iproute2 and nftables (the multi-host fault tests) and cargo-nextest.
 set -euo pipefail
 runtime_only=false
 [ "${1:-}" = "--runtime-only" ] && runtime_only=true
@@ -12,6 +12,8 @@ need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
 # etcd's client is generated from .proto files at build time (the `etcd` feature).
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+# Backups (a formation file's `backup` section): every node runs pgBackRest.
+[ -x /usr/bin/pgbackrest ] || need_apt+=(pgbackrest)
 if ! $runtime_only; then
   command -v promtool >/dev/null || need_apt+=(prometheus)
   # The controller-group tests run a real etcd cluster.

@@ -157,6 +157,9 @@ pub struct AgentState {
     /// The last restart epoch carried out (`pgha restart`).
     #[serde(default)]
     pub restarted_epoch: u64,
+    /// The last backup request taken up (run, or refused here).
+    #[serde(default)]
+    pub backup_done_id: u64,
 }
 
 impl AgentState {

@@ -12,11 +12,13 @@
 //! - [`lease`]: the primary's lease: when it renews, and the watchdog that fences;
 //! - [`plan`]: the pure functions: what an assignment asks for, and
 //!   `(wanted, observation) -> step`;
+//! - [`backup`]: pgBackRest: its configuration, archiving, backup jobs, the repository;
 //! - [`agent`]: the loop that ties them together (the I/O shell).
 //!
 //! The controller API client is `pgha_api::client`, beside the contract it speaks.
 
 pub mod agent;
+pub mod backup;
 pub mod config;
 pub mod files;
 pub mod hooks;

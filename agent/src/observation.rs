@@ -49,4 +49,6 @@ pub struct Local {
     pub setting_errors: Vec<(String, String)>,
     /// PGDATA's filesystem (None when it cannot be read).
     pub disk: Option<pgha_api::DiskSpace>,
+    /// `pg_stat_archiver`, on a primary whose `archive_mode` is on.
+    pub archive: Option<pgha_api::ArchiveStatus>,
 }

@@ -71,8 +71,19 @@ pub async fn run(
             dir: cfg.pg_bin_dir.display().to_string(),
         });
     }
+    run_program(cfg, &path, bin, args, timeout).await
+}
+
+/// Runs a program as the Postgres OS user (as [`run`] does a Postgres binary).
+pub async fn run_program(
+    cfg: &AgentConfig,
+    path: &Path,
+    bin: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, PgError> {
     let who = run_as(cfg)?;
-    let mut cmd = Command::new(&path);
+    let mut cmd = Command::new(path);
     cmd.args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")

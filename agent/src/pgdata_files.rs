@@ -54,7 +54,12 @@ fn listen_addresses(hostname: &str) -> String {
 }
 
 /// Renders `postgresql.pgha.conf` for a role.
-pub fn render_conf(cfg: &AgentConfig, role: &Role, parameters: &Parameters) -> String {
+pub fn render_conf(
+    cfg: &AgentConfig,
+    role: &Role,
+    parameters: &Parameters,
+    backup: Option<&pgha_api::BackupSettings>,
+) -> String {
     let mut out = String::from(
         "# Written by the pgha agent; rewritten whenever the node's role changes. Do not edit:\n\
          # put your own settings in postgresql.conf or with ALTER SYSTEM.\n",
@@ -100,6 +105,19 @@ pub fn render_conf(cfg: &AgentConfig, role: &Role, parameters: &Parameters) -> S
         set("ssl", "on".into());
         set("ssl_cert_file", quote("server.crt"));
         set("ssl_key_file", quote("server.key"));
+    }
+    if let Some(b) = backup {
+        // On every node: Postgres archives only while primary, so a promoted standby
+        // archives at once, with no restart (archive_mode needs one).
+        set("archive_mode", "on".into());
+        set(
+            "archive_command",
+            quote(&crate::backup::archive_command(cfg, b)),
+        );
+        set(
+            "restore_command",
+            quote(&crate::backup::restore_command(cfg, b)),
+        );
     }
     match role {
         Role::Primary {
@@ -259,6 +277,7 @@ pub fn apply(
     role: &Role,
     parameters: &Parameters,
     peers: &[PeerNode],
+    backup: Option<&pgha_api::BackupSettings>,
     who: Option<pg::RunAs>,
 ) -> Result<bool, pg::PgError> {
     let pgdata = &cfg.pgdata;
@@ -274,7 +293,7 @@ pub fn apply(
     if *role != Role::Stopped {
         changed |= write_if_changed(
             &pgdata.join(CONF_FILE),
-            &render_conf(cfg, role, parameters),
+            &render_conf(cfg, role, parameters, backup),
             who,
         )?;
     }
@@ -377,6 +396,7 @@ mod tests {
                 slot: true,
             },
             &Parameters::new(),
+            None,
         );
         assert!(
             c.contains("primary_conninfo = 'host=''10.0.0.5'' port=5432 user=''pgha_replicator''")
@@ -391,6 +411,7 @@ mod tests {
                 slot: true,
             },
             &Parameters::new(),
+            None,
         );
         assert!(cut.contains("primary_conninfo = ''"));
         let from_standby = render_conf(
@@ -400,6 +421,7 @@ mod tests {
                 slot: false,
             },
             &Parameters::new(),
+            None,
         );
         assert!(from_standby.contains("primary_conninfo = 'host=''10.0.0.6'' port=5432"));
         assert!(from_standby.contains("primary_slot_name = ''"));
@@ -416,7 +438,19 @@ mod tests {
             &[("work_mem".to_string(), "16MB".to_string())]
                 .into_iter()
                 .collect(),
+            Some(&pgha_api::BackupSettings {
+                stanza: "orders".into(),
+                repository: "/srv/backups".into(),
+                retention_full: 2,
+                options: Default::default(),
+            }),
         );
+        assert!(c.contains("archive_mode = on"), "{c}");
+        assert!(
+            c.contains("--stanza=''orders'' archive-push %p'"),
+            "the archive command is quoted for the shell, then for postgresql.conf: {c}"
+        );
+        assert!(c.contains("archive-get %f \"%p\"'"), "{c}");
         assert!(c.contains("synchronous_standby_names = 'ANY 1 (pgha_standby_3)'"));
         assert!(c.contains("work_mem = '16MB'"));
         assert!(c.contains("max_slot_wal_keep_size = '8GB'"));

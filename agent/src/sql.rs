@@ -101,6 +101,26 @@ pub async fn read_local(
                 &[],
             )
             .await?;
+        let row = c
+            .query_one(
+                "SELECT current_setting('archive_mode') <> 'off', archived_count, last_archived_wal, \
+                        extract(epoch FROM now() - last_archived_time)::float8, \
+                        failed_count, last_failed_wal, \
+                        extract(epoch FROM now() - last_failed_time)::float8 \
+                 FROM pg_stat_archiver",
+                &[],
+            )
+            .await?;
+        let secs = |i: usize| row.get::<_, Option<f64>>(i).map(|s| s.max(0.0) as u64);
+        l.archive = row.get::<_, bool>(0).then(|| pgha_api::ArchiveStatus {
+            archived_count: row.get::<_, i64>(1) as u64,
+            last_archived_wal: row.get(2),
+            last_archived_s_ago: secs(3),
+            failed_count: row.get::<_, i64>(4) as u64,
+            last_failed_wal: row.get(5),
+            last_failed_s_ago: secs(6),
+            error: None,
+        });
         l.standbys = rows
             .iter()
             .map(|r| LocalStandby {

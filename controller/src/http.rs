@@ -134,6 +134,7 @@ pub fn router(
         )
         .route(routes::NODE, axum::routing::delete(drop_node))
         .route(routes::PAUSE, post(pause).delete(resume))
+        .route(routes::BACKUPS, get(backups).post(start_backup))
         .route(routes::REINIT, post(reinit))
         .route(routes::RESTART, post(restart))
         .route(routes::EVENTS, get(events))
@@ -337,6 +338,32 @@ async fn formation_state(
     st.status(&name, now_ms())
         .map(Json)
         .ok_or_else(|| unknown_formation(&name).into())
+}
+
+async fn backups(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> ApiResult<pgha_api::BackupsStatus> {
+    let st = lock(&ctx.shared);
+    st.backups_status(&name)
+        .map(Json)
+        .ok_or_else(|| unknown_formation(&name).into())
+}
+
+async fn start_backup(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<pgha_api::BackupStart>,
+) -> ApiResult<pgha_api::BackupsStatus> {
+    let mut st = lock(&ctx.shared);
+    let actor = caller.actor(&st);
+    Ok(Json(st.request_backup(
+        &name,
+        req.kind,
+        &actor,
+        now_ms(),
+    )?))
 }
 
 async fn switchover(

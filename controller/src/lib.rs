@@ -259,6 +259,7 @@ async fn reconcile_loop(shared: Shared, leadership: Arc<leader::Leadership>) {
             if let Err(e) = st.reconcile(&f, now_ms()) {
                 tracing::error!("reconcile failed: {e}");
             }
+            st.take_scheduled_backups(&f, now_ms());
         }
     }
 }

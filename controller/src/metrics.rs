@@ -135,6 +135,9 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
     let info = Family::<Labels, Gauge>::default();
     let blocked = Family::<Labels, Gauge>::default();
     let paused = Family::<Labels, Gauge>::default();
+    let archive_age = Family::<Labels, Gauge>::default();
+    let archive_failures = Family::<Labels, Counter>::default();
+    let archive_failing = Family::<Labels, Gauge>::default();
 
     for FormationReading {
         status,
@@ -189,6 +192,16 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
             if let (true, Some(p), Some(x)) = (is_standby, primary_lsn, n.lsn) {
                 lag.get_or_create(&l).set(p.bytes_ahead_of(x) as i64);
             }
+            if let Some(a) = &n.archive {
+                // Postgres' own count (a fresh registry each page, so inc_by sets it):
+                // it starts again on a newly promoted primary, which rate() reads as a
+                // counter reset.
+                archive_failures.get_or_create(&l).inc_by(a.failed_count);
+                archive_failing.get_or_create(&l).set(a.failing() as i64);
+                if let Some(age) = a.last_archived_s_ago {
+                    archive_age.get_or_create(&l).set(age as i64);
+                }
+            }
         }
     }
 
@@ -221,6 +234,21 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
         "replication_lag_bytes",
         "Bytes a standby is behind the primary, from their last reports",
         lag,
+    );
+    reg.register(
+        "archive_last_success_age_seconds",
+        "Seconds since the primary last archived a WAL segment to the backup repository",
+        archive_age,
+    );
+    reg.register(
+        "archive_failures",
+        "Failed attempts of the primary's archive command (pg_stat_archiver.failed_count)",
+        archive_failures,
+    );
+    reg.register(
+        "archive_failing",
+        "1 while the primary's last attempt to archive WAL failed",
+        archive_failing,
     );
     reg.register(
         "formation_term",

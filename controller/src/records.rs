@@ -163,6 +163,9 @@ pub struct NodeIntent {
     /// Bumped by each `pgha restart`: the node restarts its Postgres once per bump.
     #[serde(default)]
     pub restart_epoch: u64,
+    /// The last backup asked of this node (`pgha backup`, or the schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_request: Option<pgha_api::BackupRequest>,
 }
 
 /// What the node last reported (kept so `show state` reads right after a restart).
@@ -192,6 +195,7 @@ impl NodeRecord {
                 goal,
                 rebuild_epoch: 0,
                 restart_epoch: 0,
+                backup_request: None,
             },
             observed: NodeObserved {
                 reported: NodeState::Init,
@@ -374,6 +378,13 @@ impl FormationRecord {
     }
 
     /// `maxSlotWalKeepSize` in force.
+    /// The file's backup settings, as the agents apply them.
+    pub fn backup(&self) -> Option<pgha_api::BackupSettings> {
+        self.spec()
+            .and_then(|s| s.backup.as_ref())
+            .map(|b| b.settings(&self.name))
+    }
+
     pub fn max_slot_wal_keep_size(&self) -> String {
         self.spec()
             .and_then(|s| s.postgresql.max_slot_wal_keep_size.clone())

@@ -51,6 +51,12 @@ pub enum Rule {
     OperatorPause,
     OperatorReinit,
     OperatorRestart,
+    OperatorBackup,
+    ScheduledBackup,
+    BackupSucceeded,
+    BackupFailed,
+    ArchiveFailing,
+    ArchiveRecovered,
 }
 
 impl Rule {
@@ -99,6 +105,12 @@ impl Rule {
         Rule::OperatorPause,
         Rule::OperatorReinit,
         Rule::OperatorRestart,
+        Rule::OperatorBackup,
+        Rule::ScheduledBackup,
+        Rule::BackupSucceeded,
+        Rule::BackupFailed,
+        Rule::ArchiveFailing,
+        Rule::ArchiveRecovered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -147,6 +159,12 @@ impl Rule {
             Rule::OperatorPause => "operator_pause",
             Rule::OperatorReinit => "operator_reinit",
             Rule::OperatorRestart => "operator_restart",
+            Rule::OperatorBackup => "operator_backup",
+            Rule::ScheduledBackup => "scheduled_backup",
+            Rule::BackupSucceeded => "backup_succeeded",
+            Rule::BackupFailed => "backup_failed",
+            Rule::ArchiveFailing => "archive_failing",
+            Rule::ArchiveRecovered => "archive_recovered",
         }
     }
 

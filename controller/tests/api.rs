@@ -163,6 +163,8 @@ fn report(node_id: u64, reported: NodeState) -> NodeReport {
         auth_method: None,
         rebuilt_epoch: 0,
         restarted_epoch: 0,
+        backup_job: None,
+        backups: None,
     }
 }
 

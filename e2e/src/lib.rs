@@ -8,6 +8,7 @@
 //! (kills, freezes, stalled WAL receivers), `reads` what a test looks at (state,
 //! waits, URIs, connections, events, endpoints).
 
+mod backups;
 pub mod etcd;
 mod faults;
 pub mod history;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use backups::STANZA;
 pub use probe::{ProbeReport, WriteProbe};
 
 /// The `pgha` binary next to the test executable (target/<profile>/pgha), or `PGHA_BIN`.

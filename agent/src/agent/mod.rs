@@ -60,6 +60,8 @@ struct Agent {
     /// The operator's role-change hook.
     hooks: crate::hooks::Hooks,
     pre_promote: crate::hooks::PrePromote,
+    /// pgBackRest: configuration, stanza, backup jobs.
+    backups: crate::backup::Backups,
     /// Postgres' running state and role at the last tick (for the start/stop hooks).
     pg_was_running: Option<(bool, &'static str)>,
 }
@@ -196,6 +198,7 @@ pub async fn run(
         hooks: crate::hooks::Hooks::new(cfg.on_role_change.clone())
             .with_start_stop(cfg.on_start.clone(), cfg.on_stop.clone()),
         pg_was_running: None,
+        backups: Default::default(),
         pre_promote: crate::hooks::PrePromote::new(cfg.pre_promote.clone()),
         watchdog,
         lost_slots: Default::default(),

@@ -91,6 +91,12 @@ impl Agent {
             prepared_for,
             pending_restart: l.pending_restart.clone(),
             disk: l.disk,
+            archive: l.archive.clone().map(|mut a| {
+                if a.failing() {
+                    a.error = crate::backup::last_archive_error(&self.cfg);
+                }
+                a
+            }),
             lost_slots: self
                 .lost_slots
                 .iter()
@@ -143,6 +149,8 @@ impl Agent {
             auth_method: Some(self.cfg.auth.hba_name().to_string()),
             rebuilt_epoch: self.state.rebuilt_epoch,
             restarted_epoch: self.state.restarted_epoch,
+            backup_job: self.backups.last_job.clone(),
+            backups: self.backups.backups.clone(),
         };
         let sent = Instant::now();
         self.last_report = Some(sent);

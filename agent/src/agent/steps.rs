@@ -209,6 +209,7 @@ impl Agent {
             &role,
             &parameters,
             &peers,
+            a.and_then(|a| a.backup.as_ref()),
             self.who,
         )?)
     }

@@ -40,6 +40,7 @@ impl Agent {
             self.state.reported = Some(self.reported);
             self.state.save(&self.cfg)?;
         }
+        self.backup_duties(&l).await?;
         self.publish(&l);
         let fast = self.state.assignment.as_ref().is_some_and(|a| a.fast_poll)
             || acted
@@ -105,6 +106,23 @@ impl Agent {
             return Ok((true, Ok(())));
         }
         Ok((false, Ok(())))
+    }
+
+    /// pgBackRest's share of the pass: its configuration, the stanza and asked backups
+    /// on the primary (in the background).
+    async fn backup_duties(&mut self, l: &Local) -> anyhow::Result<()> {
+        let a = self.state.assignment.as_ref();
+        let now = crate::backup::Now {
+            settings: a.and_then(|a| a.backup.as_ref()),
+            request: a.and_then(|a| a.backup_request),
+            done_id: self.state.backup_done_id,
+            is_primary: self.reported.is_writable() && l.ready && l.in_recovery == Some(false),
+        };
+        if let Some(id) = self.backups.tick(&self.cfg, self.who, now).await {
+            self.state.backup_done_id = id;
+            self.state.save(&self.cfg)?;
+        }
+        Ok(())
     }
 
     /// A wait that lasts is said in the report (once, as the last error).

@@ -120,6 +120,8 @@ mod tests {
 
     fn assignment(goal: NodeState, peers: Vec<PeerNode>, upstream: Option<PeerNode>) -> Assignment {
         Assignment {
+            backup: None,
+            backup_request: None,
             node_id: 1,
             goal,
             term: 1,

@@ -71,4 +71,11 @@ pub struct Assignment {
     /// health endpoint answers 503.
     #[serde(default)]
     pub no_load_balance: bool,
+    /// The formation's backup settings: archiving on a primary, WAL from the
+    /// repository on a standby (None: the file has no `backup` section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::BackupSettings>,
+    /// A backup this node must take (the latest asked of it; done once per id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_request: Option<crate::BackupRequest>,
 }

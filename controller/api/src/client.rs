@@ -347,6 +347,22 @@ impl MonitorClient {
             .await
     }
 
+    /// `pgha backup`: asks the primary for a backup.
+    pub async fn start_backup(
+        &self,
+        formation: &str,
+        kind: crate::BackupKind,
+    ) -> Result<crate::BackupsStatus, ClientError> {
+        let path = routes::path(routes::BACKUPS, formation, None);
+        self.post(&path, &crate::BackupStart { kind }).await
+    }
+
+    /// `pgha show backups`.
+    pub async fn backups(&self, formation: &str) -> Result<crate::BackupsStatus, ClientError> {
+        self.get(&routes::path(routes::BACKUPS, formation, None))
+            .await
+    }
+
     /// `pgha pause` (true) or `pgha resume` (false).
     pub async fn set_paused(
         &self,

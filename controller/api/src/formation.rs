@@ -90,6 +90,9 @@ pub struct FormationSpec {
     /// Postgres settings applied to every node.
     #[serde(default)]
     pub postgresql: PostgresSpec,
+    /// Continuous archiving and backups with pgBackRest (none when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::backup::BackupSpec>,
     /// The nodes, at most 9. With `admission.declaredNodesOnly` (the default when any node is listed)
     /// only these may register, each from its declared host and port.
     #[serde(default)]

@@ -10,6 +10,7 @@
 //! API client).
 
 mod assignment;
+pub mod backup;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod formation;
@@ -30,6 +31,10 @@ pub use lsn::{Lsn, LsnParseError};
 pub use state::{ALL_STATES, NodeState, StateParseError};
 
 pub use assignment::*;
+pub use backup::{
+    ArchiveStatus, BackupInfo, BackupJob, BackupKind, BackupRequest, BackupSettings, BackupsStatus,
+    JobState,
+};
 pub use report::*;
 pub use requests::*;
 pub use status::*;

@@ -53,6 +53,9 @@ pub struct PgObservation {
     /// sees it) and its size. None from an agent that does not say.
     #[serde(default)]
     pub disk: Option<DiskSpace>,
+    /// WAL archiving, on a primary whose `archive_mode` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::ArchiveStatus>,
 }
 
 /// Free and total bytes of a filesystem.
@@ -120,6 +123,13 @@ pub struct NodeReport {
     /// The last restart epoch this node carried out (the assignment's `restart_epoch`).
     #[serde(default)]
     pub restarted_epoch: u64,
+    /// This node's last backup job (running or ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_job: Option<crate::BackupJob>,
+    /// The repository's backups, as this node last read them (a primary, after each
+    /// backup and every few minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<Vec<crate::BackupInfo>>,
 }
 
 #[cfg(test)]

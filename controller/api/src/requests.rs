@@ -69,3 +69,10 @@ pub struct ApiError {
     pub error: String,
     pub code: routes::ErrorCode,
 }
+
+/// `POST /v1/formations/{name}/backups`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupStart {
+    pub kind: crate::BackupKind,
+}

@@ -26,6 +26,9 @@ pub const NODE: &str = "/v1/formations/{name}/nodes/{node}";
 pub const REINIT: &str = "/v1/formations/{name}/nodes/{node}/reinit";
 /// `POST`: restart a node's Postgres (`pgha restart`).
 pub const RESTART: &str = "/v1/formations/{name}/nodes/{node}/restart";
+/// `GET`: the repository's backups and the last job (`pgha show backups`); `POST
+/// {kind}`: take a backup on the primary (`pgha backup`).
+pub const BACKUPS: &str = "/v1/formations/{name}/backups";
 /// `POST` pauses the formation (no assignment, no failover), `DELETE` resumes it.
 pub const PAUSE: &str = "/v1/formations/{name}/pause";
 
@@ -78,6 +81,8 @@ pub const ALL: &[Route] = &[
     route("DELETE", NODE, Access::Operate),
     route("POST", REINIT, Access::Operate),
     route("POST", RESTART, Access::Operate),
+    route("GET", BACKUPS, Access::Read),
+    route("POST", BACKUPS, Access::Operate),
     route("POST", PAUSE, Access::Operate),
     route("DELETE", PAUSE, Access::Operate),
 ];
@@ -140,6 +145,8 @@ pub enum ErrorCode {
     /// This controller is a follower (another one of the same etcd store leads): the
     /// request goes to the leader, whose URL the message names (503).
     NotLeader,
+    /// A backup cannot be taken now: no `backup` section, no primary, or one running.
+    BackupRefused,
     /// A code this client does not know (a newer controller).
     #[serde(other)]
     Unknown,

@@ -36,6 +36,9 @@ pub struct NodeStatus {
     /// PGDATA's filesystem, as last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<crate::report::DiskSpace>,
+    /// WAL archiving, on a primary with a backup repository, as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::ArchiveStatus>,
     /// Generation of the desired state applied on the node.
     #[serde(default)]
     pub applied_generation: u64,
@@ -115,6 +118,19 @@ impl FormationStatus {
         self.nodes
             .iter()
             .filter_map(|n| n.disk.filter(|d| d.is_low()).map(|d| (n.name.as_str(), d)))
+            .collect()
+    }
+
+    /// Nodes whose WAL archiving fails, with its status.
+    pub fn archive_failing_nodes(&self) -> Vec<(&str, &crate::ArchiveStatus)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                n.archive
+                    .as_ref()
+                    .filter(|a| a.failing())
+                    .map(|a| (n.name.as_str(), a))
+            })
             .collect()
     }
 

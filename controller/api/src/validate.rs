@@ -222,7 +222,7 @@ pub fn valid_wal_size(v: &str) -> bool {
         && matches!(unit, "kB" | "MB" | "GB" | "TB")
 }
 
-fn valid_identifier(s: &str) -> bool {
+pub(crate) fn valid_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some('a'..='z'))
         && s.len() <= 63
@@ -330,6 +330,19 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
                 "{v:?} is not a size: use a number with kB, MB, GB or TB (e.g. 8GB), or -1 for no limit"
             ),
         );
+    }
+    if let Some(b) = &s.backup {
+        for (field, msg) in b.check() {
+            err(format!("spec.backup.{field}"), msg);
+        }
+        for name in ["archive_mode", "archive_command", "archive_library"] {
+            if s.postgresql.parameters.contains_key(name) {
+                err(
+                    format!("spec.postgresql.parameters.{name}"),
+                    format!("{name} is set by pgha from spec.backup: remove one of the two"),
+                );
+            }
+        }
     }
     if s.nodes.len() > crate::formation::MAX_NODES {
         err(

@@ -1,6 +1,7 @@
 //! `pgha`: the one binary. Creates and runs the monitor (controller) and nodes (agents),
 //! reads state, and performs operations, with the verbs of pg_auto_failover's tutorial.
 
+mod backup;
 mod create;
 mod demo;
 mod formation;
@@ -68,6 +69,9 @@ enum Cmd {
     /// Restart a node's Postgres (a standby, or a lone primary; switch a primary with
     /// standbys over first). Settings from the formation file restart by themselves.
     Restart(NodeArgs),
+    /// Take a backup with pgBackRest on the primary (the formation file's backup
+    /// section says where), and follow it to the end.
+    Backup(backup::BackupArgs),
     /// Formation files: validate, diff against the monitor.
     #[command(subcommand)]
     Formation(formation::FormationCmd),
@@ -562,6 +566,7 @@ fn main() -> ExitCode {
             Cmd::Pause(a) => set_paused(a, true).await,
             Cmd::Reinit(a) => reinit(a).await,
             Cmd::Restart(a) => restart(a).await,
+            Cmd::Backup(a) => backup::backup(a).await,
             Cmd::Resume(a) => set_paused(a, false).await,
         }
     });

@@ -23,6 +23,8 @@ pub enum ShowCmd {
     /// The formation as a tree: the primary, the standbys streaming from it (and from
     /// them), with each standby's lag.
     Topology(StateArgs),
+    /// The backups in the formation's pgBackRest repository, and the last backup job.
+    Backups(StateArgs),
 }
 
 #[derive(Args)]
@@ -92,6 +94,7 @@ pub async fn run(cmd: ShowCmd) -> anyhow::Result<()> {
         ShowCmd::Formation(a) => formation(a).await,
         ShowCmd::History(a) => history(a).await,
         ShowCmd::Topology(a) => topology(a).await,
+        ShowCmd::Backups(a) => crate::backup::show_backups(a.monitor, &a.formation, a.json).await,
     }
 }
 
@@ -336,6 +339,17 @@ async fn state(a: StateArgs) -> anyhow::Result<()> {
             d.total_bytes >> 20
         );
     }
+    for (name, a) in st.archive_failing_nodes() {
+        println!(
+            "WARNING: {name}: archiving WAL to the backup repository fails ({} failures, segment {}): PGDATA keeps the WAL until it works{}",
+            a.failed_count,
+            a.last_failed_wal.as_deref().unwrap_or("?"),
+            a.error
+                .as_deref()
+                .map(|e| format!("; pgBackRest: {e}"))
+                .unwrap_or_default()
+        );
+    }
     for line in observed_vs_desired(&st) {
         println!("{line}");
     }
@@ -412,7 +426,7 @@ async fn uri(a: UriArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn format_time(ms: u64) -> String {
+pub fn format_time(ms: u64) -> String {
     // UTC, to the millisecond, without a date crate.
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);

@@ -11,6 +11,7 @@
 //! - [`promotion`]: failover and switchover metrics.
 
 mod auth;
+mod backup;
 mod gitops;
 mod operator;
 mod promotion;
@@ -58,6 +59,9 @@ pub struct Observed {
     pub restarted_epoch: u64,
     /// The term whose promotion of the node its pre-promote hook refused.
     pub promotion_refused_term: Option<u64>,
+    /// The node's last backup job, and the repository's backups as it last read them.
+    pub backup_job: Option<pgha_api::BackupJob>,
+    pub backups: Option<Vec<pgha_api::BackupInfo>>,
 }
 
 pub struct ControllerState {
@@ -88,6 +92,8 @@ pub struct ControllerState {
     refusals_recorded: HashMap<(std::net::IpAddr, String, pgha_api::routes::ErrorCode), u64>,
     /// This controller's URL while it leads a group on a shared store (None alone).
     pub leader_url: Option<String>,
+    /// When the schedule last asked each formation's primary for a backup.
+    scheduled_backup_at: HashMap<String, u64>,
     store: Box<dyn Store>,
 }
 
@@ -113,6 +119,7 @@ impl ControllerState {
             credentials: Default::default(),
             refusals_recorded: HashMap::new(),
             leader_url: None,
+            scheduled_backup_at: HashMap::new(),
             store,
         })
     }

@@ -37,10 +37,10 @@ impl From<StoreError> for ActionError {
 }
 
 /// What an operator asked of a node, for its event.
-struct Ask<'a> {
-    rule: Rule,
-    what: String,
-    actor: &'a str,
+pub(super) struct Ask<'a> {
+    pub(super) rule: Rule,
+    pub(super) what: String,
+    pub(super) actor: &'a str,
 }
 
 fn refused<T>(code: ErrorCode, message: String) -> Result<T, ActionError> {
@@ -55,7 +55,7 @@ pub fn unknown_formation(name: &str) -> ActionError {
 }
 
 impl ControllerState {
-    fn formation(&self, name: &str) -> Result<&FormationRecord, ActionError> {
+    pub(super) fn formation(&self, name: &str) -> Result<&FormationRecord, ActionError> {
         self.durable
             .formations
             .get(name)
@@ -458,7 +458,7 @@ impl ControllerState {
 
     /// Changes what an operator asked of a node (a flag, an epoch to act on), saves, and
     /// records what was asked and by whom.
-    fn change_node(
+    pub(super) fn change_node(
         &mut self,
         formation: &str,
         node: &str,

@@ -140,6 +140,8 @@ impl ControllerState {
             node_token: None,
             restart_epoch: n.intent.restart_epoch,
             no_load_balance: f.no_load_balance(n),
+            backup: f.backup(),
+            backup_request: n.intent.backup_request,
         })
     }
 
@@ -188,6 +190,7 @@ impl ControllerState {
                         fenced: o.fenced,
                         last_error: o.last_error.clone(),
                         disk: o.pg.disk,
+                        archive: o.pg.archive.clone(),
                         applied_generation: o.applied_generation,
                         pending_restart: o.pg.pending_restart.clone(),
                         auth_method: o.auth_method.clone(),

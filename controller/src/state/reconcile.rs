@@ -204,6 +204,14 @@ impl ControllerState {
         o.auth_method = r.auth_method.clone();
         o.rebuilt_epoch = r.rebuilt_epoch;
         o.restarted_epoch = r.restarted_epoch;
+        let job_ended = r.backup_job.as_ref().filter(|j| {
+            j.state != pgha_api::JobState::Running && o.backup_job.as_ref() != Some(*j)
+        });
+        let job_ended = job_ended.cloned();
+        o.backup_job = r.backup_job.clone();
+        if r.backups.is_some() {
+            o.backups = r.backups.clone();
+        }
         o.last_error = r.last_error.clone();
         let newly_refused = r.promotion_refused_term.is_some()
             && r.promotion_refused_term != o.promotion_refused_term;
@@ -241,6 +249,7 @@ impl ControllerState {
                 .cloned()
                 .collect();
         let was_low = o.pg.disk.is_some_and(|d| d.is_low());
+        let was_failing = o.pg.archive.as_ref().is_some_and(|a| a.failing());
         o.pg = r.pg.clone();
         let formation = r.formation.clone();
         if !newly_lost.is_empty() {
@@ -250,6 +259,14 @@ impl ControllerState {
             && d.is_low() != was_low
         {
             self.disk_space_changed(&formation, r.node_id, d, now_ms)?;
+        }
+        if let Some(a) = &r.pg.archive
+            && a.failing() != was_failing
+        {
+            self.archive_changed(&formation, r.node_id, a, now_ms)?;
+        }
+        if let Some(j) = job_ended {
+            self.backup_ended(&formation, r.node_id, &j, now_ms)?;
         }
         if newly_refused {
             self.promotion_refused(&formation, r, now_ms)?;
@@ -395,6 +412,72 @@ impl ControllerState {
                     mib(d.total_bytes)
                 ),
             )
+        };
+        self.node_event(formation, node_id, rule, text, now_ms)
+    }
+
+    /// An event when the primary's WAL archiving starts failing, or works again.
+    fn archive_changed(
+        &mut self,
+        formation: &str,
+        node_id: NodeId,
+        a: &pgha_api::ArchiveStatus,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let name = self.node_name(formation, node_id);
+        let (rule, text) = if a.failing() {
+            (
+                Rule::ArchiveFailing,
+                format!(
+                    "{name}: archiving WAL to the backup repository fails (segment {}, {} failures{}): Postgres keeps the WAL and retries, so PGDATA grows until it works, and a restore cannot reach past the last archived segment",
+                    a.last_failed_wal.as_deref().unwrap_or("?"),
+                    a.failed_count,
+                    a.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            )
+        } else {
+            (
+                Rule::ArchiveRecovered,
+                format!(
+                    "{name}: archiving works again (last archived {})",
+                    a.last_archived_wal.as_deref().unwrap_or("?")
+                ),
+            )
+        };
+        self.node_event(formation, node_id, rule, text, now_ms)
+    }
+
+    /// An event when a node's backup job ends.
+    fn backup_ended(
+        &mut self,
+        formation: &str,
+        node_id: NodeId,
+        j: &pgha_api::BackupJob,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let name = self.node_name(formation, node_id);
+        if j.state == pgha_api::JobState::Succeeded {
+            // The schedule may ask again as soon as the next one is due.
+            self.scheduled_backup_at.remove(formation);
+        }
+        let secs = j.elapsed_ms as f64 / 1000.0;
+        let (rule, text) = match j.state {
+            pgha_api::JobState::Failed => (
+                Rule::BackupFailed,
+                format!(
+                    "{name}: {} backup {} failed after {secs:.1} s: {}",
+                    j.kind,
+                    j.id,
+                    j.message.as_deref().unwrap_or("no reason given")
+                ),
+            ),
+            _ => (
+                Rule::BackupSucceeded,
+                format!("{name}: {} backup {} done in {secs:.1} s", j.kind, j.id),
+            ),
         };
         self.node_event(formation, node_id, rule, text, now_ms)
     }

@@ -178,6 +178,8 @@ fn report(node_id: NodeId, reported: NodeState, term: u64) -> NodeReport {
         auth_method: None,
         rebuilt_epoch: 0,
         restarted_epoch: 0,
+        backup_job: None,
+        backups: None,
     }
 }
 

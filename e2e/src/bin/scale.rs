@@ -169,6 +169,7 @@ impl SimNode {
                 prepared_for: if writable { peers } else { vec![] },
                 pending_restart: vec![],
                 disk: None,
+                archive: None,
                 streamed_from: Some(StreamHistory {
                     watching_ms: started.elapsed().as_millis() as u64,
                     contacts: st
@@ -190,6 +191,8 @@ impl SimNode {
             auth_method: Some("scram-sha-256".into()),
             rebuilt_epoch: st.rebuild_epoch,
             restarted_epoch: st.restart_epoch,
+            backup_job: None,
+            backups: None,
         }
     }
 }

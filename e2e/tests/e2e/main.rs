@@ -3,6 +3,7 @@
 //! `pgha_e2e` (the crate's `src/`). nextest runs these tests one at a time
 //! (`.config/nextest.toml`), so two cores are not swamped.
 
+mod backups;
 mod bad_input;
 mod controllers;
 mod day2;
