@@ -69,6 +69,20 @@ pub struct AgentConfig {
     /// had one, until its first report is answered with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_token: Option<String>,
+    /// Build this node (a formation's first) from another formation's backups instead
+    /// of initdb (`create postgres --restore-from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<RestoreFrom>,
+}
+
+/// Where a point-in-time recovery reads from, and up to when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreFrom {
+    /// The pgBackRest stanza of the source formation (in this formation's repository).
+    pub stanza: String,
+    /// `recovery_target_time`; None: replay every archived WAL segment.
+    pub target_time: Option<String>,
 }
 
 impl AgentConfig {

@@ -22,6 +22,9 @@ pub struct Local {
     /// Accepting connections and answered our queries.
     pub ready: bool,
     pub standby_signal: bool,
+    /// This node was restored to a point in time and has not finished: Postgres
+    /// promotes itself at the recovery target.
+    pub point_in_time_recovery: bool,
     /// A backup_label is present (fresh base backup or rewind not yet started).
     pub backup_label: bool,
     pub in_recovery: Option<bool>,

@@ -96,6 +96,7 @@ pub async fn observe(cfg: &AgentConfig) -> Local {
         disk: disk_space(pgdata),
         initialized: pgdata.join("PG_VERSION").exists(),
         standby_signal: pgdata.join("standby.signal").exists(),
+        point_in_time_recovery: crate::backup::pitr_marker(cfg).exists(),
         backup_label: pgdata.join("backup_label").exists(),
         ..Local::default()
     };

@@ -335,6 +335,7 @@ mod tests {
             http_port: 0,
             replication_password: "secret".into(),
             node_token: None,
+            restore_from: None,
             metrics_listen: None,
             on_role_change: None,
             pre_promote: None,

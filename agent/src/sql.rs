@@ -225,6 +225,20 @@ pub async fn setup_primary(c: &Client, cfg: &AgentConfig, slots: &[String]) -> a
     Ok(())
 }
 
+/// Gives the replication role this formation's password (a node restored from another
+/// formation's backup has that formation's).
+pub async fn set_replication_password(c: &Client, cfg: &AgentConfig) -> anyhow::Result<()> {
+    c.batch_execute("SET synchronous_commit TO local").await?;
+    let verifier = scram_verifier(&cfg.replication_password);
+    c.batch_execute(&format!(
+        "ALTER ROLE {} WITH PASSWORD {}",
+        pgha_api::REPLICATION_USER,
+        quote_literal(&verifier)
+    ))
+    .await
+    .context("setting the replication role's password")
+}
+
 /// Promotes the local standby and records the new timeline in pg_control at once, so
 /// that pg_rewind of the old primary against this node finds it.
 pub async fn promote(c: &Client) -> anyhow::Result<()> {

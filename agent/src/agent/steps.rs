@@ -20,8 +20,13 @@ impl Agent {
             Step::Blocked(why) => anyhow::bail!("cannot reach {goal}: {why}"),
             Step::Initdb => {
                 prepare_dir(&cfg.pgdata, self.who)?;
-                tracing::info!(pgdata = %cfg.pgdata.display(), "initdb");
-                pg::initdb(cfg).await?;
+                match cfg.restore_from.clone() {
+                    Some(from) => self.restore_point_in_time(&from).await?,
+                    None => {
+                        tracing::info!(pgdata = %cfg.pgdata.display(), "initdb");
+                        pg::initdb(cfg).await?;
+                    }
+                }
                 self.after_new_pgdata(goal).await
             }
             Step::BaseBackup => {
@@ -32,8 +37,15 @@ impl Agent {
                         .with_context(|| format!("removing {}", tmp.display()))?;
                 }
                 prepare_dir(&tmp, self.who)?;
-                tracing::info!(upstream = %format!("{}:{}", up.0, up.1), "pg_basebackup");
-                pg::basebackup(cfg, &tmp, &up.0, up.1).await?;
+                if !self.restore_standby(&tmp).await? {
+                    tracing::info!(upstream = %format!("{}:{}", up.0, up.1), "pg_basebackup");
+                    let t0 = std::time::Instant::now();
+                    pg::basebackup(cfg, &tmp, &up.0, up.1).await?;
+                    tracing::info!(
+                        secs = t0.elapsed().as_secs_f64(),
+                        "copied from the upstream by pg_basebackup"
+                    );
+                }
                 if cfg.pgdata.exists() {
                     // Only an empty directory can be here (initialized is false).
                     std::fs::remove_dir(&cfg.pgdata).with_context(|| {
@@ -165,6 +177,103 @@ impl Agent {
         std::fs::rename(&self.cfg.pgdata, &aside)
             .with_context(|| format!("moving PGDATA to {}", aside.display()))?;
         Ok(())
+    }
+
+    /// A new standby from the formation's backup repository, when it has one: the
+    /// latest backup, then WAL from the archive, then streaming; nothing is copied from
+    /// the primary but the WAL since the archive's end. False (and `into` emptied) when
+    /// there is no repository or no backup in it: the caller copies from the upstream.
+    async fn restore_standby(&self, into: &std::path::Path) -> anyhow::Result<bool> {
+        let Some(s) = self
+            .state
+            .assignment
+            .as_ref()
+            .and_then(|a| a.backup.clone())
+        else {
+            return Ok(false);
+        };
+        crate::backup::write_conf(&self.cfg, &s, self.who)?;
+        let t0 = std::time::Instant::now();
+        tracing::info!(stanza = %s.stanza, "restoring a standby from the backup repository");
+        if let Err(e) = crate::backup::restore(
+            &self.cfg,
+            &s.stanza,
+            into,
+            crate::backup::RestoreTarget::Standby,
+        )
+        .await
+        {
+            tracing::warn!("no standby from the repository ({e}); copying from the upstream");
+            std::fs::remove_dir_all(into)
+                .with_context(|| format!("removing {}", into.display()))?;
+            prepare_dir(into, self.who)?;
+            return Ok(false);
+        }
+        crate::backup::strip_recovery_settings(into, self.who)?;
+        tracing::info!(
+            secs = t0.elapsed().as_secs_f64(),
+            "restored from the backup repository; replays the archive, then streams"
+        );
+        Ok(true)
+    }
+
+    /// `create postgres --restore-from`: this formation's first node, from another
+    /// formation's backups, recovered up to the target and promoted by Postgres. The
+    /// recovery settings the restore wrote stay until the promotion
+    /// ([`Agent::finish_point_in_time_recovery`]).
+    async fn restore_point_in_time(&self, from: &crate::config::RestoreFrom) -> anyhow::Result<()> {
+        let s = self
+            .state
+            .assignment
+            .as_ref()
+            .and_then(|a| a.backup.clone())
+            .context("--restore-from needs a backup section in this formation's file: it names the repository to restore from")?;
+        crate::backup::write_conf(&self.cfg, &s, self.who)?;
+        tracing::info!(
+            stanza = %from.stanza,
+            target = from.target_time.as_deref().unwrap_or("the end of the archive"),
+            "point-in-time recovery from the backup repository"
+        );
+        crate::backup::restore(
+            &self.cfg,
+            &from.stanza,
+            &self.cfg.pgdata,
+            crate::backup::RestoreTarget::PointInTime {
+                target_time: from.target_time.as_deref(),
+            },
+        )
+        .await?;
+        // This formation's own stanza, before Postgres starts and archives the new
+        // timeline's history file (offline: from pg_control).
+        crate::backup::pgbackrest(
+            &self.cfg,
+            &s,
+            "stanza-create",
+            &["--no-online"],
+            Duration::from_secs(120),
+        )
+        .await?;
+        crate::config::write_atomically(&crate::backup::pitr_marker(&self.cfg), b"")?;
+        Ok(())
+    }
+
+    /// Once Postgres promoted itself at the end of a point-in-time recovery: the
+    /// replication role gets this formation's password (the restored one is the source
+    /// formation's), and the restore's recovery settings go (pgha's take over). Those
+    /// take a restart, done here, before the node reports itself single.
+    /// True when it acted (the pass ends there).
+    pub(super) async fn finish_point_in_time_recovery(&self, l: &Local) -> anyhow::Result<bool> {
+        let marker = crate::backup::pitr_marker(&self.cfg);
+        if !(l.point_in_time_recovery && l.ready && l.in_recovery == Some(false)) {
+            return Ok(false);
+        }
+        let c = observe::local_client(&self.cfg).await?;
+        sql::set_replication_password(&c, &self.cfg).await?;
+        crate::backup::strip_recovery_settings(&self.cfg.pgdata, self.who)?;
+        pg::stop(&self.cfg).await?;
+        std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+        tracing::info!("point-in-time recovery done: this node is the formation's primary");
+        Ok(true)
     }
 
     async fn after_new_pgdata(&mut self, goal: NodeState) -> anyhow::Result<()> {

@@ -16,6 +16,9 @@ impl Agent {
         if self.rebuild_if_asked(&l).await? || self.restart_if_asked(&l).await? {
             return Ok(FAST_PAUSE);
         }
+        if self.finish_point_in_time_recovery(&l).await? {
+            return Ok(FAST_PAUSE);
+        }
         self.check_lease(self.effective_goal())?;
         self.arm_watchdog();
         let goal = self.effective_goal();

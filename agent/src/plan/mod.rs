@@ -68,7 +68,12 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
             return Step::Wait("Postgres is starting");
         }
         if l.in_recovery == Some(true) {
-            return Step::Promote;
+            return if l.point_in_time_recovery {
+                // Postgres promotes itself at the recovery target.
+                Step::Wait("point-in-time recovery replays WAL from the backup repository")
+            } else {
+                Step::Promote
+            };
         }
         if !l.replicator_exists || !l.dbname_exists || slots_to_change(w, l) {
             return Step::SetupPrimary;
@@ -220,6 +225,16 @@ mod tests {
         l.replicator_exists = false;
         assert_eq!(next_step(&w, &l), Step::SetupPrimary);
         assert_eq!(next_step(&w, &running_primary()), Step::Reached);
+    }
+
+    #[test]
+    fn a_point_in_time_recovery_is_left_to_promote_itself() {
+        let w = wanted(NodeState::Single);
+        let mut l = running_primary();
+        l.in_recovery = Some(true);
+        assert_eq!(next_step(&w, &l), Step::Promote);
+        l.point_in_time_recovery = true;
+        assert!(matches!(next_step(&w, &l), Step::Wait(_)));
     }
 
     #[test]

@@ -174,9 +174,47 @@ pub struct PostgresArgs {
     /// <role it had>`. Set on the node, never in the formation file.
     #[arg(long)]
     on_stop: Option<PathBuf>,
+    /// Build this node, the first of its formation, from the backups of formation
+    /// FROM (its pgBackRest stanza, in the repository this formation's file names)
+    /// instead of initdb: point-in-time recovery, then it runs as single.
+    #[arg(long, value_name = "FROM")]
+    restore_from: Option<String>,
+    /// With --restore-from: recover up to this time (e.g. `2026-12-03 06:20:00+00`),
+    /// then promote; without it, every archived WAL segment is replayed.
+    #[arg(long, requires = "restore_from")]
+    target_time: Option<String>,
     /// Run the agent in the foreground once created.
     #[arg(long)]
     run: bool,
+}
+
+/// `--restore-from` and `--target-time`, checked before anything is registered.
+fn restore_from(a: &PostgresArgs) -> anyhow::Result<Option<pgha_agent::config::RestoreFrom>> {
+    let Some(stanza) = &a.restore_from else {
+        return Ok(None);
+    };
+    let ok_name = stanza.len() <= 63
+        && stanza.starts_with(|c: char| c.is_ascii_lowercase())
+        && stanza
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok_name {
+        bail!("--restore-from {stanza:?}: not a formation (stanza) name");
+    }
+    if let Some(t) = &a.target_time {
+        let ok_time = !t.is_empty()
+            && t.len() <= 64
+            && t.starts_with(|c: char| c.is_ascii_digit())
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || " :-+./_".contains(c));
+        if !ok_time {
+            bail!("--target-time {t:?}: expected a timestamp such as \"2026-12-03 06:20:00+00\"");
+        }
+    }
+    Ok(Some(pgha_agent::config::RestoreFrom {
+        stanza: stanza.clone(),
+        target_time: a.target_time.clone(),
+    }))
 }
 
 pub async fn run(cmd: CreateCmd) -> anyhow::Result<()> {
@@ -597,6 +635,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
     let pre_promote = executable_hook("--pre-promote", a.pre_promote.as_deref())?;
     let on_start = executable_hook("--on-start", a.on_start.as_deref())?;
     let on_stop = executable_hook("--on-stop", a.on_stop.as_deref())?;
+    let restore_from = restore_from(&a)?;
     if let Some(m) = &a.metrics_listen {
         m.parse::<std::net::SocketAddr>()
             .with_context(|| format!("--metrics-listen {m:?}: expected ADDRESS:PORT"))?;
@@ -650,7 +689,18 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         on_stop,
         replication_password: reg.replication_password.clone(),
         node_token: Some(reg.node_token.clone()),
+        restore_from,
     };
+    if cfg.restore_from.is_some() && reg.assigned_state != pgha_api::NodeState::Single {
+        bail!(
+            "--restore-from builds a formation's first node, and {:?} has one already: {} was registered as node {} (assigned {}); drop it with `pgha drop node --name {}`",
+            cfg.formation,
+            reg.name,
+            reg.node_id,
+            reg.assigned_state,
+            reg.name
+        );
+    }
     cfg.save()?;
     eprintln!(
         "registered {} as node {} of formation {:?}, assigned {}; start it with: pgha run --pgdata {}",

@@ -41,7 +41,7 @@ enum LogFormat {
 enum Cmd {
     /// Create a monitor or a Postgres node.
     #[command(subcommand)]
-    Create(create::CreateCmd),
+    Create(Box<create::CreateCmd>),
     /// Run the monitor (--dir) or a node's agent (--pgdata) in the foreground.
     Run(RunArgs),
     /// Read state: state, uri, events, systemd.
@@ -551,7 +551,7 @@ fn main() -> ExitCode {
     }
     let res = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Create(c) => create::run(c).await,
+            Cmd::Create(c) => create::run(*c).await,
             Cmd::Run(a) => run(a).await,
             Cmd::Show(s) => show::run(s).await,
             Cmd::Perform(PerformCmd::Switchover(a)) => switchover(a, None).await,

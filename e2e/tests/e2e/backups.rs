@@ -3,6 +3,7 @@
 //! primary, and an archive that fails is an event, a metric and a `show state` line
 //! until it works again.
 
+use anyhow::Context;
 use pgha_api::NodeState::*;
 use pgha_e2e::{Cluster, scenario};
 use std::time::{Duration, Instant};
@@ -130,8 +131,56 @@ async fn backups_and_archiving_follow_the_primary_across_switchover_and_failover
             "{events}"
         );
         println!("last segment switched: {seg}");
+
+        // Point-in-time recovery to a second after the failover, while writes go on.
+        probe.wait_for_more(20, T).await?;
+        let target = db_now(c, 0).await?;
+        probe.wait_for_more(20, T).await?;
         let r = probe.finish_without_loss().await?;
         println!("write probe: {r:?}");
+        switch_wal(c, 0).await?;
+        let t2 = Instant::now();
+        let i = restore_formation(c, "restored", "default", &target)?;
+        println!("point-in-time recovery to {target} in {:?}", t2.elapsed());
+        let original = probe_rows(c, 0).await?;
+        let restored: Vec<i64> = probe_rows(c, i)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let k = *restored.last().context("nothing restored")?;
+        let prefix: Vec<i64> = original
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| *id <= k)
+            .collect();
+        anyhow::ensure!(
+            restored == prefix,
+            "the restore is not the original up to id {k}: {} rows vs {}",
+            restored.len(),
+            prefix.len()
+        );
+        let at = |id: i64| original.iter().find(|(x, _)| *x == id).map(|(_, t)| *t);
+        let target_s = epoch_of(c, 0, &target).await?;
+        anyhow::ensure!(
+            at(k).is_some_and(|t| t <= target_s),
+            "row {k} was written after the target"
+        );
+        let next = original
+            .iter()
+            .find(|(id, _)| *id > k)
+            .context("no row after the target")?;
+        anyhow::ensure!(
+            next.1 > target_s - 1.0,
+            "row {} (at {}) was lost: the target is {target_s}",
+            next.0,
+            next.1
+        );
+        println!(
+            "restored {} writes up to id {k}; the first one after the target ({}) is not there",
+            restored.len(),
+            next.0
+        );
 
         // Bad requests say why: a backup with no running primary's peer is fine, but
         // an unknown type is refused by the CLI.
@@ -217,6 +266,105 @@ async fn a_failing_archive_is_an_event_a_metric_and_a_warning_until_it_works() {
     .await;
 }
 
+/// The database's clock now, as a `--target-time`.
+async fn db_now(c: &Cluster, i: usize) -> anyhow::Result<String> {
+    let db = c.connect_node(i).await?;
+    let row = db
+        .query_one(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+async fn epoch_of(c: &Cluster, i: usize, time: &str) -> anyhow::Result<f64> {
+    let db = c.connect_node(i).await?;
+    let row = db
+        .query_one(
+            "SELECT extract(epoch FROM $1::text::timestamptz)::float8",
+            &[&time],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The write probe's rows on node `i`: id and when its transaction started.
+async fn probe_rows(c: &Cluster, i: usize) -> anyhow::Result<Vec<(i64, f64)>> {
+    let db = c.connect_node(i).await?;
+    let rows = db
+        .query(
+            "SELECT id, extract(epoch FROM at)::float8 FROM write_probe ORDER BY id",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A new formation `name` whose first node is restored from `from`'s backups up to
+/// `target`; waits until it runs as single. Returns the node's index.
+fn restore_formation(
+    c: &mut Cluster,
+    name: &str,
+    from: &str,
+    target: &str,
+) -> anyhow::Result<usize> {
+    let repo = c.backup_repository()?;
+    c.write_formation(
+        &format!("{name}.yaml"),
+        &format!(
+            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: {name}\nspec:\n  dbname: appdb\n  backup:\n    repository: {}\n",
+            repo.display()
+        ),
+    )?;
+    let t0 = Instant::now();
+    let node = format!("{name}_1");
+    let i = loop {
+        match c.add_node_with(
+            &node,
+            &[
+                "--formation",
+                name,
+                "--restore-from",
+                from,
+                "--target-time",
+                target,
+            ],
+        ) {
+            Ok(i) => break i,
+            // The monitor reads the new file within a moment.
+            Err(e) if t0.elapsed() < Duration::from_secs(10) => {
+                println!("not yet: {e:#}");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let t0 = Instant::now();
+    loop {
+        let st = c.pgha_ok(&[
+            "show",
+            "state",
+            "--formation",
+            name,
+            "--json",
+            "--monitor",
+            &c.monitor_url,
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(&st)?;
+        let single = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["reported_state"] == "single");
+        if single {
+            return Ok(i);
+        }
+        anyhow::ensure!(t0.elapsed() < T, "{node} never ran as single: {st}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// File names under `dir`, recursively.
 fn walk_names(dir: &std::path::Path) -> Vec<String> {
     let mut out = vec![];
@@ -229,4 +377,126 @@ fn walk_names(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// The DBA's mistake: a dropped table, restored to the second before the DROP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_table_comes_back_with_a_restore_to_just_before() {
+    scenario(async |c| {
+        declare_backups(c)?;
+        c.add_node("node_a")?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        let m = c.join_url.clone();
+        let db = c.connect_node(0).await?;
+        db.batch_execute(
+            "CREATE TABLE foo (id int PRIMARY KEY, note text); \
+             INSERT INTO foo SELECT g, 'row ' || g FROM generate_series(1, 10000) g",
+        )
+        .await?;
+        c.pgha_ok(&["backup", "--monitor", &m])?;
+        db.batch_execute(
+            "INSERT INTO foo SELECT g, 'later ' || g FROM generate_series(10001, 12000) g",
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let before = db_now(c, 0).await?;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        db.batch_execute("DROP TABLE foo").await?;
+        switch_wal(c, 0).await?;
+        let i = restore_formation(c, "rescue", "default", &before)?;
+        let r = c.connect_node(i).await?;
+        let n: i64 = r.query_one("SELECT count(*) FROM foo", &[]).await?.get(0);
+        anyhow::ensure!(n == 12_000, "foo has {n} rows after the restore");
+        // The restored node is a primary of its own formation: it takes writes, and
+        // archives into its own stanza.
+        r.batch_execute("INSERT INTO foo VALUES (12001, 'after the restore')")
+            .await?;
+        let shown = c.pgha_ok(&[
+            "show",
+            "state",
+            "--formation",
+            "rescue",
+            "--monitor",
+            &c.monitor_url,
+        ])?;
+        println!("{shown}");
+        Ok(())
+    })
+    .await;
+}
+
+/// A new standby of a formation with backups is restored from the repository and
+/// replays the archive: the primary serves it no base backup, only the WAL since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_standby_is_built_from_the_repository_not_copied_from_the_primary() {
+    scenario(async |c| {
+        declare_backups(c)?;
+        c.add_node("node_a")?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        c.allow_client(0)?;
+        let m = c.join_url.clone();
+        let db = c.connect_node(0).await?;
+        db.batch_execute(
+            "CREATE TABLE big (id int PRIMARY KEY, pad text); \
+             INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 200000) g",
+        )
+        .await?;
+        c.pgha_ok(&["backup", "--monitor", &m])?;
+        // Writes after the backup: the standby finds them in the archive.
+        db.batch_execute(
+            "INSERT INTO big SELECT g, 'after' FROM generate_series(200001, 210000) g",
+        )
+        .await?;
+        switch_wal(c, 0).await?;
+
+        // Watch the primary's walsenders while node_b joins: a base backup would show
+        // as a walsender in state `backup`.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watch = {
+            let db = c.connect_node(0).await?;
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut seen: Vec<(String, String)> = vec![];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(rows) = db
+                        .query(
+                            "SELECT application_name, state FROM pg_stat_replication",
+                            &[],
+                        )
+                        .await
+                    {
+                        for r in rows {
+                            let seen_now = (r.get(0), r.get(1));
+                            if !seen.contains(&seen_now) {
+                                seen.push(seen_now);
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                seen
+            })
+        };
+        let t0 = Instant::now();
+        c.add_node("node_b")?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        println!("node_b joined from the repository in {:?}", t0.elapsed());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = watch.await?;
+        println!("walsenders seen on the primary while node_b joined: {seen:?}");
+        anyhow::ensure!(
+            seen.iter().all(|(_, state)| state != "backup"),
+            "a base backup ran on the primary: {seen:?}"
+        );
+        let log = std::fs::read_to_string(c.path().join("node_b.log"))?;
+        anyhow::ensure!(
+            log.contains("restored from the backup repository") && !log.contains("pg_basebackup"),
+            "node_b was not restored from the repository"
+        );
+        let b = c.connect_node(1).await?;
+        let n: i64 = b.query_one("SELECT count(*) FROM big", &[]).await?.get(0);
+        anyhow::ensure!(n == 210_000, "node_b has {n} rows");
+        Ok(())
+    })
+    .await;
 }
