@@ -53,15 +53,8 @@ pub fn restore_command(cfg: &AgentConfig, s: &BackupSettings) -> String {
 /// (pg_stat_archiver says only that it failed): pgBackRest's errors (`ERROR: [041]:
 /// …`) land in the Postgres log, as the archive command's stderr.
 pub fn last_archive_error(cfg: &AgentConfig) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
     // Only the tail: the log grows for as long as Postgres runs.
-    let mut f = std::fs::File::open(cfg.log_file()).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))
-        .ok()?;
-    let mut tail = vec![];
-    f.read_to_end(&mut tail).ok()?;
-    last_pgbackrest_error(&String::from_utf8_lossy(&tail))
+    last_pgbackrest_error(&log_tail(cfg, 64 * 1024)?)
 }
 
 fn last_pgbackrest_error(log: &str) -> Option<String> {
@@ -166,6 +159,28 @@ async fn pgbackrest_on(
 /// Present from a point-in-time restore until its promotion is finished.
 pub fn pitr_marker(cfg: &AgentConfig) -> PathBuf {
     cfg.state_dir().join("point-in-time-recovery")
+}
+
+/// Postgres' last start ended because its point-in-time recovery ran out of archive
+/// before the target (from the tail of the Postgres log).
+pub fn recovery_short_of_target(cfg: &AgentConfig) -> bool {
+    const SHORT: &str = "recovery ended before configured recovery target was reached";
+    let Some(tail) = log_tail(cfg, 8 * 1024) else {
+        return false;
+    };
+    let last_start = tail.rfind("starting PostgreSQL").unwrap_or(0);
+    tail[last_start..].contains(SHORT)
+}
+
+/// The last `bytes` of the Postgres log.
+fn log_tail(cfg: &AgentConfig, bytes: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(cfg.log_file()).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(bytes))).ok()?;
+    let mut tail = vec![];
+    f.read_to_end(&mut tail).ok()?;
+    Some(String::from_utf8_lossy(&tail).into_owned())
 }
 
 /// What a restore builds.

@@ -118,6 +118,11 @@ pub fn render_conf(
             "restore_command",
             quote(&crate::backup::restore_command(cfg, b)),
         );
+        // A quiet primary still archives its WAL within a minute: a point-in-time
+        // recovery can reach any second older than that.
+        if !parameters.contains_key("archive_timeout") {
+            set("archive_timeout", quote("60s"));
+        }
     }
     match role {
         Role::Primary {

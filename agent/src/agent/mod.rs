@@ -60,6 +60,8 @@ struct Agent {
     /// The operator's role-change hook.
     hooks: crate::hooks::Hooks,
     pre_promote: crate::hooks::PrePromote,
+    /// When a point-in-time recovery short of its target was last started again.
+    pitr_retry_at: Option<Instant>,
     /// pgBackRest: configuration, stanza, backup jobs.
     backups: crate::backup::Backups,
     /// Postgres' running state and role at the last tick (for the start/stop hooks).
@@ -199,6 +201,7 @@ pub async fn run(
             .with_start_stop(cfg.on_start.clone(), cfg.on_stop.clone()),
         pg_was_running: None,
         backups: Default::default(),
+        pitr_retry_at: None,
         pre_promote: crate::hooks::PrePromote::new(cfg.pre_promote.clone()),
         watchdog,
         lost_slots: Default::default(),

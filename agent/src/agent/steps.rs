@@ -88,10 +88,13 @@ impl Agent {
                         ),
                     );
                 }
+                if self.point_in_time_recovery_waits() {
+                    return Ok(());
+                }
                 self.start_attempts += 1;
                 self.apply_conf(goal)?;
                 tracing::info!(attempt = self.start_attempts, "starting Postgres");
-                pg::start(cfg).await?;
+                pg::start(&self.cfg).await?;
                 Ok(())
             }
             Step::Stop if !goal.is_stopped() => {
@@ -255,6 +258,36 @@ impl Agent {
         .await?;
         crate::config::write_atomically(&crate::backup::pitr_marker(&self.cfg), b"")?;
         Ok(())
+    }
+
+    /// A point-in-time recovery whose archive ends before the target (the source has not
+    /// archived the WAL up to it yet: its `archive_timeout`, 60 s by default, bounds
+    /// that): Postgres stops at the end of the archive. Said in the report, and started
+    /// again every 5 s until the WAL is there. True while waiting.
+    fn point_in_time_recovery_waits(&mut self) -> bool {
+        const RETRY: Duration = Duration::from_secs(5);
+        if !crate::backup::pitr_marker(&self.cfg).exists()
+            || !crate::backup::recovery_short_of_target(&self.cfg)
+        {
+            self.pitr_retry_at = None;
+            return false;
+        }
+        let target = self
+            .cfg
+            .restore_from
+            .as_ref()
+            .and_then(|r| r.target_time.clone())
+            .unwrap_or_default();
+        self.last_error = Some(format!(
+            "point-in-time recovery: the archive ends before the target {target}; waiting for the source formation to archive its WAL up to it (its archive_timeout bounds the wait; `SELECT pg_switch_wal()` on its primary ends it now)"
+        ));
+        match self.pitr_retry_at {
+            Some(t) if t.elapsed() < RETRY => true,
+            _ => {
+                self.pitr_retry_at = Some(Instant::now());
+                false
+            }
+        }
     }
 
     /// Once Postgres promoted itself at the end of a point-in-time recovery: the

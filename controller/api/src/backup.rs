@@ -120,6 +120,34 @@ pub fn parse_every(s: &str) -> Result<u64, String> {
     Ok(n * secs)
 }
 
+impl BackupSchedule {
+    /// The backup due at `now_s` (unix seconds) given the repository's `backups`: a
+    /// full one when none is younger than `fullEvery`, else a differential one when no
+    /// backup at all is younger than `diffEvery`.
+    pub fn due(&self, backups: &[BackupInfo], now_s: u64) -> Option<BackupKind> {
+        let last = |full_only: bool| {
+            backups
+                .iter()
+                .filter(|b| !full_only || b.kind == BackupKind::Full)
+                .map(|b| b.stopped)
+                .max()
+        };
+        let older = |every: &Option<String>, last: Option<u64>| {
+            every
+                .as_deref()
+                .and_then(|e| parse_every(e).ok())
+                .is_some_and(|secs| last.is_none_or(|t| now_s.saturating_sub(t) >= secs))
+        };
+        if older(&self.full_every, last(true)) {
+            Some(BackupKind::Full)
+        } else if older(&self.diff_every, last(false)) {
+            Some(BackupKind::Diff)
+        } else {
+            None
+        }
+    }
+}
+
 impl BackupSpec {
     /// Problems of the section: (field under `spec.backup`, message).
     pub fn check(&self) -> Vec<(String, String)> {
@@ -330,6 +358,44 @@ mod tests {
         for bad in ["", "h", "0h", "5", "5s", "1w", "-1h", "1.5h"] {
             assert!(parse_every(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_schedule_asks_for_a_full_then_differentials() {
+        let s = BackupSchedule {
+            full_every: Some("7d".into()),
+            diff_every: Some("24h".into()),
+        };
+        let b = |kind, stopped| BackupInfo {
+            label: String::new(),
+            kind,
+            started: stopped,
+            stopped,
+            database_bytes: 0,
+            repo_bytes: 0,
+            wal_start: String::new(),
+            wal_stop: String::new(),
+        };
+        let day = 86_400;
+        let now = 100 * day;
+        assert_eq!(s.due(&[], now), Some(BackupKind::Full));
+        let full = b(BackupKind::Full, now - 2 * day);
+        assert_eq!(
+            s.due(std::slice::from_ref(&full), now),
+            Some(BackupKind::Diff)
+        );
+        let diff = b(BackupKind::Diff, now - 3600);
+        assert_eq!(s.due(&[full.clone(), diff.clone()], now), None);
+        assert_eq!(
+            s.due(&[b(BackupKind::Full, now - 8 * day), diff], now),
+            Some(BackupKind::Full)
+        );
+        let only_full = BackupSchedule {
+            full_every: Some("7d".into()),
+            diff_every: None,
+        };
+        assert_eq!(only_full.due(&[full], now), None);
+        assert_eq!(BackupSchedule::default().due(&[], now), None);
     }
 
     #[test]

@@ -169,26 +169,7 @@ impl ControllerState {
         if !primary_read || status.requested.is_some() {
             return;
         }
-        let now_s = now_ms / 1000;
-        let last = |full_only: bool| {
-            status
-                .backups
-                .iter()
-                .filter(|b| !full_only || b.kind == BackupKind::Full)
-                .map(|b| b.stopped)
-                .max()
-        };
-        let older = |every: &Option<String>, last: Option<u64>| {
-            every
-                .as_deref()
-                .and_then(|e| pgha_api::backup::parse_every(e).ok())
-                .is_some_and(|secs| last.is_none_or(|t| now_s.saturating_sub(t) >= secs))
-        };
-        let kind = if older(&schedule.full_every, last(true)) {
-            BackupKind::Full
-        } else if older(&schedule.diff_every, last(false)) {
-            BackupKind::Diff
-        } else {
+        let Some(kind) = schedule.due(&status.backups, now_ms / 1000) else {
             return;
         };
         // Refusals (a backup under way, no primary now) are asked again next tick.

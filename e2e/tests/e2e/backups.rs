@@ -11,17 +11,22 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(120);
 
 /// The default formation with a backup section (nodes not declared: any may join).
-fn with_backups(c: &Cluster) -> anyhow::Result<String> {
+fn with_backups(c: &Cluster, extra: &str) -> anyhow::Result<String> {
     let repo = c.backup_repository()?;
     Ok(format!(
-        "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  backup:\n    repository: {}\n    retentionFull: 2\n",
+        "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  backup:\n    repository: {}\n    retentionFull: 2\n{extra}",
         repo.display()
     ))
 }
 
 /// Writes the formation file with backups and waits until the monitor took it in.
 fn declare_backups(c: &Cluster) -> anyhow::Result<()> {
-    c.write_formation("default.yaml", &with_backups(c)?)?;
+    declare_backups_with(c, "")
+}
+
+/// `declare_backups`, with more lines in the `backup` section.
+fn declare_backups_with(c: &Cluster, extra: &str) -> anyhow::Result<()> {
+    c.write_formation("default.yaml", &with_backups(c, extra)?)?;
     let t0 = Instant::now();
     loop {
         let shown = c.pgha_ok(&["show", "backups", "--monitor", &c.monitor_url])?;
@@ -309,6 +314,43 @@ fn restore_formation(
     from: &str,
     target: &str,
 ) -> anyhow::Result<usize> {
+    let i = start_restore(c, name, from, target)?;
+    wait_node_until(c, name, "single", T, |n| n["reported_state"] == "single")?;
+    Ok(i)
+}
+
+/// The JSON of formation `name`'s first node once `done` holds for it.
+fn wait_node_until(
+    c: &Cluster,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    let t0 = Instant::now();
+    loop {
+        let st = c.pgha_ok(&[
+            "show",
+            "state",
+            "--formation",
+            name,
+            "--json",
+            "--monitor",
+            &c.monitor_url,
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(&st)?;
+        if let Some(n) = v["nodes"].as_array().and_then(|a| a.first())
+            && done(n)
+        {
+            return Ok(n.clone());
+        }
+        anyhow::ensure!(t0.elapsed() < timeout, "{name}: never {what}: {st}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `restore_formation` without the wait.
+fn start_restore(c: &mut Cluster, name: &str, from: &str, target: &str) -> anyhow::Result<usize> {
     let repo = c.backup_repository()?;
     c.write_formation(
         &format!("{name}.yaml"),
@@ -340,29 +382,7 @@ fn restore_formation(
             Err(e) => return Err(e),
         }
     };
-    let t0 = Instant::now();
-    loop {
-        let st = c.pgha_ok(&[
-            "show",
-            "state",
-            "--formation",
-            name,
-            "--json",
-            "--monitor",
-            &c.monitor_url,
-        ])?;
-        let v: serde_json::Value = serde_json::from_str(&st)?;
-        let single = v["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|n| n["reported_state"] == "single");
-        if single {
-            return Ok(i);
-        }
-        anyhow::ensure!(t0.elapsed() < T, "{node} never ran as single: {st}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    Ok(i)
 }
 
 /// File names under `dir`, recursively.
@@ -383,17 +403,39 @@ fn walk_names(dir: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_table_comes_back_with_a_restore_to_just_before() {
     scenario(async |c| {
-        declare_backups(c)?;
+        // The schedule takes the first full backup by itself (there is none yet).
+        declare_backups_with(c, "    schedule:\n      fullEvery: 7d\n")?;
         c.add_node("node_a")?;
         c.wait_for(&[("node_a", Single)], T)?;
-        let m = c.join_url.clone();
         let db = c.connect_node(0).await?;
         db.batch_execute(
             "CREATE TABLE foo (id int PRIMARY KEY, note text); \
              INSERT INTO foo SELECT g, 'row ' || g FROM generate_series(1, 10000) g",
         )
         .await?;
-        c.pgha_ok(&["backup", "--monitor", &m])?;
+        let t0 = Instant::now();
+        loop {
+            let shown = c.pgha_ok(&["show", "backups", "--monitor", &c.monitor_url])?;
+            if shown.contains("full backup 1 on node_a, succeeded") {
+                println!("{shown}");
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < T, "no scheduled backup: {shown}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let events = c.pgha_ok(&[
+            "show",
+            "events",
+            "--count",
+            "50",
+            "--monitor",
+            &c.monitor_url,
+        ])?;
+        anyhow::ensure!(events.contains("scheduled_backup"), "{events}");
+        // Taken once: the next full one is due in a week.
+        std::thread::sleep(Duration::from_secs(2));
+        let shown = c.pgha_ok(&["show", "backups", "--monitor", &c.monitor_url])?;
+        anyhow::ensure!(shown.contains("full backup 1 on"), "{shown}");
         db.batch_execute(
             "INSERT INTO foo SELECT g, 'later ' || g FROM generate_series(10001, 12000) g",
         )
@@ -402,8 +444,24 @@ async fn a_dropped_table_comes_back_with_a_restore_to_just_before() {
         let before = db_now(c, 0).await?;
         tokio::time::sleep(Duration::from_millis(1100)).await;
         db.batch_execute("DROP TABLE foo").await?;
+        // The WAL up to the target is not archived yet (the segment is not full): the
+        // restore says so and waits, and goes on once the source archives it.
+        let i = start_restore(c, "rescue", "default", &before)?;
+        let n = wait_node_until(c, "rescue", "waiting for the archive", T, |n| {
+            n["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("archive ends before the target"))
+        })?;
+        println!("{}", n["last_error"]);
         switch_wal(c, 0).await?;
-        let i = restore_formation(c, "rescue", "default", &before)?;
+        let t0 = Instant::now();
+        wait_node_until(c, "rescue", "single", T, |n| {
+            n["reported_state"] == "single"
+        })?;
+        println!(
+            "restored {:?} after the source archived its WAL",
+            t0.elapsed()
+        );
         let r = c.connect_node(i).await?;
         let n: i64 = r.query_one("SELECT count(*) FROM foo", &[]).await?.get(0);
         anyhow::ensure!(n == 12_000, "foo has {n} rows after the restore");
