@@ -10,34 +10,6 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
 
-/// The default formation with a backup section (nodes not declared: any may join).
-fn with_backups(c: &Cluster, extra: &str) -> anyhow::Result<String> {
-    let repo = c.backup_repository()?;
-    Ok(format!(
-        "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  backup:\n    repository: {}\n    retentionFull: 2\n{extra}",
-        repo.display()
-    ))
-}
-
-/// Writes the formation file with backups and waits until the monitor took it in.
-fn declare_backups(c: &Cluster) -> anyhow::Result<()> {
-    declare_backups_with(c, "")
-}
-
-/// `declare_backups`, with more lines in the `backup` section.
-fn declare_backups_with(c: &Cluster, extra: &str) -> anyhow::Result<()> {
-    c.write_formation("default.yaml", &with_backups(c, extra)?)?;
-    let t0 = Instant::now();
-    loop {
-        let shown = c.pgha_ok(&["show", "backups", "--monitor", &c.monitor_url])?;
-        if shown.contains("Repository") {
-            return Ok(());
-        }
-        anyhow::ensure!(t0.elapsed() < T, "the backup section never took: {shown}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Waits for `text` in the monitor's metrics page.
 async fn wait_metric(c: &Cluster, text: &str) -> anyhow::Result<()> {
     let t0 = Instant::now();
@@ -51,23 +23,10 @@ async fn wait_metric(c: &Cluster, text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Forces the primary to finish its WAL segment (so the archiver has one to push).
-async fn switch_wal(c: &Cluster, i: usize) -> anyhow::Result<String> {
-    let db = c.connect_node(i).await?;
-    db.batch_execute(
-        "CREATE TABLE IF NOT EXISTS wal_filler (x int); INSERT INTO wal_filler VALUES (1)",
-    )
-    .await?;
-    let row = db
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .await?;
-    Ok(row.get(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_and_archiving_follow_the_primary_across_switchover_and_failover() {
     scenario(async |c| {
-        declare_backups(c)?;
+        c.declare_backups("")?;
         c.bootstrap_two()?;
         let m = c.join_url.clone();
         let probe = c.write_probe().await?;
@@ -95,7 +54,7 @@ async fn backups_and_archiving_follow_the_primary_across_switchover_and_failover
             "archive check passed on the new primary {:?} after the failover",
             t1.elapsed()
         );
-        let seg = switch_wal(c, 0).await?;
+        let seg = c.switch_wal(0).await?;
         let shown = c.pgbackrest(0, &["info"])?;
         println!("{shown}");
 
@@ -139,13 +98,13 @@ async fn backups_and_archiving_follow_the_primary_across_switchover_and_failover
 
         // Point-in-time recovery to a second after the failover, while writes go on.
         probe.wait_for_more(20, T).await?;
-        let target = db_now(c, 0).await?;
+        let target = c.db_now(0).await?;
         probe.wait_for_more(20, T).await?;
         let r = probe.finish_without_loss().await?;
         println!("write probe: {r:?}");
-        switch_wal(c, 0).await?;
+        c.switch_wal(0).await?;
         let t2 = Instant::now();
-        let i = restore_formation(c, "restored", "default", &target)?;
+        let i = c.restore_formation("restored", "default", Some(&target))?;
         println!("point-in-time recovery to {target} in {:?}", t2.elapsed());
         let original = probe_rows(c, 0).await?;
         let restored: Vec<i64> = probe_rows(c, i)
@@ -199,7 +158,7 @@ async fn backups_and_archiving_follow_the_primary_across_switchover_and_failover
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_archive_is_an_event_a_metric_and_a_warning_until_it_works() {
     scenario(async |c| {
-        declare_backups(c)?;
+        c.declare_backups("")?;
         c.bootstrap_two()?;
         let m = c.join_url.clone();
         c.pgha_ok(&["backup", "--type", "full", "--monitor", &m])?;
@@ -209,7 +168,7 @@ async fn a_failing_archive_is_an_event_a_metric_and_a_warning_until_it_works() {
         // The repository turns unwritable (a full or read-only mount would do the same).
         std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o000))?;
         let t0 = Instant::now();
-        let failed_seg = switch_wal(c, 0).await?;
+        let failed_seg = c.switch_wal(0).await?;
         let res = async {
             wait_metric(
                 c,
@@ -271,18 +230,6 @@ async fn a_failing_archive_is_an_event_a_metric_and_a_warning_until_it_works() {
     .await;
 }
 
-/// The database's clock now, as a `--target-time`.
-async fn db_now(c: &Cluster, i: usize) -> anyhow::Result<String> {
-    let db = c.connect_node(i).await?;
-    let row = db
-        .query_one(
-            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
-            &[],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
 async fn epoch_of(c: &Cluster, i: usize, time: &str) -> anyhow::Result<f64> {
     let db = c.connect_node(i).await?;
     let row = db
@@ -306,85 +253,6 @@ async fn probe_rows(c: &Cluster, i: usize) -> anyhow::Result<Vec<(i64, f64)>> {
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// A new formation `name` whose first node is restored from `from`'s backups up to
-/// `target`; waits until it runs as single. Returns the node's index.
-fn restore_formation(
-    c: &mut Cluster,
-    name: &str,
-    from: &str,
-    target: &str,
-) -> anyhow::Result<usize> {
-    let i = start_restore(c, name, from, target)?;
-    wait_node_until(c, name, "single", T, |n| n["reported_state"] == "single")?;
-    Ok(i)
-}
-
-/// The JSON of formation `name`'s first node once `done` holds for it.
-fn wait_node_until(
-    c: &Cluster,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> anyhow::Result<serde_json::Value> {
-    let t0 = Instant::now();
-    loop {
-        let st = c.pgha_ok(&[
-            "show",
-            "state",
-            "--formation",
-            name,
-            "--json",
-            "--monitor",
-            &c.monitor_url,
-        ])?;
-        let v: serde_json::Value = serde_json::from_str(&st)?;
-        if let Some(n) = v["nodes"].as_array().and_then(|a| a.first())
-            && done(n)
-        {
-            return Ok(n.clone());
-        }
-        anyhow::ensure!(t0.elapsed() < timeout, "{name}: never {what}: {st}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// `restore_formation` without the wait.
-fn start_restore(c: &mut Cluster, name: &str, from: &str, target: &str) -> anyhow::Result<usize> {
-    let repo = c.backup_repository()?;
-    c.write_formation(
-        &format!("{name}.yaml"),
-        &format!(
-            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: {name}\nspec:\n  dbname: appdb\n  backup:\n    repository: {}\n",
-            repo.display()
-        ),
-    )?;
-    let t0 = Instant::now();
-    let node = format!("{name}_1");
-    let i = loop {
-        match c.add_node_with(
-            &node,
-            &[
-                "--formation",
-                name,
-                "--restore-from",
-                from,
-                "--target-time",
-                target,
-            ],
-        ) {
-            Ok(i) => break i,
-            // The monitor reads the new file within a moment.
-            Err(e) if t0.elapsed() < Duration::from_secs(10) => {
-                println!("not yet: {e:#}");
-                std::thread::sleep(Duration::from_millis(300));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    Ok(i)
-}
-
 /// File names under `dir`, recursively.
 fn walk_names(dir: &std::path::Path) -> Vec<String> {
     let mut out = vec![];
@@ -404,7 +272,7 @@ fn walk_names(dir: &std::path::Path) -> Vec<String> {
 async fn a_dropped_table_comes_back_with_a_restore_to_just_before() {
     scenario(async |c| {
         // The schedule takes the first full backup by itself (there is none yet).
-        declare_backups_with(c, "    schedule:\n      fullEvery: 7d\n")?;
+        c.declare_backups("    schedule:\n      fullEvery: 7d\n")?;
         c.add_node("node_a")?;
         c.wait_for(&[("node_a", Single)], T)?;
         let db = c.connect_node(0).await?;
@@ -441,23 +309,21 @@ async fn a_dropped_table_comes_back_with_a_restore_to_just_before() {
         )
         .await?;
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let before = db_now(c, 0).await?;
+        let before = c.db_now(0).await?;
         tokio::time::sleep(Duration::from_millis(1100)).await;
         db.batch_execute("DROP TABLE foo").await?;
         // The WAL up to the target is not archived yet (the segment is not full): the
         // restore says so and waits, and goes on once the source archives it.
-        let i = start_restore(c, "rescue", "default", &before)?;
-        let n = wait_node_until(c, "rescue", "waiting for the archive", T, |n| {
+        let i = c.start_restore("rescue", "default", Some(&before))?;
+        let n = c.wait_first_node("rescue", "waiting for the archive", T, |n| {
             n["last_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("archive ends before the target"))
         })?;
         println!("{}", n["last_error"]);
-        switch_wal(c, 0).await?;
+        c.switch_wal(0).await?;
         let t0 = Instant::now();
-        wait_node_until(c, "rescue", "single", T, |n| {
-            n["reported_state"] == "single"
-        })?;
+        c.wait_first_node("rescue", "single", T, |n| n["reported_state"] == "single")?;
         println!(
             "restored {:?} after the source archived its WAL",
             t0.elapsed()
@@ -488,7 +354,7 @@ async fn a_dropped_table_comes_back_with_a_restore_to_just_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_standby_is_built_from_the_repository_not_copied_from_the_primary() {
     scenario(async |c| {
-        declare_backups(c)?;
+        c.declare_backups("")?;
         c.add_node("node_a")?;
         c.wait_for(&[("node_a", Single)], T)?;
         c.allow_client(0)?;
@@ -505,7 +371,7 @@ async fn a_new_standby_is_built_from_the_repository_not_copied_from_the_primary(
             "INSERT INTO big SELECT g, 'after' FROM generate_series(200001, 210000) g",
         )
         .await?;
-        switch_wal(c, 0).await?;
+        c.switch_wal(0).await?;
 
         // Watch the primary's walsenders while node_b joins: a base backup would show
         // as a walsender in state `backup`.

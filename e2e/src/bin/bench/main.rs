@@ -4,9 +4,11 @@
 //!     cargo run -p pgha-e2e --bin pgha-bench -- [--nodes 2] [--switchovers 20]
 //!         [--failovers 5] [--gitops 5] [--api-calls 200] [--no-ssl]
 //!     cargo run -p pgha-e2e --bin pgha-bench -- --nemesis NAME|all [--runs 3]
+//!     cargo run -p pgha-e2e --bin pgha-bench -- --backups [--rows 1000000,10000000]
 //!
 //! With `--nemesis`, network faults between VMs instead (see `nemesis.rs`: one network
-//! namespace per host, needs root).
+//! namespace per host, needs root); with `--backups`, what pgBackRest backups cost and
+//! save (see `backups.rs`).
 //!
 //! Prints per scenario: median and max write gap (last acknowledged write before the
 //! event to the first after it), median and max time until the formation is back to
@@ -14,6 +16,7 @@
 //! round trip (HTTPS by default, plain HTTP with `--no-ssl`): on a kept connection, as
 //! agents report, and on a new connection each time (the TLS handshake included).
 
+mod backups;
 mod nemesis;
 
 use pgha_api::NodeState::*;
@@ -232,6 +235,20 @@ fn main() -> anyhow::Result<()> {
             .get(i + 1)
             .ok_or_else(|| anyhow::anyhow!("--nemesis needs a name or `all`"))?;
         return nemesis::run(name, arg("--runs", 3));
+    }
+    if args.iter().any(|a| a == "--backups") {
+        let sizes = match args.iter().position(|a| a == "--rows") {
+            None => vec![1_000_000, 10_000_000],
+            Some(i) => args
+                .get(i + 1)
+                .map(|v| v.split(',').map(|n| n.trim().parse::<u64>()).collect())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--rows: a comma-separated list of row counts: {e}"))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--rows needs a comma-separated list of row counts")
+                })?,
+        };
+        return backups::run(&sizes);
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
