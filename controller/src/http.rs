@@ -495,13 +495,21 @@ async fn reinit(
     })
 }
 
+#[derive(Deserialize)]
+struct RestartQuery {
+    /// `pgha restart --scheduled`: when, in unix milliseconds.
+    #[serde(default)]
+    at_ms: Option<u64>,
+}
+
 async fn restart(
     State(ctx): State<Ctx>,
     Path(at): Path<(String, String)>,
+    Params(q): Params<RestartQuery>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
     on_node(&ctx, at, &caller, |st, f, n, who, now| {
-        st.restart(f, n, who, now)
+        st.restart(f, n, q.at_ms, who, now)
     })
 }
 

@@ -260,6 +260,9 @@ async fn reconcile_loop(shared: Shared, leadership: Arc<leader::Leadership>) {
                 tracing::error!("reconcile failed: {e}");
             }
             st.take_scheduled_backups(&f, now_ms());
+            if let Err(e) = st.take_scheduled_restarts(&f, now_ms()) {
+                tracing::error!("scheduled restarts: {e}");
+            }
         }
     }
 }

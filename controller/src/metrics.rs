@@ -368,6 +368,13 @@ mod tests {
             o.pg.running = true;
             o.pg.lsn = Some(pgha_api::Lsn(lsn));
         }
+        st.observed.entry(1).or_default().pg.archive = Some(pgha_api::ArchiveStatus {
+            archived_count: 7,
+            last_archived_s_ago: Some(40),
+            failed_count: 3,
+            last_failed_s_ago: Some(2),
+            ..Default::default()
+        });
         let fl = |extra: &[(&str, &str)]| {
             let mut l = labels(&[("formation", "default")]);
             l.extend(labels(extra));
@@ -425,6 +432,9 @@ mod tests {
             ("pgha_reconcile_errors", "counter"),
             ("pgha_config_errors", "counter"),
             ("pgha_replication_slots_invalidated", "counter"),
+            ("pgha_archive_failing", "gauge"),
+            ("pgha_archive_failures", "counter"),
+            ("pgha_archive_last_success_age_seconds", "gauge"),
         ];
         for (name, kind) in expected {
             assert!(
@@ -464,6 +474,14 @@ mod tests {
             text.contains(r#"pgha_replication_lag_bytes{formation="default",node="node_2"} 1000"#),
             "{text}"
         );
+        for line in [
+            r#"pgha_archive_failing{formation="default",node="node_1"} 1"#,
+            r#"pgha_archive_failures_total{formation="default",node="node_1"} 3"#,
+            r#"pgha_archive_last_success_age_seconds{formation="default",node="node_1"} 40"#,
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
+        assert!(!text.contains(r#"pgha_archive_failing{formation="default",node="node_2"}"#));
         assert!(text.ends_with("# EOF\n"));
     }
 }

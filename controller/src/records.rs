@@ -163,6 +163,9 @@ pub struct NodeIntent {
     /// Bumped by each `pgha restart`: the node restarts its Postgres once per bump.
     #[serde(default)]
     pub restart_epoch: u64,
+    /// `pgha restart --scheduled`: when (unix ms) to bump `restart_epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_at_ms: Option<u64>,
     /// The last backup asked of this node (`pgha backup`, or the schedule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_request: Option<pgha_api::BackupRequest>,
@@ -195,6 +198,7 @@ impl NodeRecord {
                 goal,
                 rebuild_epoch: 0,
                 restart_epoch: 0,
+                restart_at_ms: None,
                 backup_request: None,
             },
             observed: NodeObserved {

@@ -337,14 +337,18 @@ impl MonitorClient {
             .await
     }
 
-    /// `pgha restart --name N`.
+    /// `pgha restart --name N [--scheduled T]` (`at_ms`: unix milliseconds).
     pub async fn restart(
         &self,
         formation: &str,
         node: &str,
+        at_ms: Option<u64>,
     ) -> Result<serde_json::Value, ClientError> {
-        self.post(&routes::path(routes::RESTART, formation, Some(node)), &())
-            .await
+        let mut path = routes::path(routes::RESTART, formation, Some(node));
+        if let Some(at) = at_ms {
+            path.push_str(&format!("?at_ms={at}"));
+        }
+        self.post(&path, &()).await
     }
 
     /// `pgha backup`: asks the primary for a backup.

@@ -59,6 +59,9 @@ pub struct NodeStatus {
     /// Asked to restart its Postgres (`pgha restart`) and not done yet.
     #[serde(default)]
     pub restarting: bool,
+    /// `pgha restart --scheduled`: when (unix ms) its Postgres restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_scheduled_ms: Option<u64>,
 }
 
 impl NodeStatus {

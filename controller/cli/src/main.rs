@@ -68,7 +68,7 @@ enum Cmd {
     Reinit(NodeArgs),
     /// Restart a node's Postgres (a standby, or a lone primary; switch a primary with
     /// standbys over first). Settings from the formation file restart by themselves.
-    Restart(NodeArgs),
+    Restart(RestartArgs),
     /// Take a backup with pgBackRest on the primary (the formation file's backup
     /// section says where), and follow it to the end.
     Backup(backup::BackupArgs),
@@ -129,6 +129,16 @@ enum MaintenanceCmd {
 enum DropCmd {
     /// Drain and drop a node.
     Node(NodeArgs),
+}
+
+#[derive(Args)]
+struct RestartArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Restart at this UTC time (e.g. "2026-12-03 22:00") instead of now; the command
+    /// returns at once and `show state` says when.
+    #[arg(long, value_parser = show::parse_utc)]
+    scheduled: Option<u64>,
 }
 
 #[derive(Args)]
@@ -262,9 +272,18 @@ async fn reinit(a: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn restart(a: NodeArgs) -> anyhow::Result<()> {
+async fn restart(r: RestartArgs) -> anyhow::Result<()> {
+    let a = r.node;
     let client = a.monitor.operator_client()?;
-    client.restart(&a.formation, &a.name).await?;
+    client.restart(&a.formation, &a.name, r.scheduled).await?;
+    if let Some(at) = r.scheduled {
+        eprintln!(
+            "{} restarts its Postgres at {} UTC (pgha show state says so until then)",
+            a.name,
+            show::format_time(at).trim_end_matches(".000")
+        );
+        return Ok(());
+    }
     eprintln!("{} restarts its Postgres", a.name);
     let name = a.name.clone();
     wait_formation(&client, &a.formation, a.timeout, |st| {

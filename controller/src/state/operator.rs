@@ -413,10 +413,35 @@ impl ControllerState {
         &mut self,
         formation: &str,
         node: &str,
+        at_ms: Option<u64>,
         actor: &str,
         now_ms: u64,
     ) -> Result<(), ActionError> {
         self.refuse_if_paused(formation, "restart")?;
+        self.refuse_restart_of_primary(formation, node)?;
+        let at = at_ms.filter(|at| *at > now_ms);
+        let what = match at {
+            Some(at) => {
+                format!("operator scheduled a restart of the Postgres of {node} at {at} (unix ms)")
+            }
+            None => format!("operator asked to restart the Postgres of {node}"),
+        };
+        let ask = Ask {
+            rule: Rule::OperatorRestart,
+            what,
+            actor,
+        };
+        self.change_node(formation, node, ask, now_ms, |n| match at {
+            Some(at) => n.intent.restart_at_ms = Some(at),
+            None => {
+                n.intent.restart_at_ms = None;
+                n.intent.restart_epoch += 1
+            }
+        })
+    }
+
+    /// A primary with standbys is not restarted: it would stop writes.
+    fn refuse_restart_of_primary(&self, formation: &str, node: &str) -> Result<(), ActionError> {
         let has_peers = self.formation(formation)?.nodes.len() > 1;
         let n = self.node_named(formation, node)?;
         if n.goal().is_writable() && has_peers {
@@ -427,14 +452,54 @@ impl ControllerState {
                 ),
             );
         }
-        let ask = Ask {
-            rule: Rule::OperatorRestart,
-            what: format!("operator asked to restart the Postgres of {node}"),
-            actor,
+        Ok(())
+    }
+
+    /// Restarts scheduled by `pgha restart --scheduled` whose time came: asked of the
+    /// node now (or skipped, with an event, when it became the primary meanwhile).
+    pub fn take_scheduled_restarts(
+        &mut self,
+        formation: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let Some(f) = self.durable.formations.get(formation) else {
+            return Ok(());
         };
-        self.change_node(formation, node, ask, now_ms, |n| {
-            n.intent.restart_epoch += 1
-        })
+        let due: Vec<String> = f
+            .nodes
+            .values()
+            .filter(|n| n.intent.restart_at_ms.is_some_and(|t| t <= now_ms))
+            .map(|n| n.name.clone())
+            .collect();
+        for node in due {
+            let refusal = match self.refuse_restart_of_primary(formation, &node) {
+                Ok(()) => None,
+                Err(ActionError::Refused(r)) => Some(r.message),
+                Err(_) => Some("the node is gone".to_string()),
+            };
+            let what = match &refusal {
+                None => format!("scheduled restart of the Postgres of {node}"),
+                Some(why) => format!("scheduled restart of {node} skipped: {why}"),
+            };
+            let ask = Ask {
+                rule: Rule::OperatorRestart,
+                what,
+                actor: "schedule",
+            };
+            let go = refusal.is_none();
+            let res = self.change_node(formation, &node, ask, now_ms, |n| {
+                n.intent.restart_at_ms = None;
+                if go {
+                    n.intent.restart_epoch += 1;
+                }
+            });
+            match res {
+                Ok(()) | Err(ActionError::Refused(_)) => {}
+                Err(ActionError::Store(e)) => return Err(e),
+                Err(ActionError::Internal(e)) => tracing::error!("scheduled restart: {e}"),
+            }
+        }
+        Ok(())
     }
 
     /// `pgha drop node`: the planner takes it out of the formation.

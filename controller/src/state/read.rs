@@ -196,6 +196,7 @@ impl ControllerState {
                         auth_method: o.auth_method.clone(),
                         rebuilding: n.intent.rebuild_epoch > o.rebuilt_epoch,
                         restarting: n.intent.restart_epoch > o.restarted_epoch,
+                        restart_scheduled_ms: n.intent.restart_at_ms,
                         upstream: view
                             .nodes
                             .iter()

@@ -226,6 +226,51 @@ async fn restart_restarts_a_standby_in_place() {
             &c.monitor_url,
         ])?;
         anyhow::ensure!(events.contains("operator_restart"), "{events}");
+
+        // A restart at a time: nothing happens before it, `show state` says when.
+        let at_ms = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            + 5)
+            * 1000;
+        let at = {
+            let secs = at_ms / 1000;
+            let db = c.connect_node(0).await?;
+            let row = db
+                .query_one(
+                    "SELECT to_char(to_timestamp($1::float8) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')",
+                    &[&(secs as f64)],
+                )
+                .await?;
+            row.get::<_, String>(0)
+        };
+        let before = c.nodes[1].postmaster_pid();
+        let (_, _, err) = c.pgha(&["restart", "--name", "node_b", "--scheduled", &at, "--monitor", &m])?;
+        anyhow::ensure!(err.contains("restarts its Postgres at"), "{err}");
+        let shown = c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?;
+        anyhow::ensure!(
+            shown.contains(&format!("node_b: Postgres restart scheduled at {at} UTC")),
+            "{shown}"
+        );
+        let (ok, _, err) = c.pgha(&["restart", "--name", "node_b", "--scheduled", "tomorrow", "--monitor", &m])?;
+        anyhow::ensure!(!ok && err.contains("expected a UTC time"), "{err}");
+        let t0 = Instant::now();
+        loop {
+            let now = c.nodes[1].postmaster_pid();
+            if now.is_some() && now != before {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < T, "the scheduled restart never happened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let done_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64;
+        println!("scheduled restart at {at}: done {} ms after the time", done_ms.saturating_sub(at_ms));
+        anyhow::ensure!(done_ms >= at_ms, "restarted before its time");
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        let shown = c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?;
+        anyhow::ensure!(!shown.contains("restart scheduled"), "{shown}");
         Ok(())
     })
     .await;
