@@ -329,11 +329,20 @@ impl FormationRecord {
         self.declared(&n.name).is_some_and(|d| d.no_load_balance)
     }
 
+    /// The node this one streams from while that node is a healthy secondary (the
+    /// file's `replicateFrom`).
+    pub fn replicate_from(&self, n: &NodeRecord) -> Option<NodeId> {
+        let up = self.declared(&n.name)?.replicate_from.as_deref()?;
+        self.nodes.values().find(|m| m.name == up).map(|m| m.id)
+    }
+
     /// The node's replication quorum: the file's when it declares the node, else the
-    /// registration's.
+    /// registration's; never for a cascading standby (`replicateFrom`).
     pub fn replication_quorum(&self, n: &NodeRecord) -> bool {
         self.declared(&n.name)
-            .map_or(n.desired.replication_quorum, |d| d.replication_quorum)
+            .map_or(n.desired.replication_quorum, |d| {
+                d.replication_quorum && d.replicate_from.is_none()
+            })
     }
 
     /// Automatic failovers against the file's anti-flapping limit, at wall time `now`.

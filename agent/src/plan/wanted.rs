@@ -95,7 +95,7 @@ pub fn role_for(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Role {
         };
         Role::Standby {
             upstream,
-            slot: !goal.streams_without_slot(),
+            slot: !goal.streams_without_slot() && a.is_none_or(|a| a.upstream_slot),
         }
     } else {
         Role::Stopped
@@ -120,6 +120,7 @@ mod tests {
 
     fn assignment(goal: NodeState, peers: Vec<PeerNode>, upstream: Option<PeerNode>) -> Assignment {
         Assignment {
+            upstream_slot: true,
             backup: None,
             backup_request: None,
             node_id: 1,

@@ -34,6 +34,10 @@ pub struct Assignment {
     pub term: u64,
     /// The node to stream from, for standby states.
     pub upstream: Option<PeerNode>,
+    /// Stream through this node's replication slot on the upstream: false for a
+    /// cascading standby (`replicateFrom`), whose upstream is another standby.
+    #[serde(default = "default_true")]
+    pub upstream_slot: bool,
     /// Every other node of the formation (for pg_hba and replication slots).
     pub peers: Vec<PeerNode>,
     /// Value for `synchronous_standby_names` when this node is writable.

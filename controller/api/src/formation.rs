@@ -257,6 +257,12 @@ pub struct NodeSpec {
     /// counts for synchronous replication and may be promoted.
     #[serde(default)]
     pub no_load_balance: bool,
+    /// A cascading standby: stream from this other declared node while it is a healthy
+    /// secondary (from the primary otherwise, e.g. while it is down or once it is the
+    /// primary), to spare the primary's network. Such a node is never a synchronous
+    /// standby (Postgres counts only standbys streaming from the primary itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicate_from: Option<String>,
 }
 
 fn default_port() -> u16 {

@@ -386,6 +386,40 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             );
         }
     }
+    for (i, n) in s.nodes.iter().enumerate() {
+        let Some(up) = &n.replicate_from else {
+            continue;
+        };
+        let at = format!("spec.nodes[{i}].replicateFrom");
+        if *up == n.name {
+            err(at, format!("{} cannot stream from itself", n.name));
+        } else if !s.nodes.iter().any(|m| m.name == *up) {
+            err(at, format!("{up:?} is not one of spec.nodes"));
+        } else {
+            // Follow the chain: it must end at a node that streams from the primary.
+            let mut seen = vec![n.name.as_str()];
+            let mut next = Some(up.as_str());
+            while let Some(name) = next {
+                if seen.contains(&name) {
+                    err(
+                        at.clone(),
+                        format!(
+                            "{} streams from a loop: {} -> {name}",
+                            n.name,
+                            seen.join(" -> ")
+                        ),
+                    );
+                    break;
+                }
+                seen.push(name);
+                next = s
+                    .nodes
+                    .iter()
+                    .find(|m| m.name == name)
+                    .and_then(|m| m.replicate_from.as_deref());
+            }
+        }
+    }
     if let Some(want) = &s.primary
         && !s.nodes.is_empty()
     {

@@ -47,6 +47,9 @@ pub struct NodeView {
     pub maintenance: bool,
     /// Its pre-promote hook refused its promotion in the current term.
     pub promotion_refused: bool,
+    /// The file's `replicateFrom`: the standby it streams from while that one is a
+    /// healthy secondary.
+    pub replicate_from: Option<NodeId>,
 }
 
 /// Where a standby's WAL receiver streamed from, in controller time.
@@ -237,7 +240,10 @@ impl FormationView {
     /// primary waiting in `demoted` (say, until its full disk is freed) needs the slot
     /// to rejoin, and `maxSlotWalKeepSize` bounds what the slot holds meanwhile.
     pub fn keeps_slot(&self, n: &NodeView) -> bool {
+        // A cascading standby streams through no slot of the primary (one it did not
+        // use would hold WAL until invalidated, and then rebuild the node).
         !matches!(n.goal, NodeState::Maintenance | NodeState::Dropped)
+            && self.cascade_upstream(n).is_none()
             && (!self.is_failed(n)
                 || self.is_reporting(n)
                 || matches!(n.reported, NodeState::Init | NodeState::WaitStandby))
@@ -348,6 +354,24 @@ impl FormationView {
         (*host == pr.host && *port == pr.port).then(|| self.now_ms.saturating_sub(*t))
     }
 
+    /// The standby a cascading standby (`replicateFrom`) streams from now: only while
+    /// both are plain standbys and that one is a healthy, reporting secondary with a
+    /// primary to stream from itself; otherwise (a failover, its upstream down or
+    /// promoted) the node streams from the primary like any other.
+    pub fn cascade_upstream(&self, n: &NodeView) -> Option<&NodeView> {
+        if !matches!(n.goal, NodeState::Secondary | NodeState::Catchingup) {
+            return None;
+        }
+        let up_id = n.replicate_from.filter(|id| *id != n.id)?;
+        let up = self.nodes.iter().find(|u| u.id == up_id)?;
+        let healthy = up.goal == NodeState::Secondary
+            && up.reported == NodeState::Secondary
+            && !self.is_failed(up)
+            && self.is_reporting(up)
+            && up.pg.upstream_streaming;
+        (healthy && self.writable_goal().is_some()).then_some(up)
+    }
+
     /// The node a standby streams from: the writable node; during a promotion only the
     /// candidate keeps streaming from the old primary (to get its last WAL), the other
     /// standbys cut replication so the old primary's lease can run out.
@@ -359,6 +383,9 @@ impl FormationView {
             return self
                 .most_advanced_standby(n.id)
                 .filter(|s| s.pg.lsn > n.pg.lsn);
+        }
+        if let Some(up) = self.cascade_upstream(n) {
+            return Some(up);
         }
         if let Some(w) = self.writable_goal().filter(|w| w.id != n.id) {
             return Some(w);

@@ -32,6 +32,7 @@ impl ControllerState {
                     declared: f.keeps(n),
                     maintenance: f.in_maintenance(n),
                     promotion_refused: o.promotion_refused_term == Some(f.intent.term),
+                    replicate_from: f.replicate_from(n),
                 }
             })
             .collect();
@@ -104,6 +105,11 @@ impl ControllerState {
             goal: n.intent.goal,
             term: f.intent.term,
             upstream,
+            upstream_slot: view
+                .nodes
+                .iter()
+                .find(|v| v.id == node_id)
+                .is_none_or(|v| view.cascade_upstream(v).is_none()),
             peers: f
                 .nodes
                 .values()

@@ -424,3 +424,68 @@ async fn a_new_standby_is_built_from_the_repository_not_copied_from_the_primary(
     })
     .await;
 }
+
+/// Backups added to a running formation: `archive_mode` needs a restart, which rolls by
+/// itself (the standby, then the primary after one switchover); then archiving works
+/// and nothing was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_added_to_a_running_formation_roll_in_with_one_switchover() {
+    scenario(async |c| {
+        c.bootstrap_two()?;
+        let probe = c.write_probe().await?;
+        probe.wait_for_more(20, T).await?;
+        let t0 = Instant::now();
+        c.declare_backups("")?;
+        loop {
+            let mut on = 0;
+            for i in 0..2 {
+                let db = c.connect_node(i).await?;
+                let v: String = db.query_one("SHOW archive_mode", &[]).await?.get(0);
+                on += (v == "on") as usize;
+            }
+            if on == 2 {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < T, "archive_mode is not on everywhere");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let st = c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
+        println!(
+            "archive_mode on both nodes {:?} after the file changed",
+            t0.elapsed()
+        );
+        let primary = c.index(
+            &st.nodes
+                .iter()
+                .find(|n| n.assigned_state == Primary)
+                .map(|n| n.name.clone())
+                .unwrap_or_default(),
+        );
+        // The stanza comes from the new primary's agent; check retries until it is there.
+        let t1 = Instant::now();
+        loop {
+            match c.pgbackrest(primary, &["check"]) {
+                Ok(_) => break,
+                Err(e) if t1.elapsed() < T => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let r = probe.finish_without_loss().await?;
+        println!("write probe: {r:?}");
+        let events = c.pgha_ok(&[
+            "show",
+            "events",
+            "--count",
+            "80",
+            "--monitor",
+            &c.monitor_url,
+        ])?;
+        let switchovers = events.matches("switchover_promote").count();
+        anyhow::ensure!(switchovers == 1, "{switchovers} switchovers:\n{events}");
+        Ok(())
+    })
+    .await;
+}

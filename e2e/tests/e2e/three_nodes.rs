@@ -152,3 +152,99 @@ async fn three_nodes_fail_over_and_rejoin() {
     })
     .await;
 }
+
+/// The WAL receiver's sender port on node `i` (None: not streaming).
+async fn streams_from(c: &pgha_e2e::Cluster, i: usize) -> anyhow::Result<Option<i32>> {
+    let db = c.connect_node(i).await?;
+    let row = db
+        .query_opt(
+            "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+async fn wait_streams_from(
+    c: &pgha_e2e::Cluster,
+    i: usize,
+    from: usize,
+) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let want = c.nodes[from].port as i32;
+    loop {
+        let now = streams_from(c, i).await.ok().flatten();
+        if now == Some(want) {
+            return Ok(t0.elapsed());
+        }
+        anyhow::ensure!(
+            t0.elapsed() < T,
+            "{} streams from port {now:?}, not {} ({want})",
+            c.nodes[i].name,
+            c.nodes[from].name
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `replicateFrom`: node_c streams from node_b (a cascading standby), and the primary
+/// keeps no slot for it; with node_b's VM gone, node_c streams from the primary, and
+/// no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascading_standby_streams_from_its_upstream_and_falls_back_to_the_primary() {
+    scenario(async |c| {
+        c.bootstrap_three()?;
+        let node = |name: &str, port: u16, extra: &str| {
+            format!("    - name: {name}\n      host: 127.0.0.1\n      port: {port}\n{extra}")
+        };
+        let yaml = format!(
+            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  dbname: appdb\n  nodes:\n{}{}{}",
+            node("node_a", c.nodes[0].port, ""),
+            node("node_b", c.nodes[1].port, ""),
+            node("node_c", c.nodes[2].port, "      replicateFrom: node_b\n"),
+        );
+        c.write_formation("default.yaml", &yaml)?;
+        let probe = c.write_probe().await?;
+        let took = wait_streams_from(c, 2, 1).await?;
+        println!("node_c streams from node_b {took:?} after the file said so");
+        let a = c.connect_node(0).await?;
+        let t0 = Instant::now();
+        loop {
+            let slots: Vec<String> = a
+                .query("SELECT slot_name::text FROM pg_replication_slots", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !slots.iter().any(|s| s == "pgha_slot_3") {
+                println!("slots on the primary: {slots:?}");
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < T, "the primary keeps node_c's slot: {slots:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let b = c.connect_node(1).await?;
+        let n: i64 = b
+            .query_one("SELECT count(*) FROM pg_stat_replication", &[])
+            .await?
+            .get(0);
+        anyhow::ensure!(n == 1, "node_b feeds {n} standbys");
+        let st = c.state()?;
+        let shown = c.pgha_ok(&["show", "topology", "--monitor", &c.monitor_url])?;
+        println!("{shown}");
+        anyhow::ensure!(
+            st.nodes.iter().any(|n| n.name == "node_c" && n.upstream.as_deref() == Some("node_b")),
+            "{:?}",
+            st.nodes.iter().map(|n| (&n.name, &n.upstream)).collect::<Vec<_>>()
+        );
+
+        c.kill_vm(1)?;
+        let took = wait_streams_from(c, 2, 0).await?;
+        println!("node_b gone: node_c streams from node_a {took:?} later");
+        probe.wait_for_more(20, T).await?;
+        let r = probe.finish_without_loss().await?;
+        println!("write probe: {r:?}");
+        Ok(())
+    })
+    .await;
+}

@@ -44,6 +44,7 @@ fn node(id: NodeId, goal: NodeState) -> NodeView {
         declared: true,
         maintenance: false,
         promotion_refused: false,
+        replicate_from: None,
     }
 }
 

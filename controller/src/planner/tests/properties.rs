@@ -139,7 +139,9 @@ impl World {
             let streaming = self.sims[i].up
                 && !self.sims[i].stalled
                 && up.is_some_and(|u| {
-                    self.sims[u].up && !self.sims[u].fenced && !self.sims[u].reached.is_stopped()
+                    // A fenced node's Postgres is stopped (reached demote_timeout); the
+                    // flag alone says nothing once it is a standby (a cascade's upstream).
+                    self.sims[u].up && !self.sims[u].reached.is_stopped()
                 });
             if streaming {
                 let u = up.unwrap();
@@ -308,8 +310,10 @@ impl World {
             // Acknowledged only once a quorum standby streaming from it has it.
             self.stream();
             let lsn = self.sims[p].lsn;
+            // (Only quorum nodes are named in synchronous_standby_names.)
             let confirmed = (0..self.sims.len()).any(|j| {
                 j != p
+                    && self.view_nodes[j].replication_quorum
                     && self.upstream_of(j) == Some(p)
                     && self.sims[j].up
                     && self.sims[j].lsn >= lsn
@@ -427,6 +431,26 @@ proptest! {
         }
         prop_assert!(w.heal()?, "did not return to primary + secondaries: {:?} {:?}",
             w.view_nodes.iter().map(|n| (n.goal, n.reported, n.candidate_priority, n.pg.lsn)).collect::<Vec<_>>(), plan(&w.view()));
+    }
+
+    /// The same guarantees with a cascading standby (`replicateFrom`): node 3 streams
+    /// from node 2 while node 2 is a healthy secondary, and is never a synchronous
+    /// standby (as the records make it).
+    #[test]
+    fn a_cascading_standby_keeps_one_writer_every_sync_commit_and_heals(
+        (prio, nss, ops) in (3usize..=4).prop_flat_map(|n| {
+            (priorities(n), 0u32..=1, proptest::collection::vec(op(n), 1..100))
+        })
+    ) {
+        let mut w = World::with_priorities(&prio);
+        w.nss = nss;
+        w.view_nodes[2].replicate_from = Some(2);
+        w.view_nodes[2].replication_quorum = false;
+        for o in &ops {
+            w.step(o)?;
+        }
+        prop_assert!(w.heal()?, "did not return to primary + secondaries: {:?} {:?}",
+            w.view_nodes.iter().map(|n| (n.goal, n.reported, n.candidate_priority, n.pg.lsn, n.pg.upstream_streaming)).collect::<Vec<_>>(), plan(&w.view()));
     }
 }
 

@@ -261,3 +261,23 @@ fn a_demoted_node_that_reports_keeps_its_slot_however_long_its_postgres_is_down(
     f.nodes[0].last_probe = Some((f.now_ms, false));
     assert!(!f.keeps_slot(&f.nodes[0]));
 }
+
+/// `replicateFrom`: node 3 streams from node 2 while node 2 is a healthy secondary, and
+/// the primary keeps no slot for it; with node 2 failed, node 3 streams from the
+/// primary again, through its slot.
+#[test]
+fn a_cascading_standby_streams_from_its_standby_while_that_one_is_healthy() {
+    let mut f = three_nodes();
+    f.nodes[2].replicate_from = Some(2);
+    assert_eq!(f.upstream_of(&f.nodes[2]).map(|u| u.id), Some(2));
+    assert!(!f.keeps_slot(&f.nodes[2]));
+    assert_eq!(f.upstream_of(&f.nodes[1]).map(|u| u.id), Some(1));
+    // Node 2 not streaming itself: node 3 goes to the primary.
+    f.nodes[1].pg.upstream_streaming = false;
+    assert_eq!(f.upstream_of(&f.nodes[2]).map(|u| u.id), Some(1));
+    f.nodes[1].pg.upstream_streaming = true;
+    let now = f.now_ms;
+    fail(&mut f, 1, now, 10_000);
+    assert_eq!(f.upstream_of(&f.nodes[2]).map(|u| u.id), Some(1));
+    assert!(f.keeps_slot(&f.nodes[2]));
+}
