@@ -438,10 +438,13 @@ async fn backups_added_to_a_running_formation_roll_in_with_one_switchover() {
         c.declare_backups("")?;
         loop {
             let mut on = 0;
+            // (Each node restarts on the way: a refused connection is "not yet".)
             for i in 0..2 {
-                let db = c.connect_node(i).await?;
-                let v: String = db.query_one("SHOW archive_mode", &[]).await?.get(0);
-                on += (v == "on") as usize;
+                if let Ok(db) = c.connect_node(i).await
+                    && let Ok(row) = db.query_one("SHOW archive_mode", &[]).await
+                {
+                    on += (row.get::<_, String>(0) == "on") as usize;
+                }
             }
             if on == 2 {
                 break;
