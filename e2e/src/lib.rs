@@ -309,6 +309,17 @@ impl Cluster {
         self.pgha_on(None, args)
     }
 
+    /// `pgha ARGS…` started, not waited for (stdout and stderr piped).
+    pub fn pgha_spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
+        self.pgha_command(None)?
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting pgha {args:?}"))
+    }
+
     /// `pgha` run on `host` of the multi-host network (None: where the test runs).
     pub fn pgha_on(
         &self,

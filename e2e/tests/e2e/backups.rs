@@ -146,8 +146,31 @@ async fn backups_and_archiving_follow_the_primary_across_switchover_and_failover
             next.0
         );
 
-        // Bad requests say why: a backup with no running primary's peer is fine, but
-        // an unknown type is refused by the CLI.
+        // Bad requests say why: an unknown formation, a second backup while one runs,
+        // an unknown type.
+        let (ok, _, err) = c.pgha(&["backup", "--formation", "nosuch", "--monitor", &m])?;
+        anyhow::ensure!(!ok && err.contains("does not exist"), "{err}");
+        let first = c.pgha_spawn(&["backup", "--type", "full", "--monitor", &m])?;
+        let t0 = Instant::now();
+        loop {
+            let shown = c.pgha_ok(&["show", "backups", "--monitor", &c.monitor_url])?;
+            if shown.contains("asked: full backup 3")
+                || shown.contains("full backup 3 on node_a, running")
+            {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < T, "backup 3 never started: {shown}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (ok, _, err) = c.pgha(&["backup", "--type", "incr", "--monitor", &m])?;
+        anyhow::ensure!(!ok && err.contains("still under way"), "{err}");
+        println!("{}", err.trim());
+        let out = first.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let (ok, _, err) = c.pgha(&["backup", "--type", "weekly", "--monitor", &m])?;
         anyhow::ensure!(!ok && err.contains("full, diff or incr"), "{err}");
         Ok(())
