@@ -43,7 +43,7 @@ impl Agent {
                     pg::basebackup(cfg, &tmp, &up.0, up.1).await?;
                     tracing::info!(
                         secs = t0.elapsed().as_secs_f64(),
-                        "copied from the upstream by pg_basebackup"
+                        "base backup copied from the upstream"
                     );
                 }
                 if cfg.pgdata.exists() {
