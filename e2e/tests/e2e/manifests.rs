@@ -81,6 +81,9 @@ fn dashboard_queries_only_exported_metrics() {
         "pgha_node_last_report_age_seconds",
         "pgha_agent_standby_replay_lag_seconds",
         "pgha_formation_term",
+        // With a backup repository (the controller's metrics contract test has them).
+        "pgha_archive_last_success_age_seconds",
+        "pgha_archive_failing",
     ];
     let mut n = 0;
     for p in dash["panels"].as_array().unwrap() {
