@@ -62,6 +62,8 @@ struct Agent {
     pre_promote: crate::hooks::PrePromote,
     /// When a point-in-time recovery short of its target was last started again.
     pitr_retry_at: Option<Instant>,
+    /// When a restore from another formation's backups last failed.
+    restore_failed_at: Option<Instant>,
     /// pgBackRest: configuration, stanza, backup jobs.
     backups: crate::backup::Backups,
     /// Postgres' running state and role at the last tick (for the start/stop hooks).
@@ -202,6 +204,7 @@ pub async fn run(
         pg_was_running: None,
         backups: Default::default(),
         pitr_retry_at: None,
+        restore_failed_at: None,
         pre_promote: crate::hooks::PrePromote::new(cfg.pre_promote.clone()),
         watchdog,
         lost_slots: Default::default(),

@@ -21,7 +21,30 @@ impl Agent {
             Step::Initdb => {
                 prepare_dir(&cfg.pgdata, self.who)?;
                 match cfg.restore_from.clone() {
-                    Some(from) => self.restore_point_in_time(&from).await?,
+                    Some(from) => {
+                        // A restore that failed (no such stanza, repository unreachable)
+                        // is tried again every 10 s, its error kept in the report.
+                        if self
+                            .restore_failed_at
+                            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+                        {
+                            return Ok(());
+                        }
+                        if let Err(e) = self.restore_point_in_time(&from).await {
+                            self.restore_failed_at = Some(Instant::now());
+                            // Only what the failed restore wrote is there (this step
+                            // runs on a PGDATA without PG_VERSION): the next try starts
+                            // from an empty directory.
+                            if let Err(rm) = std::fs::remove_dir_all(&self.cfg.pgdata) {
+                                tracing::warn!("clearing {}: {rm}", self.cfg.pgdata.display());
+                            }
+                            return Err(e.context(format!(
+                                "point-in-time recovery from formation {:?} (tried again in 10 s)",
+                                from.stanza
+                            )));
+                        }
+                        self.restore_failed_at = None;
+                    }
                     None => {
                         tracing::info!(pgdata = %cfg.pgdata.display(), "initdb");
                         pg::initdb(cfg).await?;

@@ -335,6 +335,21 @@ async fn a_dropped_table_comes_back_with_a_restore_to_just_before() {
         let before = c.db_now(0).await?;
         tokio::time::sleep(Duration::from_millis(1100)).await;
         db.batch_execute("DROP TABLE foo").await?;
+        // A restore from a formation the repository does not know says so (and is
+        // tried again every 10 s, not in a loop).
+        c.start_restore("bad", "nosuch", None)?;
+        let n = c.wait_first_node("bad", "saying why", T, |n| {
+            n["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("nosuch"))
+        })?;
+        println!("{}", n["last_error"]);
+        let log = std::fs::read_to_string(c.path().join("bad_1.log"))?;
+        let tries = log
+            .matches("point-in-time recovery from the backup repository")
+            .count();
+        anyhow::ensure!(tries <= 2, "{tries} tries in a few seconds");
+
         // The WAL up to the target is not archived yet (the segment is not full): the
         // restore says so and waits, and goes on once the source archives it.
         let i = c.start_restore("rescue", "default", Some(&before))?;

@@ -226,6 +226,11 @@ async fn restart_restarts_a_standby_in_place() {
             &c.monitor_url,
         ])?;
         anyhow::ensure!(events.contains("operator_restart"), "{events}");
+        // No backup section: backups are refused with the reason.
+        let (ok, _, err) = c.pgha(&["backup", "--monitor", &m])?;
+        anyhow::ensure!(!ok && err.contains("has no backup section"), "{err}");
+        let shown = c.pgha_ok(&["show", "backups", "--monitor", &c.monitor_url])?;
+        anyhow::ensure!(shown.contains("has no backup section"), "{shown}");
 
         // A restart at a time: nothing happens before it, `show state` says when.
         let at_ms = (std::time::SystemTime::now()
