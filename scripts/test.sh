@@ -6,11 +6,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --workspace --bins
 status=0
-# The planner's property tests draw random event sequences. Two known safety bugs are
-# open (ignored reproductions in controller/src/planner/tests/properties.rs) and a
-# random draw finds that family now and then; so that a run says the same thing twice,
-# the draws come from a fixed seed unless you give your own (PROPTEST_RNG_SEED=$RANDOM
-# bash scripts/test.sh, or cargo test, to explore).
+# The planner's property tests draw random event sequences; so that a run says the
+# same thing twice, the draws come from a fixed seed unless you give your own
+# (PROPTEST_RNG_SEED=$RANDOM bash scripts/test.sh, or cargo test, to explore; a failure
+# found that way becomes a named regression test in
+# controller/src/planner/tests/properties.rs).
 export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-20261203}"
 cargo nextest run --workspace --no-fail-fast || status=$?
 # A multi-host test that nextest had to kill (a timeout) cannot remove its network

@@ -23,6 +23,24 @@ pub fn renewal<T: Copy>(sent: T, answer_term: u64, max_term: u64) -> Option<T> {
     (answer_term >= max_term).then_some(sent)
 }
 
+/// Whether a reply of the standby streaming through WAL sender `pid` renews the lease.
+///
+/// Only a connection that already streamed when the last answered report was sent
+/// does. A standby that reconnects while this primary is cut from the controller does
+/// not: the controller may have seen that standby report, a moment earlier, that it no
+/// longer streamed from here, counted this lease as run out on that word and promoted
+/// another node; a stream it cannot have seen must not keep this primary writable.
+/// Before the first answer since the agent started (a reboot with the controller
+/// down), every stream counts, so that a primary restarted during a controller outage
+/// keeps serving through its standbys (DESIGN §5 rule 4).
+pub fn standby_renews(
+    pid: i32,
+    contacted_since_start: bool,
+    senders_at_last_answer: &std::collections::HashSet<i32>,
+) -> bool {
+    !contacted_since_start || senders_at_last_answer.contains(&pid)
+}
+
 /// How often the watchdog looks at a deadline that is not near (it also wakes at the
 /// deadline itself).
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -103,6 +121,20 @@ mod tests {
         ] {
             assert_eq!(renewal(sent, term, max), want, "{sent} {term} {max}");
         }
+    }
+
+    #[test]
+    fn only_a_stream_the_controller_could_have_seen_renews_the_lease() {
+        let at_answer: std::collections::HashSet<i32> = [101, 102].into();
+        assert!(standby_renews(101, true, &at_answer));
+        assert!(
+            !standby_renews(103, true, &at_answer),
+            "a reconnection after the last answer"
+        );
+        assert!(
+            standby_renews(103, false, &at_answer),
+            "restarted with the controller down: every stream counts"
+        );
     }
 
     fn counting() -> (Arc<AtomicU32>, Watchdog) {

@@ -10,6 +10,9 @@ pub struct LocalStandby {
     pub obs: StandbyObservation,
     /// The standby's last reply timestamp, as text (compared, never interpreted).
     pub reply_time: Option<String>,
+    /// The WAL sender's process id: one connection of the standby (a reconnection
+    /// gets another).
+    pub pid: i32,
     /// `replay_lag` in seconds (0 when idle).
     pub replay_lag_seconds: f64,
 }

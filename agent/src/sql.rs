@@ -96,7 +96,7 @@ pub async fn read_local(
         let rows = c
             .query(
                 "SELECT application_name, state, sync_state, flush_lsn::text, reply_time::text, \
-                        coalesce(extract(epoch FROM replay_lag), 0)::float8 \
+                        coalesce(extract(epoch FROM replay_lag), 0)::float8, pid \
                  FROM pg_stat_replication",
                 &[],
             )
@@ -132,6 +132,7 @@ pub async fn read_local(
                 },
                 reply_time: r.get(4),
                 replay_lag_seconds: r.get(5),
+                pid: r.get::<_, Option<i32>>(6).unwrap_or_default(),
             })
             .collect();
     }

@@ -31,6 +31,11 @@ struct Agent {
     contacted_since_start: bool,
     last_standby_seen: Instant,
     standby_replies: HashMap<String, Option<String>>,
+    /// The WAL senders streaming at this tick, and those that were when the last report
+    /// the controller answered was sent: only those renew the lease (see
+    /// `lease::standby_renews`).
+    streaming_senders: std::collections::HashSet<i32>,
+    lease_senders: std::collections::HashSet<i32>,
     last_streaming: Option<Instant>,
     /// When the WAL receiver was last seen streaming from each address.
     streamed_from: HashMap<(String, u16), Instant>,
@@ -217,6 +222,8 @@ pub async fn run(
         contacted_since_start: false,
         last_standby_seen: now,
         standby_replies: HashMap::new(),
+        streaming_senders: Default::default(),
+        lease_senders: Default::default(),
         last_streaming: None,
         streamed_from: HashMap::new(),
         last_report: None,

@@ -17,12 +17,20 @@ impl Agent {
         }
         self.was_ready = l.ready;
         let mut seen = HashMap::new();
+        self.streaming_senders.clear();
         for s in &l.standbys {
             if s.obs.state != "streaming" {
                 continue;
             }
+            self.streaming_senders.insert(s.pid);
             let prev = self.standby_replies.get(&s.obs.application_name);
-            if prev != Some(&s.reply_time) {
+            if prev != Some(&s.reply_time)
+                && crate::lease::standby_renews(
+                    s.pid,
+                    self.contacted_since_start,
+                    &self.lease_senders,
+                )
+            {
                 self.last_standby_seen = Instant::now();
             }
             seen.insert(s.obs.application_name.clone(), s.reply_time.clone());
@@ -153,6 +161,7 @@ impl Agent {
             backups: self.backups.backups.clone(),
         };
         let sent = Instant::now();
+        let senders_at_send = self.streaming_senders.clone();
         self.last_report = Some(sent);
         let res = self.client.report(&r).await;
         if res.is_ok() {
@@ -188,6 +197,7 @@ impl Agent {
             return Ok(());
         };
         self.last_controller_contact = renewed;
+        self.lease_senders = senders_at_send;
         self.contacted_since_start = true;
         let mut changed = self.state.assignment.as_ref() != Some(&a);
         if self.state.fenced && a.goal.is_writable() {

@@ -449,43 +449,84 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
                 "the old primary answers again: take its last WAL from it".into(),
             ),
         },
-        (NodeState::StopReplication, NodeState::StopReplication) => {
-            let fenced = match old {
-                None => Some("no old primary left".to_string()),
-                Some(old) if f.acked_demotion(old) => {
-                    Some(format!("{} acknowledged its demotion", old.name))
+        (NodeState::StopReplication, NodeState::StopReplication) => match old {
+            None => promote(None, cand, "no old primary left".into(), p),
+            Some(old) if f.acked_demotion(old) => {
+                // The candidate was elected on reports that may predate the old
+                // primary's last commits (it could have come back and stopped since, or
+                // a quorum standby's report was stale): its stopped Postgres says where
+                // it ended, and the candidate, streaming nothing now, must have it all.
+                let final_lsn = old.pg.lsn.unwrap_or_default();
+                if cand.pg.lsn.is_some_and(|l| l >= final_lsn) {
+                    promote(
+                        Some(old),
+                        cand,
+                        format!("{} acknowledged its demotion", old.name),
+                        p,
+                    )
+                } else {
+                    abort_promotion(
+                        f,
+                        old,
+                        cand,
+                        format!(
+                            "it stopped at {} and {} has up to {final_lsn}",
+                            cand.pg.lsn.unwrap_or_default(),
+                            old.name
+                        ),
+                        p,
+                    )
                 }
-                Some(old) if f.lease_certainly_expired(old) => Some(format!(
+            }
+            Some(old) if f.lease_certainly_expired(old) => {
+                // The old primary has accepted nothing since its lease ran out, and every
+                // standby has reported since it stopped streaming from it: the election
+                // runs again on those final reports (a quorum standby may have received
+                // acknowledged commits after the reports the first election saw).
+                let why = format!(
                     "the lease of {} certainly ran out (no report for {} ms)",
                     old.name,
                     f.now_ms
                         .saturating_sub(old.last_report_ms.unwrap_or(f.controller_started_ms))
-                )),
-                Some(old) => {
-                    p.wait(format!(
-                        "waiting for {} to acknowledge demotion or its lease to run out",
-                        old.name
-                    ));
-                    None
-                }
-            };
-            if let Some(why) = fenced {
-                if let Some(old) = old {
-                    p.assign(
-                        old,
-                        NodeState::Demoted,
-                        Rule::OldPrimaryDemoted,
-                        why.clone(),
-                    );
-                }
-                p.assign(
-                    cand,
-                    NodeState::WaitPrimary,
-                    Rule::StopReplicationToWaitPrimary,
-                    format!("{why}: {} is the primary now", cand.name),
                 );
+                reelect_or(f, old, cand, p, |e, p| match e.source {
+                    None => promote(Some(old), cand, why, p),
+                    Some(s) => p.assign(
+                        cand,
+                        NodeState::FastForward,
+                        Rule::FastForward,
+                        format!(
+                            "{} has WAL up to {} that {} lacks: stream it first",
+                            s.name,
+                            s.pg.lsn.unwrap_or_default(),
+                            cand.name
+                        ),
+                    ),
+                })
             }
-        }
+            Some(old) => p.wait(format!(
+                "waiting for {} to acknowledge demotion or its lease to run out",
+                old.name
+            )),
+        },
         _ => p.wait(format!("{} is reaching {}", cand.name, cand.goal)),
     }
+}
+
+/// The old primary is fenced (`why`): the candidate is the primary now.
+fn promote(old: Option<&NodeView>, cand: &NodeView, why: String, p: &mut Plan) {
+    if let Some(old) = old {
+        p.assign(
+            old,
+            NodeState::Demoted,
+            Rule::OldPrimaryDemoted,
+            why.clone(),
+        );
+    }
+    p.assign(
+        cand,
+        NodeState::WaitPrimary,
+        Rule::StopReplicationToWaitPrimary,
+        format!("{why}: {} is the primary now", cand.name),
+    );
 }

@@ -224,7 +224,10 @@ impl FormationView {
         self.nodes.iter().filter(|n| {
             matches!(
                 n.goal,
-                NodeState::Secondary | NodeState::FastForward | NodeState::PreparePromotion
+                NodeState::Secondary
+                    | NodeState::FastForward
+                    | NodeState::PreparePromotion
+                    | NodeState::StopReplication
             ) && n.reported == n.goal
                 && self.is_healthy(n)
         })

@@ -359,6 +359,50 @@ fn acknowledged_demotion_promotes_at_once() {
 }
 
 #[test]
+fn stop_replication_hands_the_role_back_when_the_old_primary_ended_past_the_candidate() {
+    // The candidate was elected while the old primary was failed; the old primary came
+    // back and stopped with WAL the candidate, streaming nothing now, will never get.
+    let mut old = node(1, Draining);
+    old.pg.running = false;
+    old.pg.lsn = Some(Lsn(5000));
+    let p = plan(&formation(vec![old, node(2, StopReplication)]));
+    assert_eq!(goal_of(&p, 1), Some(WaitPrimary));
+    assert_eq!(goal_of(&p, 2), Some(Catchingup));
+    assert!(p.decisions[0].description.contains("aborted"), "{p:?}");
+}
+
+#[test]
+fn stop_replication_fenced_by_lease_elects_again_on_the_reports_made_since() {
+    // Node 3, a quorum standby, reported more WAL than the candidate after the first
+    // election: the candidate fast-forwards from it before it is promoted.
+    let mut f = formation(vec![
+        node(1, Draining),
+        node(2, StopReplication),
+        node(3, Secondary),
+    ]);
+    f.nodes[0].reported = Primary;
+    let now = f.now_ms;
+    fail(&mut f, 0, now, 4000);
+    for i in [1, 2] {
+        f.nodes[i].pg.upstream_streaming = false;
+        f.nodes[i].upstream_lost_at_ms = Some(now - 4000);
+    }
+    f.nodes[2].pg.lsn = Some(Lsn(2000));
+    // At equal priority node 3 is the better candidate now.
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), Some(Secondary), "{p:?}");
+    assert_eq!(goal_of(&p, 3), Some(PreparePromotion), "{p:?}");
+    f.nodes[1].candidate_priority = 90;
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), Some(FastForward), "{p:?}");
+    assert_eq!(goal_of(&p, 1), None, "nobody is promoted yet");
+    // With the WAL streamed, the promotion goes on.
+    f.nodes[1].pg.lsn = Some(Lsn(2000));
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), Some(WaitPrimary), "{p:?}");
+}
+
+#[test]
 fn demoted_node_rejoins_once_the_new_primary_has_its_slot() {
     let mut a = node(1, Demoted);
     a.pg.running = false;

@@ -52,6 +52,8 @@ struct Sim {
     last_standby_contact: u64,
     lsn: u64,
     lost_stream_at: Option<u64>,
+    /// When its current stream (connection) to its upstream began.
+    stream_since: u64,
     /// Reached the controller since the VM (re)started.
     contacted: bool,
 }
@@ -97,6 +99,7 @@ impl World {
                 last_standby_contact: START,
                 lsn: 1000,
                 lost_stream_at: None,
+                stream_since: START,
                 contacted: true,
             });
         }
@@ -146,7 +149,14 @@ impl World {
             if streaming {
                 let u = up.unwrap();
                 self.sims[i].lsn = self.sims[i].lsn.max(self.sims[u].lsn);
-                self.sims[u].last_standby_contact = self.now;
+                if self.sims[i].lost_stream_at.is_some() {
+                    self.sims[i].stream_since = self.now;
+                }
+                // As the agent: only a stream that existed when the upstream last
+                // heard from the controller renews its lease (or any, before that).
+                if !self.sims[u].contacted || self.sims[i].stream_since <= self.sims[u].last_ack {
+                    self.sims[u].last_standby_contact = self.now;
+                }
                 self.sims[i].lost_stream_at = None;
             } else if self.sims[i].lost_stream_at.is_none() {
                 self.sims[i].lost_stream_at = Some(self.now);
@@ -458,14 +468,11 @@ proptest! {
 /// turned synchronous while node 2 was stalled behind, then died. Node 2 has all a
 /// quorum standby acknowledged in node 3's term, but not what node 3 had before:
 /// the floor persisted when node 3 turned synchronous keeps node 2 from promotion.
-/// KNOWN BUG, found by the property test on 2026-12-02 and present before that
-/// session's changes (it fails on b7f9ba6 too): node 1 (the primary) is cut from the
+/// Found by the property test on 2026-12-02: node 1 (the primary) is cut from the
 /// controller, node 3 too, node 2's replication stalls, a write is acknowledged by
-/// node 3, and node 2 is later promoted without it. Ignored so CI stays green while
-/// it is open; fix the planner, then remove the `ignore`.
+/// node 3, and node 2 was later promoted without it.
 #[test]
-#[ignore = "known planner safety bug: a promotion misses a write node 3 acknowledged"]
-fn known_bug_a_standby_is_promoted_without_an_acknowledged_write() {
+fn a_standby_is_not_promoted_without_a_write_a_cut_quorum_standby_acknowledged() {
     let mut w = World::with_priorities(&[0, 70, 0]);
     w.nss = 0;
     let ops = [
@@ -595,18 +602,16 @@ fn simulated_primary_crash_fails_over_and_heals() {
     assert_eq!(w.view_nodes[0].goal, Secondary);
 }
 
-/// KNOWN BUG (safety), the same family as the one above, found by the property test in
-/// CI on 2026-12-03 and present before that session (it fails on 495bb08 too): node 2
-/// is primary and cut from the controller, node 1 too (both still stream), node 3's
-/// replication stalls; a write is acknowledged by node 1 after its last report; a
-/// switchover to node 3 then passes the data-loss guard on node 1's stale report (it
-/// still counts as reporting within the failure timeout), and node 3 is promoted
-/// without the write once node 2 acknowledges its demotion. The fix: re-check the
-/// guard at stop_replication -> wait_primary with reports made after the old primary
-/// stopped committing, and fast-forward or re-elect instead.
+/// Found by the property test in CI on 2026-12-03: node 2 is primary and cut from the
+/// controller, node 1 too (both still stream), node 3's replication stalls; a write is
+/// acknowledged by node 1 after its last report; a switchover to node 3 passes the
+/// data-loss guard on node 1's stale report (it still counts as reporting within the
+/// failure timeout), and node 3 reached stop_replication. Node 2 then acknowledges its
+/// demotion with WAL node 3 lacks: stop_replication checks the old primary's final LSN
+/// (as prepare_promotion does) and aborts, and when fenced by lease it runs the
+/// election again on the reports made since.
 #[test]
-#[ignore = "known planner safety bug: a stale quorum report lets a standby be promoted without an acknowledged write"]
-fn known_bug_a_switchover_promotes_past_a_stale_quorum_report() {
+fn a_switchover_is_not_promoted_past_a_stale_quorum_report() {
     use Op::*;
     let mut w = World::with_priorities(&[0, 70, 70]);
     w.nss = 0;
@@ -631,6 +636,39 @@ fn known_bug_a_switchover_promotes_past_a_stale_quorum_report() {
         Switchover,
         Tick(403),
         Tick(676),
+    ];
+    for o in &ops {
+        w.step(o).unwrap();
+    }
+    assert!(w.heal().unwrap());
+}
+
+/// Found while fixing the two above (2026-12-03): node 2's replication stopped (it
+/// reported so), then it was cut from the controller and reconnected to node 1, the
+/// primary, itself cut from the controller. The controller counted node 1's lease as
+/// run out on node 2's last word and promoted node 3 while node 2's new stream kept
+/// node 1 writable: two writers. A stream that began after the primary's last answer
+/// from the controller no longer renews its lease (`lease::standby_renews`).
+#[test]
+fn a_standby_that_reconnects_after_its_report_does_not_keep_the_old_primary_writable() {
+    use Op::*;
+    let mut w = World::with_priorities(&[50, 0, 50]);
+    let ops = [
+        Stall(1, true),
+        Tick(600),
+        Partition(0, true),
+        Stall(2, true),
+        Tick(600),
+        Partition(1, true),
+        Stall(1, false),
+        Tick(1000),
+        Tick(1000),
+        Tick(400),
+        Tick(100),
+        Tick(100),
+        Tick(100),
+        Tick(100),
+        Tick(100),
     ];
     for o in &ops {
         w.step(o).unwrap();
