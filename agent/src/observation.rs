@@ -45,6 +45,9 @@ pub struct Local {
     pub active_slots: Vec<String>,
     /// pgha's slots Postgres invalidated (`wal_status = 'lost'`): their WAL is gone.
     pub lost_slots: Vec<String>,
+    /// The other physical slots (the file's permanent ones among them), with their
+    /// positions.
+    pub permanent_slots: Vec<pgha_api::SlotPosition>,
     pub replicator_exists: bool,
     pub dbname_exists: bool,
     /// From pg_controldata when stopped.

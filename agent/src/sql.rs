@@ -154,6 +154,52 @@ pub async fn read_local(
             l.slots.push(name);
         }
     }
+    let others = c
+        .query(
+            "SELECT slot_name::text, restart_lsn::text FROM pg_replication_slots \
+             WHERE slot_type = 'physical' AND NOT temporary \
+               AND slot_name NOT LIKE 'pgha\\_slot\\_%' ORDER BY 1",
+            &[],
+        )
+        .await?;
+    l.permanent_slots = others
+        .iter()
+        .map(|r| pgha_api::SlotPosition {
+            name: r.get(0),
+            restart_lsn: r.get::<_, Option<String>>(1).and_then(|s| s.parse().ok()),
+        })
+        .collect();
+    Ok(())
+}
+
+/// Keeps the file's permanent slots: each one made where it is missing (on a standby
+/// too: its WAL is kept from its last restartpoint), and on a standby advanced to the
+/// primary's position of it, never past what this node replayed. Slots the file no
+/// longer names are left alone (drop them by hand: a consumer may still need one).
+pub async fn sync_permanent_slots(
+    c: &Client,
+    wanted: &[pgha_api::SlotPosition],
+    standby: bool,
+) -> anyhow::Result<()> {
+    for s in wanted {
+        c.execute(
+            "SELECT pg_create_physical_replication_slot($1, true) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&s.name],
+        )
+        .await
+        .with_context(|| format!("creating permanent slot {}", s.name))?;
+        if let (true, Some(to)) = (standby, s.restart_lsn) {
+            c.execute(
+                "SELECT pg_replication_slot_advance(slot_name, least($2::text::pg_lsn, pg_last_wal_replay_lsn())) \
+                 FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND restart_lsn < least($2::text::pg_lsn, pg_last_wal_replay_lsn())",
+                &[&s.name, &to.to_string()],
+            )
+            .await
+            .with_context(|| format!("advancing permanent slot {} to {to}", s.name))?;
+        }
+    }
     Ok(())
 }
 

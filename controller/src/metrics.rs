@@ -131,6 +131,7 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
     let report_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let lsn = Family::<Labels, Gauge>::default();
     let lag = Family::<Labels, Gauge>::default();
+    let slot_retained = Family::<Labels, Gauge>::default();
     let term = Family::<Labels, Gauge>::default();
     let info = Family::<Labels, Gauge>::default();
     let blocked = Family::<Labels, Gauge>::default();
@@ -192,6 +193,15 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
             if let (true, Some(p), Some(x)) = (is_standby, primary_lsn, n.lsn) {
                 lag.get_or_create(&l).set(p.bytes_ahead_of(x) as i64);
             }
+            for s in &n.permanent_slots {
+                if let (Some(x), Some(r)) = (n.lsn, s.restart_lsn) {
+                    let mut sl = l.clone();
+                    sl.push(("slot".into(), s.name.clone()));
+                    slot_retained
+                        .get_or_create(&sl)
+                        .set(x.bytes_ahead_of(r) as i64);
+                }
+            }
             if let Some(a) = &n.archive {
                 // Postgres' own count (a fresh registry each page, so inc_by sets it):
                 // it starts again on a newly promoted primary, which rate() reads as a
@@ -234,6 +244,11 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
         "replication_lag_bytes",
         "Bytes a standby is behind the primary, from their last reports",
         lag,
+    );
+    reg.register(
+        "permanent_slot_retained_bytes",
+        "WAL a permanent slot holds on the node: its position to the node's last reported LSN",
+        slot_retained,
     );
     reg.register(
         "archive_last_success_age_seconds",
@@ -375,6 +390,10 @@ mod tests {
             last_failed_s_ago: Some(2),
             ..Default::default()
         });
+        st.observed.entry(1).or_default().pg.permanent_slots = vec![pgha_api::SlotPosition {
+            name: "archiver".into(),
+            restart_lsn: Some(pgha_api::Lsn(0)),
+        }];
         let fl = |extra: &[(&str, &str)]| {
             let mut l = labels(&[("formation", "default")]);
             l.extend(labels(extra));
@@ -435,6 +454,7 @@ mod tests {
             ("pgha_archive_failing", "gauge"),
             ("pgha_archive_failures", "counter"),
             ("pgha_archive_last_success_age_seconds", "gauge"),
+            ("pgha_permanent_slot_retained_bytes", "gauge"),
         ];
         for (name, kind) in expected {
             assert!(
@@ -482,6 +502,10 @@ mod tests {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }
         assert!(!text.contains(r#"pgha_archive_failing{formation="default",node="node_2"}"#));
+        assert!(
+            text.contains(r#"pgha_permanent_slot_retained_bytes{formation="default",node="node_1",slot="archiver"} "#),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

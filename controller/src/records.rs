@@ -390,7 +390,6 @@ impl FormationRecord {
                 .is_none_or(|s| !s.declared_nodes_only() || self.declared(&n.name).is_some())
     }
 
-    /// `maxSlotWalKeepSize` in force.
     /// The file's backup settings, as the agents apply them.
     pub fn backup(&self) -> Option<pgha_api::BackupSettings> {
         self.spec()
@@ -398,6 +397,14 @@ impl FormationRecord {
             .map(|b| b.settings(&self.name))
     }
 
+    /// The file's permanent slots, by name.
+    pub fn permanent_slots(&self) -> Vec<String> {
+        self.spec()
+            .map(|s| s.slots.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// `maxSlotWalKeepSize` in force.
     pub fn max_slot_wal_keep_size(&self) -> String {
         self.spec()
             .and_then(|s| s.postgresql.max_slot_wal_keep_size.clone())

@@ -105,6 +105,7 @@ impl Agent {
                 }
                 a
             }),
+            permanent_slots: l.permanent_slots.clone(),
             lost_slots: self
                 .lost_slots
                 .iter()

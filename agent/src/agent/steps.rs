@@ -136,6 +136,11 @@ impl Agent {
                 sql::promote(&c).await
             }
             Step::SetupPrimary => self.setup_primary().await,
+            Step::SyncPermanentSlots => {
+                let c = observe::local_client(&self.cfg).await?;
+                let w = self.wanted(goal);
+                sql::sync_permanent_slots(&c, &w.permanent_slots, goal.is_standby()).await
+            }
         }
     }
 

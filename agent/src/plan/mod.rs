@@ -29,6 +29,8 @@ pub enum Step {
     Promote,
     /// Roles, database and replication slots of a primary.
     SetupPrimary,
+    /// The file's permanent slots: made where missing, advanced on a standby.
+    SyncPermanentSlots,
 }
 
 /// What the assignment asks of the local Postgres, beyond the goal.
@@ -39,6 +41,8 @@ pub struct Wanted {
     pub synchronous_standby_names: String,
     /// Replication slots a primary keeps (one per peer).
     pub slots: Vec<String>,
+    /// The file's permanent slots, with the primary's position of each.
+    pub permanent_slots: Vec<pgha_api::SlotPosition>,
     /// Settings waiting for a restart may be applied by restarting here: on a standby,
     /// or on a primary without peers (with peers, the controller switches over first).
     pub restart_allowed: bool,
@@ -77,6 +81,9 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
         }
         if !l.replicator_exists || !l.dbname_exists || slots_to_change(w, l) {
             return Step::SetupPrimary;
+        }
+        if permanent_slots_to_sync(w, l, false) {
+            return Step::SyncPermanentSlots;
         }
         if l.synchronous_standby_names.as_deref() != Some(w.synchronous_standby_names.as_str()) {
             return Step::Wait("synchronous_standby_names reload pending");
@@ -119,6 +126,9 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
         if w.restart_allowed && !l.pending_restart.is_empty() && g.streams_from_upstream() {
             // Restart to apply settings that need it (the next tick starts it again).
             return Step::Stop;
+        }
+        if permanent_slots_to_sync(w, l, true) {
+            return Step::SyncPermanentSlots;
         }
         return Step::Reached;
     }
@@ -166,6 +176,20 @@ pub fn slots_to_change(w: &Wanted, l: &Local) -> bool {
     missing || droppable
 }
 
+/// A permanent slot of the file is missing here, or (on a standby) behind the primary's
+/// position of it where this node has replayed further.
+pub fn permanent_slots_to_sync(w: &Wanted, l: &Local, standby: bool) -> bool {
+    w.permanent_slots.iter().any(|want| {
+        match l.permanent_slots.iter().find(|s| s.name == want.name) {
+            None => true,
+            Some(have) => {
+                let reachable = want.restart_lsn.min(l.lsn);
+                standby && reachable.is_some_and(|to| have.restart_lsn.is_none_or(|h| h < to))
+            }
+        }
+    })
+}
+
 /// A writable node fences itself when it has heard from neither the controller nor any
 /// standby for longer than its lease (DESIGN §5 rule 2), in every writable state.
 pub fn should_fence(
@@ -181,6 +205,7 @@ pub fn should_fence(
 mod tests {
     use super::*;
     use crate::pg::ControlData;
+    use pgha_api::Lsn;
 
     fn wanted(goal: NodeState) -> Wanted {
         Wanted {
@@ -188,8 +213,48 @@ mod tests {
             has_upstream: true,
             synchronous_standby_names: String::new(),
             slots: vec![],
+            permanent_slots: vec![],
             restart_allowed: true,
         }
+    }
+
+    #[test]
+    fn permanent_slots_are_made_everywhere_and_advanced_only_on_a_standby() {
+        use pgha_api::SlotPosition;
+        let at = |lsn: u64| SlotPosition {
+            name: "archiver".into(),
+            restart_lsn: Some(Lsn(lsn)),
+        };
+        let mut w = wanted(NodeState::Secondary);
+        w.permanent_slots = vec![at(5000)];
+        let mut l = Local {
+            lsn: Some(Lsn(9000)),
+            ..Local::default()
+        };
+        assert!(permanent_slots_to_sync(&w, &l, true), "missing");
+        l.permanent_slots = vec![at(1000)];
+        assert!(
+            permanent_slots_to_sync(&w, &l, true),
+            "behind the primary's"
+        );
+        assert!(
+            !permanent_slots_to_sync(&w, &l, false),
+            "a primary's own slot moves with its consumer only"
+        );
+        l.permanent_slots = vec![at(5000)];
+        assert!(!permanent_slots_to_sync(&w, &l, true), "caught up");
+        l.permanent_slots = vec![at(3000)];
+        l.lsn = Some(Lsn(3000));
+        assert!(
+            !permanent_slots_to_sync(&w, &l, true),
+            "never past what this node replayed"
+        );
+        w.permanent_slots[0].restart_lsn = None;
+        l.permanent_slots = vec![];
+        assert!(
+            permanent_slots_to_sync(&w, &l, false),
+            "made even before the primary reports a position"
+        );
     }
 
     fn running_primary() -> Local {
@@ -410,6 +475,7 @@ mod tests {
                     has_upstream: true,
                     synchronous_standby_names: "ANY 1 (pgha_standby_2)".into(),
                     slots: slots.clone(),
+                    permanent_slots: vec![],
                     restart_allowed: true,
                 };
                 // A primary is never created from nothing but by initdb for `single`, and
@@ -470,6 +536,7 @@ mod tests {
                 n.dbname_exists = true;
                 n.slots = w.slots.clone();
             }
+            Step::SyncPermanentSlots => n.permanent_slots = w.permanent_slots.clone(),
             Step::Wait(_) => {
                 // A reload takes effect; a cut receiver stops.
                 n.synchronous_standby_names = Some(w.synchronous_standby_names.clone());

@@ -69,6 +69,7 @@ pub fn wanted(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Wanted {
                     .collect()
             })
             .unwrap_or_default(),
+        permanent_slots: a.map(|a| a.permanent_slots.clone()).unwrap_or_default(),
         // Not in the middle of a promotion (fast_forward, prepare_promotion,
         // stop_replication): a restart there would only delay the failover.
         restart_allowed: matches!(goal, NodeState::Catchingup | NodeState::Secondary)
@@ -123,6 +124,7 @@ mod tests {
             upstream_slot: true,
             backup: None,
             backup_request: None,
+            permanent_slots: vec![],
             node_id: 1,
             goal,
             term: 1,

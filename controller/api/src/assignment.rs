@@ -82,4 +82,9 @@ pub struct Assignment {
     /// A backup this node must take (the latest asked of it; done once per id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_request: Option<crate::BackupRequest>,
+    /// The file's permanent slots, each with the primary's position of it: every node
+    /// keeps one, a standby's advanced up to the primary's, so that a consumer finds
+    /// its slot on whichever node is promoted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permanent_slots: Vec<crate::SlotPosition>,
 }

@@ -93,11 +93,34 @@ pub struct FormationSpec {
     /// Continuous archiving and backups with pgBackRest (none when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<crate::backup::BackupSpec>,
+    /// Permanent replication slots, by name: kept on every node (a standby's copy
+    /// advanced to the primary's position), so that a consumer outside the formation
+    /// (`pg_receivewal`, a standby in another region, a backup tool) finds its slot on
+    /// whichever node is promoted, and the WAL it still needs.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub slots: std::collections::BTreeMap<String, SlotSpec>,
     /// The nodes, at most 9. With `admission.declaredNodesOnly` (the default when any node is listed)
     /// only these may register, each from its declared host and port.
     #[serde(default)]
     #[schemars(length(max = 9))]
     pub nodes: Vec<NodeSpec>,
+}
+
+/// One permanent replication slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SlotSpec {
+    /// `physical` (the only kind kept across failover yet: PostgreSQL 15 cannot create a
+    /// logical slot on a standby).
+    #[serde(rename = "type")]
+    pub kind: SlotKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotKind {
+    Physical,
+    Logical,
 }
 
 /// Admission of nodes into the formation.

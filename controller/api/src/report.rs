@@ -56,6 +56,19 @@ pub struct PgObservation {
     /// WAL archiving, on a primary whose `archive_mode` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<crate::ArchiveStatus>,
+    /// The physical replication slots on this node that pgha does not name for a node
+    /// (the file's permanent slots among them), with their positions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permanent_slots: Vec<SlotPosition>,
+}
+
+/// A replication slot and how far its consumer got (`restart_lsn`: the WAL it still
+/// needs; None until it reserved any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotPosition {
+    pub name: String,
+    pub restart_lsn: Option<Lsn>,
 }
 
 /// Free and total bytes of a filesystem.

@@ -62,6 +62,10 @@ pub struct NodeStatus {
     /// `pgha restart --scheduled`: when (unix ms) its Postgres restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_scheduled_ms: Option<u64>,
+    /// Its physical slots other than pgha's own (the file's permanent slots), with
+    /// their positions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permanent_slots: Vec<crate::SlotPosition>,
 }
 
 impl NodeStatus {

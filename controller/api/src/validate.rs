@@ -190,6 +190,27 @@ const MANAGED_PARAMETERS: &[&str] = &[
     "max_slot_wal_keep_size",
 ];
 
+/// A permanent slot's name: what Postgres accepts (lower-case letters, digits and
+/// underscores, at most 63), and not one pgha makes for its nodes.
+fn check_slot_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "{name:?} is not a slot name: lower-case letters, digits and _, at most 63"
+        ));
+    }
+    if name.starts_with("pgha_") {
+        return Err(format!(
+            "{name:?}: names starting with pgha_ are pgha's own (one slot per node)"
+        ));
+    }
+    Ok(())
+}
+
 /// A setting a formation may set: a Postgres setting name (`[a-z0-9_.]`) that pgha does
 /// not manage itself. Checked in formation files and again by the agent.
 pub fn check_parameter_name(name: &str) -> Result<(), String> {
@@ -342,6 +363,18 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
                     format!("{name} is set by pgha from spec.backup: remove one of the two"),
                 );
             }
+        }
+    }
+    for (name, slot) in &s.slots {
+        let at = format!("spec.slots.{name}");
+        if let Err(e) = check_slot_name(name) {
+            err(at.clone(), e);
+        }
+        if slot.kind == crate::formation::SlotKind::Logical {
+            err(
+                format!("{at}.type"),
+                "logical slots are not kept across failover yet (PostgreSQL 15 cannot create one on a standby): declare physical slots only".into(),
+            );
         }
     }
     if s.nodes.len() > crate::formation::MAX_NODES {
@@ -634,6 +667,44 @@ spec:
   admission:
     joinSecretFile: /etc/pgha/default.secret
 ";
+
+    #[test]
+    fn permanent_slots_are_physical_with_names_postgres_takes_and_pgha_does_not_use() {
+        let good = GOOD.replace("101", "50");
+        let ok = format!("{good}  slots:\n    archiver:\n      type: physical\n");
+        let f = parse_formation("f.yaml", ok.as_bytes()).unwrap();
+        assert_eq!(f.spec.slots.len(), 1);
+        let bad = format!(
+            "{good}  slots:\n    Bad-Name:\n      type: physical\n    pgha_slot_9:\n      type: physical\n    cdc:\n      type: logical\n"
+        );
+        let errs = parse_formation("f.yaml", bad.as_bytes()).unwrap_err();
+        let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("spec.slots.Bad-Name: \"Bad-Name\" is not a slot name")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("spec.slots.pgha_slot_9: ") && l.contains("pgha's own")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("spec.slots.cdc.type: logical slots are not kept")),
+            "{lines:?}"
+        );
+        let unknown = format!("{good}  slots:\n    a:\n      type: temporary\n");
+        let errs = parse_formation("f.yaml", unknown.as_bytes()).unwrap_err();
+        assert!(
+            errs[0].to_string().contains("unknown variant `temporary`"),
+            "{errs:?}"
+        );
+    }
 
     #[test]
     fn finds_fields_by_path_and_paths_by_line() {

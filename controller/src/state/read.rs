@@ -148,6 +148,7 @@ impl ControllerState {
             no_load_balance: f.no_load_balance(n),
             backup: f.backup(),
             backup_request: n.intent.backup_request,
+            permanent_slots: permanent_slots(f, &view),
         })
     }
 
@@ -203,6 +204,7 @@ impl ControllerState {
                         rebuilding: n.intent.rebuild_epoch > o.rebuilt_epoch,
                         restarting: n.intent.restart_epoch > o.restarted_epoch,
                         restart_scheduled_ms: n.intent.restart_at_ms,
+                        permanent_slots: o.pg.permanent_slots.clone(),
                         upstream: view
                             .nodes
                             .iter()
@@ -265,4 +267,19 @@ pub fn decision_inputs(v: &FormationView) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "term": v.term, "nodes": nodes })
+}
+
+/// The file's permanent slots, each with the position the primary reports for it (none
+/// while no node is writable or the primary has not made it yet).
+fn permanent_slots(f: &FormationRecord, view: &FormationView) -> Vec<pgha_api::SlotPosition> {
+    let primary = view.nodes.iter().find(|v| v.goal.is_writable());
+    f.permanent_slots()
+        .into_iter()
+        .map(|name| pgha_api::SlotPosition {
+            restart_lsn: primary
+                .and_then(|p| p.pg.permanent_slots.iter().find(|s| s.name == name))
+                .and_then(|s| s.restart_lsn),
+            name,
+        })
+        .collect()
 }

@@ -170,6 +170,7 @@ impl SimNode {
                 pending_restart: vec![],
                 disk: None,
                 archive: None,
+                permanent_slots: vec![],
                 streamed_from: Some(StreamHistory {
                     watching_ms: started.elapsed().as_millis() as u64,
                     contacts: st

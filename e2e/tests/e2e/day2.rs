@@ -508,3 +508,114 @@ async fn a_pre_promote_hook_refuses_and_the_next_candidate_or_the_old_primary_se
     })
     .await;
 }
+
+/// A permanent physical slot of the file (`spec.slots`) is made on every node, and the
+/// standby's copy follows the consumer's position on the primary; after the primary's VM
+/// is lost, the consumer finds its slot on the new primary at that position, with the
+/// WAL it still needs: `pg_receivewal` streams from it to the new primary's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_slot_survives_a_failover_at_its_consumers_position() {
+    scenario(async |c| {
+        c.write_formation(
+            "default.yaml",
+            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  slots:\n    archiver:\n      type: physical\n  nodes: []\n",
+        )?;
+        c.add_node("node_a")?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        c.add_node("node_b")?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        let probe = c.write_probe().await?;
+        probe.wait_for_more(20, T).await?;
+        let slot_lsn = async |i: usize| -> anyhow::Result<Option<String>> {
+            let db = c.connect_node(i).await?;
+            let row = db
+                .query_opt(
+                    "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = 'archiver'",
+                    &[],
+                )
+                .await?;
+            Ok(row.and_then(|r| r.get(0)))
+        };
+        // A consumer confirms its position on the primary (what pg_receivewal's
+        // feedback does), past the standby's copy.
+        let a = c.connect_node(0).await?;
+        a.batch_execute("CREATE TABLE IF NOT EXISTS slot_filler (x int); INSERT INTO slot_filler SELECT generate_series(1, 10000)")
+            .await?;
+        let confirmed: String = a
+            .query_one(
+                "SELECT end_lsn::text FROM pg_replication_slot_advance('archiver', pg_current_wal_lsn())",
+                &[],
+            )
+            .await?
+            .get(0);
+        let t0 = Instant::now();
+        loop {
+            let b = c.connect_node(1).await?;
+            let caught_up: Option<bool> = b
+                .query_one(
+                    "SELECT restart_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = 'archiver' \
+                     UNION ALL SELECT NULL LIMIT 1",
+                    &[&confirmed],
+                )
+                .await?
+                .get(0);
+            if caught_up == Some(true) {
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < T,
+                "the standby's copy of the slot never reached {confirmed}: {:?}",
+                slot_lsn(1).await?
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "the standby's copy of the slot reached the consumer's {confirmed} in {} ms",
+            t0.elapsed().as_millis()
+        );
+        c.kill_vm(0)?;
+        let new = c.wait_new_primary(&["node_a"], T)?;
+        anyhow::ensure!(new == "node_b", "{new} promoted");
+        let b = c.connect_node(1).await?;
+        let row = b
+            .query_one(
+                "SELECT restart_lsn::text, pg_wal_lsn_diff($1::text::pg_lsn, restart_lsn)::bigint, \
+                        pg_current_wal_lsn()::text \
+                 FROM pg_replication_slots WHERE slot_name = 'archiver'",
+                &[&confirmed],
+            )
+            .await?;
+        let (at, behind, end): (String, i64, String) = (row.get(0), row.get(1), row.get(2));
+        println!("after the failover the slot is at {at} on node_b: {behind} bytes behind the consumer's position");
+        anyhow::ensure!(behind <= 0, "the slot lost its consumer's position: {at} < {confirmed}");
+        // The consumer resumes on the new primary: every WAL file from the slot's
+        // position to the end is still there.
+        let bin = pgha_agent::config::AgentConfig::load(&c.nodes[1].pgdata)?.bin("pg_receivewal");
+        let dir = c.path().join("receivewal");
+        std::fs::create_dir_all(&dir)?;
+        let out = std::process::Command::new(bin)
+            .args(["-D", &dir.display().to_string(), "-S", "archiver", "-h", &c.nodes[1].host])
+            .args(["-p", &c.nodes[1].port.to_string(), "-U", "postgres", "-n", "--no-sync"])
+            .arg(format!("--endpos={end}"))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "pg_receivewal from the slot on the new primary: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let files = std::fs::read_dir(&dir)?.count();
+        println!("pg_receivewal streamed {files} WAL file(s) from the slot on node_b up to {end}");
+        anyhow::ensure!(files > 0, "pg_receivewal wrote nothing");
+        // What the slot holds on each node is a metric.
+        let t0 = Instant::now();
+        let line = r#"pgha_permanent_slot_retained_bytes{formation="default",node="node_b",slot="archiver"}"#;
+        while !c.monitor_get("/metrics").await?.contains(line) {
+            anyhow::ensure!(t0.elapsed() < T, "no {line} on the metrics page");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        probe.wait_for_more(10, T).await?;
+        probe.finish_without_loss().await?;
+        Ok(())
+    })
+    .await;
+}
