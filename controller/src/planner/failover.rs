@@ -398,17 +398,7 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
                             old.name
                         ),
                     ),
-                    Some(s) => p.assign(
-                        cand,
-                        NodeState::FastForward,
-                        Rule::FastForward,
-                        format!(
-                            "{} has WAL up to {} that {} lacks: stream it first",
-                            s.name,
-                            s.pg.lsn.unwrap_or_default(),
-                            cand.name
-                        ),
-                    ),
+                    Some(s) => fast_forward(cand, s, p),
                 });
             }
             Some(old) => p.wait(format!("waiting for {} to stop Postgres", old.name)),
@@ -491,17 +481,7 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
                 );
                 reelect_or(f, old, cand, p, |e, p| match e.source {
                     None => promote(Some(old), cand, why, p),
-                    Some(s) => p.assign(
-                        cand,
-                        NodeState::FastForward,
-                        Rule::FastForward,
-                        format!(
-                            "{} has WAL up to {} that {} lacks: stream it first",
-                            s.name,
-                            s.pg.lsn.unwrap_or_default(),
-                            cand.name
-                        ),
-                    ),
+                    Some(s) => fast_forward(cand, s, p),
                 })
             }
             Some(old) => p.wait(format!(
@@ -528,5 +508,20 @@ fn promote(old: Option<&NodeView>, cand: &NodeView, why: String, p: &mut Plan) {
         NodeState::WaitPrimary,
         Rule::StopReplicationToWaitPrimary,
         format!("{why}: {} is the primary now", cand.name),
+    );
+}
+
+/// The candidate lacks WAL standby `s` has: it streams it from there first.
+fn fast_forward(cand: &NodeView, s: &NodeView, p: &mut Plan) {
+    p.assign(
+        cand,
+        NodeState::FastForward,
+        Rule::FastForward,
+        format!(
+            "{} has WAL up to {} that {} lacks: stream it first",
+            s.name,
+            s.pg.lsn.unwrap_or_default(),
+            cand.name
+        ),
     );
 }
