@@ -38,10 +38,21 @@ pub fn pgha_bin() -> PathBuf {
     dir.join("pgha")
 }
 
-/// A free TCP port on loopback (bound, then released).
+/// A free TCP port on loopback (bound, then released), never one this process handed
+/// out before: a port is released here and bound later by the process it is for, and
+/// the kernel may give the same port to the next bind(0) meanwhile (seen in CI: a
+/// standby's Postgres port was another agent's HTTP port, and Postgres never started).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = l.local_addr().expect("local addr").port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// One node: its agent process (when running) and PGDATA.
