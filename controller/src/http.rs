@@ -202,13 +202,24 @@ async fn guard(
         &route,
         now_ms(),
     );
-    match caller {
+    let response = match caller {
         Ok(p) => {
             req.extensions_mut().insert(Caller(p));
             next.run(req).await
         }
         Err(e) => Failure::from(e).into_response(),
+    };
+    // Nothing staged goes out before the store holds it: every answer but a report's
+    // (which waits for its own formation only) waits for all that is staged by now.
+    if route != routes::REPORT {
+        let ticket = lock(&ctx.shared).ticket(None);
+        if let Some(t) = ticket
+            && let Err(e) = t.settle(&ctx.shared).await
+        {
+            return Failure::store(e).into_response();
+        }
     }
+    response
 }
 
 /// A follower's refusal, naming the leader when one is known.
@@ -319,15 +330,19 @@ async fn report(
     Extension(caller): Extension<Caller>,
     Body(r): Body<NodeReport>,
 ) -> ApiResult<Assignment> {
-    let mut st = lock(&ctx.shared);
-    let span = tracing::info_span!("reconcile", formation = %r.formation, node = r.node_id);
-    let _entered = span.enter();
-    Ok(Json(st.report(
-        &r,
-        caller.0.as_ref(),
-        peer.ip(),
-        now_ms(),
-    )?))
+    let (assignment, ticket) = {
+        let mut st = lock(&ctx.shared);
+        let span = tracing::info_span!("reconcile", formation = %r.formation, node = r.node_id);
+        let _entered = span.enter();
+        let a = st.report(&r, caller.0.as_ref(), peer.ip(), now_ms())?;
+        // Only this formation's staged changes hold the answer up, not other
+        // formations' writes.
+        (a, st.ticket(Some(&r.formation)))
+    };
+    if let Some(t) = ticket {
+        t.settle(&ctx.shared).await.map_err(Failure::store)?;
+    }
+    Ok(Json(assignment))
 }
 
 async fn formation_state(

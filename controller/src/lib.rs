@@ -63,6 +63,7 @@ pub async fn run(
             })?;
             let shared: Shared = Arc::new(Mutex::new(st));
             lock(&shared).credentials = credentials::MonitorCredentials::load(&cfg.dir);
+            lock(&shared).pipeline();
             // The desired state is read before anything is served or reconciled.
             if let Some(dir) = &cfg.formations_dir {
                 reload_desired(&shared, dir);
@@ -161,6 +162,8 @@ fn start_etcd_campaign(
             let mut st = ControllerState::open(Box::new(store), now_ms())?;
             st.credentials = credentials::MonitorCredentials::load(&dir);
             st.leader_url = Some(own_url.clone());
+            // A follower's state stays inline: it writes nothing (its store refuses).
+            st.pipeline();
             *lock(&shared) = st;
             if let Some(d) = &formations_dir {
                 reload_desired(&shared, d);
@@ -247,22 +250,32 @@ async fn reconcile_loop(shared: Shared, leadership: Arc<leader::Leadership>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let mut st = lock(&shared);
-        // Checked under the lock: a newly elected state is swapped in under it too.
-        if !leadership.is_leader(now_ms()) {
-            continue;
-        }
-        let names: Vec<String> = st.durable.formations.keys().cloned().collect();
-        for f in names {
-            let span = tracing::info_span!("reconcile", formation = %f);
-            let _entered = span.enter();
-            if let Err(e) = st.reconcile(&f, now_ms()) {
-                tracing::error!("reconcile failed: {e}");
+        let ticket = {
+            let mut st = lock(&shared);
+            // Checked under the lock: a newly elected state is swapped in under it too.
+            if !leadership.is_leader(now_ms()) {
+                continue;
             }
-            st.take_scheduled_backups(&f, now_ms());
-            if let Err(e) = st.take_scheduled_restarts(&f, now_ms()) {
-                tracing::error!("scheduled restarts: {e}");
+            let names: Vec<String> = st.durable.formations.keys().cloned().collect();
+            for f in names {
+                let span = tracing::info_span!("reconcile", formation = %f);
+                let _entered = span.enter();
+                if let Err(e) = st.reconcile(&f, now_ms()) {
+                    tracing::error!("reconcile failed: {e}");
+                }
+                st.take_scheduled_backups(&f, now_ms());
+                if let Err(e) = st.take_scheduled_restarts(&f, now_ms()) {
+                    tracing::error!("scheduled restarts: {e}");
+                }
             }
+            st.ticket(None)
+        };
+        // What the tick decided is stored now, not at the next answer that needs it
+        // (events, and changes nobody asks about soon).
+        if let Some(t) = ticket
+            && let Err(e) = t.settle(&shared).await
+        {
+            tracing::error!("storing the reconcile loop's changes failed: {e}");
         }
     }
 }

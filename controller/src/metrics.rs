@@ -52,6 +52,9 @@ pub struct Metrics {
     /// Writes the store carried out, by `kind` (`state`, `events`): a save of changed
     /// records, or an append of events.
     pub store_writes: Family<Labels, Counter>,
+    /// How long a write of staged changes took (answers about the formations it
+    /// carries wait for it; others do not).
+    pub store_write_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -69,6 +72,9 @@ impl Default for Metrics {
             slots_invalidated: Family::default(),
             api_refused: Family::default(),
             store_writes: Family::default(),
+            store_write_duration: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
         }
     }
 }
@@ -303,7 +309,7 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
     );
     reg.register(
         "reconcile_duration_seconds",
-        "Time to plan and persist one formation",
+        "Time to plan one formation and stage its changes (the store write follows, outside the state's lock)",
         m.reconcile_duration.clone(),
     );
     reg.register(
@@ -330,6 +336,11 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
         "store_writes",
         "Writes the controller's store carried out (state: a save of changed records; events: an append), by kind",
         m.store_writes.clone(),
+    );
+    reg.register(
+        "store_write_duration_seconds",
+        "Time to write staged changes to the store (answers about the formations they carry wait for it)",
+        m.store_write_duration.clone(),
     );
 
     let mut out = String::new();
@@ -449,6 +460,7 @@ mod tests {
             ("pgha_failover_phase_duration_seconds", "histogram"),
             ("pgha_reconcile_duration_seconds", "histogram"),
             ("pgha_reconcile_errors", "counter"),
+            ("pgha_store_write_duration_seconds", "histogram"),
             ("pgha_config_errors", "counter"),
             ("pgha_replication_slots_invalidated", "counter"),
             ("pgha_archive_failing", "gauge"),

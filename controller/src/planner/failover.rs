@@ -257,6 +257,18 @@ pub fn plan_forced_failover(f: &FormationView) -> Result<(Plan, u64), String> {
 /// Gives the primary role back to the old primary when the promotion cannot finish
 /// safely (the candidate failed, or lacks WAL the old primary has). The candidate was
 /// never writable, so this is always safe.
+/// Aborts a promotion whose candidate lacks the end of the WAL of an old primary that
+/// acknowledged its demotion (that WAL may hold acknowledged commits).
+fn abort_missing_final_wal(f: &FormationView, old: &NodeView, cand: &NodeView, p: &mut Plan) {
+    let why = format!(
+        "it stopped at {} and {} has up to {}",
+        cand.pg.lsn.unwrap_or_default(),
+        old.name,
+        old.pg.lsn.unwrap_or_default()
+    );
+    abort_promotion(f, old, cand, why, p)
+}
+
 fn abort_promotion(f: &FormationView, old: &NodeView, cand: &NodeView, why: String, p: &mut Plan) {
     p.new_term = Some(f.term + 1);
     let why = format!(
@@ -367,17 +379,7 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
                         ),
                     );
                 } else if settled {
-                    abort_promotion(
-                        f,
-                        old,
-                        cand,
-                        format!(
-                            "it stopped at {} and {} has up to {final_lsn}",
-                            cand.pg.lsn.unwrap_or_default(),
-                            old.name
-                        ),
-                        p,
-                    );
+                    abort_missing_final_wal(f, old, cand, p);
                 } else {
                     p.wait(format!(
                         "{} replays the last WAL of {} (up to {final_lsn})",
@@ -455,17 +457,7 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
                         p,
                     )
                 } else {
-                    abort_promotion(
-                        f,
-                        old,
-                        cand,
-                        format!(
-                            "it stopped at {} and {} has up to {final_lsn}",
-                            cand.pg.lsn.unwrap_or_default(),
-                            old.name
-                        ),
-                        p,
-                    )
+                    abort_missing_final_wal(f, old, cand, p)
                 }
             }
             Some(old) if f.lease_certainly_expired(old) => {

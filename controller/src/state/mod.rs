@@ -1,8 +1,10 @@
 //! The controller's live state: the durable records plus what agents and probes observed,
 //! and the one way everything changes it. Every change (a report, a file scan, an
 //! operator action, a registration) is a `ControllerState` method that checks and
-//! writes under the one lock the caller holds, then saves before it returns:
+//! writes under the one lock the caller holds, then saves before it returns (or stages
+//! the change, and the answer waits until it is stored: [`commit`]):
 //!
+//! - [`commit`]: how the durable records reach the store, and when an answer may go;
 //! - [`reconcile`]: reports in, the planner over one view, the plan applied;
 //! - [`operator`]: registration and operator actions (switchover, forced failover,
 //!   maintenance, drop), refused with a typed [`Refusal`];
@@ -12,6 +14,7 @@
 
 mod auth;
 mod backup;
+mod commit;
 mod gitops;
 mod operator;
 mod promotion;
@@ -21,6 +24,7 @@ mod reconcile;
 mod tests;
 
 pub use auth::Principal;
+pub use commit::{Commit, Ticket};
 pub use operator::{ActionError, Refusal, unknown_formation};
 pub use promotion::PromotionTrack;
 pub use read::decision_inputs;
@@ -66,9 +70,8 @@ pub struct Observed {
 
 pub struct ControllerState {
     /// The durable records in force. Changed only under the lock and followed by
-    /// [`ControllerState::save`] before the lock is released: a failed save puts back
-    /// the last saved copy, so nothing is published (no term, goal or node id) that
-    /// the store does not hold.
+    /// [`ControllerState::save`] before the lock is released; nothing is published (no
+    /// term, goal or node id) that the store does not hold (see [`commit`]).
     pub durable: DurableState,
     /// What the store last confirmed.
     saved: DurableState,
@@ -94,7 +97,7 @@ pub struct ControllerState {
     pub leader_url: Option<String>,
     /// When the schedule last asked each formation's primary for a backup.
     scheduled_backup_at: HashMap<String, u64>,
-    store: Box<dyn Store>,
+    commit: Commit,
 }
 
 impl ControllerState {
@@ -103,6 +106,7 @@ impl ControllerState {
         let all: Vec<Event> = store.load_events()?;
         let next_event_id = all.last().map(|e| e.id + 1).unwrap_or(1);
         let skip = all.len().saturating_sub(EVENTS_IN_MEMORY);
+        let commit = Commit::new(store, &durable);
         Ok(ControllerState {
             saved: durable.clone(),
             durable,
@@ -120,60 +124,13 @@ impl ControllerState {
             refusals_recorded: HashMap::new(),
             leader_url: None,
             scheduled_backup_at: HashMap::new(),
-            store,
+            commit,
         })
-    }
-
-    /// Persists the durable records, or puts back the last saved copy when the store
-    /// fails (disk full, EIO): memory is never ahead of disk once the lock is released.
-    pub fn save(&mut self) -> Result<(), StoreError> {
-        if self.durable == self.saved {
-            return Ok(());
-        }
-        match off_async_workers(|| self.store.save(&self.durable)) {
-            Ok(()) => {
-                self.saved = self.durable.clone();
-                self.metrics
-                    .store_writes
-                    .get_or_create(&labels(&[("kind", "state")]))
-                    .inc();
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(
-                    "the controller store refused a write, nothing of it is in force: {e}"
-                );
-                self.durable = self.saved.clone();
-                Err(e)
-            }
-        }
     }
 
     /// Records an event durably and in memory.
     pub fn record(&mut self, ev: Event) -> Result<(), StoreError> {
         self.record_all(vec![ev])
-    }
-
-    /// Records events durably in one append, then in memory.
-    pub fn record_all(&mut self, mut events: Vec<Event>) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        for ev in &mut events {
-            ev.id = self.next_event_id;
-            self.next_event_id += 1;
-            tracing::info!(formation = %ev.formation, node = ev.node_name.as_deref().unwrap_or("-"), rule = %ev.rule, "{}", ev.description);
-        }
-        off_async_workers(|| self.store.append_events(&events))?;
-        self.metrics
-            .store_writes
-            .get_or_create(&labels(&[("kind", "events")]))
-            .inc();
-        self.events.extend(events);
-        while self.events.len() > EVENTS_IN_MEMORY {
-            self.events.pop_front();
-        }
-        Ok(())
     }
 
     /// An event, stamped with wall time (`_now_ms` is the planner's monotonic now: events

@@ -418,3 +418,182 @@ fn a_forced_failover_is_counted_as_the_operators() {
         "{text}"
     );
 }
+
+/// A store whose writes wait at a gate, to hold one write in flight.
+#[derive(Clone, Default)]
+struct Gate(std::sync::Arc<(std::sync::Mutex<(bool, usize)>, std::sync::Condvar)>);
+
+impl Gate {
+    fn close(&self) {
+        self.0.0.lock().unwrap().0 = true;
+    }
+    fn open(&self) {
+        self.0.0.lock().unwrap().0 = false;
+        self.0.1.notify_all();
+    }
+    /// Waits until a write is held at the gate.
+    fn wait_held(&self) {
+        let (m, cv) = &*self.0;
+        let g = m.lock().unwrap();
+        let _g = cv
+            .wait_timeout_while(g, std::time::Duration::from_secs(10), |g| g.1 == 0)
+            .unwrap();
+    }
+}
+
+/// Opens the gate when dropped: a failed assertion must not leave a write held (the
+/// runtime would wait for it for ever).
+struct OpenOnDrop(Gate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+struct GatedStore {
+    inner: FileStore,
+    gate: Gate,
+}
+
+impl Store for GatedStore {
+    fn load(&self) -> Result<DurableState, StoreError> {
+        self.inner.load()
+    }
+    fn save(&mut self, state: &DurableState) -> Result<(), StoreError> {
+        let (m, cv) = &*self.gate.0;
+        let mut g = m.lock().unwrap();
+        g.1 += 1;
+        cv.notify_all();
+        let mut g = cv.wait_while(g, |g| g.0).unwrap();
+        g.1 -= 1;
+        drop(g);
+        self.inner.save(state)
+    }
+    fn append_events(&mut self, events: &[Event]) -> Result<(), StoreError> {
+        self.inner.append_events(events)
+    }
+    fn load_events(&self) -> Result<Vec<Event>, StoreError> {
+        self.inner.load_events()
+    }
+}
+
+/// With staged writes, a write in flight holds up the answers about its formation
+/// (they are built on what it carries) and nothing else: another formation's report
+/// is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_write_holds_up_its_own_formation_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::default();
+    let mut st = one_node_formation(Box::new(GatedStore {
+        inner: FileStore::new(dir.path()),
+        gate: gate.clone(),
+    }));
+    let mut billing = st.durable.formations["orders"].clone();
+    billing.name = "billing".into();
+    billing.nodes.clear();
+    st.durable.formations.insert("billing".into(), billing);
+    st.save().unwrap();
+    st.pipeline();
+    let shared: crate::Shared = std::sync::Arc::new(std::sync::Mutex::new(st));
+    let _open_at_the_end = OpenOnDrop(gate.clone());
+    gate.close();
+    let first = {
+        let mut st = crate::lock(&shared);
+        st.take_report(&report(1, NodeState::Single, 1), 2000)
+            .unwrap();
+        assert_eq!(
+            state(dir.path()).durable.formations["orders"].nodes[&1].reported(),
+            NodeState::Init,
+            "staged, not yet written"
+        );
+        st.ticket(Some("orders"))
+            .expect("a staged change to wait for")
+    };
+    let s = shared.clone();
+    let first = tokio::spawn(async move { first.settle(&s).await });
+    gate.wait_held();
+    assert!(
+        crate::lock(&shared).ticket(Some("billing")).is_none(),
+        "billing has nothing staged: its answers do not wait for orders' write"
+    );
+    let second = crate::lock(&shared)
+        .ticket(Some("orders"))
+        .expect("orders' next answer waits for the write under way");
+    let s = shared.clone();
+    let second = tokio::spawn(async move { second.settle(&s).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (held_first, held_second) = (!first.is_finished(), !second.is_finished());
+    gate.open();
+    assert!(held_first && held_second, "{held_first} {held_second}");
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    let st = crate::lock(&shared);
+    assert_eq!(state(dir.path()).durable, st.durable);
+    assert!(st.ticket(None).is_none());
+}
+
+/// A staged write the store refuses takes back everything staged with it and since:
+/// memory returns to what the store holds, the events of it are forgotten, and every
+/// request waiting on it fails; the next write goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_staged_write_publishes_nothing_and_fails_its_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut st = one_node_formation(Box::new(FlakyStore {
+        inner: FileStore::new(dir.path()),
+        fail: fail.clone(),
+    }));
+    st.pipeline();
+    let snapshot = st.durable.clone();
+    let events = st.events.len();
+    let shared: crate::Shared = std::sync::Arc::new(std::sync::Mutex::new(st));
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (by_report, by_plan) = {
+        let mut st = crate::lock(&shared);
+        st.take_report(&report(1, NodeState::Single, 1), 2000)
+            .unwrap();
+        let by_report = st.ticket(Some("orders")).unwrap();
+        let plan = Plan {
+            decisions: vec![planner::Decision {
+                node_id: 1,
+                goal: NodeState::DemoteTimeout,
+                rule: Rule::Report,
+                description: "test".into(),
+            }],
+            new_term: Some(9),
+            ..Plan::default()
+        };
+        let view = st.view("orders", 2000).unwrap();
+        st.apply_plan(&view, &plan, 2000).unwrap();
+        assert_eq!(st.assignment("orders", 1, 2000).unwrap().term, 9);
+        (by_report, st.ticket(None).unwrap())
+    };
+    assert!(by_report.settle(&shared).await.is_err());
+    let e = by_plan.settle(&shared).await.unwrap_err();
+    assert!(e.to_string().contains("No space left"), "{e}");
+    {
+        let st = crate::lock(&shared);
+        assert_eq!(st.durable, snapshot);
+        assert_eq!(st.assignment("orders", 1, 2000).unwrap().term, 1);
+        assert_eq!(st.events.len(), events, "no event for what was not stored");
+        assert!(
+            st.ticket(Some("orders")).is_none(),
+            "memory is the store again"
+        );
+    }
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let t = {
+        let mut st = crate::lock(&shared);
+        st.take_report(&report(1, NodeState::Single, 1), 2100)
+            .unwrap();
+        st.ticket(Some("orders")).unwrap()
+    };
+    t.settle(&shared).await.unwrap();
+    let st = crate::lock(&shared);
+    assert_eq!(state(dir.path()).durable, st.durable);
+    assert_eq!(
+        state(dir.path()).durable.formations["orders"].nodes[&1].reported(),
+        NodeState::Single
+    );
+}

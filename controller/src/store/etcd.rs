@@ -339,11 +339,11 @@ impl EtcdStore {
             let r = self
                 .etcd
                 .block(move |mut c| async move { c.txn(txn).await })?;
-            // Every report waits behind a write (it runs under the state's lock).
+            // The answers about the formations a write carries wait for it.
             if started.elapsed() > SLOW_WRITE {
                 tracing::warn!(
                     ms = started.elapsed().as_millis() as u64,
-                    "slow etcd write: reports wait behind it"
+                    "slow etcd write: the reports of the formations it carries wait for it"
                 );
             }
             if !r.succeeded() {

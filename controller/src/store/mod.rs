@@ -30,6 +30,10 @@ pub enum StoreError {
     Etcd { endpoints: String, reason: String },
     /// A write was refused because another controller holds the leader key (or this one
     /// holds none): nothing of it was applied.
+    /// Staged changes could not be written (the reason of that write): nothing of them
+    /// is in force.
+    #[error("{0}")]
+    Unwritten(String),
     #[error(
         "this controller does not lead (another one holds the leader key): nothing was written"
     )]

@@ -631,7 +631,7 @@ async fn run(
         (writes1 - writes0) / elapsed
     );
     println!(
-        "reconciles: {:.0}/s, mean {:.0} us each (plan + persist, under the state's lock: {:.0}% of the time)",
+        "reconciles: {:.0}/s, mean {:.0} us each (plan + staging its changes, under the state's lock: {:.0}% of the time)",
         plans / elapsed,
         plan_s / plans.max(1.0) * 1e6,
         plan_s / elapsed * 100.0
