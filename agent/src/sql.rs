@@ -156,7 +156,7 @@ pub async fn read_local(
     }
     let others = c
         .query(
-            "SELECT slot_name::text, restart_lsn::text FROM pg_replication_slots \
+            "SELECT slot_name::text, restart_lsn::text, wal_status::text FROM pg_replication_slots \
              WHERE slot_type = 'physical' AND NOT temporary \
                AND slot_name NOT LIKE 'pgha\\_slot\\_%' ORDER BY 1",
             &[],
@@ -167,6 +167,9 @@ pub async fn read_local(
         .map(|r| pgha_api::SlotPosition {
             name: r.get(0),
             restart_lsn: r.get::<_, Option<String>>(1).and_then(|s| s.parse().ok()),
+            wal_status: r
+                .get::<_, Option<String>>(2)
+                .and_then(|s| pgha_api::SlotWalStatus::parse(&s)),
         })
         .collect();
     Ok(())
@@ -174,14 +177,25 @@ pub async fn read_local(
 
 /// Keeps the file's permanent slots: each one made where it is missing (on a standby
 /// too: its WAL is kept from its last restartpoint), and on a standby advanced to the
-/// primary's position of it, never past what this node replayed. Slots the file no
-/// longer names are left alone (drop them by hand: a consumer may still need one).
+/// primary's position of it, never past what this node replayed; a standby's copy
+/// that Postgres invalidated is made again first while the primary's is valid. Slots
+/// the file no longer names are left alone (drop them by hand: a consumer may still
+/// need one).
 pub async fn sync_permanent_slots(
     c: &Client,
     wanted: &[pgha_api::SlotPosition],
     standby: bool,
 ) -> anyhow::Result<()> {
     for s in wanted {
+        if standby && !s.lost() && s.restart_lsn.is_some() {
+            c.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND wal_status = 'lost' AND NOT active",
+                &[&s.name],
+            )
+            .await
+            .with_context(|| format!("dropping the invalidated copy of slot {}", s.name))?;
+        }
         c.execute(
             "SELECT pg_create_physical_replication_slot($1, true) \
              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",

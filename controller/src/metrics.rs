@@ -138,6 +138,7 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
     let lsn = Family::<Labels, Gauge>::default();
     let lag = Family::<Labels, Gauge>::default();
     let slot_retained = Family::<Labels, Gauge>::default();
+    let slot_lost = Family::<Labels, Gauge>::default();
     let term = Family::<Labels, Gauge>::default();
     let info = Family::<Labels, Gauge>::default();
     let blocked = Family::<Labels, Gauge>::default();
@@ -200,13 +201,14 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
                 lag.get_or_create(&l).set(p.bytes_ahead_of(x) as i64);
             }
             for s in &n.permanent_slots {
+                let mut sl = l.clone();
+                sl.push(("slot".into(), s.name.clone()));
                 if let (Some(x), Some(r)) = (n.lsn, s.restart_lsn) {
-                    let mut sl = l.clone();
-                    sl.push(("slot".into(), s.name.clone()));
                     slot_retained
                         .get_or_create(&sl)
                         .set(x.bytes_ahead_of(r) as i64);
                 }
+                slot_lost.get_or_create(&sl).set(s.lost() as i64);
             }
             if let Some(a) = &n.archive {
                 // Postgres' own count (a fresh registry each page, so inc_by sets it):
@@ -255,6 +257,11 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
         "permanent_slot_retained_bytes",
         "WAL a permanent slot holds on the node: its position to the node's last reported LSN",
         slot_retained,
+    );
+    reg.register(
+        "permanent_slot_lost",
+        "1 while Postgres has invalidated a permanent slot on the node (past maxSlotWalKeepSize): its consumer cannot continue from it",
+        slot_lost,
     );
     reg.register(
         "archive_last_success_age_seconds",
@@ -404,6 +411,7 @@ mod tests {
         st.observed.entry(1).or_default().pg.permanent_slots = vec![pgha_api::SlotPosition {
             name: "archiver".into(),
             restart_lsn: Some(pgha_api::Lsn(0)),
+            wal_status: Some(pgha_api::SlotWalStatus::Reserved),
         }];
         let fl = |extra: &[(&str, &str)]| {
             let mut l = labels(&[("formation", "default")]);
@@ -467,6 +475,7 @@ mod tests {
             ("pgha_archive_failures", "counter"),
             ("pgha_archive_last_success_age_seconds", "gauge"),
             ("pgha_permanent_slot_retained_bytes", "gauge"),
+            ("pgha_permanent_slot_lost", "gauge"),
         ];
         for (name, kind) in expected {
             assert!(

@@ -182,6 +182,10 @@ pub fn permanent_slots_to_sync(w: &Wanted, l: &Local, standby: bool) -> bool {
     w.permanent_slots.iter().any(|want| {
         match l.permanent_slots.iter().find(|s| s.name == want.name) {
             None => true,
+            // A standby's copy that Postgres invalidated is made again while the
+            // primary's slot is valid (it can follow the primary's position again);
+            // the primary's own is left for the operator (its consumer must start over).
+            Some(have) if have.lost() => standby && !want.lost() && want.restart_lsn.is_some(),
             Some(have) => {
                 let reachable = want.restart_lsn.min(l.lsn);
                 standby && reachable.is_some_and(|to| have.restart_lsn.is_none_or(|h| h < to))
@@ -224,6 +228,7 @@ mod tests {
         let at = |lsn: u64| SlotPosition {
             name: "archiver".into(),
             restart_lsn: Some(Lsn(lsn)),
+            wal_status: Some(pgha_api::SlotWalStatus::Reserved),
         };
         let mut w = wanted(NodeState::Secondary);
         w.permanent_slots = vec![at(5000)];
@@ -249,6 +254,22 @@ mod tests {
             !permanent_slots_to_sync(&w, &l, true),
             "never past what this node replayed"
         );
+        // A copy Postgres invalidated is made again on a standby while the primary's
+        // slot is valid; never on the primary, nor when the primary's is lost too.
+        let lost = SlotPosition {
+            restart_lsn: None,
+            wal_status: Some(pgha_api::SlotWalStatus::Lost),
+            ..at(0)
+        };
+        l.permanent_slots = vec![lost.clone()];
+        assert!(permanent_slots_to_sync(&w, &l, true), "lost copy");
+        assert!(!permanent_slots_to_sync(&w, &l, false), "the primary's own");
+        w.permanent_slots = vec![lost];
+        assert!(
+            !permanent_slots_to_sync(&w, &l, true),
+            "lost on the primary"
+        );
+        w.permanent_slots = vec![at(5000)];
         w.permanent_slots[0].restart_lsn = None;
         l.permanent_slots = vec![];
         assert!(

@@ -69,6 +69,43 @@ pub struct PgObservation {
 pub struct SlotPosition {
     pub name: String,
     pub restart_lsn: Option<Lsn>,
+    /// Postgres' `wal_status` of the slot, where the node reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_status: Option<SlotWalStatus>,
+}
+
+impl SlotPosition {
+    pub fn lost(&self) -> bool {
+        self.wal_status == Some(SlotWalStatus::Lost)
+    }
+}
+
+/// `pg_replication_slots.wal_status`: whether the WAL a slot needs is still kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotWalStatus {
+    /// Within `max_wal_size`.
+    Reserved,
+    /// Beyond `max_wal_size`, kept for the slot (within `max_slot_wal_keep_size`).
+    Extended,
+    /// Beyond `max_slot_wal_keep_size`: removed at the next checkpoint unless the
+    /// consumer catches up.
+    Unreserved,
+    /// Removed: the slot is invalidated and its consumer cannot continue from it.
+    Lost,
+}
+
+impl SlotWalStatus {
+    /// Postgres' word for it; None for one this version does not know.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reserved" => Some(Self::Reserved),
+            "extended" => Some(Self::Extended),
+            "unreserved" => Some(Self::Unreserved),
+            "lost" => Some(Self::Lost),
+            _ => None,
+        }
+    }
 }
 
 /// Free and total bytes of a filesystem.

@@ -275,11 +275,14 @@ fn permanent_slots(f: &FormationRecord, view: &FormationView) -> Vec<pgha_api::S
     let primary = view.nodes.iter().find(|v| v.goal.is_writable());
     f.permanent_slots()
         .into_iter()
-        .map(|name| pgha_api::SlotPosition {
-            restart_lsn: primary
-                .and_then(|p| p.pg.permanent_slots.iter().find(|s| s.name == name))
-                .and_then(|s| s.restart_lsn),
-            name,
+        .map(|name| {
+            let at_primary =
+                primary.and_then(|p| p.pg.permanent_slots.iter().find(|s| s.name == name));
+            pgha_api::SlotPosition {
+                restart_lsn: at_primary.and_then(|s| s.restart_lsn),
+                wal_status: at_primary.and_then(|s| s.wal_status),
+                name,
+            }
         })
         .collect()
 }

@@ -250,10 +250,14 @@ impl ControllerState {
                 .collect();
         let was_low = o.pg.disk.is_some_and(|d| d.is_low());
         let was_failing = o.pg.archive.as_ref().is_some_and(|a| a.failing());
+        let slots_at_risk = permanent_slots_turned_at_risk(&o.pg, &r.pg);
         o.pg = r.pg.clone();
         let formation = r.formation.clone();
         if !newly_lost.is_empty() {
             self.slots_invalidated(&formation, &newly_lost, now_ms)?;
+        }
+        for (slot, status) in slots_at_risk {
+            self.permanent_slot_at_risk(&formation, r.node_id, &slot, status, now_ms)?;
         }
         if let Some(d) = r.pg.disk
             && d.is_low() != was_low
@@ -380,6 +384,48 @@ impl ControllerState {
             .and_then(|f| f.nodes.get(&node_id))
             .map(|n| n.name.clone())
             .unwrap_or_else(|| format!("node {node_id}"))
+    }
+
+    /// An event when a permanent slot holds more WAL than `maxSlotWalKeepSize` allows
+    /// (`unreserved`), or Postgres invalidated it (`lost`).
+    fn permanent_slot_at_risk(
+        &mut self,
+        formation: &str,
+        node_id: NodeId,
+        slot: &str,
+        status: pgha_api::SlotWalStatus,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let name = self.node_name(formation, node_id);
+        let Some(f) = self.durable.formations.get(formation) else {
+            return Ok(());
+        };
+        let limit = f.max_slot_wal_keep_size();
+        let on_primary = f
+            .nodes
+            .get(&node_id)
+            .is_some_and(|n| n.goal().is_writable());
+        let (rule, text) = match (status, on_primary) {
+            (pgha_api::SlotWalStatus::Lost, true) => (
+                Rule::PermanentSlotLost,
+                format!(
+                    "{name}: Postgres invalidated permanent slot {slot}: its consumer fell more than maxSlotWalKeepSize ({limit}) behind and the WAL it needed is removed; the consumer must start over (from a new base backup), and the slot is made again once it is dropped by hand (SELECT pg_drop_replication_slot('{slot}'))"
+                ),
+            ),
+            (pgha_api::SlotWalStatus::Lost, false) => (
+                Rule::PermanentSlotLost,
+                format!(
+                    "{name}: Postgres invalidated this standby's copy of permanent slot {slot} (past maxSlotWalKeepSize {limit}); the agent makes it again at the primary's position while the primary's slot is valid"
+                ),
+            ),
+            _ => (
+                Rule::PermanentSlotAtRisk,
+                format!(
+                    "{name}: permanent slot {slot} holds more WAL than maxSlotWalKeepSize ({limit}) allows: Postgres invalidates it at its next checkpoint unless its consumer catches up"
+                ),
+            ),
+        };
+        self.node_event(formation, node_id, rule, text, now_ms)
     }
 
     /// An event when a node's PGDATA filesystem turns nearly full, or has room again.
@@ -634,4 +680,27 @@ impl ControllerState {
             t.reason = promotion::FailoverReason::OperatorAllowDataLoss;
         }
     }
+}
+
+/// The permanent slots whose WAL a report says is past `max_slot_wal_keep_size`
+/// (`unreserved`) or removed (`lost`), where the last report said otherwise.
+fn permanent_slots_turned_at_risk(
+    was: &PgObservation,
+    now: &PgObservation,
+) -> Vec<(String, pgha_api::SlotWalStatus)> {
+    use pgha_api::SlotWalStatus::{Lost, Unreserved};
+    now.permanent_slots
+        .iter()
+        .filter_map(|s| {
+            let before = was
+                .permanent_slots
+                .iter()
+                .find(|p| p.name == s.name)
+                .and_then(|p| p.wal_status);
+            match s.wal_status {
+                Some(st @ (Unreserved | Lost)) if before != Some(st) => Some((s.name.clone(), st)),
+                _ => None,
+            }
+        })
+        .collect()
 }

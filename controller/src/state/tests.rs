@@ -597,3 +597,58 @@ async fn a_failed_staged_write_publishes_nothing_and_fails_its_waiters() {
         NodeState::Single
     );
 }
+
+/// A permanent slot past `maxSlotWalKeepSize` is an event once when it turns
+/// `unreserved`, and once when Postgres invalidates it; a report that says the same
+/// again records nothing.
+#[test]
+fn a_permanent_slot_at_risk_or_lost_is_an_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+    let with = |status: pgha_api::SlotWalStatus, t: u64| {
+        let mut r = report(1, NodeState::Single, 1);
+        r.pg.permanent_slots = vec![pgha_api::SlotPosition {
+            name: "archiver".into(),
+            restart_lsn: None,
+            wal_status: Some(status),
+        }];
+        (r, t)
+    };
+    let slot_events = |st: &ControllerState| -> Vec<(String, String)> {
+        st.events
+            .iter()
+            .filter(|e| e.rule.starts_with("permanent_slot"))
+            .map(|e| (e.rule.clone(), e.description.clone()))
+            .collect()
+    };
+    use pgha_api::SlotWalStatus::*;
+    for (status, t) in [
+        (Reserved, 2000),
+        (Extended, 2100),
+        (Unreserved, 2200),
+        (Unreserved, 2300),
+    ] {
+        let (r, t) = with(status, t);
+        st.take_report(&r, t).unwrap();
+    }
+    let ev = slot_events(&st);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].0, "permanent_slot_at_risk");
+    assert!(
+        ev[0].1.contains("archiver") && ev[0].1.contains("maxSlotWalKeepSize"),
+        "{}",
+        ev[0].1
+    );
+    for (status, t) in [(Lost, 2400), (Lost, 2500)] {
+        let (r, t) = with(status, t);
+        st.take_report(&r, t).unwrap();
+    }
+    let ev = slot_events(&st);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[1].0, "permanent_slot_lost");
+    assert!(
+        ev[1].1.contains("pg_drop_replication_slot('archiver')"),
+        "{}",
+        ev[1].1
+    );
+}

@@ -619,3 +619,88 @@ async fn a_permanent_slot_survives_a_failover_at_its_consumers_position() {
     })
     .await;
 }
+
+/// A permanent slot whose consumer stopped holds WAL until `maxSlotWalKeepSize`; past it
+/// Postgres invalidates the slot at a checkpoint, and the operator is told: a
+/// `permanent_slot_lost` event that says what to do, and `pgha_permanent_slot_lost` 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_slot_past_its_limit_is_an_event_and_a_metric() {
+    scenario(async |c| {
+        c.write_formation(
+            "default.yaml",
+            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  slots:\n    archiver:\n      type: physical\n  postgresql:\n    maxSlotWalKeepSize: 64MB\n  nodes: []\n",
+        )?;
+        c.add_node("node_a")?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        let a = c.connect_node(0).await?;
+        let status = async || -> anyhow::Result<Option<String>> {
+            Ok(a.query_opt(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'archiver'",
+                &[],
+            )
+            .await?
+            .and_then(|r| r.get(0)))
+        };
+        let t0 = Instant::now();
+        while status().await?.is_none() {
+            anyhow::ensure!(t0.elapsed() < T, "the agent never made slot archiver");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Nobody consumes the slot: 80 MB of WAL later, a checkpoint removes what it
+        // holds past 64 MB.
+        a.batch_execute("CREATE TABLE IF NOT EXISTS filler (x int)")
+            .await?;
+        let t0 = Instant::now();
+        while status().await?.as_deref() != Some("lost") {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(60),
+                "slot archiver not invalidated: {:?}",
+                status().await?
+            );
+            for _ in 0..5 {
+                a.batch_execute("INSERT INTO filler VALUES (1); SELECT pg_switch_wal()")
+                    .await?;
+            }
+            a.batch_execute("CHECKPOINT").await?;
+        }
+        let invalidated = Instant::now();
+        let event = loop {
+            let events = c.events().await?;
+            if let Some(e) = events.iter().find(|e| e.rule == "permanent_slot_lost") {
+                break e.clone();
+            }
+            anyhow::ensure!(
+                invalidated.elapsed() < T,
+                "no permanent_slot_lost event: {:?}",
+                events.iter().map(|e| &e.rule).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!(
+            "event {} ms after the invalidation: {}",
+            invalidated.elapsed().as_millis(),
+            event.description
+        );
+        anyhow::ensure!(
+            event.description.contains("node_a")
+                && event.description.contains("64MB")
+                && event.description.contains("pg_drop_replication_slot('archiver')"),
+            "{}",
+            event.description
+        );
+        let line = r#"pgha_permanent_slot_lost{formation="default",node="node_a",slot="archiver"} 1"#;
+        let metrics = c.monitor_get("/metrics").await?;
+        anyhow::ensure!(metrics.contains(line), "no {line} in\n{metrics}");
+        // Dropped by hand (the consumer starts over), the agent makes it again.
+        a.batch_execute("SELECT pg_drop_replication_slot('archiver')")
+            .await?;
+        let t0 = Instant::now();
+        while !matches!(status().await?.as_deref(), Some("reserved")) {
+            anyhow::ensure!(t0.elapsed() < T, "slot archiver not made again: {:?}", status().await?);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("dropped by hand, made again in {} ms", t0.elapsed().as_millis());
+        Ok(())
+    })
+    .await;
+}

@@ -5,10 +5,12 @@
 //!         [--failovers 5] [--gitops 5] [--api-calls 200] [--no-ssl]
 //!     cargo run -p pgha-e2e --bin pgha-bench -- --nemesis NAME|all [--runs 3]
 //!     cargo run -p pgha-e2e --bin pgha-bench -- --backups [--rows 1000000,10000000]
+//!     cargo run -p pgha-e2e --bin pgha-bench -- --controllers [--runs 5]
 //!
 //! With `--nemesis`, network faults between VMs instead (see `nemesis.rs`: one network
 //! namespace per host, needs root); with `--backups`, what pgBackRest backups cost and
-//! save (see `backups.rs`).
+//! save (see `backups.rs`); with `--controllers`, a group of three controllers on etcd
+//! losing its leader (see `controllers.rs`).
 //!
 //! Prints per scenario: median and max write gap (last acknowledged write before the
 //! event to the first after it), median and max time until the formation is back to
@@ -17,6 +19,7 @@
 //! agents report, and on a new connection each time (the TLS handshake included).
 
 mod backups;
+mod controllers;
 mod nemesis;
 
 use pgha_api::NodeState::*;
@@ -235,6 +238,9 @@ fn main() -> anyhow::Result<()> {
             .get(i + 1)
             .ok_or_else(|| anyhow::anyhow!("--nemesis needs a name or `all`"))?;
         return nemesis::run(name, arg("--runs", 3));
+    }
+    if args.iter().any(|a| a == "--controllers") {
+        return controllers::run(arg("--runs", 5));
     }
     if args.iter().any(|a| a == "--backups") {
         let sizes = match args.iter().position(|a| a == "--rows") {
