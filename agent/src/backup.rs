@@ -329,6 +329,10 @@ pub struct Backups {
     job: Option<(BackupRequest, Running<()>)>,
     /// The last job, as reported.
     pub last_job: Option<BackupJob>,
+    /// A job that ended, reported as ended only once the repository was read after it:
+    /// the controller's schedule must never see a backup done and a list without it (it
+    /// would ask for the same backup again).
+    ended: Option<(BackupRequest, Duration, Result<(), String>, Instant)>,
     info: Option<Running<Vec<BackupInfo>>>,
     info_read_at: Option<Instant>,
     /// The repository's backups as last read (reported until read again).
@@ -370,6 +374,10 @@ impl Backups {
         }
         self.poll_runs(s).await;
         if !now.is_primary {
+            // No repository reading here any more: the end is said as it is.
+            if let Some((req, took, res, _)) = self.ended.take() {
+                self.end_job(req, took, res);
+            }
             return self.refuse_request(&now);
         }
         self.ensure_stanza(cfg, s);
@@ -379,6 +387,7 @@ impl Backups {
         let stanza_pending = !stanza_ready && self.stanza_error.is_none();
         if let Some(req) = now.request.filter(|r| r.id > now.done_id)
             && self.job.is_none()
+            && self.ended.is_none()
             && !stanza_pending
         {
             taken = Some(req.id);
@@ -422,7 +431,8 @@ impl Backups {
         {
             j.elapsed_ms = run.started.elapsed().as_millis() as u64;
         }
-        let due = self.info_read_at.is_none_or(|t| t.elapsed() >= INFO_EVERY);
+        let due =
+            self.ended.is_some() || self.info_read_at.is_none_or(|t| t.elapsed() >= INFO_EVERY);
         if due && self.info.is_none() && self.stanza_for.as_ref() == Some(s) {
             let (cfg2, s2) = (cfg.clone(), s.clone());
             self.info = Some(Running::spawn(async move {
@@ -499,17 +509,32 @@ impl Backups {
         {
             let (req, took) = (*req, run.started.elapsed());
             self.job = None;
-            self.end_job(req, took, res);
+            if res.is_ok() {
+                tracing::info!(
+                    id = req.id,
+                    "backup finished; reading the repository before saying so"
+                );
+                self.ended = Some((req, took, res, Instant::now()));
+            } else {
+                self.end_job(req, took, res);
+            }
             self.info_read_at = None;
         }
         if let Some(run) = &mut self.info
             && let Some(res) = run.poll().await
         {
+            let started = run.started;
             self.info = None;
             self.info_read_at = Some(Instant::now());
             match res {
                 Ok(list) => self.backups = Some(list),
                 Err(e) => tracing::warn!("pgbackrest info failed: {e}"),
+            }
+            // A reading begun before the job ended may not list it.
+            if self.ended.as_ref().is_some_and(|e| started >= e.3)
+                && let Some((req, took, res, _)) = self.ended.take()
+            {
+                self.end_job(req, took, res);
             }
         }
     }
