@@ -41,6 +41,117 @@ pub fn standby_renews(
     !contacted_since_start || senders_at_last_answer.contains(&pid)
 }
 
+/// The primary's recent WAL insert positions, each with the last moment it was still
+/// the insert position: what dates a standby's reply.
+///
+/// A standby's reply renews the lease only for WAL it proves received: a flush position
+/// past `L`, where `L` was the insert position at time `T`, holds bytes written after
+/// `T`, so the standby heard from this primary after `T`, and `T` is the renewal. A reply
+/// that only repeats an old position (the standby's link from here is cut, its status
+/// replies still arrive) renews nothing. The standby dates its contacts by when it last
+/// *received* from us (`ReceiverWatch`), so the controller's count of this lease never
+/// starts before ours. An idle primary writes a small heartbeat transaction so that
+/// there is WAL to prove (the agent's `heartbeat`).
+#[derive(Debug, Default)]
+pub struct WalMarks {
+    /// Increasing positions, each with the latest time it was seen as the insert position.
+    marks: std::collections::VecDeque<(std::time::Instant, pgha_api::Lsn)>,
+}
+
+/// Marks older than this cannot renew a lease of any sensible length.
+const MARKS_KEPT: Duration = Duration::from_secs(30);
+
+impl WalMarks {
+    pub fn note(&mut self, at: std::time::Instant, insert: pgha_api::Lsn) {
+        match self.marks.back_mut() {
+            Some((t, l)) if *l == insert => *t = at,
+            // A lower position: a new WAL history (this node was a standby since).
+            Some((_, l)) if *l > insert => {
+                self.marks.clear();
+                self.marks.push_back((at, insert));
+            }
+            _ => self.marks.push_back((at, insert)),
+        }
+        while self.marks.len() > 1
+            && self
+                .marks
+                .front()
+                .is_some_and(|(t, _)| at.saturating_duration_since(*t) > MARKS_KEPT)
+        {
+            self.marks.pop_front();
+        }
+    }
+
+    /// Forgets every mark (the node is no longer a primary).
+    pub fn clear(&mut self) {
+        self.marks.clear();
+    }
+
+    /// When a standby that flushed up to `flush` last certainly heard from us.
+    pub fn renewal(&self, flush: pgha_api::Lsn) -> Option<std::time::Instant> {
+        self.marks
+            .iter()
+            .rev()
+            .find(|(_, l)| *l < flush)
+            .map(|(t, _)| *t)
+    }
+
+    /// When the insert position last moved (the primary's own WAL, or a heartbeat).
+    pub fn last_moved(&self) -> Option<std::time::Instant> {
+        let n = self.marks.len();
+        (n >= 2).then(|| self.marks[n - 2].0)
+    }
+}
+
+/// A standby's side of the same count: when its WAL receiver last *received* from each
+/// upstream, which is what the controller waits out before it counts the old primary's
+/// lease as run out. A receiver that is stuck waiting for its timeout still shows
+/// `streaming`, but the primary cannot date a renewal after its last receipt.
+#[derive(Debug, Default)]
+pub struct ReceiverWatch {
+    /// The upstream of the last sample and what the receiver had flushed then.
+    streaming: Option<((String, u16), pgha_api::Lsn)>,
+}
+
+/// One sample of `pg_stat_wal_receiver` while it streams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiverSample {
+    pub sender: (String, u16),
+    /// Age of `last_msg_receipt_time` (None: nothing received yet).
+    pub receipt_age: Option<Duration>,
+    /// `flushed_lsn`, read with the receipt time.
+    pub flushed: pgha_api::Lsn,
+}
+
+impl ReceiverWatch {
+    /// The contact to record for this tick: (upstream, when last heard from), if any.
+    /// `received` is `pg_last_wal_receive_lsn()` now (None: Postgres did not answer).
+    pub fn contact(
+        &mut self,
+        now: std::time::Instant,
+        sample: Option<ReceiverSample>,
+        received: Option<pgha_api::Lsn>,
+    ) -> Option<((String, u16), std::time::Instant)> {
+        if let Some(s) = sample {
+            let at = s
+                .receipt_age
+                .and_then(|a| now.checked_sub(a))
+                .unwrap_or(now);
+            self.streaming = Some((s.sender.clone(), s.flushed));
+            return Some((s.sender, at.min(now)));
+        }
+        let (sender, flushed) = self.streaming.take()?;
+        // The receiver stopped since the last sample. Nothing new flushed since: the
+        // last sample's receipt stands. Otherwise (or unknown) it may have received up
+        // to its end: now.
+        if received.is_some_and(|r| r <= flushed) {
+            None
+        } else {
+            Some((sender, now))
+        }
+    }
+}
+
 /// How often the watchdog looks at a deadline that is not near (it also wakes at the
 /// deadline itself).
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -135,6 +246,81 @@ mod tests {
             standby_renews(103, false, &at_answer),
             "restarted with the controller down: every stream counts"
         );
+    }
+
+    fn lsn(n: u64) -> pgha_api::Lsn {
+        pgha_api::Lsn(n)
+    }
+
+    #[test]
+    fn a_reply_renews_the_lease_only_for_wal_written_since() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut m = WalMarks::default();
+        assert_eq!(m.renewal(lsn(100)), None, "no mark yet");
+        m.note(at(0), lsn(100));
+        m.note(at(100), lsn(100));
+        m.note(at(200), lsn(150));
+        m.note(at(300), lsn(150));
+        m.note(at(400), lsn(150));
+        // Flushed past 100: bytes written after 100 ms, when 100 was last the insert
+        // position.
+        assert_eq!(m.renewal(lsn(101)), Some(at(100)));
+        assert_eq!(m.renewal(lsn(150)), Some(at(100)));
+        // Past 150: written after 400 ms.
+        assert_eq!(m.renewal(lsn(151)), Some(at(400)));
+        // A reply repeating an old position (a standby cut from us, still replying)
+        // proves nothing new.
+        assert_eq!(m.renewal(lsn(100)), None);
+        assert_eq!(m.last_moved(), Some(at(100)));
+        // Idle since: the heartbeat is due once the position sat still long enough.
+        m.note(at(2000), lsn(150));
+        assert_eq!(m.last_moved(), Some(at(100)));
+        // A lower position starts over (promoted from another history).
+        m.note(at(3000), lsn(50));
+        assert_eq!(
+            m.renewal(lsn(151)),
+            Some(at(3000)),
+            "the old marks are gone"
+        );
+        assert_eq!(m.renewal(lsn(50)), None);
+        // Old marks go.
+        m.note(at(40_000), lsn(60));
+        assert_eq!(m.renewal(lsn(51)), None);
+    }
+
+    #[test]
+    fn a_standby_dates_its_contact_by_its_last_receipt() {
+        let t0 = std::time::Instant::now() + Duration::from_secs(10);
+        let up = ("10.0.0.2".to_string(), 5432);
+        let sample = |age_ms: Option<u64>, flushed: u64| {
+            Some(ReceiverSample {
+                sender: up.clone(),
+                receipt_age: age_ms.map(Duration::from_millis),
+                flushed: lsn(flushed),
+            })
+        };
+        let mut w = ReceiverWatch::default();
+        assert_eq!(w.contact(t0, None, Some(lsn(5))), None, "never streamed");
+        // Streaming, last message 300 ms ago.
+        assert_eq!(
+            w.contact(t0, sample(Some(300), 100), Some(lsn(100))),
+            Some((up.clone(), t0 - Duration::from_millis(300)))
+        );
+        // Nothing received yet on a new connection: now.
+        assert_eq!(
+            w.contact(t0, sample(None, 100), Some(lsn(100))),
+            Some((up.clone(), t0))
+        );
+        // The receiver timed out with nothing new: the last receipt stands.
+        assert_eq!(w.contact(t0, None, Some(lsn(100))), None);
+        assert_eq!(w.contact(t0, None, Some(lsn(100))), None);
+        // It stopped after receiving more than the last sample saw: now.
+        w.contact(t0, sample(Some(0), 100), Some(lsn(100)));
+        assert_eq!(w.contact(t0, None, Some(lsn(120))), Some((up.clone(), t0)));
+        // Postgres did not answer: now.
+        w.contact(t0, sample(Some(0), 100), Some(lsn(100)));
+        assert_eq!(w.contact(t0, None, None), Some((up.clone(), t0)));
     }
 
     fn counting() -> (Arc<AtomicU32>, Watchdog) {

@@ -8,8 +8,6 @@ use pgha_api::{Lsn, StandbyObservation};
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalStandby {
     pub obs: StandbyObservation,
-    /// The standby's last reply timestamp, as text (compared, never interpreted).
-    pub reply_time: Option<String>,
     /// The WAL sender's process id: one connection of the standby (a reconnection
     /// gets another).
     pub pid: i32,
@@ -38,6 +36,16 @@ pub struct Local {
     pub wal_receiver_streaming: bool,
     /// Host and port the WAL receiver streams from (when streaming).
     pub wal_receiver_sender: Option<(String, u16)>,
+    /// Age of the WAL receiver's last message from its upstream, and what it had
+    /// flushed then (read together; when streaming).
+    pub wal_receipt_age: Option<std::time::Duration>,
+    pub wal_receiver_flushed: Option<Lsn>,
+    /// `pg_last_wal_receive_lsn()`: what streaming brought, also after the receiver
+    /// stopped (on a standby).
+    pub wal_received: Option<Lsn>,
+    /// `pg_current_wal_insert_lsn()` on a primary, with a moment before it was read
+    /// (so the position was still at most this then).
+    pub wal_insert: Option<(std::time::Instant, Lsn)>,
     pub synchronous_standby_names: Option<String>,
     /// pgha's replication slots that still hold WAL (not invalidated).
     pub slots: Vec<String>,

@@ -120,10 +120,24 @@ pub async fn observe(cfg: &AgentConfig) -> Local {
     }
     match tokio::time::timeout(Duration::from_secs(3), read_local(cfg, &mut l)).await {
         Ok(Ok(())) => l.ready = true,
+        // A postmaster that says it is ready but does not answer our queries is taken
+        // as down: say why, at most every 10 s.
+        Ok(Err(e)) if warn_due() => tracing::warn!("local Postgres query failed: {e}"),
         Ok(Err(e)) => tracing::debug!("local Postgres query failed: {e}"),
         Err(_) => tracing::warn!("local Postgres did not answer within 3 s"),
     }
     l
+}
+
+/// Whether a repeated warning may be logged now (at most every 10 s per agent).
+fn warn_due() -> bool {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+        return false;
+    }
+    *last = Some(std::time::Instant::now());
+    true
 }
 
 async fn read_local(cfg: &AgentConfig, l: &mut Local) -> Result<(), tokio_postgres::Error> {

@@ -25,6 +25,17 @@ pub fn scram_verifier(password: &str) -> String {
     postgres_protocol::password::scram_sha_256(password.as_bytes())
 }
 
+/// The idle primary's heartbeat: one tiny committed transaction, flushed here without
+/// waiting for a synchronous standby, so that a standby has new WAL to acknowledge (see
+/// `lease::WalMarks`). Costs one transaction id.
+pub async fn heartbeat(c: &Client) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute(
+        "BEGIN READ WRITE; SET LOCAL synchronous_commit TO local; \
+         SELECT pg_current_xact_id(); COMMIT",
+    )
+    .await
+}
+
 /// Fills in what SQL tells of the local Postgres (recovery, settings, WAL position,
 /// standbys, slots).
 pub async fn read_local(
@@ -64,7 +75,9 @@ pub async fn read_local(
             .query_one(
                 "SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text, \
                         w.received_tli, w.sender_host, w.sender_port, \
-                        (SELECT timeline_id FROM pg_control_checkpoint()) \
+                        (SELECT timeline_id FROM pg_control_checkpoint()), \
+                        (extract(epoch FROM clock_timestamp() - w.last_msg_receipt_time) * 1000)::float8, \
+                        w.flushed_lsn::text, pg_last_wal_receive_lsn()::text \
                  FROM (SELECT 1) AS one \
                  LEFT JOIN pg_stat_wal_receiver w ON w.status = 'streaming'",
                 &[],
@@ -83,19 +96,31 @@ pub async fn read_local(
         l.timeline = streaming_tli
             .or(row.get::<_, Option<i32>>(4))
             .map(|t| t as u32);
+        l.wal_receipt_age = row
+            .get::<_, Option<f64>>(5)
+            .map(|ms| Duration::from_millis(ms.max(0.0) as u64));
+        l.wal_receiver_flushed = row.get::<_, Option<String>>(6).and_then(|s| s.parse().ok());
+        l.wal_received = row.get::<_, Option<String>>(7).and_then(|s| s.parse().ok());
     } else {
+        let before = std::time::Instant::now();
         let row = c
             .query_one(
                 "SELECT pg_current_wal_flush_lsn()::text, \
-                        ('x' || substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int",
+                        ('x' || substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int, \
+                        pg_current_wal_insert_lsn()::text",
                 &[],
             )
             .await?;
         l.lsn = row.get::<_, String>(0).parse().ok();
         l.timeline = Some(row.get::<_, i32>(1) as u32);
+        l.wal_insert = row
+            .get::<_, String>(2)
+            .parse()
+            .ok()
+            .map(|lsn| (before, lsn));
         let rows = c
             .query(
-                "SELECT application_name, state, sync_state, flush_lsn::text, reply_time::text, \
+                "SELECT application_name, state, sync_state, flush_lsn::text, \
                         coalesce(extract(epoch FROM replay_lag), 0)::float8, pid \
                  FROM pg_stat_replication",
                 &[],
@@ -130,9 +155,8 @@ pub async fn read_local(
                     sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
                     flush_lsn: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
                 },
-                reply_time: r.get(4),
-                replay_lag_seconds: r.get(5),
-                pid: r.get::<_, Option<i32>>(6).unwrap_or_default(),
+                replay_lag_seconds: r.get(4),
+                pid: r.get::<_, Option<i32>>(5).unwrap_or_default(),
             })
             .collect();
     }

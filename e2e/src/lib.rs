@@ -714,6 +714,26 @@ impl Cluster {
                 }
             }
         }
+        // Postgres's own log says why it would not start or stopped.
+        for n in &self.nodes {
+            let path = self
+                .path()
+                .join(format!("{}.pgha", n.name))
+                .join("postgres.log");
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if let Ok(keep) = std::env::var("PGHA_E2E_KEEP_LOGS") {
+                    let _ = std::fs::write(
+                        Path::new(&keep).join(format!("{}.postgres.log", n.name)),
+                        &text,
+                    );
+                }
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("==== {} (last 15 lines)", path.display());
+                for l in &lines[lines.len().saturating_sub(15)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
     }
 }
 

@@ -30,14 +30,19 @@ struct Agent {
     last_controller_contact: Instant,
     contacted_since_start: bool,
     last_standby_seen: Instant,
-    standby_replies: HashMap<String, Option<String>>,
+    /// The primary's recent insert positions: what a standby's flush proves (see
+    /// `lease::WalMarks`).
+    wal_marks: crate::lease::WalMarks,
+    /// When the WAL receiver last received from its upstream (`lease::ReceiverWatch`).
+    receiver_watch: crate::lease::ReceiverWatch,
+    last_heartbeat: Option<Instant>,
     /// The WAL senders streaming at this tick, and those that were when the last report
     /// the controller answered was sent: only those renew the lease (see
     /// `lease::standby_renews`).
     streaming_senders: std::collections::HashSet<i32>,
     lease_senders: std::collections::HashSet<i32>,
     last_streaming: Option<Instant>,
-    /// When the WAL receiver was last seen streaming from each address.
+    /// When the WAL receiver last received from each address.
     streamed_from: HashMap<(String, u16), Instant>,
     last_report: Option<Instant>,
     last_error: Option<String>,
@@ -80,6 +85,9 @@ const REPORT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Starts of a standby that fail in a row before it is rebuilt from a base backup.
 const MAX_START_ATTEMPTS: u32 = 5;
+/// An idle primary writes its heartbeat after this long without WAL (`lease::WalMarks`):
+/// a standby's acknowledgement renews the lease at most this late.
+const HEARTBEAT_AFTER: Duration = Duration::from_millis(500);
 
 impl Agent {
     fn timings(&self) -> Timings {
@@ -221,7 +229,9 @@ pub async fn run(
         last_controller_contact: now,
         contacted_since_start: false,
         last_standby_seen: now,
-        standby_replies: HashMap::new(),
+        wal_marks: Default::default(),
+        receiver_watch: Default::default(),
+        last_heartbeat: None,
         streaming_senders: Default::default(),
         lease_senders: Default::default(),
         last_streaming: None,

@@ -6,8 +6,9 @@ use crate::observe::Local;
 use pgha_api::{NodeReport, PgObservation};
 
 impl Agent {
-    /// Tracks when a standby was last heard from: a streaming standby whose reply
-    /// timestamp moved since the previous tick (values compared, no clocks across hosts).
+    /// Tracks when a standby was last heard from (a streaming standby that flushed WAL
+    /// written since a moment we noted: `lease::WalMarks`), and when our own WAL
+    /// receiver last received from its upstream (`lease::ReceiverWatch`).
     pub(super) fn track_standbys(&mut self, l: &Local) {
         // After a restart with the controller down, standbys need time to reconnect to
         // a Postgres that just came up: their lease counts from then. (Only then: once
@@ -16,34 +17,66 @@ impl Agent {
             self.last_standby_seen = Instant::now();
         }
         self.was_ready = l.ready;
-        let mut seen = HashMap::new();
+        match (l.in_recovery, l.wal_insert) {
+            (Some(false), Some((at, lsn))) => self.wal_marks.note(at, lsn),
+            (Some(true), _) => self.wal_marks.clear(),
+            _ => {}
+        }
         self.streaming_senders.clear();
         for s in &l.standbys {
             if s.obs.state != "streaming" {
                 continue;
             }
             self.streaming_senders.insert(s.pid);
-            let prev = self.standby_replies.get(&s.obs.application_name);
-            if prev != Some(&s.reply_time)
+            if let Some(at) = s.obs.flush_lsn.and_then(|f| self.wal_marks.renewal(f))
+                && at > self.last_standby_seen
                 && crate::lease::standby_renews(
                     s.pid,
                     self.contacted_since_start,
                     &self.lease_senders,
                 )
             {
-                self.last_standby_seen = Instant::now();
+                self.last_standby_seen = at;
             }
-            seen.insert(s.obs.application_name.clone(), s.reply_time.clone());
         }
-        self.standby_replies = seen;
         if l.wal_receiver_streaming {
             self.last_streaming = Some(Instant::now());
         }
-        if let Some(sender) = &l.wal_receiver_sender {
-            self.streamed_from.insert(sender.clone(), Instant::now());
+        let sample = l
+            .wal_receiver_sender
+            .clone()
+            .zip(l.wal_receiver_flushed)
+            .map(|(sender, flushed)| crate::lease::ReceiverSample {
+                sender,
+                receipt_age: l.wal_receipt_age,
+                flushed,
+            });
+        let received = if l.ready { l.wal_received } else { None };
+        if let Some((sender, at)) = self
+            .receiver_watch
+            .contact(Instant::now(), sample, received)
+        {
+            self.streamed_from.insert(sender, at);
         }
         self.streamed_from
             .retain(|_, t| t.elapsed() < Duration::from_secs(3600));
+    }
+
+    /// Whether the idle primary's heartbeat is due: a writable node with standbys whose
+    /// insert position has not moved for half a second.
+    pub(super) fn heartbeat_due(&self, l: &Local) -> bool {
+        l.ready
+            && l.in_recovery == Some(false)
+            && !l.standbys.is_empty()
+            && !self.state.fenced
+            && self.effective_goal().is_writable()
+            && self
+                .wal_marks
+                .last_moved()
+                .is_none_or(|t| t.elapsed() >= HEARTBEAT_AFTER)
+            && self
+                .last_heartbeat
+                .is_none_or(|t| t.elapsed() >= HEARTBEAT_AFTER)
     }
 
     /// Refreshes what the HTTP endpoint serves.

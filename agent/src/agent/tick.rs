@@ -13,6 +13,9 @@ impl Agent {
     /// One pass; returns how long to sleep before the next.
     pub(super) async fn tick(&mut self) -> anyhow::Result<Duration> {
         let l = self.observe().await;
+        if self.heartbeat_due(&l) {
+            self.heartbeat().await;
+        }
         if self.rebuild_if_asked(&l).await? || self.restart_if_asked(&l).await? {
             return Ok(FAST_PAUSE);
         }
@@ -51,6 +54,19 @@ impl Agent {
         self.report_if_due(l, acted, fast || self.reported != prev)
             .await;
         Ok(if fast { FAST_PAUSE } else { QUIET_PAUSE })
+    }
+
+    /// The idle primary's heartbeat (see `lease::WalMarks`). A failure (a read-only or
+    /// full Postgres) only means its standbys renew no lease until it writes again.
+    async fn heartbeat(&mut self) {
+        self.last_heartbeat = Some(Instant::now());
+        let r = match observe::local_client(&self.cfg).await {
+            Ok(c) => crate::sql::heartbeat(&c).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::debug!("heartbeat transaction failed: {e:#}");
+        }
     }
 
     /// Observes Postgres and remembers what later reports need (standbys heard from,

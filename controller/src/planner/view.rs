@@ -6,9 +6,11 @@ use super::*;
 /// A standby is "caught up" when at most this many bytes behind (pg_auto_failover's 16 MB).
 pub const CATCHUP_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
 
-/// A standby's report says it streams "now" from an upstream it last saw within this
-/// long before the report was sent (the agent's observation precedes its report).
-pub const STREAMING_NOW_MS: u64 = 1000;
+/// A standby's report says it streams "now" from an upstream it last received from
+/// within this long before the report was sent. Agents date a contact by the WAL
+/// receiver's last receipt: a live primary sends within ~0.5 s (its WAL, or its idle
+/// heartbeat) and answers the receiver's ping after 1 s of silence at the latest.
+pub const STREAMING_NOW_MS: u64 = 2000;
 
 /// What the controller knows about one node at planning time.
 #[derive(Debug, Clone, PartialEq)]
