@@ -156,7 +156,7 @@ async fn replica(State(s): State<SharedSnapshot>, Query(q): Query<LagQuery>) -> 
     let ok = s.as_ref().is_some_and(|s| {
         s.role() == Role::Replica
             && !s.no_load_balance
-            && s.local.wal_receiver_streaming
+            && s.local.receiver_live()
             && max_lag.is_none_or(|max| s.lag_bytes().is_some_and(|lag| lag <= max))
     });
     answer(&s, ok)

@@ -15,6 +15,13 @@ pub struct LocalStandby {
     pub replay_lag_seconds: f64,
 }
 
+/// A WAL receiver that shows `streaming` with its last message older than this is not
+/// running its loop (a frozen process, a write stuck on a hung disk): a working one
+/// gives up by itself after `wal_receiver_timeout` (2 s) of silence, and a live primary
+/// sends at least every half second (its WAL, its idle heartbeat) and answers the
+/// receiver's ping after 1 s.
+pub const RECEIVER_STALLED: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What the agent saw of its Postgres this tick.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Local {
@@ -68,4 +75,34 @@ pub struct Local {
     pub disk: Option<pgha_api::DiskSpace>,
     /// `pg_stat_archiver`, on a primary whose `archive_mode` is on.
     pub archive: Option<pgha_api::ArchiveStatus>,
+}
+
+impl Local {
+    /// The WAL receiver streams and receives: `streaming`, and heard from its upstream
+    /// within [`RECEIVER_STALLED`]. What the agent reports as `upstream_streaming`, so a
+    /// stuck receiver is parked like a cut one (a synchronous primary stops waiting for
+    /// it) instead of holding the primary's writes for as long as it is stuck.
+    pub fn receiver_live(&self) -> bool {
+        self.wal_receiver_streaming && self.wal_receipt_age.is_none_or(|a| a < RECEIVER_STALLED)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_receiver_silent_past_its_own_timeout_is_stalled() {
+        let at = |streaming: bool, age_ms: Option<u64>| Local {
+            wal_receiver_streaming: streaming,
+            wal_receipt_age: age_ms.map(Duration::from_millis),
+            ..Local::default()
+        };
+        assert!(at(true, Some(200)).receiver_live());
+        assert!(at(true, None).receiver_live(), "nothing received yet");
+        assert!(at(true, Some(2900)).receiver_live());
+        assert!(!at(true, Some(3000)).receiver_live(), "frozen or stuck");
+        assert!(!at(false, Some(100)).receiver_live());
+    }
 }

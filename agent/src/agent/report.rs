@@ -39,7 +39,7 @@ impl Agent {
                 self.last_standby_seen = at;
             }
         }
-        if l.wal_receiver_streaming {
+        if l.receiver_live() {
             self.last_streaming = Some(Instant::now());
         }
         let sample = l
@@ -121,8 +121,8 @@ impl Agent {
             lsn: l.lsn,
             system_identifier: l.control.as_ref().and_then(|c| c.system_identifier.clone()),
             standbys: l.standbys.iter().map(|s| s.obs.clone()).collect(),
-            upstream_streaming: l.wal_receiver_streaming,
-            upstream_lost_ms_ago: if l.wal_receiver_streaming {
+            upstream_streaming: l.receiver_live(),
+            upstream_lost_ms_ago: if l.receiver_live() {
                 None
             } else {
                 self.last_streaming

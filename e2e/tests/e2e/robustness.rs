@@ -462,3 +462,42 @@ async fn a_full_disk_on_the_primary_is_reported_and_nothing_is_lost() {
     })
     .await;
 }
+
+/// A standby's WAL receiver that hangs (SIGSTOP of that one process, as a receiver stuck
+/// in a write to a hung disk) still shows `streaming`, and the synchronous primary waits
+/// for it. Its agent reports it stalled once it heard nothing for 3 s (a working receiver
+/// gives up by itself after 2 s): the controller parks it in `catchingup` and the primary
+/// goes on in `wait_primary`. Resumed, it reconnects and is synchronous again. No
+/// failover, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_wal_receiver_costs_seconds_of_writes_not_all_of_them() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    scenario(async |c| {
+        let probe = two_nodes(c).await?;
+        let b = c.connect_node(1).await?;
+        let pid: i32 = b
+            .query_one("SELECT pid FROM pg_stat_wal_receiver", &[])
+            .await?
+            .get(0);
+        drop(b);
+        let t0 = Instant::now();
+        kill(Pid::from_raw(pid), Signal::SIGSTOP)?;
+        let parked = c.wait_for(&[("node_a", WaitPrimary), ("node_b", Catchingup)], T);
+        let parked_after = t0.elapsed();
+        let more = probe.wait_for_more(50, T).await;
+        kill(Pid::from_raw(pid), Signal::SIGCONT)?;
+        parked?;
+        more?;
+        println!(
+            "receiver frozen at 0: node_b parked after {:.2}s, write gap {:.2}s",
+            parked_after.as_secs_f64(),
+            probe.gap_around(t0, Instant::now()).as_secs_f64()
+        );
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        anyhow::ensure!(c.state()?.term == 1, "a failover happened");
+        probe.finish_without_loss().await?;
+        Ok(())
+    })
+    .await;
+}
