@@ -36,6 +36,10 @@ struct Agent {
     /// When the WAL receiver last received from its upstream (`lease::ReceiverWatch`).
     receiver_watch: crate::lease::ReceiverWatch,
     last_heartbeat: Option<Instant>,
+    /// `upstream_streaming` as last reported: a change is reported at once (the
+    /// controller parks a standby that stopped streaming, and a synchronous primary
+    /// waits for it until then).
+    reported_upstream_live: Option<bool>,
     /// The WAL senders streaming at this tick, and those that were when the last report
     /// the controller answered was sent: only those renew the lease (see
     /// `lease::standby_renews`).
@@ -232,6 +236,7 @@ pub async fn run(
         wal_marks: Default::default(),
         receiver_watch: Default::default(),
         last_heartbeat: None,
+        reported_upstream_live: None,
         streaming_senders: Default::default(),
         lease_senders: Default::default(),
         last_streaming: None,

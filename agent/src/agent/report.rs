@@ -197,6 +197,7 @@ impl Agent {
         let sent = Instant::now();
         let senders_at_send = self.streaming_senders.clone();
         self.last_report = Some(sent);
+        self.reported_upstream_live = Some(r.pg.upstream_streaming);
         let res = self.client.report(&r).await;
         if res.is_ok() {
             self.lost_slots.clear();

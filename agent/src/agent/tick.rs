@@ -51,7 +51,10 @@ impl Agent {
         let fast = self.state.assignment.as_ref().is_some_and(|a| a.fast_poll)
             || acted
             || self.reported != goal;
-        self.report_if_due(l, acted, fast || self.reported != prev)
+        let upstream_changed = self
+            .reported_upstream_live
+            .is_some_and(|was| was != l.receiver_live());
+        self.report_if_due(l, acted, fast || self.reported != prev || upstream_changed)
             .await;
         Ok(if fast { FAST_PAUSE } else { QUIET_PAUSE })
     }
