@@ -41,17 +41,19 @@ pub fn standby_renews(
     !contacted_since_start || senders_at_last_answer.contains(&pid)
 }
 
-/// The primary's recent WAL insert positions, each with the last moment it was still
-/// the insert position: what dates a standby's reply.
+/// Recent WAL positions, each with the last moment it was still the position: what
+/// dates a standby's reply.
 ///
-/// A standby's reply renews the lease only for WAL it proves received: a flush position
-/// past `L`, where `L` was the insert position at time `T`, holds bytes written after
-/// `T`, so the standby heard from this primary after `T`, and `T` is the renewal. A reply
-/// that only repeats an old position (the standby's link from here is cut, its status
-/// replies still arrive) renews nothing. The standby dates its contacts by when it last
-/// *received* from us (`ReceiverWatch`), so the controller's count of this lease never
-/// starts before ours. An idle primary writes a small heartbeat transaction so that
-/// there is WAL to prove (the agent's `heartbeat`).
+/// Kept per WAL sender, of what it had *sent* (`sent_lsn`): a standby whose reply says it
+/// wrote past `S`, where `S` was the sent position at time `T`, received bytes sent after
+/// `T`, so it heard from this primary after `T`, and `T` is the renewal. A reply that only
+/// repeats an old position (the standby's link from here is cut, its status replies
+/// still arrive) renews nothing. The sent position, not the insert one, so that a standby
+/// slow to write or replay still renews as long as it receives. The standby dates its
+/// contacts by when it last *received* from us (`ReceiverWatch`), so the controller's
+/// count of this lease never starts before ours. An idle primary writes a small
+/// heartbeat transaction so that there is WAL to prove (the agent's `heartbeat`; it is
+/// timed by the insert position, kept in a `WalMarks` too).
 #[derive(Debug, Default)]
 pub struct WalMarks {
     /// Increasing positions, each with the latest time it was seen as the insert position.

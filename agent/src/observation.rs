@@ -13,6 +13,10 @@ pub struct LocalStandby {
     pub pid: i32,
     /// `replay_lag` in seconds (0 when idle).
     pub replay_lag_seconds: f64,
+    /// What its WAL sender had sent (`sent_lsn`), with a moment before it was read.
+    pub sent: Option<(std::time::Instant, Lsn)>,
+    /// What the standby wrote (`write_lsn`, from its last reply).
+    pub write_lsn: Option<Lsn>,
 }
 
 /// A WAL receiver that shows `streaming` with its last message older than this is not

@@ -118,10 +118,12 @@ pub async fn read_local(
             .parse()
             .ok()
             .map(|lsn| (before, lsn));
+        let senders_read = std::time::Instant::now();
         let rows = c
             .query(
                 "SELECT application_name, state, sync_state, flush_lsn::text, \
-                        coalesce(extract(epoch FROM replay_lag), 0)::float8, pid \
+                        coalesce(extract(epoch FROM replay_lag), 0)::float8, pid, \
+                        sent_lsn::text, write_lsn::text \
                  FROM pg_stat_replication",
                 &[],
             )
@@ -157,6 +159,11 @@ pub async fn read_local(
                 },
                 replay_lag_seconds: r.get(4),
                 pid: r.get::<_, Option<i32>>(5).unwrap_or_default(),
+                sent: r
+                    .get::<_, Option<String>>(6)
+                    .and_then(|s| s.parse().ok())
+                    .map(|lsn| (senders_read, lsn)),
+                write_lsn: r.get::<_, Option<String>>(7).and_then(|s| s.parse().ok()),
             })
             .collect();
     }

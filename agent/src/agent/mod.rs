@@ -30,9 +30,11 @@ struct Agent {
     last_controller_contact: Instant,
     contacted_since_start: bool,
     last_standby_seen: Instant,
-    /// The primary's recent insert positions: what a standby's flush proves (see
+    /// The primary's recent insert positions (when to write the idle heartbeat), and
+    /// each WAL sender's sent positions: what a standby's reply proves (see
     /// `lease::WalMarks`).
     wal_marks: crate::lease::WalMarks,
+    sent_marks: HashMap<i32, crate::lease::WalMarks>,
     /// When the WAL receiver last received from its upstream (`lease::ReceiverWatch`).
     receiver_watch: crate::lease::ReceiverWatch,
     last_heartbeat: Option<Instant>,
@@ -234,6 +236,7 @@ pub async fn run(
         contacted_since_start: false,
         last_standby_seen: now,
         wal_marks: Default::default(),
+        sent_marks: HashMap::new(),
         receiver_watch: Default::default(),
         last_heartbeat: None,
         reported_upstream_live: None,

@@ -28,7 +28,13 @@ impl Agent {
                 continue;
             }
             self.streaming_senders.insert(s.pid);
-            if let Some(at) = s.obs.flush_lsn.and_then(|f| self.wal_marks.renewal(f))
+            let marks = self.sent_marks.entry(s.pid).or_default();
+            // The reply read with this tick's sent position can only prove earlier marks.
+            let renewal = s.write_lsn.and_then(|w| marks.renewal(w));
+            if let Some((at, sent)) = s.sent {
+                marks.note(at, sent);
+            }
+            if let Some(at) = renewal
                 && at > self.last_standby_seen
                 && crate::lease::standby_renews(
                     s.pid,
@@ -39,6 +45,8 @@ impl Agent {
                 self.last_standby_seen = at;
             }
         }
+        let senders = &self.streaming_senders;
+        self.sent_marks.retain(|pid, _| senders.contains(pid));
         if l.receiver_live() {
             self.last_streaming = Some(Instant::now());
         }
