@@ -247,14 +247,21 @@ fn plan_standbys(f: &FormationView, p: &mut Plan) {
             ),
             // Alive but cut off from the primary (both still reach the controller): a
             // synchronous primary would wait for it for ever. pg_auto_failover reads the
-            // same from the primary's pg_stat_replication.
+            // same from the primary's pg_stat_replication. Only once the primary went on
+            // reporting for the failure timeout after the standby last heard from it: a
+            // primary that died (its standbys' last receipts are about its last report)
+            // is failed over first, and this standby stays a candidate, even if its
+            // receiver had stalled a moment before.
             (NodeState::Secondary, NodeState::Secondary)
                 if f.is_reporting(n)
                     && !n.pg.upstream_streaming
                     && let Some(pr) =
                         primary.filter(|pr| pr.id != n.id && f.reported_lately(pr))
                     && let Some(lost_ms) = f.stopped_streaming_from_for(n, pr)
-                    && lost_ms >= f.timings.failure_timeout_ms =>
+                    && lost_ms >= f.timings.failure_timeout_ms
+                    && pr.last_report_ms.is_some_and(|r| {
+                        r + lost_ms >= f.now_ms + f.timings.failure_timeout_ms
+                    }) =>
             {
                 p.assign(
                     n,

@@ -68,7 +68,9 @@ async fn lagging_candidate_fast_forwards_from_a_priority_zero_standby() {
         // node_b stops receiving WAL; node_c acknowledges the commits meanwhile.
         let b = c.index("node_b");
         let receiver = c.stall_wal_receiver(b).await?;
-        probe.wait_for_more(100, T).await?;
+        // A few writes, well within the 3 s after which its agent would call the
+        // receiver stuck and the controller park node_b (it would be no candidate).
+        probe.wait_for_more(30, T).await?;
         let (pos_b, pos_c) = (
             c.wal_position(b).await?,
             c.wal_position(c.index("node_c")).await?,

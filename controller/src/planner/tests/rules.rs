@@ -206,6 +206,13 @@ fn a_secondary_cut_off_from_the_primary_is_parked_in_catchingup() {
     // 2 s ago: not yet.
     f.nodes[1].streamed_from_at.as_mut().unwrap().contacts[0].2 = now - 2000;
     assert_eq!(goal_of(&plan(&f), 2), None);
+    // 4 s ago, but the primary's last report (1.5 s ago, still "lately") came only
+    // 2.5 s after that: it died or is dying. No parking: the standby stays a failover
+    // candidate, even though its receiver had stalled a moment before.
+    f.nodes[1].streamed_from_at.as_mut().unwrap().contacts[0].2 = now - 4000;
+    f.nodes[0].last_report_ms = Some(now - 1500);
+    assert_eq!(goal_of(&plan(&f), 2), None);
+    f.nodes[0].last_report_ms = Some(now);
     // After a failover its last upstream was another node: it has not found the new
     // primary yet, which is no cut link.
     f.nodes[1].streamed_from_at = Some(StreamLog {
