@@ -255,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_renews_the_lease_only_for_wal_written_since() {
+    fn a_reply_renews_the_lease_only_for_wal_sent_since() {
         let t0 = std::time::Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut m = WalMarks::default();

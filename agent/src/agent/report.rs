@@ -6,9 +6,9 @@ use crate::observe::Local;
 use pgha_api::{NodeReport, PgObservation};
 
 impl Agent {
-    /// Tracks when a standby was last heard from (a streaming standby that flushed WAL
-    /// written since a moment we noted: `lease::WalMarks`), and when our own WAL
-    /// receiver last received from its upstream (`lease::ReceiverWatch`).
+    /// Tracks when a standby was last heard from (a streaming standby that wrote WAL
+    /// its sender sent after a moment we noted: `lease::WalMarks`), and when our own
+    /// WAL receiver last received from its upstream (`lease::ReceiverWatch`).
     pub(super) fn track_standbys(&mut self, l: &Local) {
         // After a restart with the controller down, standbys need time to reconnect to
         // a Postgres that just came up: their lease counts from then. (Only then: once
