@@ -64,9 +64,13 @@ pub struct Local {
     pub active_slots: Vec<String>,
     /// pgha's slots Postgres invalidated (`wal_status = 'lost'`): their WAL is gone.
     pub lost_slots: Vec<String>,
-    /// The other physical slots (the file's permanent ones among them), with their
-    /// positions.
+    /// The other slots (the file's permanent ones among them), with their positions;
+    /// on a primary, a logical one with its state file.
     pub permanent_slots: Vec<pgha_api::SlotPosition>,
+    /// `wal_level` is `logical` (a logical slot can be made).
+    pub wal_level_logical: bool,
+    /// Where the oldest WAL segment kept in `pg_wal` starts.
+    pub oldest_wal: Option<Lsn>,
     pub replicator_exists: bool,
     pub dbname_exists: bool,
     /// From pg_controldata when stopped.

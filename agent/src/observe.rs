@@ -59,11 +59,18 @@ pub fn postmaster_pid(pgdata: &Path) -> Option<i32> {
 }
 
 async fn connect(cfg: &AgentConfig) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_to(cfg, "postgres").await
+}
+
+async fn connect_to(
+    cfg: &AgentConfig,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut c = tokio_postgres::Config::new();
     c.host_path(cfg.state_dir())
         .port(cfg.pgport)
         .user(&cfg.username)
-        .dbname("postgres")
+        .dbname(dbname)
         .application_name("pgha_agent")
         .connect_timeout(Duration::from_secs(2));
     let (client, conn) = c.connect(tokio_postgres::NoTls).await?;
@@ -75,7 +82,18 @@ async fn connect(cfg: &AgentConfig) -> Result<tokio_postgres::Client, tokio_post
 
 /// A connection to the local Postgres, for the agent's SQL steps.
 pub async fn local_client(cfg: &AgentConfig) -> anyhow::Result<tokio_postgres::Client> {
-    Ok(connect(cfg).await?)
+    Ok(connect_to(cfg, "postgres").await?)
+}
+
+/// A connection to one database of the local Postgres (a logical slot is made and
+/// advanced from inside its database).
+pub async fn local_client_to(
+    cfg: &AgentConfig,
+    dbname: &str,
+) -> anyhow::Result<tokio_postgres::Client> {
+    connect_to(cfg, dbname)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to database {dbname:?}: {e}"))
 }
 
 /// Free and total bytes of the filesystem holding `dir` (or its nearest existing
@@ -103,6 +121,7 @@ pub async fn observe(cfg: &AgentConfig) -> Local {
     if !l.initialized {
         return l;
     }
+    l.oldest_wal = oldest_wal(pgdata);
     match postmaster(pgdata) {
         Postmaster::Stopped => {
             l.control = pg::controldata(cfg).await.ok();
@@ -142,5 +161,67 @@ fn warn_due() -> bool {
 
 async fn read_local(cfg: &AgentConfig, l: &mut Local) -> Result<(), tokio_postgres::Error> {
     let c = connect(cfg).await?;
-    crate::sql::read_local(&c, cfg, l).await
+    crate::sql::read_local(&c, cfg, l).await?;
+    if l.in_recovery == Some(false) {
+        read_logical_slot_states(&cfg.pgdata, &mut l.permanent_slots);
+    }
+    Ok(())
+}
+
+/// Adds each logical slot's state file, as Postgres last saved it (it replaces the file
+/// by a rename, so a read sees a whole one): a standby loads it to hold a copy.
+fn read_logical_slot_states(pgdata: &Path, slots: &mut [pgha_api::SlotPosition]) {
+    for s in slots {
+        if let Some(l) = s.logical.as_mut() {
+            let path = slot_state_path(pgdata, &s.name);
+            match std::fs::read(&path) {
+                Ok(bytes) => l.state = Some(pgha_api::to_hex(&bytes)),
+                // Not saved yet (a slot is written at creation, so only in a race).
+                Err(e) => tracing::debug!("reading {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+/// Where the oldest WAL segment in `pg_wal` starts: a slot copy needing older WAL
+/// could never be advanced here. A segment is named timeline, log and segment number
+/// (8 hex digits each); its size is the segment size.
+pub fn oldest_wal(pgdata: &Path) -> Option<pgha_api::Lsn> {
+    let dir = pgdata.join("pg_wal");
+    let oldest = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .min_by(|a, b| a[8..].cmp(&b[8..]))?;
+    let size = std::fs::metadata(dir.join(&oldest)).ok()?.len();
+    let log = u64::from_str_radix(&oldest[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&oldest[16..24], 16).ok()?;
+    (size.is_power_of_two() && size >= 1 << 20).then(|| pgha_api::Lsn((log << 32) + seg * size))
+}
+
+/// `pg_replslot/<name>/state` in PGDATA.
+pub fn slot_state_path(pgdata: &Path, slot: &str) -> std::path::PathBuf {
+    pgdata.join("pg_replslot").join(slot).join("state")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_wal_segment_gives_where_kept_wal_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("pg_wal");
+        std::fs::create_dir_all(wal.join("archive_status")).unwrap();
+        assert_eq!(oldest_wal(dir.path()), None);
+        for name in [
+            "000000020000000100000004",
+            "000000010000000100000003",
+            "00000001.history",
+        ] {
+            let f = std::fs::File::create(wal.join(name)).unwrap();
+            f.set_len(16 << 20).unwrap();
+        }
+        assert_eq!(oldest_wal(dir.path()), Some("1/3000000".parse().unwrap()));
+    }
 }

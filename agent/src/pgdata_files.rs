@@ -59,6 +59,7 @@ pub fn render_conf(
     role: &Role,
     parameters: &Parameters,
     backup: Option<&pgha_api::BackupSettings>,
+    logical_slots: bool,
 ) -> String {
     let mut out = String::from(
         "# Written by the pgha agent; rewritten whenever the node's role changes. Do not edit:\n\
@@ -85,7 +86,12 @@ pub fn render_conf(
         "unix_socket_directories",
         quote(&cfg.state_dir().display().to_string()),
     );
-    set("wal_level", "replica".into());
+    // The file's logical slots need logical decoding on every node: a standby's copy
+    // is loaded at its start only with it, and is promoted with it.
+    set(
+        "wal_level",
+        if logical_slots { "logical" } else { "replica" }.into(),
+    );
     // A sender per standby (up to 8), two per base backup (`-X stream`) when several
     // standbys join at once, a temporary slot each: 24 leaves room at the 9-node limit.
     set("max_wal_senders", "24".into());
@@ -283,6 +289,7 @@ pub fn apply(
     parameters: &Parameters,
     peers: &[PeerNode],
     backup: Option<&pgha_api::BackupSettings>,
+    logical_slots: bool,
     who: Option<pg::RunAs>,
 ) -> Result<bool, pg::PgError> {
     let pgdata = &cfg.pgdata;
@@ -298,7 +305,7 @@ pub fn apply(
     if *role != Role::Stopped {
         changed |= write_if_changed(
             &pgdata.join(CONF_FILE),
-            &render_conf(cfg, role, parameters, backup),
+            &render_conf(cfg, role, parameters, backup, logical_slots),
             who,
         )?;
     }
@@ -403,6 +410,7 @@ mod tests {
             },
             &Parameters::new(),
             None,
+            false,
         );
         assert!(
             c.contains("primary_conninfo = 'host=''10.0.0.5'' port=5432 user=''pgha_replicator''")
@@ -418,6 +426,7 @@ mod tests {
             },
             &Parameters::new(),
             None,
+            false,
         );
         assert!(cut.contains("primary_conninfo = ''"));
         let from_standby = render_conf(
@@ -428,6 +437,7 @@ mod tests {
             },
             &Parameters::new(),
             None,
+            false,
         );
         assert!(from_standby.contains("primary_conninfo = 'host=''10.0.0.6'' port=5432"));
         assert!(from_standby.contains("primary_slot_name = ''"));
@@ -450,6 +460,7 @@ mod tests {
                 retention_full: 2,
                 options: Default::default(),
             }),
+            false,
         );
         assert!(c.contains("archive_mode = on"), "{c}");
         assert!(

@@ -52,7 +52,8 @@ pub async fn read_local(
                     ARRAY(SELECT name::text FROM pg_settings WHERE pending_restart ORDER BY 1), \
                     ARRAY(SELECT coalesce(name, '?') || ': ' || error FROM pg_file_settings \
                           WHERE error IS NOT NULL \
-                          AND error <> 'setting could not be applied' ORDER BY 1)",
+                          AND error <> 'setting could not be applied' ORDER BY 1), \
+                    current_setting('wal_level') = 'logical'",
             &[&pgha_api::REPLICATION_USER, &cfg.dbname],
         )
         .await?;
@@ -70,6 +71,7 @@ pub async fn read_local(
             None => (String::new(), e),
         })
         .collect();
+    l.wal_level_logical = row.get(6);
     if in_recovery {
         let row = c
             .query_one(
@@ -187,64 +189,135 @@ pub async fn read_local(
     }
     let others = c
         .query(
-            "SELECT slot_name::text, restart_lsn::text, wal_status::text FROM pg_replication_slots \
-             WHERE slot_type = 'physical' AND NOT temporary \
-               AND slot_name NOT LIKE 'pgha\\_slot\\_%' ORDER BY 1",
+            "SELECT slot_name::text, restart_lsn::text, wal_status::text, \
+                    slot_type = 'logical', database::text, plugin::text, \
+                    confirmed_flush_lsn::text \
+             FROM pg_replication_slots \
+             WHERE NOT temporary AND slot_name NOT LIKE 'pgha\\_slot\\_%' ORDER BY 1",
             &[],
         )
         .await?;
+    let lsn = |r: &tokio_postgres::Row, i: usize| {
+        r.get::<_, Option<String>>(i)
+            .and_then(|s| s.parse::<pgha_api::Lsn>().ok())
+    };
     l.permanent_slots = others
         .iter()
         .map(|r| pgha_api::SlotPosition {
             name: r.get(0),
-            restart_lsn: r.get::<_, Option<String>>(1).and_then(|s| s.parse().ok()),
+            restart_lsn: lsn(r, 1),
             wal_status: r
                 .get::<_, Option<String>>(2)
                 .and_then(|s| pgha_api::SlotWalStatus::parse(&s)),
+            logical: r.get::<_, bool>(3).then(|| pgha_api::LogicalSlot {
+                database: r.get::<_, Option<String>>(4).unwrap_or_default(),
+                plugin: r.get::<_, Option<String>>(5).unwrap_or_default(),
+                confirmed_flush_lsn: lsn(r, 6),
+                state: None,
+            }),
         })
         .collect();
     Ok(())
 }
 
-/// Keeps the file's permanent slots: each one made where it is missing (on a standby
-/// too: its WAL is kept from its last restartpoint), and on a standby advanced to the
-/// primary's position of it, never past what this node replayed; a standby's copy
-/// that Postgres invalidated is made again first while the primary's is valid. Slots
-/// the file no longer names are left alone (drop them by hand: a consumer may still
-/// need one).
-pub async fn sync_permanent_slots(
+/// Carries out what the planner chose for a permanent slot (see
+/// `plan::permanent_slot_actions`), each guarded again in SQL: a physical slot made
+/// (on a standby too: its WAL is kept from its last restartpoint) or advanced, never
+/// past what this node replayed; a logical one made on the primary from inside its
+/// database, a standby's copy advanced there. Slots the file no longer names are left
+/// alone (drop them by hand: a consumer may still need one).
+pub async fn permanent_slot_action(
     c: &Client,
-    wanted: &[pgha_api::SlotPosition],
-    standby: bool,
+    slot: &pgha_api::SlotPosition,
+    action: &crate::plan::SlotAction,
+    logical_db: Option<&Client>,
 ) -> anyhow::Result<()> {
-    for s in wanted {
-        if standby && !s.lost() && s.restart_lsn.is_some() {
+    use crate::plan::SlotAction;
+    let name = &slot.name;
+    match (action, &slot.logical, logical_db) {
+        (SlotAction::Create, None, _) => {
             c.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE slot_name = $1 AND wal_status = 'lost' AND NOT active",
-                &[&s.name],
+                "SELECT pg_create_physical_replication_slot($1, true) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[name],
             )
             .await
-            .with_context(|| format!("dropping the invalidated copy of slot {}", s.name))?;
+            .with_context(|| format!("creating permanent slot {name}"))?;
         }
-        c.execute(
-            "SELECT pg_create_physical_replication_slot($1, true) \
-             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-            &[&s.name],
-        )
-        .await
-        .with_context(|| format!("creating permanent slot {}", s.name))?;
-        if let (true, Some(to)) = (standby, s.restart_lsn) {
+        (SlotAction::Create, Some(l), Some(db)) => {
+            // Making a logical slot waits for the transactions running then: bounded, so
+            // that a long one delays the slot, not the agent's loop (tried again).
+            db.batch_execute("SET statement_timeout = '1s'").await?;
+            db.execute(
+                "SELECT pg_create_logical_replication_slot($1, $2) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[name, &l.plugin],
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "creating logical slot {name} ({}) in database {:?}",
+                    l.plugin, l.database
+                )
+            })?;
+        }
+        (SlotAction::DropCopy, _, _) => {
+            tracing::info!(slot = %name, "dropping this standby's copy of the slot (invalidated, or ahead of the primary's)");
+            drop_copy(c, name).await?;
+        }
+        (SlotAction::Advance(to), None, _) => {
             c.execute(
                 "SELECT pg_replication_slot_advance(slot_name, least($2::text::pg_lsn, pg_last_wal_replay_lsn())) \
                  FROM pg_replication_slots \
                  WHERE slot_name = $1 AND restart_lsn < least($2::text::pg_lsn, pg_last_wal_replay_lsn())",
-                &[&s.name, &to.to_string()],
+                &[name, &to.to_string()],
             )
             .await
-            .with_context(|| format!("advancing permanent slot {} to {to}", s.name))?;
+            .with_context(|| format!("advancing permanent slot {name} to {to}"))?;
         }
+        (SlotAction::Advance(to), Some(_), Some(db)) => {
+            // Decoding (fast-forward) reads the WAL in between: 16 MB per step keeps a
+            // step short when a fresh copy starts far behind.
+            db.batch_execute("SET statement_timeout = '2s'").await?;
+            let r = db
+                .execute(
+                    "SELECT pg_replication_slot_advance(slot_name, \
+                            least($2::text::pg_lsn, pg_last_wal_replay_lsn(), \
+                                  confirmed_flush_lsn + 16777216)) \
+                     FROM pg_replication_slots \
+                     WHERE slot_name = $1 \
+                       AND confirmed_flush_lsn < least($2::text::pg_lsn, pg_last_wal_replay_lsn())",
+                    &[name, &to.to_string()],
+                )
+                .await;
+            if let Err(e) = r {
+                // The copy starts before the WAL this standby still has: it can never
+                // follow; drop it, and a fresher one is copied at a later restart.
+                if e.to_string().contains("has already been removed") {
+                    tracing::warn!(slot = %name, "the copy needs WAL this standby removed: dropped, copied again later ({e})");
+                    drop_copy(c, name).await?;
+                }
+                return Err(anyhow::Error::from(e)
+                    .context(format!("advancing the copy of logical slot {name} to {to}")));
+            }
+        }
+        (SlotAction::Create | SlotAction::Advance(_), Some(_), None) => {
+            anyhow::bail!("logical slot {name}: no connection to its database")
+        }
+        (SlotAction::CopyAtRestart, _, _) => {}
     }
+    Ok(())
+}
+
+/// Drops a standby's copy of a permanent slot (unless something streams from it).
+async fn drop_copy(c: &Client, name: &str) -> anyhow::Result<()> {
+    c.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE slot_name = $1 AND NOT active",
+        &[&name],
+    )
+    .await
+    .with_context(|| format!("dropping this standby's copy of slot {name}"))?;
     Ok(())
 }
 

@@ -139,6 +139,7 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
     let lag = Family::<Labels, Gauge>::default();
     let slot_retained = Family::<Labels, Gauge>::default();
     let slot_lost = Family::<Labels, Gauge>::default();
+    let copy_behind = Family::<Labels, Gauge>::default();
     let term = Family::<Labels, Gauge>::default();
     let info = Family::<Labels, Gauge>::default();
     let blocked = Family::<Labels, Gauge>::default();
@@ -164,11 +165,18 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
                 .get_or_create(&labels(&[("formation", &f.name), ("reason", r.as_str())]))
                 .set((current == Some(r)) as i64);
         }
-        let primary_lsn = status
-            .nodes
-            .iter()
-            .find(|n| n.assigned_state.is_writable())
-            .and_then(|n| n.lsn);
+        let primary = status.nodes.iter().find(|n| n.assigned_state.is_writable());
+        let primary_lsn = primary.and_then(|n| n.lsn);
+        // What the consumer confirmed on the primary, by logical slot.
+        let confirmed_at_primary = |slot: &str| {
+            primary?
+                .permanent_slots
+                .iter()
+                .find(|s| s.name == slot)?
+                .logical
+                .as_ref()?
+                .confirmed_flush_lsn
+        };
         for n in &status.nodes {
             for s in ALL_STATES {
                 let l = labels(&[
@@ -209,6 +217,13 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
                         .set(x.bytes_ahead_of(r) as i64);
                 }
                 slot_lost.get_or_create(&sl).set(s.lost() as i64);
+                let here = s.logical.as_ref().and_then(|l| l.confirmed_flush_lsn);
+                if let (true, Some(p), Some(h)) = (is_standby, confirmed_at_primary(&s.name), here)
+                {
+                    copy_behind
+                        .get_or_create(&sl)
+                        .set(p.bytes_ahead_of(h) as i64);
+                }
             }
             if let Some(a) = &n.archive {
                 // Postgres' own count (a fresh registry each page, so inc_by sets it):
@@ -262,6 +277,11 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
         "permanent_slot_lost",
         "1 while Postgres has invalidated a permanent slot on the node (past maxSlotWalKeepSize): its consumer cannot continue from it",
         slot_lost,
+    );
+    reg.register(
+        "permanent_slot_copy_behind_bytes",
+        "On a standby: how far its copy of a logical permanent slot is behind what the consumer confirmed on the primary (what a consumer receives again after a failover to it)",
+        copy_behind,
     );
     reg.register(
         "archive_last_success_age_seconds",
@@ -412,7 +432,26 @@ mod tests {
             name: "archiver".into(),
             restart_lsn: Some(pgha_api::Lsn(0)),
             wal_status: Some(pgha_api::SlotWalStatus::Reserved),
+            logical: None,
         }];
+        let cdc = |confirmed: u64| pgha_api::SlotPosition {
+            name: "cdc".into(),
+            restart_lsn: Some(pgha_api::Lsn(100)),
+            wal_status: Some(pgha_api::SlotWalStatus::Reserved),
+            logical: Some(pgha_api::LogicalSlot {
+                database: "appdb".into(),
+                plugin: "pgoutput".into(),
+                confirmed_flush_lsn: Some(pgha_api::Lsn(confirmed)),
+                state: None,
+            }),
+        };
+        st.observed
+            .entry(1)
+            .or_default()
+            .pg
+            .permanent_slots
+            .push(cdc(4000));
+        st.observed.entry(2).or_default().pg.permanent_slots = vec![cdc(3000)];
         let fl = |extra: &[(&str, &str)]| {
             let mut l = labels(&[("formation", "default")]);
             l.extend(labels(extra));
@@ -476,6 +515,7 @@ mod tests {
             ("pgha_archive_last_success_age_seconds", "gauge"),
             ("pgha_permanent_slot_retained_bytes", "gauge"),
             ("pgha_permanent_slot_lost", "gauge"),
+            ("pgha_permanent_slot_copy_behind_bytes", "gauge"),
         ];
         for (name, kind) in expected {
             assert!(
@@ -527,6 +567,13 @@ mod tests {
             text.contains(r#"pgha_permanent_slot_retained_bytes{formation="default",node="node_1",slot="archiver"} "#),
             "{text}"
         );
+        assert!(
+            text.contains(r#"pgha_permanent_slot_copy_behind_bytes{formation="default",node="node_2",slot="cdc"} 1000"#),
+            "{text}"
+        );
+        assert!(!text.contains(
+            r#"pgha_permanent_slot_copy_behind_bytes{formation="default",node="node_1""#
+        ));
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -398,9 +398,9 @@ impl FormationRecord {
     }
 
     /// The file's permanent slots, by name.
-    pub fn permanent_slots(&self) -> Vec<String> {
+    pub fn permanent_slots(&self) -> Vec<(String, pgha_api::formation::SlotSpec)> {
         self.spec()
-            .map(|s| s.slots.keys().cloned().collect())
+            .map(|s| s.slots.clone().into_iter().collect())
             .unwrap_or_default()
     }
 

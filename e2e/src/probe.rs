@@ -157,6 +157,11 @@ impl WriteProbe {
         })
     }
 
+    /// The ids acknowledged so far, in order.
+    pub fn acked_ids(&self) -> Vec<i64> {
+        locked(&self.log).acked.iter().map(|(id, _)| *id).collect()
+    }
+
     /// Number of acknowledged writes so far.
     pub fn acked(&self) -> usize {
         locked(&self.log).acked.len()

@@ -84,6 +84,8 @@ struct Agent {
     backups: crate::backup::Backups,
     /// Postgres' running state and role at the last tick (for the start/stop hooks).
     pg_was_running: Option<(bool, &'static str)>,
+    /// When this standby last stopped to load copies of logical slots.
+    slot_copy_restart_at: Option<Instant>,
 }
 
 /// How long a report may take before the agent counts the controller unreachable.
@@ -94,6 +96,9 @@ const MAX_START_ATTEMPTS: u32 = 5;
 /// An idle primary writes its heartbeat after this long without WAL (`lease::WalMarks`):
 /// a standby's acknowledgement renews the lease at most this late.
 const HEARTBEAT_AFTER: Duration = Duration::from_millis(500);
+/// A standby restarts to load logical slot copies at most this often: a copy Postgres
+/// does not keep (or one dropped at once) must not restart it in a loop.
+const SLOT_COPY_RESTART_EVERY: Duration = Duration::from_secs(300);
 
 impl Agent {
     fn timings(&self) -> Timings {
@@ -115,11 +120,15 @@ impl Agent {
     }
 
     fn wanted(&self, goal: NodeState) -> Wanted {
-        plan::wanted(
+        let mut w = plan::wanted(
             goal,
             self.state.assignment.as_ref(),
             self.synchronous_standby_names(),
-        )
+        );
+        w.slot_copy_restart_allowed = self
+            .slot_copy_restart_at
+            .is_none_or(|t| t.elapsed() >= SLOT_COPY_RESTART_EVERY);
+        w
     }
 }
 
@@ -221,6 +230,7 @@ pub async fn run(
         hooks: crate::hooks::Hooks::new(cfg.on_role_change.clone())
             .with_start_stop(cfg.on_start.clone(), cfg.on_stop.clone()),
         pg_was_running: None,
+        slot_copy_restart_at: None,
         backups: Default::default(),
         pitr_retry_at: None,
         restore_failed_at: None,

@@ -116,6 +116,9 @@ impl Agent {
                 }
                 self.start_attempts += 1;
                 self.apply_conf(goal)?;
+                if goal.is_standby() {
+                    self.install_slot_copies()?;
+                }
                 tracing::info!(attempt = self.start_attempts, "starting Postgres");
                 pg::start(&self.cfg).await?;
                 Ok(())
@@ -136,10 +139,29 @@ impl Agent {
                 sql::promote(&c).await
             }
             Step::SetupPrimary => self.setup_primary().await,
-            Step::SyncPermanentSlots => {
+            Step::SyncPermanentSlots(actions) => {
                 let c = observe::local_client(&self.cfg).await?;
                 let w = self.wanted(goal);
-                sql::sync_permanent_slots(&c, &w.permanent_slots, goal.is_standby()).await
+                for (name, action) in actions {
+                    let Some(slot) = w.permanent_slots.iter().find(|s| &s.name == name) else {
+                        continue;
+                    };
+                    let db = match &slot.logical {
+                        Some(l) => Some(observe::local_client_to(&self.cfg, &l.database).await?),
+                        None => None,
+                    };
+                    sql::permanent_slot_action(&c, slot, action, db.as_ref()).await?;
+                }
+                Ok(())
+            }
+            Step::RestartForSlotCopies(names) => {
+                tracing::info!(
+                    slots = %names.join(", "),
+                    "restarting Postgres to load copies of the primary's logical slots"
+                );
+                self.slot_copy_restart_at = Some(Instant::now());
+                pg::stop(cfg).await?;
+                Ok(())
             }
         }
     }
@@ -345,6 +367,9 @@ impl Agent {
             self.hot_standby_floors = c.hot_standby_floors;
         }
         self.apply_conf(goal)?;
+        if goal.is_standby() {
+            self.install_slot_copies()?;
+        }
         pg::start(&self.cfg).await?;
         Ok(())
     }
@@ -380,8 +405,55 @@ impl Agent {
             &parameters,
             &peers,
             a.and_then(|a| a.backup.as_ref()),
+            a.is_some_and(|a| a.permanent_slots.iter().any(|s| s.logical.is_some())),
             self.who,
         )?)
+    }
+
+    /// Before a standby starts: the primary's state file of each logical slot of the
+    /// file that has no copy here, written where Postgres loads slots at its start
+    /// (`pg_replslot/<name>/state`). Postgres checks the file's checksum; the copy is
+    /// then advanced as the consumer confirms on the primary.
+    fn install_slot_copies(&self) -> anyhow::Result<()> {
+        let Some(a) = self.state.assignment.as_ref() else {
+            return Ok(());
+        };
+        let oldest_wal = observe::oldest_wal(&self.cfg.pgdata);
+        for s in &a.permanent_slots {
+            let Some(logical) = s.logical.as_ref() else {
+                continue;
+            };
+            let Some(state) = logical.state.as_deref() else {
+                continue;
+            };
+            if !plan::copy_can_follow(logical, oldest_wal) {
+                tracing::info!(slot = %s.name, "no copy of the primary's logical slot yet: it needs WAL older than this node keeps (it comes once its consumer moves on)");
+                continue;
+            }
+            // The name comes from the formation file (checked there): never a path.
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                continue;
+            }
+            let path = observe::slot_state_path(&self.cfg.pgdata, &s.name);
+            let dir = path
+                .parent()
+                .expect("the state file is in the slot's directory");
+            if dir.exists() {
+                continue;
+            }
+            let bytes = pgha_api::from_hex(state)
+                .with_context(|| format!("the state file of slot {} is not hex", s.name))?;
+            prepare_dir(dir, self.who)?;
+            crate::files::replace(&path, &bytes, 0o600, self.who)?;
+            crate::files::sync_parent(dir)?;
+            tracing::info!(slot = %s.name, "copy of the primary's logical slot installed");
+        }
+        Ok(())
     }
 
     async fn setup_primary(&self) -> anyhow::Result<()> {

@@ -30,7 +30,25 @@ pub enum Step {
     /// Roles, database and replication slots of a primary.
     SetupPrimary,
     /// The file's permanent slots: made where missing, advanced on a standby.
-    SyncPermanentSlots,
+    SyncPermanentSlots(Vec<(String, SlotAction)>),
+    /// A standby misses a copy of a logical slot: stop, so that the next start loads
+    /// the primary's slot state file (PostgreSQL 15 reads slots only at its start).
+    RestartForSlotCopies(Vec<String>),
+}
+
+/// What one of the file's permanent slots needs on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotAction {
+    /// Make it: a physical slot anywhere, a logical one on the primary.
+    Create,
+    /// Drop this standby's copy: Postgres invalidated it, or (logical) it is ahead of
+    /// what the consumer confirmed on the primary (left from this node's own time as
+    /// primary), and a promotion would skip changes the consumer never saw.
+    DropCopy,
+    /// Move this standby's copy forward, towards `to`.
+    Advance(pgha_api::Lsn),
+    /// A logical copy is missing on this standby: it comes at a restart.
+    CopyAtRestart,
 }
 
 /// What the assignment asks of the local Postgres, beyond the goal.
@@ -46,6 +64,9 @@ pub struct Wanted {
     /// Settings waiting for a restart may be applied by restarting here: on a standby,
     /// or on a primary without peers (with peers, the controller switches over first).
     pub restart_allowed: bool,
+    /// A restart to load logical slot copies may happen now (not one in the last
+    /// minutes: a copy Postgres would not keep must not restart it in a loop).
+    pub slot_copy_restart_allowed: bool,
 }
 
 pub fn next_step(w: &Wanted, l: &Local) -> Step {
@@ -82,8 +103,9 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
         if !l.replicator_exists || !l.dbname_exists || slots_to_change(w, l) {
             return Step::SetupPrimary;
         }
-        if permanent_slots_to_sync(w, l, false) {
-            return Step::SyncPermanentSlots;
+        let actions = permanent_slot_actions(w, l, false);
+        if !actions.is_empty() {
+            return Step::SyncPermanentSlots(actions);
         }
         if l.synchronous_standby_names.as_deref() != Some(w.synchronous_standby_names.as_str()) {
             return Step::Wait("synchronous_standby_names reload pending");
@@ -127,8 +149,18 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
             // Restart to apply settings that need it (the next tick starts it again).
             return Step::Stop;
         }
-        if permanent_slots_to_sync(w, l, true) {
-            return Step::SyncPermanentSlots;
+        let (copies, actions): (Vec<_>, Vec<_>) = permanent_slot_actions(w, l, true)
+            .into_iter()
+            .partition(|(_, a)| *a == SlotAction::CopyAtRestart);
+        if !actions.is_empty() {
+            return Step::SyncPermanentSlots(actions);
+        }
+        if !copies.is_empty()
+            && w.restart_allowed
+            && w.slot_copy_restart_allowed
+            && g.streams_from_upstream()
+        {
+            return Step::RestartForSlotCopies(copies.into_iter().map(|(n, _)| n).collect());
         }
         return Step::Reached;
     }
@@ -176,22 +208,81 @@ pub fn slots_to_change(w: &Wanted, l: &Local) -> bool {
     missing || droppable
 }
 
-/// A permanent slot of the file is missing here, or (on a standby) behind the primary's
-/// position of it where this node has replayed further.
-pub fn permanent_slots_to_sync(w: &Wanted, l: &Local, standby: bool) -> bool {
-    w.permanent_slots.iter().any(|want| {
-        match l.permanent_slots.iter().find(|s| s.name == want.name) {
-            None => true,
-            // A standby's copy that Postgres invalidated is made again while the
-            // primary's slot is valid (it can follow the primary's position again);
-            // the primary's own is left for the operator (its consumer must start over).
-            Some(have) if have.lost() => standby && !want.lost() && want.restart_lsn.is_some(),
-            Some(have) => {
-                let reachable = want.restart_lsn.min(l.lsn);
-                standby && reachable.is_some_and(|to| have.restart_lsn.is_none_or(|h| h < to))
-            }
+/// What each of the file's permanent slots needs here. A physical one is made where
+/// missing and, on a standby, advanced to the primary's position where this node has
+/// replayed further. A logical one is made on the primary (once `wal_level` is
+/// `logical`); a standby copies the primary's at a restart, then follows what the
+/// consumer confirmed on the primary, never past it.
+pub fn permanent_slot_actions(w: &Wanted, l: &Local, standby: bool) -> Vec<(String, SlotAction)> {
+    w.permanent_slots
+        .iter()
+        .filter_map(|want| {
+            let have = l.permanent_slots.iter().find(|s| s.name == want.name);
+            let action = match &want.logical {
+                None => physical_slot_action(want, have, l, standby),
+                Some(logical) => logical_slot_action(want, logical, have, l, standby),
+            }?;
+            Some((want.name.clone(), action))
+        })
+        .collect()
+}
+
+fn physical_slot_action(
+    want: &pgha_api::SlotPosition,
+    have: Option<&pgha_api::SlotPosition>,
+    l: &Local,
+    standby: bool,
+) -> Option<SlotAction> {
+    match have {
+        None => Some(SlotAction::Create),
+        // A standby's copy that Postgres invalidated is made again while the primary's
+        // slot is valid (it can follow the primary's position again); the primary's
+        // own is left for the operator (its consumer must start over).
+        Some(have) if have.lost() => {
+            (standby && !want.lost() && want.restart_lsn.is_some()).then_some(SlotAction::DropCopy)
         }
-    })
+        Some(have) => {
+            let reachable = want.restart_lsn.min(l.lsn)?;
+            (standby && have.restart_lsn.is_none_or(|h| h < reachable))
+                .then_some(SlotAction::Advance(reachable))
+        }
+    }
+}
+
+fn logical_slot_action(
+    want: &pgha_api::SlotPosition,
+    logical: &pgha_api::LogicalSlot,
+    have: Option<&pgha_api::SlotPosition>,
+    l: &Local,
+    standby: bool,
+) -> Option<SlotAction> {
+    if !standby {
+        return (have.is_none() && l.wal_level_logical).then_some(SlotAction::Create);
+    }
+    let Some(have) = have else {
+        return copy_can_follow(logical, l.oldest_wal).then_some(SlotAction::CopyAtRestart);
+    };
+    let confirmed = logical.confirmed_flush_lsn?;
+    let have_confirmed = have.logical.as_ref().and_then(|h| h.confirmed_flush_lsn);
+    if have.lost() {
+        return (!want.lost()).then_some(SlotAction::DropCopy);
+    }
+    if have.logical.is_none() || have_confirmed.is_some_and(|h| h > confirmed) {
+        return Some(SlotAction::DropCopy);
+    }
+    let reachable = confirmed.min(l.lsn?);
+    have_confirmed
+        .is_none_or(|h| h < reachable)
+        .then_some(SlotAction::Advance(reachable))
+}
+
+/// A copy made from the primary's slot state file can be advanced here: it needs no
+/// WAL older than what this node keeps (a fresh base backup starts after a slot whose
+/// consumer has not moved lately; the copy waits until it has).
+pub fn copy_can_follow(logical: &pgha_api::LogicalSlot, oldest_wal: Option<pgha_api::Lsn>) -> bool {
+    logical
+        .state_restart_lsn()
+        .is_some_and(|needs| oldest_wal.is_none_or(|kept| needs >= kept))
 }
 
 /// A writable node fences itself when it has heard from neither the controller nor any
@@ -219,6 +310,7 @@ mod tests {
             slots: vec![],
             permanent_slots: vec![],
             restart_allowed: true,
+            slot_copy_restart_allowed: true,
         }
     }
 
@@ -229,6 +321,13 @@ mod tests {
             name: "archiver".into(),
             restart_lsn: Some(Lsn(lsn)),
             wal_status: Some(pgha_api::SlotWalStatus::Reserved),
+            logical: None,
+        };
+        let act = |w: &Wanted, l: &Local, standby: bool| {
+            permanent_slot_actions(w, l, standby)
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect::<Vec<_>>()
         };
         let mut w = wanted(NodeState::Secondary);
         w.permanent_slots = vec![at(5000)];
@@ -236,22 +335,23 @@ mod tests {
             lsn: Some(Lsn(9000)),
             ..Local::default()
         };
-        assert!(permanent_slots_to_sync(&w, &l, true), "missing");
+        assert_eq!(act(&w, &l, true), [SlotAction::Create], "missing");
         l.permanent_slots = vec![at(1000)];
-        assert!(
-            permanent_slots_to_sync(&w, &l, true),
+        assert_eq!(
+            act(&w, &l, true),
+            [SlotAction::Advance(Lsn(5000))],
             "behind the primary's"
         );
         assert!(
-            !permanent_slots_to_sync(&w, &l, false),
+            act(&w, &l, false).is_empty(),
             "a primary's own slot moves with its consumer only"
         );
         l.permanent_slots = vec![at(5000)];
-        assert!(!permanent_slots_to_sync(&w, &l, true), "caught up");
+        assert!(act(&w, &l, true).is_empty(), "caught up");
         l.permanent_slots = vec![at(3000)];
         l.lsn = Some(Lsn(3000));
         assert!(
-            !permanent_slots_to_sync(&w, &l, true),
+            act(&w, &l, true).is_empty(),
             "never past what this node replayed"
         );
         // A copy Postgres invalidated is made again on a standby while the primary's
@@ -262,20 +362,103 @@ mod tests {
             ..at(0)
         };
         l.permanent_slots = vec![lost.clone()];
-        assert!(permanent_slots_to_sync(&w, &l, true), "lost copy");
-        assert!(!permanent_slots_to_sync(&w, &l, false), "the primary's own");
+        assert_eq!(act(&w, &l, true), [SlotAction::DropCopy], "lost copy");
+        assert!(act(&w, &l, false).is_empty(), "the primary's own");
         w.permanent_slots = vec![lost];
-        assert!(
-            !permanent_slots_to_sync(&w, &l, true),
-            "lost on the primary"
-        );
+        assert!(act(&w, &l, true).is_empty(), "lost on the primary");
         w.permanent_slots = vec![at(5000)];
         w.permanent_slots[0].restart_lsn = None;
         l.permanent_slots = vec![];
-        assert!(
-            permanent_slots_to_sync(&w, &l, false),
+        assert_eq!(
+            act(&w, &l, false),
+            [SlotAction::Create],
             "made even before the primary reports a position"
         );
+    }
+
+    #[test]
+    fn a_logical_slot_is_copied_at_a_restart_and_never_ahead_of_its_consumer() {
+        use pgha_api::{LogicalSlot, SlotPosition};
+        let logical = |confirmed: Option<u64>, state: bool| SlotPosition {
+            name: "cdc".into(),
+            restart_lsn: Some(Lsn(100)),
+            wal_status: Some(pgha_api::SlotWalStatus::Reserved),
+            logical: Some(LogicalSlot {
+                database: "app".into(),
+                plugin: "pgoutput".into(),
+                confirmed_flush_lsn: confirmed.map(Lsn),
+                state: state.then(|| {
+                    // A slot file whose restart_lsn is 0/100.
+                    let mut f = vec![0u8; 104];
+                    f[..4].copy_from_slice(&0x0105_1CA1u32.to_le_bytes());
+                    f[96..104].copy_from_slice(&0x100u64.to_le_bytes());
+                    pgha_api::to_hex(&f)
+                }),
+            }),
+        };
+        let mut w = wanted(NodeState::Secondary);
+        w.slot_copy_restart_allowed = true;
+        w.permanent_slots = vec![logical(Some(5000), true)];
+        let mut l = running_primary();
+        l.in_recovery = Some(true);
+        l.wal_receiver_streaming = true;
+        l.lsn = Some(Lsn(9000));
+        // Missing on a standby: a restart loads the primary's state file, once the
+        // primary sent one, and not again within minutes.
+        assert_eq!(
+            next_step(&w, &l),
+            Step::RestartForSlotCopies(vec!["cdc".into()])
+        );
+        w.slot_copy_restart_allowed = false;
+        assert_eq!(next_step(&w, &l), Step::Reached);
+        w.slot_copy_restart_allowed = true;
+        l.oldest_wal = Some(Lsn(0x1000));
+        assert_eq!(
+            next_step(&w, &l),
+            Step::Reached,
+            "the copy would need WAL this standby no longer keeps"
+        );
+        l.oldest_wal = Some(Lsn(0x100));
+        assert_eq!(
+            next_step(&w, &l),
+            Step::RestartForSlotCopies(vec!["cdc".into()])
+        );
+        w.permanent_slots = vec![logical(Some(5000), false)];
+        assert_eq!(next_step(&w, &l), Step::Reached, "no state file yet");
+        // A copy follows what the consumer confirmed, never past what was replayed.
+        w.permanent_slots = vec![logical(Some(5000), true)];
+        l.permanent_slots = vec![logical(Some(1000), false)];
+        assert_eq!(
+            next_step(&w, &l),
+            Step::SyncPermanentSlots(vec![("cdc".into(), SlotAction::Advance(Lsn(5000)))])
+        );
+        l.lsn = Some(Lsn(3000));
+        assert_eq!(
+            next_step(&w, &l),
+            Step::SyncPermanentSlots(vec![("cdc".into(), SlotAction::Advance(Lsn(3000)))])
+        );
+        l.permanent_slots = vec![logical(Some(3000), false)];
+        assert_eq!(next_step(&w, &l), Step::Reached);
+        // A copy ahead of the consumer (this node was primary) goes, to be copied again.
+        l.lsn = Some(Lsn(9000));
+        l.permanent_slots = vec![logical(Some(7000), false)];
+        assert_eq!(
+            next_step(&w, &l),
+            Step::SyncPermanentSlots(vec![("cdc".into(), SlotAction::DropCopy)])
+        );
+        // The primary makes it once wal_level is logical, and never moves its own.
+        let mut p = running_primary();
+        let mut w = wanted(NodeState::Primary);
+        w.permanent_slots = vec![logical(None, false)];
+        assert_eq!(next_step(&w, &p), Step::Reached, "wal_level is replica");
+        p.wal_level_logical = true;
+        assert_eq!(
+            next_step(&w, &p),
+            Step::SyncPermanentSlots(vec![("cdc".into(), SlotAction::Create)])
+        );
+        p.permanent_slots = vec![logical(Some(10), true)];
+        w.permanent_slots = vec![logical(Some(5000), true)];
+        assert_eq!(next_step(&w, &p), Step::Reached);
     }
 
     fn running_primary() -> Local {
@@ -498,6 +681,7 @@ mod tests {
                     slots: slots.clone(),
                     permanent_slots: vec![],
                     restart_allowed: true,
+                    slot_copy_restart_allowed: true,
                 };
                 // A primary is never created from nothing but by initdb for `single`, and
                 // a promotion needs data: those are the only refusals allowed.
@@ -557,7 +741,12 @@ mod tests {
                 n.dbname_exists = true;
                 n.slots = w.slots.clone();
             }
-            Step::SyncPermanentSlots => n.permanent_slots = w.permanent_slots.clone(),
+            Step::SyncPermanentSlots(_) => n.permanent_slots = w.permanent_slots.clone(),
+            Step::RestartForSlotCopies(_) => {
+                n = stopped("shut down in recovery");
+                n.standby_signal = true;
+                n.permanent_slots = w.permanent_slots.clone();
+            }
             Step::Wait(_) => {
                 // A reload takes effect; a cut receiver stops.
                 n.synchronous_standby_names = Some(w.synchronous_standby_names.clone());

@@ -74,6 +74,8 @@ pub fn wanted(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Wanted {
         // stop_replication): a restart there would only delay the failover.
         restart_allowed: matches!(goal, NodeState::Catchingup | NodeState::Secondary)
             || a.is_some_and(|a| a.peers.is_empty() && goal.is_writable()),
+        // The agent narrows it (see `Agent::wanted`): the assignment does not say.
+        slot_copy_restart_allowed: true,
     }
 }
 

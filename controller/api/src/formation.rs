@@ -110,10 +110,17 @@ pub struct FormationSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SlotSpec {
-    /// `physical` (the only kind kept across failover yet: PostgreSQL 15 cannot create a
-    /// logical slot on a standby).
+    /// `physical` or `logical`. A logical slot needs `database` and `plugin`; declaring
+    /// one sets `wal_level = logical` on every node (a restart, rolled as for any
+    /// setting that needs one).
     #[serde(rename = "type")]
     pub kind: SlotKind,
+    /// The database a logical slot decodes (it must exist on the primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The output plugin of a logical slot (`pgoutput`, `test_decoding`, `wal2json`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -370,11 +370,44 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
         if let Err(e) = check_slot_name(name) {
             err(at.clone(), e);
         }
-        if slot.kind == crate::formation::SlotKind::Logical {
-            err(
-                format!("{at}.type"),
-                "logical slots are not kept across failover yet (PostgreSQL 15 cannot create one on a standby): declare physical slots only".into(),
-            );
+        match slot.kind {
+            crate::formation::SlotKind::Logical => {
+                match slot.database.as_deref() {
+                    None => err(
+                        format!("{at}.database"),
+                        "a logical slot decodes one database: name it".into(),
+                    ),
+                    Some(d) if d.is_empty() || d.len() > 63 || d.contains('\0') => err(
+                        format!("{at}.database"),
+                        format!("{d:?} is not a database name (1 to 63 bytes)"),
+                    ),
+                    Some(_) => {}
+                }
+                match slot.plugin.as_deref() {
+                    None => err(
+                        format!("{at}.plugin"),
+                        "a logical slot needs an output plugin (pgoutput, test_decoding, wal2json…)"
+                            .into(),
+                    ),
+                    Some(p) if !valid_identifier(p) || p.contains('-') => err(
+                        format!("{at}.plugin"),
+                        format!("{p:?} is not a plugin name: lower-case letters, digits and _"),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            crate::formation::SlotKind::Physical => {
+                for (field, v) in [("database", &slot.database), ("plugin", &slot.plugin)] {
+                    if v.is_some() {
+                        err(
+                            format!("{at}.{field}"),
+                            format!(
+                                "only a logical slot has a {field}: remove it or use type: logical"
+                            ),
+                        );
+                    }
+                }
+            }
         }
     }
     if s.nodes.len() > crate::formation::MAX_NODES {
@@ -669,17 +702,26 @@ spec:
 ";
 
     #[test]
-    fn permanent_slots_are_physical_with_names_postgres_takes_and_pgha_does_not_use() {
+    fn permanent_slots_have_names_postgres_takes_and_pgha_does_not_use() {
         let good = GOOD.replace("101", "50");
-        let ok = format!("{good}  slots:\n    archiver:\n      type: physical\n");
+        let ok = format!(
+            "{good}  slots:\n    archiver:\n      type: physical\n    cdc:\n      type: logical\n      database: app\n      plugin: pgoutput\n"
+        );
         let f = parse_formation("f.yaml", ok.as_bytes()).unwrap();
-        assert_eq!(f.spec.slots.len(), 1);
+        assert_eq!(f.spec.slots.len(), 2);
         let bad = format!(
-            "{good}  slots:\n    Bad-Name:\n      type: physical\n    pgha_slot_9:\n      type: physical\n    cdc:\n      type: logical\n"
+            "{good}  slots:\n    Bad-Name:\n      type: physical\n    pgha_slot_9:\n      type: physical\n    cdc:\n      type: logical\n    wal:\n      type: physical\n      plugin: pgoutput\n"
         );
         let errs = parse_formation("f.yaml", bad.as_bytes()).unwrap_err();
         let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        for want in [
+            "spec.slots.cdc.database: a logical slot decodes one database",
+            "spec.slots.cdc.plugin: a logical slot needs an output plugin",
+            "spec.slots.wal.plugin: only a logical slot has a plugin",
+        ] {
+            assert!(lines.iter().any(|l| l.contains(want)), "{want}: {lines:?}");
+        }
         assert!(
             lines
                 .iter()
@@ -690,12 +732,6 @@ spec:
             lines
                 .iter()
                 .any(|l| l.contains("spec.slots.pgha_slot_9: ") && l.contains("pgha's own")),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.contains("spec.slots.cdc.type: logical slots are not kept")),
             "{lines:?}"
         );
         let unknown = format!("{good}  slots:\n    a:\n      type: temporary\n");

@@ -270,17 +270,36 @@ pub fn decision_inputs(v: &FormationView) -> serde_json::Value {
 }
 
 /// The file's permanent slots, each with the position the primary reports for it (none
-/// while no node is writable or the primary has not made it yet).
+/// while no node is writable or the primary has not made it yet); a logical one with
+/// the primary's consumer position and slot state file, from which a standby makes its
+/// copy.
 fn permanent_slots(f: &FormationRecord, view: &FormationView) -> Vec<pgha_api::SlotPosition> {
     let primary = view.nodes.iter().find(|v| v.goal.is_writable());
     f.permanent_slots()
         .into_iter()
-        .map(|name| {
+        .map(|(name, spec)| {
             let at_primary =
                 primary.and_then(|p| p.pg.permanent_slots.iter().find(|s| s.name == name));
+            let primary_logical = at_primary.and_then(|s| s.logical.as_ref());
+            let logical = match (spec.kind, spec.database, spec.plugin) {
+                (pgha_api::formation::SlotKind::Logical, Some(database), Some(plugin)) => {
+                    // A slot of the same name made for another database or plugin is
+                    // not the file's: no standby copies it.
+                    let same =
+                        primary_logical.filter(|l| l.database == database && l.plugin == plugin);
+                    Some(pgha_api::LogicalSlot {
+                        confirmed_flush_lsn: same.and_then(|l| l.confirmed_flush_lsn),
+                        state: same.and_then(|l| l.state.clone()),
+                        database,
+                        plugin,
+                    })
+                }
+                _ => None,
+            };
             pgha_api::SlotPosition {
                 restart_lsn: at_primary.and_then(|s| s.restart_lsn),
                 wal_status: at_primary.and_then(|s| s.wal_status),
+                logical,
                 name,
             }
         })

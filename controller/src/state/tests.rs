@@ -611,6 +611,7 @@ fn a_permanent_slot_at_risk_or_lost_is_an_event_once() {
             name: "archiver".into(),
             restart_lsn: None,
             wal_status: Some(status),
+            logical: None,
         }];
         (r, t)
     };

@@ -1,6 +1,7 @@
 //! Day-2 verbs a Patroni user reaches for: pause and resume, reinit, restart (and the
 //! pending restarts that roll by themselves), anti-flapping.
 
+use anyhow::Context;
 use pgha_api::NodeState::*;
 use pgha_e2e::scenario;
 use std::time::{Duration, Instant};
@@ -509,6 +510,22 @@ async fn a_pre_promote_hook_refuses_and_the_next_candidate_or_the_old_primary_se
     .await;
 }
 
+/// Formation `default` with `spec` lines (YAML under `spec:`), node_a primary and node_b
+/// its standby.
+fn primary_and_standby_with(c: &mut pgha_e2e::Cluster, spec: &str) -> anyhow::Result<()> {
+    c.write_formation(
+        "default.yaml",
+        &format!(
+            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n{spec}  nodes: []\n"
+        ),
+    )?;
+    c.add_node("node_a")?;
+    c.wait_for(&[("node_a", Single)], T)?;
+    c.add_node("node_b")?;
+    c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+    Ok(())
+}
+
 /// A permanent physical slot of the file (`spec.slots`) is made on every node, and the
 /// standby's copy follows the consumer's position on the primary; after the primary's VM
 /// is lost, the consumer finds its slot on the new primary at that position, with the
@@ -516,14 +533,7 @@ async fn a_pre_promote_hook_refuses_and_the_next_candidate_or_the_old_primary_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_slot_survives_a_failover_at_its_consumers_position() {
     scenario(async |c| {
-        c.write_formation(
-            "default.yaml",
-            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  slots:\n    archiver:\n      type: physical\n  nodes: []\n",
-        )?;
-        c.add_node("node_a")?;
-        c.wait_for(&[("node_a", Single)], T)?;
-        c.add_node("node_b")?;
-        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        primary_and_standby_with(c, "  slots:\n    archiver:\n      type: physical\n")?;
         let probe = c.write_probe().await?;
         probe.wait_for_more(20, T).await?;
         let slot_lsn = async |i: usize| -> anyhow::Result<Option<String>> {
@@ -615,6 +625,167 @@ async fn a_permanent_slot_survives_a_failover_at_its_consumers_position() {
         }
         probe.wait_for_more(10, T).await?;
         probe.finish_without_loss().await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// A permanent logical slot of the file is made on the primary and copied to the
+/// standby (PostgreSQL 15: the primary's slot file, loaded at a restart), whose copy then
+/// follows what the consumer confirms. The primary's VM is lost right after the consumer
+/// took its last changes there: on the new primary the consumer continues from the copy
+/// and misses no acknowledged write (it may see a few again: at-least-once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logical_slot_follows_its_consumer_across_a_failover() {
+    scenario(async |c| {
+        primary_and_standby_with(
+            c,
+            "  slots:\n    cdc:\n      type: logical\n      database: appdb\n      plugin: test_decoding\n",
+        )?;
+        let probe = c.write_probe().await?;
+        let uri = c.uri()?;
+        // The consumer: test_decoding's lines for the probe's inserts, through the
+        // formation URI (whichever node is primary); returns the last change's LSN.
+        let consume = async |seen: &mut Vec<i64>| -> anyhow::Result<Option<String>> {
+            let db = pgha_e2e::probe::connect_read_write(&uri, Duration::from_secs(3)).await?;
+            let rows = db
+                .query(
+                    "SELECT lsn::text, data FROM pg_logical_slot_get_changes('cdc', NULL, NULL)",
+                    &[],
+                )
+                .await?;
+            const INSERT: &str = "table public.write_probe: INSERT: id[bigint]:";
+            for r in &rows {
+                let data: String = r.get(1);
+                if let Some(rest) = data.strip_prefix(INSERT) {
+                    let id: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                    seen.push(id.parse()?);
+                }
+            }
+            Ok(rows.last().map(|r| r.get(0)))
+        };
+        let mut seen: Vec<i64> = vec![];
+        // node_b's copy, when node_b answers (it restarts once to load it).
+        let copy_at = async |at: &str| -> Option<Option<bool>> {
+            let b = c.connect_node(1).await.ok()?;
+            let row = b
+                .query_opt(
+                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots \
+                     WHERE slot_name = 'cdc'",
+                    &[&at],
+                )
+                .await
+                .ok()?;
+            Some(row.map(|r| r.get(0)))
+        };
+        // The consumer runs until node_b holds a copy of its slot.
+        let t0 = Instant::now();
+        while !matches!(copy_at("0/0").await, Some(Some(_))) {
+            consume(&mut seen).await?;
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(120),
+                "node_b never got a copy of slot cdc"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("node_b holds a copy of slot cdc {} ms after the writes began", t0.elapsed().as_millis());
+        // The copy follows what the consumer confirms on the primary.
+        let at = consume(&mut seen).await?.context("nothing consumed")?;
+        let t0 = Instant::now();
+        while copy_at(&at).await != Some(Some(true)) {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "node_b's copy of slot cdc never reached the consumer's {at}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "node_b's copy reached the consumer's position {} ms after the consumer confirmed it",
+            t0.elapsed().as_millis()
+        );
+        for _ in 0..10 {
+            consume(&mut seen).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let before = consume(&mut seen).await?.unwrap_or(at);
+        c.kill_vm(0)?;
+        let new = c.wait_new_primary(&["node_a"], T)?;
+        anyhow::ensure!(new == "node_b", "{new} promoted");
+        let b = c.connect_node(1).await?;
+        let behind: i64 = b
+            .query_one(
+                "SELECT pg_wal_lsn_diff($1::text::pg_lsn, confirmed_flush_lsn)::bigint \
+                 FROM pg_replication_slots WHERE slot_name = 'cdc'",
+                &[&before],
+            )
+            .await?
+            .get(0);
+        let seen_before = seen.len();
+        probe.wait_for_more(30, T).await?;
+        let acked = probe.acked_ids();
+        probe.finish_without_loss().await?;
+        let t0 = Instant::now();
+        let missing = loop {
+            consume(&mut seen).await?;
+            let got: std::collections::HashSet<i64> = seen.iter().copied().collect();
+            let missing: Vec<i64> = acked.iter().copied().filter(|id| !got.contains(id)).collect();
+            if missing.is_empty() || t0.elapsed() > Duration::from_secs(20) {
+                break missing;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let distinct: std::collections::HashSet<i64> = seen.iter().copied().collect();
+        let again = seen.len() - distinct.len();
+        println!(
+            "slot cdc on node_b after the failover: {behind} bytes behind the consumer's last position on node_a; \
+             the consumer got {} changes before, {} after, {again} of them again, none missing of {} acknowledged",
+            seen_before,
+            seen.len() - seen_before,
+            acked.len()
+        );
+        anyhow::ensure!(
+            missing.is_empty(),
+            "the consumer missed {} acknowledged writes after the failover: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
+        anyhow::ensure!(behind >= 0, "the copy was ahead of the consumer: {behind}");
+        // The old primary rejoins as a standby: its own slot (at or past what the
+        // consumer confirmed there) is replaced by a copy at node_b's position.
+        let b = c.connect_node(1).await?;
+        let at_b: String = b
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'cdc'",
+                &[],
+            )
+            .await?
+            .get(0);
+        c.start_agent(0)?;
+        c.wait_for(&[("node_a", Secondary), ("node_b", Primary)], T)?;
+        let t0 = Instant::now();
+        loop {
+            let a = match c.connect_node(0).await {
+                Ok(a) => a
+                    .query_opt(
+                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'cdc'",
+                        &[],
+                    )
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|r| r.get::<_, String>(0)),
+                Err(_) => None,
+            };
+            if a.as_deref() == Some(at_b.as_str()) {
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < T,
+                "node_a's slot cdc is at {a:?}, not at node_b's {at_b}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("node_a rejoined with its slot cdc at node_b's {at_b}");
         Ok(())
     })
     .await;
