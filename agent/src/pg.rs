@@ -288,7 +288,32 @@ pub fn conninfo_value(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// `primary_conninfo` of a standby formation's leader: every node of the source, a
+/// standby of it preferred (libpq's `target_session_attrs=prefer-standby`): a standby of
+/// the source holds no WAL its failover could lose, so the leader never has to be
+/// rewound after one. Its application name is not a `pgha_standby_<id>` one, so the
+/// source never counts it as a synchronous standby nor as renewing its lease.
+pub fn source_conninfo(cfg: &AgentConfig, hosts: &[(String, u16)]) -> String {
+    let list =
+        |f: &dyn Fn(&(String, u16)) -> String| hosts.iter().map(f).collect::<Vec<_>>().join(",");
+    format!(
+        "{} target_session_attrs=prefer-standby",
+        conninfo_multi(
+            cfg,
+            &list(&|h| h.0.clone()),
+            &list(&|h| h.1.to_string()),
+            "postgres",
+            &source_application_name(cfg),
+        )
+    )
+}
+
 fn conninfo(cfg: &AgentConfig, host: &str, port: u16, dbname: &str, app: &str) -> String {
+    conninfo_multi(cfg, host, &port.to_string(), dbname, app)
+}
+
+/// `port`: numbers and commas only (made from u16s here), so it needs no quotes.
+fn conninfo_multi(cfg: &AgentConfig, host: &str, port: &str, dbname: &str, app: &str) -> String {
     let q = conninfo_value;
     format!(
         "host={} port={port} user={} dbname={} application_name={} connect_timeout=5 passfile={}",
@@ -316,42 +341,53 @@ pub fn write_passfile(cfg: &AgentConfig, who: Option<RunAs>) -> Result<(), PgErr
 }
 
 /// Fresh copy of the upstream into `target` (an empty directory owned by Postgres).
+/// `from_source`: a standby formation's leader copying its source, through the slot the
+/// file names there (if any), under its own application name (see [`source_conninfo`]);
+/// otherwise a standby copying its upstream through its own slot there.
 pub async fn basebackup(
     cfg: &AgentConfig,
     target: &Path,
     host: &str,
     port: u16,
+    from_source: Option<Option<&str>>,
 ) -> Result<(), PgError> {
     let target = target.display().to_string();
-    let slot = pgha_api::replication_slot_name(cfg.node_id);
-    let app = pgha_api::standby_application_name(cfg.node_id);
+    let (slot, app) = match from_source {
+        Some(slot) => (slot.map(str::to_string), source_application_name(cfg)),
+        None => (
+            Some(pgha_api::replication_slot_name(cfg.node_id)),
+            pgha_api::standby_application_name(cfg.node_id),
+        ),
+    };
     let port = port.to_string();
     let dbname = format!("application_name={app}");
-    run(
-        cfg,
-        "pg_basebackup",
-        &[
-            "-D",
-            &target,
-            "-h",
-            host,
-            "-p",
-            &port,
-            "-U",
-            pgha_api::REPLICATION_USER,
-            "-d",
-            &dbname,
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-            "-S",
-            &slot,
-        ],
-        Duration::from_secs(3600),
-    )
-    .await
-    .map(|_| ())
+    let mut args = vec![
+        "-D",
+        &target,
+        "-h",
+        host,
+        "-p",
+        &port,
+        "-U",
+        pgha_api::REPLICATION_USER,
+        "-d",
+        &dbname,
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+    ];
+    if let Some(slot) = &slot {
+        args.extend(["-S", slot]);
+    }
+    run(cfg, "pg_basebackup", &args, Duration::from_secs(3600))
+        .await
+        .map(|_| ())
+}
+
+/// A standby formation leader's application name on its source.
+fn source_application_name(cfg: &AgentConfig) -> String {
+    format!("pgha_dr_{}_{}", cfg.formation, cfg.node_id)
 }
 
 /// `CHECKPOINT` on another node, as the replication role (granted `pg_checkpoint`).

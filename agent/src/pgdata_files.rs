@@ -157,6 +157,14 @@ pub fn render_conf(
             set("primary_conninfo", quote(&conninfo));
             set("primary_slot_name", quote(&slot));
         }
+        Role::StandbyOf { hosts, slot } => {
+            set("synchronous_standby_names", quote(""));
+            set("primary_conninfo", quote(&pg::source_conninfo(cfg, hosts)));
+            set(
+                "primary_slot_name",
+                quote(slot.as_deref().unwrap_or_default()),
+            );
+        }
         Role::Stopped => {}
     }
     out
@@ -310,7 +318,7 @@ pub fn apply(
         )?;
     }
     let signal = pgdata.join("standby.signal");
-    if matches!(role, Role::Standby { .. }) && !signal.exists() {
+    if matches!(role, Role::Standby { .. } | Role::StandbyOf { .. }) && !signal.exists() {
         write_if_changed(&signal, "", who)?;
         changed = true;
     }
@@ -441,6 +449,31 @@ mod tests {
         );
         assert!(from_standby.contains("primary_conninfo = 'host=''10.0.0.6'' port=5432"));
         assert!(from_standby.contains("primary_slot_name = ''"));
+    }
+
+    #[test]
+    fn a_standby_formations_leader_streams_from_the_source_preferring_its_standbys() {
+        let c = render_conf(
+            &cfg(),
+            &Role::StandbyOf {
+                hosts: vec![("10.1.0.5".into(), 5432), ("10.1.0.6".into(), 5433)],
+                slot: Some("dr_site".into()),
+            },
+            &Parameters::new(),
+            None,
+            false,
+        );
+        assert!(
+            c.contains("primary_conninfo = 'host=''10.1.0.5,10.1.0.6'' port=5432,5433 "),
+            "{c}"
+        );
+        assert!(c.contains("target_session_attrs=prefer-standby'"), "{c}");
+        assert!(
+            c.contains("application_name=''pgha_dr_default_2''"),
+            "never a pgha_standby_<id> name the source would count: {c}"
+        );
+        assert!(c.contains("primary_slot_name = 'dr_site'"), "{c}");
+        assert!(c.contains("synchronous_standby_names = ''"), "{c}");
     }
 
     #[test]

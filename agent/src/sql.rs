@@ -368,6 +368,12 @@ pub async fn setup_primary(c: &Client, cfg: &AgentConfig, slots: &[String]) -> a
             .await
             .with_context(|| format!("creating database {}", cfg.dbname))?;
     }
+    sync_node_slots(c, slots).await
+}
+
+/// The slots of the nodes that stream from here (`pgha_slot_<id>`): those in `slots`
+/// made, the others dropped. Also on a standby formation's leader, in recovery.
+pub async fn sync_node_slots(c: &Client, slots: &[String]) -> anyhow::Result<()> {
     // Slots of nodes that cannot stream, and invalidated ones (their standby is
     // rebuilt and takes a fresh slot), unless a standby streams through them now.
     c.execute(

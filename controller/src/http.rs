@@ -134,6 +134,7 @@ pub fn router(
         )
         .route(routes::NODE, axum::routing::delete(drop_node))
         .route(routes::PAUSE, post(pause).delete(resume))
+        .route(routes::PROMOTE_FORMATION, post(promote_formation))
         .route(routes::BACKUPS, get(backups).post(start_backup))
         .route(routes::REINIT, post(reinit))
         .route(routes::RESTART, post(restart))
@@ -542,6 +543,19 @@ async fn resume(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
     set_paused(&ctx, name, &caller, false)
+}
+
+async fn promote_formation(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<serde_json::Value> {
+    let mut st = lock(&ctx.shared);
+    let actor = caller.actor(&st);
+    let from = st.promote_formation(&name, &actor, now_ms())?;
+    Ok(Json(
+        serde_json::json!({"formation": name, "promoted_from": from.hosts}),
+    ))
 }
 
 fn set_paused(ctx: &Ctx, name: String, caller: &Caller, on: bool) -> ApiResult<serde_json::Value> {

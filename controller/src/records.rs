@@ -74,6 +74,11 @@ pub struct FormationDesired {
     /// Paused by an operator (`pgha pause`), besides the file's `paused`.
     #[serde(default)]
     pub operator_paused: bool,
+    /// `pgha formation promote`: the file's `standbyOf` this formation was promoted
+    /// from. It overrides the file only while the file still says that same source
+    /// (removing the section, or naming another source, ends it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<pgha_api::formation::StandbyOf>,
 }
 
 /// What the planner decided for the formation as a whole.
@@ -369,6 +374,18 @@ impl FormationRecord {
                 .map(|oldest| (oldest + window_ms).saturating_sub(now_wall_ms))
                 .unwrap_or(0),
         }
+    }
+
+    /// The source this formation follows as a standby formation: the file's
+    /// `standbyOf`, unless an operator promoted the formation from that same source.
+    pub fn standby_of(&self) -> Option<&pgha_api::formation::StandbyOf> {
+        let file = self.spec()?.standby_of.as_ref()?;
+        (self.desired.promoted_from.as_ref() != Some(file)).then_some(file)
+    }
+
+    /// Promoted by an operator while the file still says `standbyOf`.
+    pub fn promoted_over_the_file(&self) -> bool {
+        self.spec().and_then(|s| s.standby_of.as_ref()).is_some() && self.standby_of().is_none()
     }
 
     /// Paused by an operator or by the file.

@@ -5,8 +5,58 @@ use super::*;
 
 impl Cluster {
     pub fn state(&self) -> anyhow::Result<FormationStatus> {
-        let out = self.pgha_ok(&["show", "state", "--json", "--monitor", &self.monitor_url])?;
+        self.state_of(pgha_api::DEFAULT_FORMATION)
+    }
+
+    /// `pgha show state --json --formation F`.
+    pub fn state_of(&self, formation: &str) -> anyhow::Result<FormationStatus> {
+        let out = self.pgha_ok(&[
+            "show",
+            "state",
+            "--json",
+            "--formation",
+            formation,
+            "--monitor",
+            &self.monitor_url,
+        ])?;
         Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Waits until `done` holds for formation `formation`'s state (the last state on
+    /// timeout, in the error).
+    pub fn wait_until_in(
+        &self,
+        formation: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&FormationStatus) -> bool,
+    ) -> anyhow::Result<FormationStatus> {
+        let t0 = Instant::now();
+        loop {
+            let st = self.state_of(formation);
+            if let Ok(st) = &st
+                && done(st)
+            {
+                return Ok(st.clone());
+            }
+            if t0.elapsed() > timeout {
+                let last = st
+                    .map(|st| {
+                        st.nodes
+                            .iter()
+                            .map(|n| {
+                                format!("{} {}/{}", n.name, n.reported_state, n.assigned_state)
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                            + " | "
+                            + &st.summary
+                    })
+                    .unwrap_or_else(|e| e.to_string());
+                bail!("formation {formation}: not {what} within {timeout:?}; last: {last}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits until each named node is stable in the given state.

@@ -45,7 +45,13 @@ impl Agent {
             .assignment
             .as_ref()
             .is_some_and(|a| !a.peers.is_empty());
-        if self.state.fenced || !has_peers {
+        // A standby formation's leader is read-only: nothing to fence.
+        let standby_leader = self
+            .state
+            .assignment
+            .as_ref()
+            .is_some_and(|a| a.standby_of.is_some());
+        if self.state.fenced || !has_peers || standby_leader {
             return Ok(());
         }
         let lease = self.timings().lease_ms;

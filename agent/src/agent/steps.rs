@@ -63,7 +63,14 @@ impl Agent {
                 if !self.restore_standby(&tmp).await? {
                     tracing::info!(upstream = %format!("{}:{}", up.0, up.1), "pg_basebackup");
                     let t0 = std::time::Instant::now();
-                    pg::basebackup(cfg, &tmp, &up.0, up.1).await?;
+                    let source = self
+                        .state
+                        .assignment
+                        .as_ref()
+                        .filter(|a| a.goal.is_writable())
+                        .and_then(|a| a.standby_of.as_ref());
+                    let from_source = source.map(|s| s.slot.as_deref());
+                    pg::basebackup(cfg, &tmp, &up.0, up.1, from_source).await?;
                     tracing::info!(
                         secs = t0.elapsed().as_secs_f64(),
                         "base backup copied from the upstream"
@@ -139,6 +146,10 @@ impl Agent {
                 sql::promote(&c).await
             }
             Step::SetupPrimary => self.setup_primary().await,
+            Step::SyncNodeSlots => {
+                let c = observe::local_client(&self.cfg).await?;
+                sql::sync_node_slots(&c, &self.wanted(goal).slots).await
+            }
             Step::SyncPermanentSlots(actions) => {
                 let c = observe::local_client(&self.cfg).await?;
                 let w = self.wanted(goal);
@@ -374,11 +385,31 @@ impl Agent {
         Ok(())
     }
 
+    /// The node to copy from (base backup, rewind): the assigned upstream, or for a
+    /// standby formation's leader the first node of the source that accepts a
+    /// connection.
     fn upstream(&self) -> anyhow::Result<(String, u16)> {
-        self.state
-            .assignment
-            .as_ref()
-            .and_then(|a| a.upstream.as_ref())
+        let a = self.state.assignment.as_ref();
+        if let Some(src) = a.and_then(|a| a.standby_of.as_ref())
+            && a.is_some_and(|a| a.goal.is_writable())
+        {
+            return src
+                .hosts
+                .iter()
+                .find(|(h, p)| reachable(h, *p))
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "no node of the source formation answers ({})",
+                        src.hosts
+                            .iter()
+                            .map(|(h, p)| format!("{h}:{p}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                });
+        }
+        a.and_then(|a| a.upstream.as_ref())
             .map(|u| (u.host.clone(), u.port))
             .context("no upstream node in the assignment")
     }
@@ -461,6 +492,14 @@ impl Agent {
         let slots = self.wanted(NodeState::Primary).slots;
         sql::setup_primary(&c, &self.cfg, &slots).await
     }
+}
+
+/// A TCP connection to `host:port` opens within a second.
+fn reachable(host: &str, port: u16) -> bool {
+    use std::net::ToSocketAddrs;
+    (host, port).to_socket_addrs().is_ok_and(|mut addrs| {
+        addrs.any(|sa| std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(1)).is_ok())
+    })
 }
 
 fn sibling(pgdata: &std::path::Path, suffix: &str) -> std::path::PathBuf {

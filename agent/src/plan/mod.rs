@@ -29,6 +29,9 @@ pub enum Step {
     Promote,
     /// Roles, database and replication slots of a primary.
     SetupPrimary,
+    /// The replication slots of the nodes that cascade from a standby formation's
+    /// leader.
+    SyncNodeSlots,
     /// The file's permanent slots: made where missing, advanced on a standby.
     SyncPermanentSlots(Vec<(String, SlotAction)>),
     /// A standby misses a copy of a logical slot: stop, so that the next start loads
@@ -64,6 +67,9 @@ pub struct Wanted {
     /// Settings waiting for a restart may be applied by restarting here: on a standby,
     /// or on a primary without peers (with peers, the controller switches over first).
     pub restart_allowed: bool,
+    /// A writable goal in a standby formation: lead it as a standby of the source,
+    /// never promote.
+    pub standby_leader: bool,
     /// A restart to load logical slot copies may happen now (not one in the last
     /// minutes: a copy Postgres would not keep must not restart it in a loop).
     pub slot_copy_restart_allowed: bool,
@@ -77,6 +83,9 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
         } else {
             Step::Reached
         };
+    }
+    if g.is_writable() && w.standby_leader {
+        return standby_leader_step(w, l);
     }
     if g.is_writable() {
         if !l.initialized {
@@ -165,6 +174,36 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
         return Step::Reached;
     }
     // init, wait_standby: nothing to do on this side.
+    Step::Reached
+}
+
+/// A standby formation's leader: a standby of the source (a copy of it taken first; a
+/// primary demoted into a standby formation is stopped and rewound onto the source),
+/// keeping the slots of the nodes that cascade from it. Never promoted.
+fn standby_leader_step(w: &Wanted, l: &Local) -> Step {
+    if !l.initialized {
+        return Step::BaseBackup;
+    }
+    if l.ready && l.in_recovery == Some(false) {
+        return Step::Stop;
+    }
+    if !l.postmaster_running {
+        let was_primary = l.control.as_ref().is_some_and(|c| c.was_primary());
+        return if was_primary && !l.backup_label {
+            Step::Rewind
+        } else {
+            Step::Start
+        };
+    }
+    if !l.ready {
+        return Step::Wait("Postgres is starting");
+    }
+    if slots_to_change(w, l) {
+        return Step::SyncNodeSlots;
+    }
+    if w.restart_allowed && !l.pending_restart.is_empty() {
+        return Step::Stop;
+    }
     Step::Reached
 }
 
@@ -311,6 +350,7 @@ mod tests {
             permanent_slots: vec![],
             restart_allowed: true,
             slot_copy_restart_allowed: true,
+            standby_leader: false,
         }
     }
 
@@ -482,6 +522,44 @@ mod tests {
                 ..ControlData::default()
             }),
             ..Local::default()
+        }
+    }
+
+    #[test]
+    fn a_standby_formations_leader_copies_and_follows_its_source_never_promoting() {
+        for goal in [
+            NodeState::Single,
+            NodeState::WaitPrimary,
+            NodeState::Primary,
+        ] {
+            let mut w = wanted(goal);
+            w.standby_leader = true;
+            w.slots = vec!["pgha_slot_3".into()];
+            assert_eq!(next_step(&w, &Local::default()), Step::BaseBackup, "{goal}");
+            // A primary demoted into a standby formation: stopped, then rewound.
+            assert_eq!(next_step(&w, &running_primary()), Step::Stop, "{goal}");
+            assert_eq!(next_step(&w, &stopped("shut down")), Step::Rewind, "{goal}");
+            assert_eq!(
+                next_step(&w, &stopped("shut down in recovery")),
+                Step::Start,
+                "{goal}"
+            );
+            let mut l = running_primary();
+            l.in_recovery = Some(true);
+            l.replicator_exists = false;
+            assert_eq!(next_step(&w, &l), Step::SyncNodeSlots, "{goal}");
+            l.slots = w.slots.clone();
+            assert_eq!(
+                next_step(&w, &l),
+                Step::Reached,
+                "in recovery, and stays so"
+            );
+            l.pending_restart = vec!["max_connections".into()];
+            assert_eq!(next_step(&w, &l), Step::Stop, "restarts cost no writes");
+            // Promoted (the assignment no longer says standbyOf): the usual path.
+            w.standby_leader = false;
+            l.pending_restart.clear();
+            assert_eq!(next_step(&w, &l), Step::Promote, "{goal}");
         }
     }
 
@@ -682,6 +760,7 @@ mod tests {
                     permanent_slots: vec![],
                     restart_allowed: true,
                     slot_copy_restart_allowed: true,
+                    standby_leader: false,
                 };
                 // A primary is never created from nothing but by initdb for `single`, and
                 // a promotion needs data: those are the only refusals allowed.
@@ -736,6 +815,7 @@ mod tests {
                 n.pending_restart.clear();
             }
             Step::Promote => n = running(false),
+            Step::SyncNodeSlots => n.slots = w.slots.clone(),
             Step::SetupPrimary => {
                 n.replicator_exists = true;
                 n.dbname_exists = true;

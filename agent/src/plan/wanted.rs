@@ -21,6 +21,12 @@ pub enum Role {
         upstream: Option<(String, u16)>,
         slot: bool,
     },
+    /// A standby formation's leader: a standby of the source formation's nodes,
+    /// through the source's `slot` when the file names one.
+    StandbyOf {
+        hosts: Vec<(String, u16)>,
+        slot: Option<String>,
+    },
     /// Stopped states: configuration left as it is.
     Stopped,
 }
@@ -56,9 +62,10 @@ pub fn synchronous_standby_names(a: Option<&Assignment>, contacted_since_start: 
 
 /// What the step planner works toward for `goal`.
 pub fn wanted(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Wanted {
+    let standby_leader = goal.is_writable() && a.is_some_and(|a| a.standby_of.is_some());
     Wanted {
         goal,
-        has_upstream: a.is_some_and(|a| a.upstream.is_some()),
+        has_upstream: a.is_some_and(|a| a.upstream.is_some()) || standby_leader,
         synchronous_standby_names: ssn,
         slots: a
             .map(|a| {
@@ -70,10 +77,13 @@ pub fn wanted(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Wanted {
             })
             .unwrap_or_default(),
         permanent_slots: a.map(|a| a.permanent_slots.clone()).unwrap_or_default(),
+        standby_leader,
         // Not in the middle of a promotion (fast_forward, prepare_promotion,
         // stop_replication): a restart there would only delay the failover.
+        // A standby formation's leader writes nothing: its restart costs no writes.
         restart_allowed: matches!(goal, NodeState::Catchingup | NodeState::Secondary)
-            || a.is_some_and(|a| a.peers.is_empty() && goal.is_writable()),
+            || a.is_some_and(|a| a.peers.is_empty() && goal.is_writable())
+            || standby_leader,
         // The agent narrows it (see `Agent::wanted`): the assignment does not say.
         slot_copy_restart_allowed: true,
     }
@@ -81,7 +91,12 @@ pub fn wanted(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Wanted {
 
 /// The role the configuration files render for `goal`.
 pub fn role_for(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Role {
-    if goal.is_writable() {
+    if let (true, Some(src)) = (goal.is_writable(), a.and_then(|a| a.standby_of.as_ref())) {
+        Role::StandbyOf {
+            hosts: src.hosts.clone(),
+            slot: src.slot.clone(),
+        }
+    } else if goal.is_writable() {
         Role::Primary {
             synchronous_standby_names: ssn,
             max_slot_wal_keep_size: a
@@ -144,6 +159,7 @@ mod tests {
             node_token: None,
             restart_epoch: 0,
             no_load_balance: false,
+            standby_of: None,
         }
     }
 

@@ -87,4 +87,50 @@ pub struct Assignment {
     /// its slot on whichever node is promoted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permanent_slots: Vec<crate::SlotPosition>,
+    /// The formation is a standby of another: a writable goal here means "lead this
+    /// formation as a standby of the source" (never promote); standbys cascade from
+    /// the leader as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_of: Option<StandbySource>,
+}
+
+/// Where a standby formation's leader streams from (`spec.standbyOf`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandbySource {
+    /// The source formation's nodes, (host, port).
+    pub hosts: Vec<(String, u16)>,
+    /// The slot on the source to stream through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+}
+
+impl StandbySource {
+    /// From the file's section; None when a host does not parse (the file is checked
+    /// before it is loaded, so only for a section this version cannot read).
+    pub fn from_spec(s: &crate::formation::StandbyOf) -> Option<StandbySource> {
+        Some(StandbySource {
+            hosts: s
+                .hosts
+                .iter()
+                .map(|h| Self::parse_host_port(h).ok())
+                .collect::<Option<_>>()?,
+            slot: s.slot.clone(),
+        })
+    }
+
+    /// `host:port` (an IPv6 address in brackets: `[::1]:5432`).
+    pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+        let bad = || {
+            format!("{s:?} is not host:port (e.g. 10.0.0.5:5432, [fd00::5]:5432, db1.example:5432)")
+        };
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        crate::host::Host::parse(host).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok((host.to_string(), port))
+    }
 }

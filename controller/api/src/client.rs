@@ -380,6 +380,15 @@ impl MonitorClient {
         }
     }
 
+    /// Promotes a standby formation (`pgha formation promote`).
+    pub async fn promote_formation(
+        &self,
+        formation: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        let path = routes::path(routes::PROMOTE_FORMATION, formation, None);
+        self.post(&path, &()).await
+    }
+
     pub async fn info(&self) -> Result<MonitorInfo, ClientError> {
         self.get(routes::INFO).await
     }

@@ -77,6 +77,13 @@ pub struct FormationSpec {
     /// Set back to false, the formation is reconciled again (a healthy primary stays).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// A standby formation, for disaster recovery: its leader is a standby of another
+    /// formation (another region, another monitor), and its other nodes cascade from
+    /// the leader. Nothing is writable until it is promoted: `pgha formation promote`,
+    /// or this section removed from the file. Added to a running formation, its primary
+    /// is rewound onto the source and follows it (a demotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_of: Option<StandbyOf>,
     /// Who may join, and how a node proves it belongs.
     #[serde(default)]
     pub admission: Admission,
@@ -104,6 +111,24 @@ pub struct FormationSpec {
     #[serde(default)]
     #[schemars(length(max = 9))]
     pub nodes: Vec<NodeSpec>,
+}
+
+/// The source of a standby formation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StandbyOf {
+    /// The source formation's nodes, each `host:port`. The leader streams from one of
+    /// them that is a standby when one answers (it never holds WAL the source could
+    /// lose in a failover), else from the source's primary; it follows the source's
+    /// failovers by itself (`recovery_target_timeline = latest`).
+    #[schemars(length(min = 1, max = 9))]
+    pub hosts: Vec<String>,
+    /// A permanent physical slot declared in the source formation's file to stream
+    /// through: the source keeps the WAL this formation still needs, on whichever of
+    /// its nodes serves it. None: no slot (`wal_keep_size` and the backup repository
+    /// must cover a disconnection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 /// One permanent replication slot.

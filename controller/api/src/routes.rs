@@ -31,6 +31,9 @@ pub const RESTART: &str = "/v1/formations/{name}/nodes/{node}/restart";
 pub const BACKUPS: &str = "/v1/formations/{name}/backups";
 /// `POST` pauses the formation (no assignment, no failover), `DELETE` resumes it.
 pub const PAUSE: &str = "/v1/formations/{name}/pause";
+/// `POST` promotes a standby formation (`spec.standbyOf`): its leader stops following
+/// the source and becomes writable.
+pub const PROMOTE_FORMATION: &str = "/v1/formations/{name}/promote";
 
 /// Who may call a route. Every route the controller serves has an entry in [`ALL`]; the
 /// server refuses a route without one (fail closed).
@@ -85,6 +88,7 @@ pub const ALL: &[Route] = &[
     route("POST", BACKUPS, Access::Operate),
     route("POST", PAUSE, Access::Operate),
     route("DELETE", PAUSE, Access::Operate),
+    route("POST", PROMOTE_FORMATION, Access::Operate),
 ];
 
 /// Who may call `method` on the route `pattern`; None for a route without an entry.
@@ -147,6 +151,8 @@ pub enum ErrorCode {
     NotLeader,
     /// A backup cannot be taken now: no `backup` section, no primary, or one running.
     BackupRefused,
+    /// `pgha formation promote` of a formation that is no standby formation.
+    NotAStandbyFormation,
     /// A code this client does not know (a newer controller).
     #[serde(other)]
     Unknown,

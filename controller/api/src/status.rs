@@ -66,12 +66,19 @@ pub struct NodeStatus {
     /// their positions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permanent_slots: Vec<crate::SlotPosition>,
+    /// Postgres is in recovery, as last reported (a standby formation's leader is,
+    /// though its state is writable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_recovery: Option<bool>,
 }
 
 impl NodeStatus {
     /// `read-write` or `read-only` as pg_autoctl prints it, `!` when the node is unhealthy.
     pub fn connection(&self) -> String {
-        let kind = if self.reported_state.is_writable() && self.pg_running {
+        let kind = if self.reported_state.is_writable()
+            && self.pg_running
+            && self.in_recovery != Some(true)
+        {
             "read-write"
         } else {
             "read-only"
@@ -116,6 +123,12 @@ pub struct FormationStatus {
     /// answered). None with a single controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// A standby formation: the source's nodes its leader follows (`standbyOf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_of: Option<String>,
+    /// Promoted by `pgha formation promote` while its file still says `standbyOf`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promoted_over_file: bool,
 }
 
 impl FormationStatus {

@@ -365,6 +365,31 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             }
         }
     }
+    if let Some(sb) = &s.standby_of {
+        if sb.hosts.is_empty() {
+            err(
+                "spec.standbyOf.hosts".into(),
+                "name at least one node of the source formation (host:port)".into(),
+            );
+        }
+        for (i, h) in sb.hosts.iter().enumerate() {
+            if let Err(e) = crate::StandbySource::parse_host_port(h) {
+                err(format!("spec.standbyOf.hosts[{i}]"), e);
+            }
+        }
+        if let Some(slot) = &sb.slot
+            && let Err(e) = check_slot_name(slot)
+        {
+            err("spec.standbyOf.slot".into(), e);
+        }
+        if s.backup.is_some() {
+            // Two formations archiving into one stanza would mix their WAL.
+            err(
+                "spec.backup".into(),
+                "a standby formation takes no backups of its own until it is promoted: remove spec.backup (add it back after the promotion)".into(),
+            );
+        }
+    }
     for (name, slot) in &s.slots {
         let at = format!("spec.slots.{name}");
         if let Err(e) = check_slot_name(name) {
@@ -700,6 +725,30 @@ spec:
   admission:
     joinSecretFile: /etc/pgha/default.secret
 ";
+
+    #[test]
+    fn a_standby_formation_names_its_source_by_host_and_port_and_takes_no_backups() {
+        let good = GOOD.replace("101", "50");
+        let ok = format!(
+            "{good}  standbyOf:\n    hosts: [\"10.1.0.5:5432\", \"[fd00::6]:5432\", \"db3.example:6432\"]\n    slot: dr_site\n"
+        );
+        let f = parse_formation("f.yaml", ok.as_bytes()).unwrap();
+        let src = crate::StandbySource::from_spec(f.spec.standby_of.as_ref().unwrap()).unwrap();
+        assert_eq!(src.hosts[1], ("fd00::6".to_string(), 5432));
+        let bad = format!(
+            "{good}  standbyOf:\n    hosts: [\"10.1.0.5\", \"db:0\"]\n    slot: Bad\n  backup:\n    repository: /srv/b\n"
+        );
+        let errs = parse_formation("f.yaml", bad.as_bytes()).unwrap_err();
+        let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        for want in [
+            "spec.standbyOf.hosts[0]: \"10.1.0.5\" is not host:port",
+            "spec.standbyOf.hosts[1]: \"db:0\" is not host:port",
+            "spec.standbyOf.slot: \"Bad\" is not a slot name",
+            "spec.backup: a standby formation takes no backups",
+        ] {
+            assert!(lines.iter().any(|l| l.contains(want)), "{want}: {lines:?}");
+        }
+    }
 
     #[test]
     fn permanent_slots_have_names_postgres_takes_and_pgha_does_not_use() {

@@ -35,6 +35,18 @@ pub enum FormationCmd {
         #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
         formation: String,
     },
+    /// Promote a standby formation (`standbyOf` in its file): its leader stops following
+    /// the source and becomes writable, its standbys follow it. Remove `standbyOf` from
+    /// the file next (until then `show state` reminds you). Waits until it is writable.
+    Promote {
+        #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
+        formation: String,
+        /// Seconds to wait for the promoted leader.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[command(flatten)]
+        monitor: MonitorArgs,
+    },
 }
 
 pub async fn run(cmd: FormationCmd) -> anyhow::Result<()> {
@@ -48,6 +60,40 @@ pub async fn run(cmd: FormationCmd) -> anyhow::Result<()> {
             diff(&dir, &monitor).await
         }
         FormationCmd::RotateSecret { dir, formation } => rotate_secret(&dir, &formation),
+        FormationCmd::Promote {
+            formation,
+            timeout,
+            monitor,
+        } => promote(&formation, timeout, &monitor).await,
+    }
+}
+
+async fn promote(formation: &str, timeout: u64, monitor: &MonitorArgs) -> anyhow::Result<()> {
+    let client = monitor.operator_client()?;
+    client.promote_formation(formation).await?;
+    eprintln!("standby formation {formation:?} promoted: waiting for its leader to be writable");
+    let t0 = std::time::Instant::now();
+    loop {
+        let st: FormationStatus = client.state(formation).await?;
+        if let Some(n) = st
+            .nodes
+            .iter()
+            .find(|n| n.assigned_state.is_writable() && n.reported_state == n.assigned_state)
+            .filter(|n| n.in_recovery == Some(false))
+        {
+            eprintln!(
+                "{} is writable ({:.1} s); now remove standbyOf from the formation's file",
+                n.name,
+                t0.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if t0.elapsed().as_secs() >= timeout {
+            anyhow::bail!(
+                "no writable leader in formation {formation:?} after {timeout} s: see `pgha show state --formation {formation}` and `pgha show events`"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

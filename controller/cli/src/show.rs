@@ -321,6 +321,17 @@ async fn state(a: StateArgs) -> anyhow::Result<()> {
     if st.paused {
         println!("PAUSED: nothing is assigned or failed over until `pgha resume`");
     }
+    if let Some(src) = &st.standby_of {
+        println!(
+            "STANDBY FORMATION: its leader follows {src}; read-only until `pgha formation promote --formation {}`",
+            st.name
+        );
+    }
+    if st.promoted_over_file {
+        println!(
+            "WARNING: promoted by `pgha formation promote` while its file still says standbyOf: remove standbyOf from the file"
+        );
+    }
     if let Some(leader) = &st.leader {
         println!(
             "Controller: {} leads (etcd store)",

@@ -203,6 +203,45 @@ impl ControllerState {
         Ok(())
     }
 
+    /// `pgha formation promote`: the standby formation stops following its source and
+    /// its leader becomes writable, although its file still says `standbyOf` (the
+    /// operator removes it from the file next; `show state` says so meanwhile).
+    pub fn promote_formation(
+        &mut self,
+        formation: &str,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<pgha_api::formation::StandbyOf, ActionError> {
+        self.formation(formation)?;
+        let Some(f) = self.durable.formations.get_mut(formation) else {
+            return Err(unknown_formation(formation));
+        };
+        let Some(from) = f.standby_of().cloned() else {
+            return refused(
+                ErrorCode::NotAStandbyFormation,
+                format!(
+                    "formation {formation:?} is not a standby formation (its file has no standbyOf, or it was promoted already)"
+                ),
+            );
+        };
+        f.desired.promoted_from = Some(from.clone());
+        self.save()?;
+        let what = format!(
+            "operator promoted standby formation {formation:?}: it no longer follows {} and its leader becomes writable; remove standbyOf from its file",
+            from.hosts.join(",")
+        );
+        let mut ev = self.event(
+            formation,
+            None,
+            Rule::OperatorPromoteFormation,
+            what,
+            now_ms,
+        );
+        ev.actor = Some(actor.to_string());
+        self.record(ev)?;
+        Ok(from)
+    }
+
     /// `pgha pause` (on) or `pgha resume` (off). A formation the file pauses stays
     /// paused until the file says otherwise.
     pub fn set_paused(

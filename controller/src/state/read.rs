@@ -149,6 +149,7 @@ impl ControllerState {
             backup: f.backup(),
             backup_request: n.intent.backup_request,
             permanent_slots: permanent_slots(f, &view),
+            standby_of: f.standby_of().and_then(pgha_api::StandbySource::from_spec),
         })
     }
 
@@ -205,6 +206,7 @@ impl ControllerState {
                         restarting: n.intent.restart_epoch > o.restarted_epoch,
                         restart_scheduled_ms: n.intent.restart_at_ms,
                         permanent_slots: o.pg.permanent_slots.clone(),
+                        in_recovery: o.pg.in_recovery,
                         upstream: view
                             .nodes
                             .iter()
@@ -240,6 +242,8 @@ impl ControllerState {
             spec: f.desired.spec.clone(),
             paused: f.paused(),
             leader: self.leader_url.clone(),
+            standby_of: f.standby_of().map(|s| s.hosts.join(",")),
+            promoted_over_file: f.promoted_over_the_file(),
         })
     }
 }

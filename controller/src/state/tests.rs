@@ -653,3 +653,45 @@ fn a_permanent_slot_at_risk_or_lost_is_an_event_once() {
         ev[1].1
     );
 }
+
+/// `pgha formation promote` ends a standby formation while its file still names that
+/// source; a changed file (the section removed, or another source: a demotion) is in
+/// force again. The assignment of its leader says whom to follow until then.
+#[test]
+fn promoting_a_standby_formation_overrides_its_file_until_the_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+    let refused = st.promote_formation("orders", "operator", 1500);
+    assert!(
+        matches!(&refused, Err(ActionError::Refused(r)) if r.code == pgha_api::routes::ErrorCode::NotAStandbyFormation),
+        "not a standby formation: {:?}",
+        refused.map(|_| ())
+    );
+    let standby = |source: &str| format!("{GOOD}  standbyOf:\n    hosts: [\"{source}\"]\n");
+    st.apply_desired(scan_of(&[("orders.yaml", &standby("10.1.0.5:5432"))]), 2000)
+        .unwrap();
+    let a = st.assignment("orders", 1, 2100).unwrap();
+    assert_eq!(
+        a.standby_of.map(|s| s.hosts),
+        Some(vec![("10.1.0.5".to_string(), 5432)])
+    );
+    st.promote_formation("orders", "operator", 2200).unwrap();
+    let f = &st.durable.formations["orders"];
+    assert!(f.standby_of().is_none() && f.promoted_over_the_file());
+    assert!(
+        st.events
+            .iter()
+            .any(|e| e.rule == "operator_promote_formation")
+    );
+    let a = st.assignment("orders", 1, 2300).unwrap();
+    assert_eq!(a.standby_of, None, "promoted: the leader stops following");
+    // The promotion survives a restart of the controller.
+    drop(st);
+    let mut st = state(dir.path());
+    assert!(st.durable.formations["orders"].standby_of().is_none());
+    // Demoted by the file to follow another source: in force again.
+    st.apply_desired(scan_of(&[("orders.yaml", &standby("10.2.0.5:5432"))]), 2400)
+        .unwrap();
+    let f = &st.durable.formations["orders"];
+    assert!(f.standby_of().is_some() && !f.promoted_over_the_file());
+}

@@ -7,6 +7,7 @@ mod backups;
 mod bad_input;
 mod controllers;
 mod day2;
+mod disaster_recovery;
 mod elections;
 mod gitops;
 mod manifests;

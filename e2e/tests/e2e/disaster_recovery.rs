@@ -1,0 +1,198 @@
+//! A standby formation for disaster recovery (`spec.standbyOf`): its leader is a
+//! standby of another formation, its other nodes cascade from the leader; promoted on
+//! purpose with `pgha formation promote`.
+
+use pgha_api::NodeState::*;
+use pgha_e2e::scenario;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(120);
+
+/// Formation `dr` follows formation `default` (node_a primary, node_b standby): dr_a
+/// copies the source and streams from a standby of it, dr_b cascades from dr_a. The
+/// source's primary VM is lost; the source fails over and `dr` follows the new
+/// timeline with no rebuild. Then `pgha formation promote` makes dr_a writable, and
+/// dr_b follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_formation_follows_its_source_across_a_failover_then_is_promoted() {
+    scenario(async |c| {
+        c.write_formation(
+            "default.yaml",
+            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  nodes: []\n",
+        )?;
+        c.add_node("node_a")?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        c.add_node("node_b")?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        let probe = c.write_probe().await?;
+        let hosts: Vec<String> = c.nodes[..2]
+            .iter()
+            .map(|n| format!("\"{}:{}\"", n.host, n.port))
+            .collect();
+        c.write_formation(
+            "dr.yaml",
+            &format!(
+                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: dr\nspec:\n  standbyOf:\n    hosts: [{}]\n  nodes: []\n",
+                hosts.join(", ")
+            ),
+        )?;
+        c.wait_until_in("dr", "loaded from its file", T, |_| true)?;
+        c.add_node_with("dr_a", &["--formation", "dr"])?;
+        let leader_ready = |st: &pgha_api::FormationStatus| {
+            st.nodes.iter().any(|n| {
+                n.name == "dr_a"
+                    && n.assigned_state.is_writable()
+                    && n.reported_state == n.assigned_state
+                    && n.in_recovery == Some(true)
+            })
+        };
+        let st = c.wait_until_in("dr", "led by dr_a as a standby of the source", T, leader_ready)?;
+        anyhow::ensure!(st.standby_of.is_some(), "show state does not say standby formation");
+        c.add_node_with("dr_b", &["--formation", "dr"])?;
+        c.wait_until_in("dr", "dr_b a secondary", T, |st| {
+            leader_ready(st)
+                && st.nodes.iter().any(|n| {
+                    n.name == "dr_b" && n.assigned_state == Secondary && n.reported_state == Secondary
+                })
+        })?;
+        let (dr_a, dr_b) = (c.index("dr_a"), c.index("dr_b"));
+        let sender = async |i: usize| -> anyhow::Result<Option<i32>> {
+            let db = c.connect_node(i).await?;
+            Ok(db
+                .query_opt("SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'", &[])
+                .await?
+                .map(|r| r.get(0)))
+        };
+        anyhow::ensure!(
+            sender(dr_b).await? == Some(c.nodes[dr_a].port as i32),
+            "dr_b does not stream from dr_a"
+        );
+        anyhow::ensure!(
+            sender(dr_a).await? == Some(c.nodes[1].port as i32),
+            "dr_a does not stream from node_b, the source's standby: {:?}",
+            sender(dr_a).await?
+        );
+        // The newest acknowledged write reaches the end of the chain.
+        let lag = arrives(c, dr_b, probe.acked_ids(), "dr_b").await?;
+        println!("a write on the source reached dr_b (source standby -> dr_a -> dr_b) in {} ms", lag.as_millis());
+        // The source loses its primary's VM and fails over: dr follows.
+        c.kill_vm(0)?;
+        let t_cut = Instant::now();
+        let new = c.wait_new_primary(&["node_a"], T)?;
+        anyhow::ensure!(new == "node_b", "{new} promoted");
+        probe.wait_for_more(30, T).await?;
+        arrives(c, dr_b, probe.acked_ids(), "dr_b after the source's failover").await?;
+        println!(
+            "dr_b had a write of the source's new timeline {} ms after the source's primary was lost",
+            t_cut.elapsed().as_millis()
+        );
+        let tl = async |i: usize| -> anyhow::Result<i32> {
+            let db = c.connect_node(i).await?;
+            Ok(db
+                .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+                .await?
+                .get(0))
+        };
+        let st = c.state_of("dr")?;
+        anyhow::ensure!(
+            st.nodes.iter().all(|n| !n.rebuilding),
+            "a dr node was rebuilt: {st:?}"
+        );
+        let report = probe.finish_without_loss().await?;
+        // Promoted on purpose: dr_a becomes writable, dr_b follows it.
+        let t0 = Instant::now();
+        let m = c.join_url.clone();
+        c.pgha_ok(&["formation", "promote", "--formation", "dr", "--monitor", &m])?;
+        let took = t0.elapsed();
+        let a = c.connect_node(dr_a).await?;
+        a.execute("INSERT INTO write_probe (id) VALUES ($1)", &[&-1i64])
+            .await?;
+        let t1 = Instant::now();
+        loop {
+            let b = c.connect_node(dr_b).await?;
+            if b.query_one("SELECT count(*) FROM write_probe WHERE id = -1", &[])
+                .await?
+                .get::<_, i64>(0)
+                == 1
+            {
+                break;
+            }
+            anyhow::ensure!(t1.elapsed() < T, "dr_b does not follow the promoted dr_a");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "pgha formation promote: dr_a writable in {:.2} s (timeline {}), dr_b follows; the source lost nothing ({} writes)",
+            took.as_secs_f64(),
+            tl(dr_a).await?,
+            report.acked
+        );
+        let st = c.state_of("dr")?;
+        anyhow::ensure!(st.standby_of.is_none() && st.promoted_over_file, "{st:?}");
+        // The old source is demoted into a standby formation of dr: its primary is
+        // stopped, rewound onto dr_a and follows it.
+        let dr_hosts = format!(
+            "\"{}:{}\", \"{}:{}\"",
+            c.nodes[dr_a].host, c.nodes[dr_a].port, c.nodes[dr_b].host, c.nodes[dr_b].port
+        );
+        c.write_formation(
+            "default.yaml",
+            &format!(
+                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  standbyOf:\n    hosts: [{dr_hosts}]\n  nodes: []\n"
+            ),
+        )?;
+        let t0 = Instant::now();
+        c.wait_until_in("default", "led by node_b as a standby of dr", T, |st| {
+            st.standby_of.is_some()
+                && st.nodes.iter().any(|n| {
+                    n.name == "node_b"
+                        && n.in_recovery == Some(true)
+                        && n.pg_running
+                        && n.reported_state == n.assigned_state
+                })
+        })?;
+        a.execute("INSERT INTO write_probe (id) VALUES ($1)", &[&-2i64])
+            .await?;
+        let t1 = Instant::now();
+        loop {
+            if let Ok(b) = c.connect_node(1).await
+                && let Ok(r) = b
+                    .query_one("SELECT count(*) FROM write_probe WHERE id = -2", &[])
+                    .await
+                && r.get::<_, i64>(0) == 1
+            {
+                break;
+            }
+            anyhow::ensure!(t1.elapsed() < T, "node_b does not follow dr_a after its demotion");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "formation default demoted: node_b rewound onto dr_a and follows it ({:.1} s)",
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// How long until the last of `acked` is on node `i`.
+async fn arrives(
+    c: &pgha_e2e::Cluster,
+    i: usize,
+    acked: Vec<i64>,
+    what: &str,
+) -> anyhow::Result<Duration> {
+    let id = *acked.last().unwrap_or(&0);
+    let t0 = Instant::now();
+    loop {
+        if let Ok(db) = c.connect_node(i).await
+            && let Ok(r) = db
+                .query_one("SELECT count(*) FROM write_probe WHERE id = $1", &[&id])
+                .await
+            && r.get::<_, i64>(0) == 1
+        {
+            return Ok(t0.elapsed());
+        }
+        anyhow::ensure!(t0.elapsed() < T, "write {id} never reached {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
