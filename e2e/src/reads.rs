@@ -65,38 +65,18 @@ impl Cluster {
         want: &[(&str, NodeState)],
         timeout: Duration,
     ) -> anyhow::Result<FormationStatus> {
-        let t0 = Instant::now();
-        let mut last = None;
-        loop {
-            if let Ok(st) = self.state() {
-                let ok = want.iter().all(|(name, s)| {
+        self.wait_until_in(
+            pgha_api::DEFAULT_FORMATION,
+            &format!("at {want:?}"),
+            timeout,
+            |st| {
+                want.iter().all(|(name, s)| {
                     st.nodes.iter().any(|n| {
                         n.name == *name && n.reported_state == *s && n.assigned_state == *s
                     })
-                });
-                if ok {
-                    return Ok(st);
-                }
-                last = Some(st);
-            }
-            if t0.elapsed() > timeout {
-                let summary = last
-                    .map(|st| {
-                        st.nodes
-                            .iter()
-                            .map(|n| {
-                                format!("{} {}/{}", n.name, n.reported_state, n.assigned_state)
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                            + " | "
-                            + &st.summary
-                    })
-                    .unwrap_or_default();
-                bail!("formation did not reach {want:?} within {timeout:?}; last: {summary}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                })
+            },
+        )
     }
 
     /// The formation URI, as `pgha show uri --formation default` prints it.

@@ -86,50 +86,54 @@ async fn a_standby_formation_follows_its_source_across_a_failover_then_is_promot
             "dr_b had a write of the source's new timeline {} ms after the source's primary was lost",
             t_cut.elapsed().as_millis()
         );
-        let tl = async |i: usize| -> anyhow::Result<i32> {
-            let db = c.connect_node(i).await?;
-            Ok(db
-                .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
-                .await?
-                .get(0))
-        };
         let st = c.state_of("dr")?;
         anyhow::ensure!(
             st.nodes.iter().all(|n| !n.rebuilding),
             "a dr node was rebuilt: {st:?}"
         );
+        // dr loses its leader's VM: dr_b leads and follows the source in its place.
+        c.kill_vm(dr_a)?;
+        let t0 = Instant::now();
+        c.wait_until_in("dr", "led by dr_b", T, |st| {
+            st.nodes.iter().any(|n| {
+                n.name == "dr_b"
+                    && n.assigned_state.is_writable()
+                    && n.reported_state == n.assigned_state
+                    && n.in_recovery == Some(true)
+            })
+        })?;
+        probe.wait_for_more(30, T).await?;
+        arrives(c, dr_b, probe.acked_ids(), "dr_b as dr's leader").await?;
+        println!(
+            "dr_b leads dr and has the source's newest write {} ms after dr_a's VM was lost",
+            t0.elapsed().as_millis()
+        );
         let report = probe.finish_without_loss().await?;
-        // Promoted on purpose: dr_a becomes writable, dr_b follows it.
+        // Promoted on purpose: dr_b becomes writable; dr_a, back, follows it.
         let t0 = Instant::now();
         let m = c.join_url.clone();
         c.pgha_ok(&["formation", "promote", "--formation", "dr", "--monitor", &m])?;
         let took = t0.elapsed();
-        let a = c.connect_node(dr_a).await?;
-        a.execute("INSERT INTO write_probe (id) VALUES ($1)", &[&-1i64])
+        let b = c.connect_node(dr_b).await?;
+        b.execute("INSERT INTO write_probe (id) VALUES ($1)", &[&-1i64])
             .await?;
-        let t1 = Instant::now();
-        loop {
-            let b = c.connect_node(dr_b).await?;
-            if b.query_one("SELECT count(*) FROM write_probe WHERE id = -1", &[])
-                .await?
-                .get::<_, i64>(0)
-                == 1
-            {
-                break;
-            }
-            anyhow::ensure!(t1.elapsed() < T, "dr_b does not follow the promoted dr_a");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         println!(
-            "pgha formation promote: dr_a writable in {:.2} s (timeline {}), dr_b follows; the source lost nothing ({} writes)",
+            "pgha formation promote: dr_b writable in {:.2} s (timeline {}); the source lost nothing ({} writes)",
             took.as_secs_f64(),
-            tl(dr_a).await?,
+            b.query_one(
+                "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
+                &[]
+            )
+                .await?
+                .get::<_, i32>(0),
             report.acked
         );
         let st = c.state_of("dr")?;
         anyhow::ensure!(st.standby_of.is_none() && st.promoted_over_file, "{st:?}");
+        c.start_agent(dr_a)?;
+        arrives(c, dr_a, vec![-1], "dr_a, back as dr_b's standby").await?;
         // The old source is demoted into a standby formation of dr: its primary is
-        // stopped, rewound onto dr_a and follows it.
+        // stopped, rewound onto dr and follows it.
         let dr_hosts = format!(
             "\"{}:{}\", \"{}:{}\"",
             c.nodes[dr_a].host, c.nodes[dr_a].port, c.nodes[dr_b].host, c.nodes[dr_b].port
@@ -150,23 +154,11 @@ async fn a_standby_formation_follows_its_source_across_a_failover_then_is_promot
                         && n.reported_state == n.assigned_state
                 })
         })?;
-        a.execute("INSERT INTO write_probe (id) VALUES ($1)", &[&-2i64])
+        b.execute("INSERT INTO write_probe (id) VALUES ($1)", &[&-2i64])
             .await?;
-        let t1 = Instant::now();
-        loop {
-            if let Ok(b) = c.connect_node(1).await
-                && let Ok(r) = b
-                    .query_one("SELECT count(*) FROM write_probe WHERE id = -2", &[])
-                    .await
-                && r.get::<_, i64>(0) == 1
-            {
-                break;
-            }
-            anyhow::ensure!(t1.elapsed() < T, "node_b does not follow dr_a after its demotion");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        arrives(c, 1, vec![-2], "node_b after its demotion").await?;
         println!(
-            "formation default demoted: node_b rewound onto dr_a and follows it ({:.1} s)",
+            "formation default demoted: node_b rewound onto dr and follows it ({:.1} s)",
             t0.elapsed().as_secs_f64()
         );
         Ok(())

@@ -2,7 +2,7 @@
 //! with the write probe inserting through the formation URI.
 //!
 //!     cargo run -p pgha-e2e --bin pgha-bench -- [--nodes 2] [--switchovers 20]
-//!         [--failovers 5] [--gitops 5] [--api-calls 200] [--no-ssl]
+//!         [--failovers 5] [--gitops 5] [--api-calls 200] [--no-ssl] [--hooks]
 //!     cargo run -p pgha-e2e --bin pgha-bench -- --nemesis NAME|all [--runs 3]
 //!     cargo run -p pgha-e2e --bin pgha-bench -- --backups [--rows 1000000,10000000]
 //!     cargo run -p pgha-e2e --bin pgha-bench -- --controllers [--runs 5]
@@ -17,6 +17,9 @@
 //! one primary + secondaries, and acknowledged writes lost (must be 0); and the API's
 //! round trip (HTTPS by default, plain HTTP with `--no-ssl`): on a kept connection, as
 //! agents report, and on a new connection each time (the TLS handshake included).
+//! With `--hooks`, every node runs an `--on-role-change` and a `--pre-promote` hook (a
+//! script that logs its arguments, as one moving a virtual IP would start): compare its
+//! gaps with a run without, for what hooks cost a failover.
 
 mod backups;
 mod controllers;
@@ -276,12 +279,28 @@ async fn loopback() -> anyhow::Result<()> {
     );
     let no_ssl = std::env::args().any(|a| a == "--no-ssl");
     let n_api = arg("--api-calls", 200);
+    let hooks = std::env::args().any(|a| a == "--hooks");
     let mut c = Cluster::start_with(!no_ssl)?;
     let res = async {
-        c.add_node("node_a")?;
+        let hook = c.path().join("hook.sh");
+        std::fs::write(
+            &hook,
+            format!(
+                "#!/bin/sh\necho \"$(date +%s.%N) $*\" >> {}\n",
+                c.path().join("hooks.log").display()
+            ),
+        )?;
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let hook = hook.display().to_string();
+        let extra: Vec<&str> = if hooks {
+            vec!["--on-role-change", &hook, "--pre-promote", &hook]
+        } else {
+            vec![]
+        };
+        c.add_node_with("node_a", &extra)?;
         c.wait_for(&[("node_a", Single)], T)?;
         for i in 1..n_nodes {
-            c.add_node(&format!("node_{}", (b'a' + i as u8) as char))?;
+            c.add_node_with(&format!("node_{}", (b'a' + i as u8) as char), &extra)?;
         }
         healthy(&c, None)?;
         let probe = WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
@@ -294,6 +313,14 @@ async fn loopback() -> anyhow::Result<()> {
         out.push(vm_losses(&mut c, &probe, n_fail, false).await?);
         out.push(vm_losses(&mut c, &probe, n_fail, true).await?);
         let report = probe.finish().await?;
+        if hooks {
+            let ran = std::fs::read_to_string(c.path().join("hooks.log"))
+                .unwrap_or_default()
+                .lines()
+                .count();
+            anyhow::ensure!(ran > 0, "--hooks: no hook ran");
+            println!("hooks: {ran} runs of the on_role_change and pre_promote hooks");
+        }
         let files = gitops(&mut c, n_gitops).await?;
         let api = api_round_trips(&c, n_api).await?;
         Ok::<_, anyhow::Error>((out, report, files, api))
@@ -306,7 +333,14 @@ async fn loopback() -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    println!("\n{n_nodes} nodes");
+    println!(
+        "\n{n_nodes} nodes{}",
+        if hooks {
+            ", each with an on_role_change and a pre_promote hook"
+        } else {
+            ""
+        }
+    );
     println!(
         "{:<20} | {:>4} | {:>10} | {:>8} | {:>13} | {:>11} | {:>14}",
         "scenario", "runs", "gap median", "gap max", "back median", "back max", "lost acked"
