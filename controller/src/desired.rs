@@ -16,6 +16,8 @@ pub struct Scan {
     pub formations: BTreeMap<String, (String, FormationDoc)>,
     /// Join secrets read from the files that `admission.joinSecretFile` names.
     pub secrets: BTreeMap<String, String>,
+    /// Source replication passwords read from the files `standbyOf.passwordFile` names.
+    pub source_passwords: BTreeMap<String, String>,
     /// Rejected files with every error.
     pub rejected: BTreeMap<String, Vec<ConfigError>>,
 }
@@ -64,32 +66,56 @@ pub fn scan(dir: &Path) -> Scan {
         match parse_formation(&file, &bytes) {
             Ok(doc) => {
                 let name = doc.metadata.name.clone();
-                if let Some(secret_file) = &doc.spec.admission.join_secret_file {
-                    match std::fs::read_to_string(secret_file) {
-                        Ok(s) if !s.trim().is_empty() => {
-                            out.secrets.insert(name.clone(), s.trim().to_string());
-                        }
+                let secret_files = [
+                    (
+                        doc.spec.admission.join_secret_file.as_ref(),
+                        "joinSecretFile",
+                        "spec.admission.joinSecretFile",
+                        "the join secret",
+                    ),
+                    (
+                        doc.spec
+                            .standby_of
+                            .as_ref()
+                            .and_then(|s| s.password_file.as_ref()),
+                        "passwordFile",
+                        "spec.standbyOf.passwordFile",
+                        "the source's replication password",
+                    ),
+                ];
+                let mut unreadable = None;
+                let mut read = [None, None];
+                for (i, (path, key, field, what)) in secret_files.into_iter().enumerate() {
+                    let Some(path) = path else { continue };
+                    match std::fs::read_to_string(path) {
+                        Ok(s) if !s.trim().is_empty() => read[i] = Some(s.trim().to_string()),
                         res => {
                             let why = match res {
                                 Err(e) => e.to_string(),
                                 Ok(_) => "the file is empty".into(),
                             };
-                            let (line, column) = locate_key(&bytes, "joinSecretFile");
-                            out.rejected.insert(
-                                file.clone(),
-                                vec![ConfigError {
-                                    file: file.clone(),
-                                    line,
-                                    column,
-                                    field: "spec.admission.joinSecretFile".into(),
-                                    message: format!(
-                                        "cannot read the join secret from {secret_file}: {why}"
-                                    ),
-                                }],
-                            );
-                            continue;
+                            let (line, column) = locate_key(&bytes, key);
+                            unreadable = Some(ConfigError {
+                                file: file.clone(),
+                                line,
+                                column,
+                                field: field.into(),
+                                message: format!("cannot read {what} from {path}: {why}"),
+                            });
+                            break;
                         }
                     }
+                }
+                if let Some(e) = unreadable {
+                    out.rejected.insert(file.clone(), vec![e]);
+                    continue;
+                }
+                let [secret, source_password] = read;
+                if let Some(s) = secret {
+                    out.secrets.insert(name.clone(), s);
+                }
+                if let Some(p) = source_password {
+                    out.source_passwords.insert(name.clone(), p);
                 }
                 if let Some((other, _)) = out.formations.get(&name) {
                     out.rejected.insert(

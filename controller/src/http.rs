@@ -135,6 +135,7 @@ pub fn router(
         .route(routes::NODE, axum::routing::delete(drop_node))
         .route(routes::PAUSE, post(pause).delete(resume))
         .route(routes::PROMOTE_FORMATION, post(promote_formation))
+        .route(routes::REPLICATION_PASSWORD, get(replication_password))
         .route(routes::BACKUPS, get(backups).post(start_backup))
         .route(routes::REINIT, post(reinit))
         .route(routes::RESTART, post(restart))
@@ -543,6 +544,19 @@ async fn resume(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
     set_paused(&ctx, name, &caller, false)
+}
+
+/// Never logged: the caller holds the operator's credential (checked by the route's
+/// access entry before this runs).
+async fn replication_password(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let st = lock(&ctx.shared);
+    let password = st.replication_password(&name)?;
+    Ok(Json(
+        serde_json::json!({"formation": name, "replication_password": password}),
+    ))
 }
 
 async fn promote_formation(

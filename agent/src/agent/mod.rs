@@ -86,6 +86,8 @@ struct Agent {
     pg_was_running: Option<(bool, &'static str)>,
     /// When this standby last stopped to load copies of logical slots.
     slot_copy_restart_at: Option<Instant>,
+    /// When the last base backup failed.
+    basebackup_failed_at: Option<Instant>,
 }
 
 /// How long a report may take before the agent counts the controller unreachable.
@@ -96,6 +98,9 @@ const MAX_START_ATTEMPTS: u32 = 5;
 /// An idle primary writes its heartbeat after this long without WAL (`lease::WalMarks`):
 /// a standby's acknowledgement renews the lease at most this late.
 const HEARTBEAT_AFTER: Duration = Duration::from_millis(500);
+/// A failed base backup (the upstream refused it, or is not there yet) is tried again
+/// after this long.
+const BASEBACKUP_RETRY: Duration = Duration::from_secs(2);
 /// A standby restarts to load logical slot copies at most this often: a copy Postgres
 /// does not keep (or one dropped at once) must not restart it in a loop.
 const SLOT_COPY_RESTART_EVERY: Duration = Duration::from_secs(300);
@@ -231,6 +236,7 @@ pub async fn run(
             .with_start_stop(cfg.on_start.clone(), cfg.on_stop.clone()),
         pg_was_running: None,
         slot_copy_restart_at: None,
+        basebackup_failed_at: None,
         backups: Default::default(),
         pitr_retry_at: None,
         restore_failed_at: None,

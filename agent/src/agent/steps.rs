@@ -53,42 +53,17 @@ impl Agent {
                 self.after_new_pgdata(goal).await
             }
             Step::BaseBackup => {
-                let up = self.upstream()?;
-                let tmp = sibling(&cfg.pgdata, "basebackup-tmp");
-                if tmp.exists() {
-                    std::fs::remove_dir_all(&tmp)
-                        .with_context(|| format!("removing {}", tmp.display()))?;
+                // A copy that failed (the upstream refused it, or is not there yet) is
+                // tried again after a pause, not at every pass.
+                if self
+                    .basebackup_failed_at
+                    .is_some_and(|t| t.elapsed() < BASEBACKUP_RETRY)
+                {
+                    return Ok(());
                 }
-                prepare_dir(&tmp, self.who)?;
-                if !self.restore_standby(&tmp).await? {
-                    tracing::info!(upstream = %format!("{}:{}", up.0, up.1), "pg_basebackup");
-                    let t0 = std::time::Instant::now();
-                    let source = self
-                        .state
-                        .assignment
-                        .as_ref()
-                        .filter(|a| a.goal.is_writable())
-                        .and_then(|a| a.standby_of.as_ref());
-                    let from_source = source.map(|s| s.slot.as_deref());
-                    pg::basebackup(cfg, &tmp, &up.0, up.1, from_source).await?;
-                    tracing::info!(
-                        secs = t0.elapsed().as_secs_f64(),
-                        "base backup copied from the upstream"
-                    );
-                }
-                if cfg.pgdata.exists() {
-                    // Only an empty directory can be here (initialized is false).
-                    std::fs::remove_dir(&cfg.pgdata).with_context(|| {
-                        format!(
-                            "{} is not empty; refusing to replace it",
-                            cfg.pgdata.display()
-                        )
-                    })?;
-                }
-                std::fs::rename(&tmp, &cfg.pgdata).with_context(|| {
-                    format!("moving the base backup to {}", cfg.pgdata.display())
-                })?;
-                self.after_new_pgdata(goal).await
+                let r = self.base_backup(goal).await;
+                self.basebackup_failed_at = r.is_err().then(Instant::now);
+                r
             }
             Step::Rewind => {
                 let up = self.upstream()?;
@@ -175,6 +150,45 @@ impl Agent {
                 Ok(())
             }
         }
+    }
+
+    /// A fresh copy of the upstream (or the source) into PGDATA, then a start.
+    async fn base_backup(&mut self, goal: NodeState) -> anyhow::Result<()> {
+        let cfg = &self.cfg;
+        let up = self.upstream()?;
+        let tmp = sibling(&cfg.pgdata, "basebackup-tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        }
+        prepare_dir(&tmp, self.who)?;
+        if !self.restore_standby(&tmp).await? {
+            tracing::info!(upstream = %format!("{}:{}", up.0, up.1), "pg_basebackup");
+            let t0 = std::time::Instant::now();
+            let source = self
+                .state
+                .assignment
+                .as_ref()
+                .filter(|a| a.goal.is_writable())
+                .and_then(|a| a.standby_of.as_ref());
+            let from_source = source.map(|s| s.slot.as_deref());
+            pg::basebackup(cfg, &tmp, &up.0, up.1, from_source).await?;
+            tracing::info!(
+                secs = t0.elapsed().as_secs_f64(),
+                "base backup copied from the upstream"
+            );
+        }
+        if cfg.pgdata.exists() {
+            // Only an empty directory can be here (initialized is false).
+            std::fs::remove_dir(&cfg.pgdata).with_context(|| {
+                format!(
+                    "{} is not empty; refusing to replace it",
+                    cfg.pgdata.display()
+                )
+            })?;
+        }
+        std::fs::rename(&tmp, &cfg.pgdata)
+            .with_context(|| format!("moving the base backup to {}", cfg.pgdata.display()))?;
+        self.after_new_pgdata(goal).await
     }
 
     /// The primary invalidated this node's slot (the WAL it needs is gone): a standby

@@ -380,6 +380,16 @@ impl MonitorClient {
         }
     }
 
+    /// The formation's replication password (`pgha show replication-password`).
+    pub async fn replication_password(&self, formation: &str) -> Result<String, ClientError> {
+        let path = routes::path(routes::REPLICATION_PASSWORD, formation, None);
+        let v: serde_json::Value = self.get(&path).await?;
+        Ok(v["replication_password"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+
     /// Promotes a standby formation (`pgha formation promote`).
     pub async fn promote_formation(
         &self,

@@ -129,6 +129,14 @@ pub struct StandbyOf {
     /// must cover a disconnection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
+    /// A file on this monitor's VM holding the source formation's replication password
+    /// (`pgha show replication-password --formation SOURCE` prints it, on the source's
+    /// monitor). A new standby formation takes it as its own, so that its leader
+    /// authenticates to the source and its standbys to the leader (whose replication
+    /// role comes from the source). Needed unless both formations use `--auth trust`.
+    /// Never put the password itself in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
 }
 
 /// One permanent replication slot.

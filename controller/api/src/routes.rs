@@ -34,6 +34,9 @@ pub const PAUSE: &str = "/v1/formations/{name}/pause";
 /// `POST` promotes a standby formation (`spec.standbyOf`): its leader stops following
 /// the source and becomes writable.
 pub const PROMOTE_FORMATION: &str = "/v1/formations/{name}/promote";
+/// `GET`: the formation's replication password (operator only), for a standby
+/// formation's `standbyOf.passwordFile` on another monitor.
+pub const REPLICATION_PASSWORD: &str = "/v1/formations/{name}/replication-password";
 
 /// Who may call a route. Every route the controller serves has an entry in [`ALL`]; the
 /// server refuses a route without one (fail closed).
@@ -89,6 +92,7 @@ pub const ALL: &[Route] = &[
     route("POST", PAUSE, Access::Operate),
     route("DELETE", PAUSE, Access::Operate),
     route("POST", PROMOTE_FORMATION, Access::Operate),
+    route("GET", REPLICATION_PASSWORD, Access::Operate),
 ];
 
 /// Who may call `method` on the route `pattern`; None for a route without an entry.

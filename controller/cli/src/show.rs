@@ -25,6 +25,10 @@ pub enum ShowCmd {
     Topology(StateArgs),
     /// The backups in the formation's pgBackRest repository, and the last backup job.
     Backups(StateArgs),
+    /// The formation's replication password (operator credential), for a standby
+    /// formation's `standbyOf.passwordFile` on another monitor. Printed alone on
+    /// stdout: redirect it into a file readable by the monitor's user only.
+    ReplicationPassword(StateArgs),
 }
 
 #[derive(Args)]
@@ -95,6 +99,18 @@ pub async fn run(cmd: ShowCmd) -> anyhow::Result<()> {
         ShowCmd::History(a) => history(a).await,
         ShowCmd::Topology(a) => topology(a).await,
         ShowCmd::Backups(a) => crate::backup::show_backups(a.monitor, &a.formation, a.json).await,
+        ShowCmd::ReplicationPassword(a) => {
+            let client = a.monitor.operator_client()?;
+            let password = client.replication_password(&a.formation).await?;
+            if a.json {
+                return json(&serde_json::json!({
+                    "formation": a.formation,
+                    "replication_password": password
+                }));
+            }
+            println!("{password}");
+            Ok(())
+        }
     }
 }
 

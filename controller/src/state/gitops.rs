@@ -64,13 +64,31 @@ impl ControllerState {
                 rec.desired.join_secret = secret;
                 changed = true;
             }
+            // A standby formation takes its source's replication password, before its
+            // first node joins (a node keeps the password it registered with).
+            let mut password_note = None;
+            if let Some(pw) = scan.source_passwords.get(name)
+                && rec.replication_password != *pw
+            {
+                if rec.nodes.is_empty() {
+                    rec.replication_password = pw.clone();
+                    changed = true;
+                    password_note =
+                        Some("the replication password is the source's (standbyOf.passwordFile)");
+                } else {
+                    password_note = Some(
+                        "standbyOf.passwordFile differs from the replication password its nodes joined with, and is not applied: its leader cannot authenticate to the source with scram-sha-256 (make the formation again with the file in place)",
+                    );
+                }
+            }
             if rec.spec() == Some(&doc.spec)
                 && rec.desired.source_file.as_deref() == Some(file.as_str())
                 && !rec.desired.orphaned
             {
                 continue;
             }
-            let notes = accept_spec(rec, &doc.spec);
+            let mut notes = accept_spec(rec, &doc.spec);
+            notes.extend(password_note.map(String::from));
             rec.desired.source_file = Some(file.clone());
             rec.desired.orphaned = false;
             rec.desired.generation += 1;

@@ -203,6 +203,23 @@ impl ControllerState {
         Ok(())
     }
 
+    /// The formation's replication password (made when its first node joins, or taken
+    /// from `standbyOf.passwordFile`).
+    pub fn replication_password(&self, formation: &str) -> Result<String, ActionError> {
+        let Some(f) = self.durable.formations.get(formation) else {
+            return Err(unknown_formation(formation));
+        };
+        if f.replication_password.is_empty() {
+            return refused(
+                ErrorCode::NotFound,
+                format!(
+                    "formation {formation:?} has no replication password yet: no node joined it"
+                ),
+            );
+        }
+        Ok(f.replication_password.clone())
+    }
+
     /// `pgha formation promote`: the standby formation stops following its source and
     /// its leader becomes writable, although its file still says `standbyOf` (the
     /// operator removes it from the file next; `show state` says so meanwhile).

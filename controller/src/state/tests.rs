@@ -695,3 +695,50 @@ fn promoting_a_standby_formation_overrides_its_file_until_the_file_changes() {
     let f = &st.durable.formations["orders"];
     assert!(f.standby_of().is_some() && !f.promoted_over_the_file());
 }
+
+/// `standbyOf.passwordFile`: a standby formation takes its source's replication
+/// password before its first node joins; after, the file's password is not applied and
+/// the event says why.
+#[test]
+fn a_standby_formation_takes_the_sources_password_before_its_first_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = state(dir.path());
+    let text = format!("{GOOD}  standbyOf:\n    hosts: [\"10.1.0.5:5432\"]\n");
+    let mut scan = scan_of(&[("orders.yaml", &text)]);
+    scan.source_passwords
+        .insert("orders".into(), "from-the-source".into());
+    st.apply_desired(scan, 2000).unwrap();
+    assert_eq!(
+        st.durable.formations["orders"].replication_password,
+        "from-the-source"
+    );
+    assert_eq!(
+        st.replication_password("orders").unwrap(),
+        "from-the-source"
+    );
+    st.durable
+        .formations
+        .get_mut("orders")
+        .unwrap()
+        .nodes
+        .insert(
+            1,
+            NodeRecord::for_test(1, "node_a", 5432, NodeState::Single, NodeState::Single),
+        );
+    let text = format!("{GOOD}  standbyOf:\n    hosts: [\"10.1.0.6:5432\"]\n");
+    let mut scan = scan_of(&[("orders.yaml", &text)]);
+    scan.source_passwords
+        .insert("orders".into(), "another".into());
+    st.apply_desired(scan, 3000).unwrap();
+    assert_eq!(
+        st.durable.formations["orders"].replication_password, "from-the-source",
+        "a node joined with it"
+    );
+    assert!(
+        st.events
+            .iter()
+            .any(|e| e.description.contains("passwordFile differs")),
+        "{:?}",
+        st.events.iter().map(|e| &e.description).collect::<Vec<_>>()
+    );
+}

@@ -188,3 +188,84 @@ async fn arrives(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// With `scram-sha-256` the standby formation takes the source's replication password
+/// (`standbyOf.passwordFile`, from `pgha show replication-password` on the source):
+/// dr_a's base backup and stream from the source, and dr_b's from dr_a (whose
+/// replication role comes from the source), authenticate with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_formation_with_scram_authenticates_with_the_sources_password() {
+    scenario(async |c| {
+        let scram = ["--auth", "scram-sha-256"];
+        c.add_node_with("node_a", &scram)?;
+        c.wait_for(&[("node_a", Single)], T)?;
+        c.add_node_with("node_b", &scram)?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+        let m = c.join_url.clone();
+        let password = c.pgha_ok(&[
+            "show",
+            "replication-password",
+            "--formation",
+            "default",
+            "--monitor",
+            &m,
+        ])?;
+        anyhow::ensure!(password.trim().len() >= 16, "no password printed");
+        let file = c.monitor_dir().join("source-replication-password");
+        std::fs::write(&file, &password)?;
+        let hosts: Vec<String> = c.nodes[..2]
+            .iter()
+            .map(|n| format!("\"{}:{}\"", n.host, n.port))
+            .collect();
+        c.write_formation(
+            "dr.yaml",
+            &format!(
+                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: dr\nspec:\n  standbyOf:\n    hosts: [{}]\n    passwordFile: {}\n  nodes: []\n",
+                hosts.join(", "),
+                file.display()
+            ),
+        )?;
+        c.wait_until_in("dr", "loaded from its file", T, |_| true)?;
+        c.add_node_with("dr_a", &["--formation", "dr", scram[0], scram[1]])?;
+        c.add_node_with("dr_b", &["--formation", "dr", scram[0], scram[1]])?;
+        c.wait_until_in("dr", "dr_a leading, dr_b streaming from it", T, |st| {
+            st.nodes.iter().any(|n| {
+                n.name == "dr_a"
+                    && n.assigned_state.is_writable()
+                    && n.reported_state == n.assigned_state
+                    && n.in_recovery == Some(true)
+            }) && st.nodes.iter().any(|n| {
+                n.name == "dr_b"
+                    && n.reported_state == Secondary
+                    && n.upstream.as_deref() == Some("dr_a")
+            })
+        })?;
+        // A write on the source reaches dr_b (through the Unix sockets: trusted).
+        let socket = |i: usize| format!("{}.pgha", c.nodes[i].pgdata.display());
+        let connect = async |i: usize| {
+            pgha_e2e::probe::connect_one(&socket(i), c.nodes[i].port, "appdb", Duration::from_secs(3))
+                .await
+        };
+        connect(0)
+            .await?
+            .batch_execute("CREATE TABLE dr_check (x int); INSERT INTO dr_check VALUES (42)")
+            .await?;
+        let t0 = Instant::now();
+        loop {
+            if let Ok(db) = connect(3).await
+                && let Ok(r) = db.query_one("SELECT count(*) FROM dr_check", &[]).await
+                && r.get::<_, i64>(0) == 1
+            {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < T, "the source's write never reached dr_b");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "scram: the source's write reached dr_b in {} ms",
+            t0.elapsed().as_millis()
+        );
+        Ok(())
+    })
+    .await;
+}
