@@ -41,6 +41,20 @@ pub fn standby_renews(
     !contacted_since_start || senders_at_last_answer.contains(&pid)
 }
 
+/// Whether a WAL sender's `application_name` is one of the formation's standbys
+/// (`pgha_standby_<id>` of a peer; of any node before the first assignment). Only those
+/// renew a primary's lease: a consumer outside the formation (`pg_receivewal`, a standby
+/// formation's leader) may still reach a primary the controller and its standbys have
+/// written off.
+pub fn is_formation_standby(application_name: &str, peers: Option<&[pgha_api::PeerNode]>) -> bool {
+    match peers {
+        Some(peers) => peers
+            .iter()
+            .any(|p| pgha_api::standby_application_name(p.node_id) == application_name),
+        None => application_name.starts_with("pgha_standby_"),
+    }
+}
+
 /// Recent WAL positions, each with the last moment it was still the position: what
 /// dates a standby's reply.
 ///
@@ -221,6 +235,32 @@ impl Drop for Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_formations_own_standbys_renew_the_lease() {
+        let peer = |id| pgha_api::PeerNode {
+            node_id: id,
+            name: format!("node_{id}"),
+            host: "10.0.0.5".into(),
+            port: 5432,
+            slot: true,
+        };
+        let peers = [peer(2), peer(3)];
+        assert!(is_formation_standby("pgha_standby_3", Some(&peers)));
+        for outside in [
+            "pgha_standby_4",
+            "pg_receivewal",
+            "pgha_dr_dr_2",
+            "walreceiver",
+        ] {
+            assert!(!is_formation_standby(outside, Some(&peers)), "{outside}");
+        }
+        assert!(
+            is_formation_standby("pgha_standby_4", None),
+            "before any assignment"
+        );
+        assert!(!is_formation_standby("pgha_dr_dr_2", None));
+    }
     use std::sync::atomic::AtomicU32;
 
     #[test]

@@ -199,9 +199,14 @@ pub fn oldest_wal(pgdata: &Path) -> Option<pgha_api::Lsn> {
     (size.is_power_of_two() && size >= 1 << 20).then(|| pgha_api::Lsn((log << 32) + seg * size))
 }
 
-/// `pg_replslot/<name>/state` in PGDATA.
-pub fn slot_state_path(pgdata: &Path, slot: &str) -> std::path::PathBuf {
-    pgdata.join("pg_replslot").join(slot).join("state")
+/// `pg_replslot/<name>` in PGDATA: where Postgres keeps a slot.
+pub fn slot_dir(pgdata: &Path, slot: &str) -> std::path::PathBuf {
+    pgdata.join("pg_replslot").join(slot)
+}
+
+/// `pg_replslot/<name>/state` in PGDATA: the slot's state file.
+fn slot_state_path(pgdata: &Path, slot: &str) -> std::path::PathBuf {
+    slot_dir(pgdata, slot).join("state")
 }
 
 #[cfg(test)]

@@ -27,7 +27,10 @@ impl Agent {
             // Only the formation's own standbys renew the lease: a consumer outside it
             // (pg_receivewal, a standby formation's leader) may still reach a primary
             // the controller and its standbys have written off.
-            if s.obs.state != "streaming" || !self.is_formation_standby(&s.obs.application_name) {
+            let peers = self.state.assignment.as_ref().map(|a| a.peers.as_slice());
+            if s.obs.state != "streaming"
+                || !crate::lease::is_formation_standby(&s.obs.application_name, peers)
+            {
                 continue;
             }
             self.streaming_senders.insert(s.pid);
@@ -75,18 +78,6 @@ impl Agent {
 
     /// Whether the idle primary's heartbeat is due: a writable node with standbys whose
     /// insert position has not moved for half a second.
-    /// `application_name` is one of the formation's standbys (`pgha_standby_<id>` of a
-    /// peer; of any node before the first assignment).
-    fn is_formation_standby(&self, application_name: &str) -> bool {
-        match &self.state.assignment {
-            Some(a) => a
-                .peers
-                .iter()
-                .any(|p| pgha_api::standby_application_name(p.node_id) == application_name),
-            None => application_name.starts_with("pgha_standby_"),
-        }
-    }
-
     pub(super) fn heartbeat_due(&self, l: &Local) -> bool {
         l.ready
             && l.in_recovery == Some(false)

@@ -476,26 +476,19 @@ impl Agent {
                 continue;
             }
             // The name comes from the formation file (checked there): never a path.
-            if s.name.is_empty()
-                || !s
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            {
+            if pgha_api::validate::check_slot_name(&s.name).is_err() {
                 continue;
             }
-            let path = observe::slot_state_path(&self.cfg.pgdata, &s.name);
-            let dir = path
-                .parent()
-                .expect("the state file is in the slot's directory");
+            let dir = observe::slot_dir(&self.cfg.pgdata, &s.name);
+            let path = dir.join("state");
             if dir.exists() {
                 continue;
             }
             let bytes = pgha_api::from_hex(state)
                 .with_context(|| format!("the state file of slot {} is not hex", s.name))?;
-            prepare_dir(dir, self.who)?;
+            prepare_dir(&dir, self.who)?;
             crate::files::replace(&path, &bytes, 0o600, self.who)?;
-            crate::files::sync_parent(dir)?;
+            crate::files::sync_parent(&dir)?;
             tracing::info!(slot = %s.name, "copy of the primary's logical slot installed");
         }
         Ok(())

@@ -192,7 +192,7 @@ const MANAGED_PARAMETERS: &[&str] = &[
 
 /// A permanent slot's name: what Postgres accepts (lower-case letters, digits and
 /// underscores, at most 63), and not one pgha makes for its nodes.
-fn check_slot_name(name: &str) -> Result<(), String> {
+pub fn check_slot_name(name: &str) -> Result<(), String> {
     if name.is_empty()
         || name.len() > 63
         || !name

@@ -25,18 +25,7 @@ async fn a_standby_formation_follows_its_source_across_a_failover_then_is_promot
         c.add_node("node_b")?;
         c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
         let probe = c.write_probe().await?;
-        let hosts: Vec<String> = c.nodes[..2]
-            .iter()
-            .map(|n| format!("\"{}:{}\"", n.host, n.port))
-            .collect();
-        c.write_formation(
-            "dr.yaml",
-            &format!(
-                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: dr\nspec:\n  standbyOf:\n    hosts: [{}]\n  nodes: []\n",
-                hosts.join(", ")
-            ),
-        )?;
-        c.wait_until_in("dr", "loaded from its file", T, |_| true)?;
+        standby_formation(c, "dr", &[0, 1], "")?;
         c.add_node_with("dr_a", &["--formation", "dr"])?;
         let leader_ready = |st: &pgha_api::FormationStatus| {
             st.nodes.iter().any(|n| {
@@ -134,16 +123,7 @@ async fn a_standby_formation_follows_its_source_across_a_failover_then_is_promot
         arrives(c, dr_a, vec![-1], "dr_a, back as dr_b's standby").await?;
         // The old source is demoted into a standby formation of dr: its primary is
         // stopped, rewound onto dr and follows it.
-        let dr_hosts = format!(
-            "\"{}:{}\", \"{}:{}\"",
-            c.nodes[dr_a].host, c.nodes[dr_a].port, c.nodes[dr_b].host, c.nodes[dr_b].port
-        );
-        c.write_formation(
-            "default.yaml",
-            &format!(
-                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  standbyOf:\n    hosts: [{dr_hosts}]\n  nodes: []\n"
-            ),
-        )?;
+        standby_formation(c, "default", &[dr_a, dr_b], "")?;
         let t0 = Instant::now();
         c.wait_until_in("default", "led by node_b as a standby of dr", T, |st| {
             st.standby_of.is_some()
@@ -213,19 +193,12 @@ async fn a_standby_formation_with_scram_authenticates_with_the_sources_password(
         anyhow::ensure!(password.trim().len() >= 16, "no password printed");
         let file = c.monitor_dir().join("source-replication-password");
         std::fs::write(&file, &password)?;
-        let hosts: Vec<String> = c.nodes[..2]
-            .iter()
-            .map(|n| format!("\"{}:{}\"", n.host, n.port))
-            .collect();
-        c.write_formation(
-            "dr.yaml",
-            &format!(
-                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: dr\nspec:\n  standbyOf:\n    hosts: [{}]\n    passwordFile: {}\n  nodes: []\n",
-                hosts.join(", "),
-                file.display()
-            ),
+        standby_formation(
+            c,
+            "dr",
+            &[0, 1],
+            &format!("    passwordFile: {}\n", file.display()),
         )?;
-        c.wait_until_in("dr", "loaded from its file", T, |_| true)?;
         c.add_node_with("dr_a", &["--formation", "dr", scram[0], scram[1]])?;
         c.add_node_with("dr_b", &["--formation", "dr", scram[0], scram[1]])?;
         c.wait_until_in("dr", "dr_a leading, dr_b streaming from it", T, |st| {
@@ -243,8 +216,13 @@ async fn a_standby_formation_with_scram_authenticates_with_the_sources_password(
         // A write on the source reaches dr_b (through the Unix sockets: trusted).
         let socket = |i: usize| format!("{}.pgha", c.nodes[i].pgdata.display());
         let connect = async |i: usize| {
-            pgha_e2e::probe::connect_one(&socket(i), c.nodes[i].port, "appdb", Duration::from_secs(3))
-                .await
+            pgha_e2e::probe::connect_one(
+                &socket(i),
+                c.nodes[i].port,
+                "appdb",
+                Duration::from_secs(3),
+            )
+            .await
         };
         connect(0)
             .await?
@@ -268,4 +246,29 @@ async fn a_standby_formation_with_scram_authenticates_with_the_sources_password(
         Ok(())
     })
     .await;
+}
+
+/// Writes formation `name`'s file as a standby formation of nodes `sources` (with
+/// `extra` lines under `standbyOf`), and waits until the monitor has it.
+fn standby_formation(
+    c: &pgha_e2e::Cluster,
+    name: &str,
+    sources: &[usize],
+    extra: &str,
+) -> anyhow::Result<()> {
+    let hosts: Vec<String> = sources
+        .iter()
+        .map(|&i| format!("\"{}:{}\"", c.nodes[i].host, c.nodes[i].port))
+        .collect();
+    c.write_formation(
+        &format!("{name}.yaml"),
+        &format!(
+            "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: {name}\nspec:\n  standbyOf:\n    hosts: [{}]\n{extra}  nodes: []\n",
+            hosts.join(", ")
+        ),
+    )?;
+    c.wait_until_in(name, "loaded from its file", T, |st| {
+        st.standby_of.is_some()
+    })?;
+    Ok(())
 }
