@@ -564,6 +564,33 @@ impl Backups {
 mod tests {
     use super::*;
 
+    /// The agent checks the pgBackRest options again: a command or an SSH host never
+    /// reaches `pgbackrest.conf`.
+    #[test]
+    fn options_that_run_commands_never_reach_pgbackrest_conf() {
+        let cfg = crate::pgdata_files::tests::cfg();
+        let s = BackupSettings {
+            stanza: "orders".into(),
+            repository: "/srv/b".into(),
+            retention_full: 2,
+            options: [
+                ("cmd-ssh", "/tmp/evil"),
+                ("repo1-host-cmd", "/tmp/evil"),
+                ("repo1-host", "evil.example"),
+                ("repo1-storage-verify-tls", "n"),
+                ("compress-type", "zst"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        };
+        let c = render_conf(&cfg, &s);
+        for bad in ["cmd-ssh", "repo1-host", "verify-tls", "evil"] {
+            assert!(!c.contains(bad), "{bad} reached the file:\n{c}");
+        }
+        assert!(c.contains("compress-type=zst"), "{c}");
+    }
+
     #[test]
     fn finds_the_last_pgbackrest_error_in_the_postgres_log() {
         let log = "2026-12-03 LOG:  checkpoint starting\n\

@@ -332,11 +332,11 @@ pub fn apply(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::AuthMethod;
 
-    fn cfg() -> AgentConfig {
+    pub(crate) fn cfg() -> AgentConfig {
         AgentConfig {
             pgdata: "/tmp/x/pgdata".into(),
             pgport: 5501,
@@ -474,6 +474,50 @@ mod tests {
         );
         assert!(c.contains("primary_slot_name = 'dr_site'"), "{c}");
         assert!(c.contains("synchronous_standby_names = ''"), "{c}");
+    }
+
+    /// The second review: a formation's settings could run commands or load code on
+    /// every VM. The agent checks again what the controller refused (a controller of an
+    /// older version, or a hand-written assignment, must not get them through).
+    #[test]
+    fn settings_that_run_commands_or_load_code_never_reach_postgresql_conf() {
+        let refused = [
+            "archive_command",
+            "archive_mode",
+            "archive_library",
+            "archive_cleanup_command",
+            "recovery_end_command",
+            "restore_command",
+            "ssl_passphrase_command",
+            "shared_preload_libraries",
+            "session_preload_libraries",
+            "local_preload_libraries",
+            "dynamic_library_path",
+            "jit_provider",
+            "log_directory",
+            "krb_server_keyfile",
+            "plperl.on_init",
+        ];
+        let parameters = refused
+            .iter()
+            .map(|k| (k.to_string(), "/tmp/evil".to_string()))
+            .chain([("work_mem".to_string(), "16MB".to_string())])
+            .collect();
+        let c = render_conf(
+            &cfg(),
+            &Role::Primary {
+                synchronous_standby_names: String::new(),
+                max_slot_wal_keep_size: "8GB".into(),
+            },
+            &parameters,
+            None,
+            false,
+        );
+        for name in refused {
+            assert!(!c.contains(name), "{name} reached the file:\n{c}");
+        }
+        assert!(!c.contains("evil"), "{c}");
+        assert!(c.contains("work_mem = '16MB'"), "{c}");
     }
 
     #[test]

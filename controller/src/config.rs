@@ -133,6 +133,13 @@ impl MonitorConfig {
         Ok(Some(std::sync::Arc::new(cfg)))
     }
 
+    /// The monitor's secrets directory: the only place formation files may name a
+    /// secret from (`joinSecretFile`, `standbyOf.passwordFile`). Monitors made before
+    /// it was called so keep theirs, `join-secrets`.
+    pub fn secrets_dir(&self) -> PathBuf {
+        secrets_dir(&self.dir)
+    }
+
     pub fn path(dir: &Path) -> PathBuf {
         dir.join(CONFIG_FILE)
     }
@@ -155,3 +162,17 @@ impl MonitorConfig {
         Ok(())
     }
 }
+
+/// [`MonitorConfig::secrets_dir`] of the monitor in `dir`.
+pub fn secrets_dir(dir: &Path) -> PathBuf {
+    let legacy = dir.join("join-secrets");
+    let current = dir.join(SECRETS_DIR);
+    if !current.exists() && legacy.is_dir() {
+        legacy
+    } else {
+        current
+    }
+}
+
+/// Name of the secrets directory inside the monitor's directory.
+pub const SECRETS_DIR: &str = "secrets";

@@ -66,7 +66,7 @@ pub async fn run(
             lock(&shared).pipeline();
             // The desired state is read before anything is served or reconciled.
             if let Some(dir) = &cfg.formations_dir {
-                reload_desired(&shared, dir);
+                reload_desired(&shared, dir, &cfg.dir);
             }
             (shared, Arc::new(leader::Leadership::sole()))
         }
@@ -166,7 +166,7 @@ fn start_etcd_campaign(
             st.pipeline();
             *lock(&shared) = st;
             if let Some(d) = &formations_dir {
-                reload_desired(&shared, d);
+                reload_desired(&shared, d, &dir);
             }
             Ok(())
         }
@@ -184,9 +184,11 @@ fn start_etcd_campaign(
     Ok((shared, leadership))
 }
 
-/// Reads the formations directory and applies it.
-fn reload_desired(shared: &Shared, dir: &std::path::Path) {
-    let scan = state::off_async_workers(|| desired::scan(dir));
+/// Reads the formations directory and applies it (secrets from the monitor's secrets
+/// directory).
+fn reload_desired(shared: &Shared, dir: &std::path::Path, monitor_dir: &std::path::Path) {
+    let secrets = config::secrets_dir(monitor_dir);
+    let scan = state::off_async_workers(|| desired::scan(dir, Some(&secrets)));
     if let Err(e) = lock(shared).apply_desired(scan, now_ms()) {
         tracing::error!("applying formation files failed: {e}");
     }
@@ -233,7 +235,7 @@ fn spawn_desired_loop(
             // Only the leader applies formation files (a follower's state is replaced
             // when it wins, and the files applied then).
             if leadership.is_leader(now_ms()) {
-                reload_desired(&shared, &dir);
+                reload_desired(&shared, &dir, &monitor_dir);
             }
             // Rotated credentials take effect with the formation files.
             let creds =

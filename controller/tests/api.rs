@@ -32,7 +32,7 @@ async fn api() -> Api {
     let formations = dir.path().join("formations");
     std::fs::create_dir(&formations).unwrap();
     let secret_file = dir.path().join("orders.secret");
-    std::fs::write(&secret_file, "s3cret\n").unwrap();
+    pgha_controller::desired::write_secret(&secret_file, "s3cret").unwrap();
     std::fs::write(
         formations.join("orders.yaml"),
         format!(
@@ -46,8 +46,11 @@ async fn api() -> Api {
         operator: Some(pgha_api::tls::sha256_hex(OPERATOR.as_bytes())),
         read: Some(pgha_api::tls::sha256_hex(READ.as_bytes())),
     };
-    st.apply_desired(pgha_controller::desired::scan(&formations), now_ms())
-        .unwrap();
+    st.apply_desired(
+        pgha_controller::desired::scan(&formations, Some(dir.path())),
+        now_ms(),
+    )
+    .unwrap();
     let shared: Shared = Arc::new(Mutex::new(st));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();

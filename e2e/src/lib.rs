@@ -656,19 +656,24 @@ impl Cluster {
         let text = if text.contains("admission:") {
             text.to_string()
         } else {
-            let secret = self.monitor_dir().join("join-secrets/default.secret");
             text.replacen(
                 "\nspec:\n",
-                &format!(
-                    "\nspec:\n  admission:\n    joinSecretFile: {}\n",
-                    secret.display()
-                ),
+                "\nspec:\n  admission:\n    joinSecretFile: default.secret\n",
                 1,
             )
         };
         std::fs::write(&tmp, lift_anti_flapping(&text))?;
         std::fs::rename(&tmp, dir.join(file))?;
         Ok(())
+    }
+
+    /// Writes a secret into the monitor's secrets directory (0600, as formation files
+    /// may name only such files) and returns the name a formation file gives it.
+    pub fn write_secret(&self, name: &str, secret: &str) -> anyhow::Result<String> {
+        let path = self.monitor_dir().join("secrets").join(name);
+        pgha_controller::desired::write_secret(&path, secret.trim())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(name.to_string())
     }
 
     /// Index of the node called `name`.

@@ -66,6 +66,65 @@ const MANAGED_OPTIONS: &[&str] = &[
     "archive-async",
 ];
 
+/// pgBackRest `[global]` options a formation file may set (an allowlist): the
+/// repository's kind and place in an object store, compression, retention beyond the
+/// full backups, parallelism, timeouts and logging levels. Left out on purpose: every
+/// option that runs a command or reaches another host by SSH (`cmd-ssh`,
+/// `repo1-host*`), turns off TLS verification (`repo1-storage-verify-tls`), or names a
+/// file or directory on the VMs (`repo1-storage-ca-*`, `log-path`…).
+pub const ALLOWED_OPTIONS: &[&str] = &[
+    "archive-check",
+    "archive-copy",
+    "archive-get-queue-max",
+    "archive-push-queue-max",
+    "archive-timeout",
+    "backup-standby",
+    "buffer-size",
+    "checksum-page",
+    "compress-level",
+    "compress-level-network",
+    "compress-type",
+    "db-timeout",
+    "delta",
+    "expire-auto",
+    "io-timeout",
+    "log-level-console",
+    "log-level-file",
+    "log-level-stderr",
+    "log-timestamp",
+    "manifest-save-threshold",
+    "process-max",
+    "protocol-timeout",
+    "repo1-azure-account",
+    "repo1-azure-container",
+    "repo1-azure-endpoint",
+    "repo1-azure-uri-style",
+    "repo1-block",
+    "repo1-bundle",
+    "repo1-bundle-limit",
+    "repo1-bundle-size",
+    "repo1-cipher-type",
+    "repo1-gcs-bucket",
+    "repo1-gcs-endpoint",
+    "repo1-hardlink",
+    "repo1-retention-archive",
+    "repo1-retention-archive-type",
+    "repo1-retention-diff",
+    "repo1-retention-history",
+    "repo1-s3-bucket",
+    "repo1-s3-endpoint",
+    "repo1-s3-region",
+    "repo1-s3-requester-pays",
+    "repo1-s3-role",
+    "repo1-s3-uri-style",
+    "repo1-storage-host",
+    "repo1-storage-port",
+    "repo1-storage-upload-chunk-size",
+    "repo1-type",
+    "resume",
+    "start-fast",
+];
+
 /// Why a pgBackRest option name cannot go in a formation file, if it cannot.
 pub fn check_option(name: &str, value: &str) -> Result<(), String> {
     if name.is_empty()
@@ -88,6 +147,11 @@ pub fn check_option(name: &str, value: &str) -> Result<(), String> {
         return Err(format!(
             "{name} is a credential: never put it in a file kept in Git; set PGBACKREST_{} in the agents' environment",
             name.to_ascii_uppercase().replace('-', "_")
+        ));
+    }
+    if !ALLOWED_OPTIONS.contains(&name) {
+        return Err(format!(
+            "{name} is not among the pgBackRest options a formation file may set: it runs a command, reaches another host, weakens TLS or names a file on the VMs, or pgha does not know it"
         ));
     }
     if value.chars().any(|c| c.is_control()) {
@@ -408,6 +472,29 @@ mod tests {
         assert!(check_option("pg1-path", "/x").is_err());
         assert!(check_option("Repo1", "x").is_err());
         assert!(check_option("start-fast", "y\nrepo1-path=/evil").is_err());
+    }
+
+    /// The second review: options that run commands, reach hosts by SSH or weaken TLS
+    /// were accepted.
+    #[test]
+    fn options_that_run_commands_or_weaken_tls_are_refused() {
+        for name in [
+            "cmd-ssh",
+            "repo1-host-cmd",
+            "repo1-host",
+            "repo1-host-user",
+            "repo1-storage-verify-tls",
+            "repo1-storage-ca-file",
+            "repo1-storage-ca-path",
+            "log-path",
+            "exec-id",
+        ] {
+            let e = check_option(name, "/bin/sh").unwrap_err();
+            assert!(e.contains(name), "{e}");
+        }
+        for name in ALLOWED_OPTIONS {
+            assert!(check_option(name, "x").is_ok(), "{name}");
+        }
     }
 
     #[test]

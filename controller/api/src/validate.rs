@@ -190,6 +190,28 @@ const MANAGED_PARAMETERS: &[&str] = &[
     "max_slot_wal_keep_size",
 ];
 
+/// Where a formation file may name a secret (`joinSecretFile`, `standbyOf.passwordFile`):
+/// a file of the monitor's secrets directory, by its bare name (`orders.secret`) or by an
+/// absolute path into that directory. Whether an absolute path lies there is checked
+/// where the directory is known (the controller's scan); here, the shape: no `..`, no
+/// hidden file, nothing but a plain name after the last `/`.
+pub fn check_secret_file_name(f: &str) -> Result<(), String> {
+    let name = f.rsplit('/').next().unwrap_or_default();
+    let shape_ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= 255
+        && !f.contains('\0')
+        && (f == name || f.starts_with('/'))
+        && !f.split('/').any(|c| c == ".." || c == ".");
+    if shape_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{f:?} must name a file of the monitor's secrets directory (<monitor dir>/secrets): its bare name (e.g. orders.secret) or an absolute path into that directory"
+        ))
+    }
+}
+
 /// A permanent slot's name: what Postgres accepts (lower-case letters, digits and
 /// underscores, at most 63), and not one pgha makes for its nodes.
 pub fn check_slot_name(name: &str) -> Result<(), String> {
@@ -211,8 +233,328 @@ pub fn check_slot_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The Postgres settings a formation file may set (an allowlist: a setting added by a
+/// new major is refused until it is judged here). Left out on purpose, because a Git
+/// editor of formation files must not run commands, load code or reach files on the
+/// database VMs: every setting that names a command (`archive_command`,
+/// `archive_cleanup_command`, `recovery_end_command`, `restore_command`,
+/// `ssl_passphrase_command`), a library or where libraries load from
+/// (`shared_preload_libraries`, `session_preload_libraries`, `local_preload_libraries`,
+/// `dynamic_library_path`, `jit_provider`, `oauth_validator_libraries`,
+/// `extension_control_path`), a file or directory (`ssl_*_file`, `krb_server_keyfile`,
+/// `log_directory`, `log_filename`, `data_directory`, `hba_file`, `external_pid_file`,
+/// `promote_trigger_file`), the socket's group and mode, recovery targets, and the
+/// developer options. A DBA sets those on the VM itself, in `postgresql.conf` or with
+/// `ALTER SYSTEM`. Names are matched in lower case, as Postgres matches them.
+pub const ALLOWED_PARAMETERS: &[&str] = &[
+    "array_nulls",
+    "authentication_timeout",
+    "autovacuum",
+    "autovacuum_analyze_scale_factor",
+    "autovacuum_analyze_threshold",
+    "autovacuum_freeze_max_age",
+    "autovacuum_max_workers",
+    "autovacuum_multixact_freeze_max_age",
+    "autovacuum_naptime",
+    "autovacuum_vacuum_cost_delay",
+    "autovacuum_vacuum_cost_limit",
+    "autovacuum_vacuum_insert_scale_factor",
+    "autovacuum_vacuum_insert_threshold",
+    "autovacuum_vacuum_max_threshold",
+    "autovacuum_vacuum_scale_factor",
+    "autovacuum_vacuum_threshold",
+    "autovacuum_work_mem",
+    "autovacuum_worker_slots",
+    "backend_flush_after",
+    "backslash_quote",
+    "bgwriter_delay",
+    "bgwriter_flush_after",
+    "bgwriter_lru_maxpages",
+    "bgwriter_lru_multiplier",
+    "bytea_output",
+    "check_function_bodies",
+    "checkpoint_completion_target",
+    "checkpoint_flush_after",
+    "checkpoint_timeout",
+    "checkpoint_warning",
+    "client_connection_check_interval",
+    "client_encoding",
+    "client_min_messages",
+    "cluster_name",
+    "commit_delay",
+    "commit_siblings",
+    "commit_timestamp_buffers",
+    "compute_query_id",
+    "constraint_exclusion",
+    "cpu_index_tuple_cost",
+    "cpu_operator_cost",
+    "cpu_tuple_cost",
+    "createrole_self_grant",
+    "cursor_tuple_fraction",
+    "data_sync_retry",
+    "datestyle",
+    "deadlock_timeout",
+    "default_statistics_target",
+    "default_table_access_method",
+    "default_tablespace",
+    "default_text_search_config",
+    "default_toast_compression",
+    "default_transaction_deferrable",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "dynamic_shared_memory_type",
+    "effective_cache_size",
+    "effective_io_concurrency",
+    "enable_async_append",
+    "enable_bitmapscan",
+    "enable_distinct_reordering",
+    "enable_gathermerge",
+    "enable_group_by_reordering",
+    "enable_hashagg",
+    "enable_hashjoin",
+    "enable_incremental_sort",
+    "enable_indexonlyscan",
+    "enable_indexscan",
+    "enable_material",
+    "enable_memoize",
+    "enable_mergejoin",
+    "enable_nestloop",
+    "enable_parallel_append",
+    "enable_parallel_hash",
+    "enable_partition_pruning",
+    "enable_partitionwise_aggregate",
+    "enable_partitionwise_join",
+    "enable_presorted_aggregate",
+    "enable_self_join_elimination",
+    "enable_seqscan",
+    "enable_sort",
+    "enable_tidscan",
+    "escape_string_warning",
+    "event_triggers",
+    "exit_on_error",
+    "extra_float_digits",
+    "file_copy_method",
+    "from_collapse_limit",
+    "fsync",
+    "full_page_writes",
+    "geqo",
+    "geqo_effort",
+    "geqo_generations",
+    "geqo_pool_size",
+    "geqo_seed",
+    "geqo_selection_bias",
+    "geqo_threshold",
+    "gin_fuzzy_search_limit",
+    "gin_pending_list_limit",
+    "hash_mem_multiplier",
+    "hot_standby",
+    "hot_standby_feedback",
+    "huge_page_size",
+    "huge_pages",
+    "icu_validation_level",
+    "idle_in_transaction_session_timeout",
+    "idle_replication_slot_timeout",
+    "idle_session_timeout",
+    "intervalstyle",
+    "io_combine_limit",
+    "io_max_combine_limit",
+    "io_max_concurrency",
+    "io_method",
+    "io_workers",
+    "jit",
+    "jit_above_cost",
+    "jit_inline_above_cost",
+    "jit_optimize_above_cost",
+    "join_collapse_limit",
+    "krb_caseins_users",
+    "lc_messages",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "listen_addresses",
+    "lo_compat_privileges",
+    "lock_timeout",
+    "log_autovacuum_min_duration",
+    "log_checkpoints",
+    "log_connections",
+    "log_destination",
+    "log_disconnections",
+    "log_duration",
+    "log_error_verbosity",
+    "log_executor_stats",
+    "log_hostname",
+    "log_line_prefix",
+    "log_lock_failures",
+    "log_lock_waits",
+    "log_min_duration_sample",
+    "log_min_duration_statement",
+    "log_min_error_statement",
+    "log_min_messages",
+    "log_parameter_max_length",
+    "log_parameter_max_length_on_error",
+    "log_parser_stats",
+    "log_planner_stats",
+    "log_recovery_conflict_waits",
+    "log_replication_commands",
+    "log_rotation_age",
+    "log_rotation_size",
+    "log_startup_progress_interval",
+    "log_statement",
+    "log_statement_sample_rate",
+    "log_statement_stats",
+    "log_temp_files",
+    "log_timezone",
+    "log_transaction_sample_rate",
+    "log_truncate_on_rotation",
+    "logging_collector",
+    "logical_decoding_work_mem",
+    "maintenance_io_concurrency",
+    "maintenance_work_mem",
+    "max_active_replication_origins",
+    "max_connections",
+    "max_files_per_process",
+    "max_locks_per_transaction",
+    "max_logical_replication_workers",
+    "max_notify_queue_pages",
+    "max_parallel_maintenance_workers",
+    "max_parallel_workers",
+    "max_parallel_workers_per_gather",
+    "max_pred_locks_per_page",
+    "max_pred_locks_per_relation",
+    "max_pred_locks_per_transaction",
+    "max_prepared_transactions",
+    "max_replication_slots",
+    "max_slot_wal_keep_size",
+    "max_stack_depth",
+    "max_standby_archive_delay",
+    "max_standby_streaming_delay",
+    "max_sync_workers_per_subscription",
+    "max_wal_senders",
+    "max_wal_size",
+    "max_worker_processes",
+    "md5_password_warnings",
+    "min_dynamic_shared_memory",
+    "min_parallel_index_scan_size",
+    "min_parallel_table_scan_size",
+    "min_wal_size",
+    "multixact_member_buffers",
+    "multixact_offset_buffers",
+    "notify_buffers",
+    "old_snapshot_threshold",
+    "parallel_leader_participation",
+    "parallel_setup_cost",
+    "parallel_tuple_cost",
+    "password_encryption",
+    "plan_cache_mode",
+    "port",
+    "primary_conninfo",
+    "primary_slot_name",
+    "quote_all_identifiers",
+    "random_page_cost",
+    "recovery_init_sync_method",
+    "recovery_min_apply_delay",
+    "recovery_prefetch",
+    "recursive_worktable_factor",
+    "reserved_connections",
+    "restart_after_crash",
+    "row_security",
+    "scram_iterations",
+    "search_path",
+    "seq_page_cost",
+    "serializable_buffers",
+    "session_replication_role",
+    "shared_buffers",
+    "shared_memory_type",
+    "standard_conforming_strings",
+    "statement_timeout",
+    "stats_fetch_consistency",
+    "subtransaction_buffers",
+    "summarize_wal",
+    "superuser_reserved_connections",
+    "sync_replication_slots",
+    "synchronize_seqscans",
+    "synchronized_standby_slots",
+    "synchronous_commit",
+    "synchronous_standby_names",
+    "syslog_facility",
+    "syslog_ident",
+    "syslog_sequence_numbers",
+    "syslog_split_messages",
+    "tcp_keepalives_count",
+    "tcp_keepalives_idle",
+    "tcp_keepalives_interval",
+    "tcp_user_timeout",
+    "temp_buffers",
+    "temp_file_limit",
+    "temp_tablespaces",
+    "timezone",
+    "timezone_abbreviations",
+    "track_activities",
+    "track_activity_query_size",
+    "track_commit_timestamp",
+    "track_cost_delay_timing",
+    "track_counts",
+    "track_functions",
+    "track_io_timing",
+    "track_wal_io_timing",
+    "transaction_buffers",
+    "transaction_timeout",
+    "transform_null_equals",
+    "unix_socket_directories",
+    "update_process_title",
+    "vacuum_buffer_usage_limit",
+    "vacuum_cost_delay",
+    "vacuum_cost_limit",
+    "vacuum_cost_page_dirty",
+    "vacuum_cost_page_hit",
+    "vacuum_cost_page_miss",
+    "vacuum_defer_cleanup_age",
+    "vacuum_failsafe_age",
+    "vacuum_freeze_min_age",
+    "vacuum_freeze_table_age",
+    "vacuum_max_eager_freeze_failure_rate",
+    "vacuum_multixact_failsafe_age",
+    "vacuum_multixact_freeze_min_age",
+    "vacuum_multixact_freeze_table_age",
+    "vacuum_truncate",
+    "wal_buffers",
+    "wal_compression",
+    "wal_decode_buffer_size",
+    "wal_init_zero",
+    "wal_keep_size",
+    "wal_level",
+    "wal_log_hints",
+    "wal_receiver_create_temp_slot",
+    "wal_receiver_status_interval",
+    "wal_receiver_timeout",
+    "wal_recycle",
+    "wal_retrieve_retry_interval",
+    "wal_sender_timeout",
+    "wal_skip_threshold",
+    "wal_summary_keep_time",
+    "wal_sync_method",
+    "wal_writer_delay",
+    "wal_writer_flush_after",
+    "work_mem",
+    "xmlbinary",
+    "xmloption",
+];
+
+/// Extension settings (`prefix.name`) a formation may set: those of extensions whose
+/// settings tune what they record, never run code (`plperl.on_init` would).
+pub const ALLOWED_EXTENSION_PREFIXES: &[&str] = &[
+    "auto_explain",
+    "pg_prewarm",
+    "pg_stat_kcache",
+    "pg_stat_statements",
+    "pg_trgm",
+    "pg_wait_sampling",
+    "pgaudit",
+];
+
 /// A setting a formation may set: a Postgres setting name (`[a-z0-9_.]`) that pgha does
-/// not manage itself. Checked in formation files and again by the agent.
+/// not manage itself, on [`ALLOWED_PARAMETERS`] (or an allowed extension's). Checked in
+/// formation files and again by the agent.
 pub fn check_parameter_name(name: &str) -> Result<(), String> {
     if name.is_empty()
         || name.len() > 63
@@ -225,8 +567,21 @@ pub fn check_parameter_name(name: &str) -> Result<(), String> {
         Err(format!(
             "{name} is managed by pgha and cannot be set in a formation"
         ))
-    } else {
+    } else if let Some((prefix, _)) = name.split_once('.') {
+        if ALLOWED_EXTENSION_PREFIXES.contains(&prefix) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{name}: settings of extension {prefix:?} are not taken from formation files (those allowed: {}); set it on the VMs in postgresql.conf",
+                ALLOWED_EXTENSION_PREFIXES.join(", ")
+            ))
+        }
+    } else if ALLOWED_PARAMETERS.contains(&name) {
         Ok(())
+    } else {
+        Err(format!(
+            "{name} is not among the settings a formation file may set: it names a command, a library or a file on the VMs, or pgha does not know it; set it on the VMs in postgresql.conf or with ALTER SYSTEM"
+        ))
     }
 }
 
@@ -291,12 +646,9 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
         );
     }
     if let Some(f) = &s.admission.join_secret_file
-        && !f.starts_with('/')
+        && let Err(e) = check_secret_file_name(f)
     {
-        err(
-            "spec.admission.joinSecretFile".into(),
-            format!("{f:?} must be an absolute path on the monitor VM"),
-        );
+        err("spec.admission.joinSecretFile".into(), e);
     }
     match (&s.admission.join_secret_file, s.admission.open) {
         (None, false) if s.admission.join_secret.is_none() => err(
@@ -337,7 +689,12 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             ),
         );
     }
+    const ARCHIVING: [&str; 3] = ["archive_mode", "archive_command", "archive_library"];
     for name in s.postgresql.parameters.keys() {
+        // With a backup section, the archiving settings get the message below.
+        if s.backup.is_some() && ARCHIVING.contains(&name.as_str()) {
+            continue;
+        }
         if let Err(e) = check_parameter_name(name) {
             err(format!("spec.postgresql.parameters.{name}"), e);
         }
@@ -356,7 +713,7 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
         for (field, msg) in b.check() {
             err(format!("spec.backup.{field}"), msg);
         }
-        for name in ["archive_mode", "archive_command", "archive_library"] {
+        for name in ARCHIVING {
             if s.postgresql.parameters.contains_key(name) {
                 err(
                     format!("spec.postgresql.parameters.{name}"),
@@ -381,6 +738,11 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             && let Err(e) = check_slot_name(slot)
         {
             err("spec.standbyOf.slot".into(), e);
+        }
+        if let Some(f) = &sb.password_file
+            && let Err(e) = check_secret_file_name(f)
+        {
+            err("spec.standbyOf.passwordFile".into(), e);
         }
         if s.backup.is_some() {
             // Two formations archiving into one stanza would mix their WAL.
@@ -747,6 +1109,57 @@ spec:
             "spec.backup: a standby formation takes no backups",
         ] {
             assert!(lines.iter().any(|l| l.contains(want)), "{want}: {lines:?}");
+        }
+    }
+
+    /// The second review: a formation file still ran commands on every database VM
+    /// (settings naming a command or a library were accepted without a backup section).
+    /// Each is refused at its line, with or without `spec.backup`.
+    #[test]
+    fn settings_that_run_commands_or_load_code_are_refused_at_their_line() {
+        let refused = [
+            "archive_command",
+            "archive_mode",
+            "archive_library",
+            "archive_cleanup_command",
+            "recovery_end_command",
+            "restore_command",
+            "ssl_passphrase_command",
+            "shared_preload_libraries",
+            "session_preload_libraries",
+            "local_preload_libraries",
+            "dynamic_library_path",
+            "jit_provider",
+            "oauth_validator_libraries",
+            "extension_control_path",
+            "ssl_ca_file",
+            "krb_server_keyfile",
+            "log_directory",
+            "external_pid_file",
+            "plperl.on_init",
+            "no_such_setting",
+        ];
+        for name in refused {
+            let good = GOOD.replace("101", "50");
+            let text = format!(
+                "{good}  postgresql:\n    parameters:\n      work_mem: 16MB\n      {name}: /tmp/evil\n"
+            );
+            let errs = parse_formation("f.yaml", text.as_bytes()).unwrap_err();
+            let e = errs
+                .iter()
+                .find(|e| e.field == format!("spec.postgresql.parameters.{name}"))
+                .unwrap_or_else(|| panic!("{name} was accepted: {errs:?}"));
+            // (A dotted name is located at its section.)
+            assert!(e.line == 18 || name.contains('.'), "{e}");
+            assert_eq!(errs.len(), 1, "{errs:?}");
+        }
+        for ok in [
+            "work_mem",
+            "shared_buffers",
+            "pg_stat_statements.max",
+            "timezone",
+        ] {
+            assert!(check_parameter_name(ok).is_ok(), "{ok}");
         }
     }
 

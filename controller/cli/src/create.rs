@@ -264,27 +264,27 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
         if !default.exists() {
             // The default formation's join secret: a node presents it from the monitor
             // URL that `show uri --dir` prints here (DESIGN §5 rule 7).
-            let secrets = dir.join("join-secrets");
-            std::fs::create_dir_all(&secrets)
-                .with_context(|| format!("creating {}", secrets.display()))?;
-            let secret_file = secrets.join(format!("{}.secret", pgha_api::DEFAULT_FORMATION));
+            let secrets = pgha_controller::config::secrets_dir(&dir);
             {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&secret_file)
-                    .with_context(|| format!("creating {}", secret_file.display()))?;
-                writeln!(f, "{}", pgha_controller::records::random_secret()?)?;
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&secrets)
+                    .with_context(|| format!("creating {}", secrets.display()))?;
             }
+            let secret_name = format!("{}.secret", pgha_api::DEFAULT_FORMATION);
+            let secret_file = secrets.join(&secret_name);
+            pgha_controller::desired::write_secret(
+                &secret_file,
+                &pgha_controller::records::random_secret()?,
+            )
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", secret_file.display()))?;
             std::fs::write(
                 &default,
                 pgha_controller::desired::default_formation_yaml(
                     pgha_api::DEFAULT_FORMATION,
-                    &secret_file,
+                    &secret_name,
                 ),
             )
             .with_context(|| format!("writing {}", default.display()))?;
@@ -387,7 +387,12 @@ fn copy_group_files(from: &Path, dir: &Path) -> anyhow::Result<()> {
     }
     let from_text = from.display().to_string();
     let dir_text = dir.display().to_string();
-    for sub in ["credentials", "join-secrets", "formations"] {
+    let secrets_from = pgha_controller::config::secrets_dir(from);
+    let secrets_sub = secrets_from
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| pgha_controller::config::SECRETS_DIR.into());
+    for sub in ["credentials", secrets_sub.as_str(), "formations"] {
         let src = from.join(sub);
         let Ok(entries) = std::fs::read_dir(&src) else {
             continue;

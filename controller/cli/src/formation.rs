@@ -100,10 +100,11 @@ async fn promote(formation: &str, timeout: u64, monitor: &MonitorArgs) -> anyhow
 fn rotate_secret(dir: &std::path::Path, formation: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     let cfg = pgha_controller::MonitorConfig::load(dir)?;
-    let fdir = cfg.formations_dir.context(
+    let fdir = cfg.formations_dir.clone().context(
         "this monitor reads no formation files: its formations have no join secret file",
     )?;
-    let scan = pgha_controller::desired::scan(&fdir);
+    let secrets = cfg.secrets_dir();
+    let scan = pgha_controller::desired::scan(&fdir, Some(&secrets));
     let Some((file, doc)) = scan.formations.get(formation) else {
         match scan.rejected.keys().next() {
             Some(f) => anyhow::bail!(
@@ -118,10 +119,13 @@ fn rotate_secret(dir: &std::path::Path, formation: &str) -> anyhow::Result<()> {
             "{file}: formation {formation:?} names no joinSecretFile (admission open?): nothing to rotate"
         );
     };
-    let secret_file = std::path::Path::new(secret_file);
+    // Only ever a file of the monitor's secrets directory (the scan above accepted it).
+    let secret_file = pgha_controller::desired::secret_file(&secrets, secret_file)
+        .map_err(|e| anyhow::anyhow!("{file}: joinSecretFile {secret_file:?}: {e}"))?;
     let new = pgha_controller::records::random_secret()?;
     // Replaced atomically (0600): the monitor never reads half a secret.
-    pgha_controller::store::write_file_atomically(secret_file, format!("{new}\n").as_bytes())?;
+    pgha_controller::desired::write_secret(&secret_file, &new)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", secret_file.display()))?;
     eprintln!(
         "new join secret for {formation:?} in {}: the monitor uses it within 10 s; nodes that joined keep running, new ones join with the URL `pgha show uri --dir {}` prints",
         secret_file.display(),
@@ -246,7 +250,8 @@ pub fn differences(current: &FormationStatus, want: &FormationSpec) -> Vec<Strin
 }
 
 async fn diff(dir: &std::path::Path, monitor: &MonitorArgs) -> anyhow::Result<()> {
-    let scan = pgha_controller::desired::scan(dir);
+    // Secrets live on the monitor, not beside a checkout: the files are judged alone.
+    let scan = pgha_controller::desired::scan(dir, None);
     if scan.formations.is_empty() && scan.rejected.is_empty() {
         anyhow::bail!("no formation files (*.yaml) in {}", dir.display());
     }

@@ -428,8 +428,8 @@ async fn uri(a: UriArgs) -> anyhow::Result<()> {
                 crate::with_credential(&info.url, "read", &read),
             ),
         );
-        if let Some(fdir) = cfg.formations_dir {
-            let scan = pgha_controller::desired::scan(&fdir);
+        if let Some(fdir) = &cfg.formations_dir {
+            let scan = pgha_controller::desired::scan(fdir, Some(&cfg.secrets_dir()));
             for (name, secret) in &scan.secrets {
                 rows.push((
                     "join".into(),
@@ -604,10 +604,17 @@ async fn events(a: EventsArgs) -> anyhow::Result<()> {
 
 fn systemd(a: SystemdArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
+    // The monitor needs no root: it runs as the user that owns its directory (its
+    // store, credentials, secrets and TLS key are that user's 0600 files). The agent
+    // runs as root: it starts Postgres as the data directory's owner, and writes
+    // pg_hba.conf and its own state beside the data directory.
+    let mut user = String::new();
     let (what, flag, path) = match (&a.dir, &a.pgdata) {
         (Some(d), _) => {
             pgha_controller::MonitorConfig::load(d)?;
-            ("monitor", "--dir", d.canonicalize()?)
+            let d = d.canonicalize()?;
+            user = monitor_user(&d)?;
+            ("monitor", "--dir", d)
         }
         (_, Some(p)) => {
             pgha_agent::AgentConfig::load(p)?;
@@ -627,7 +634,7 @@ Wants=network-online.target
 
 [Service]
 Type=simple
-ExecStart={exe} run {flag} {path}
+{user}ExecStart={exe} run {flag} {path}
 Restart=always
 RestartSec=1s
 # 121: the node was dropped from its formation; do not restart it.
@@ -647,6 +654,29 @@ WantedBy=multi-user.target
         path = path.display()
     );
     Ok(())
+}
+
+/// The `User=` line of the monitor's unit: the owner of its directory, which must not
+/// be root (a monitor that reads files named by Git-edited formations runs with no
+/// more rights than its own files need).
+fn monitor_user(dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(dir)?.uid();
+    if uid == 0 {
+        return Ok(format!(
+            "# The monitor needs no root. {dir} is root's: give it a user of its own, then\n\
+             # uncomment the line below:\n\
+             #   useradd --system --home-dir {dir} pgha && chown -R pgha: {dir}\n\
+             #User=pgha\n",
+            dir = dir.display()
+        ));
+    }
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    Ok(format!("User={name}\n"))
 }
 
 async fn formation(a: FormationArgs) -> anyhow::Result<()> {

@@ -91,7 +91,7 @@ fn admission_never_opens_by_itself() {
     use crate::records::AdmissionRule;
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("orders.secret");
-    std::fs::write(&secret_file, "s3cret\n").unwrap();
+    crate::desired::write_secret(&secret_file, "s3cret").unwrap();
     let formations = dir.path().join("formations");
     std::fs::create_dir(&formations).unwrap();
     let with_secret = GOOD.replace(
@@ -105,31 +105,31 @@ fn admission_never_opens_by_itself() {
         AdmissionRule::Closed => "closed".to_string(),
     };
     std::fs::write(formations.join("orders.yaml"), &with_secret).unwrap();
-    st.apply_desired(crate::desired::scan(&formations), 2000)
+    st.apply_desired(crate::desired::scan(&formations, Some(dir.path())), 2000)
         .unwrap();
     assert_eq!(rule(&st), "s3cret");
     // The secret file becomes unreadable: the file is rejected, the secret stays.
     std::fs::remove_file(&secret_file).unwrap();
-    st.apply_desired(crate::desired::scan(&formations), 2100)
+    st.apply_desired(crate::desired::scan(&formations, Some(dir.path())), 2100)
         .unwrap();
     assert_eq!(rule(&st), "s3cret");
     // A file that names no secret and does not say open is rejected too.
     let bare = GOOD.replace("  admission:\n    open: true\n", "");
     std::fs::write(formations.join("orders.yaml"), &bare).unwrap();
-    st.apply_desired(crate::desired::scan(&formations), 2200)
+    st.apply_desired(crate::desired::scan(&formations, Some(dir.path())), 2200)
         .unwrap();
     assert_eq!(rule(&st), "s3cret");
     // After a restart (the secret is no longer in memory only) and with the file gone.
     std::fs::remove_file(formations.join("orders.yaml")).unwrap();
     let mut reopened = state(dir.path());
     reopened
-        .apply_desired(crate::desired::scan(&formations), 2300)
+        .apply_desired(crate::desired::scan(&formations, Some(dir.path())), 2300)
         .unwrap();
     assert_eq!(rule(&reopened), "s3cret");
     // Only a file that says so opens it.
     std::fs::write(formations.join("orders.yaml"), GOOD).unwrap();
     reopened
-        .apply_desired(crate::desired::scan(&formations), 2400)
+        .apply_desired(crate::desired::scan(&formations, Some(dir.path())), 2400)
         .unwrap();
     assert_eq!(rule(&reopened), "open");
     // A formation record without any accepted spec admits no one.
@@ -254,6 +254,28 @@ fn a_later_term_reported_by_an_agent_is_never_reissued() {
     assert_eq!(st.durable.formations["orders"].term(), 7);
     assert!(st.events.iter().any(|e| e.rule == "term_catch_up"));
     assert_eq!(state(dir.path()).durable.formations["orders"].term(), 7);
+}
+
+/// The second review: one node reporting `u64::MAX` moved the term to its end, and
+/// every later promotion wrapped to 0 (refused by every agent, or a panic in debug).
+/// A report moves the term by a bounded step; a node outside the formation not at all;
+/// and a term at its end blocks a failover with a reason instead of wrapping.
+#[test]
+fn a_node_cannot_drive_the_term_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+    let before = st.durable.formations["orders"].term();
+    st.take_report(&report(1, NodeState::Single, u64::MAX), 2000)
+        .unwrap();
+    let term = st.durable.formations["orders"].term();
+    assert_eq!(term, before + super::reconcile::TERM_CATCH_UP_MAX, "{term}");
+    // A node the formation does not hold moves nothing.
+    st.take_report(&report(9, NodeState::Single, u64::MAX), 2100)
+        .unwrap();
+    assert_eq!(st.durable.formations["orders"].term(), term);
+    // Planned at the end of the term space: no new term, no wrap.
+    assert_eq!(crate::planner::next_term(u64::MAX), None);
+    assert_eq!(crate::planner::next_term(7), Some(8));
 }
 
 /// An NTP step of the wall clock does not age fresh reports: the planner's now is

@@ -386,14 +386,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// N formation files, each open to the default join secret.
 fn write_formations(mon: &Path, n: usize) -> anyhow::Result<()> {
-    let secret = mon.join("join-secrets/default.secret");
     for i in 0..n {
         let name = format!("f{i:04}");
         std::fs::write(
             mon.join("formations").join(format!("{name}.yaml")),
             format!(
-                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: {name}\nspec:\n  numberSyncStandbys: 0\n  admission:\n    joinSecretFile: {}\n  nodes: []\n",
-                secret.display()
+                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: {name}\nspec:\n  numberSyncStandbys: 0\n  admission:\n    joinSecretFile: default.secret\n  nodes: []\n"
             ),
         )?;
     }

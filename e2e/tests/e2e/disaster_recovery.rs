@@ -191,14 +191,8 @@ async fn a_standby_formation_with_scram_authenticates_with_the_sources_password(
             &m,
         ])?;
         anyhow::ensure!(password.trim().len() >= 16, "no password printed");
-        let file = c.monitor_dir().join("source-replication-password");
-        std::fs::write(&file, &password)?;
-        standby_formation(
-            c,
-            "dr",
-            &[0, 1],
-            &format!("    passwordFile: {}\n", file.display()),
-        )?;
+        let file = c.write_secret("source-replication-password", &password)?;
+        standby_formation(c, "dr", &[0, 1], &format!("    passwordFile: {file}\n"))?;
         c.add_node_with("dr_a", &["--formation", "dr", scram[0], scram[1]])?;
         c.add_node_with("dr_b", &["--formation", "dr", scram[0], scram[1]])?;
         c.wait_until_in("dr", "dr_a leading, dr_b streaming from it", T, |st| {

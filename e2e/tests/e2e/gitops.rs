@@ -230,13 +230,11 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_secret_admits_only_nodes_that_present_it() {
     scenario(async |c| {
-        let secret_file = c.path().join("default.secret");
-        std::fs::write(&secret_file, "s3cret-for-the-test\n")?;
+        let secret_file = c.write_secret("gitops.secret", "s3cret-for-the-test")?;
         c.write_formation(
             "default.yaml",
             &format!(
-                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  admission:\n    joinSecretFile: {}\n",
-                secret_file.display()
+                "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  admission:\n    joinSecretFile: {secret_file}\n"
             ),
         )?;
         let t0 = Instant::now();

@@ -163,10 +163,7 @@ async fn no_secret_leaks_and_the_join_secret_rotates() {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
         };
         let mut secrets = vec![
-            (
-                "join secret",
-                read(mon.join("join-secrets/default.secret"))?,
-            ),
+            ("join secret", read(mon.join("secrets/default.secret"))?),
             (
                 "operator credential",
                 read(mon.join("credentials/operator.token"))?,
