@@ -79,16 +79,19 @@ pub enum BlockReason {
     QuorumNotReporting,
     /// The controller just started and waits one failure timeout before judging.
     WarmingUp,
+    /// The formation's term is at its largest value: no promotion can be fenced.
+    TermExhausted,
 }
 
 impl BlockReason {
-    pub const ALL: [BlockReason; 6] = [
+    pub const ALL: [BlockReason; 7] = [
         BlockReason::NoCandidate,
         BlockReason::PriorityZero,
         BlockReason::Lagging,
         BlockReason::QuorumNotReporting,
         BlockReason::WarmingUp,
         BlockReason::TooManyFailovers,
+        BlockReason::TermExhausted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -99,9 +102,19 @@ impl BlockReason {
             BlockReason::QuorumNotReporting => "quorum",
             BlockReason::WarmingUp => "controller_warming_up",
             BlockReason::TooManyFailovers => "too_many_failovers",
+            BlockReason::TermExhausted => "term_exhausted",
         }
     }
 }
+
+/// The term a new promotion takes: one past the formation's, or None when the term
+/// cannot grow (it would wrap to 0, and every agent would refuse every later order).
+pub fn next_term(term: u64) -> Option<u64> {
+    term.checked_add(1)
+}
+
+/// What a plan says when [`next_term`] has none.
+pub const TERM_EXHAUSTED: &str = "the formation's term is at its largest value, so no promotion can be ordered (a node reported a term no controller issued?): see `pgha show events` for the node that moved it";
 
 impl Plan {
     fn assign(&mut self, node: &NodeView, goal: NodeState, rule: Rule, why: String) {

@@ -201,7 +201,12 @@ pub(super) fn plan_failover(f: &FormationView, pr: &NodeView, p: &mut Plan) {
             ""
         }
     );
-    p.new_term = Some(f.term + 1);
+    let Some(term) = super::next_term(f.term) else {
+        p.blocked = Some(BlockReason::TermExhausted);
+        p.wait(format!("failover blocked: {}", super::TERM_EXHAUSTED));
+        return;
+    };
+    p.new_term = Some(term);
     p.assign(
         pr,
         NodeState::Draining,
@@ -270,7 +275,12 @@ fn abort_missing_final_wal(f: &FormationView, old: &NodeView, cand: &NodeView, p
 }
 
 fn abort_promotion(f: &FormationView, old: &NodeView, cand: &NodeView, why: String, p: &mut Plan) {
-    p.new_term = Some(f.term + 1);
+    let Some(term) = super::next_term(f.term) else {
+        p.blocked = Some(BlockReason::TermExhausted);
+        p.wait(format!("abort blocked: {}", super::TERM_EXHAUSTED));
+        return;
+    };
+    p.new_term = Some(term);
     let why = format!(
         "promotion of {} aborted: {why}; {} stays primary",
         cand.name, old.name

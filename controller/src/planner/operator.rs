@@ -73,7 +73,7 @@ pub fn plan_switchover_to(
         .first()
         .ok_or("no healthy, caught-up secondary with candidate priority > 0")?;
     let mut p = Plan {
-        new_term: Some(f.term + 1),
+        new_term: Some(super::next_term(f.term).ok_or(super::TERM_EXHAUSTED)?),
         ..Plan::default()
     };
     let why = format!("switchover requested: {} -> {}", pr.name, winner.name);

@@ -7,6 +7,9 @@ use crate::records::AdmissionRule;
 use operator::ActionError;
 use pgha_api::routes::ErrorCode;
 
+/// How far one report may move a formation's term forward (see `take_report`).
+pub const TERM_CATCH_UP_MAX: u64 = 100;
+
 impl ControllerState {
     /// An agent's report, from `peer`, speaking as `principal`: taken in only for the
     /// node whose own credential it carries (a node registered before nodes had one
@@ -280,16 +283,19 @@ impl ControllerState {
             let Some(f) = self.durable.formations.get_mut(&formation) else {
                 return Ok(());
             };
-            // An agent that saw a later term than ours (the store was restored from an
-            // older copy): move past it before planning, so no term number is issued
-            // twice for different promotions.
-            if r.term > f.intent.term {
-                term_moved = Some((f.intent.term, r.term));
-                f.intent.term = r.term;
-            }
             let Some(n) = f.nodes.get_mut(&r.node_id) else {
                 return Ok(());
             };
+            // A member that saw a later term than ours (the store was restored from an
+            // older copy): move past it before planning, so no term number is issued
+            // twice for different promotions. By at most TERM_CATCH_UP_MAX a report: a
+            // restore of any age is passed in a few reports, while one node cannot
+            // drive the term to its end (every agent would then refuse every order).
+            if r.term > f.intent.term {
+                let to = r.term.min(f.intent.term.saturating_add(TERM_CATCH_UP_MAX));
+                term_moved = Some((f.intent.term, r.term, to));
+                f.intent.term = to;
+            }
             if n.observed.reported != r.reported_state {
                 n.observed.reported = r.reported_state;
                 let n = n.clone();
@@ -304,14 +310,19 @@ impl ControllerState {
                 None
             }
         };
-        if let Some((ours, theirs)) = term_moved {
+        if let Some((ours, theirs, to)) = term_moved {
             self.save()?;
+            let bounded = if to < theirs {
+                format!(" (at most {TERM_CATCH_UP_MAX} a report)")
+            } else {
+                String::new()
+            };
             let ev = self.event(
                 &formation,
                 None,
                 Rule::TermCatchUp,
                 format!(
-                    "node {} reported term {theirs}, later than the stored term {ours} (was the controller's store restored?): moved to term {theirs}",
+                    "node {} reported term {theirs}, later than the stored term {ours} (was the controller's store restored?): moved to term {to}{bounded}",
                     r.node_id
                 ),
                 now_ms,
