@@ -552,6 +552,6 @@ async fn ensure_certificate(cfg: &AgentConfig, who: Option<RunAs>) -> anyhow::Re
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    crate::files::chmod_nofollow(&key, 0o600)?;
+    crate::files::chmod_nofollow(&key, 0o600, who)?;
     Ok(())
 }
