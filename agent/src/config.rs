@@ -50,6 +50,10 @@ pub struct AgentConfig {
     /// Address `/metrics` listens on instead of `http_port` (e.g. a management network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    /// Networks the health endpoints answer (`10.0.0.0/24`, an address; empty: all),
+    /// e.g. the load balancers' subnet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_allow: Vec<String>,
     /// Command run when this node's role changes (`crate::hooks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_role_change: Option<PathBuf>,

@@ -357,6 +357,7 @@ pub(crate) mod tests {
             node_token: None,
             restore_from: None,
             metrics_listen: None,
+            health_allow: vec![],
             on_role_change: None,
             pre_promote: None,
             on_start: None,

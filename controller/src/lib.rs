@@ -101,11 +101,7 @@ pub async fn run(
     let prober = tokio::spawn(probe::probe_loop(shared.clone(), leadership.clone()));
     let app = http::router(shared.clone(), cfg.clone(), leadership);
     raise_open_files_limit(MAX_API_CONNECTIONS as u64 + 1024);
-    let limits = pgha_api::server::Limits {
-        max_connections: MAX_API_CONNECTIONS,
-        ..Default::default()
-    };
-    pgha_api::server::serve(listener, app, limits, tls, shutdown).await;
+    pgha_api::server::serve(listener, app, api_limits(), tls, shutdown).await;
     reconciler.abort();
     prober.abort();
     Ok(())
@@ -116,6 +112,21 @@ pub async fn run(
 /// default of 256 of the agents' own health servers cut a fleet at 256 nodes, which
 /// `pgha-scale` found.
 pub const MAX_API_CONNECTIONS: usize = 8192;
+
+/// What clients of the API may hold (see `pgha_api::server`).
+pub fn api_limits() -> pgha_api::server::Limits {
+    pgha_api::server::Limits {
+        max_connections: MAX_API_CONNECTIONS,
+        // A quarter: one flooding host leaves the rest to agents and operators (the
+        // scale bench runs 1,000 agents from one address).
+        max_per_source: MAX_API_CONNECTIONS / 4,
+        header_read_timeout: Duration::from_secs(5),
+        // A report or an action is read and answered within this; a trickled body is
+        // cut (hyper has no body deadline of its own).
+        request_timeout: Duration::from_secs(30),
+        ..Default::default()
+    }
+}
 
 /// Raises the soft limit of open files toward `want` (at most the hard limit): every
 /// connection is a descriptor, and the usual soft limit is 1024.

@@ -28,6 +28,11 @@ struct Api {
 /// A controller serving one formation `orders` whose file declares node_a at 127.0.0.2
 /// and node_b at 127.0.0.1, with a join secret.
 async fn api() -> Api {
+    api_with(pgha_controller::api_limits()).await
+}
+
+/// [`api`] served within `limits`.
+async fn api_with(limits: pgha_api::server::Limits) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let formations = dir.path().join("formations");
     std::fs::create_dir(&formations).unwrap();
@@ -78,7 +83,7 @@ async fn api() -> Api {
     tokio::spawn(pgha_api::server::serve(
         listener,
         app,
-        pgha_api::server::Limits::default(),
+        limits,
         Some(Arc::new(tls)),
         std::future::pending::<()>(),
     ));
@@ -644,4 +649,95 @@ fn malformed_bodies_get_a_4xx_with_a_message() {
         serde_json::json!({}),
     ));
     assert_eq!(status, 200);
+}
+
+/// The second review: an unauthenticated `POST /v1/report` with a body of `{}` was
+/// answered 422 (the body was read and parsed before anyone was asked who they are).
+/// Where no formation admits anyone, both body routes refuse at the door: 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_bodies_are_refused_before_they_are_read() {
+    let api = api().await;
+    for route in [routes::REPORT, routes::REGISTER] {
+        let (status, body) = api
+            .post("127.0.0.1", route, None, &serde_json::json!({}))
+            .await;
+        assert_eq!(status, 401, "{route}: {body}");
+        assert_eq!(body["code"], "unauthenticated", "{route}: {body}");
+    }
+}
+
+/// The second review: a trickled body held a connection for up to 600 s, and 8,192 of
+/// them locked agents and operators out. With a host trickling bodies (as slowly as it
+/// likes, on as many connections as it can open), an agent on another host still
+/// reports, every time; the trickled requests are cut at the request deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reports_while_another_host_trickles_bodies() {
+    // The controller's limits, scaled down so that a test can fill them: 64 slots,
+    // 16 per source, 1 s to read and answer a request.
+    let api = Arc::new(
+        api_with(pgha_api::server::Limits {
+            max_connections: 64,
+            max_per_source: 16,
+            request_timeout: Duration::from_secs(1),
+            ..pgha_controller::api_limits()
+        })
+        .await,
+    );
+    let (status, body) = api.register("127.0.0.1", "node_b", "127.0.0.1").await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["node_id"].as_u64().unwrap();
+    let run_for = Duration::from_secs(4);
+    // 200 registrations from 127.0.0.9, each body a byte every 300 ms (the join secret
+    // lets it past the door: a leaked secret, or an open formation).
+    let mut tricklers = vec![];
+    for _ in 0..200 {
+        let (base, secret, pin) = (api.base.clone(), api.secret.clone(), api.pin.clone());
+        tricklers.push(tokio::spawn(async move {
+            let stream = futures_util::stream::unfold(0, |n| async move {
+                if n >= 100 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Some((Ok::<_, std::io::Error>(vec![b' ']), n + 1))
+            });
+            let t0 = std::time::Instant::now();
+            let r = client_pinning("127.0.0.9", &pin)
+                .post(format!("{base}{}", routes::REGISTER))
+                .bearer_auth(secret)
+                .header("content-type", "application/json")
+                .body(reqwest::Body::wrap_stream(stream))
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await;
+            (r.map(|r| r.status().as_u16()).unwrap_or(0), t0.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut ok, mut failed) = (0, 0);
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < run_for {
+        match api.report("127.0.0.1", id, NodeState::Single).await.0 {
+            200 => ok += 1,
+            _ => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut cut = vec![];
+    for t in tricklers {
+        cut.push(t.await.unwrap());
+    }
+    let timed_out = cut.iter().filter(|(s, _)| *s == 408).count();
+    let longest = cut.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    println!(
+        "reports: {ok} ok, {failed} failed; trickled requests: {} answered 408, {} closed at once or refused, longest held {longest:?}",
+        timed_out,
+        cut.len() - timed_out
+    );
+    assert_eq!(failed, 0, "reports failed while bodies trickled");
+    assert!(ok >= 10, "only {ok} reports in {run_for:?}");
+    assert!(timed_out > 0, "no trickled request was cut: {cut:?}");
+    assert!(
+        longest < Duration::from_secs(15),
+        "a trickled body was held {longest:?}"
+    );
 }

@@ -152,10 +152,11 @@ async fn serve_http(cfg: &AgentConfig, snapshot: crate::http::SharedSnapshot) {
                 format!("{host}:{}", cfg.http_port),
                 health,
                 "health endpoints",
+                health_limits(cfg),
             )
             .await;
             let metrics = crate::http::metrics_router(snapshot);
-            listen(m.clone(), metrics, "/metrics").await;
+            listen(m.clone(), metrics, "/metrics", health_limits(cfg)).await;
         }
         None => {
             let both = crate::http::router(snapshot);
@@ -163,27 +164,49 @@ async fn serve_http(cfg: &AgentConfig, snapshot: crate::http::SharedSnapshot) {
                 format!("{host}:{}", cfg.http_port),
                 both,
                 "health endpoints and /metrics",
+                health_limits(cfg),
             )
             .await;
         }
     }
 }
 
-/// Serves `app` on `addr`, bounded (connections, header and connection timeouts):
-/// health checkers and scrapers must never take the descriptors the agent reports and
-/// fences with.
-async fn listen(addr: String, app: axum::Router, what: &str) {
+/// What a client of the health endpoints may hold. Load balancers check every few
+/// seconds with a short timeout (HAProxy: `timeout check 2s`): a request is read within
+/// 1 s and answered within 2 s, and one source holds at most 8 of the 64 connections,
+/// so a flooding host cannot make the primary look down to the others.
+pub fn health_limits(cfg: &AgentConfig) -> pgha_api::server::Limits {
+    pgha_api::server::Limits {
+        max_connections: 64,
+        max_per_source: 8,
+        header_read_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(2),
+        max_connection_age: Duration::from_secs(300),
+        allow: cfg
+            .health_allow
+            .iter()
+            .filter_map(|n| match n.parse() {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::error!("health_allow: {e} (skipped)");
+                    None
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Serves `app` on `addr`, bounded (connections, per source, header and request
+/// deadlines): health checkers and scrapers must never take the descriptors the agent
+/// reports and fences with.
+async fn listen(addr: String, app: axum::Router, what: &str, limits: pgha_api::server::Limits) {
     match tokio::net::TcpListener::bind(&addr).await {
         Ok(listener) => {
             tracing::info!(%addr, "{what} listening");
             tokio::spawn(pgha_api::server::serve(
                 listener,
                 app,
-                pgha_api::server::Limits {
-                    max_connections: 64,
-                    header_read_timeout: Duration::from_secs(5),
-                    max_connection_age: Duration::from_secs(300),
-                },
+                limits,
                 None,
                 std::future::pending::<()>(),
             ));

@@ -155,6 +155,10 @@ pub struct PostgresArgs {
     /// stay there, unauthenticated and read-only for load balancers).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Only these networks (ADDRESS[/PREFIX], repeatable or comma-separated) reach the
+    /// health endpoints, e.g. the load balancers' subnet; by default every address.
+    #[arg(long, value_delimiter = ',')]
+    health_allow: Vec<String>,
     /// A command run when this node's role changes, as `CMD <formation> <node> <old
     /// role> <new role> <new state>` (roles: primary, standby, stopped), e.g. to move a
     /// virtual IP. Set on the node, never in the formation file.
@@ -645,6 +649,10 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         m.parse::<std::net::SocketAddr>()
             .with_context(|| format!("--metrics-listen {m:?}: expected ADDRESS:PORT"))?;
     }
+    for n in &a.health_allow {
+        n.parse::<pgha_api::server::Network>()
+            .map_err(|e| anyhow::anyhow!("--health-allow: {e}"))?;
+    }
     // 2. The monitor: reachable, and willing to take us.
     // Stored resolved: the node keeps working when an @FILE given here is removed.
     let monitor =
@@ -688,6 +696,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         os_user,
         http_port: a.http_port,
         metrics_listen: a.metrics_listen.clone(),
+        health_allow: a.health_allow.clone(),
         on_role_change,
         pre_promote,
         on_start,

@@ -119,7 +119,14 @@ impl ControllerState {
         };
         let allowed = match (&access, &principal) {
             // Registration and reports are decided with their body (formation, node).
-            (Access::Register | Access::Report, _) => true,
+            // Without a credential, only while some formation admits anyone: otherwise
+            // refused here, before a byte of the body is read.
+            (Access::Register | Access::Report, None) => self
+                .durable
+                .formations
+                .values()
+                .any(|f| f.admission() == crate::records::AdmissionRule::Open),
+            (Access::Register | Access::Report, Some(_)) => true,
             (_, Some(Principal::Operator)) => true,
             (Access::Read, Some(Principal::Reader)) => true,
             (Access::Read, Some(Principal::Node { formation: own, .. })) => {
