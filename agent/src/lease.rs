@@ -119,14 +119,28 @@ impl WalMarks {
     }
 }
 
-/// A standby's side of the same count: when its WAL receiver last *received* from each
-/// upstream, which is what the controller waits out before it counts the old primary's
-/// lease as run out. A receiver that is stuck waiting for its timeout still shows
-/// `streaming`, but the primary cannot date a renewal after its last receipt.
+/// A standby's side of the same count: when its WAL receiver last *received WAL* from
+/// each upstream, which is what the controller waits out before it counts the old
+/// primary's lease as run out. WAL, not any message: a primary whose postmaster and
+/// agent hang while its WAL sender runs on still sends keepalives (they move
+/// `last_msg_receipt_time`), but no heartbeat, and it cannot be reached: dated by
+/// messages, its standby would look served forever and the primary would never be
+/// failed over. A live primary's agent writes a heartbeat every half second when idle,
+/// so a served standby sees WAL at least that often. The primary cannot date a renewal
+/// after WAL the standby received (its renewals come from replies past a sent mark).
 #[derive(Debug, Default)]
 pub struct ReceiverWatch {
-    /// The upstream of the last sample and what the receiver had flushed then.
-    streaming: Option<((String, u16), pgha_api::Lsn)>,
+    /// The upstream of the last sample, what the receiver had written then, and when
+    /// WAL from it last arrived.
+    streaming: Option<Streaming>,
+}
+
+#[derive(Debug, Clone)]
+struct Streaming {
+    sender: (String, u16),
+    written: pgha_api::Lsn,
+    flushed: pgha_api::Lsn,
+    wal_at: std::time::Instant,
 }
 
 /// One sample of `pg_stat_wal_receiver` while it streams.
@@ -135,6 +149,8 @@ pub struct ReceiverSample {
     pub sender: (String, u16),
     /// Age of `last_msg_receipt_time` (None: nothing received yet).
     pub receipt_age: Option<Duration>,
+    /// `written_lsn`, read with the receipt time.
+    pub written: pgha_api::Lsn,
     /// `flushed_lsn`, read with the receipt time.
     pub flushed: pgha_api::Lsn,
 }
@@ -149,14 +165,31 @@ impl ReceiverWatch {
         received: Option<pgha_api::Lsn>,
     ) -> Option<((String, u16), std::time::Instant)> {
         if let Some(s) = sample {
-            let at = s
+            // The last message came after the newest WAL: dating WAL by it is late,
+            // never early (the controller waits longer, never less).
+            let last_message = s
                 .receipt_age
                 .and_then(|a| now.checked_sub(a))
-                .unwrap_or(now);
-            self.streaming = Some((s.sender.clone(), s.flushed));
-            return Some((s.sender, at.min(now)));
+                .unwrap_or(now)
+                .min(now);
+            let wal_at = match &self.streaming {
+                // Same upstream, nothing new written: only keepalives since.
+                Some(prev) if prev.sender == s.sender && s.written <= prev.written => prev.wal_at,
+                // New WAL since the last sample, or a new stream (its connection was
+                // accepted: the upstream's postmaster was alive then).
+                _ => last_message,
+            };
+            self.streaming = Some(Streaming {
+                sender: s.sender.clone(),
+                written: s.written,
+                flushed: s.flushed,
+                wal_at,
+            });
+            return Some((s.sender, wal_at));
         }
-        let (sender, flushed) = self.streaming.take()?;
+        let Streaming {
+            sender, flushed, ..
+        } = self.streaming.take()?;
         // The receiver stopped since the last sample. Nothing new flushed since: the
         // last sample's receipt stands. Otherwise (or unknown) it may have received up
         // to its end: now.
@@ -339,6 +372,7 @@ mod tests {
             Some(ReceiverSample {
                 sender: up.clone(),
                 receipt_age: age_ms.map(Duration::from_millis),
+                written: lsn(flushed),
                 flushed: lsn(flushed),
             })
         };
@@ -350,8 +384,9 @@ mod tests {
             Some((up.clone(), t0 - Duration::from_millis(300)))
         );
         // Nothing received yet on a new connection: now.
+        let mut fresh = ReceiverWatch::default();
         assert_eq!(
-            w.contact(t0, sample(None, 100), Some(lsn(100))),
+            fresh.contact(t0, sample(None, 100), Some(lsn(100))),
             Some((up.clone(), t0))
         );
         // The receiver timed out with nothing new: the last receipt stands.
@@ -363,6 +398,59 @@ mod tests {
         // Postgres did not answer: now.
         w.contact(t0, sample(Some(0), 100), Some(lsn(100)));
         assert_eq!(w.contact(t0, None, None), Some((up.clone(), t0)));
+    }
+
+    /// The second review's partial freeze: the primary's postmaster and agent stopped,
+    /// its WAL sender running on. Keepalives keep the receipt time fresh, but no WAL
+    /// (no heartbeat) arrives: the contact stays where the last WAL came.
+    #[test]
+    fn keepalives_without_wal_are_no_contact() {
+        let t0 = std::time::Instant::now() + Duration::from_secs(100);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let up = ("10.0.0.2".to_string(), 5432);
+        let sample = |age_ms: u64, written: u64| {
+            Some(ReceiverSample {
+                sender: up.clone(),
+                receipt_age: Some(Duration::from_millis(age_ms)),
+                written: lsn(written),
+                flushed: lsn(written),
+            })
+        };
+        let mut w = ReceiverWatch::default();
+        assert_eq!(
+            w.contact(at(0), sample(10, 100), None),
+            Some((up.clone(), at(0) - Duration::from_millis(10)))
+        );
+        // WAL (a heartbeat) at 500 ms.
+        assert_eq!(
+            w.contact(at(600), sample(100, 120), None),
+            Some((up.clone(), at(500)))
+        );
+        // Then only keepalives, for 10 s: each sample's last message is fresh.
+        for ms in (1000..10_000).step_by(500) {
+            assert_eq!(
+                w.contact(at(ms), sample(50, 120), None),
+                Some((up.clone(), at(500))),
+                "at {ms} ms"
+            );
+        }
+        // WAL again.
+        assert_eq!(
+            w.contact(at(10_200), sample(0, 130), None),
+            Some((up.clone(), at(10_200)))
+        );
+        // Another upstream (a new stream): dated by its first message.
+        let other = ("10.0.0.3".to_string(), 5432);
+        let s = ReceiverSample {
+            sender: other.clone(),
+            receipt_age: Some(Duration::from_millis(5)),
+            written: lsn(130),
+            flushed: lsn(130),
+        };
+        assert_eq!(
+            w.contact(at(11_000), Some(s), None),
+            Some((other, at(10_995)))
+        );
     }
 
     fn counting() -> (Arc<AtomicU32>, Watchdog) {

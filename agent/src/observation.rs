@@ -51,6 +51,8 @@ pub struct Local {
     /// flushed then (read together; when streaming).
     pub wal_receipt_age: Option<std::time::Duration>,
     pub wal_receiver_flushed: Option<Lsn>,
+    /// `written_lsn` of the WAL receiver, read with them.
+    pub wal_receiver_written: Option<Lsn>,
     /// `pg_last_wal_receive_lsn()`: what streaming brought, also after the receiver
     /// stopped (on a standby).
     pub wal_received: Option<Lsn>,

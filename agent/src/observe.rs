@@ -48,6 +48,36 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 /// The postmaster's PID, for tests and the e2e harness.
+/// The postmaster `pm` and the processes it started (from /proc).
+pub fn postgres_processes(pm: i32) -> Vec<i32> {
+    let mut out = vec![pm];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // Field 4 (after the parenthesised command) is the parent PID.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pm) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !is_zombie(pid)
+}
+
 pub fn postmaster_pid(pgdata: &Path) -> Option<i32> {
     std::fs::read_to_string(pgdata.join("postmaster.pid"))
         .ok()?

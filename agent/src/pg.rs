@@ -241,8 +241,22 @@ pub async fn start(cfg: &AgentConfig) -> Result<(), PgError> {
 /// Stops Postgres at once (`-m immediate`): the fence when the lease ran out, where no
 /// standby is streaming that a clean shutdown could hand the last WAL to.
 pub async fn stop_immediate(cfg: &AgentConfig) -> Result<(), PgError> {
+    stop_unresponsive(cfg).await
+}
+
+/// How long `pg_ctl stop -m immediate` may take before the processes are killed.
+const IMMEDIATE_STOP_TIMEOUT_S: u32 = 3;
+
+/// Stops a postmaster that does not answer: immediately, and when even that does not end
+/// it (a stopped or hung postmaster does not act on signals it cannot take), SIGKILL of
+/// the postmaster and every process it started. Its open sessions (backends, WAL
+/// senders) would otherwise go on committing and sending after the node was written
+/// off: this is what fences a hung primary. A process stuck in the kernel (an NFS or
+/// disk hang) dies only when it returns from there; nothing in user space can do more.
+pub async fn stop_unresponsive(cfg: &AgentConfig) -> Result<(), PgError> {
     let pgdata = cfg.pgdata.display().to_string();
-    run(
+    let t = IMMEDIATE_STOP_TIMEOUT_S.to_string();
+    let immediate = run(
         cfg,
         "pg_ctl",
         &[
@@ -253,13 +267,36 @@ pub async fn stop_immediate(cfg: &AgentConfig) -> Result<(), PgError> {
             "immediate",
             "-w",
             "-t",
-            "15",
+            &t,
             "-s",
         ],
-        Duration::from_secs(20),
+        Duration::from_secs(u64::from(IMMEDIATE_STOP_TIMEOUT_S) + 2),
     )
-    .await
-    .map(|_| ())
+    .await;
+    let Err(e) = immediate else { return Ok(()) };
+    let Some(pm) = crate::observe::postmaster_pid(&cfg.pgdata) else {
+        return Err(e);
+    };
+    let victims = crate::observe::postgres_processes(pm);
+    tracing::warn!(
+        postmaster = pm,
+        processes = victims.len(),
+        "immediate shutdown did not end Postgres ({e}): killing the postmaster and its processes"
+    );
+    for pid in &victims {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    // Gone within a moment unless stuck in the kernel.
+    for _ in 0..50 {
+        if victims.iter().all(|p| !crate::observe::process_alive(*p)) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(e)
 }
 
 /// Stops Postgres: fast first (clean shutdown that replicates the final WAL), then
@@ -277,7 +314,7 @@ pub async fn stop(cfg: &AgentConfig) -> Result<(), PgError> {
         Ok(_) => Ok(()),
         Err(e) => {
             tracing::warn!("fast shutdown failed ({e}); stopping immediately");
-            stop_immediate(cfg).await
+            stop_unresponsive(cfg).await
         }
     }
 }

@@ -79,7 +79,8 @@ pub async fn read_local(
                         w.received_tli, w.sender_host, w.sender_port, \
                         (SELECT timeline_id FROM pg_control_checkpoint()), \
                         (extract(epoch FROM clock_timestamp() - w.last_msg_receipt_time) * 1000)::float8, \
-                        w.flushed_lsn::text, pg_last_wal_receive_lsn()::text \
+                        w.flushed_lsn::text, pg_last_wal_receive_lsn()::text, \
+                        w.written_lsn::text \
                  FROM (SELECT 1) AS one \
                  LEFT JOIN pg_stat_wal_receiver w ON w.status = 'streaming'",
                 &[],
@@ -103,6 +104,7 @@ pub async fn read_local(
             .map(|ms| Duration::from_millis(ms.max(0.0) as u64));
         l.wal_receiver_flushed = row.get::<_, Option<String>>(6).and_then(|s| s.parse().ok());
         l.wal_received = row.get::<_, Option<String>>(7).and_then(|s| s.parse().ok());
+        l.wal_receiver_written = row.get::<_, Option<String>>(8).and_then(|s| s.parse().ok());
     } else {
         let before = std::time::Instant::now();
         let row = c

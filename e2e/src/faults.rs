@@ -46,6 +46,31 @@ impl Cluster {
         Ok(())
     }
 
+    /// A hung primary in part: SIGSTOP (or SIGCONT) of the agent and the postmaster
+    /// only. Its other processes (WAL senders, backends) run on: open sessions work and
+    /// standbys get keepalives, but no new connection is accepted.
+    pub fn freeze_agent_and_postmaster(&self, i: usize, freeze: bool) -> anyhow::Result<()> {
+        self.freeze_postmaster(i, freeze, true)
+    }
+
+    /// SIGSTOP (or SIGCONT) of the postmaster alone (and of the agent with
+    /// `agent_too`): a hung postmaster, its sessions running on.
+    pub fn freeze_postmaster(&self, i: usize, freeze: bool, agent_too: bool) -> anyhow::Result<()> {
+        let sig = if freeze {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        if let Some(c) = self.nodes[i].agent.as_ref().filter(|_| agent_too) {
+            signal(c.id() as i32, sig);
+        }
+        let pm = self.nodes[i]
+            .postmaster_pid()
+            .context("no postmaster.pid: Postgres is not running")?;
+        signal(pm, sig);
+        Ok(())
+    }
+
     /// Stalls (SIGSTOP) the WAL receiver of standby `i`: the standby stays up and its
     /// agent reports it healthy, but it falls behind. Returns the receiver's PID.
     pub async fn stall_wal_receiver(&self, i: usize) -> anyhow::Result<i32> {
@@ -80,27 +105,7 @@ impl Cluster {
 
 /// PIDs of the postmaster and its children (from /proc), for SIGSTOP/SIGCONT.
 fn postgres_processes(node: &Node) -> Vec<i32> {
-    let Some(pm) = node.postmaster_pid() else {
-        return vec![];
-    };
-    let mut out = vec![pm];
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-                continue;
-            };
-            // Field 4 (after the parenthesised command) is the parent PID.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if ppid == Some(pm) {
-                out.push(pid);
-            }
-        }
-    }
-    out
+    node.postmaster_pid()
+        .map(pgha_agent::observe::postgres_processes)
+        .unwrap_or_default()
 }

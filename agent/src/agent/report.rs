@@ -63,6 +63,7 @@ impl Agent {
             .map(|(sender, flushed)| crate::lease::ReceiverSample {
                 sender,
                 receipt_age: l.wal_receipt_age,
+                written: l.wal_receiver_written.unwrap_or(flushed),
                 flushed,
             });
         let received = if l.ready { l.wal_received } else { None };

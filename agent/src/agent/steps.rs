@@ -115,6 +115,11 @@ impl Agent {
                 pg::stop(cfg).await?;
                 Ok(())
             }
+            Step::StopUnresponsive => {
+                tracing::warn!("Postgres runs but does not answer: stopping it at once for {goal}");
+                pg::stop_unresponsive(cfg).await?;
+                Ok(())
+            }
             Step::Promote => {
                 tracing::info!("promoting");
                 let c = observe::local_client(cfg).await?;

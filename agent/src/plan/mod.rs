@@ -26,6 +26,10 @@ pub enum Step {
     Rewind,
     Start,
     Stop,
+    /// A postmaster that runs but does not answer (hung: a stuck disk, a stopped
+    /// process) must stop: no clean shutdown can go through it, so at once, and its
+    /// processes killed when even that does not end them (see `pg::stop_unresponsive`).
+    StopUnresponsive,
     Promote,
     /// Roles, database and replication slots of a primary.
     SetupPrimary,
@@ -78,10 +82,10 @@ pub struct Wanted {
 pub fn next_step(w: &Wanted, l: &Local) -> Step {
     let g = w.goal;
     if g.is_stopped() {
-        return if l.postmaster_running {
-            Step::Stop
-        } else {
-            Step::Reached
+        return match (l.postmaster_running, l.ready) {
+            (true, true) => Step::Stop,
+            (true, false) => Step::StopUnresponsive,
+            (false, _) => Step::Reached,
         };
     }
     if g.is_writable() && w.standby_leader {
@@ -804,7 +808,7 @@ mod tests {
             Step::BaseBackup | Step::Rewind => n = running(true),
             // Configuration is written before a start: standby goals get standby.signal.
             Step::Start => n = running(l.standby_signal || w.goal.is_standby()),
-            Step::Stop => {
+            Step::Stop | Step::StopUnresponsive => {
                 n = if l.in_recovery == Some(true) {
                     let mut s = stopped("shut down in recovery");
                     s.standby_signal = true;

@@ -10,6 +10,7 @@ mod day2;
 mod disaster_recovery;
 mod elections;
 mod gitops;
+mod hangs;
 mod manifests;
 mod observability;
 mod partitions;
