@@ -75,7 +75,43 @@ fn last_pgbackrest_error(log: &str) -> Option<String> {
 }
 
 /// `pgbackrest.conf` for this node.
-pub fn render_conf(cfg: &AgentConfig, s: &BackupSettings) -> String {
+/// pgBackRest credentials from the agent's own environment (`PGBACKREST_REPO1_S3_KEY`,
+/// `PGBACKREST_REPO1_CIPHER_PASS`…, as a systemd unit's `Environment=` or
+/// `EnvironmentFile=` gives them): (option name, value). Only credentials, which a
+/// formation file may not hold; the other options come from the file.
+pub fn env_credentials() -> Vec<(String, String)> {
+    credentials_from(std::env::vars())
+}
+
+fn credentials_from(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vars
+        .filter_map(|(k, v)| {
+            let name = k
+                .strip_prefix("PGBACKREST_")?
+                .to_ascii_lowercase()
+                .replace('_', "-");
+            let credential = pgha_api::backup::is_credential_option(&name)
+                && name.starts_with("repo1-")
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !v.chars().any(|c| c.is_control());
+            credential.then_some((name, v))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `pgbackrest.conf` of this node. `credentials` (from [`env_credentials`]) go into
+/// `[global]`: pgBackRest runs from `archive_command` in Postgres's cleared
+/// environment, where the agent's variables never reach it, so the file (0600, the
+/// Postgres user's, beside PGDATA) carries them.
+pub fn render_conf(
+    cfg: &AgentConfig,
+    s: &BackupSettings,
+    credentials: &[(String, String)],
+) -> String {
     let state = cfg.state_dir();
     let mut out = String::from(
         "# Written by the pgha agent from the formation file's backup section; rewritten\n\
@@ -102,6 +138,12 @@ pub fn render_conf(cfg: &AgentConfig, s: &BackupSettings) -> String {
             Err(e) => tracing::error!("backup option skipped: {e}"),
         }
     }
+    if !credentials.is_empty() {
+        out.push_str("# From the agent's environment (PGBACKREST_*): credentials.\n");
+        for (k, v) in credentials {
+            out.push_str(&format!("{k}={v}\n"));
+        }
+    }
     out.push_str(&format!("\n[{}]\n", s.stanza));
     out.push_str(&format!("pg1-path={}\n", cfg.pgdata.display()));
     out.push_str(&format!("pg1-port={}\n", cfg.pgport));
@@ -116,11 +158,16 @@ pub fn write_conf(
     s: &BackupSettings,
     who: Option<RunAs>,
 ) -> Result<bool, PgError> {
+    s.check().map_err(PgError::Refused)?;
     let state = cfg.state_dir();
     for d in ["pgbackrest-log", "pgbackrest-lock"] {
         crate::files::prepare_dir(&state.join(d), who)?;
     }
-    write_if_changed(&conf_path(cfg), &render_conf(cfg, s), who)
+    write_if_changed(
+        &conf_path(cfg),
+        &render_conf(cfg, s, &env_credentials()),
+        who,
+    )
 }
 
 /// Runs `pgbackrest COMMAND ARGS…` for the formation's stanza as the Postgres OS user.
@@ -174,12 +221,7 @@ pub fn recovery_short_of_target(cfg: &AgentConfig) -> bool {
 
 /// The last `bytes` of the Postgres log.
 fn log_tail(cfg: &AgentConfig, bytes: u64) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(cfg.log_file()).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(bytes))).ok()?;
-    let mut tail = vec![];
-    f.read_to_end(&mut tail).ok()?;
+    let tail = crate::files::read_tail(&cfg.log_file(), bytes).ok()??;
     Some(String::from_utf8_lossy(&tail).into_owned())
 }
 
@@ -564,6 +606,42 @@ impl Backups {
 mod tests {
     use super::*;
 
+    /// The second review: `archive_command` ran pgBackRest in a cleared environment, so
+    /// credentials given to the agent (`PGBACKREST_REPO1_S3_KEY`…) never reached it.
+    /// They are written into the node's 0600 pgbackrest.conf; nothing else is taken
+    /// from the environment.
+    #[test]
+    fn credentials_come_from_the_agents_environment_into_the_conf() {
+        let vars = [
+            ("PGBACKREST_REPO1_S3_KEY", "AKIA123"),
+            ("PGBACKREST_REPO1_S3_KEY_SECRET", "s3cr3t"),
+            ("PGBACKREST_REPO1_CIPHER_PASS", "passphrase"),
+            ("PGBACKREST_REPO1_PATH", "/elsewhere"),
+            ("PGBACKREST_CMD_SSH", "/tmp/evil"),
+            ("PGBACKREST_REPO1_S3_TOKEN", "bad\nrepo1-path=/x"),
+            ("HOME", "/root"),
+        ];
+        let creds = credentials_from(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        assert_eq!(
+            creds,
+            vec![
+                ("repo1-cipher-pass".to_string(), "passphrase".to_string()),
+                ("repo1-s3-key".to_string(), "AKIA123".to_string()),
+                ("repo1-s3-key-secret".to_string(), "s3cr3t".to_string()),
+            ]
+        );
+        let s = BackupSettings {
+            stanza: "orders".into(),
+            repository: "/srv/b".into(),
+            retention_full: 2,
+            options: Default::default(),
+        };
+        let c = render_conf(&crate::pgdata_files::tests::cfg(), &s, &creds);
+        let global = c.split("\n[orders]").next().unwrap();
+        assert!(global.contains("repo1-s3-key-secret=s3cr3t"), "{c}");
+        assert!(!c.contains("/elsewhere") && !c.contains("evil"), "{c}");
+    }
+
     /// The agent checks the pgBackRest options again: a command or an SSH host never
     /// reaches `pgbackrest.conf`.
     #[test]
@@ -584,7 +662,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         };
-        let c = render_conf(&cfg, &s);
+        let c = render_conf(&cfg, &s, &[]);
         for bad in ["cmd-ssh", "repo1-host", "verify-tls", "evil"] {
             assert!(!c.contains(bad), "{bad} reached the file:\n{c}");
         }

@@ -187,12 +187,12 @@ impl AgentState {
 
     pub fn load(cfg: &AgentConfig) -> anyhow::Result<Self> {
         let path = Self::path(cfg);
-        match std::fs::read(&path) {
-            Ok(b) => {
+        // Never through a link, never more than a state file holds.
+        match crate::files::read_capped(&path, 16 << 20)? {
+            Some(b) => {
                 serde_json::from_slice(&b).with_context(|| format!("{}: invalid", path.display()))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            None => Ok(AgentState::default()),
         }
     }
 

@@ -115,6 +115,46 @@ pub fn trusted_path(path: &Path) -> bool {
     true
 }
 
+/// Reads at most `max` bytes of a regular file, never through a link at its name, never
+/// blocking on a FIFO or reading a device forever; `Ok(None)` when it does not exist.
+/// For the files a root agent reads in directories the Postgres user owns (slot state
+/// files, `postmaster.pid`, its own state file, Postgres's log).
+pub fn read_capped(path: &Path, max: u64) -> Result<Option<Vec<u8>>, FileError> {
+    read_capped_from(path, max, None)
+}
+
+/// [`read_capped`] of the last `max` bytes when `tail`, or the first ones otherwise.
+fn read_capped_from(path: &Path, max: u64, tail: Option<()>) -> Result<Option<Vec<u8>>, FileError> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err("reading", path)(e)),
+    };
+    let meta = f.metadata().map_err(err("reading", path))?;
+    if !meta.is_file() {
+        return Err(err("reading", path)(io::Error::other("not a regular file")));
+    }
+    if tail.is_some() {
+        f.seek(SeekFrom::Start(meta.len().saturating_sub(max)))
+            .map_err(err("reading", path))?;
+    }
+    let mut out = vec![];
+    f.take(max)
+        .read_to_end(&mut out)
+        .map_err(err("reading", path))?;
+    Ok(Some(out))
+}
+
+/// The last `max` bytes of a regular file, as [`read_capped`] reads.
+pub fn read_tail(path: &Path, max: u64) -> Result<Option<Vec<u8>>, FileError> {
+    read_capped_from(path, max, Some(()))
+}
+
 /// Replaces `path` with `bytes` (mode `mode`, owned by `who` when given) without
 /// following a link at either the temp name or the final name, and makes it durable.
 /// With `who`, the whole write runs as that user ([`as_fs_user`]).
@@ -152,7 +192,7 @@ fn replace_as_self(
         std::os::unix::fs::fchown(&f, Some(r.uid), Some(r.gid)).map_err(err("chown", &tmp))?;
     }
     f.write_all(bytes).map_err(err("writing", &tmp))?;
-    f.sync_all().map_err(err("fsync", &tmp))?;
+    fsync(&f, &tmp)?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(err("replacing", path))?;
     sync_parent(path)
@@ -164,9 +204,21 @@ pub fn sync_parent(path: &Path) -> Result<(), FileError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err("fsync", dir))
+    let d = File::open(dir).map_err(err("fsync", dir))?;
+    fsync(&d, dir)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// What this thread fsynced, in order (the seam the durability tests read).
+    static FSYNCED: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(vec![]) };
+}
+
+/// `fsync` of an open file or directory (its path for the error, and for the tests).
+fn fsync(f: &File, path: &Path) -> Result<(), FileError> {
+    #[cfg(test)]
+    FSYNCED.with(|s| s.borrow_mut().push(path.to_path_buf()));
+    f.sync_all().map_err(err("fsync", path))
 }
 
 /// Makes `dir` (and missing parents) a directory for Postgres: mode 0700, owned by
@@ -387,6 +439,42 @@ mod tests {
         assert!(prepare_dir(&slot, Some(l.who)).is_err());
         assert!(replace(&slot.join("state"), b"x", 0o600, Some(l.who)).is_err());
         assert_eq!(entries(&l.root_only), vec!["pgdata".to_string()]);
+    }
+
+    /// The first review's fix: what the agent relies on after a crash (pg_hba.conf, the
+    /// fenced flag, the highest term) is fsynced, the file and then its directory.
+    #[test]
+    fn a_replaced_file_and_its_directory_are_fsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        FSYNCED.with(|s| s.borrow_mut().clear());
+        replace(&path, b"{}", 0o600, None).unwrap();
+        let synced = FSYNCED.with(|s| s.borrow().clone());
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".pgha-tmp");
+        assert_eq!(synced, vec![PathBuf::from(tmp), dir.path().to_path_buf()]);
+    }
+
+    #[test]
+    fn capped_reads_take_regular_files_only_and_never_too_much() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("postmaster.pid");
+        std::fs::write(&f, "123\n".repeat(100)).unwrap();
+        assert_eq!(read_capped(&f, 8).unwrap().unwrap(), b"123\n123\n");
+        assert_eq!(read_tail(&f, 4).unwrap().unwrap(), b"123\n");
+        assert_eq!(read_capped(&dir.path().join("none"), 8).unwrap(), None);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        let e = read_capped(&link, 8).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        let e = read_capped(Path::new("/dev/zero"), 8)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_capped(&fifo, 8).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     /// Root's own directories (every ancestor root's, none writable by others but the

@@ -11,6 +11,13 @@
 //! the order of the changes, each for at most [`HOOK_TIMEOUT`] (then it is killed), off
 //! the agent's loop: a slow hook never delays a failover. Output goes to the agent's log;
 //! a failure also becomes the node's last error (`show state`).
+//!
+//! The agent runs as root, so a hook does too. A hook is run only when no one but root
+//! could have changed it ([`check_hook`]: a root-owned regular file in root-owned
+//! directories, writable by no one else; when the agent is not root, its own user's);
+//! with a clean environment (`PATH` and `LANG` only: the agent's may hold pgBackRest
+//! credentials); in a process group of its own, killed whole when it runs past its time
+//! (a hook that started a background child leaves none behind).
 
 use pgha_api::NodeState;
 use std::path::PathBuf;
@@ -177,14 +184,82 @@ impl PrePromote {
     }
 }
 
+/// Why `path` may not be run as a hook, if it may not: it must be a regular, executable
+/// file that only this process's user (or root) owns and may change, in directories
+/// only they may change (`files::trusted_path` for root).
+pub fn check_hook(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if !path.is_absolute() {
+        return Err("not an absolute path".into());
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file (a link is not followed)".into());
+    }
+    if meta.mode() & 0o111 == 0 {
+        return Err("not executable".into());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "owned by uid {}: only root (or the agent's own user) may own a hook (chown root)",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "mode {:o}: writable by others than its owner (chmod go-w)",
+            meta.mode() & 0o7777
+        ));
+    }
+    let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+    // Every directory above the file (the file itself was checked above).
+    if me == 0 && !crate::files::trusted_path(path) {
+        return Err(format!(
+            "{} (or a directory above it) is not root's, or others may write to it: put hooks where only root can change them (e.g. /etc/pgha/hooks)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 async fn run(what: &str, cmd: &PathBuf, args: &[String]) -> Result<(), String> {
+    run_within(what, cmd, args, HOOK_TIMEOUT).await
+}
+
+async fn run_within(
+    what: &str,
+    cmd: &PathBuf,
+    args: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
+    // Checked again at every run: the file may have changed since `create postgres`.
+    check_hook(cmd).map_err(|e| format!("not run: {e}"))?;
     let child = tokio::process::Command::new(cmd)
         .args(args)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LANG", "C.UTF-8")
+        .current_dir("/")
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(HOOK_TIMEOUT, child).await {
-        Err(_) => return Err(format!("killed after {} s", HOOK_TIMEOUT.as_secs())),
+        .spawn()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    let group = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => {
+            // The whole group: a child it left running goes too.
+            if let Some(g) = group {
+                let _ = nix::sys::signal::killpg(g, nix::sys::signal::Signal::SIGKILL);
+            }
+            return Err(format!("killed after {} s", timeout.as_secs()));
+        }
         Ok(Err(e)) => return Err(format!("cannot run it: {e}")),
         Ok(Ok(out)) => out,
     };
@@ -249,6 +324,81 @@ mod tests {
             std::fs::read_to_string(&out).unwrap(),
             "f n standby\nf n primary\n"
         );
+    }
+
+    /// A hook file others could change would let them run commands as root.
+    #[test]
+    fn only_hooks_no_one_else_can_change_are_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("hook.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        check_hook(&script).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(check_hook(&script).unwrap_err().contains("go-w"));
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_hook(&script).unwrap_err().contains("not executable"));
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = dir.path().join("link.sh");
+        std::os::unix::fs::symlink(&script, &link).unwrap();
+        assert!(check_hook(&link).unwrap_err().contains("link"));
+        if nix::unistd::geteuid().is_root() {
+            // In a directory others may write to (they could swap it).
+            let open = dir.path().join("open");
+            std::fs::create_dir(&open).unwrap();
+            std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+            let inside = open.join("hook.sh");
+            std::fs::copy(&script, &inside).unwrap();
+            assert!(check_hook(&inside).unwrap_err().contains("only root"));
+            // Owned by another user.
+            std::os::unix::fs::chown(&script, Some(65534), None).unwrap();
+            assert!(check_hook(&script).unwrap_err().contains("uid 65534"));
+        }
+    }
+
+    /// A hook runs without the agent's environment, and one that runs past its time is
+    /// killed with everything it started.
+    #[tokio::test]
+    async fn hooks_get_a_clean_environment_and_die_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env");
+        let pids = dir.path().join("pids");
+        let script = dir.path().join("hook.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nenv > {}\nsleep 60 & echo $! > {}\nsleep 60\n",
+                out.display(),
+                pids.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // SAFETY: a test's own variable, set before the hook starts.
+        unsafe { std::env::set_var("PGBACKREST_REPO1_CIPHER_PASS", "agent-secret") };
+        let e = run_within("test", &script, &[], Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.contains("killed"), "{e}");
+        let env = std::fs::read_to_string(&out).unwrap();
+        assert!(!env.contains("agent-secret"), "{env}");
+        assert!(env.contains("PATH="), "{env}");
+        let child: i32 = std::fs::read_to_string(&pids)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut gone = false;
+        for _ in 0..50 {
+            if !crate::observe::process_alive(child) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone, "the hook's background child {child} outlived it");
     }
 
     #[test]

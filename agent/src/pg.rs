@@ -2,7 +2,7 @@
 //! pg_controldata): explicit environment, privilege drop to the Postgres OS user when
 //! the agent runs as root, stderr captured into the error.
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, AuthMethod};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -29,6 +29,9 @@ pub enum PgError {
     NoSuchUser(String),
     #[error(transparent)]
     File(#[from] crate::files::FileError),
+    /// What the controller assigned cannot be applied as it is.
+    #[error("refused from the assignment: {0}")]
+    Refused(String),
 }
 
 /// The OS identity Postgres runs as.
@@ -353,13 +356,30 @@ fn conninfo(cfg: &AgentConfig, host: &str, port: u16, dbname: &str, app: &str) -
 fn conninfo_multi(cfg: &AgentConfig, host: &str, port: &str, dbname: &str, app: &str) -> String {
     let q = conninfo_value;
     format!(
-        "host={} port={port} user={} dbname={} application_name={} connect_timeout=5 passfile={}",
+        "host={} port={port} user={} dbname={} application_name={} connect_timeout=5 passfile={}{}",
         q(host),
         q(pgha_api::REPLICATION_USER),
         q(dbname),
         q(app),
-        q(&cfg.passfile().display().to_string())
+        q(&cfg.passfile().display().to_string()),
+        link_security(cfg)
     )
+}
+
+/// What a replication link (streaming, pg_rewind, a remote checkpoint) asks of the
+/// server it reaches. With SSL on (`--ssl-self-signed`): TLS or nothing
+/// (`sslmode=require`), and with scram-sha-256 the server must prove it holds the
+/// password's verifier for this very TLS channel (`channel_binding=require`): a man in
+/// the middle can neither read the stream nor ask for the password in clear (libpq 15
+/// sends it when a server asks). The nodes' certificates are self-signed, one per node,
+/// so there is no CA to check them against (`verify-full`): channel binding is what
+/// authenticates the server. Without SSL, libpq's default (`prefer`) stands.
+fn link_security(cfg: &AgentConfig) -> &'static str {
+    match (cfg.ssl_self_signed, &cfg.auth) {
+        (true, AuthMethod::ScramSha256) => " sslmode=require channel_binding=require",
+        (true, _) => " sslmode=require",
+        (false, _) => "",
+    }
 }
 
 /// Writes the libpq password file for the replication role (0600, owned by Postgres).
@@ -429,20 +449,25 @@ fn source_application_name(cfg: &AgentConfig) -> String {
 
 /// `CHECKPOINT` on another node, as the replication role (granted `pg_checkpoint`).
 pub async fn checkpoint_remote(cfg: &AgentConfig, host: &str, port: u16) -> anyhow::Result<()> {
-    let mut c = tokio_postgres::Config::new();
-    c.password(&cfg.replication_password)
-        .host(host)
-        .port(port)
-        .user(pgha_api::REPLICATION_USER)
-        .dbname("postgres")
-        .application_name("pgha_rewind")
-        .connect_timeout(Duration::from_secs(5));
-    let (client, conn) =
-        tokio::time::timeout(Duration::from_secs(5), c.connect(tokio_postgres::NoTls)).await??;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    tokio::time::timeout(Duration::from_secs(60), client.batch_execute("CHECKPOINT")).await??;
+    // Through libpq (psql), as pg_rewind will connect: the same conninfo, the same TLS
+    // and channel binding.
+    let source = conninfo(cfg, host, port, "postgres", "pgha_rewind");
+    run(
+        cfg,
+        "psql",
+        &[
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &source,
+            "-c",
+            "CHECKPOINT",
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
     Ok(())
 }
 

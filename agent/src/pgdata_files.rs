@@ -112,6 +112,15 @@ pub fn render_conf(
         set("ssl_cert_file", quote("server.crt"));
         set("ssl_key_file", quote("server.key"));
     }
+    // Checked by the controller too; a value that is not a path or a name would reach
+    // the shell through archive_command.
+    let backup = backup.filter(|b| match b.check() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("backup settings skipped: {e}");
+            false
+        }
+    });
     if let Some(b) = backup {
         // On every node: Postgres archives only while primary, so a promoted standby
         // archives at once, with no restart (archive_mode needs one).
@@ -141,8 +150,13 @@ pub fn render_conf(
             );
             set("max_slot_wal_keep_size", quote(max_slot_wal_keep_size));
         }
-        Role::Standby { upstream, slot } => {
+        Role::Standby {
+            upstream,
+            slot,
+            max_slot_wal_keep_size,
+        } => {
             set("synchronous_standby_names", quote(""));
+            set("max_slot_wal_keep_size", quote(max_slot_wal_keep_size));
             let (conninfo, slot) = match upstream {
                 Some((host, port)) => (
                     pg::primary_conninfo(cfg, host, *port),
@@ -157,8 +171,13 @@ pub fn render_conf(
             set("primary_conninfo", quote(&conninfo));
             set("primary_slot_name", quote(&slot));
         }
-        Role::StandbyOf { hosts, slot } => {
+        Role::StandbyOf {
+            hosts,
+            slot,
+            max_slot_wal_keep_size,
+        } => {
             set("synchronous_standby_names", quote(""));
+            set("max_slot_wal_keep_size", quote(max_slot_wal_keep_size));
             set("primary_conninfo", quote(&pg::source_conninfo(cfg, hosts)));
             set(
                 "primary_slot_name",
@@ -416,6 +435,7 @@ pub(crate) mod tests {
             &Role::Standby {
                 upstream: Some(("10.0.0.5".into(), 5432)),
                 slot: true,
+                max_slot_wal_keep_size: "4GB".into(),
             },
             &Parameters::new(),
             None,
@@ -427,11 +447,14 @@ pub(crate) mod tests {
         assert!(c.contains("application_name=''pgha_standby_2''"));
         assert!(c.contains("primary_slot_name = 'pgha_slot_2'"));
         assert!(c.contains("listen_addresses = '127.0.0.1'"));
+        // Its cascading standbys' slots are bounded too.
+        assert!(c.contains("max_slot_wal_keep_size = '4GB'"), "{c}");
         let cut = render_conf(
             &cfg(),
             &Role::Standby {
                 upstream: None,
                 slot: true,
+                max_slot_wal_keep_size: "4GB".into(),
             },
             &Parameters::new(),
             None,
@@ -443,6 +466,7 @@ pub(crate) mod tests {
             &Role::Standby {
                 upstream: Some(("10.0.0.6".into(), 5432)),
                 slot: false,
+                max_slot_wal_keep_size: "4GB".into(),
             },
             &Parameters::new(),
             None,
@@ -459,6 +483,7 @@ pub(crate) mod tests {
             &Role::StandbyOf {
                 hosts: vec![("10.1.0.5".into(), 5432), ("10.1.0.6".into(), 5433)],
                 slot: Some("dr_site".into()),
+                max_slot_wal_keep_size: "4GB".into(),
             },
             &Parameters::new(),
             None,
@@ -482,23 +507,7 @@ pub(crate) mod tests {
     /// older version, or a hand-written assignment, must not get them through).
     #[test]
     fn settings_that_run_commands_or_load_code_never_reach_postgresql_conf() {
-        let refused = [
-            "archive_command",
-            "archive_mode",
-            "archive_library",
-            "archive_cleanup_command",
-            "recovery_end_command",
-            "restore_command",
-            "ssl_passphrase_command",
-            "shared_preload_libraries",
-            "session_preload_libraries",
-            "local_preload_libraries",
-            "dynamic_library_path",
-            "jit_provider",
-            "log_directory",
-            "krb_server_keyfile",
-            "plperl.on_init",
-        ];
+        let refused = pgha_api::validate::NEVER_FROM_A_FILE;
         let parameters = refused
             .iter()
             .map(|k| (k.to_string(), "/tmp/evil".to_string()))

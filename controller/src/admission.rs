@@ -36,14 +36,7 @@ pub fn check_secret(f: &FormationRecord, presented: Option<&str>) -> Result<(), 
         }
     };
     let got = presented.unwrap_or("");
-    // Compare without an early exit, so timing does not reveal a prefix.
-    let same = got.len() == want.len()
-        && got
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
+    if crate::records::join_secret_matches(want, got) {
         Ok(())
     } else {
         refuse(
@@ -104,6 +97,15 @@ pub fn admit_registration(
     }
     if let Err(e) = pgha_api::host::validate_host(&req.host) {
         return refuse(ErrorCode::InvalidHost, e.to_string());
+    }
+    if req.port == 0 {
+        return refuse(
+            ErrorCode::InvalidHost,
+            "port 0 is not a port Postgres listens on".into(),
+        );
+    }
+    if let Err(e) = pgha_api::validate::check_dbname(&req.dbname) {
+        return refuse(ErrorCode::InvalidName, e);
     }
     if f.nodes.len() >= pgha_api::formation::MAX_NODES {
         return refuse(

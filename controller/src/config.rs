@@ -60,6 +60,16 @@ pub struct EtcdSettings {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// A client certificate (PEM, its chain) and its key, for etcd's
+    /// `--client-cert-auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// `http://` endpoints off loopback are accepted (`--etcd-insecure`): every record,
+    /// and the password, then cross the network in clear.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
     /// Seconds the leader's lease lasts without a keep-alive: how long the group is
     /// without a leader when the leader's VM dies.
     #[serde(default = "default_lease_ttl")]
@@ -67,6 +77,38 @@ pub struct EtcdSettings {
 }
 
 pub const DEFAULT_LEASE_TTL_S: u64 = 5;
+
+impl EtcdSettings {
+    /// Refuses plain-HTTP endpoints that leave this machine unless `insecure`: the
+    /// group's whole state (and the etcd password) would cross the network in clear.
+    /// An endpoint on loopback never does.
+    pub fn check_transport(&self) -> Result<(), String> {
+        if self.insecure {
+            return Ok(());
+        }
+        for e in &self.endpoints {
+            let Some(rest) = e.strip_prefix("http://") else {
+                continue;
+            };
+            let host = rest.split('/').next().unwrap_or_default();
+            let host = match host.rsplit_once(':') {
+                Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => host,
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                return Err(format!(
+                    "etcd endpoint {e} is plain HTTP: the controllers' state and the etcd password would cross the network in clear; use https:// (with --etcd-ca-file, and --etcd-cert-file/--etcd-key-file for client certificates), or say --etcd-insecure"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 fn default_lease_ttl() -> u64 {
     DEFAULT_LEASE_TTL_S
@@ -176,3 +218,46 @@ pub fn secrets_dir(dir: &Path) -> PathBuf {
 
 /// Name of the secrets directory inside the monitor's directory.
 pub const SECRETS_DIR: &str = "secrets";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The second review: etcd was reached in clear with a password.
+    #[test]
+    fn plain_http_to_etcd_off_loopback_needs_insecure() {
+        let with = |endpoints: &[&str], insecure: bool| EtcdSettings {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            prefix: "/pgha/".into(),
+            ca_file: None,
+            user: None,
+            password_file: None,
+            cert_file: None,
+            key_file: None,
+            insecure,
+            lease_ttl_s: 5,
+        };
+        for ok in [
+            &["https://10.0.0.5:2379"][..],
+            &[
+                "http://127.0.0.1:2379",
+                "http://[::1]:2379",
+                "http://localhost:2379",
+            ],
+        ] {
+            assert!(with(ok, false).check_transport().is_ok(), "{ok:?}");
+        }
+        let e = with(&["https://10.0.0.5:2379", "http://10.0.0.6:2379"], false)
+            .check_transport()
+            .unwrap_err();
+        assert!(
+            e.contains("http://10.0.0.6:2379") && e.contains("--etcd-insecure"),
+            "{e}"
+        );
+        assert!(
+            with(&["http://10.0.0.6:2379"], true)
+                .check_transport()
+                .is_ok()
+        );
+    }
+}

@@ -551,9 +551,12 @@ async fn resume(
 async fn replication_password(
     State(ctx): State<Ctx>,
     Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<serde_json::Value> {
-    let st = lock(&ctx.shared);
-    let password = st.replication_password(&name)?;
+    let mut st = lock(&ctx.shared);
+    let actor = caller.actor(&st);
+    let password = st.read_replication_password(&name, actor, peer.ip(), now_ms())?;
     Ok(Json(
         serde_json::json!({"formation": name, "replication_password": password}),
     ))

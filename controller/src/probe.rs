@@ -2,8 +2,13 @@
 //!
 //! A probe only needs the server to answer the startup handshake: an authentication or
 //! pg_hba refusal still proves the postmaster is up and accepting connections, so the
-//! monitor needs no credentials on the nodes. "The database system is starting up /
-//! shutting down" (SQLSTATE 57P03) counts as down.
+//! monitor needs no credentials on the nodes. Only the answers a live Postgres gives
+//! the monitor's unknown role count as up: a completed connection, a refusal of that
+//! role (SQLSTATE 28000: no pg_hba entry, no such role; 28P01: a wrong password), or
+//! "too many clients" (53300: alive and serving, its slots taken by the application).
+//! Anything else is down: "the database system is starting up / shutting down"
+//! (57P03), any other error a server (or whatever answers on that port) makes up. Whether the answer comes from *that node's* Postgres (its
+//! system identifier) cannot be told without a credential on the node: not done yet.
 
 use crate::{Shared, lock, now_ms};
 use std::time::Duration;
@@ -25,11 +30,15 @@ pub async fn probe(host: &str, port: u16) -> bool {
     match attempt {
         Err(_) => false,
         Ok(Ok(_)) => true,
-        Ok(Err(e)) => match e.code() {
-            Some(code) => *code != SqlState::CANNOT_CONNECT_NOW,
-            None => false,
-        },
+        Ok(Err(e)) => e.code().is_some_and(refusal_of_a_live_postgres),
     }
+}
+
+/// Whether a refusal at startup is what a live, accepting Postgres tells an unknown role.
+fn refusal_of_a_live_postgres(code: &SqlState) -> bool {
+    *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        || *code == SqlState::INVALID_PASSWORD
+        || *code == SqlState::TOO_MANY_CONNECTIONS
 }
 
 pub async fn probe_loop(shared: Shared, leadership: std::sync::Arc<crate::leader::Leadership>) {
@@ -80,4 +89,32 @@ where
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The second review: any SQLSTATE but 57P03 counted as up (anything that speaks
+    /// the protocol and answers with an error kept a dead primary alive to the
+    /// controller).
+    #[test]
+    fn only_a_refusal_of_the_monitors_role_counts_as_up() {
+        for up in [
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SqlState::INVALID_PASSWORD,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ] {
+            assert!(refusal_of_a_live_postgres(&up), "{up:?}");
+        }
+        for down in [
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::INTERNAL_ERROR,
+            SqlState::PROTOCOL_VIOLATION,
+        ] {
+            assert!(!refusal_of_a_live_postgres(&down), "{down:?}");
+        }
+    }
 }

@@ -257,12 +257,45 @@ impl Default for DurableState {
     }
 }
 
+/// How a join secret is kept in the store: its SHA-256 (`sha256:<hex>`), so that
+/// whoever reads the store (an etcd backup, a copy of `state.json`) cannot join with it.
+/// The secret itself lives only in its file on the monitor. (The replication password
+/// stays in the clear: the controller hands it to every node that registers.)
+pub fn stored_join_secret(secret: &str) -> String {
+    format!(
+        "{JOIN_SECRET_HASH}{}",
+        pgha_api::tls::sha256_hex(secret.as_bytes())
+    )
+}
+
+const JOIN_SECRET_HASH: &str = "sha256:";
+
+/// Whether `presented` is the join secret kept as `stored` (hashed, or in the clear by a
+/// version before hashing), compared without an early exit.
+pub fn join_secret_matches(stored: &str, presented: &str) -> bool {
+    let (want, got) = match stored.strip_prefix(JOIN_SECRET_HASH) {
+        Some(hash) => (
+            hash.to_string(),
+            pgha_api::tls::sha256_hex(presented.as_bytes()),
+        ),
+        None => (stored.to_string(), presented.to_string()),
+    };
+    !want.is_empty()
+        && want.len() == got.len()
+        && want
+            .bytes()
+            .zip(got.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 /// Who a formation admits, from its last good spec and secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdmissionRule<'a> {
     /// `admission.open: true`: anyone who reaches the monitor.
     Open,
-    /// Only requests presenting this secret.
+    /// Only requests presenting this secret (as the store keeps it: see
+    /// [`join_secret_matches`]).
     Secret(&'a str),
     /// Nothing usable is in force (no accepted file, or its secret was never read):
     /// nobody is admitted.

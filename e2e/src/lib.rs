@@ -92,6 +92,13 @@ pub struct Cluster {
     pub etcd: Option<etcd::EtcdCluster>,
     /// The controller's address (127.0.0.1, or the "ctl" host's in a multi-host network).
     pub controller_host: String,
+    /// Nodes are made with `create postgres`'s own default authentication
+    /// (scram-sha-256) instead of `--auth trust` (the tutorial test: a changed default
+    /// must fail it).
+    pub auth_default: bool,
+    /// Environment variables every pgha process started from now on gets (as a systemd
+    /// unit's `Environment=`), e.g. pgBackRest credentials for the agents.
+    pub env: Vec<(String, String)>,
     /// Small filesystems made for nodes' PGDATA ([`Cluster::add_node_on_small_disk`]),
     /// unmounted by `Drop` once Postgres is stopped.
     pub mounts: Vec<PathBuf>,
@@ -183,6 +190,8 @@ impl Cluster {
             more_controllers: vec![],
             etcd: None,
             controller_host: "127.0.0.1".into(),
+            env: vec![],
+            auth_default: false,
             mounts: vec![],
             net: None,
         })
@@ -309,10 +318,12 @@ impl Cluster {
 
     /// `pgha`, to run on `host` when the cluster has a multi-host network (else here).
     fn pgha_command(&self, host: Option<&str>) -> anyhow::Result<Command> {
-        match (&self.net, host) {
-            (Some(net), Some(h)) => net.command(h, &pgha_bin()),
-            _ => Ok(Command::new(pgha_bin())),
-        }
+        let mut cmd = match (&self.net, host) {
+            (Some(net), Some(h)) => net.command(h, &pgha_bin())?,
+            _ => Command::new(pgha_bin()),
+        };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        Ok(cmd)
     }
 
     /// Runs `pgha ARGS` to completion and returns (success, stdout, stderr).
@@ -604,16 +615,21 @@ impl Cluster {
                 &self.join_url,
                 "--name",
                 name,
-                "--no-ssl",
                 "--http-port",
                 &http,
             ]
             .into_iter()
+            // Postgres without SSL unless the test asks for its self-signed certificate.
+            .chain(
+                ["--no-ssl"]
+                    .into_iter()
+                    .filter(|_| !extra.contains(&"--ssl-self-signed")),
+            )
             // trust (as the tutorial) unless the test picks its own --auth
             .chain(
                 ["--auth", "trust"]
                     .into_iter()
-                    .filter(|_| !extra.contains(&"--auth")),
+                    .filter(|_| !extra.contains(&"--auth") && !self.auth_default),
             )
             .chain(extra.iter().copied())
             .collect::<Vec<_>>(),

@@ -8,6 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 
+/// The password of the `postgres` role this test process's clients present (none: the
+/// nodes trust their clients, as the harness makes them unless a test says otherwise).
+static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Every client of this test process presents `password` from now on (for nodes made
+/// with `scram-sha-256`, the default of `create postgres`).
+pub fn use_password(password: &str) {
+    let _ = PASSWORD.set(password.to_string());
+}
+
 /// Connects to one host, the whole handshake bounded by `timeout` (libpq's
 /// `connect_timeout` semantics: a frozen server must not hang the client).
 pub async fn connect_one(
@@ -22,6 +32,9 @@ pub async fn connect_one(
         .dbname(db)
         .user("postgres")
         .connect_timeout(timeout);
+    if let Some(p) = PASSWORD.get() {
+        cfg.password(p);
+    }
     let (client, conn) = tokio::time::timeout(timeout, cfg.connect(NoTls))
         .await
         .with_context(|| format!("{host}:{port}: connection timed out"))??;

@@ -7,12 +7,10 @@ impl Agent {
     /// Lease left before this node fences itself, for writable nodes with peers.
     pub(super) fn lease_remaining_ms(&self) -> Option<u64> {
         let goal = self.effective_goal();
-        let has_peers = self
-            .state
-            .assignment
-            .as_ref()
-            .is_some_and(|a| !a.peers.is_empty());
-        if !goal.is_writable() || !has_peers {
+        let a = self.state.assignment.as_ref();
+        let has_peers = a.is_some_and(|a| !a.peers.is_empty());
+        let standby_leader = a.is_some_and(|a| a.standby_of.is_some());
+        if !plan::holds_lease(goal, has_peers, standby_leader) {
             return None;
         }
         let since = self
@@ -36,22 +34,19 @@ impl Agent {
     }
 
     pub(super) fn check_lease(&mut self, goal: NodeState) -> anyhow::Result<()> {
-        if self.watchdog.take_fired() && !self.state.fenced {
+        let a = self.state.assignment.as_ref();
+        let has_peers = a.is_some_and(|a| !a.peers.is_empty());
+        // A standby formation's leader is read-only: nothing to fence.
+        let standby_leader = a.is_some_and(|a| a.standby_of.is_some());
+        let fired = self.watchdog.take_fired();
+        if standby_leader {
+            return Ok(());
+        }
+        if fired && !self.state.fenced {
             self.state.fenced = true;
             self.state.save(&self.cfg)?;
         }
-        let has_peers = self
-            .state
-            .assignment
-            .as_ref()
-            .is_some_and(|a| !a.peers.is_empty());
-        // A standby formation's leader is read-only: nothing to fence.
-        let standby_leader = self
-            .state
-            .assignment
-            .as_ref()
-            .is_some_and(|a| a.standby_of.is_some());
-        if self.state.fenced || !has_peers || standby_leader {
+        if self.state.fenced || !has_peers {
             return Ok(());
         }
         let lease = self.timings().lease_ms;

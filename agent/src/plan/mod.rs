@@ -328,6 +328,15 @@ pub fn copy_can_follow(logical: &pgha_api::LogicalSlot, oldest_wal: Option<pgha_
         .is_some_and(|needs| oldest_wal.is_none_or(|kept| needs >= kept))
 }
 
+/// Whether this node holds a primary's lease, which it must renew or fence: a writable
+/// goal with peers. A standby formation's leader holds none, whatever its goal: it is
+/// read-only (a standby of its source), so there is nothing to fence, and stopping it
+/// when its controller cannot be reached would cut the disaster-recovery copy exactly
+/// when the other site is in trouble.
+pub fn holds_lease(goal: NodeState, has_peers: bool, standby_leader: bool) -> bool {
+    goal.is_writable() && has_peers && !standby_leader
+}
+
 /// A writable node fences itself when it has heard from neither the controller nor any
 /// standby for longer than its lease (DESIGN §5 rule 2), in every writable state.
 pub fn should_fence(
@@ -344,6 +353,22 @@ mod tests {
     use super::*;
     use crate::pg::ControlData;
     use pgha_api::Lsn;
+
+    /// The second review: a standby formation's leader was stopped whenever its
+    /// controller was unreachable (the watchdog was armed for any writable goal).
+    #[test]
+    fn a_standby_formations_leader_holds_no_lease() {
+        for goal in [
+            NodeState::Single,
+            NodeState::WaitPrimary,
+            NodeState::Primary,
+        ] {
+            assert!(holds_lease(goal, true, false), "{goal}");
+            assert!(!holds_lease(goal, true, true), "{goal}: standby leader");
+            assert!(!holds_lease(goal, false, false), "{goal}: alone");
+        }
+        assert!(!holds_lease(NodeState::Secondary, true, false));
+    }
 
     fn wanted(goal: NodeState) -> Wanted {
         Wanted {

@@ -20,12 +20,16 @@ pub enum Role {
     Standby {
         upstream: Option<(String, u16)>,
         slot: bool,
+        /// WAL kept at most for the slots of standbys that cascade from this one.
+        max_slot_wal_keep_size: String,
     },
     /// A standby formation's leader: a standby of the source formation's nodes,
     /// through the source's `slot` when the file names one.
     StandbyOf {
         hosts: Vec<(String, u16)>,
         slot: Option<String>,
+        /// WAL kept at most for the slots of the formation's other nodes.
+        max_slot_wal_keep_size: String,
     },
     /// Stopped states: configuration left as it is.
     Stopped,
@@ -89,20 +93,28 @@ pub fn wanted(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Wanted {
     }
 }
 
+/// `max_slot_wal_keep_size` of the assignment, or the default where it is missing or a
+/// size Postgres would refuse. Every role gets it: a standby (or a standby formation's
+/// leader) keeps slots for the nodes that cascade from it, and a dead one's slot must
+/// not fill its disk either.
+fn max_slot_wal_keep_size(a: Option<&Assignment>) -> String {
+    a.map(|a| a.max_slot_wal_keep_size.clone())
+        .filter(|v| pgha_api::validate::valid_wal_size(v))
+        .unwrap_or_else(|| pgha_api::DEFAULT_MAX_SLOT_WAL_KEEP_SIZE.to_string())
+}
+
 /// The role the configuration files render for `goal`.
 pub fn role_for(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Role {
     if let (true, Some(src)) = (goal.is_writable(), a.and_then(|a| a.standby_of.as_ref())) {
         Role::StandbyOf {
             hosts: src.hosts.clone(),
             slot: src.slot.clone(),
+            max_slot_wal_keep_size: max_slot_wal_keep_size(a),
         }
     } else if goal.is_writable() {
         Role::Primary {
             synchronous_standby_names: ssn,
-            max_slot_wal_keep_size: a
-                .map(|a| a.max_slot_wal_keep_size.clone())
-                .filter(|v| pgha_api::validate::valid_wal_size(v))
-                .unwrap_or_else(|| pgha_api::DEFAULT_MAX_SLOT_WAL_KEEP_SIZE.to_string()),
+            max_slot_wal_keep_size: max_slot_wal_keep_size(a),
         }
     } else if goal.is_standby() {
         let upstream = if goal.streams_from_upstream() {
@@ -114,6 +126,7 @@ pub fn role_for(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Role {
         Role::Standby {
             upstream,
             slot: !goal.streams_without_slot() && a.is_none_or(|a| a.upstream_slot),
+            max_slot_wal_keep_size: max_slot_wal_keep_size(a),
         }
     } else {
         Role::Stopped
@@ -234,14 +247,16 @@ mod tests {
             role_for(Secondary, Some(&a), String::new()),
             Role::Standby {
                 upstream: upstream.clone(),
-                slot: true
+                slot: true,
+                max_slot_wal_keep_size: "8GB".into()
             }
         );
         assert_eq!(
             role_for(FastForward, Some(&a), String::new()),
             Role::Standby {
                 upstream,
-                slot: false
+                slot: false,
+                max_slot_wal_keep_size: "8GB".into()
             },
             "fast_forward streams from another standby, without a slot"
         );
@@ -249,7 +264,8 @@ mod tests {
             role_for(StopReplication, Some(&a), String::new()),
             Role::Standby {
                 upstream: None,
-                slot: !StopReplication.streams_without_slot()
+                slot: !StopReplication.streams_without_slot(),
+                max_slot_wal_keep_size: "8GB".into()
             },
             "stop_replication cuts replication"
         );

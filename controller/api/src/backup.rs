@@ -71,7 +71,8 @@ const MANAGED_OPTIONS: &[&str] = &[
 /// full backups, parallelism, timeouts and logging levels. Left out on purpose: every
 /// option that runs a command or reaches another host by SSH (`cmd-ssh`,
 /// `repo1-host*`), turns off TLS verification (`repo1-storage-verify-tls`), or names a
-/// file or directory on the VMs (`repo1-storage-ca-*`, `log-path`…).
+/// file or directory on the VMs (`log-path`…; `repo1-storage-ca-file` is taken: it only
+/// adds a CA for the object store, whose endpoint the file names anyway).
 pub const ALLOWED_OPTIONS: &[&str] = &[
     "archive-check",
     "archive-copy",
@@ -117,6 +118,8 @@ pub const ALLOWED_OPTIONS: &[&str] = &[
     "repo1-s3-requester-pays",
     "repo1-s3-role",
     "repo1-s3-uri-style",
+    "repo1-storage-ca-file",
+    "repo1-storage-ca-path",
     "repo1-storage-host",
     "repo1-storage-port",
     "repo1-storage-upload-chunk-size",
@@ -124,6 +127,14 @@ pub const ALLOWED_OPTIONS: &[&str] = &[
     "resume",
     "start-fast",
 ];
+
+/// Whether a pgBackRest option holds a credential (a key, a passphrase, a secret, a
+/// token): never in a formation file, taken from the agents' environment instead.
+pub fn is_credential_option(name: &str) -> bool {
+    ["key", "pass", "secret", "token"]
+        .iter()
+        .any(|w| name.contains(w))
+}
 
 /// Why a pgBackRest option name cannot go in a formation file, if it cannot.
 pub fn check_option(name: &str, value: &str) -> Result<(), String> {
@@ -140,10 +151,7 @@ pub fn check_option(name: &str, value: &str) -> Result<(), String> {
             "{name} is set by pgha for each node and cannot be set in a formation"
         ));
     }
-    if ["key", "pass", "secret", "token"]
-        .iter()
-        .any(|w| name.contains(w))
-    {
+    if is_credential_option(name) {
         return Err(format!(
             "{name} is a credential: never put it in a file kept in Git; set PGBACKREST_{} in the agents' environment",
             name.to_ascii_uppercase().replace('-', "_")
@@ -278,6 +286,27 @@ pub struct BackupSettings {
     pub retention_full: u32,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+impl BackupSettings {
+    /// What the agent checks again before it writes an assignment's settings into
+    /// `pgbackrest.conf` and `archive_command` (a controller of another version, or a
+    /// store edited by hand, must not get a newline or a shell word through).
+    pub fn check(&self) -> Result<(), String> {
+        if !self.repository.starts_with('/')
+            || self.repository.chars().any(|c| c.is_control())
+            || self.repository.split('/').any(|c| c == "..")
+        {
+            return Err(format!(
+                "backup repository {:?} is not an absolute path",
+                self.repository
+            ));
+        }
+        if !crate::validate::valid_identifier(&self.stanza) {
+            return Err(format!("backup stanza {:?} is not a name", self.stanza));
+        }
+        Ok(())
+    }
 }
 
 /// Kinds of pgBackRest backup.
@@ -484,8 +513,6 @@ mod tests {
             "repo1-host",
             "repo1-host-user",
             "repo1-storage-verify-tls",
-            "repo1-storage-ca-file",
-            "repo1-storage-ca-path",
             "log-path",
             "exec-id",
         ] {

@@ -540,6 +540,31 @@ pub const ALLOWED_PARAMETERS: &[&str] = &[
     "xmloption",
 ];
 
+/// Settings a formation file may never set, because each names a command, a library to
+/// load, or a file of the VM (some of the names that [`ALLOWED_PARAMETERS`] leaves out;
+/// what the tests of the controller and of the agent try).
+pub const NEVER_FROM_A_FILE: &[&str] = &[
+    "archive_command",
+    "archive_mode",
+    "archive_library",
+    "archive_cleanup_command",
+    "recovery_end_command",
+    "restore_command",
+    "ssl_passphrase_command",
+    "shared_preload_libraries",
+    "session_preload_libraries",
+    "local_preload_libraries",
+    "dynamic_library_path",
+    "jit_provider",
+    "oauth_validator_libraries",
+    "extension_control_path",
+    "ssl_ca_file",
+    "krb_server_keyfile",
+    "log_directory",
+    "external_pid_file",
+    "plperl.on_init",
+];
+
 /// Extension settings (`prefix.name`) a formation may set: those of extensions whose
 /// settings tune what they record, never run code (`plperl.on_init` would).
 pub const ALLOWED_EXTENSION_PREFIXES: &[&str] = &[
@@ -598,7 +623,26 @@ pub fn valid_wal_size(v: &str) -> bool {
         && matches!(unit, "kB" | "MB" | "GB" | "TB")
 }
 
-pub(crate) fn valid_identifier(s: &str) -> bool {
+/// A database name pgha writes into `pg_hba.conf` and conninfo strings: 1-63 bytes, no
+/// whitespace, quotes, commas or control characters, and not a `pg_hba.conf` keyword
+/// (`all`, `sameuser`, `samerole`, `replication`) nor an `@file` include.
+pub fn check_dbname(db: &str) -> Result<(), String> {
+    let keyword = ["all", "sameuser", "samerole", "replication"].contains(&db);
+    let bad_char = db
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | ',' | '\\'));
+    if db.is_empty() || db.len() > 63 || keyword || bad_char || db.starts_with('@') {
+        Err(format!(
+            "database name {db:?}: 1-63 characters without spaces, quotes or commas, and not a pg_hba.conf keyword"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A formation name (`metadata.name`): 1-63 lower-case letters, digits, `_` or `-`,
+/// starting with a letter.
+pub fn valid_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some('a'..='z'))
         && s.len() <= 63
@@ -635,9 +679,9 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
     }
     let s = &doc.spec;
     if let Some(db) = &s.dbname
-        && (db.is_empty() || db.len() > 63 || db.contains('\0'))
+        && let Err(e) = check_dbname(db)
     {
-        err("spec.dbname".into(), "must be 1-63 characters".into());
+        err("spec.dbname".into(), e);
     }
     if s.admission.join_secret.is_some() {
         err(
@@ -1117,28 +1161,7 @@ spec:
     /// Each is refused at its line, with or without `spec.backup`.
     #[test]
     fn settings_that_run_commands_or_load_code_are_refused_at_their_line() {
-        let refused = [
-            "archive_command",
-            "archive_mode",
-            "archive_library",
-            "archive_cleanup_command",
-            "recovery_end_command",
-            "restore_command",
-            "ssl_passphrase_command",
-            "shared_preload_libraries",
-            "session_preload_libraries",
-            "local_preload_libraries",
-            "dynamic_library_path",
-            "jit_provider",
-            "oauth_validator_libraries",
-            "extension_control_path",
-            "ssl_ca_file",
-            "krb_server_keyfile",
-            "log_directory",
-            "external_pid_file",
-            "plperl.on_init",
-            "no_such_setting",
-        ];
+        let refused = NEVER_FROM_A_FILE.iter().copied().chain(["no_such_setting"]);
         for name in refused {
             let good = GOOD.replace("101", "50");
             let text = format!(

@@ -83,6 +83,15 @@ pub struct EtcdArgs {
     etcd_user: Option<String>,
     #[arg(long, requires = "etcd_user")]
     etcd_password_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-certificate authentication.
+    #[arg(long, requires = "etcd_key_file")]
+    etcd_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "etcd_cert_file")]
+    etcd_key_file: Option<PathBuf>,
+    /// Accept http:// endpoints off loopback (state and password in clear).
+    #[arg(long)]
+    etcd_insecure: bool,
     /// Seconds without a keep-alive before the leader's lease runs out and another
     /// controller takes over.
     #[arg(long, default_value_t = pgha_controller::config::DEFAULT_LEASE_TTL_S, value_parser = clap::value_parser!(u64).range(2..=60))]
@@ -373,6 +382,9 @@ impl EtcdArgs {
                 .as_deref()
                 .map(absolute)
                 .transpose()?,
+            cert_file: self.etcd_cert_file.as_deref().map(absolute).transpose()?,
+            key_file: self.etcd_key_file.as_deref().map(absolute).transpose()?,
+            insecure: self.etcd_insecure,
             lease_ttl_s: self.etcd_lease_ttl,
         })
     }
@@ -736,10 +748,7 @@ fn executable_hook(flag: &str, path: Option<&Path>) -> anyhow::Result<Option<Pat
     let Some(hook) = path.map(absolute).transpose()? else {
         return Ok(None);
     };
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(&hook).with_context(|| format!("{flag} {}", hook.display()))?;
-    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        bail!("{flag} {}: not an executable file", hook.display());
-    }
+    pgha_agent::hooks::check_hook(&hook)
+        .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", hook.display()))?;
     Ok(Some(hook))
 }

@@ -14,6 +14,44 @@ use std::net::IpAddr;
 /// How often the same refusal (address, route, answer) is recorded as an event.
 const REFUSAL_EVENT_EVERY_MS: u64 = 60_000;
 
+/// Refusal events recorded per minute from every address together: past it, refusals
+/// are only counted (`pgha_api_refused_total`), and one event says how many were not
+/// recorded. Many addresses (or a spoofing network) cannot rotate the audit trail away.
+const REFUSAL_EVENTS_PER_MINUTE: u32 = 30;
+
+/// Addresses remembered for [`REFUSAL_EVENT_EVERY_MS`] before old ones are pruned.
+const REFUSALS_REMEMBERED: usize = 4096;
+
+/// The longest text an event keeps of a refusal (it may quote what a client sent).
+pub const EVENT_TEXT_MAX: usize = 512;
+
+/// `s` cut to at most `max` bytes (on a character boundary) with control characters
+/// escaped: what a client sent never writes a line of its own into a log or a table.
+pub fn event_text(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        let piece = if c.is_control() {
+            c.escape_default().to_string()
+        } else {
+            c.to_string()
+        };
+        if out.len() + piece.len() > max {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
+/// The budget of refusal events: those recorded in the current minute, and those not.
+#[derive(Debug, Default)]
+pub struct RefusalBudget {
+    minute_start_ms: u64,
+    recorded: u32,
+    skipped: u64,
+}
+
 /// Who a request speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -82,7 +120,10 @@ impl ControllerState {
         self.durable
             .formations
             .values()
-            .find(|f| matches!(f.admission(), AdmissionRule::Secret(s) if same(s, presented)))
+            .find(|f| {
+                matches!(f.admission(), AdmissionRule::Secret(s)
+                    if crate::records::join_secret_matches(s, presented))
+            })
             .map(|f| Principal::Joiner(f.name.clone()))
     }
 
@@ -129,8 +170,10 @@ impl ControllerState {
             (Access::Register | Access::Report, Some(_)) => true,
             (_, Some(Principal::Operator)) => true,
             (Access::Read, Some(Principal::Reader)) => true,
+            // A node reads its own formation only: not the monitor's whole /metrics,
+            // /v1/info or every formation's events.
             (Access::Read, Some(Principal::Node { formation: own, .. })) => {
-                formation.is_none_or(|f| f == own)
+                formation.is_some_and(|f| f == own)
             }
             _ => false,
         };
@@ -184,23 +227,62 @@ impl ControllerState {
             .api_refused
             .get_or_create(&labels(&[("route", route), ("status", status)]))
             .inc();
+        // A formation that is not a name (a path segment or a body field of up to a few
+        // hundred kilobytes) is not repeated into the event.
+        let formation = formation.filter(|f| pgha_api::validate::valid_identifier(f));
+        if self.refusals_recorded.len() > REFUSALS_REMEMBERED {
+            self.refusals_recorded
+                .retain(|_, t| now_ms.saturating_sub(*t) < REFUSAL_EVENT_EVERY_MS);
+        }
         let key = (peer, route.to_string(), code);
         let last = self.refusals_recorded.get(&key).copied();
         if last.is_none_or(|t| now_ms.saturating_sub(t) >= REFUSAL_EVENT_EVERY_MS) {
             self.refusals_recorded.insert(key, now_ms);
-            let mut ev = self.event(
-                formation.unwrap_or("-"),
-                None,
-                Rule::AuthRefused,
-                format!("{route} refused ({status}): {message}"),
-                now_ms,
-            );
-            ev.actor = Some(format!("address {peer}"));
-            // A follower records nothing (its store refuses): the log line is all.
-            if let Err(e) = self.record(ev)
-                && !matches!(e, crate::store::StoreError::NotLeader)
-            {
-                tracing::error!("recording a refusal failed: {e}");
+            let b = &mut self.refusal_budget;
+            let mut not_recorded = None;
+            if now_ms.saturating_sub(b.minute_start_ms) >= 60_000 {
+                not_recorded = (b.skipped > 0).then_some(b.skipped);
+                *b = RefusalBudget {
+                    minute_start_ms: now_ms,
+                    ..Default::default()
+                };
+            }
+            if b.recorded >= REFUSAL_EVENTS_PER_MINUTE {
+                b.skipped += 1;
+            } else {
+                b.recorded += 1;
+                let mut events = vec![];
+                if let Some(n) = not_recorded {
+                    events.push(self.event(
+                        "-",
+                        None,
+                        Rule::AuthRefused,
+                        format!(
+                            "{n} more refusals in the last minute were not recorded (at most {REFUSAL_EVENTS_PER_MINUTE} a minute): see pgha_api_refused_total"
+                        ),
+                        now_ms,
+                    ));
+                }
+                let mut ev = self.event(
+                    formation.unwrap_or("-"),
+                    None,
+                    Rule::AuthRefused,
+                    event_text(
+                        &format!("{route} refused ({status}): {message}"),
+                        EVENT_TEXT_MAX,
+                    ),
+                    now_ms,
+                );
+                ev.actor = Some(format!("address {peer}"));
+                events.push(ev);
+                for ev in events {
+                    // A follower records nothing (its store refuses): the log line is all.
+                    if let Err(e) = self.record(ev)
+                        && !matches!(e, crate::store::StoreError::NotLeader)
+                    {
+                        tracing::error!("recording a refusal failed: {e}");
+                    }
+                }
             }
         }
         ActionError::Refused(Refusal { code, message })

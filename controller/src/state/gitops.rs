@@ -59,7 +59,10 @@ impl ControllerState {
                 });
             // An accepted file sets the secret (a rejected one, or one whose secret file
             // cannot be read, keeps the last good secret: it never opens the formation).
-            let secret = scan.secrets.get(name).cloned();
+            let secret = scan
+                .secrets
+                .get(name)
+                .map(|s| crate::records::stored_join_secret(s));
             if rec.desired.join_secret != secret {
                 rec.desired.join_secret = secret;
                 changed = true;

@@ -93,6 +93,8 @@ pub struct ControllerState {
     pub credentials: crate::credentials::MonitorCredentials,
     /// When each refusal (address, route, answer) was last recorded as an event.
     refusals_recorded: HashMap<(std::net::IpAddr, String, pgha_api::routes::ErrorCode), u64>,
+    /// Refusal events recorded this minute, from every address (`auth::RefusalBudget`).
+    refusal_budget: auth::RefusalBudget,
     /// This controller's URL while it leads a group on a shared store (None alone).
     pub leader_url: Option<String>,
     /// When the schedule last asked each formation's primary for a backup.
@@ -122,6 +124,7 @@ impl ControllerState {
             refused_peers: Default::default(),
             credentials: Default::default(),
             refusals_recorded: HashMap::new(),
+            refusal_budget: Default::default(),
             leader_url: None,
             scheduled_backup_at: HashMap::new(),
             commit,

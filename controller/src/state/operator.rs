@@ -86,6 +86,15 @@ impl ControllerState {
         peer: IpAddr,
         now_ms: u64,
     ) -> Result<RegisterResponse, ActionError> {
+        // Not a name: refused before anything of it reaches an event or a log.
+        if !pgha_api::validate::valid_identifier(&req.formation) {
+            return Err(ActionError::Refused(Refusal {
+                code: ErrorCode::InvalidName,
+                message:
+                    "formation: 1-63 lower-case letters, digits, '_' or '-', starting with a letter"
+                        .into(),
+            }));
+        }
         let admission = self
             .durable
             .formations
@@ -205,6 +214,28 @@ impl ControllerState {
 
     /// The formation's replication password (made when its first node joins, or taken
     /// from `standbyOf.passwordFile`).
+    /// [`Self::replication_password`] for `actor` at `peer`, recorded as an event (the
+    /// password never is): who read a credential is an audit question.
+    pub fn read_replication_password(
+        &mut self,
+        formation: &str,
+        actor: String,
+        peer: IpAddr,
+        now_ms: u64,
+    ) -> Result<String, ActionError> {
+        let password = self.replication_password(formation)?;
+        let mut ev = self.event(
+            formation,
+            None,
+            Rule::ReplicationPasswordRead,
+            format!("the replication password of formation {formation} was read"),
+            now_ms,
+        );
+        ev.actor = Some(format!("{actor} from address {peer}"));
+        self.record(ev)?;
+        Ok(password)
+    }
+
     pub fn replication_password(&self, formation: &str) -> Result<String, ActionError> {
         let Some(f) = self.durable.formations.get(formation) else {
             return Err(unknown_formation(formation));

@@ -205,7 +205,20 @@ impl ControllerState {
                         rebuilding: n.intent.rebuild_epoch > o.rebuilt_epoch,
                         restarting: n.intent.restart_epoch > o.restarted_epoch,
                         restart_scheduled_ms: n.intent.restart_at_ms,
-                        permanent_slots: o.pg.permanent_slots.clone(),
+                        // The logical slots' state files stay between the agents and
+                        // the controller: never in status output.
+                        permanent_slots: o
+                            .pg
+                            .permanent_slots
+                            .iter()
+                            .cloned()
+                            .map(|mut s| {
+                                if let Some(l) = s.logical.as_mut() {
+                                    l.state = None;
+                                }
+                                s
+                            })
+                            .collect(),
                         in_recovery: o.pg.in_recovery,
                         upstream: view
                             .nodes

@@ -24,6 +24,13 @@ impl ControllerState {
         now_ms: u64,
     ) -> Result<Assignment, ActionError> {
         let route = pgha_api::routes::REPORT;
+        // Not a name: refused before anything of it reaches an event or a log.
+        if !pgha_api::validate::valid_identifier(&r.formation) {
+            return Err(ActionError::Refused(Refusal {
+                code: ErrorCode::InvalidName,
+                message: "the report's formation is not a formation name".into(),
+            }));
+        }
         let issue_credential = match principal {
             Some(Principal::Node { id, formation }) => {
                 if *id != r.node_id || *formation != r.formation {

@@ -107,25 +107,28 @@ fn admission_never_opens_by_itself() {
     std::fs::write(formations.join("orders.yaml"), &with_secret).unwrap();
     st.apply_desired(crate::desired::scan(&formations, Some(dir.path())), 2000)
         .unwrap();
-    assert_eq!(rule(&st), "s3cret");
+    assert_eq!(rule(&st), crate::records::stored_join_secret("s3cret"));
     // The secret file becomes unreadable: the file is rejected, the secret stays.
     std::fs::remove_file(&secret_file).unwrap();
     st.apply_desired(crate::desired::scan(&formations, Some(dir.path())), 2100)
         .unwrap();
-    assert_eq!(rule(&st), "s3cret");
+    assert_eq!(rule(&st), crate::records::stored_join_secret("s3cret"));
     // A file that names no secret and does not say open is rejected too.
     let bare = GOOD.replace("  admission:\n    open: true\n", "");
     std::fs::write(formations.join("orders.yaml"), &bare).unwrap();
     st.apply_desired(crate::desired::scan(&formations, Some(dir.path())), 2200)
         .unwrap();
-    assert_eq!(rule(&st), "s3cret");
+    assert_eq!(rule(&st), crate::records::stored_join_secret("s3cret"));
     // After a restart (the secret is no longer in memory only) and with the file gone.
     std::fs::remove_file(formations.join("orders.yaml")).unwrap();
     let mut reopened = state(dir.path());
     reopened
         .apply_desired(crate::desired::scan(&formations, Some(dir.path())), 2300)
         .unwrap();
-    assert_eq!(rule(&reopened), "s3cret");
+    assert_eq!(
+        rule(&reopened),
+        crate::records::stored_join_secret("s3cret")
+    );
     // Only a file that says so opens it.
     std::fs::write(formations.join("orders.yaml"), GOOD).unwrap();
     reopened
@@ -763,4 +766,98 @@ fn a_standby_formation_takes_the_sources_password_before_its_first_node() {
         "{:?}",
         st.events.iter().map(|e| &e.description).collect::<Vec<_>>()
     );
+}
+
+/// The second review: unauthenticated requests wrote unbounded events (a formation name
+/// of up to 64 KiB in the path or 256 KiB in a body, one event per address, route and
+/// answer a minute): the audit trail rotated away in about 20 minutes from one address.
+/// Now a name that is not one never reaches an event, the text is capped, and all
+/// addresses together record at most a budget of refusal events a minute.
+#[test]
+fn refusals_cannot_flood_the_event_log() {
+    use pgha_api::routes::ErrorCode;
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+    let before = st.events.len();
+    let huge = "x".repeat(64 * 1024);
+    let route = "/v1/formations/{name}/state";
+    // 1,000 addresses, each refused twice within the minute, naming a huge formation.
+    for i in 0..1000u32 {
+        let peer = std::net::IpAddr::from([10, (i >> 8) as u8, (i & 0xff) as u8, 1]);
+        for _ in 0..2 {
+            st.refuse(
+                ErrorCode::Unauthenticated,
+                format!("bad\ncredential for {huge}"),
+                Some(&huge),
+                peer,
+                route,
+                5_000,
+            );
+        }
+    }
+    let recorded: Vec<&pgha_api::Event> = st.events.iter().skip(before).collect();
+    assert_eq!(recorded.len(), 30, "one minute's budget");
+    for e in &recorded {
+        assert_eq!(e.formation, "-");
+        assert!(
+            e.description.len() <= super::auth::EVENT_TEXT_MAX + 4,
+            "{}",
+            e.description.len()
+        );
+        assert!(!e.description.contains('\n'));
+    }
+    // The next minute says how many were not recorded.
+    st.refuse(
+        ErrorCode::Unauthenticated,
+        "no credential".into(),
+        Some("orders"),
+        std::net::IpAddr::from([10, 9, 9, 9]),
+        route,
+        70_000,
+    );
+    let last: Vec<&str> = st
+        .events
+        .iter()
+        .skip(before + 30)
+        .map(|e| e.description.as_str())
+        .collect();
+    assert_eq!(last.len(), 2, "{last:?}");
+    assert!(last[0].starts_with("970 more refusals"), "{last:?}");
+    assert_eq!(st.events.back().unwrap().formation, "orders");
+    // The per-address memory is bounded.
+    assert!(st.refusals_recorded.len() <= 4097);
+}
+
+/// The second review: join secrets were kept in the store (etcd, state.json) in the
+/// clear. The store keeps their hash; the secret still admits, the hash does not.
+#[test]
+fn the_store_keeps_join_secrets_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("orders.secret");
+    crate::desired::write_secret(&secret_file, "s3cret-joins").unwrap();
+    let formations = dir.path().join("formations");
+    std::fs::create_dir(&formations).unwrap();
+    let text = GOOD.replace(
+        "    open: true\n",
+        &format!("    joinSecretFile: {}\n", secret_file.display()),
+    );
+    std::fs::write(formations.join("orders.yaml"), &text).unwrap();
+    let mut st = state(dir.path());
+    st.apply_desired(crate::desired::scan(&formations, Some(dir.path())), 2000)
+        .unwrap();
+    let on_disk = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(
+        !on_disk.contains("s3cret-joins"),
+        "the secret is in the store"
+    );
+    let stored = crate::records::stored_join_secret("s3cret-joins");
+    assert!(on_disk.contains(&stored));
+    assert!(matches!(
+        st.identify("s3cret-joins"),
+        Some(Principal::Joiner(f)) if f == "orders"
+    ));
+    assert_eq!(st.identify(&stored), None, "the hash is no credential");
+    // A record written before hashing (in the clear) still admits.
+    assert!(crate::records::join_secret_matches("legacy", "legacy"));
+    assert!(!crate::records::join_secret_matches("legacy", "other"));
 }

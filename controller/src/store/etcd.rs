@@ -13,6 +13,16 @@
 //! and another controller created it again, the guard fails and etcd applies nothing
 //! (see [`crate::leader`]).
 //!
+//! A save larger than one transaction takes (more than [`MAX_TXN_OPS`] records, or
+//! [`MAX_TXN_BYTES`]) goes in several, each guarded. A leader deposed between two of
+//! them leaves a save half-written: `meta` (the next node id) goes first, so no id is
+//! ever issued twice; each formation's record is one put, whole, so every formation is
+//! either as before the save or as after it, never a mix; formations are planned
+//! independently, so a new leader that finds some of them at the newer version and
+//! others at the older plans each from its own record (as after a crash of a single
+//! controller between two saves). A formation record larger than
+//! [`MAX_RECORD_BYTES`] is refused (the save fails, nothing of it is written).
+//!
 //! The [`Store`] trait is synchronous (it runs under the state's lock); etcd's client is
 //! async. The client lives on a small runtime of its own, so a store call from any
 //! thread (a runtime worker inside `block_in_place`, a test) hands the request over and
@@ -40,6 +50,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const SLOW_WRITE: Duration = Duration::from_millis(100);
 /// etcd refuses a transaction of more than 128 operations (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 100;
+/// etcd refuses a request of more than 1.5 MiB (`--max-request-bytes`): values of one
+/// transaction stay under this.
+const MAX_TXN_BYTES: usize = 1 << 20;
+/// The largest formation record a save writes (a few kilobytes is usual).
+pub const MAX_RECORD_BYTES: usize = 512 * 1024;
 
 /// A connection to the etcd cluster, on its own runtime.
 #[derive(Clone)]
@@ -81,6 +96,7 @@ impl Etcd {
         if settings.endpoints.is_empty() {
             return Err(fail("no endpoints given".into()));
         }
+        settings.check_transport().map_err(fail)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("etcd-client")
@@ -98,13 +114,21 @@ impl Etcd {
             };
             options = options.with_user(user.clone(), password);
         }
-        if let Some(ca) = &settings.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| fail(format!("reading ca_file {}: {e}", ca.display())))?;
-            options = options.with_tls(
-                etcd_client::TlsOptions::new()
-                    .ca_certificate(etcd_client::Certificate::from_pem(pem)),
-            );
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| fail(format!("reading {what} {}: {e}", p.display())))
+        };
+        if settings.ca_file.is_some() || settings.cert_file.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &settings.ca_file {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read("ca_file", ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
+                tls = tls.identity(etcd_client::Identity::from_pem(
+                    read("cert_file", cert)?,
+                    read("key_file", key)?,
+                ));
+            }
+            options = options.with_tls(tls);
         }
         let eps = settings.endpoints.clone();
         // Made on its runtime (its connections live there), waited for from any thread.
@@ -324,15 +348,12 @@ impl EtcdStore {
 
     /// Applies `ops` in transactions guarded by the fence (in chunks: etcd limits the
     /// operations of one transaction). Refused: another controller leads.
-    fn fenced(&self, ops: Vec<TxnOp>) -> Result<(), StoreError> {
+    fn fenced(&self, ops: Vec<(TxnOp, usize)>) -> Result<(), StoreError> {
         let fence = self.leadership.fence();
         if fence == 0 {
             return Err(StoreError::NotLeader);
         }
-        let mut ops = ops;
-        while !ops.is_empty() {
-            let rest = ops.split_off(ops.len().min(MAX_TXN_OPS));
-            let chunk = std::mem::replace(&mut ops, rest);
+        for chunk in chunks(ops) {
             let guard = Compare::create_revision(self.etcd.leader_key(), CompareOp::Equal, fence);
             let txn = Txn::new().when([guard]).and_then(chunk);
             let started = std::time::Instant::now();
@@ -353,6 +374,26 @@ impl EtcdStore {
         }
         Ok(())
     }
+}
+
+/// `ops` in transactions etcd takes: at most [`MAX_TXN_OPS`] operations and about
+/// [`MAX_TXN_BYTES`] of values each, in order.
+fn chunks(ops: Vec<(TxnOp, usize)>) -> Vec<Vec<TxnOp>> {
+    let mut out: Vec<Vec<TxnOp>> = vec![];
+    let mut bytes = 0;
+    for (op, size) in ops {
+        match out.last_mut() {
+            Some(last) if last.len() < MAX_TXN_OPS && bytes + size <= MAX_TXN_BYTES => {
+                bytes += size;
+                last.push(op);
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![op]);
+            }
+        }
+    }
+    out
 }
 
 fn json_err(what: &str, e: serde_json::Error) -> StoreError {
@@ -409,23 +450,30 @@ impl Store for EtcdStore {
         };
         if state.next_node_id != written.next_node_id || written.format == 0 {
             let v = serde_json::to_vec(&meta).map_err(|e| json_err("meta", e))?;
-            ops.push(TxnOp::put(self.etcd.key("meta"), v, None));
+            let n = v.len();
+            ops.push((TxnOp::put(self.etcd.key("meta"), v, None), n));
         }
         for (name, f) in &state.formations {
             if written.formations.get(name) != Some(f) {
                 let v = serde_json::to_vec(f).map_err(|e| json_err(name, e))?;
-                ops.push(TxnOp::put(
-                    self.etcd.key(&format!("formations/{name}")),
-                    v,
-                    None,
+                if v.len() > MAX_RECORD_BYTES {
+                    return Err(self.etcd.error(format!(
+                        "formation {name}'s record is {} bytes, more than the {MAX_RECORD_BYTES} one etcd write takes: nothing was written",
+                        v.len()
+                    )));
+                }
+                let n = v.len();
+                ops.push((
+                    TxnOp::put(self.etcd.key(&format!("formations/{name}")), v, None),
+                    n,
                 ));
             }
         }
         for name in written.formations.keys() {
             if !state.formations.contains_key(name) {
-                ops.push(TxnOp::delete(
-                    self.etcd.key(&format!("formations/{name}")),
-                    None,
+                ops.push((
+                    TxnOp::delete(self.etcd.key(&format!("formations/{name}")), None),
+                    0,
                 ));
             }
         }
@@ -443,15 +491,19 @@ impl Store for EtcdStore {
         let mut ops = Vec::new();
         for e in events {
             let v = serde_json::to_vec(e).map_err(|err| json_err("event", err))?;
-            ops.push(TxnOp::put(self.event_key(e.id), v, None));
+            let n = v.len();
+            ops.push((TxnOp::put(self.event_key(e.id), v, None), n));
             // Every thousand events, the oldest beyond the kept ones go.
             if e.id % 1000 == 0 && e.id > EVENTS_KEPT {
-                ops.push(TxnOp::delete(
-                    self.event_key(0),
-                    Some(
-                        etcd_client::DeleteOptions::new()
-                            .with_range(self.event_key(e.id - EVENTS_KEPT)),
+                ops.push((
+                    TxnOp::delete(
+                        self.event_key(0),
+                        Some(
+                            etcd_client::DeleteOptions::new()
+                                .with_range(self.event_key(e.id - EVENTS_KEPT)),
+                        ),
                     ),
+                    0,
                 ));
             }
         }
@@ -663,5 +715,27 @@ impl Campaign {
             .etcd
             .run(move |mut c| async move { c.lease_revoke(lease).await })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A save goes in transactions etcd takes (operations and bytes), in order.
+    #[test]
+    fn saves_are_cut_into_transactions_etcd_takes() {
+        let op = |n: usize| (TxnOp::put(format!("k{n}"), vec![0u8; n], None), n);
+        let sizes = |c: &[Vec<TxnOp>]| c.iter().map(|c| c.len()).collect::<Vec<_>>();
+        assert_eq!(
+            sizes(&chunks((0..250).map(|_| op(10)).collect())),
+            vec![100, 100, 50]
+        );
+        let big = MAX_RECORD_BYTES;
+        assert_eq!(
+            sizes(&chunks(vec![op(big), op(big), op(big), op(10)])),
+            vec![2, 2]
+        );
+        assert!(chunks(vec![]).is_empty());
     }
 }

@@ -7,6 +7,7 @@ use super::{DurableState, Store, StoreError, io_err, write_file_atomically};
 use pgha_api::Event;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The event log is rotated past this size: `events.jsonl` becomes `events.1.jsonl`
@@ -42,6 +43,8 @@ impl FileStore {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io_err(&path))?;
         let mut lock = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
@@ -143,6 +146,8 @@ impl Store for FileStore {
             .create(true)
             .append(true)
             .read(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io_err(&path))?;
         let mut buf = Vec::new();
@@ -186,6 +191,24 @@ impl Store for FileStore {
 mod tests {
     use super::*;
     use crate::records::FormationRecord;
+
+    /// The second review: `events.jsonl` (who did what, from where) and `lock` were
+    /// made with the umask's mode (0644).
+    #[test]
+    fn the_event_log_and_the_lock_are_the_monitors_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = FileStore::lock(dir.path()).unwrap();
+        s.append_events(&[test_event()]).unwrap();
+        for f in ["lock", "events.jsonl"] {
+            let mode = fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+    }
 
     fn test_event() -> Event {
         Event {

@@ -530,3 +530,40 @@ async fn backups_added_to_a_running_formation_roll_in_with_one_switchover() {
     })
     .await;
 }
+
+/// The second review: `archive_command` ran pgBackRest in Postgres's cleared
+/// environment, so credentials given to the agents (`PGBACKREST_*`, as the README
+/// says) never reached it: archiving failed and WAL filled the disk. An encrypted
+/// repository needs such a credential on every push (`repo1-cipher-pass`, refused in a
+/// formation file): with the passphrase only in the agents' environment, archiving and
+/// a backup work, and the node's pgbackrest.conf that carries it is 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_repository_takes_its_passphrase_from_the_agents_environment() {
+    scenario(async |c| {
+        let passphrase = "a-passphrase-only-the-agents-know";
+        c.env
+            .push(("PGBACKREST_REPO1_CIPHER_PASS".into(), passphrase.into()));
+        c.declare_backups("    options:\n      repo1-cipher-type: aes-256-cbc\n")?;
+        c.bootstrap_two()?;
+        let m = c.join_url.clone();
+        c.pgha_ok(&["backup", "--type", "full", "--monitor", &m])?;
+        // archive-push of a new segment (from archive_command) and a check.
+        c.switch_wal(0).await?;
+        c.pgbackrest(0, &["check"])?;
+        let info = c.pgbackrest(0, &["info"])?;
+        anyhow::ensure!(info.contains("full backup"), "{info}");
+        anyhow::ensure!(info.contains("aes-256-cbc"), "not encrypted: {info}");
+        use std::os::unix::fs::PermissionsExt;
+        let conf = pgha_agent::config::state_dir(&c.nodes[0].pgdata).join("pgbackrest.conf");
+        let mode = std::fs::metadata(&conf)?.permissions().mode() & 0o777;
+        anyhow::ensure!(mode == 0o600, "pgbackrest.conf is {mode:o}");
+        // Nothing of it in the monitor's view.
+        let state = c.pgha_ok(&["show", "state", "--json", "--monitor", &c.monitor_url])?;
+        anyhow::ensure!(
+            !state.contains(passphrase),
+            "the passphrase is in show state"
+        );
+        Ok(())
+    })
+    .await;
+}

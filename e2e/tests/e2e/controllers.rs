@@ -219,6 +219,9 @@ async fn a_deposed_controllers_writes_are_always_refused() {
         ca_file: None,
         user: None,
         password_file: None,
+        cert_file: None,
+        key_file: None,
+        insecure: false,
         lease_ttl_s: 2,
     };
     let etcd = Etcd::connect(&settings).unwrap();

@@ -288,3 +288,50 @@ async fn no_secret_leaks_and_the_join_secret_rotates() {
     })
     .await;
 }
+
+/// The second review (the first review's L7): replication links verified no server, and
+/// libpq 15 sends the password in clear when a server asks. With SSL on the nodes and
+/// scram-sha-256, every replication link (the base backup, streaming, the remote
+/// checkpoint and pg_rewind of a rejoin) runs over TLS with channel binding: a server
+/// that cannot prove it holds the verifier for this TLS channel is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_runs_over_tls_with_channel_binding() {
+    use pgha_api::NodeState::*;
+    pgha_e2e::scenario(async |c| {
+        let t = Duration::from_secs(120);
+        let args = ["--auth", "scram-sha-256", "--ssl-self-signed"];
+        c.add_node_with("node_a", &args)?;
+        c.wait_for(&[("node_a", Single)], t)?;
+        c.add_node_with("node_b", &args)?;
+        c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], t)?;
+        let conninfo = std::fs::read_to_string(c.nodes[1].pgdata.join("postgresql.pgha.conf"))?;
+        anyhow::ensure!(
+            conninfo.contains("sslmode=require channel_binding=require"),
+            "{conninfo}"
+        );
+        // Switch over: node_a rejoins by a remote checkpoint and pg_rewind over TLS.
+        let m = c.join_url.clone();
+        c.pgha_ok(&["perform", "switchover", "--monitor", &m])?;
+        c.wait_for(&[("node_a", Secondary), ("node_b", Primary)], t)?;
+        for (primary, standby) in [(1usize, "node_a")] {
+            let socket_dir = format!("{}.pgha", c.nodes[primary].pgdata.display());
+            let db = pgha_e2e::probe::connect_one(
+                &socket_dir,
+                c.nodes[primary].port,
+                "postgres",
+                Duration::from_secs(3),
+            )
+            .await?;
+            let rows = db
+                .query(
+                    "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE r.state = 'streaming'",
+                    &[],
+                )
+                .await?;
+            let tls: Vec<bool> = rows.iter().map(|r| r.get(0)).collect();
+            anyhow::ensure!(tls == vec![true], "{standby} streams with ssl = {tls:?}");
+        }
+        Ok(())
+    })
+    .await;
+}

@@ -39,8 +39,35 @@ async fn tutorial_on_three_controllers_over_etcd() {
 }
 
 async fn run(c: &mut Cluster) -> anyhow::Result<()> {
+    // As a newcomer runs it: `create postgres` with its default authentication, which
+    // must be scram-sha-256 (the first security review made it so; `--auth trust` is
+    // the tutorial's throwaway choice, not the default).
+    c.auth_default = true;
     c.add_node("node_a")?;
     c.wait_for(&[("node_a", Single)], T)?;
+    let hba = std::fs::read_to_string(c.nodes[0].pgdata.join("pg_hba.conf"))?;
+    let cfg = pgha_agent::AgentConfig::load(&c.nodes[0].pgdata)?;
+    anyhow::ensure!(
+        cfg.auth.hba_name() == "scram-sha-256",
+        "create postgres defaults to {} (pg_hba.conf:\n{hba})",
+        cfg.auth.hba_name()
+    );
+    // The application role's password, set over the node's own Unix socket (local
+    // connections are trusted), as a DBA does after `create postgres`.
+    {
+        let socket_dir = format!("{}.pgha", c.nodes[0].pgdata.display());
+        let local = probe::connect_one(
+            &socket_dir,
+            c.nodes[0].port,
+            "postgres",
+            Duration::from_secs(3),
+        )
+        .await?;
+        local
+            .batch_execute("ALTER ROLE postgres PASSWORD 'tutorial-password'")
+            .await?;
+    }
+    probe::use_password("tutorial-password");
     c.add_node("node_b")?;
     c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
 
