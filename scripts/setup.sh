@@ -3,7 +3,8 @@
 # under /usr/lib/postgresql/15/bin, and the unprivileged `postgres` OS user that runs
 # them when pgha runs as root), pgBackRest (backups), openssl and protoc (to build
 # etcd's client); for the tests (unless --runtime-only) also Prometheus (server and
-# promtool), etcd, iproute2 and nftables (the multi-host fault tests) and cargo-nextest.
+# promtool), etcd, iproute2 and nftables (the multi-host fault tests), cargo-nextest and
+# mdbook (the book in docs/).
 set -euo pipefail
 runtime_only=false
 [ "${1:-}" = "--runtime-only" ] && runtime_only=true
@@ -22,6 +23,8 @@ if ! $runtime_only; then
   # slow links (tc netem, in iproute2).
   command -v ip >/dev/null || need_apt+=(iproute2)
   command -v nft >/dev/null || need_apt+=(nftables)
+  # A test reads the monitor's /metrics with curl, as a newcomer would.
+  command -v curl >/dev/null || need_apt+=(curl)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -34,4 +37,10 @@ fi
 if ! $runtime_only && ! cargo nextest --version >/dev/null 2>&1; then
   echo "== installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+# The book (docs/): built in CI so that a broken summary or include fails there.
+MDBOOK_VERSION=0.5.4
+if ! $runtime_only && [ "$(mdbook --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]; then
+  echo "== installing mdbook $MDBOOK_VERSION"
+  cargo install --locked --version "$MDBOOK_VERSION" mdbook
 fi

@@ -1,7 +1,7 @@
 //! The agent's configuration and its persisted state, in a directory beside PGDATA
 //! (`<pgdata>.pgha/`): `config.json` (written by `create postgres`) and `state.json`
 //! (last assignment and highest term, so a restart with the controller down resumes the
-//! last role, DESIGN §5 rule 4).
+//! last role, docs/src/design.md §5 rule 4).
 
 use anyhow::Context;
 use pgha_api::{Assignment, NodeId};

@@ -1,4 +1,4 @@
-//! The primary's lease, kept on the agent's side (DESIGN §5 rule 2).
+//! The primary's lease, kept on the agent's side (docs/src/design.md §5 rule 2).
 //!
 //! Two edges make it safe against the controller's count:
 //! - it is anchored at the *send* time of the report the controller answered, never at
@@ -32,7 +32,7 @@ pub fn renewal<T: Copy>(sent: T, answer_term: u64, max_term: u64) -> Option<T> {
 /// another node; a stream it cannot have seen must not keep this primary writable.
 /// Before the first answer since the agent started (a reboot with the controller
 /// down), every stream counts, so that a primary restarted during a controller outage
-/// keeps serving through its standbys (DESIGN §5 rule 4).
+/// keeps serving through its standbys (docs/src/design.md §5 rule 4).
 pub fn standby_renews(
     pid: i32,
     contacted_since_start: bool,

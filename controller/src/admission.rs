@@ -1,4 +1,4 @@
-//! Who may join a formation and speak for its nodes (DESIGN §5 rule 7). Pure checks on
+//! Who may join a formation and speak for its nodes (docs/src/design.md §5 rule 7). Pure checks on
 //! a formation's record, the request and the client's address: no lock, no I/O. `http`
 //! maps a [`Refusal`] to its status code.
 

@@ -198,7 +198,7 @@ async fn guard(
         .map(|(_, v)| v.to_string());
     let caller = lock(&ctx.shared).authenticate(
         access,
-        bearer(req.headers()),
+        bearer(req.headers()).as_deref(),
         formation.as_deref(),
         peer.ip(),
         &route,
@@ -303,12 +303,47 @@ impl From<ActionError> for Failure {
     }
 }
 
-/// The bearer token a request presents.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+/// The token a request presents: `Authorization: Bearer TOKEN`, or HTTP Basic with the
+/// token as the password (any user name), which is what `curl` sends for the
+/// `https://read:TOKEN@host` URL that `pgha show uri` prints, and what Prometheus'
+/// `basic_auth` sends.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(t) = v.strip_prefix("Bearer ") {
+        return Some(t.to_string());
+    }
+    let encoded = v.strip_prefix("Basic ")?;
+    let decoded = String::from_utf8(base64_decode(encoded.trim())?).ok()?;
+    let (_user, token) = decoded.split_once(':')?;
+    Some(token.to_string())
+}
+
+/// Standard base64 (with or without padding); None when `s` is not base64.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let s = s.trim_end_matches('=').as_bytes();
+    if s.len() % 4 == 1 || s.len() > 4096 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= value(*c)? << (18 - 6 * i);
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..chunk.len() - 1]);
+    }
+    Some(out)
 }
 
 async fn register(
@@ -582,4 +617,28 @@ fn set_paused(ctx: &Ctx, name: String, caller: &Caller, on: bool) -> ApiResult<s
     Ok(Json(
         serde_json::json!({"formation": name, "paused": paused}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The read URL `pgha show uri` prints (`https://read:TOKEN@host:port`) works with
+    /// `curl`, which sends it as HTTP Basic, and with Prometheus' `basic_auth`.
+    #[test]
+    fn a_token_comes_as_bearer_or_as_the_basic_password() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            bearer(&h)
+        };
+        assert_eq!(with("Bearer abc123").as_deref(), Some("abc123"));
+        // base64("read:abc123")
+        assert_eq!(with("Basic cmVhZDphYmMxMjM=").as_deref(), Some("abc123"));
+        // base64("read:ab") without padding
+        assert_eq!(with("Basic cmVhZDphYg").as_deref(), Some("ab"));
+        assert_eq!(with("Basic !!!"), None);
+        assert_eq!(with("Basic cmVhZA=="), None, "no password");
+        assert_eq!(with("Digest x"), None);
+    }
 }

@@ -1,4 +1,4 @@
-//! The controller's `/metrics` page (DESIGN §9). Counters and histograms live in
+//! The controller's `/metrics` page (docs/src/design.md §9). Counters and histograms live in
 //! [`Metrics`], owned by the controller state (no process-global registry); gauges are
 //! computed at scrape time from read models ([`FormationReading`]: the status `show
 //! state` prints), so this module knows nothing of the state that owns it. Each scrape

@@ -6,7 +6,7 @@
 //! told), and records the events. State names and most rules follow pg_auto_failover
 //! (reference study §2.3); rule ids are stable strings that show up in events.
 //!
-//! Safety rules enforced here (DESIGN §5):
+//! Safety rules enforced here (docs/src/design.md §5):
 //! - at most one node has a writable goal at any time, and a standby gets one only
 //!   through `stop_replication` after the old primary acknowledged its demotion or its
 //!   lease certainly ran out ([`FormationView::lease_certainly_expired`]);

@@ -338,7 +338,7 @@ pub fn holds_lease(goal: NodeState, has_peers: bool, standby_leader: bool) -> bo
 }
 
 /// A writable node fences itself when it has heard from neither the controller nor any
-/// standby for longer than its lease (DESIGN §5 rule 2), in every writable state.
+/// standby for longer than its lease (docs/src/design.md §5 rule 2), in every writable state.
 pub fn should_fence(
     goal: NodeState,
     ms_since_controller: u64,

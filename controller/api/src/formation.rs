@@ -129,7 +129,9 @@ pub struct StandbyOf {
     /// must cover a disconnection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
-    /// A file on this monitor's VM holding the source formation's replication password
+    /// A file of this monitor's secrets directory (`<monitor dir>/secrets`, by its bare
+    /// name or an absolute path into it, 0600) holding the source formation's
+    /// replication password
     /// (`pgha show replication-password --formation SOURCE` prints it, on the source's
     /// monitor). A new standby formation takes it as its own, so that its leader
     /// authenticates to the source and its standbys to the leader (whose replication
@@ -171,8 +173,10 @@ pub struct Admission {
     /// Default: true when `spec.nodes` lists any node, false when it is empty.
     #[serde(default)]
     pub declared_nodes_only: Option<bool>,
-    /// File on the monitor VM holding the join secret a node must present (the monitor
-    /// URL that `pgha show uri` prints carries it). Never put the secret itself here.
+    /// The file holding the join secret a node must present (the monitor URL that `pgha
+    /// show uri` prints carries it): a file of the monitor's secrets directory
+    /// (`<monitor dir>/secrets`), by its bare name or an absolute path into it, 0600, of
+    /// the monitor's user. Never put the secret itself here.
     #[serde(default)]
     pub join_secret_file: Option<String>,
     /// Admit any node and any operator that reaches the monitor, with no join secret.

@@ -60,7 +60,7 @@ pub fn replication_slot_name(node_id: NodeId) -> String {
     format!("pgha_slot_{node_id}")
 }
 
-/// Timings of a formation, in milliseconds. Defaults follow DESIGN §6.
+/// Timings of a formation, in milliseconds. Defaults follow docs/src/design.md §6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Timings {

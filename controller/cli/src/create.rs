@@ -276,7 +276,7 @@ async fn monitor(a: MonitorArgs) -> anyhow::Result<()> {
         let default = formations.join(format!("{}.yaml", pgha_api::DEFAULT_FORMATION));
         if !default.exists() {
             // The default formation's join secret: a node presents it from the monitor
-            // URL that `show uri --dir` prints here (DESIGN §5 rule 7).
+            // URL that `show uri --dir` prints here (docs/src/design.md §5 rule 7).
             let secrets = pgha_controller::config::secrets_dir(&dir);
             {
                 use std::os::unix::fs::DirBuilderExt;

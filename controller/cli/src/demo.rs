@@ -287,7 +287,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let db = app_client(&uri).await?;
     let t = Instant::now();
     db.batch_execute(&format!(
-        "DROP TABLE IF EXISTS foo; CREATE TABLE foo AS SELECT generate_series(1, {}) bar",
+        "SET client_min_messages = warning; DROP TABLE IF EXISTS foo; CREATE TABLE foo AS SELECT generate_series(1, {}) bar",
         a.rows
     ))
     .await?;

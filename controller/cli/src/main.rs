@@ -44,7 +44,8 @@ enum Cmd {
     Create(Box<create::CreateCmd>),
     /// Run the monitor (--dir) or a node's agent (--pgdata) in the foreground.
     Run(RunArgs),
-    /// Read state: state, uri, events, systemd.
+    /// Read state: state, uri, events, history, topology, backups, formation, systemd,
+    /// replication-password.
     #[command(subcommand)]
     Show(show::ShowCmd),
     /// Perform an operation on a formation.
@@ -122,7 +123,7 @@ struct FailoverArgs {
 #[derive(Subcommand)]
 enum MaintenanceCmd {
     /// A node's maintenance (a primary hands over first: needs --allow-failover).
-    Maintenance(NodeArgs),
+    Maintenance(MaintenanceArgs),
 }
 
 #[derive(Subcommand)]
@@ -142,14 +143,23 @@ struct RestartArgs {
 }
 
 #[derive(Args)]
-struct NodeArgs {
-    #[arg(long)]
-    name: String,
-    #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
-    formation: String,
-    /// Allow maintenance of the primary (it hands over to a candidate first).
+struct MaintenanceArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Allow maintenance of the primary: it hands over to a candidate first (without
+    /// it, maintenance of the primary is refused).
     #[arg(long)]
     allow_failover: bool,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// The node, by the name `show state` lists.
+    #[arg(long)]
+    name: String,
+    /// The node's formation.
+    #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
+    formation: String,
     #[command(flatten)]
     monitor: MonitorArgs,
     /// Give up waiting after this many seconds.
@@ -189,13 +199,14 @@ async fn wait_formation(
     }
 }
 
-async fn maintenance(a: NodeArgs, enable: bool) -> anyhow::Result<()> {
+async fn maintenance(m: MaintenanceArgs, enable: bool) -> anyhow::Result<()> {
     use pgha_api::NodeState;
+    let a = m.node;
     let client = a.monitor.operator_client()?;
     let name = a.name.clone();
     if enable {
         client
-            .enable_maintenance(&a.formation, &a.name, a.allow_failover)
+            .enable_maintenance(&a.formation, &a.name, m.allow_failover)
             .await?;
         wait_formation(&client, &a.formation, a.timeout, |st| {
             st.nodes.iter().any(|n| {

@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 pub const EVENTS_IN_MEMORY: usize = 10_000;
 
 /// What the controller observed of one node since it started (not persisted: after a
-/// restart the controller waits for fresh reports, DESIGN §5 rule 5).
+/// restart the controller waits for fresh reports, docs/src/design.md §5 rule 5).
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub last_report_ms: Option<u64>,

@@ -532,7 +532,7 @@ async fn backups_added_to_a_running_formation_roll_in_with_one_switchover() {
 }
 
 /// The second review: `archive_command` ran pgBackRest in Postgres's cleared
-/// environment, so credentials given to the agents (`PGBACKREST_*`, as the README
+/// environment, so credentials given to the agents (`PGBACKREST_*`, as docs/src/security.md
 /// says) never reached it: archiving failed and WAL filled the disk. An encrypted
 /// repository needs such a credential on every push (`repo1-cipher-pass`, refused in a
 /// formation file): with the passphrase only in the agents' environment, archiving and

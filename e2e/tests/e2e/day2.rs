@@ -305,7 +305,7 @@ async fn pending_restarts_roll_by_themselves_with_one_switchover() {
         // The standby first, and until it restarted: one switchover is planned per
         // generation, and a primary whose pending restart is reported before its
         // standby's would hand over to a standby that still needs one (an aborted
-        // hand-over is not retried; see the README's known gaps).
+        // hand-over is not retried; see docs/src/known-gaps.md).
         for i in [1, 0] {
             let db = c.connect_node(i).await?;
             db.batch_execute("ALTER SYSTEM SET max_prepared_transactions = 7")

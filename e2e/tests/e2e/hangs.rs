@@ -114,7 +114,7 @@ async fn a_hung_primary_is_failed_over_across_a_controller_restart() {
     scenario(async |c| partial_freeze(c, Hang::WithControllerRestart).await).await;
 }
 
-/// What a hung postmaster under a live agent does (the choice, in the README): the
+/// What a hung postmaster under a live agent does (the choice, in docs/src/known-gaps.md): the
 /// agent reports Postgres down, the controller fails it over after its restart grace,
 /// and the agent stops it at once, killing the postmaster and its sessions when even an
 /// immediate shutdown does not end them, so no open session commits after the

@@ -8,6 +8,7 @@ mod bad_input;
 mod controllers;
 mod day2;
 mod disaster_recovery;
+mod docs;
 mod elections;
 mod gitops;
 mod hangs;

@@ -137,7 +137,7 @@ fn an_isolated_standby_costs_no_writes() {
 
 #[test]
 fn an_isolated_controller_changes_nothing() {
-    // DESIGN §5 rule 4: the primary keeps serving while its standby streams from it.
+    // docs/src/design.md §5 rule 4: the primary keeps serving while its standby streams from it.
     net_scenario(2, async |c| {
         c.bootstrap_two()?;
         let h = history(c).await?;

@@ -25,7 +25,7 @@ async fn controller_restart_changes_nothing() {
         let probe = two_nodes(c).await?;
         let before = c.state()?;
         c.kill_monitor();
-        // The formation serves with the controller down (DESIGN §5 rule 4).
+        // The formation serves with the controller down (docs/src/design.md §5 rule 4).
         probe.wait_for_more(100, T).await?;
         tokio::time::sleep(Duration::from_secs(5)).await;
         probe.wait_for_more(50, T).await?;
@@ -112,7 +112,7 @@ async fn crashed_postgres_is_restarted_in_place() {
     .await;
 }
 
-/// DESIGN §5 rule 4: a full reboot with the controller down brings the formation back in
+/// docs/src/design.md §5 rule 4: a full reboot with the controller down brings the formation back in
 /// its last roles, and the primary serves writes once its standby streams again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_reboot_with_the_controller_down_resumes_last_roles() {
@@ -383,7 +383,7 @@ async fn a_full_disk_on_the_primary_is_reported_and_nothing_is_lost() {
     // `show state` and an event say so; writes fail but Postgres runs, so nothing fails
     // over. Freed, writes go on and the formation is one primary and one secondary, with
     // every acknowledged write. (What follows when Postgres itself stops on the full
-    // disk is not settled here: see the README's known gaps.)
+    // disk is not settled here: see docs/src/known-gaps.md.)
     scenario(async |c| {
         c.add_node_on_small_disk("node_a", 300)?;
         c.wait_for(&[("node_a", Single)], T)?;

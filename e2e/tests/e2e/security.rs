@@ -335,3 +335,25 @@ async fn replication_runs_over_tls_with_channel_binding() {
     })
     .await;
 }
+
+/// The read URL `pgha show uri --dir` prints (`https://read:TOKEN@host:port`) reads the
+/// monitor's `/metrics` with `curl` as it is (curl sends it as HTTP Basic).
+#[test]
+fn the_read_url_reads_metrics_with_curl() {
+    let c = Cluster::start().unwrap();
+    let (url, _pin) = c.monitor_url.split_once('#').unwrap();
+    assert!(url.starts_with("https://read:"), "{url}");
+    let ca = c.monitor_dir().join("tls/ca.crt");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(&ca)
+        .arg(format!("{url}/metrics"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("pgha_"),
+        "{}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,7 +1,7 @@
 //! Planner tests: one table case per rule, then property tests that drive a simulated
 //! formation (agents that reach their goals, crash, freeze or get cut off, a primary
 //! that fences itself by lease, WAL that advances and is acknowledged synchronously)
-//! through random event sequences and check the safety rules of DESIGN §5.
+//! through random event sequences and check the safety rules of docs/src/design.md §5.
 
 use super::*;
 use NodeState::*;
