@@ -8,8 +8,9 @@
 //! segment on the new timeline (and its history file) without a restart.
 
 use crate::config::AgentConfig;
-use crate::pg::{self, PgError, RunAs};
-use crate::pgdata_files::write_if_changed;
+use crate::files::write_if_changed;
+use crate::os_user::RunAs;
+use crate::postgres::bin::{self as pg, PgError};
 use pgha_api::{BackupInfo, BackupJob, BackupKind, BackupRequest, BackupSettings, JobState};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -163,11 +164,11 @@ pub fn write_conf(
     for d in ["pgbackrest-log", "pgbackrest-lock"] {
         crate::files::prepare_dir(&state.join(d), who)?;
     }
-    write_if_changed(
+    Ok(write_if_changed(
         &conf_path(cfg),
         &render_conf(cfg, s, &env_credentials()),
         who,
-    )
+    )?)
 }
 
 /// Runs `pgbackrest COMMAND ARGS…` for the formation's stanza as the Postgres OS user.
@@ -283,7 +284,7 @@ pub fn strip_recovery_settings(pgdata: &Path, who: Option<RunAs>) -> Result<bool
     if kept == text {
         return Ok(false);
     }
-    write_if_changed(&auto, &kept, who)
+    Ok(write_if_changed(&auto, &kept, who)?)
 }
 
 fn without_recovery_settings(text: &str) -> String {
@@ -636,7 +637,7 @@ mod tests {
             retention_full: 2,
             options: Default::default(),
         };
-        let c = render_conf(&crate::pgdata_files::tests::cfg(), &s, &creds);
+        let c = render_conf(&crate::postgres::conf::tests::cfg(), &s, &creds);
         let global = c.split("\n[orders]").next().unwrap();
         assert!(global.contains("repo1-s3-key-secret=s3cr3t"), "{c}");
         assert!(!c.contains("/elsewhere") && !c.contains("evil"), "{c}");
@@ -646,7 +647,7 @@ mod tests {
     /// reaches `pgbackrest.conf`.
     #[test]
     fn options_that_run_commands_never_reach_pgbackrest_conf() {
-        let cfg = crate::pgdata_files::tests::cfg();
+        let cfg = crate::postgres::conf::tests::cfg();
         let s = BackupSettings {
             stanza: "orders".into(),
             repository: "/srv/b".into(),

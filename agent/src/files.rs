@@ -17,7 +17,7 @@
 //!   anyway. Root resolves a path itself only where every ancestor is root's and
 //!   writable by no one else ([`trusted_path`]).
 
-use crate::pg::RunAs;
+use crate::os_user::RunAs;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -113,6 +113,16 @@ pub fn trusted_path(path: &Path) -> bool {
         }
     }
     true
+}
+
+/// Writes a file owned by `who` (0600) if its content differs, never through a link.
+/// Returns true when written.
+pub fn write_if_changed(path: &Path, content: &str, who: Option<RunAs>) -> Result<bool, FileError> {
+    if read_nofollow(path)?.as_deref() == Some(content) {
+        return Ok(false);
+    }
+    replace(path, content.as_bytes(), 0o600, who)?;
+    Ok(true)
 }
 
 /// Reads at most `max` bytes of a regular file, never through a link at its name, never

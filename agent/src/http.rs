@@ -476,7 +476,7 @@ mod tests {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let limits = crate::agent::health_limits(&crate::pgdata_files::tests::cfg());
+        let limits = crate::agent::health_limits(&crate::postgres::conf::tests::cfg());
         let per_source = limits.max_per_source;
         tokio::spawn(pgha_api::server::serve(
             listener,
@@ -573,7 +573,7 @@ mod tests {
     async fn only_allowed_networks_reach_the_health_port() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut cfg = crate::pgdata_files::tests::cfg();
+        let mut cfg = crate::postgres::conf::tests::cfg();
         cfg.health_allow = vec!["127.0.0.1".into()];
         tokio::spawn(pgha_api::server::serve(
             listener,

@@ -2,13 +2,12 @@
 //! assigned state, idempotently.
 //!
 //! - [`config`]: configuration and persisted state beside PGDATA;
-//! - [`pg`]: one wrapper per Postgres binary;
-//! - [`pgdata_files`]: the files the agent owns inside PGDATA (postgresql.conf include,
-//!   pg_hba.conf entries, standby.signal);
-//! - [`files`]: writes that never follow a link planted by the Postgres OS user;
+//! - [`postgres`]: the Postgres side: its binaries, its SQL, the files the agent owns in
+//!   PGDATA;
+//! - [`files`]: writes (and reads) that never follow a link planted by the Postgres OS
+//!   user; [`os_user`]: the identity Postgres runs as;
 //! - [`observation`]: the plain data of what the local Postgres looks like now;
 //! - [`observe`]: filling it in (files, postmaster.pid, pg_controldata, SQL);
-//! - [`sql`]: all the SQL the agent runs, with its escaping helpers;
 //! - [`lease`]: the primary's lease: when it renews, and the watchdog that fences;
 //! - [`plan`]: the pure functions: what an assignment asks for, and
 //!   `(wanted, observation) -> step`;
@@ -26,10 +25,9 @@ pub mod http;
 pub mod lease;
 pub mod observation;
 pub mod observe;
-pub mod pg;
-pub mod pgdata_files;
+pub mod os_user;
 pub mod plan;
-pub mod sql;
+pub mod postgres;
 
 pub use agent::{EXIT_DROPPED, Exit, run};
 pub use config::{AgentConfig, AuthMethod};

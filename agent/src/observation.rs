@@ -1,7 +1,7 @@
 //! The plain data of one observation of the local Postgres: what [`crate::observe`]
 //! fills in each tick and the pure planner ([`crate::plan`]) reads. No I/O here.
 
-use crate::pg;
+use crate::postgres::bin as pg;
 use pgha_api::{Lsn, StandbyObservation};
 
 /// A standby streaming from this node, from `pg_stat_replication`.

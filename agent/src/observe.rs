@@ -3,7 +3,7 @@
 
 use crate::config::AgentConfig;
 pub use crate::observation::{Local, LocalStandby};
-use crate::pg;
+use crate::postgres::bin as pg;
 use std::path::Path;
 use std::time::Duration;
 
@@ -193,7 +193,7 @@ fn warn_due() -> bool {
 
 async fn read_local(cfg: &AgentConfig, l: &mut Local) -> Result<(), tokio_postgres::Error> {
     let c = connect(cfg).await?;
-    crate::sql::read_local(&c, cfg, l).await?;
+    crate::postgres::sql::read_local(&c, cfg, l).await?;
     if l.in_recovery == Some(false) {
         read_logical_slot_states(&cfg.pgdata, &mut l.permanent_slots);
     }

@@ -14,8 +14,9 @@ mod tick;
 
 use crate::config::{AgentConfig, AgentState};
 use crate::observe;
-use crate::pg::{self, RunAs};
+use crate::os_user::RunAs;
 use crate::plan::{self, Wanted};
+use crate::postgres::bin as pg;
 use pgha_api::client::MonitorClient;
 use pgha_api::{NodeState, Timings};
 use std::collections::HashMap;

@@ -4,7 +4,7 @@
 use super::*;
 use crate::observe::Local;
 use crate::plan::Step;
-use crate::{pgdata_files, sql};
+use crate::postgres::{conf, sql};
 use anyhow::Context;
 
 impl Agent {
@@ -449,7 +449,7 @@ impl Agent {
                 }
             }
         }
-        Ok(pgdata_files::apply(
+        Ok(conf::apply(
             &self.cfg,
             &role,
             &parameters,

@@ -64,7 +64,9 @@ impl Agent {
     async fn heartbeat(&mut self) {
         self.last_heartbeat = Some(Instant::now());
         let r = match observe::local_client(&self.cfg).await {
-            Ok(c) => crate::sql::heartbeat(&c).await.map_err(anyhow::Error::from),
+            Ok(c) => crate::postgres::sql::heartbeat(&c)
+                .await
+                .map_err(anyhow::Error::from),
             Err(e) => Err(e),
         };
         if let Err(e) = r {

@@ -351,7 +351,7 @@ pub fn should_fence(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::ControlData;
+    use crate::postgres::bin::ControlData;
     use pgha_api::Lsn;
 
     /// The second review: a standby formation's leader was stopped whenever its

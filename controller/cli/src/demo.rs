@@ -62,7 +62,7 @@ trait UidIfRoot {
 impl UidIfRoot for Command {
     fn uid_if_root(&mut self, cfg: &pgha_agent::AgentConfig) -> &mut Self {
         use std::os::unix::process::CommandExt;
-        if let Ok(Some(r)) = pgha_agent::pg::run_as(cfg) {
+        if let Ok(Some(r)) = pgha_agent::postgres::bin::run_as(cfg) {
             self.uid(r.uid).gid(r.gid);
         }
         self

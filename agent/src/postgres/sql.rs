@@ -238,13 +238,9 @@ pub async fn permanent_slot_action(
     let name = &slot.name;
     match (action, &slot.logical, logical_db) {
         (SlotAction::Create, None, _) => {
-            c.execute(
-                "SELECT pg_create_physical_replication_slot($1, true) \
-                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                &[name],
-            )
-            .await
-            .with_context(|| format!("creating permanent slot {name}"))?;
+            create_physical_slot(c, name)
+                .await
+                .with_context(|| format!("creating permanent slot {name}"))?;
         }
         (SlotAction::Create, Some(l), Some(db)) => {
             // Making a logical slot waits for the transactions running then: bounded, so
@@ -387,15 +383,21 @@ pub async fn sync_node_slots(c: &Client, slots: &[String]) -> anyhow::Result<()>
     .await
     .context("dropping replication slots")?;
     for slot in slots {
-        c.execute(
-            "SELECT pg_create_physical_replication_slot($1, true) \
-             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-            &[slot],
-        )
-        .await
-        .with_context(|| format!("creating replication slot {slot}"))?;
+        create_physical_slot(c, slot)
+            .await
+            .with_context(|| format!("creating replication slot {slot}"))?;
     }
     Ok(())
+}
+
+/// Makes physical slot `name` (reserving WAL at once) unless it exists.
+async fn create_physical_slot(c: &Client, name: &str) -> Result<u64, tokio_postgres::Error> {
+    c.execute(
+        "SELECT pg_create_physical_replication_slot($1, true) \
+         WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+        &[&name],
+    )
+    .await
 }
 
 /// Gives the replication role this formation's password (a node restored from another

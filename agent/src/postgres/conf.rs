@@ -6,12 +6,11 @@
 
 use crate::config::AgentConfig;
 use crate::files;
-use crate::pg;
 pub use crate::plan::Role;
+use crate::postgres::bin as pg;
 use pgha_api::host::Host;
 use pgha_api::{PeerNode, REPLICATION_USER};
 use std::net::IpAddr;
-use std::path::Path;
 
 pub const CONF_FILE: &str = "postgresql.pgha.conf";
 const INCLUDE_LINE: &str = "include_if_exists = 'postgresql.pgha.conf'\t# added by pgha";
@@ -294,20 +293,6 @@ pub fn splice_hba(existing: &str, block: &str) -> String {
     }
 }
 
-/// Writes a file owned by Postgres if its content differs (never through a link, see
-/// [`crate::files`]). Returns true when written.
-pub fn write_if_changed(
-    path: &Path,
-    content: &str,
-    who: Option<pg::RunAs>,
-) -> Result<bool, pg::PgError> {
-    if files::read_nofollow(path)?.as_deref() == Some(content) {
-        return Ok(false);
-    }
-    files::replace(path, content.as_bytes(), 0o600, who)?;
-    Ok(true)
-}
-
 /// Makes PGDATA's files match `role` and `peers`. Returns true when something changed
 /// (the caller reloads a running Postgres).
 pub fn apply(
@@ -327,10 +312,10 @@ pub fn apply(
         source: std::io::ErrorKind::NotFound.into(),
     })?;
     if !text.lines().any(|l| l.trim() == INCLUDE_LINE) {
-        changed |= write_if_changed(&main_conf, &format!("{text}\n{INCLUDE_LINE}\n"), who)?;
+        changed |= files::write_if_changed(&main_conf, &format!("{text}\n{INCLUDE_LINE}\n"), who)?;
     }
     if *role != Role::Stopped {
-        changed |= write_if_changed(
+        changed |= files::write_if_changed(
             &pgdata.join(CONF_FILE),
             &render_conf(cfg, role, parameters, backup, logical_slots),
             who,
@@ -338,14 +323,14 @@ pub fn apply(
     }
     let signal = pgdata.join("standby.signal");
     if matches!(role, Role::Standby { .. } | Role::StandbyOf { .. }) && !signal.exists() {
-        write_if_changed(&signal, "", who)?;
+        files::write_if_changed(&signal, "", who)?;
         changed = true;
     }
     if !cfg.skip_pg_hba {
         let hba = pgdata.join("pg_hba.conf");
         let existing = files::read_nofollow(&hba)?.unwrap_or_default();
         let spliced = splice_hba(&existing, &render_hba_block(cfg, peers));
-        changed |= write_if_changed(&hba, &spliced, who)?;
+        changed |= files::write_if_changed(&hba, &spliced, who)?;
     }
     Ok(changed)
 }

@@ -34,12 +34,7 @@ pub enum PgError {
     Refused(String),
 }
 
-/// The OS identity Postgres runs as.
-#[derive(Debug, Clone, Copy)]
-pub struct RunAs {
-    pub uid: u32,
-    pub gid: u32,
-}
+pub use crate::os_user::RunAs;
 
 /// Resolves the unprivileged OS user when running as root; None when not root.
 pub fn run_as(cfg: &AgentConfig) -> Result<Option<RunAs>, PgError> {

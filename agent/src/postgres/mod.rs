@@ -1,0 +1,14 @@
+//! The agent's Postgres side, one room per concern:
+//! - [`bin`]: one wrapper per Postgres binary (initdb, pg_ctl, pg_basebackup,
+//!   pg_rewind, pg_controldata, psql), run as the Postgres OS user with an explicit
+//!   environment, stderr in the error;
+//! - [`sql`]: every statement the agent runs, with its escaping;
+//! - [`conf`]: the files the agent owns in PGDATA (`postgresql.pgha.conf`, its block
+//!   of `pg_hba.conf`, `standby.signal`).
+//!
+//! What differs between Postgres majors belongs here, by capability, not as version
+//! tests scattered through the agent.
+
+pub mod bin;
+pub mod conf;
+pub mod sql;
