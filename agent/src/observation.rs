@@ -83,6 +83,11 @@ pub struct Local {
     pub setting_errors: Vec<(String, String)>,
     /// PGDATA's filesystem (None when it cannot be read).
     pub disk: Option<pgha_api::DiskSpace>,
+    /// The data directory's major (`PG_VERSION`).
+    pub major: Option<pgha_api::PgMajor>,
+    /// The major of the Postgres binaries the agent runs (`pg_bin_dir`), found at its
+    /// start.
+    pub binaries_major: Option<pgha_api::PgMajor>,
     /// `pg_stat_archiver`, on a primary whose `archive_mode` is on.
     pub archive: Option<pgha_api::ArchiveStatus>,
 }

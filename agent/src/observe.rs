@@ -153,6 +153,10 @@ pub async fn observe(cfg: &AgentConfig) -> Local {
     if !l.initialized {
         return l;
     }
+    l.major = crate::files::read_capped(&pgdata.join("PG_VERSION"), 16)
+        .ok()
+        .flatten()
+        .and_then(|b| pgha_api::PgMajor::from_pg_version_file(&String::from_utf8_lossy(&b)));
     l.oldest_wal = oldest_wal(pgdata);
     match postmaster(pgdata) {
         Postmaster::Stopped => {

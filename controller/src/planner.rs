@@ -81,10 +81,12 @@ pub enum BlockReason {
     WarmingUp,
     /// The formation's term is at its largest value: no promotion can be fenced.
     TermExhausted,
+    /// The only standbys run another PostgreSQL major than the primary did.
+    VersionSkew,
 }
 
 impl BlockReason {
-    pub const ALL: [BlockReason; 7] = [
+    pub const ALL: [BlockReason; 8] = [
         BlockReason::NoCandidate,
         BlockReason::PriorityZero,
         BlockReason::Lagging,
@@ -92,6 +94,7 @@ impl BlockReason {
         BlockReason::WarmingUp,
         BlockReason::TooManyFailovers,
         BlockReason::TermExhausted,
+        BlockReason::VersionSkew,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +106,7 @@ impl BlockReason {
             BlockReason::WarmingUp => "controller_warming_up",
             BlockReason::TooManyFailovers => "too_many_failovers",
             BlockReason::TermExhausted => "term_exhausted",
+            BlockReason::VersionSkew => "version_skew",
         }
     }
 }
@@ -172,6 +176,14 @@ pub fn plan(f: &FormationView) -> Plan {
     }
     if p.decisions.is_empty() {
         plan_rolling_restart(f, &mut p);
+    }
+    for n in f.on_other_majors() {
+        p.wait(format!(
+            "{} runs PostgreSQL {}, the formation {}: it is never elected nor streamed from (give it a data directory of the formation's major)",
+            n.name,
+            n.pg.major.map(|m| m.to_string()).unwrap_or_default(),
+            f.formation_major().map(|m| m.to_string()).unwrap_or_default()
+        ));
     }
     p
 }

@@ -38,6 +38,8 @@ struct Agent {
     sent_marks: HashMap<i32, crate::lease::WalMarks>,
     /// When the WAL receiver last received from its upstream (`lease::ReceiverWatch`).
     receiver_watch: crate::lease::ReceiverWatch,
+    /// The major of the binaries in `pg_bin_dir` (found at the start).
+    binaries_major: Option<pgha_api::PgMajor>,
     last_heartbeat: Option<Instant>,
     /// `upstream_streaming` as last reported: a change is reported at once (the
     /// controller parks a standby that stopped streaming, and a synchronous primary
@@ -255,6 +257,13 @@ pub async fn run(
             }
         })
     };
+    let binaries_major = match pg::binaries_major(&cfg).await {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::error!("the major of the Postgres binaries is not known: {e}");
+            None
+        }
+    };
     let mut agent = Agent {
         hooks: crate::hooks::Hooks::new(cfg.on_role_change.clone())
             .with_start_stop(cfg.on_start.clone(), cfg.on_stop.clone()),
@@ -278,6 +287,7 @@ pub async fn run(
         wal_marks: Default::default(),
         sent_marks: HashMap::new(),
         receiver_watch: Default::default(),
+        binaries_major,
         last_heartbeat: None,
         reported_upstream_live: None,
         streaming_senders: Default::default(),

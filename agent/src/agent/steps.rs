@@ -18,6 +18,12 @@ impl Agent {
         match step {
             Step::Reached | Step::Wait(_) => Ok(()),
             Step::Blocked(why) => anyhow::bail!("cannot reach {goal}: {why}"),
+            Step::WrongMajor { data, binaries } => anyhow::bail!(
+                "cannot reach {goal}: {} holds a PostgreSQL {data} cluster and {} holds PostgreSQL {binaries}: a data directory is never started with another major's binaries (point pg_bin_dir in {} at a PostgreSQL {data} install)",
+                cfg.pgdata.display(),
+                cfg.pg_bin_dir.display(),
+                crate::config::AgentConfig::config_path(&cfg.pgdata).display()
+            ),
             Step::Initdb => {
                 prepare_dir(&cfg.pgdata, self.who)?;
                 match cfg.restore_from.clone() {

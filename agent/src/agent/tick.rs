@@ -77,7 +77,8 @@ impl Agent {
     /// Observes Postgres and remembers what later reports need (standbys heard from,
     /// invalidated slots, the primary's hot-standby settings).
     async fn observe(&mut self) -> Local {
-        let l = observe::observe(&self.cfg).await;
+        let mut l = observe::observe(&self.cfg).await;
+        l.binaries_major = self.binaries_major;
         // The start and stop hooks: a change seen while the agent runs (not the state
         // it found at its own start).
         let role = match l.in_recovery {

@@ -41,6 +41,13 @@ pub enum Step {
     /// A standby misses a copy of a logical slot: stop, so that the next start loads
     /// the primary's slot state file (PostgreSQL 15 reads slots only at its start).
     RestartForSlotCopies(Vec<String>),
+    /// PGDATA holds a cluster of another major than the binaries the agent runs: it is
+    /// never started with them (Postgres would refuse, or worse, after a half-done
+    /// upgrade).
+    WrongMajor {
+        data: pgha_api::PgMajor,
+        binaries: pgha_api::PgMajor,
+    },
 }
 
 /// What one of the file's permanent slots needs on this node.
@@ -81,6 +88,13 @@ pub struct Wanted {
 
 pub fn next_step(w: &Wanted, l: &Local) -> Step {
     let g = w.goal;
+    if let (Some(data), Some(binaries)) = (l.major, l.binaries_major)
+        && data != binaries
+        && !l.postmaster_running
+        && !g.is_stopped()
+    {
+        return Step::WrongMajor { data, binaries };
+    }
     if g.is_stopped() {
         return match (l.postmaster_running, l.ready) {
             (true, true) => Step::Stop,
@@ -353,6 +367,35 @@ mod tests {
     use super::*;
     use crate::postgres::bin::ControlData;
     use pgha_api::Lsn;
+
+    /// Issue 26: a data directory is never started with another major's binaries.
+    #[test]
+    fn a_data_directory_of_another_major_is_never_started() {
+        use pgha_api::PgMajor;
+        let mut l = stopped("shut down");
+        l.major = Some(PgMajor(15));
+        l.binaries_major = Some(PgMajor(18));
+        for goal in [NodeState::Single, NodeState::Primary, NodeState::Secondary] {
+            assert_eq!(
+                next_step(&wanted(goal), &l),
+                Step::WrongMajor {
+                    data: PgMajor(15),
+                    binaries: PgMajor(18)
+                },
+                "{goal}"
+            );
+        }
+        // Stopped goals stay stopped; the same majors start.
+        assert_eq!(next_step(&wanted(NodeState::Demoted), &l), Step::Reached);
+        l.binaries_major = Some(PgMajor(15));
+        assert_ne!(
+            next_step(&wanted(NodeState::Single), &l),
+            Step::WrongMajor {
+                data: PgMajor(15),
+                binaries: PgMajor(15)
+            }
+        );
+    }
 
     /// The second review: a standby formation's leader was stopped whenever its
     /// controller was unreachable (the watchdog was armed for any writable goal).
@@ -804,7 +847,9 @@ mod tests {
                     if step == Step::Reached {
                         break true;
                     }
-                    if matches!(step, Step::Blocked(_)) || steps.len() > 10 {
+                    if matches!(step, Step::Blocked(_) | Step::WrongMajor { .. })
+                        || steps.len() > 10
+                    {
                         break false;
                     }
                     steps.push(step.clone());
@@ -866,7 +911,7 @@ mod tests {
                     n.ready = true;
                 }
             }
-            Step::Reached | Step::Blocked(_) => {}
+            Step::Reached | Step::Blocked(_) | Step::WrongMajor { .. } => {}
         }
         n
     }

@@ -16,6 +16,7 @@ pub mod client;
 pub mod formation;
 pub mod host;
 mod lsn;
+mod major;
 mod report;
 mod requests;
 pub mod routes;
@@ -28,6 +29,7 @@ pub mod tls;
 pub mod validate;
 
 pub use lsn::{Lsn, LsnParseError};
+pub use major::{PgMajor, SUPPORTED_MAJORS};
 pub use state::{ALL_STATES, NodeState, StateParseError};
 
 pub use assignment::*;

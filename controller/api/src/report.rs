@@ -27,6 +27,10 @@ pub struct PgObservation {
     /// Current WAL position: insert LSN on a primary, received/replayed on a standby.
     pub lsn: Option<Lsn>,
     pub system_identifier: Option<String>,
+    /// The major of the data directory (its `PG_VERSION`); None before initdb or a base
+    /// backup, or from an agent that does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<crate::PgMajor>,
     /// Standbys streaming from this node (primary view).
     pub standbys: Vec<StandbyObservation>,
     /// This node's WAL receiver is streaming from its upstream.

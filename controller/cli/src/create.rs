@@ -617,6 +617,26 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
             );
         }
     }
+    // The install's major: one pgha runs, said by its own pg_ctl.
+    let version = std::process::Command::new(pg_bin_dir.join("pg_ctl"))
+        .arg("--version")
+        .output()
+        .with_context(|| format!("--pg-bin-dir {}: running pg_ctl --version", pg_bin_dir.display()))?;
+    let text = String::from_utf8_lossy(&version.stdout);
+    let major = pgha_api::PgMajor::from_version_output(&text).with_context(|| {
+        format!(
+            "--pg-bin-dir {}: pg_ctl --version said {:?}, not a PostgreSQL version",
+            pg_bin_dir.display(),
+            text.trim()
+        )
+    })?;
+    if !major.is_supported() {
+        bail!(
+            "--pg-bin-dir {}: PostgreSQL {major}; pgha runs PostgreSQL {} (install one of them, e.g. postgresql-15, and pass its bin directory)",
+            pg_bin_dir.display(),
+            pgha_api::PgMajor::supported_list()
+        );
+    }
     if pgdata.join("PG_VERSION").exists() {
         let sysid = std::fs::read_to_string(pgdata.join("PG_VERSION")).unwrap_or_default();
         bail!(

@@ -40,6 +40,29 @@ fn elect<'a>(
 ) -> Result<Election<'a>, (BlockReason, String)> {
     let healthy: Vec<&NodeView> = f.live_standbys().filter(|n| n.id != pr.id).collect();
     if healthy.is_empty() {
+        let skewed: Vec<String> = f
+            .on_other_majors()
+            .filter(|n| n.id != pr.id)
+            .map(|n| {
+                format!(
+                    "{} runs PostgreSQL {}",
+                    n.name,
+                    n.pg.major.map(|m| m.to_string()).unwrap_or_default()
+                )
+            })
+            .collect();
+        if !skewed.is_empty() {
+            return Err((
+                BlockReason::VersionSkew,
+                format!(
+                    "no standby runs the formation's PostgreSQL {} ({}): none can be promoted",
+                    f.formation_major()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default(),
+                    skewed.join(", ")
+                ),
+            ));
+        }
         return Err((BlockReason::NoCandidate, "no healthy secondary".into()));
     }
     let mut candidates: Vec<&NodeView> = healthy
@@ -94,6 +117,9 @@ fn elect<'a>(
             .filter(|n| {
                 n.id != pr.id
                     && n.replication_quorum
+                    // A node on another major never streamed from `pr`: it acknowledged
+                    // nothing.
+                    && f.on_formation_major(n)
                     // Old primaries (demoted, or still being stopped) did not stream
                     // from `pr`: they rejoin through catchingup first.
                     && !matches!(

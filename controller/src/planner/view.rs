@@ -224,13 +224,15 @@ impl FormationView {
     /// promote or copy WAL from.
     pub(super) fn live_standbys(&self) -> impl Iterator<Item = &NodeView> {
         self.nodes.iter().filter(|n| {
-            matches!(
-                n.goal,
-                NodeState::Secondary
-                    | NodeState::FastForward
-                    | NodeState::PreparePromotion
-                    | NodeState::StopReplication
-            ) && n.reported == n.goal
+            self.on_formation_major(n)
+                && matches!(
+                    n.goal,
+                    NodeState::Secondary
+                        | NodeState::FastForward
+                        | NodeState::PreparePromotion
+                        | NodeState::StopReplication
+                )
+                && n.reported == n.goal
                 && self.is_healthy(n)
         })
     }
@@ -278,11 +280,37 @@ impl FormationView {
         self.nodes.iter().filter(move |n| {
             live.contains(&n.id)
                 || (n.goal == NodeState::Catchingup
+                    && self.on_formation_major(n)
                     && n.reported == NodeState::Catchingup
                     && self.is_healthy(n)
                     && timeline.is_some()
                     && n.pg.timeline == timeline)
         })
+    }
+
+    /// The formation's PostgreSQL major: the one its writable node (or the node being
+    /// demoted) runs, as last reported. None before any node said.
+    pub fn formation_major(&self) -> Option<pgha_api::PgMajor> {
+        self.writable_goal()
+            .or(self.demoting())
+            .and_then(|n| n.pg.major)
+    }
+
+    /// Whether `n` runs the formation's major (or either is not known yet). A node on
+    /// another major can neither stream from the primary nor be promoted in its place:
+    /// it is never a candidate, a WAL source or an upstream.
+    pub fn on_formation_major(&self, n: &NodeView) -> bool {
+        match (self.formation_major(), n.pg.major) {
+            (Some(f), Some(m)) => f == m,
+            _ => true,
+        }
+    }
+
+    /// Nodes that would be standbys but run another major than the formation's.
+    pub fn on_other_majors(&self) -> impl Iterator<Item = &NodeView> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.goal.is_writable() && !self.on_formation_major(n))
     }
 
     /// The old primary acknowledged its demotion: its agent reports it stopped Postgres.
@@ -370,6 +398,7 @@ impl FormationView {
         let up_id = n.replicate_from.filter(|id| *id != n.id)?;
         let up = self.nodes.iter().find(|u| u.id == up_id)?;
         let healthy = up.goal == NodeState::Secondary
+            && self.on_formation_major(up)
             && up.reported == NodeState::Secondary
             && !self.is_failed(up)
             && self.is_reporting(up)

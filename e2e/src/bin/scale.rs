@@ -163,6 +163,7 @@ impl SimNode {
                 timeline: Some(1),
                 lsn: Some(Lsn(st.lsn)),
                 system_identifier: Some(format!("sim-{}", formation.name)),
+                major: Some(pgha_api::PgMajor(15)),
                 standbys: vec![],
                 upstream_streaming: streaming,
                 upstream_lost_ms_ago: st.upstream_port.map(|_| lost_ms),

@@ -483,3 +483,58 @@ fn a_refused_switchover_gives_the_old_primary_its_role_back() {
     assert_eq!(goal_of(&p, 2), Some(Catchingup), "{p:?}");
     assert_eq!(p.new_term, Some(f.term + 1));
 }
+
+/// Issue 26: a node on another major than the primary's is never a candidate, a WAL
+/// source nor an upstream; a failover whose only standbys run another major is blocked
+/// and says why.
+#[test]
+fn a_standby_on_another_major_is_never_elected_nor_streamed_from() {
+    use pgha_api::PgMajor;
+    let mut f = three_nodes();
+    for n in f.nodes.iter_mut() {
+        n.pg.major = Some(PgMajor(15));
+    }
+    // node 2: highest priority and most advanced, but PostgreSQL 16.
+    f.nodes[1].pg.major = Some(PgMajor(16));
+    f.nodes[1].candidate_priority = 100;
+    f.nodes[1].pg.lsn = Some(Lsn(9000));
+    f.nodes[2].pg.lsn = Some(Lsn(2000));
+    f.nodes[2].replicate_from = Some(2);
+    assert_eq!(f.formation_major(), Some(PgMajor(15)));
+    assert!(!f.on_formation_major(&f.nodes[1]));
+    // Not an upstream for a cascading standby: node 3 streams from the primary.
+    assert_eq!(f.upstream_of(&f.nodes[2]).map(|u| u.id), Some(1));
+    let p = plan(&f);
+    assert!(
+        p.waiting
+            .as_deref()
+            .is_some_and(|w| w.contains("node_2 runs PostgreSQL 16")),
+        "{p:?}"
+    );
+    let now = f.now_ms;
+    fail(&mut f, 0, now, 5000);
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 3), Some(PreparePromotion), "{p:?}");
+    assert_eq!(goal_of(&p, 2), None, "{p:?}");
+    // Without node 3, nothing may be promoted: blocked, with the reason.
+    let mut f = two_nodes_failed_primary_with_standby_on(PgMajor(16));
+    let p = plan(&f);
+    assert_eq!(p.blocked, Some(BlockReason::VersionSkew), "{p:?}");
+    assert!(p.decisions.iter().all(|d| d.node_id != 2), "{p:?}");
+    assert!(
+        p.waiting.unwrap().contains("node_2 runs PostgreSQL 16"),
+        "the reason names the node and its major"
+    );
+    // The same standby on the primary's major is promoted.
+    f.nodes[1].pg.major = Some(PgMajor(15));
+    assert_ne!(plan(&f).blocked, Some(BlockReason::VersionSkew));
+}
+
+fn two_nodes_failed_primary_with_standby_on(major: pgha_api::PgMajor) -> FormationView {
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    f.nodes[0].pg.major = Some(pgha_api::PgMajor(15));
+    f.nodes[1].pg.major = Some(major);
+    let now = f.now_ms;
+    fail(&mut f, 0, now, 5000);
+    f
+}
