@@ -238,7 +238,9 @@ fn plan_standbys(f: &FormationView, p: &mut Plan) {
             }
             (NodeState::Catchingup, NodeState::Catchingup) => {
                 let Some(pr) = primary else { continue };
-                if !f.is_healthy(n) {
+                // A node on another major cannot stream from the primary: it never
+                // becomes a secondary (plan() says why).
+                if !f.is_healthy(n) || !f.on_formation_major(n) {
                     continue;
                 }
                 let same_tli = n.pg.timeline.is_some() && n.pg.timeline == pr.pg.timeline;

@@ -621,7 +621,12 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
     let version = std::process::Command::new(pg_bin_dir.join("pg_ctl"))
         .arg("--version")
         .output()
-        .with_context(|| format!("--pg-bin-dir {}: running pg_ctl --version", pg_bin_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "--pg-bin-dir {}: running pg_ctl --version",
+                pg_bin_dir.display()
+            )
+        })?;
     let text = String::from_utf8_lossy(&version.stdout);
     let major = pgha_api::PgMajor::from_version_output(&text).with_context(|| {
         format!(

@@ -410,7 +410,8 @@ impl FormationView {
     /// candidate keeps streaming from the old primary (to get its last WAL), the other
     /// standbys cut replication so the old primary's lease can run out.
     pub fn upstream_of(&self, n: &NodeView) -> Option<&NodeView> {
-        if !n.goal.streams_from_upstream() {
+        // A node on another major streams from no one (it could not).
+        if !n.goal.streams_from_upstream() || !self.on_formation_major(n) {
             return None;
         }
         if n.goal == NodeState::FastForward {
@@ -453,7 +454,12 @@ impl FormationView {
         let quorum = |states: &[NodeState]| {
             self.nodes
                 .iter()
-                .filter(|n| n.id != primary.id && n.replication_quorum && states.contains(&n.goal))
+                .filter(|n| {
+                    n.id != primary.id
+                        && n.replication_quorum
+                        && self.on_formation_major(n)
+                        && states.contains(&n.goal)
+                })
                 .collect::<Vec<&NodeView>>()
         };
         let mut members = quorum(&[NodeState::Secondary]);

@@ -286,6 +286,15 @@ impl World {
                         );
                     }
                 }
+                // Issue 26: never a node on another major than the formation's.
+                let v = self.view();
+                prop_assert!(
+                    v.on_formation_major(&self.view_nodes[i]),
+                    "node {} on PostgreSQL {:?} promoted in a formation on {:?}",
+                    i + 1,
+                    self.view_nodes[i].pg.major,
+                    v.formation_major()
+                );
                 // Rule 3: the new primary has every synchronously acknowledged commit.
                 prop_assert!(
                     self.sims[i].lsn >= self.acked_sync_lsn,
@@ -296,6 +305,18 @@ impl World {
                 );
             }
             self.view_nodes[i].goal = d.goal;
+        }
+        // Issue 26: no node streams from one on another major.
+        let v = self.view();
+        for n in &v.nodes {
+            if let Some(u) = v.upstream_of(n) {
+                prop_assert!(
+                    v.on_formation_major(u),
+                    "node {} streams from node {} on another major",
+                    n.id,
+                    u.id
+                );
+            }
         }
         let writable_goals = self
             .view_nodes
@@ -461,6 +482,34 @@ proptest! {
         }
         prop_assert!(w.heal()?, "did not return to primary + secondaries: {:?} {:?}",
             w.view_nodes.iter().map(|n| (n.goal, n.reported, n.candidate_priority, n.pg.lsn, n.pg.upstream_streaming)).collect::<Vec<_>>(), plan(&w.view()));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Issue 26: one node of 3-4 runs another major (PostgreSQL 16 in a 15 formation):
+    /// whatever happens, it is never promoted nor an upstream, and the others keep every
+    /// guarantee.
+    #[test]
+    fn a_node_on_another_major_is_never_promoted_nor_streamed_from(
+        (prio, ops) in (3usize..=4).prop_flat_map(|n| {
+            (priorities(n), proptest::collection::vec(op(n), 1..100))
+        })
+    ) {
+        let mut w = World::with_priorities(&prio);
+        let last = w.view_nodes.len() - 1;
+        for (i, n) in w.view_nodes.iter_mut().enumerate() {
+            n.pg.major = Some(pgha_api::PgMajor(if i == last { 16 } else { 15 }));
+        }
+        // It joined, but cannot stream from a 15 primary: it waits in catchingup.
+        w.view_nodes[last].goal = Catchingup;
+        w.view_nodes[last].reported = Catchingup;
+        w.sims[last].goal = Catchingup;
+        w.sims[last].reached = Catchingup;
+        for o in &ops {
+            w.step(o)?;
+        }
     }
 }
 
