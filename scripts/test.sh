@@ -13,6 +13,16 @@ status=0
 # controller/src/planner/tests/properties.rs).
 export PROPTEST_RNG_SEED="${PROPTEST_RNG_SEED:-20261203}"
 cargo nextest run --workspace --no-fail-fast || status=$?
+# The version matrix: the whole suite above runs on PostgreSQL 15 (Debian's); on 16 and
+# 18 (scripts/setup.sh installs them) a subset that goes through every path that
+# depends on the major: bootstrap, switchover, VM loss and rejoin by pg_rewind (the
+# tutorial), three nodes with a quorum, reinit, a permanent slot across a failover, a
+# standby formation, pause and restart. PGHA_E2E_MAJOR selects the major of any e2e test.
+matrix='test(/tutorial_switchover_vm_loss|three_nodes_fail_over_and_rejoin|reinit_rebuilds|a_permanent_slot_survives|a_standby_formation_follows|a_paused_formation|restart_restarts_a_standby/)'
+for major in 16 18; do
+  echo "== e2e on PostgreSQL $major"
+  PGHA_E2E_MAJOR=$major cargo nextest run -p pgha-e2e --no-fail-fast -E "$matrix" || status=$?
+done
 # A multi-host test that nextest had to kill (a timeout) cannot remove its network
 # namespaces itself: remove those whose test process is gone, with what runs inside
 # (only the harness names namespaces pgha-<pid>-...).

