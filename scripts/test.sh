@@ -21,7 +21,8 @@ cargo nextest run --workspace --no-fail-fast || status=$?
 matrix='test(/tutorial_switchover_vm_loss|three_nodes_fail_over_and_rejoin|reinit_rebuilds|a_permanent_slot_survives|a_standby_formation_follows|a_paused_formation|restart_restarts_a_standby/)'
 for major in 16 18; do
   echo "== e2e on PostgreSQL $major"
-  PGHA_E2E_MAJOR=$major cargo nextest run -p pgha-e2e --no-fail-fast -E "$matrix" || status=$?
+  # --workspace, as above: the same build, nothing compiled again.
+  PGHA_E2E_MAJOR=$major cargo nextest run --workspace --no-fail-fast -E "package(pgha-e2e) & $matrix" || status=$?
 done
 # A multi-host test that nextest had to kill (a timeout) cannot remove its network
 # namespaces itself: remove those whose test process is gone, with what runs inside
