@@ -432,9 +432,12 @@ async fn a_running_formation_migrates_from_the_file_store_to_etcd() {
             anyhow::ensure!(b.name == a.name && b.node_id == a.node_id, "{b:?} vs {a:?}");
         }
         // As after any controller restart, the nodes' health is known again from
-        // fresh reports and probes before a switchover is accepted.
-        wait_until(c, "every node healthy again", T, |st| {
-            st.nodes.iter().all(|n| n.health == pgha_api::Health::Good)
+        // fresh reports before a switchover is accepted: a probe alone makes a node
+        // look healthy in show state, but a switchover needs its agent's word.
+        wait_until(c, "every node healthy and reporting again", T, |st| {
+            st.nodes
+                .iter()
+                .all(|n| n.health == pgha_api::Health::Good && n.report_age_ms.is_some())
         })?;
         c.pgha_ok(&["perform", "switchover", "--monitor", &c.join_url])?;
         c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
