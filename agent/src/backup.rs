@@ -204,6 +204,17 @@ async fn pgbackrest_on(
     pg::run_program(cfg, Path::new(PGBACKREST), "pgbackrest", &all, timeout).await
 }
 
+/// The version of this node's pgBackRest (`pgbackrest version`), reported so that the
+/// controller can refuse a backup section for a major it does not back up; None
+/// without one.
+pub fn pgbackrest_version() -> Option<String> {
+    let out = std::process::Command::new(PGBACKREST)
+        .arg("version")
+        .output()
+        .ok()?;
+    pgha_api::backup::parse_pgbackrest_version(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// Present from a point-in-time restore until its promotion is finished.
 pub fn pitr_marker(cfg: &AgentConfig) -> PathBuf {
     cfg.state_dir().join("point-in-time-recovery")

@@ -38,7 +38,13 @@ pub struct AgentConfig {
     pub formation: String,
     pub name: String,
     pub node_id: NodeId,
+    /// The bin directory of the PostgreSQL install in use.
     pub pg_bin_dir: PathBuf,
+    /// Other installs (`create postgres --pg-bin-dir`, repeated); those under
+    /// `/usr/lib/postgresql/N/bin` are found without being named. The agent runs the
+    /// one of its data directory's major (`crate::postgres::installs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pg_bin_dirs: Vec<PathBuf>,
     pub auth: AuthMethod,
     pub ssl_self_signed: bool,
     pub skip_pg_hba: bool,

@@ -204,6 +204,30 @@ pub fn admit_registration(
     Ok(declared)
 }
 
+/// A node that says which majors it has installed must have the formation's (`wanted`:
+/// its primary's, or the file's before there is one): without it, it could neither
+/// copy the primary nor be elected. A node that says nothing (an older agent) is let
+/// through; the planner keeps it apart if its data turns out another major.
+pub fn admit_major(
+    formation: &str,
+    req: &RegisterRequest,
+    wanted: Option<pgha_api::PgMajor>,
+) -> Result<(), Refusal> {
+    let Some(m) = wanted else { return Ok(()) };
+    if req.installs.is_empty() || req.installs.contains(&m) {
+        return Ok(());
+    }
+    let has: Vec<String> = req.installs.iter().map(|m| m.to_string()).collect();
+    refuse(
+        ErrorCode::MajorMissing,
+        format!(
+            "formation {formation:?} runs PostgreSQL {m}, and {} has PostgreSQL {} only: install PostgreSQL {m} on it (e.g. the postgresql-{m} package) or pass its bin directory with --pg-bin-dir",
+            req.name.as_deref().unwrap_or("this node"),
+            has.join(", ")
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,7 +252,31 @@ mod tests {
             dbname: "orders".into(),
             candidate_priority: 50,
             replication_quorum: true,
+            installs: vec![],
         }
+    }
+
+    /// Issue 26: a node without the formation's major is refused, by name and majors.
+    #[test]
+    fn a_node_without_the_formations_major_is_refused() {
+        use pgha_api::PgMajor;
+        let mut r = req("node_c", "10.0.0.3");
+        r.installs = vec![PgMajor(16)];
+        let e = admit_major("orders", &r, Some(PgMajor(15))).unwrap_err();
+        assert_eq!(e.code, ErrorCode::MajorMissing);
+        assert!(
+            e.message.contains("runs PostgreSQL 15")
+                && e.message.contains("node_c has PostgreSQL 16 only"),
+            "{}",
+            e.message
+        );
+        r.installs = vec![PgMajor(15), PgMajor(16)];
+        assert!(admit_major("orders", &r, Some(PgMajor(15))).is_ok());
+        // Nothing decided yet, or an agent that does not say: let through.
+        r.installs = vec![PgMajor(16)];
+        assert!(admit_major("orders", &r, None).is_ok());
+        r.installs = vec![];
+        assert!(admit_major("orders", &r, Some(PgMajor(15))).is_ok());
     }
 
     #[test]

@@ -177,6 +177,14 @@ pub fn plan(f: &FormationView) -> Plan {
     if p.decisions.is_empty() {
         plan_rolling_restart(f, &mut p);
     }
+    if let Some(why) = f.backup_refusal() {
+        p.wait(why);
+    }
+    if let Some((declared, running)) = f.declared_major_differs() {
+        p.wait(format!(
+            "the formation file declares PostgreSQL {declared} (spec.postgresql.version) but its primary runs PostgreSQL {running}: changing the major of a running formation is an upgrade, which this version of pgha does not do; the formation stays on {running} (set the version back to {running})"
+        ));
+    }
     for n in f.on_other_majors() {
         p.wait(format!(
             "{} runs PostgreSQL {}, the formation {}: it is never elected nor streamed from (give it a data directory of the formation's major)",

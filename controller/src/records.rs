@@ -454,6 +454,11 @@ impl FormationRecord {
             .unwrap_or_default()
     }
 
+    /// The major the file declares (`spec.postgresql.version`).
+    pub fn declared_major(&self) -> Option<pgha_api::PgMajor> {
+        self.spec().and_then(|s| s.postgresql.version)
+    }
+
     /// `maxSlotWalKeepSize` in force.
     pub fn max_slot_wal_keep_size(&self) -> String {
         self.spec()

@@ -146,6 +146,7 @@ impl Api {
             dbname: "orders".into(),
             candidate_priority: 50,
             replication_quorum: true,
+            installs: vec![],
         };
         let (status, body) = self
             .post(from, routes::REGISTER, Some(&self.secret), &req)
@@ -213,6 +214,7 @@ async fn hostile_hosts_and_missing_secrets_are_refused() {
         dbname: "orders".into(),
         candidate_priority: 50,
         replication_quorum: true,
+        installs: vec![],
     };
     let (status, body) = api.post("127.0.0.1", routes::REGISTER, None, &req).await;
     assert_eq!(status, 401, "{body}");

@@ -38,7 +38,11 @@ struct Agent {
     sent_marks: HashMap<i32, crate::lease::WalMarks>,
     /// When the WAL receiver last received from its upstream (`lease::ReceiverWatch`).
     receiver_watch: crate::lease::ReceiverWatch,
-    /// The major of the binaries in `pg_bin_dir` (found at the start).
+    /// The node's PostgreSQL installs (found at the start), and the major of the one in
+    /// use (`cfg.pg_bin_dir`, switched by [`Agent::choose_install`]).
+    installs: Vec<crate::postgres::installs::Install>,
+    /// This node's pgBackRest version (found at the start).
+    pgbackrest: Option<String>,
     binaries_major: Option<pgha_api::PgMajor>,
     last_heartbeat: Option<Instant>,
     /// `upstream_streaming` as last reported: a change is reported at once (the
@@ -257,13 +261,11 @@ pub async fn run(
             }
         })
     };
-    let binaries_major = match pg::binaries_major(&cfg).await {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::error!("the major of the Postgres binaries is not known: {e}");
-            None
-        }
-    };
+    let installs = crate::postgres::installs::find(&cfg);
+    let binaries_major = installs
+        .iter()
+        .find(|i| i.bin_dir == cfg.pg_bin_dir)
+        .map(|i| i.major);
     let mut agent = Agent {
         hooks: crate::hooks::Hooks::new(cfg.on_role_change.clone())
             .with_start_stop(cfg.on_start.clone(), cfg.on_stop.clone()),
@@ -287,6 +289,8 @@ pub async fn run(
         wal_marks: Default::default(),
         sent_marks: HashMap::new(),
         receiver_watch: Default::default(),
+        installs,
+        pgbackrest: crate::backup::pgbackrest_version(),
         binaries_major,
         last_heartbeat: None,
         reported_upstream_live: None,

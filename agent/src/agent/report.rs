@@ -137,6 +137,7 @@ impl Agent {
             lsn: l.lsn,
             system_identifier: l.control.as_ref().and_then(|c| c.system_identifier.clone()),
             major: l.major,
+            pgbackrest: self.pgbackrest.clone(),
             standbys: l.standbys.iter().map(|s| s.obs.clone()).collect(),
             upstream_streaming: l.receiver_live(),
             upstream_lost_ms_ago: if l.receiver_live() {

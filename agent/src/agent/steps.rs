@@ -24,6 +24,11 @@ impl Agent {
                 cfg.pg_bin_dir.display(),
                 crate::config::AgentConfig::config_path(&cfg.pgdata).display()
             ),
+            Step::NoInstallOf { wanted, binaries } => anyhow::bail!(
+                "cannot reach {goal}: the formation runs PostgreSQL {wanted}, and this node has no install of it (the one in use, {}, is PostgreSQL {binaries}): install PostgreSQL {wanted} (e.g. the postgresql-{wanted} package, found under /usr/lib/postgresql/{wanted}/bin when the agent starts) or add its bin directory to pg_bin_dirs in {}",
+                cfg.pg_bin_dir.display(),
+                crate::config::AgentConfig::config_path(&cfg.pgdata).display()
+            ),
             Step::Initdb => {
                 prepare_dir(&cfg.pgdata, self.who)?;
                 match cfg.restore_from.clone() {

@@ -59,6 +59,28 @@ impl Agent {
         Ok(if fast { FAST_PAUSE } else { QUIET_PAUSE })
     }
 
+    /// Runs the install of the data directory's major, or before there is data, of the
+    /// major the formation runs (`crate::postgres::installs::choose`). With none of that
+    /// major, the one in use stays and the step planner refuses to make or start data
+    /// with it.
+    fn choose_install(&mut self, data: Option<pgha_api::PgMajor>) {
+        let wanted = self.state.assignment.as_ref().and_then(|a| a.major);
+        let Some(i) =
+            crate::postgres::installs::choose(&self.installs, data, wanted, &self.cfg.pg_bin_dir)
+        else {
+            return;
+        };
+        if i.bin_dir != self.cfg.pg_bin_dir {
+            tracing::info!(
+                major = %i.major,
+                bin_dir = %i.bin_dir.display(),
+                "running the install of PostgreSQL {}", i.major
+            );
+            self.cfg.pg_bin_dir = i.bin_dir.clone();
+        }
+        self.binaries_major = Some(i.major);
+    }
+
     /// The idle primary's heartbeat (see `lease::WalMarks`). A failure (a read-only or
     /// full Postgres) only means its standbys renew no lease until it writes again.
     async fn heartbeat(&mut self) {
@@ -78,6 +100,7 @@ impl Agent {
     /// invalidated slots, the primary's hot-standby settings).
     async fn observe(&mut self) -> Local {
         let mut l = observe::observe(&self.cfg).await;
+        self.choose_install(l.major);
         l.binaries_major = self.binaries_major;
         // The start and stop hooks: a change seen while the agent runs (not the state
         // it found at its own start).

@@ -48,6 +48,13 @@ pub enum Step {
         data: pgha_api::PgMajor,
         binaries: pgha_api::PgMajor,
     },
+    /// No data directory yet, and no install of the major the formation runs: none is
+    /// made with another major's (its base backup or initdb would give a node that can
+    /// never stream from the primary nor replace it).
+    NoInstallOf {
+        wanted: pgha_api::PgMajor,
+        binaries: pgha_api::PgMajor,
+    },
 }
 
 /// What one of the file's permanent slots needs on this node.
@@ -84,6 +91,8 @@ pub struct Wanted {
     /// A restart to load logical slot copies may happen now (not one in the last
     /// minutes: a copy Postgres would not keep must not restart it in a loop).
     pub slot_copy_restart_allowed: bool,
+    /// The major the formation runs (the assignment's), when said.
+    pub major: Option<pgha_api::PgMajor>,
 }
 
 pub fn next_step(w: &Wanted, l: &Local) -> Step {
@@ -94,6 +103,14 @@ pub fn next_step(w: &Wanted, l: &Local) -> Step {
         && !g.is_stopped()
     {
         return Step::WrongMajor { data, binaries };
+    }
+    if l.major.is_none()
+        && !l.postmaster_running
+        && !g.is_stopped()
+        && let (Some(wanted), Some(binaries)) = (w.major, l.binaries_major)
+        && wanted != binaries
+    {
+        return Step::NoInstallOf { wanted, binaries };
     }
     if g.is_stopped() {
         return match (l.postmaster_running, l.ready) {
@@ -385,6 +402,21 @@ mod tests {
                 "{goal}"
             );
         }
+        // No data directory yet: made only with the formation's major.
+        let mut empty = stopped("shut down");
+        empty.major = None;
+        empty.binaries_major = Some(PgMajor(15));
+        let mut w = wanted(NodeState::WaitStandby);
+        w.major = Some(PgMajor(18));
+        assert_eq!(
+            next_step(&w, &empty),
+            Step::NoInstallOf {
+                wanted: PgMajor(18),
+                binaries: PgMajor(15)
+            }
+        );
+        w.major = Some(PgMajor(15));
+        assert!(!matches!(next_step(&w, &empty), Step::NoInstallOf { .. }));
         // Stopped goals stay stopped; the same majors start.
         assert_eq!(next_step(&wanted(NodeState::Demoted), &l), Step::Reached);
         l.binaries_major = Some(PgMajor(15));
@@ -423,6 +455,7 @@ mod tests {
             restart_allowed: true,
             slot_copy_restart_allowed: true,
             standby_leader: false,
+            major: None,
         }
     }
 
@@ -833,6 +866,7 @@ mod tests {
                     restart_allowed: true,
                     slot_copy_restart_allowed: true,
                     standby_leader: false,
+                    major: None,
                 };
                 // A primary is never created from nothing but by initdb for `single`, and
                 // a promotion needs data: those are the only refusals allowed.
@@ -847,8 +881,10 @@ mod tests {
                     if step == Step::Reached {
                         break true;
                     }
-                    if matches!(step, Step::Blocked(_) | Step::WrongMajor { .. })
-                        || steps.len() > 10
+                    if matches!(
+                        step,
+                        Step::Blocked(_) | Step::WrongMajor { .. } | Step::NoInstallOf { .. }
+                    ) || steps.len() > 10
                     {
                         break false;
                     }
@@ -911,7 +947,10 @@ mod tests {
                     n.ready = true;
                 }
             }
-            Step::Reached | Step::Blocked(_) | Step::WrongMajor { .. } => {}
+            Step::Reached
+            | Step::Blocked(_)
+            | Step::WrongMajor { .. }
+            | Step::NoInstallOf { .. } => {}
         }
         n
     }

@@ -90,6 +90,7 @@ pub fn wanted(goal: NodeState, a: Option<&Assignment>, ssn: String) -> Wanted {
             || standby_leader,
         // The agent narrows it (see `Agent::wanted`): the assignment does not say.
         slot_copy_restart_allowed: true,
+        major: a.and_then(|a| a.major),
     }
 }
 
@@ -173,6 +174,7 @@ mod tests {
             restart_epoch: 0,
             no_load_balance: false,
             standby_of: None,
+            major: None,
         }
     }
 

@@ -194,16 +194,6 @@ pub fn parse_controldata(out: &str) -> ControlData {
     c
 }
 
-/// The major of the Postgres binaries in `pg_bin_dir` (`pg_ctl --version`).
-pub async fn binaries_major(cfg: &AgentConfig) -> Result<pgha_api::PgMajor, PgError> {
-    let out = run(cfg, "pg_ctl", &["--version"], Duration::from_secs(10)).await?;
-    pgha_api::PgMajor::from_version_output(&out).ok_or_else(|| PgError::Failed {
-        bin: "pg_ctl --version".into(),
-        status: "no version".into(),
-        stderr: out.trim().to_string(),
-    })
-}
-
 pub async fn controldata(cfg: &AgentConfig) -> Result<ControlData, PgError> {
     let pgdata = cfg.pgdata.display().to_string();
     let out = run(cfg, "pg_controldata", &[&pgdata], Duration::from_secs(10)).await?;

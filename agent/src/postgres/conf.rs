@@ -352,6 +352,7 @@ pub(crate) mod tests {
             name: "node_a".into(),
             node_id: 2,
             pg_bin_dir: "/usr/lib/postgresql/15/bin".into(),
+            pg_bin_dirs: vec![],
             auth: AuthMethod::Trust,
             ssl_self_signed: false,
             skip_pg_hba: false,

@@ -3,6 +3,7 @@
 //!   pg_rewind, pg_controldata, psql), run as the Postgres OS user with an explicit
 //!   environment, stderr in the error;
 //! - [`sql`]: every statement the agent runs, with its escaping;
+//! - [`installs`]: the node's installs by major, and which one runs;
 //! - [`conf`]: the files the agent owns in PGDATA (`postgresql.pgha.conf`, its block
 //!   of `pg_hba.conf`, `standby.signal`).
 //!
@@ -11,4 +12,5 @@
 
 pub mod bin;
 pub mod conf;
+pub mod installs;
 pub mod sql;

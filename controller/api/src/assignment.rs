@@ -92,6 +92,10 @@ pub struct Assignment {
     /// the leader as usual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby_of: Option<StandbySource>,
+    /// The major this node must run: a data directory is made only with that major's
+    /// install. None: not decided yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<crate::PgMajor>,
 }
 
 /// Where a standby formation's leader streams from (`spec.standbyOf`).

@@ -130,6 +130,23 @@ pub const ALLOWED_OPTIONS: &[&str] = &[
 
 /// Whether a pgBackRest option holds a credential (a key, a passphrase, a secret, a
 /// token): never in a formation file, taken from the agents' environment instead.
+/// The newest PostgreSQL major a pgBackRest release (`2.45`) backs up, where pgha knows
+/// it: releases up to 2.45 stop at 15 (Debian 12's 2.45 refuses a 16 or 18 data
+/// directory with "unexpected control version", tried). Newer releases: None, not
+/// known here; pgBackRest's own error then says it.
+pub fn pgbackrest_max_major(version: &str) -> Option<crate::PgMajor> {
+    let mut parts = version.trim().split('.');
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    ((major, minor) <= (2, 45)).then_some(crate::PgMajor(15))
+}
+
+/// From `pgbackrest version` (`pgBackRest 2.45`): the version.
+pub fn parse_pgbackrest_version(out: &str) -> Option<String> {
+    let v = out.trim().strip_prefix("pgBackRest ")?.trim();
+    (!v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.')).then(|| v.to_string())
+}
+
 pub fn is_credential_option(name: &str) -> bool {
     ["key", "pass", "secret", "token"]
         .iter()
@@ -442,6 +459,22 @@ pub struct BackupsStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pgbackrest_versions_say_which_majors_they_back_up() {
+        assert_eq!(
+            parse_pgbackrest_version("pgBackRest 2.45\n").as_deref(),
+            Some("2.45")
+        );
+        assert_eq!(
+            parse_pgbackrest_version("bash: pgbackrest: not found"),
+            None
+        );
+        assert_eq!(pgbackrest_max_major("2.45"), Some(crate::PgMajor(15)));
+        assert_eq!(pgbackrest_max_major("2.38"), Some(crate::PgMajor(15)));
+        assert_eq!(pgbackrest_max_major("2.54.1"), None);
+        assert_eq!(pgbackrest_max_major("x"), None);
+    }
 
     #[test]
     fn durations_parse_and_bad_ones_say_how() {

@@ -261,6 +261,13 @@ impl Default for TimingsSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PostgresSpec {
+    /// The PostgreSQL major the formation runs (15, 16, 17 or 18). A new node's data
+    /// directory is made with that major's install, and a node without one is refused at
+    /// registration. Default: the major of the formation's first node. Changing it on a
+    /// running formation does not upgrade it: the formation stays on the major its
+    /// primary runs, and `show state` says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<crate::PgMajor>,
     /// `name: value` settings written into every node's configuration. Settings that
     /// take effect on reload are applied at once; the others are reported as pending a
     /// restart. Settings pgha manages itself (ports, replication, `synchronous_*`,

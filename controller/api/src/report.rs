@@ -31,6 +31,9 @@ pub struct PgObservation {
     /// backup, or from an agent that does not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub major: Option<crate::PgMajor>,
+    /// The version of the node's pgBackRest (`2.45`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgbackrest: Option<String>,
     /// Standbys streaming from this node (primary view).
     pub standbys: Vec<StandbyObservation>,
     /// This node's WAL receiver is streaming from its upstream.

@@ -16,6 +16,10 @@ pub struct RegisterRequest {
     pub dbname: String,
     pub candidate_priority: u8,
     pub replication_quorum: bool,
+    /// The PostgreSQL majors installed on the node: a node without the formation's is
+    /// refused. Empty: not said (an agent older than this field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub installs: Vec<crate::PgMajor>,
 }
 
 /// The controller's answer to a registration.
@@ -32,6 +36,11 @@ pub struct RegisterResponse {
     /// Handed out once; the controller keeps only its SHA-256. Never logged.
     #[serde(default)]
     pub node_token: String,
+    /// The major the node must run (the formation's, or the file's before it has a
+    /// primary); None: not decided yet (the first node of a formation that declares
+    /// none picks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<crate::PgMajor>,
 }
 
 /// `POST /v1/formations/{name}/switchover` answer.

@@ -140,6 +140,8 @@ pub enum ErrorCode {
     AddressMismatch,
     NotDeclared,
     DbnameMismatch,
+    /// The node has no install of the PostgreSQL major the formation runs.
+    MajorMissing,
     SwitchoverRefused,
     FailoverRefused,
     AllowDataLossRequired,

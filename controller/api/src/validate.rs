@@ -743,6 +743,17 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             err(format!("spec.postgresql.parameters.{name}"), e);
         }
     }
+    if let Some(m) = s.postgresql.version
+        && !m.is_supported()
+    {
+        err(
+            "spec.postgresql.version".into(),
+            format!(
+                "PostgreSQL {m} is not one pgha runs: use one of {}",
+                crate::PgMajor::supported_list()
+            ),
+        );
+    }
     if let Some(v) = &s.postgresql.max_slot_wal_keep_size
         && !valid_wal_size(v)
     {

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use pgha_agent::postgres::installs::{self, Install};
 use pgha_agent::{AgentConfig, AuthMethod};
 use pgha_api::RegisterRequest;
 use pgha_api::client::MonitorClient;
@@ -141,10 +142,11 @@ pub struct PostgresArgs {
     ssl_self_signed: bool,
     #[arg(long)]
     no_ssl: bool,
-    /// Directory of initdb, pg_ctl, pg_basebackup, pg_rewind (default: the newest
-    /// /usr/lib/postgresql/*/bin).
+    /// Bin directory of a PostgreSQL install (initdb, pg_ctl, pg_basebackup,
+    /// pg_rewind); repeat it for several majors. The node runs the one of the
+    /// formation's major. Default: every /usr/lib/postgresql/N/bin.
     #[arg(long)]
-    pg_bin_dir: Option<PathBuf>,
+    pg_bin_dir: Vec<PathBuf>,
     /// Leave pg_hba.conf alone (you manage replication and application access).
     #[arg(long)]
     skip_pg_hba: bool,
@@ -563,19 +565,68 @@ pub fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
-/// The newest `/usr/lib/postgresql/*/bin` with the binaries pgha runs.
-pub fn default_pg_bin_dir() -> Option<PathBuf> {
-    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("pg_ctl").exists().then_some((v, bin))
-        })
-        .collect();
-    dirs.sort();
-    dirs.pop().map(|(_, p)| p)
+/// The node's installs: those given with `--pg-bin-dir`, else every
+/// `/usr/lib/postgresql/N/bin`; with `--ssl-self-signed`, only those built with SSL.
+/// Checked before anything is registered: a bad one is refused by name.
+fn installs(a: &PostgresArgs) -> anyhow::Result<Vec<Install>> {
+    let given = !a.pg_bin_dir.is_empty();
+    let dirs = if given {
+        a.pg_bin_dir.clone()
+    } else {
+        installs::debian_layout()
+    };
+    if dirs.is_empty() {
+        bail!(
+            "no PostgreSQL found under /usr/lib/postgresql: install one of PostgreSQL {} (e.g. postgresql-15) or pass --pg-bin-dir",
+            pgha_api::PgMajor::supported_list()
+        );
+    }
+    let mut found = vec![];
+    for d in &dirs {
+        let i = installs::inspect(d).map_err(|e| anyhow::anyhow!("--pg-bin-dir {e}"))?;
+        if found.iter().any(|f: &Install| f.bin_dir == i.bin_dir) {
+            continue;
+        }
+        found.push(i);
+    }
+    if a.ssl_self_signed {
+        let (with, without): (Vec<Install>, Vec<Install>) = found
+            .into_iter()
+            .partition(|i| installs::has_openssl(&i.bin_dir) != Some(false));
+        if with.is_empty() {
+            bail!(
+                "--ssl-self-signed: {} built without SSL (pg_config --configure has no --with-openssl): install a build with OpenSSL (the distribution's or PGDG's packages have it), or leave out --ssl-self-signed",
+                without
+                    .iter()
+                    .map(|i| format!("PostgreSQL {} at {} is", i.major, i.bin_dir.display()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+        for i in &without {
+            eprintln!(
+                "note: PostgreSQL {} at {} has no SSL and is not used with --ssl-self-signed",
+                i.major,
+                i.bin_dir.display()
+            );
+        }
+        found = with;
+    }
+    Ok(found)
+}
+
+/// The install a new node runs: the formation's major (the monitor's answer), else the
+/// first `--pg-bin-dir` given, else the newest found.
+fn install_for(
+    found: &[Install],
+    major: Option<pgha_api::PgMajor>,
+    given: bool,
+) -> Option<&Install> {
+    match major {
+        Some(m) => found.iter().find(|i| i.major == m),
+        None if given => found.first(),
+        None => found.iter().max_by_key(|i| i.major),
+    }
 }
 
 async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
@@ -597,51 +648,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
     }
     // 1. Local checks, before anything is written or registered.
     pgha_api::host::validate_host(&a.hostname).map_err(|e| anyhow::anyhow!("--hostname: {e}"))?;
-    let pg_bin_dir = match &a.pg_bin_dir {
-        Some(d) => d.clone(),
-        None => default_pg_bin_dir().context(
-            "no Postgres found under /usr/lib/postgresql: install postgresql-15 or pass --pg-bin-dir",
-        )?,
-    };
-    for bin in [
-        "initdb",
-        "pg_ctl",
-        "pg_basebackup",
-        "pg_rewind",
-        "pg_controldata",
-    ] {
-        if !pg_bin_dir.join(bin).exists() {
-            bail!(
-                "--pg-bin-dir {}: {bin} is not there (is it a Postgres bin directory?)",
-                pg_bin_dir.display()
-            );
-        }
-    }
-    // The install's major: one pgha runs, said by its own pg_ctl.
-    let version = std::process::Command::new(pg_bin_dir.join("pg_ctl"))
-        .arg("--version")
-        .output()
-        .with_context(|| {
-            format!(
-                "--pg-bin-dir {}: running pg_ctl --version",
-                pg_bin_dir.display()
-            )
-        })?;
-    let text = String::from_utf8_lossy(&version.stdout);
-    let major = pgha_api::PgMajor::from_version_output(&text).with_context(|| {
-        format!(
-            "--pg-bin-dir {}: pg_ctl --version said {:?}, not a PostgreSQL version",
-            pg_bin_dir.display(),
-            text.trim()
-        )
-    })?;
-    if !major.is_supported() {
-        bail!(
-            "--pg-bin-dir {}: PostgreSQL {major}; pgha runs PostgreSQL {} (install one of them, e.g. postgresql-15, and pass its bin directory)",
-            pg_bin_dir.display(),
-            pgha_api::PgMajor::supported_list()
-        );
-    }
+    let found = installs(&a)?;
     if pgdata.join("PG_VERSION").exists() {
         let sysid = std::fs::read_to_string(pgdata.join("PG_VERSION")).unwrap_or_default();
         bail!(
@@ -708,9 +715,27 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
             dbname: a.dbname.clone(),
             candidate_priority: a.candidate_priority,
             replication_quorum: a.replication_quorum,
+            installs: found.iter().map(|i| i.major).collect(),
         })
         .await
         .context("registering with the monitor")?;
+    // The monitor checked that we have its major (an older monitor says none).
+    let Some(install) = install_for(&found, reg.major, !a.pg_bin_dir.is_empty()) else {
+        bail!(
+            "registered {} as node {}, but formation {:?} runs PostgreSQL {} and this node has none: install it, then `pgha drop node --name {}` and create the node again",
+            reg.name,
+            reg.node_id,
+            reg.formation,
+            reg.major.map(|m| m.to_string()).unwrap_or_default(),
+            reg.name
+        );
+    };
+    let pg_bin_dir = install.bin_dir.clone();
+    let pg_bin_dirs = found
+        .iter()
+        .filter(|i| i.bin_dir != pg_bin_dir)
+        .map(|i| i.bin_dir.clone())
+        .collect();
     // 3. Our files.
     let cfg = AgentConfig {
         pgdata: pgdata.clone(),
@@ -724,6 +749,7 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
         name: reg.name.clone(),
         node_id: reg.node_id,
         pg_bin_dir,
+        pg_bin_dirs,
         auth: match a.auth {
             Auth::Trust => AuthMethod::Trust,
             Auth::ScramSha256 => AuthMethod::ScramSha256,

@@ -105,6 +105,10 @@ pub struct FormationView {
     /// there may have been acknowledged without a standby (in wait_primary, or in an
     /// earlier term by a primary that is gone), so a failover needs them too.
     pub sync_floor_lsn: Lsn,
+    /// The major the formation file declares (`spec.postgresql.version`).
+    pub declared_major: Option<pgha_api::PgMajor>,
+    /// The formation file has a backup section.
+    pub backup_declared: bool,
     /// The node the formation file names as primary (`spec.primary`).
     pub desired_primary: Option<String>,
     /// Last generation whose `spec.primary` was carried out (or already held).
@@ -294,6 +298,42 @@ impl FormationView {
         self.writable_goal()
             .or(self.demoting())
             .and_then(|n| n.pg.major)
+    }
+
+    /// The major a node joining the formation must run: its primary's, or before there
+    /// is one, the file's (`spec.postgresql.version`), or before that, none said.
+    pub fn wanted_major(&self) -> Option<pgha_api::PgMajor> {
+        self.formation_major().or(self.declared_major)
+    }
+
+    /// The file declares another major than the formation's primary runs: said, never
+    /// acted on (moving a formation to another major is an upgrade, not a setting).
+    pub fn declared_major_differs(&self) -> Option<(pgha_api::PgMajor, pgha_api::PgMajor)> {
+        match (self.declared_major, self.formation_major()) {
+            (Some(d), Some(r)) if d != r => Some((d, r)),
+            _ => None,
+        }
+    }
+
+    /// Why the file's backup section cannot be in force: a node's pgBackRest does not
+    /// back up the formation's major. Backups and WAL archiving are then off (an
+    /// archive command that always fails would keep every WAL segment until the disk
+    /// is full), and this says which node, which pgBackRest and which major.
+    pub fn backup_refusal(&self) -> Option<String> {
+        if !self.backup_declared {
+            return None;
+        }
+        let major = self.formation_major()?;
+        self.nodes.iter().find_map(|n| {
+            let v = n.pg.pgbackrest.as_deref()?;
+            let max = pgha_api::backup::pgbackrest_max_major(v)?;
+            (max < major).then(|| {
+                format!(
+                    "spec.backup is not in force: {} has pgBackRest {v}, which backs up PostgreSQL up to {max}, and the formation runs PostgreSQL {major}; backups and WAL archiving are off until every node has a pgBackRest that supports PostgreSQL {major}",
+                    n.name
+                )
+            })
+        })
     }
 
     /// Whether `n` runs the formation's major (or either is not known yet). A node on

@@ -45,6 +45,12 @@ impl ControllerState {
                 "formation {formation:?} has no backup section in its file: add spec.backup (a repository) first"
             ));
         }
+        if let Some(why) = self
+            .view(formation, now_ms)
+            .and_then(|v| v.backup_refusal())
+        {
+            return refused(why);
+        }
         if let Some((node, id)) = self.backup_under_way(formation, now_ms) {
             return refused(format!(
                 "backup {id} is still under way on {node}: wait for it (pgha show backups)"

@@ -135,10 +135,10 @@ impl ControllerState {
             principal.map_or_else(|| "anyone (admission open)".to_string(), |p| p.actor(self));
         let f = self.formation(&req.formation)?;
         admission::admit_registration(f, req, peer)?;
-        let others: Vec<NodeView> = self
-            .view(&req.formation, now_ms)
-            .map(|v| v.nodes)
-            .unwrap_or_default();
+        let view = self.view(&req.formation, now_ms);
+        let major = view.as_ref().and_then(|v| v.wanted_major());
+        admission::admit_major(&req.formation, req, major)?;
+        let others: Vec<NodeView> = view.map(|v| v.nodes).unwrap_or_default();
         let goal = planner::initial_state(&others);
         // Made before anything changes, so a failure here leaves nothing half-done.
         let new_password = match f.replication_password.is_empty() {
@@ -198,6 +198,7 @@ impl ControllerState {
             assigned_state: goal,
             replication_password,
             node_token: token,
+            major,
         })
     }
 

@@ -49,6 +49,8 @@ impl ControllerState {
             allow_data_loss: f.intent.data_loss_allowed_term == Some(f.intent.term),
             sync_floor_lsn: f.observed.sync_floor_lsn,
             desired_primary: f.spec().and_then(|s| s.primary.clone()),
+            declared_major: f.declared_major(),
+            backup_declared: f.backup().is_some(),
             desired_primary_generation: f.intent.desired_primary_generation,
             paused: f.paused(),
             flapping: f.flapping(crate::clock::wall_ms()),
@@ -146,10 +148,11 @@ impl ControllerState {
             node_token: None,
             restart_epoch: n.intent.restart_epoch,
             no_load_balance: f.no_load_balance(n),
-            backup: f.backup(),
+            backup: f.backup().filter(|_| view.backup_refusal().is_none()),
             backup_request: n.intent.backup_request,
             permanent_slots: permanent_slots(f, &view),
             standby_of: f.standby_of().and_then(pgha_api::StandbySource::from_spec),
+            major: view.wanted_major(),
         })
     }
 

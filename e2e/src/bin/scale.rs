@@ -164,6 +164,7 @@ impl SimNode {
                 lsn: Some(Lsn(st.lsn)),
                 system_identifier: Some(format!("sim-{}", formation.name)),
                 major: Some(pgha_api::PgMajor(15)),
+                pgbackrest: None,
                 standbys: vec![],
                 upstream_streaming: streaming,
                 upstream_lost_ms_ago: st.upstream_port.map(|_| lost_ms),
@@ -462,6 +463,7 @@ async fn run(
                     dbname: "postgres".into(),
                     candidate_priority: 50,
                     replication_quorum: true,
+                    installs: vec![],
                 })
                 .await?;
             let client = MonitorClient::with_credential(

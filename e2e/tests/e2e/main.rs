@@ -12,6 +12,7 @@ mod docs;
 mod elections;
 mod gitops;
 mod hangs;
+mod majors;
 mod manifests;
 mod observability;
 mod partitions;

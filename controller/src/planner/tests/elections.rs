@@ -538,3 +538,64 @@ fn two_nodes_failed_primary_with_standby_on(major: pgha_api::PgMajor) -> Formati
     fail(&mut f, 0, now, 5000);
     f
 }
+
+/// Issue 26: a file that declares another major than the primary runs changes
+/// nothing (that would be an upgrade) and says so; joining nodes are told the
+/// primary's major, and before there is a primary, the file's.
+#[test]
+fn a_declared_major_other_than_the_primarys_is_said_and_not_acted_on() {
+    use pgha_api::PgMajor;
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    for n in f.nodes.iter_mut() {
+        n.pg.major = Some(PgMajor(15));
+    }
+    f.declared_major = Some(PgMajor(18));
+    assert_eq!(f.wanted_major(), Some(PgMajor(15)));
+    let p = plan(&f);
+    assert!(p.decisions.is_empty(), "{p:?}");
+    let why = p.waiting.unwrap_or_default();
+    assert!(
+        why.contains("declares PostgreSQL 18") && why.contains("primary runs PostgreSQL 15"),
+        "{why}"
+    );
+    f.declared_major = Some(PgMajor(15));
+    assert_eq!(plan(&f).waiting, None);
+    // No node has said its major yet: the file's.
+    let mut g = formation(vec![]);
+    g.declared_major = Some(PgMajor(18));
+    assert_eq!(g.wanted_major(), Some(PgMajor(18)));
+}
+
+/// Issue 26: a backup section on a major a node's pgBackRest does not back up is not
+/// in force, and the plan says which node, which pgBackRest and which major.
+#[test]
+fn a_backup_section_beyond_a_nodes_pgbackrest_is_refused_by_name() {
+    use pgha_api::PgMajor;
+    let mut f = formation(vec![node(1, Primary), node(2, Secondary)]);
+    f.backup_declared = true;
+    for n in f.nodes.iter_mut() {
+        n.pg.major = Some(PgMajor(16));
+        n.pg.pgbackrest = Some("2.54.1".into());
+    }
+    assert_eq!(f.backup_refusal(), None, "a newer pgBackRest is trusted");
+    f.nodes[1].pg.pgbackrest = Some("2.45".into());
+    let why = f.backup_refusal().unwrap_or_default();
+    assert!(
+        why.contains("node_2 has pgBackRest 2.45")
+            && why.contains("up to 15")
+            && why.contains("runs PostgreSQL 16"),
+        "{why}"
+    );
+    assert_eq!(plan(&f).waiting, Some(why));
+    for n in f.nodes.iter_mut() {
+        n.pg.major = Some(PgMajor(15));
+    }
+    assert_eq!(f.backup_refusal(), None, "2.45 backs up 15");
+    f.backup_declared = false;
+    f.nodes[0].pg.major = Some(PgMajor(18));
+    assert_eq!(
+        f.backup_refusal(),
+        None,
+        "no backup section, nothing to refuse"
+    );
+}

@@ -63,6 +63,8 @@ fn formation(nodes: Vec<NodeView>) -> FormationView {
         sync_floor_lsn: Lsn(0),
         desired_primary: None,
         desired_primary_generation: 0,
+        declared_major: None,
+        backup_declared: false,
         paused: false,
         flapping: Flapping::default(),
     }

@@ -255,6 +255,8 @@ impl World {
             sync_floor_lsn: Lsn(self.sync_floor),
             desired_primary: None,
             desired_primary_generation: 0,
+            declared_major: None,
+            backup_declared: false,
             paused: false,
             flapping: Flapping::default(),
         }
