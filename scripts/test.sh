@@ -16,9 +16,11 @@ cargo nextest run --workspace --no-fail-fast || status=$?
 # The version matrix: the whole suite above runs on PostgreSQL 15 (Debian's); on 16 and
 # 18 (scripts/setup.sh installs them) a subset that goes through every path that
 # depends on the major: bootstrap, switchover, VM loss and rejoin by pg_rewind (the
-# tutorial), three nodes with a quorum, reinit, a permanent slot across a failover, a
-# standby formation, pause and restart. PGHA_E2E_MAJOR selects the major of any e2e test.
-matrix='test(/tutorial_switchover_vm_loss|three_nodes_fail_over_and_rejoin|reinit_rebuilds|a_permanent_slot_survives|a_standby_formation_follows|a_paused_formation|restart_restarts_a_standby/)'
+# tutorial), three nodes with a quorum, the isolated primary under the history checker,
+# reinit, a permanent physical slot and a logical one across a failover (the state-file
+# copy on 16, Postgres's failover slots on 18), a standby formation, pause and restart.
+# PGHA_E2E_MAJOR selects the major of any e2e test.
+matrix='test(/tutorial_switchover_vm_loss|three_nodes_fail_over_and_rejoin|the_primary_isolated_from_everyone|reinit_rebuilds|a_permanent_slot_survives|a_logical_slot_follows|a_standby_formation_follows|a_paused_formation|restart_restarts_a_standby/)'
 for major in 16 18; do
   echo "== e2e on PostgreSQL $major"
   # --workspace, as above: the same build, nothing compiled again.

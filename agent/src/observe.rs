@@ -199,41 +199,9 @@ async fn read_local(cfg: &AgentConfig, l: &mut Local) -> Result<(), tokio_postgr
     let c = connect(cfg).await?;
     crate::postgres::sql::read_local(&c, cfg, l).await?;
     if l.in_recovery == Some(false) {
-        read_logical_slot_states(&cfg.pgdata, &mut l.permanent_slots);
+        crate::postgres::slots::read_state_files(&cfg.pgdata, &mut l.permanent_slots);
     }
     Ok(())
-}
-
-/// Adds each logical slot's state file, as Postgres last saved it (it replaces the file
-/// by a rename, so a read sees a whole one): a standby loads it to hold a copy.
-/// Longest slot state file read (PostgreSQL's is about 200 bytes).
-const SLOT_STATE_MAX: u64 = 4096;
-
-/// Fills in each logical slot's state file, as the controller passes it to standbys.
-/// Only a real slot state file (its magic checked) is taken: the agent runs as root in
-/// a directory the Postgres superuser can change, and whatever it takes here travels in
-/// reports (a link to the agent's own config would carry its token).
-fn read_logical_slot_states(pgdata: &Path, slots: &mut [pgha_api::SlotPosition]) {
-    for s in slots {
-        if pgha_api::validate::check_slot_name(&s.name).is_err() {
-            continue;
-        }
-        if let Some(l) = s.logical.as_mut() {
-            let path = slot_state_path(pgdata, &s.name);
-            match crate::files::read_capped(&path, SLOT_STATE_MAX) {
-                Ok(Some(bytes)) => {
-                    l.state = Some(pgha_api::to_hex(&bytes));
-                    if l.state_restart_lsn().is_none() {
-                        tracing::warn!("{} is not a slot state file: not reported", path.display());
-                        l.state = None;
-                    }
-                }
-                // Not saved yet (a slot is written at creation, so only in a race).
-                Ok(None) => {}
-                Err(e) => tracing::warn!("{e}"),
-            }
-        }
-    }
 }
 
 /// Where the oldest WAL segment in `pg_wal` starts: a slot copy needing older WAL
@@ -252,68 +220,9 @@ pub fn oldest_wal(pgdata: &Path) -> Option<pgha_api::Lsn> {
     (size.is_power_of_two() && size >= 1 << 20).then(|| pgha_api::Lsn((log << 32) + seg * size))
 }
 
-/// `pg_replslot/<name>` in PGDATA: where Postgres keeps a slot.
-pub fn slot_dir(pgdata: &Path, slot: &str) -> std::path::PathBuf {
-    pgdata.join("pg_replslot").join(slot)
-}
-
-/// `pg_replslot/<name>/state` in PGDATA: the slot's state file.
-fn slot_state_path(pgdata: &Path, slot: &str) -> std::path::PathBuf {
-    slot_dir(pgdata, slot).join("state")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The second review: the root agent read `pg_replslot/<slot>/state` through a
-    /// link (to its own `config.json`: the token and replication password then travelled
-    /// in reports) and `/dev/zero` made it read forever. Only a real slot file is taken.
-    #[test]
-    fn only_a_real_slot_state_file_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let pgdata = dir.path();
-        let secret = pgdata.join("config.json");
-        std::fs::write(
-            &secret,
-            r#"{"node_token":"t0ken","replication_password":"pw"}"#,
-        )
-        .unwrap();
-        let slot = |name: &str| pgha_api::SlotPosition {
-            name: name.into(),
-            restart_lsn: None,
-            wal_status: None,
-            logical: Some(pgha_api::LogicalSlot {
-                database: "app".into(),
-                plugin: "pgoutput".into(),
-                confirmed_flush_lsn: None,
-                state: None,
-            }),
-        };
-        for (name, target) in [
-            ("linked", secret.as_path()),
-            ("zero", Path::new("/dev/zero")),
-        ] {
-            std::fs::create_dir_all(slot_dir(pgdata, name)).unwrap();
-            std::os::unix::fs::symlink(target, slot_state_path(pgdata, name)).unwrap();
-        }
-        // A file that is not a slot's (no magic).
-        std::fs::create_dir_all(slot_dir(pgdata, "plain")).unwrap();
-        std::fs::copy(&secret, slot_state_path(pgdata, "plain")).unwrap();
-        // A real one: the magic, then the restart LSN at byte 96.
-        let mut real = vec![0u8; 184];
-        real[..4].copy_from_slice(&0x0105_1CA1u32.to_le_bytes());
-        real[96..104].copy_from_slice(&0x1234u64.to_le_bytes());
-        std::fs::create_dir_all(slot_dir(pgdata, "real")).unwrap();
-        std::fs::write(slot_state_path(pgdata, "real"), &real).unwrap();
-        let mut slots = vec![slot("linked"), slot("zero"), slot("plain"), slot("real")];
-        read_logical_slot_states(pgdata, &mut slots);
-        for s in &slots[..3] {
-            assert_eq!(s.logical.as_ref().unwrap().state, None, "{}", s.name);
-        }
-        let real = slots[3].logical.as_ref().unwrap();
-        assert_eq!(real.state_restart_lsn(), Some(pgha_api::Lsn(0x1234)));
-    }
 
     #[test]
     fn the_oldest_wal_segment_gives_where_kept_wal_starts() {

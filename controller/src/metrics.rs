@@ -443,6 +443,7 @@ mod tests {
                 plugin: "pgoutput".into(),
                 confirmed_flush_lsn: Some(pgha_api::Lsn(confirmed)),
                 state: None,
+                synced: false,
             }),
         };
         st.observed

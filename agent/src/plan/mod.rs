@@ -6,7 +6,9 @@
 
 mod wanted;
 
-pub use wanted::{Role, effective_goal, role_for, synchronous_standby_names, wanted};
+pub use wanted::{
+    LogicalSlots, Role, effective_goal, logical_slots, role_for, synchronous_standby_names, wanted,
+};
 
 use crate::observation::Local;
 use pgha_api::NodeState;
@@ -333,6 +335,14 @@ fn logical_slot_action(
     if !standby {
         return (have.is_none() && l.wal_level_logical).then_some(SlotAction::Create);
     }
+    if l.major.is_some_and(|m| m.failover_slots()) {
+        // Postgres's slot synchronization makes and moves the standby's copy; one
+        // that it does not keep (this node's own, from when it was primary) is dropped
+        // so that it can. A synced one is at most where the consumer confirmed.
+        return have
+            .filter(|h| h.logical.as_ref().is_some_and(|l| !l.synced))
+            .map(|_| SlotAction::DropCopy);
+    }
     let Some(have) = have else {
         return copy_can_follow(logical, l.oldest_wal).then_some(SlotAction::CopyAtRestart);
     };
@@ -354,8 +364,7 @@ fn logical_slot_action(
 /// WAL older than what this node keeps (a fresh base backup starts after a slot whose
 /// consumer has not moved lately; the copy waits until it has).
 pub fn copy_can_follow(logical: &pgha_api::LogicalSlot, oldest_wal: Option<pgha_api::Lsn>) -> bool {
-    logical
-        .state_restart_lsn()
+    crate::postgres::slots::state_restart_lsn(logical)
         .is_some_and(|needs| oldest_wal.is_none_or(|kept| needs >= kept))
 }
 
@@ -521,6 +530,73 @@ mod tests {
         );
     }
 
+    /// Issue 26: on 17 and later a standby leaves its logical slots to Postgres's own
+    /// synchronization: no copy, no restart, no advance; only a slot the worker does not
+    /// keep (this node's own from its primary days) is dropped so that it can.
+    #[test]
+    fn on_failover_slot_majors_a_standby_leaves_logical_slots_to_postgres() {
+        use pgha_api::{LogicalSlot, PgMajor, SlotPosition};
+        let slot = |confirmed: u64, synced: bool| SlotPosition {
+            name: "cdc".into(),
+            restart_lsn: Some(Lsn(100)),
+            wal_status: Some(pgha_api::SlotWalStatus::Reserved),
+            logical: Some(LogicalSlot {
+                database: "app".into(),
+                plugin: "pgoutput".into(),
+                confirmed_flush_lsn: Some(Lsn(confirmed)),
+                state: None,
+                synced,
+            }),
+        };
+        let mut w = wanted(NodeState::Secondary);
+        w.permanent_slots = vec![slot(5000, false)];
+        let mut l = running_primary();
+        l.in_recovery = Some(true);
+        l.major = Some(PgMajor(18));
+        assert!(
+            permanent_slot_actions(&w, &l, true).is_empty(),
+            "missing: synced later"
+        );
+        l.permanent_slots = vec![slot(3000, true)];
+        assert!(
+            permanent_slot_actions(&w, &l, true).is_empty(),
+            "synced: left alone"
+        );
+        l.permanent_slots = vec![slot(7000, true)];
+        assert!(
+            permanent_slot_actions(&w, &l, true).is_empty(),
+            "synced ahead: the consumer's own"
+        );
+        l.permanent_slots = vec![slot(7000, false)];
+        assert_eq!(
+            permanent_slot_actions(&w, &l, true),
+            [("cdc".to_string(), SlotAction::DropCopy)],
+            "its own slot, not synchronized"
+        );
+        // The primary makes it, once.
+        let mut p = running_primary();
+        p.major = Some(PgMajor(18));
+        p.wal_level_logical = true;
+        assert_eq!(
+            permanent_slot_actions(&w, &p, false),
+            [("cdc".to_string(), SlotAction::Create)]
+        );
+        // On 16, the copy path as before.
+        l.major = Some(PgMajor(16));
+        l.permanent_slots = vec![];
+        w.permanent_slots = vec![SlotPosition {
+            logical: Some(LogicalSlot {
+                state: None,
+                ..slot(5000, false).logical.unwrap()
+            }),
+            ..slot(5000, false)
+        }];
+        assert!(
+            permanent_slot_actions(&w, &l, true).is_empty(),
+            "no state file: no copy"
+        );
+    }
+
     #[test]
     fn a_logical_slot_is_copied_at_a_restart_and_never_ahead_of_its_consumer() {
         use pgha_api::{LogicalSlot, SlotPosition};
@@ -539,6 +615,7 @@ mod tests {
                     f[96..104].copy_from_slice(&0x100u64.to_le_bytes());
                     pgha_api::to_hex(&f)
                 }),
+                synced: false,
             }),
         };
         let mut w = wanted(NodeState::Secondary);

@@ -35,6 +35,35 @@ pub enum Role {
     Stopped,
 }
 
+/// How the file's logical slots reach the standbys, by the major's capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogicalSlots {
+    /// The file names no logical slot.
+    None,
+    /// PostgreSQL 15 and 16: a standby loads a copy of the primary's slot state file
+    /// at a restart and advances it (`permanent_slot_actions`).
+    Copied,
+    /// 17 and later: Postgres's own failover slots. The primary makes them with
+    /// `failover`, standbys that stream from it through a slot keep synced copies
+    /// (`sync_replication_slots`), and `standby_slots` (the primary's only) are the
+    /// standbys a consumer waits for (`synchronized_standby_slots`).
+    Failover { standby_slots: Vec<String> },
+}
+
+/// [`LogicalSlots`] for the assignment on a node running `major`.
+pub fn logical_slots(a: Option<&Assignment>, major: Option<pgha_api::PgMajor>) -> LogicalSlots {
+    let Some(a) = a.filter(|a| a.permanent_slots.iter().any(|s| s.logical.is_some())) else {
+        return LogicalSlots::None;
+    };
+    if major.is_some_and(|m| m.failover_slots()) {
+        LogicalSlots::Failover {
+            standby_slots: a.synchronized_standby_slots.clone(),
+        }
+    } else {
+        LogicalSlots::Copied
+    }
+}
+
 /// The goal after local safety overrides: a fenced node stays stopped.
 pub fn effective_goal(a: Option<&Assignment>, fenced: bool) -> NodeState {
     let goal = a.map(|a| a.goal).unwrap_or(NodeState::Init);
@@ -174,6 +203,7 @@ mod tests {
             restart_epoch: 0,
             no_load_balance: false,
             standby_of: None,
+            synchronized_standby_slots: vec![],
             major: None,
         }
     }

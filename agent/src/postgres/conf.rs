@@ -6,7 +6,7 @@
 
 use crate::config::AgentConfig;
 use crate::files;
-pub use crate::plan::Role;
+pub use crate::plan::{LogicalSlots, Role};
 use crate::postgres::bin as pg;
 use pgha_api::host::Host;
 use pgha_api::{PeerNode, REPLICATION_USER};
@@ -58,7 +58,7 @@ pub fn render_conf(
     role: &Role,
     parameters: &Parameters,
     backup: Option<&pgha_api::BackupSettings>,
-    logical_slots: bool,
+    logical_slots: &LogicalSlots,
 ) -> String {
     let mut out = String::from(
         "# Written by the pgha agent; rewritten whenever the node's role changes. Do not edit:\n\
@@ -86,10 +86,14 @@ pub fn render_conf(
         quote(&cfg.state_dir().display().to_string()),
     );
     // The file's logical slots need logical decoding on every node: a standby's copy
-    // is loaded at its start only with it, and is promoted with it.
+    // is loaded at its start (or synchronized) only with it, and is promoted with it.
     set(
         "wal_level",
-        if logical_slots { "logical" } else { "replica" }.into(),
+        match logical_slots {
+            LogicalSlots::None => "replica",
+            _ => "logical",
+        }
+        .into(),
     );
     // A sender per standby (up to 8), two per base backup (`-X stream`) when several
     // standbys join at once, a temporary slot each: 24 leaves room at the 9-node limit.
@@ -148,6 +152,12 @@ pub fn render_conf(
                 quote(synchronous_standby_names),
             );
             set("max_slot_wal_keep_size", quote(max_slot_wal_keep_size));
+            if let LogicalSlots::Failover { standby_slots } = logical_slots {
+                set(
+                    "synchronized_standby_slots",
+                    quote(&standby_slots.join(",")),
+                );
+            }
         }
         Role::Standby {
             upstream,
@@ -167,6 +177,12 @@ pub fn render_conf(
                 ),
                 None => (String::new(), String::new()),
             };
+            // Slot synchronization reads the primary's failover slots through this
+            // link (its `dbname` is there); a cascading standby has no slot of its own
+            // on the primary and syncs none.
+            if matches!(logical_slots, LogicalSlots::Failover { .. }) && !slot.is_empty() {
+                set("sync_replication_slots", "on".into());
+            }
             set("primary_conninfo", quote(&conninfo));
             set("primary_slot_name", quote(&slot));
         }
@@ -301,7 +317,7 @@ pub fn apply(
     parameters: &Parameters,
     peers: &[PeerNode],
     backup: Option<&pgha_api::BackupSettings>,
-    logical_slots: bool,
+    logical_slots: &LogicalSlots,
     who: Option<pg::RunAs>,
 ) -> Result<bool, pg::PgError> {
     let pgdata = &cfg.pgdata;
@@ -425,7 +441,7 @@ pub(crate) mod tests {
             },
             &Parameters::new(),
             None,
-            false,
+            &LogicalSlots::None,
         );
         assert!(
             c.contains("primary_conninfo = 'host=''10.0.0.5'' port=5432 user=''pgha_replicator''")
@@ -444,7 +460,7 @@ pub(crate) mod tests {
             },
             &Parameters::new(),
             None,
-            false,
+            &LogicalSlots::None,
         );
         assert!(cut.contains("primary_conninfo = ''"));
         let from_standby = render_conf(
@@ -456,7 +472,7 @@ pub(crate) mod tests {
             },
             &Parameters::new(),
             None,
-            false,
+            &LogicalSlots::None,
         );
         assert!(from_standby.contains("primary_conninfo = 'host=''10.0.0.6'' port=5432"));
         assert!(from_standby.contains("primary_slot_name = ''"));
@@ -473,7 +489,7 @@ pub(crate) mod tests {
             },
             &Parameters::new(),
             None,
-            false,
+            &LogicalSlots::None,
         );
         assert!(
             c.contains("primary_conninfo = 'host=''10.1.0.5,10.1.0.6'' port=5432,5433 "),
@@ -486,6 +502,53 @@ pub(crate) mod tests {
         );
         assert!(c.contains("primary_slot_name = 'dr_site'"), "{c}");
         assert!(c.contains("synchronous_standby_names = ''"), "{c}");
+    }
+
+    /// Issue 26: on 17 and later the primary names the standbys a logical consumer
+    /// waits for, and a standby streaming through its slot synchronizes the failover
+    /// slots; a cascading standby (no slot on the primary) does not.
+    #[test]
+    fn failover_slots_are_configured_on_the_primary_and_its_direct_standbys() {
+        let slots = LogicalSlots::Failover {
+            standby_slots: vec!["pgha_slot_2".into(), "pgha_slot_3".into()],
+        };
+        let primary = render_conf(
+            &cfg(),
+            &Role::Primary {
+                synchronous_standby_names: "ANY 1 (pgha_standby_2)".into(),
+                max_slot_wal_keep_size: "8GB".into(),
+            },
+            &Default::default(),
+            None,
+            &slots,
+        );
+        assert!(primary.contains("wal_level = logical"), "{primary}");
+        assert!(
+            primary.contains("synchronized_standby_slots = 'pgha_slot_2,pgha_slot_3'"),
+            "{primary}"
+        );
+        let standby = |slot: bool, slots: &LogicalSlots| {
+            render_conf(
+                &cfg(),
+                &Role::Standby {
+                    upstream: Some(("10.0.0.1".into(), 5432)),
+                    slot,
+                    max_slot_wal_keep_size: "8GB".into(),
+                },
+                &Default::default(),
+                None,
+                slots,
+            )
+        };
+        let direct = standby(true, &slots);
+        assert!(direct.contains("sync_replication_slots = on"), "{direct}");
+        assert!(direct.contains("dbname=''postgres''"), "{direct}");
+        assert!(!standby(false, &slots).contains("sync_replication_slots"));
+        let copied = standby(true, &LogicalSlots::Copied);
+        assert!(
+            copied.contains("wal_level = logical") && !copied.contains("sync_replication_slots")
+        );
+        assert!(standby(true, &LogicalSlots::None).contains("wal_level = replica"));
     }
 
     /// The second review: a formation's settings could run commands or load code on
@@ -507,7 +570,7 @@ pub(crate) mod tests {
             },
             &parameters,
             None,
-            false,
+            &LogicalSlots::None,
         );
         for name in refused {
             assert!(!c.contains(name), "{name} reached the file:\n{c}");
@@ -533,7 +596,7 @@ pub(crate) mod tests {
                 retention_full: 2,
                 options: Default::default(),
             }),
-            false,
+            &LogicalSlots::None,
         );
         assert!(c.contains("archive_mode = on"), "{c}");
         assert!(

@@ -4,6 +4,8 @@
 //!   environment, stderr in the error;
 //! - [`sql`]: every statement the agent runs, with its escaping;
 //! - [`installs`]: the node's installs by major, and which one runs;
+//! - [`slots`]: logical slots across a failover (the state-file copy and its layout on
+//!   15 and 16; Postgres's failover slots on 17 and later);
 //! - [`conf`]: the files the agent owns in PGDATA (`postgresql.pgha.conf`, its block
 //!   of `pg_hba.conf`, `standby.signal`).
 //!
@@ -13,4 +15,5 @@
 pub mod bin;
 pub mod conf;
 pub mod installs;
+pub mod slots;
 pub mod sql;

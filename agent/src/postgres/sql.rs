@@ -189,13 +189,21 @@ pub async fn read_local(
             l.slots.push(name);
         }
     }
+    // `synced` exists from PostgreSQL 17 (failover slots) on.
+    let synced = if l.major.is_some_and(|m| m.failover_slots()) {
+        "synced"
+    } else {
+        "false"
+    };
     let others = c
         .query(
-            "SELECT slot_name::text, restart_lsn::text, wal_status::text, \
-                    slot_type = 'logical', database::text, plugin::text, \
-                    confirmed_flush_lsn::text \
-             FROM pg_replication_slots \
-             WHERE NOT temporary AND slot_name NOT LIKE 'pgha\\_slot\\_%' ORDER BY 1",
+            &format!(
+                "SELECT slot_name::text, restart_lsn::text, wal_status::text, \
+                        slot_type = 'logical', database::text, plugin::text, \
+                        confirmed_flush_lsn::text, {synced} \
+                 FROM pg_replication_slots \
+                 WHERE NOT temporary AND slot_name NOT LIKE 'pgha\\_slot\\_%' ORDER BY 1"
+            ),
             &[],
         )
         .await?;
@@ -216,6 +224,7 @@ pub async fn read_local(
                 plugin: r.get::<_, Option<String>>(5).unwrap_or_default(),
                 confirmed_flush_lsn: lsn(r, 6),
                 state: None,
+                synced: r.get::<_, Option<bool>>(7).unwrap_or(false),
             }),
         })
         .collect();
@@ -233,6 +242,7 @@ pub async fn permanent_slot_action(
     slot: &pgha_api::SlotPosition,
     action: &crate::plan::SlotAction,
     logical_db: Option<&Client>,
+    major: Option<pgha_api::PgMajor>,
 ) -> anyhow::Result<()> {
     use crate::plan::SlotAction;
     let name = &slot.name;
@@ -246,18 +256,22 @@ pub async fn permanent_slot_action(
             // Making a logical slot waits for the transactions running then: bounded, so
             // that a long one delays the slot, not the agent's loop (tried again).
             db.batch_execute("SET statement_timeout = '1s'").await?;
-            db.execute(
+            // 17 and later: a failover slot, which standbys keep synchronized.
+            let create = if major.is_some_and(|m| m.failover_slots()) {
+                "SELECT pg_create_logical_replication_slot($1, $2, false, false, true) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)"
+            } else {
                 "SELECT pg_create_logical_replication_slot($1, $2) \
-                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                &[name, &l.plugin],
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "creating logical slot {name} ({}) in database {:?}",
-                    l.plugin, l.database
-                )
-            })?;
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)"
+            };
+            db.execute(create, &[name, &l.plugin])
+                .await
+                .with_context(|| {
+                    format!(
+                        "creating logical slot {name} ({}) in database {:?}",
+                        l.plugin, l.database
+                    )
+                })?;
         }
         (SlotAction::DropCopy, _, _) => {
             tracing::info!(slot = %name, "dropping this standby's copy of the slot (invalidated, or ahead of the primary's)");

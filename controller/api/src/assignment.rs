@@ -92,6 +92,12 @@ pub struct Assignment {
     /// the leader as usual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby_of: Option<StandbySource>,
+    /// For the primary: the replication slots of the standbys a failover may promote.
+    /// On a major with failover slots, a logical slot's consumer receives a change only
+    /// once these standbys have it (`synchronized_standby_slots`), so that no failover
+    /// takes back what a consumer saw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synchronized_standby_slots: Vec<String>,
     /// The major this node must run: a data directory is made only with that major's
     /// install. None: not decided yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]

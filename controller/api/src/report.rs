@@ -99,23 +99,10 @@ pub struct LogicalSlot {
     /// The primary's `pg_replslot/<name>/state` file, in hex (a few hundred bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
-}
-
-impl LogicalSlot {
-    /// The `restart_lsn` saved in `state` (the WAL a copy made from it needs from the
-    /// start): the little-endian 64-bit word at byte 96 of a PostgreSQL 9.4–16 slot
-    /// file (magic, checksum, version, length, then the slot's name[64], database,
-    /// persistency, xmin, catalog_xmin). None when `state` is not such a file.
-    pub fn state_restart_lsn(&self) -> Option<Lsn> {
-        const SLOT_MAGIC: u32 = 0x0105_1CA1;
-        let bytes = from_hex(self.state.as_deref()?)?;
-        let word = |at: usize, n: usize| bytes.get(at..at + n);
-        let magic = u32::from_le_bytes(word(0, 4)?.try_into().ok()?);
-        if magic != SLOT_MAGIC {
-            return None;
-        }
-        Some(Lsn(u64::from_le_bytes(word(96, 8)?.try_into().ok()?)))
-    }
+    /// PostgreSQL 17 and later: a standby's slot kept by Postgres's own slot
+    /// synchronization (`synced`), which only that worker moves or drops.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synced: bool,
 }
 
 /// Lowercase hex of `bytes`.
@@ -257,32 +244,5 @@ mod disk_tests {
         assert!(!d(100 << 20, 300 << 20).is_low());
         assert!(d(1 << 30, 100 << 30).is_low());
         assert!(!d(3 << 30, 100 << 30).is_low());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_slot_state_file_gives_its_restart_lsn() {
-        // The first 104 bytes of a PostgreSQL 15 slot file, for restart_lsn 0/15007C8.
-        let mut file = vec![0u8; 104];
-        file[..4].copy_from_slice(&[0xa1, 0x1c, 0x05, 0x01]);
-        file[16..19].copy_from_slice(b"cdc");
-        file[96..100].copy_from_slice(&[0xc8, 0x07, 0x50, 0x01]);
-        let mut slot = LogicalSlot {
-            database: "app".into(),
-            plugin: "test_decoding".into(),
-            confirmed_flush_lsn: None,
-            state: Some(to_hex(&file)),
-        };
-        assert_eq!(from_hex(slot.state.as_deref().unwrap()), Some(file.clone()));
-        assert_eq!(slot.state_restart_lsn(), Some("0/15007C8".parse().unwrap()));
-        file[0] = 0;
-        slot.state = Some(to_hex(&file));
-        assert_eq!(slot.state_restart_lsn(), None, "not a slot file");
-        slot.state = Some("a11c050".into());
-        assert_eq!(slot.state_restart_lsn(), None, "odd hex");
     }
 }

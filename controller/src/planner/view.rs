@@ -241,6 +241,21 @@ impl FormationView {
         })
     }
 
+    /// The primary's replication slots of the standbys a failover may promote (live,
+    /// candidate priority above 0, streaming from it through a slot): on a major with
+    /// failover slots, a logical consumer receives a change only once they all have it
+    /// (`synchronized_standby_slots`). One that fails drops out after the failure
+    /// timeout, so a dead standby stalls consumers for that long at most.
+    pub fn failover_candidate_slots(&self) -> Vec<String> {
+        let Some(pr) = self.writable_goal() else {
+            return vec![];
+        };
+        self.live_standbys()
+            .filter(|n| n.id != pr.id && n.candidate_priority > 0 && self.keeps_slot(n))
+            .map(|n| pgha_api::replication_slot_name(n.id))
+            .collect()
+    }
+
     /// Whether the primary keeps a replication slot for `n`: only for a node that
     /// streams or is about to. Not one in maintenance, dropped, or failed (unless it is
     /// still joining: its base backup, which sends no report while it runs, streams

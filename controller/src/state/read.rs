@@ -153,6 +153,11 @@ impl ControllerState {
             permanent_slots: permanent_slots(f, &view),
             standby_of: f.standby_of().and_then(pgha_api::StandbySource::from_spec),
             major: view.wanted_major(),
+            synchronized_standby_slots: if n.intent.goal.is_writable() {
+                view.failover_candidate_slots()
+            } else {
+                vec![]
+            },
         })
     }
 
@@ -310,6 +315,7 @@ fn permanent_slots(f: &FormationRecord, view: &FormationView) -> Vec<pgha_api::S
                     Some(pgha_api::LogicalSlot {
                         confirmed_flush_lsn: same.and_then(|l| l.confirmed_flush_lsn),
                         state: same.and_then(|l| l.state.clone()),
+                        synced: false,
                         database,
                         plugin,
                     })

@@ -631,23 +631,75 @@ async fn a_permanent_slot_survives_a_failover_at_its_consumers_position() {
 }
 
 /// A permanent logical slot of the file is made on the primary and copied to the
-/// standby (PostgreSQL 15: the primary's slot file, loaded at a restart), whose copy then
-/// follows what the consumer confirms. The primary's VM is lost right after the consumer
-/// took its last changes there: on the new primary the consumer continues from the copy
-/// and misses no acknowledged write (it may see a few again: at-least-once).
+/// standby (PostgreSQL 15 and 16: the primary's slot file, loaded at a restart; 17 and
+/// later: a failover slot that Postgres synchronizes), whose copy then follows what the
+/// consumer confirms. The primary's VM is lost right after the consumer took its last
+/// changes there: on the new primary the consumer continues from the copy and misses no
+/// acknowledged write (it may see a few again: at-least-once). On 15 the consumer reads
+/// `test_decoding`; on the 16 and 18 builds, which lack it, `pgoutput`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logical_slot_follows_its_consumer_across_a_failover() {
     scenario(async |c| {
+        let pgoutput = pgha_e2e::test_major() != 15;
+        let plugin = if pgoutput { "pgoutput" } else { "test_decoding" };
         primary_and_standby_with(
             c,
-            "  slots:\n    cdc:\n      type: logical\n      database: appdb\n      plugin: test_decoding\n",
+            &format!("  slots:\n    cdc:\n      type: logical\n      database: appdb\n      plugin: {plugin}\n"),
         )?;
+        if pgoutput {
+            c.connect_node(0)
+                .await?
+                .batch_execute("CREATE PUBLICATION cdc FOR ALL TABLES")
+                .await?;
+        }
+        if pgha_e2e::test_major() >= 17 {
+            // Postgres's failover slots: the primary holds a consumer back until node_b
+            // has the WAL, and node_b synchronizes the slot.
+            let show = async |i: usize, name: &str| -> anyhow::Result<String> {
+                let db = c.connect_node(i).await?;
+                Ok(db.query_one(&format!("SHOW {name}"), &[]).await?.get(0))
+            };
+            let failover = async || -> anyhow::Result<Option<bool>> {
+                let db = c.connect_node(0).await?;
+                let row = db
+                    .query_opt(
+                        "SELECT failover FROM pg_replication_slots WHERE slot_name = 'cdc'",
+                        &[],
+                    )
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            };
+            let t0 = Instant::now();
+            while show(0, "synchronized_standby_slots").await? != "pgha_slot_2"
+                || show(1, "sync_replication_slots").await? != "on"
+                || failover().await?.is_none()
+            {
+                anyhow::ensure!(t0.elapsed() < T, "failover slots never configured");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            anyhow::ensure!(
+                failover().await? == Some(true),
+                "slot cdc is not a failover slot"
+            );
+        }
         let probe = c.write_probe().await?;
         let uri = c.uri()?;
-        // The consumer: test_decoding's lines for the probe's inserts, through the
-        // formation URI (whichever node is primary); returns the last change's LSN.
+        // The consumer: the probe's inserts, through the formation URI (whichever node
+        // is primary); returns the last change's LSN.
         let consume = async |seen: &mut Vec<i64>| -> anyhow::Result<Option<String>> {
             let db = pgha_e2e::probe::connect_read_write(&uri, Duration::from_secs(3)).await?;
+            if pgoutput {
+                let rows = db
+                    .query(
+                        "SELECT lsn::text, data FROM pg_logical_slot_get_binary_changes('cdc', NULL, NULL, \
+                         'proto_version', '1', 'publication_names', 'cdc')",
+                        &[],
+                    )
+                    .await?;
+                let messages: Vec<Vec<u8>> = rows.iter().map(|r| r.get(1)).collect();
+                seen.extend(pgha_e2e::pgoutput_insert_ids(&messages));
+                return Ok(rows.last().map(|r| r.get(0)));
+            }
             let rows = db
                 .query(
                     "SELECT lsn::text, data FROM pg_logical_slot_get_changes('cdc', NULL, NULL)",
@@ -676,7 +728,8 @@ async fn a_logical_slot_follows_its_consumer_across_a_failover() {
                 )
                 .await
                 .ok()?;
-            Some(row.map(|r| r.get(0)))
+            // A synchronized slot has no position until its first sync: not there yet.
+            Some(row.map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false)))
         };
         // The consumer runs until node_b holds a copy of its slot.
         let t0 = Instant::now();
@@ -751,8 +804,21 @@ async fn a_logical_slot_follows_its_consumer_across_a_failover() {
         );
         anyhow::ensure!(behind >= 0, "the copy was ahead of the consumer: {behind}");
         // The old primary rejoins as a standby: its own slot (at or past what the
-        // consumer confirmed there) is replaced by a copy at node_b's position.
+        // consumer confirmed there) is replaced by a copy at node_b's position. On 17
+        // and later Postgres keeps that copy only once node_b's slot has moved past
+        // what node_a can decode from ("could not synchronize replication slot ...
+        // could lead to data loss"), so the consumer goes on for a while first.
+        c.start_agent(0)?;
+        c.wait_for(&[("node_a", Secondary), ("node_b", Primary)], T)?;
         let b = c.connect_node(1).await?;
+        b.batch_execute("CREATE TABLE IF NOT EXISTS after_rejoin (x int)")
+            .await?;
+        for _ in 0..10 {
+            b.batch_execute("INSERT INTO after_rejoin VALUES (1)").await?;
+            consume(&mut seen).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        consume(&mut seen).await?;
         let at_b: String = b
             .query_one(
                 "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'cdc'",
@@ -760,8 +826,6 @@ async fn a_logical_slot_follows_its_consumer_across_a_failover() {
             )
             .await?
             .get(0);
-        c.start_agent(0)?;
-        c.wait_for(&[("node_a", Secondary), ("node_b", Primary)], T)?;
         let t0 = Instant::now();
         loop {
             let a = match c.connect_node(0).await {
@@ -773,7 +837,7 @@ async fn a_logical_slot_follows_its_consumer_across_a_failover() {
                     .await
                     .ok()
                     .flatten()
-                    .map(|r| r.get::<_, String>(0)),
+                    .and_then(|r| r.get::<_, Option<String>>(0)),
                 Err(_) => None,
             };
             if a.as_deref() == Some(at_b.as_str()) {

@@ -599,3 +599,17 @@ fn a_backup_section_beyond_a_nodes_pgbackrest_is_refused_by_name() {
         "no backup section, nothing to refuse"
     );
 }
+
+/// Issue 26: the standbys a logical consumer waits for on 17 and later are those a
+/// failover may promote: live, priority above 0, streaming from the primary through a
+/// slot; a failed one drops out.
+#[test]
+fn a_logical_consumer_waits_for_the_standbys_a_failover_may_promote() {
+    let mut f = three_nodes();
+    assert_eq!(f.failover_candidate_slots(), ["pgha_slot_2", "pgha_slot_3"]);
+    f.nodes[2].candidate_priority = 0;
+    assert_eq!(f.failover_candidate_slots(), ["pgha_slot_2"]);
+    let now = f.now_ms;
+    fail(&mut f, 1, now, 5000);
+    assert!(f.failover_candidate_slots().is_empty(), "{f:?}");
+}

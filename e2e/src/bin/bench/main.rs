@@ -6,11 +6,14 @@
 //!     cargo run -p pgha-e2e --bin pgha-bench -- --nemesis NAME|all [--runs 3]
 //!     cargo run -p pgha-e2e --bin pgha-bench -- --backups [--rows 1000000,10000000]
 //!     cargo run -p pgha-e2e --bin pgha-bench -- --controllers [--runs 5]
+//!     cargo run -p pgha-e2e --bin pgha-bench -- --majors 15,16,18 [--switchovers 5 …]
 //!
 //! With `--nemesis`, network faults between VMs instead (see `nemesis.rs`: one network
 //! namespace per host, needs root); with `--backups`, what pgBackRest backups cost and
 //! save (see `backups.rs`); with `--controllers`, a group of three controllers on etcd
-//! losing its leader (see `controllers.rs`).
+//! losing its leader (see `controllers.rs`); with `--majors`, the loopback scenarios
+//! once per PostgreSQL major (the e2e harness's installs, `PGHA_E2E_MAJOR`), then one
+//! table of them side by side.
 //!
 //! Prints per scenario: median and max write gap (last acknowledged write before the
 //! event to the first after it), median and max time until the formation is back to
@@ -259,15 +262,68 @@ fn main() -> anyhow::Result<()> {
         };
         return backups::run(&sizes);
     }
+    if let Some(i) = args.iter().position(|a| a == "--majors") {
+        let majors: Vec<u32> = args
+            .get(i + 1)
+            .map(|v| v.split(',').map(|m| m.trim().parse::<u32>()).collect())
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--majors: a comma-separated list like 15,16,18: {e}"))?
+            .ok_or_else(|| anyhow::anyhow!("--majors needs a list like 15,16,18"))?;
+        return by_major(&majors);
+    }
+    runtime()?.block_on(loopback()).map(|_| ())
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?
-        .block_on(loopback())
+        .build()
 }
 
-/// Switchovers, VM losses and formation file changes on loopback.
-async fn loopback() -> anyhow::Result<()> {
+/// The loopback scenarios on each major in turn (each on a fresh formation), then one
+/// table with the majors side by side.
+fn by_major(majors: &[u32]) -> anyhow::Result<()> {
+    let mut rows = vec![];
+    for &m in majors {
+        eprintln!("== PostgreSQL {m}");
+        // Set while no runtime (and no thread of it) exists: the harness reads it.
+        // SAFETY: this process has one thread here (the last runtime was dropped).
+        unsafe { std::env::set_var("PGHA_E2E_MAJOR", m.to_string()) };
+        let scenarios = runtime()?.block_on(loopback())?;
+        rows.push((m, scenarios));
+    }
+    println!(
+        "
+by PostgreSQL major: write gap median / max, acknowledged writes lost"
+    );
+    let names: Vec<&str> = rows
+        .first()
+        .map(|(_, s)| s.iter().map(|s| s.name).collect())
+        .unwrap_or_default();
+    print!("{:<6}", "major");
+    for n in &names {
+        print!(" | {n:>22}");
+    }
+    println!(" | {:>5}", "lost");
+    println!("{}", "-".repeat(6 + names.len() * 25 + 8));
+    for (m, scenarios) in &rows {
+        print!("{m:<6}");
+        for s in scenarios {
+            let max = s.gaps.iter().max().copied().unwrap_or_default();
+            print!(
+                " | {:>22}",
+                format!("{} / {}", secs(median(&s.gaps)), secs(max))
+            );
+        }
+        println!(" | {:>5}", scenarios.iter().map(|s| s.lost).sum::<usize>());
+    }
+    Ok(())
+}
+
+/// Switchovers, VM losses and formation file changes on loopback; the scenarios'
+/// numbers (also printed).
+async fn loopback() -> anyhow::Result<Vec<Scenario>> {
     let n_switch = arg("--switchovers", 20);
     let n_fail = arg("--failovers", 5);
     let n_gitops = arg("--gitops", 5);
@@ -410,7 +466,7 @@ async fn loopback() -> anyhow::Result<()> {
         "acknowledged writes lost: {:?}",
         report.lost
     );
-    Ok(())
+    Ok(scenarios)
 }
 
 /// `GET` of the formation's state `n` times: on one kept connection, then on a new
