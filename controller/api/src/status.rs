@@ -66,6 +66,9 @@ pub struct NodeStatus {
     /// their positions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permanent_slots: Vec<crate::SlotPosition>,
+    /// The PostgreSQL major of its data directory, as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<crate::PgMajor>,
     /// Postgres is in recovery, as last reported (a standby formation's leader is,
     /// though its state is writable).
     #[serde(default, skip_serializing_if = "Option::is_none")]

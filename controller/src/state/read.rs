@@ -192,6 +192,7 @@ impl ControllerState {
                         assigned_state: n.intent.goal,
                         timeline: o.pg.timeline,
                         lsn: o.pg.lsn,
+                        major: o.pg.major,
                         health: self.health(n.id, &view),
                         pg_running: if o.last_report_ms.is_some_and(|t| {
                             now_ms.saturating_sub(t) < f.timings().failure_timeout_ms

@@ -77,6 +77,13 @@ async fn the_formation_file_picks_the_major_and_a_node_without_it_is_refused() {
         for i in 0..2 {
             anyhow::ensure!(pg_version(c, i)? == "16", "node {i} is not on 16");
         }
+        anyhow::ensure!(
+            before
+                .nodes
+                .iter()
+                .all(|n| n.major == Some(pgha_api::PgMajor(16))),
+            "show state gives each node's major"
+        );
 
         // The file now names 18: an upgrade this version does not do; said, not acted on.
         c.write_formation("default.yaml", &formation(18))?;
