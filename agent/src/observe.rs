@@ -90,8 +90,40 @@ pub fn postmaster_pid(pgdata: &Path) -> Option<i32> {
         .ok()
 }
 
-async fn connect(cfg: &AgentConfig) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    connect_to(cfg, "postgres").await
+/// The agent's session with its Postgres: a new connection each time (so that a
+/// postmaster that stopped accepting is seen: the connection fails or times out), kept
+/// open until the next one. When every connection slot is taken (`too_many_connections`,
+/// the superusers' reserved ones too, say by an application's pile of sessions behind
+/// a synchronous commit), the postmaster did answer, and the kept session is used: an
+/// exhausted Postgres is a busy one, not a down one, and its heartbeat goes on, so
+/// neither a failover nor a fence follows from it.
+async fn connect(
+    cfg: &AgentConfig,
+) -> Result<std::sync::Arc<tokio_postgres::Client>, tokio_postgres::Error> {
+    type Kept = Option<(std::path::PathBuf, std::sync::Arc<tokio_postgres::Client>)>;
+    static KEPT: tokio::sync::Mutex<Kept> = tokio::sync::Mutex::const_new(None);
+    let mut kept = KEPT.lock().await;
+    match connect_to(cfg, "postgres").await {
+        Ok(c) => {
+            let c = std::sync::Arc::new(c);
+            *kept = Some((cfg.state_dir(), c.clone()));
+            Ok(c)
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS) => {
+            match kept.as_ref() {
+                Some((dir, c)) if *dir == cfg.state_dir() && !c.is_closed() => {
+                    if warn_due() {
+                        tracing::warn!(
+                            "every connection slot of Postgres is taken ({e}): reading it through the agent's kept session"
+                        );
+                    }
+                    Ok(c.clone())
+                }
+                _ => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn connect_to(
@@ -112,9 +144,11 @@ async fn connect_to(
     Ok(client)
 }
 
-/// A connection to the local Postgres, for the agent's SQL steps.
-pub async fn local_client(cfg: &AgentConfig) -> anyhow::Result<tokio_postgres::Client> {
-    Ok(connect_to(cfg, "postgres").await?)
+/// A connection to the local Postgres, for the agent's SQL steps (see [`connect`]).
+pub async fn local_client(
+    cfg: &AgentConfig,
+) -> anyhow::Result<std::sync::Arc<tokio_postgres::Client>> {
+    Ok(connect(cfg).await?)
 }
 
 /// A connection to one database of the local Postgres (a logical slot is made and

@@ -501,3 +501,48 @@ async fn a_stuck_wal_receiver_costs_seconds_of_writes_not_all_of_them() {
     })
     .await;
 }
+
+/// An application that takes every connection slot of the primary, the superusers'
+/// reserved ones too (its sessions are superuser, as clients piled up behind a
+/// synchronous commit would be), makes Postgres busy, not down: the agent reads it
+/// through the session it kept, its heartbeat goes on, and nothing is failed over or
+/// fenced. Once the sessions end, writes resume and no acknowledged one is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_with_every_connection_taken_is_busy_not_down() {
+    scenario(async |c| {
+        let probe = two_nodes(c).await?;
+        let before = c.state()?;
+        let mut held = vec![];
+        let refusal = loop {
+            match c.connect_node(0).await {
+                Ok(s) => held.push(s),
+                Err(e) => break format!("{e:#}"),
+            }
+            anyhow::ensure!(held.len() < 2000, "no connection limit reached");
+        };
+        anyhow::ensure!(refusal.contains("too many clients"), "{refusal}");
+        println!(
+            "{} sessions take every connection slot of node_a",
+            held.len()
+        );
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(15) {
+            let st = c.state()?;
+            anyhow::ensure!(st.term == before.term, "the term moved: {}", st.summary);
+            let a = st.nodes.iter().find(|n| n.name == "node_a");
+            anyhow::ensure!(
+                a.is_some_and(|a| a.assigned_state == Primary
+                    && a.reported_state == Primary
+                    && a.health == pgha_api::Health::Good),
+                "node_a is not a healthy primary: {a:?} ({})",
+                st.summary
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        drop(held);
+        probe.wait_for_more(20, T).await?;
+        probe.finish_without_loss().await?;
+        Ok(())
+    })
+    .await;
+}
