@@ -6,6 +6,8 @@ mod create;
 mod demo;
 mod formation;
 mod migrate;
+mod nodes;
+mod perform;
 mod show;
 mod table;
 
@@ -50,26 +52,26 @@ enum Cmd {
     Show(show::ShowCmd),
     /// Perform an operation on a formation.
     #[command(subcommand)]
-    Perform(PerformCmd),
+    Perform(perform::PerformCmd),
     /// Take a node out of service (`maintenance`).
     #[command(subcommand)]
-    Enable(MaintenanceCmd),
+    Enable(nodes::MaintenanceCmd),
     /// Bring a node back from maintenance.
     #[command(subcommand)]
-    Disable(MaintenanceCmd),
+    Disable(nodes::MaintenanceCmd),
     /// Remove a node from its formation (Postgres stopped, PGDATA kept).
     #[command(subcommand)]
-    Drop(DropCmd),
+    Drop(nodes::DropCmd),
     /// Pause a formation: nothing is assigned or failed over; every node keeps its role.
-    Pause(PauseArgs),
+    Pause(nodes::PauseArgs),
     /// Resume a paused formation (a healthy primary stays primary).
-    Resume(PauseArgs),
+    Resume(nodes::PauseArgs),
     /// Rebuild a standby from a fresh base backup (its data is moved aside, not deleted):
     /// for a standby whose data is damaged, which pg_rewind cannot repair.
-    Reinit(NodeArgs),
+    Reinit(nodes::NodeArgs),
     /// Restart a node's Postgres (a standby, or a lone primary; switch a primary with
     /// standbys over first). Settings from the formation file restart by themselves.
-    Restart(RestartArgs),
+    Restart(nodes::RestartArgs),
     /// Take a backup with pgBackRest on the primary (the formation file's backup
     /// section says where), and follow it to the end.
     Backup(backup::BackupArgs),
@@ -95,80 +97,8 @@ struct RunArgs {
     pgdata: Option<PathBuf>,
 }
 
-#[derive(Subcommand)]
-enum PerformCmd {
-    /// Planned switchover: the primary hands over to its best secondary. Waits until done.
-    Switchover(SwitchoverArgs),
-    /// Planned switchover to a chosen node. Waits until done.
-    Promotion(PromotionArgs),
-    /// Force a failover that the data-loss guard blocks (the primary and quorum
-    /// standbys that may hold its last commits are gone). Waits until a primary runs.
-    Failover(FailoverArgs),
-}
-
-#[derive(Args)]
-struct FailoverArgs {
-    /// Required: you accept that commits the failed nodes acknowledged may be lost, and
-    /// you checked that the nodes that do not report are down (not merely cut off from
-    /// the monitor), since pgha cannot ask them.
-    #[arg(long)]
-    allow_data_loss: bool,
-    /// Why (recorded in the formation's events).
-    #[arg(long)]
-    reason: Option<String>,
-    #[command(flatten)]
-    switchover: SwitchoverArgs,
-}
-
-#[derive(Subcommand)]
-enum MaintenanceCmd {
-    /// A node's maintenance (a primary hands over first: needs --allow-failover).
-    Maintenance(MaintenanceArgs),
-}
-
-#[derive(Subcommand)]
-enum DropCmd {
-    /// Drain and drop a node.
-    Node(NodeArgs),
-}
-
-#[derive(Args)]
-struct RestartArgs {
-    #[command(flatten)]
-    node: NodeArgs,
-    /// Restart at this UTC time (e.g. "2026-12-03 22:00") instead of now; the command
-    /// returns at once and `show state` says when.
-    #[arg(long, value_parser = show::parse_utc)]
-    scheduled: Option<u64>,
-}
-
-#[derive(Args)]
-struct MaintenanceArgs {
-    #[command(flatten)]
-    node: NodeArgs,
-    /// Allow maintenance of the primary: it hands over to a candidate first (without
-    /// it, maintenance of the primary is refused).
-    #[arg(long)]
-    allow_failover: bool,
-}
-
-#[derive(Args)]
-struct NodeArgs {
-    /// The node, by the name `show state` lists.
-    #[arg(long)]
-    name: String,
-    /// The node's formation.
-    #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
-    formation: String,
-    #[command(flatten)]
-    monitor: MonitorArgs,
-    /// Give up waiting after this many seconds.
-    #[arg(long, default_value_t = 120)]
-    timeout: u64,
-}
-
 /// Waits until `done` holds for the formation, printing state changes.
-async fn wait_formation(
+pub async fn wait_formation(
     client: &MonitorClient,
     formation: &str,
     timeout: u64,
@@ -197,139 +127,6 @@ async fn wait_formation(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn maintenance(m: MaintenanceArgs, enable: bool) -> anyhow::Result<()> {
-    use pgha_api::NodeState;
-    let a = m.node;
-    let client = a.monitor.operator_client()?;
-    let name = a.name.clone();
-    if enable {
-        client
-            .enable_maintenance(&a.formation, &a.name, m.allow_failover)
-            .await?;
-        wait_formation(&client, &a.formation, a.timeout, |st| {
-            st.nodes.iter().any(|n| {
-                n.name == name
-                    && n.assigned_state == NodeState::Maintenance
-                    && n.reported_state == NodeState::Maintenance
-            })
-        })
-        .await?;
-        eprintln!("{name} is in maintenance");
-    } else {
-        client.disable_maintenance(&a.formation, &a.name).await?;
-        wait_formation(&client, &a.formation, a.timeout, |st| {
-            st.nodes.iter().any(|n| {
-                n.name == name
-                    && n.assigned_state == NodeState::Secondary
-                    && n.reported_state == NodeState::Secondary
-            })
-        })
-        .await?;
-        eprintln!("{name} is back as a secondary");
-    }
-    Ok(())
-}
-
-#[derive(Args)]
-struct PauseArgs {
-    #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
-    formation: String,
-    #[command(flatten)]
-    monitor: MonitorArgs,
-}
-
-async fn set_paused(a: PauseArgs, on: bool) -> anyhow::Result<()> {
-    let client = a.monitor.operator_client()?;
-    let v = client.set_paused(&a.formation, on).await?;
-    let paused = v["paused"].as_bool().unwrap_or(on);
-    match (on, paused) {
-        (true, _) => eprintln!(
-            "formation {:?} paused: nothing is assigned or failed over until `pgha resume`",
-            a.formation
-        ),
-        (false, false) => eprintln!("formation {:?} resumed", a.formation),
-        (false, true) => anyhow::bail!(
-            "formation {:?} stays paused: its file says `paused: true`",
-            a.formation
-        ),
-    }
-    Ok(())
-}
-
-async fn reinit(a: NodeArgs) -> anyhow::Result<()> {
-    let client = a.monitor.operator_client()?;
-    client.reinit(&a.formation, &a.name).await?;
-    eprintln!(
-        "{} moves its data aside and takes a fresh base backup",
-        a.name
-    );
-    let name = a.name.clone();
-    wait_formation(&client, &a.formation, a.timeout, |st| {
-        // Done: the agent carried out the rebuild (it reports the epoch once its data
-        // is moved aside) and its new Postgres is up, healthy, in its assigned state.
-        st.nodes.iter().any(|n| {
-            n.name == name
-                && !n.rebuilding
-                && n.pg_running
-                && n.health == pgha_api::Health::Good
-                && n.reported_state == n.assigned_state
-                && n.assigned_state.is_standby()
-        })
-    })
-    .await?;
-    eprintln!("{name} rebuilt and back as a standby");
-    Ok(())
-}
-
-async fn restart(r: RestartArgs) -> anyhow::Result<()> {
-    let a = r.node;
-    let client = a.monitor.operator_client()?;
-    client.restart(&a.formation, &a.name, r.scheduled).await?;
-    if let Some(at) = r.scheduled {
-        eprintln!(
-            "{} restarts its Postgres at {} UTC (pgha show state says so until then)",
-            a.name,
-            show::format_time(at).trim_end_matches(".000")
-        );
-        return Ok(());
-    }
-    eprintln!("{} restarts its Postgres", a.name);
-    let name = a.name.clone();
-    wait_formation(&client, &a.formation, a.timeout, |st| {
-        st.nodes.iter().any(|n| {
-            n.name == name
-                && !n.restarting
-                && n.pg_running
-                && n.health == pgha_api::Health::Good
-                && n.reported_state == n.assigned_state
-        })
-    })
-    .await?;
-    eprintln!("{name} restarted");
-    Ok(())
-}
-
-async fn drop_node(a: NodeArgs) -> anyhow::Result<()> {
-    let client = a.monitor.operator_client()?;
-    client.drop_node(&a.formation, &a.name).await?;
-    let name = a.name.clone();
-    wait_formation(&client, &a.formation, a.timeout, |st| {
-        !st.nodes.iter().any(|n| n.name == name)
-    })
-    .await?;
-    eprintln!("{name} left the formation (its PGDATA stays on its VM)");
-    Ok(())
-}
-
-#[derive(Args)]
-struct PromotionArgs {
-    /// The node to promote.
-    #[arg(long)]
-    name: String,
-    #[command(flatten)]
-    switchover: SwitchoverArgs,
 }
 
 /// Where to find the monitor: `--monitor`, `PGHA_MONITOR`, or the config beside
@@ -401,17 +198,6 @@ pub fn operator_url(dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(with_credential(&cfg.url(), "operator", &token))
 }
 
-#[derive(Args)]
-struct SwitchoverArgs {
-    #[command(flatten)]
-    monitor: MonitorArgs,
-    #[arg(long, default_value = pgha_api::DEFAULT_FORMATION)]
-    formation: String,
-    /// Give up waiting after this many seconds.
-    #[arg(long, default_value_t = 120)]
-    timeout: u64,
-}
-
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PGHA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -464,104 +250,6 @@ pub fn agent_exit(e: pgha_agent::Exit) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for a switchover to finish, printing each state change.
-async fn switchover(args: SwitchoverArgs, target: Option<&str>) -> anyhow::Result<()> {
-    let client = args.monitor.operator_client()?;
-    let t0 = std::time::Instant::now();
-    // A standby still replaying a burst of writes (or a formation still settling) is a
-    // passing refusal: wait for it, within the timeout, rather than fail at once.
-    let mut said = String::new();
-    let started = loop {
-        match client.switchover(&args.formation, target).await {
-            Ok(s) => break s,
-            Err(e)
-                if e.code() == Some(pgha_api::routes::ErrorCode::SwitchoverRefused)
-                    && t0.elapsed() < Duration::from_secs(args.timeout.min(30))
-                    && (e.to_string().contains("caught-up")
-                        || e.to_string().contains("no stable primary")) =>
-            {
-                if said != e.to_string() {
-                    eprintln!("waiting: {e}");
-                    said = e.to_string();
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    eprintln!(
-        "switchover started (term {}): node {} -> node {}",
-        started.term, started.from_node, started.to_node
-    );
-    let stable = |st: &pgha_api::FormationStatus, id, s| {
-        st.nodes
-            .iter()
-            .any(|n| n.node_id == id && n.reported_state == s && n.assigned_state == s)
-    };
-    let remaining = args.timeout.saturating_sub(t0.elapsed().as_secs());
-    wait_formation(&client, &args.formation, remaining, |st| {
-        stable(st, started.to_node, pgha_api::NodeState::Primary)
-            && stable(st, started.from_node, pgha_api::NodeState::Secondary)
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("switchover: {e}"))?;
-    eprintln!(
-        "switchover done in {:.1}s: node {} is primary, node {} is secondary",
-        t0.elapsed().as_secs_f64(),
-        started.to_node,
-        started.from_node
-    );
-    Ok(())
-}
-
-/// Forces a failover the data-loss guard blocks, then waits until a primary runs.
-async fn forced_failover(a: FailoverArgs) -> anyhow::Result<()> {
-    if !a.allow_data_loss {
-        anyhow::bail!(
-            "pgha fails over by itself whenever no acknowledged commit can be lost; \
-             forcing one that may lose commits needs --allow-data-loss --reason TEXT"
-        );
-    }
-    let reason = match a.reason.as_deref().map(str::trim) {
-        Some(r) if !r.is_empty() => r.to_string(),
-        _ => anyhow::bail!("--reason TEXT is required: it is recorded in the events"),
-    };
-    let args = a.switchover;
-    let client = args.monitor.operator_client()?;
-    let t0 = std::time::Instant::now();
-    let started = client
-        .forced_failover(
-            &args.formation,
-            &pgha_api::ForcedFailoverRequest {
-                allow_data_loss: true,
-                reason,
-            },
-        )
-        .await?;
-    match started.to_node {
-        Some(n) => eprintln!(
-            "failover forced (term {}): promoting node {n}",
-            started.term
-        ),
-        None => eprintln!(
-            "failover forced (term {}): the promotion in progress goes on without the data-loss guard",
-            started.term
-        ),
-    }
-    wait_formation(&client, &args.formation, args.timeout, |st| {
-        st.nodes
-            .iter()
-            .any(|n| n.assigned_state.is_writable() && n.reported_state == n.assigned_state)
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("failover: {e}"))?;
-    eprintln!(
-        "failover done in {:.1}s (recorded in pgha show events)",
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -584,20 +272,20 @@ fn main() -> ExitCode {
             Cmd::Create(c) => create::run(*c).await,
             Cmd::Run(a) => run(a).await,
             Cmd::Show(s) => show::run(s).await,
-            Cmd::Perform(PerformCmd::Switchover(a)) => switchover(a, None).await,
-            Cmd::Perform(PerformCmd::Promotion(a)) => switchover(a.switchover, Some(&a.name)).await,
-            Cmd::Perform(PerformCmd::Failover(a)) => forced_failover(a).await,
+            Cmd::Perform(p) => perform::run(p).await,
             Cmd::Demo(a) => demo::run(a).await,
             Cmd::Migrate(a) => migrate::run(a).await,
             Cmd::Formation(f) => formation::run(f).await,
-            Cmd::Enable(MaintenanceCmd::Maintenance(a)) => maintenance(a, true).await,
-            Cmd::Disable(MaintenanceCmd::Maintenance(a)) => maintenance(a, false).await,
-            Cmd::Drop(DropCmd::Node(a)) => drop_node(a).await,
-            Cmd::Pause(a) => set_paused(a, true).await,
-            Cmd::Reinit(a) => reinit(a).await,
-            Cmd::Restart(a) => restart(a).await,
+            Cmd::Enable(nodes::MaintenanceCmd::Maintenance(a)) => nodes::maintenance(a, true).await,
+            Cmd::Disable(nodes::MaintenanceCmd::Maintenance(a)) => {
+                nodes::maintenance(a, false).await
+            }
+            Cmd::Drop(nodes::DropCmd::Node(a)) => nodes::drop_node(a).await,
+            Cmd::Pause(a) => nodes::set_paused(a, true).await,
+            Cmd::Reinit(a) => nodes::reinit(a).await,
+            Cmd::Restart(a) => nodes::restart(a).await,
             Cmd::Backup(a) => backup::backup(a).await,
-            Cmd::Resume(a) => set_paused(a, false).await,
+            Cmd::Resume(a) => nodes::set_paused(a, false).await,
         }
     });
     match res {
