@@ -80,6 +80,47 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Builds `pgha` (what [`pgha_bin`] names) with the profile of the running benchmark,
+/// so that no figure comes from a stale binary: `cargo run --bin pgha-bench` builds the
+/// bench, not the `pgha` it runs. With `PGHA_BIN` set, that binary is used as it is.
+pub fn build_pgha() -> anyhow::Result<()> {
+    if std::env::var_os("PGHA_BIN").is_some() {
+        return Ok(());
+    }
+    let bin = pgha_bin();
+    let profile = bin
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the e2e crate has no workspace above it")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "pgha", "--bin", "pgha"])
+        .current_dir(workspace);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    eprintln!("building pgha ({profile}) so the figures are of the current code");
+    let status = cmd
+        .status()
+        .context("running cargo build -p pgha (is cargo on PATH?)")?;
+    anyhow::ensure!(
+        status.success(),
+        "cargo build -p pgha failed: the benchmark will not run a stale pgha"
+    );
+    Ok(())
+}
+
 /// One node: its agent process (when running) and PGDATA.
 pub struct Node {
     pub name: String,

@@ -26,19 +26,30 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn num<T: std::str::FromStr>(name: &str, default: &str) -> anyhow::Result<T> {
-    let v = arg(name, default);
-    v.parse()
-        .map_err(|_| anyhow::anyhow!("{name} {v:?}: not a number"))
+/// How many formations, of how many nodes, for how long (see the module's documentation).
+#[derive(clap::Parser)]
+#[command(
+    name = "pgha-scale",
+    about = "How many formations one controller carries"
+)]
+struct Args {
+    #[arg(long, default_value_t = 100)]
+    formations: usize,
+    /// Nodes per formation (at least 2: a primary and a standby).
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// How long the formations run before the failures.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// The fraction of formations whose primary is lost.
+    #[arg(long, default_value_t = 0.1)]
+    fail: f64,
+    /// Formations whose fake Postgres accepts and never answers.
+    #[arg(long, default_value_t = 1)]
+    stuck: usize,
+    /// The controller's store.
+    #[arg(long, value_parser = ["file", "etcd"], default_value = "file")]
+    store: String,
 }
 
 /// One formation's shared simulation state.
@@ -315,16 +326,17 @@ async fn main() -> anyhow::Result<()> {
         let _ =
             nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
-    let formations: usize = num("--formations", "100")?;
-    let per: usize = num("--nodes", "2")?;
-    let seconds: u64 = num("--seconds", "60")?;
-    let fail: f64 = num("--fail", "0.1")?;
-    let stuck: usize = num("--stuck", "1")?;
-    let store = arg("--store", "file");
-    anyhow::ensure!(
-        store == "file" || store == "etcd",
-        "--store {store:?}: file or etcd"
+    let args = <Args as clap::Parser>::parse();
+    let (formations, per, seconds, fail, stuck, store) = (
+        args.formations,
+        args.nodes,
+        args.seconds,
+        args.fail,
+        args.stuck,
+        args.store,
     );
+    // Never a figure from a stale binary: the pgha this runs is built first.
+    pgha_e2e::build_pgha()?;
     anyhow::ensure!(per >= 2, "--nodes: at least 2 (a primary and a standby)");
 
     let dir = tempfile::Builder::new().prefix("pgha-scale-").tempdir()?;

@@ -228,50 +228,76 @@ async fn gitops(c: &mut Cluster, n: usize) -> anyhow::Result<Vec<(String, Vec<Du
     ])
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// What to measure (see the module's documentation).
+#[derive(clap::Parser)]
+#[command(
+    name = "pgha-bench",
+    about = "Measures write gaps and recovery times on real Postgres"
+)]
+struct Args {
+    /// Nodes of the loopback formation (2 to 9).
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    #[arg(long, default_value_t = 20)]
+    switchovers: usize,
+    /// VM losses of each kind (kill -9, SIGSTOP).
+    #[arg(long, default_value_t = 5)]
+    failovers: usize,
+    /// Formation file changes timed until in force.
+    #[arg(long, default_value_t = 5)]
+    gitops: usize,
+    /// API round trips timed on a kept and on new connections.
+    #[arg(long, default_value_t = 200)]
+    api_calls: usize,
+    /// The monitor's API over plain HTTP instead of HTTPS.
+    #[arg(long)]
+    no_ssl: bool,
+    /// Every node runs an on-role-change and a pre-promote hook.
+    #[arg(long)]
+    hooks: bool,
+    /// Network faults between VMs instead: one nemesis by name, or `all` (needs root).
+    #[arg(long, value_name = "NAME|all")]
+    nemesis: Option<String>,
+    /// Runs of each nemesis (default 3) or of the controller group's scenarios (5).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// What pgBackRest backups cost and save instead.
+    #[arg(long)]
+    backups: bool,
+    /// With --backups: database sizes, in rows.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000_000u64, 10_000_000])]
+    rows: Vec<u64>,
+    /// A group of three controllers on etcd losing its leader instead.
+    #[arg(long)]
+    controllers: bool,
+    /// The loopback scenarios once per PostgreSQL major (e.g. 15,16,18), side by side.
+    #[arg(long, value_delimiter = ',')]
+    majors: Vec<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--nemesis") {
-        let name = args
-            .get(i + 1)
-            .ok_or_else(|| anyhow::anyhow!("--nemesis needs a name or `all`"))?;
-        return nemesis::run(name, arg("--runs", 3));
+    let args = <Args as clap::Parser>::parse();
+    anyhow::ensure!(
+        (2..=pgha_api::formation::MAX_NODES).contains(&args.nodes),
+        "--nodes {}: a benchmark needs 2 to {} nodes",
+        args.nodes,
+        pgha_api::formation::MAX_NODES
+    );
+    // Never a figure from a stale binary: the pgha the harness runs is built first.
+    pgha_e2e::build_pgha()?;
+    if let Some(name) = &args.nemesis {
+        return nemesis::run(name, args.runs.unwrap_or(3));
     }
-    if args.iter().any(|a| a == "--controllers") {
-        return controllers::run(arg("--runs", 5));
+    if args.controllers {
+        return controllers::run(args.runs.unwrap_or(5));
     }
-    if args.iter().any(|a| a == "--backups") {
-        let sizes = match args.iter().position(|a| a == "--rows") {
-            None => vec![1_000_000, 10_000_000],
-            Some(i) => args
-                .get(i + 1)
-                .map(|v| v.split(',').map(|n| n.trim().parse::<u64>()).collect())
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--rows: a comma-separated list of row counts: {e}"))?
-                .ok_or_else(|| {
-                    anyhow::anyhow!("--rows needs a comma-separated list of row counts")
-                })?,
-        };
-        return backups::run(&sizes);
+    if args.backups {
+        return backups::run(&args.rows);
     }
-    if let Some(i) = args.iter().position(|a| a == "--majors") {
-        let majors: Vec<u32> = args
-            .get(i + 1)
-            .map(|v| v.split(',').map(|m| m.trim().parse::<u32>()).collect())
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("--majors: a comma-separated list like 15,16,18: {e}"))?
-            .ok_or_else(|| anyhow::anyhow!("--majors needs a list like 15,16,18"))?;
-        return by_major(&majors);
+    if !args.majors.is_empty() {
+        return by_major(&args);
     }
-    runtime()?.block_on(loopback()).map(|_| ())
+    runtime()?.block_on(loopback(&args)).map(|_| ())
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -283,14 +309,14 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// The loopback scenarios on each major in turn (each on a fresh formation), then one
 /// table with the majors side by side.
-fn by_major(majors: &[u32]) -> anyhow::Result<()> {
+fn by_major(args: &Args) -> anyhow::Result<()> {
     let mut rows = vec![];
-    for &m in majors {
+    for &m in &args.majors {
         eprintln!("== PostgreSQL {m}");
         // Set while no runtime (and no thread of it) exists: the harness reads it.
         // SAFETY: this process has one thread here (the last runtime was dropped).
         unsafe { std::env::set_var("PGHA_E2E_MAJOR", m.to_string()) };
-        let scenarios = runtime()?.block_on(loopback())?;
+        let scenarios = runtime()?.block_on(loopback(args))?;
         rows.push((m, scenarios));
     }
     println!(
@@ -323,19 +349,10 @@ by PostgreSQL major: write gap median / max, acknowledged writes lost"
 
 /// Switchovers, VM losses and formation file changes on loopback; the scenarios'
 /// numbers (also printed).
-async fn loopback() -> anyhow::Result<Vec<Scenario>> {
-    let n_switch = arg("--switchovers", 20);
-    let n_fail = arg("--failovers", 5);
-    let n_gitops = arg("--gitops", 5);
-    let n_nodes = arg("--nodes", 2);
-    anyhow::ensure!(
-        (2..=pgha_api::formation::MAX_NODES).contains(&n_nodes),
-        "--nodes {n_nodes}: a benchmark needs 2 to {} nodes",
-        pgha_api::formation::MAX_NODES
-    );
-    let no_ssl = std::env::args().any(|a| a == "--no-ssl");
-    let n_api = arg("--api-calls", 200);
-    let hooks = std::env::args().any(|a| a == "--hooks");
+async fn loopback(args: &Args) -> anyhow::Result<Vec<Scenario>> {
+    let (n_switch, n_fail, n_gitops, n_nodes) =
+        (args.switchovers, args.failovers, args.gitops, args.nodes);
+    let (no_ssl, n_api, hooks) = (args.no_ssl, args.api_calls, args.hooks);
     let mut c = Cluster::start_with(!no_ssl)?;
     let res = async {
         let hook = c.path().join("hook.sh");
