@@ -251,7 +251,7 @@ impl BackupSpec {
             ));
         }
         if let Some(s) = &self.stanza
-            && !crate::validate::valid_identifier(s)
+            && !crate::names::valid_identifier(s)
         {
             errs.push((
                 "stanza".into(),
@@ -319,7 +319,7 @@ impl BackupSettings {
                 self.repository
             ));
         }
-        if !crate::validate::valid_identifier(&self.stanza) {
+        if !crate::names::valid_identifier(&self.stanza) {
             return Err(format!("backup stanza {:?} is not a name", self.stanza));
         }
         Ok(())

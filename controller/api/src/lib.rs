@@ -17,6 +17,7 @@ pub mod formation;
 pub mod host;
 mod lsn;
 mod major;
+pub mod names;
 mod report;
 mod requests;
 pub mod routes;

@@ -640,14 +640,7 @@ pub fn check_dbname(db: &str) -> Result<(), String> {
     }
 }
 
-/// A formation name (`metadata.name`): 1-63 lower-case letters, digits, `_` or `-`,
-/// starting with a letter.
-pub fn valid_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && s.len() <= 63
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-}
+pub use crate::names::valid_identifier;
 
 /// Semantic checks: (field path, message) for each problem.
 fn check(doc: &FormationDoc) -> Vec<(String, String)> {

@@ -128,7 +128,7 @@ pub fn render(st: &BackupsStatus) -> String {
                 vec![
                     b.label.clone(),
                     b.kind.to_string(),
-                    crate::show::format_time(b.stopped * 1000)
+                    crate::time::format_time(b.stopped * 1000)
                         .trim_end_matches(".000")
                         .to_string(),
                     format!("{}", b.stopped.saturating_sub(b.started)),

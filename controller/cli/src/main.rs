@@ -10,6 +10,7 @@ mod nodes;
 mod perform;
 mod show;
 mod table;
+mod time;
 
 use clap::{Args, Parser, Subcommand};
 use pgha_api::client::MonitorClient;

@@ -1,7 +1,7 @@
 //! The day-2 verbs on a node or a formation: maintenance, drop, reinit, restart, pause
 //! and resume, each followed to its end (`wait_formation`).
 
-use crate::{MonitorArgs, show, wait_formation};
+use crate::{MonitorArgs, wait_formation};
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand)]
@@ -22,7 +22,7 @@ pub struct RestartArgs {
     node: NodeArgs,
     /// Restart at this UTC time (e.g. "2026-12-03 22:00") instead of now; the command
     /// returns at once and `show state` says when.
-    #[arg(long, value_parser = show::parse_utc)]
+    #[arg(long, value_parser = crate::time::parse_utc)]
     scheduled: Option<u64>,
 }
 
@@ -143,7 +143,7 @@ pub async fn restart(r: RestartArgs) -> anyhow::Result<()> {
         eprintln!(
             "{} restarts its Postgres at {} UTC (pgha show state says so until then)",
             a.name,
-            show::format_time(at).trim_end_matches(".000")
+            crate::time::format_time(at).trim_end_matches(".000")
         );
         return Ok(());
     }
