@@ -530,24 +530,35 @@ mod tests {
         );
     }
 
+    /// The file's logical slot `cdc` as a node reports it: its consumer's position, the
+    /// primary's state file (one whose restart_lsn is 0/100) or none, synced or not.
+    fn logical_slot(confirmed: Option<u64>, state: bool, synced: bool) -> pgha_api::SlotPosition {
+        pgha_api::SlotPosition {
+            name: "cdc".into(),
+            restart_lsn: Some(Lsn(100)),
+            wal_status: Some(pgha_api::SlotWalStatus::Reserved),
+            logical: Some(pgha_api::LogicalSlot {
+                database: "app".into(),
+                plugin: "pgoutput".into(),
+                confirmed_flush_lsn: confirmed.map(Lsn),
+                state: state.then(|| {
+                    let mut f = vec![0u8; 104];
+                    f[..4].copy_from_slice(&0x0105_1CA1u32.to_le_bytes());
+                    f[96..104].copy_from_slice(&0x100u64.to_le_bytes());
+                    pgha_api::to_hex(&f)
+                }),
+                synced,
+            }),
+        }
+    }
+
     /// Issue 26: on 17 and later a standby leaves its logical slots to Postgres's own
     /// synchronization: no copy, no restart, no advance; only a slot the worker does not
     /// keep (this node's own from its primary days) is dropped so that it can.
     #[test]
     fn on_failover_slot_majors_a_standby_leaves_logical_slots_to_postgres() {
-        use pgha_api::{LogicalSlot, PgMajor, SlotPosition};
-        let slot = |confirmed: u64, synced: bool| SlotPosition {
-            name: "cdc".into(),
-            restart_lsn: Some(Lsn(100)),
-            wal_status: Some(pgha_api::SlotWalStatus::Reserved),
-            logical: Some(LogicalSlot {
-                database: "app".into(),
-                plugin: "pgoutput".into(),
-                confirmed_flush_lsn: Some(Lsn(confirmed)),
-                state: None,
-                synced,
-            }),
-        };
+        use pgha_api::PgMajor;
+        let slot = |confirmed: u64, synced: bool| logical_slot(Some(confirmed), false, synced);
         let mut w = wanted(NodeState::Secondary);
         w.permanent_slots = vec![slot(5000, false)];
         let mut l = running_primary();
@@ -584,13 +595,7 @@ mod tests {
         // On 16, the copy path as before.
         l.major = Some(PgMajor(16));
         l.permanent_slots = vec![];
-        w.permanent_slots = vec![SlotPosition {
-            logical: Some(LogicalSlot {
-                state: None,
-                ..slot(5000, false).logical.unwrap()
-            }),
-            ..slot(5000, false)
-        }];
+        w.permanent_slots = vec![slot(5000, false)];
         assert!(
             permanent_slot_actions(&w, &l, true).is_empty(),
             "no state file: no copy"
@@ -599,25 +604,7 @@ mod tests {
 
     #[test]
     fn a_logical_slot_is_copied_at_a_restart_and_never_ahead_of_its_consumer() {
-        use pgha_api::{LogicalSlot, SlotPosition};
-        let logical = |confirmed: Option<u64>, state: bool| SlotPosition {
-            name: "cdc".into(),
-            restart_lsn: Some(Lsn(100)),
-            wal_status: Some(pgha_api::SlotWalStatus::Reserved),
-            logical: Some(LogicalSlot {
-                database: "app".into(),
-                plugin: "pgoutput".into(),
-                confirmed_flush_lsn: confirmed.map(Lsn),
-                state: state.then(|| {
-                    // A slot file whose restart_lsn is 0/100.
-                    let mut f = vec![0u8; 104];
-                    f[..4].copy_from_slice(&0x0105_1CA1u32.to_le_bytes());
-                    f[96..104].copy_from_slice(&0x100u64.to_le_bytes());
-                    pgha_api::to_hex(&f)
-                }),
-                synced: false,
-            }),
-        };
+        let logical = |confirmed: Option<u64>, state: bool| logical_slot(confirmed, state, false);
         let mut w = wanted(NodeState::Secondary);
         w.slot_copy_restart_allowed = true;
         w.permanent_slots = vec![logical(Some(5000), true)];
