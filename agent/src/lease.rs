@@ -205,6 +205,127 @@ impl ReceiverWatch {
 /// deadline itself).
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
+/// What this node knows of its lease's evidence, gathered at every tick: when a
+/// formation standby last proved it received WAL written after a moment noted here
+/// ([`WalMarks`], per WAL sender), which senders may renew it ([`standby_renews`]), and
+/// as a standby, when its own receiver last received from each upstream
+/// ([`ReceiverWatch`]). The agent reads `last_standby_seen` for its lease.
+pub struct Evidence {
+    /// When a formation standby last acknowledged WAL this node wrote after a moment
+    /// it noted (or, after a start with the controller down, when Postgres came up).
+    pub last_standby_seen: std::time::Instant,
+    /// Postgres accepted connections at the previous tick.
+    was_ready: bool,
+    /// The primary's recent insert positions (when to write the idle heartbeat).
+    pub wal_marks: WalMarks,
+    /// Each WAL sender's sent positions: what a standby's reply proves.
+    sent_marks: std::collections::HashMap<i32, WalMarks>,
+    /// The WAL senders streaming at this tick, and those that were when the last report
+    /// the controller answered was sent: only those renew the lease.
+    streaming_senders: std::collections::HashSet<i32>,
+    lease_senders: std::collections::HashSet<i32>,
+    /// When the WAL receiver last received from its upstream, and from each address.
+    receiver_watch: ReceiverWatch,
+    pub last_streaming: Option<std::time::Instant>,
+    pub streamed_from: std::collections::HashMap<(String, u16), std::time::Instant>,
+}
+
+impl Evidence {
+    pub fn new(now: std::time::Instant) -> Self {
+        Evidence {
+            last_standby_seen: now,
+            was_ready: false,
+            wal_marks: Default::default(),
+            sent_marks: Default::default(),
+            streaming_senders: Default::default(),
+            lease_senders: Default::default(),
+            receiver_watch: Default::default(),
+            last_streaming: None,
+            streamed_from: Default::default(),
+        }
+    }
+
+    /// Takes in one tick's observation. `peers`: the formation's other nodes (only
+    /// their streams renew the lease); `contacted_since_start`: the controller answered
+    /// this agent since it started.
+    pub fn track(
+        &mut self,
+        l: &crate::observation::Local,
+        peers: Option<&[pgha_api::PeerNode]>,
+        contacted_since_start: bool,
+    ) {
+        // After a restart with the controller down, standbys need time to reconnect to
+        // a Postgres that just came up: their lease counts from then. (Only then: once
+        // the controller was reached, its view of our lease must stay conservative.)
+        if l.ready && !self.was_ready && !contacted_since_start {
+            self.last_standby_seen = std::time::Instant::now();
+        }
+        self.was_ready = l.ready;
+        match (l.in_recovery, l.wal_insert) {
+            (Some(false), Some((at, lsn))) => self.wal_marks.note(at, lsn),
+            (Some(true), _) => self.wal_marks.clear(),
+            _ => {}
+        }
+        self.streaming_senders.clear();
+        for s in &l.standbys {
+            // Only the formation's own standbys renew the lease: a consumer outside it
+            // (pg_receivewal, a standby formation's leader) may still reach a primary
+            // the controller and its standbys have written off.
+            if s.obs.state != "streaming" || !is_formation_standby(&s.obs.application_name, peers) {
+                continue;
+            }
+            self.streaming_senders.insert(s.pid);
+            let marks = self.sent_marks.entry(s.pid).or_default();
+            // The reply read with this tick's sent position can only prove earlier marks.
+            let renewal = s.write_lsn.and_then(|w| marks.renewal(w));
+            if let Some((at, sent)) = s.sent {
+                marks.note(at, sent);
+            }
+            if let Some(at) = renewal
+                && at > self.last_standby_seen
+                && standby_renews(s.pid, contacted_since_start, &self.lease_senders)
+            {
+                self.last_standby_seen = at;
+            }
+        }
+        let senders = &self.streaming_senders;
+        self.sent_marks.retain(|pid, _| senders.contains(pid));
+        if l.receiver_live() {
+            self.last_streaming = Some(std::time::Instant::now());
+        }
+        let sample = l
+            .wal_receiver_sender
+            .clone()
+            .zip(l.wal_receiver_flushed)
+            .map(|(sender, flushed)| ReceiverSample {
+                sender,
+                receipt_age: l.wal_receipt_age,
+                written: l.wal_receiver_written.unwrap_or(flushed),
+                flushed,
+            });
+        let received = if l.ready { l.wal_received } else { None };
+        if let Some((sender, at)) =
+            self.receiver_watch
+                .contact(std::time::Instant::now(), sample, received)
+        {
+            self.streamed_from.insert(sender, at);
+        }
+        self.streamed_from
+            .retain(|_, t| t.elapsed() < std::time::Duration::from_secs(3600));
+    }
+
+    /// The senders streaming now: what a report sent now carries for [`Self::answered`].
+    pub fn senders_now(&self) -> std::collections::HashSet<i32> {
+        self.streaming_senders.clone()
+    }
+
+    /// The controller answered (in the current term) a report sent while `senders`
+    /// streamed: from now on only those renew the lease ([`standby_renews`]).
+    pub fn answered(&mut self, senders: std::collections::HashSet<i32>) {
+        self.lease_senders = senders;
+    }
+}
+
 /// A task that runs `fence` once when the armed deadline passes without being extended.
 pub struct Watchdog {
     deadline: Arc<Mutex<Option<Instant>>>,

@@ -1,7 +1,10 @@
 //! The primary's lease on this node: when it has run out (fence), and the deadline the
 //! watchdog enforces while the loop is busy in a step.
 
-use super::*;
+use super::Agent;
+use crate::plan;
+use pgha_api::NodeState;
+use std::time::Duration;
 
 impl Agent {
     /// Lease left before this node fences itself, for writable nodes with peers.
@@ -16,7 +19,7 @@ impl Agent {
         let since = self
             .last_controller_contact
             .elapsed()
-            .min(self.last_standby_seen.elapsed())
+            .min(self.lease.last_standby_seen.elapsed())
             .as_millis() as u64;
         Some(self.timings().lease_ms.saturating_sub(since))
     }
@@ -51,7 +54,7 @@ impl Agent {
         }
         let lease = self.timings().lease_ms;
         let since_ctl = self.last_controller_contact.elapsed().as_millis() as u64;
-        let since_sb = self.last_standby_seen.elapsed().as_millis() as u64;
+        let since_sb = self.lease.last_standby_seen.elapsed().as_millis() as u64;
         if plan::should_fence(goal, since_ctl, since_sb, lease) {
             tracing::warn!(
                 since_controller_ms = since_ctl,

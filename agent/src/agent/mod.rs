@@ -19,7 +19,6 @@ use crate::plan::{self, Wanted};
 use crate::postgres::bin as pg;
 use pgha_api::client::MonitorClient;
 use pgha_api::{NodeState, Timings};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 struct Agent {
@@ -30,14 +29,8 @@ struct Agent {
     started: Instant,
     last_controller_contact: Instant,
     contacted_since_start: bool,
-    last_standby_seen: Instant,
-    /// The primary's recent insert positions (when to write the idle heartbeat), and
-    /// each WAL sender's sent positions: what a standby's reply proves (see
-    /// `lease::WalMarks`).
-    wal_marks: crate::lease::WalMarks,
-    sent_marks: HashMap<i32, crate::lease::WalMarks>,
-    /// When the WAL receiver last received from its upstream (`lease::ReceiverWatch`).
-    receiver_watch: crate::lease::ReceiverWatch,
+    /// The evidence for this node's lease (standbys heard from, its own receiver).
+    lease: crate::lease::Evidence,
     /// The node's PostgreSQL installs (found at the start), and the major of the one in
     /// use (`cfg.pg_bin_dir`, switched by [`Agent::choose_install`]).
     installs: Vec<crate::postgres::installs::Install>,
@@ -49,14 +42,6 @@ struct Agent {
     /// controller parks a standby that stopped streaming, and a synchronous primary
     /// waits for it until then).
     reported_upstream_live: Option<bool>,
-    /// The WAL senders streaming at this tick, and those that were when the last report
-    /// the controller answered was sent: only those renew the lease (see
-    /// `lease::standby_renews`).
-    streaming_senders: std::collections::HashSet<i32>,
-    lease_senders: std::collections::HashSet<i32>,
-    last_streaming: Option<Instant>,
-    /// When the WAL receiver last received from each address.
-    streamed_from: HashMap<(String, u16), Instant>,
     last_report: Option<Instant>,
     last_error: Option<String>,
     reported: NodeState,
@@ -67,8 +52,6 @@ struct Agent {
     /// What the HTTP endpoint serves.
     snapshot: crate::http::SharedSnapshot,
     last_report_ok: Option<Instant>,
-    /// Postgres accepted connections at the previous tick.
-    was_ready: bool,
     /// Generation of the formation settings written and reloaded.
     applied_generation: u64,
     /// The primary's values of the hot-standby settings, from pg_controldata.
@@ -285,19 +268,12 @@ pub async fn run(
         started: now,
         last_controller_contact: now,
         contacted_since_start: false,
-        last_standby_seen: now,
-        wal_marks: Default::default(),
-        sent_marks: HashMap::new(),
-        receiver_watch: Default::default(),
+        lease: crate::lease::Evidence::new(now),
         installs,
         pgbackrest: crate::backup::pgbackrest_version(),
         binaries_major,
         last_heartbeat: None,
         reported_upstream_live: None,
-        streaming_senders: Default::default(),
-        lease_senders: Default::default(),
-        last_streaming: None,
-        streamed_from: HashMap::new(),
         last_report: None,
         last_error: None,
         reported,
@@ -305,7 +281,6 @@ pub async fn run(
         start_attempts: 0,
         snapshot: Default::default(),
         last_report_ok: None,
-        was_ready: false,
         applied_generation: 0,
         hot_standby_floors: Default::default(),
         removed: false,

@@ -1,80 +1,17 @@
 //! What the agent tells: its report to the controller (and the assignment it gets back),
 //! and the snapshot its HTTP endpoint serves.
 
-use super::*;
+use super::{Agent, HEARTBEAT_AFTER, REPORT_TIMEOUT};
 use crate::observe::Local;
+use pgha_api::NodeState;
 use pgha_api::{NodeReport, PgObservation};
+use std::time::Instant;
 
 impl Agent {
-    /// Tracks when a standby was last heard from (a streaming standby that wrote WAL
-    /// its sender sent after a moment we noted: `lease::WalMarks`), and when our own
-    /// WAL receiver last received from its upstream (`lease::ReceiverWatch`).
+    /// Takes this tick's evidence for the lease (`lease::Evidence`).
     pub(super) fn track_standbys(&mut self, l: &Local) {
-        // After a restart with the controller down, standbys need time to reconnect to
-        // a Postgres that just came up: their lease counts from then. (Only then: once
-        // the controller was reached, its view of our lease must stay conservative.)
-        if l.ready && !self.was_ready && !self.contacted_since_start {
-            self.last_standby_seen = Instant::now();
-        }
-        self.was_ready = l.ready;
-        match (l.in_recovery, l.wal_insert) {
-            (Some(false), Some((at, lsn))) => self.wal_marks.note(at, lsn),
-            (Some(true), _) => self.wal_marks.clear(),
-            _ => {}
-        }
-        self.streaming_senders.clear();
-        for s in &l.standbys {
-            // Only the formation's own standbys renew the lease: a consumer outside it
-            // (pg_receivewal, a standby formation's leader) may still reach a primary
-            // the controller and its standbys have written off.
-            let peers = self.state.assignment.as_ref().map(|a| a.peers.as_slice());
-            if s.obs.state != "streaming"
-                || !crate::lease::is_formation_standby(&s.obs.application_name, peers)
-            {
-                continue;
-            }
-            self.streaming_senders.insert(s.pid);
-            let marks = self.sent_marks.entry(s.pid).or_default();
-            // The reply read with this tick's sent position can only prove earlier marks.
-            let renewal = s.write_lsn.and_then(|w| marks.renewal(w));
-            if let Some((at, sent)) = s.sent {
-                marks.note(at, sent);
-            }
-            if let Some(at) = renewal
-                && at > self.last_standby_seen
-                && crate::lease::standby_renews(
-                    s.pid,
-                    self.contacted_since_start,
-                    &self.lease_senders,
-                )
-            {
-                self.last_standby_seen = at;
-            }
-        }
-        let senders = &self.streaming_senders;
-        self.sent_marks.retain(|pid, _| senders.contains(pid));
-        if l.receiver_live() {
-            self.last_streaming = Some(Instant::now());
-        }
-        let sample = l
-            .wal_receiver_sender
-            .clone()
-            .zip(l.wal_receiver_flushed)
-            .map(|(sender, flushed)| crate::lease::ReceiverSample {
-                sender,
-                receipt_age: l.wal_receipt_age,
-                written: l.wal_receiver_written.unwrap_or(flushed),
-                flushed,
-            });
-        let received = if l.ready { l.wal_received } else { None };
-        if let Some((sender, at)) = self
-            .receiver_watch
-            .contact(Instant::now(), sample, received)
-        {
-            self.streamed_from.insert(sender, at);
-        }
-        self.streamed_from
-            .retain(|_, t| t.elapsed() < Duration::from_secs(3600));
+        let peers = self.state.assignment.as_ref().map(|a| a.peers.as_slice());
+        self.lease.track(l, peers, self.contacted_since_start);
     }
 
     /// Whether the idle primary's heartbeat is due: a writable node with standbys whose
@@ -86,6 +23,7 @@ impl Agent {
             && !self.state.fenced
             && self.effective_goal().is_writable()
             && self
+                .lease
                 .wal_marks
                 .last_moved()
                 .is_none_or(|t| t.elapsed() >= HEARTBEAT_AFTER)
@@ -143,7 +81,8 @@ impl Agent {
             upstream_lost_ms_ago: if l.receiver_live() {
                 None
             } else {
-                self.last_streaming
+                self.lease
+                    .last_streaming
                     .map(|t| t.elapsed().as_millis() as u64)
                     .or(Some(self.started.elapsed().as_millis() as u64))
             },
@@ -168,6 +107,7 @@ impl Agent {
             streamed_from: Some(pgha_api::StreamHistory {
                 watching_ms: self.started.elapsed().as_millis() as u64,
                 contacts: self
+                    .lease
                     .streamed_from
                     .iter()
                     .map(|((host, port), t)| pgha_api::StreamedFrom {
@@ -213,7 +153,7 @@ impl Agent {
             backups: self.backups.backups.clone(),
         };
         let sent = Instant::now();
-        let senders_at_send = self.streaming_senders.clone();
+        let senders_at_send = self.lease.senders_now();
         self.last_report = Some(sent);
         self.reported_upstream_live = Some(r.pg.upstream_streaming);
         let res = self.client.report(&r).await;
@@ -250,7 +190,7 @@ impl Agent {
             return Ok(());
         };
         self.last_controller_contact = renewed;
-        self.lease_senders = senders_at_send;
+        self.lease.answered(senders_at_send);
         self.contacted_since_start = true;
         let mut changed = self.state.assignment.as_ref() != Some(&a);
         if self.state.fenced && a.goal.is_writable() {
