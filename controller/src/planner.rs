@@ -23,7 +23,7 @@
 //! rules (bootstrap, standbys, primary, rejoin).
 
 pub use crate::rule::Rule;
-use pgha_api::{Lsn, NodeId, NodeState, PgObservation, Timings};
+use pgha_api::{NodeId, NodeState};
 
 mod failover;
 mod operator;

@@ -1,11 +1,19 @@
 //! Carrying out one step of the plan on the local Postgres: each is idempotent (the
 //! planner checked before it chose the step; the next tick observes again).
 
-use super::*;
+use super::{Agent, BASEBACKUP_RETRY, MAX_START_ATTEMPTS};
+use crate::config::AgentConfig;
+use crate::observe;
 use crate::observe::Local;
+use crate::os_user::RunAs;
+use crate::plan;
 use crate::plan::Step;
+use crate::postgres::bin as pg;
 use crate::postgres::{conf, sql};
 use anyhow::Context;
+use pgha_api::NodeState;
+use std::time::Duration;
+use std::time::Instant;
 
 impl Agent {
     pub(super) async fn reload(&self) -> anyhow::Result<()> {

@@ -1,9 +1,14 @@
 //! One pass of the agent loop, in named phases: observe, rebuild when asked, fence when
 //! the lease ran out, choose and take one step, note the outcome, report when due.
 
-use super::*;
+use super::Agent;
+use crate::observe;
 use crate::observe::Local;
+use crate::plan;
 use crate::plan::Step;
+use pgha_api::NodeState;
+use std::time::Duration;
+use std::time::Instant;
 
 /// Pause after a pass that acted or is waiting on the controller, and after a quiet one.
 const FAST_PAUSE: Duration = Duration::from_millis(50);

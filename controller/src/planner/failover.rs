@@ -2,7 +2,8 @@
 //! operator's forced failover, and the promotion that follows a failover or switchover
 //! up to the new primary (or its abort).
 
-use super::*;
+use super::{BlockReason, FormationView, NodeView, Plan, Rule, describe_failure};
+use pgha_api::NodeState;
 /// The outcome of a failover election.
 #[derive(Debug)]
 struct Election<'a> {

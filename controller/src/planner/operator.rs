@@ -1,7 +1,9 @@
 //! Planned changes: switchovers (to the best or a chosen node), the formation file's
 //! `primary`, maintenance, drops, and rolling restarts for settings that need one.
 
-use super::*;
+use super::{CATCHUP_THRESHOLD_BYTES, FormationView, NodeView, Plan, Rule};
+use pgha_api::NodeId;
+use pgha_api::NodeState;
 /// Starts a switchover: the healthy primary drains, the best secondary is promoted.
 /// Refuses with a one-line reason when the formation is not ready for one.
 pub fn plan_switchover(f: &FormationView) -> Result<(Plan, NodeId, NodeId), String> {

@@ -2,7 +2,11 @@
 //! judgements every rule shares (reporting, healthy, failed, the old primary's lease,
 //! who streams from whom, `synchronous_standby_names`).
 
-use super::*;
+use pgha_api::Lsn;
+use pgha_api::NodeId;
+use pgha_api::NodeState;
+use pgha_api::PgObservation;
+use pgha_api::Timings;
 /// A standby is "caught up" when at most this many bytes behind (pg_auto_failover's 16 MB).
 pub const CATCHUP_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
 

@@ -5,9 +5,10 @@
 //! whose scope does not cover the call), counted, and recorded as an event (once a
 //! minute per address, route and answer, so a flood cannot fill the event log).
 
-use super::*;
+use super::operator::ActionError;
+use super::{ControllerState, Refusal, Rule, labels};
 use crate::records::AdmissionRule;
-use operator::ActionError;
+use pgha_api::NodeId;
 use pgha_api::routes::{Access, ErrorCode};
 use std::net::IpAddr;
 

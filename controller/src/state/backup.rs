@@ -3,7 +3,7 @@
 //! reads the repository as the primary's agent last read it.
 
 use super::operator::Ask;
-use super::*;
+use super::{ActionError, ControllerState, NodeRecord, Refusal, Rule};
 use pgha_api::routes::ErrorCode;
 use pgha_api::{BackupKind, BackupRequest, BackupsStatus, JobState};
 

@@ -16,7 +16,11 @@
 //!   copy of everything staged since, and every request waiting on it fails (503, try
 //!   again): what was not stored was never published.
 
-use super::*;
+use super::{
+    ControllerState, DurableState, EVENTS_IN_MEMORY, Store, StoreError, labels, off_async_workers,
+};
+use pgha_api::Event;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Why writing staged changes failed, kept for the requests that wait on them.

@@ -1,6 +1,6 @@
 //! The desired state from the formation files: accepted, rejected and removed files.
 
-use super::*;
+use super::{ControllerState, FormationRecord, Rule, StoreError, labels};
 
 impl ControllerState {
     /// Takes in a scan of the formations directory: accepted files become the desired

@@ -34,10 +34,7 @@ use crate::planner::{self, BlockReason, FormationView, NodeView, Plan};
 use crate::records::{DurableState, FormationRecord, NodeRecord};
 use crate::rule::Rule;
 use crate::store::{Store, StoreError};
-use pgha_api::{
-    Assignment, Event, FormationStatus, Health, NodeId, NodeReport, NodeState, NodeStatus,
-    PeerNode, PgObservation,
-};
+use pgha_api::{Event, NodeId, PgObservation};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// How many events are kept in memory for `show events` (all are on disk).

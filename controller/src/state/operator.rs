@@ -2,7 +2,10 @@
 //! one method that checks and writes under the lock its caller holds, so nothing can
 //! change between the check and the write. `http` only maps requests and errors.
 
-use super::*;
+use super::{
+    ControllerState, FormationRecord, NodeRecord, NodeView, Principal, Rule, StoreError,
+    decision_inputs, labels, planner,
+};
 use crate::admission;
 pub use crate::admission::Refusal;
 use crate::records::{AdmissionRule, NodeDesired, random_secret};

@@ -1,6 +1,8 @@
 //! Failover and switchover metrics follow the decisions of a promotion.
 
-use super::*;
+use super::{ControllerState, FormationView, Rule, labels, planner};
+use pgha_api::NodeId;
+use pgha_api::NodeState;
 
 /// Why a failover happened: the `reason` label of the failover metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,14 @@
 //! Read models: the planner's view, the assignment sent to a node, the formation's
 //! status for `show state` and metrics.
 
-use super::*;
+use super::{ControllerState, FormationRecord, FormationView, NodeRecord, NodeView};
+use pgha_api::Assignment;
+use pgha_api::FormationStatus;
+use pgha_api::Health;
+use pgha_api::NodeId;
+use pgha_api::NodeState;
+use pgha_api::NodeStatus;
+use pgha_api::PeerNode;
 
 impl ControllerState {
     /// The planner's view of one formation at `now_ms`.

@@ -1,10 +1,18 @@
 //! Reports in, plans out: what an agent reported becomes observed state, the planner
 //! runs once over the view, and its plan is persisted before anyone is told.
 
-use super::*;
+use super::operator::ActionError;
+use super::{
+    ControllerState, FormationView, NodeRecord, Plan, Principal, Refusal, Rule, StoreError,
+    decision_inputs, labels, planner, promotion,
+};
 use crate::admission;
 use crate::records::AdmissionRule;
-use operator::ActionError;
+use pgha_api::Assignment;
+use pgha_api::NodeId;
+use pgha_api::NodeReport;
+use pgha_api::NodeState;
+use pgha_api::PgObservation;
 use pgha_api::routes::ErrorCode;
 
 /// How far one report may move a formation's term forward (see `take_report`).

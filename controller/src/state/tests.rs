@@ -2,6 +2,7 @@ use super::*;
 use crate::desired::Scan;
 use crate::store::FileStore;
 use pgha_api::validate::parse_formation;
+use pgha_api::{NodeReport, NodeState};
 
 fn state(dir: &std::path::Path) -> ControllerState {
     ControllerState::open(Box::new(FileStore::new(dir)), 1000).unwrap()

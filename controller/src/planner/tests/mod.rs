@@ -5,7 +5,7 @@
 
 use super::*;
 use NodeState::*;
-use pgha_api::Lsn;
+use pgha_api::{Lsn, PgObservation, Timings};
 
 mod elections;
 mod operator;
