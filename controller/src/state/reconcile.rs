@@ -3,17 +3,14 @@
 
 use super::operator::ActionError;
 use super::{
-    ControllerState, FormationView, NodeRecord, Plan, Principal, Refusal, Rule, StoreError,
-    decision_inputs, labels, planner, promotion,
+    ControllerState, FormationView, NodeRecord, Plan, Principal, Rule, StoreError, decision_inputs,
+    labels, planner, promotion,
 };
-use crate::admission;
-use crate::records::AdmissionRule;
 use pgha_api::Assignment;
 use pgha_api::NodeId;
 use pgha_api::NodeReport;
 use pgha_api::NodeState;
 use pgha_api::PgObservation;
-use pgha_api::routes::ErrorCode;
 
 /// How far one report may move a formation's term forward (see `take_report`).
 pub const TERM_CATCH_UP_MAX: u64 = 100;
@@ -31,120 +28,7 @@ impl ControllerState {
         peer: std::net::IpAddr,
         now_ms: u64,
     ) -> Result<Assignment, ActionError> {
-        let route = pgha_api::routes::REPORT;
-        // Not a name: refused before anything of it reaches an event or a log.
-        if !pgha_api::validate::valid_identifier(&r.formation) {
-            return Err(ActionError::Refused(Refusal {
-                code: ErrorCode::InvalidName,
-                message: "the report's formation is not a formation name".into(),
-            }));
-        }
-        let issue_credential = match principal {
-            Some(Principal::Node { id, formation }) => {
-                if *id != r.node_id || *formation != r.formation {
-                    let who = principal.map(|p| p.actor(self)).unwrap_or_default();
-                    return Err(self.refuse(
-                        ErrorCode::Forbidden,
-                        format!(
-                            "the credential of {who} reports for that node only, not for node {} of formation {:?}",
-                            r.node_id, r.formation
-                        ),
-                        Some(&r.formation),
-                        peer,
-                        route,
-                        now_ms,
-                    ));
-                }
-                false
-            }
-            // Only a node without a credential of its own may still report with its
-            // formation's join secret (or the operator's, or none when admission is
-            // open): once, to be given one.
-            Some(Principal::Joiner(f)) if *f == r.formation => true,
-            Some(Principal::Operator) => true,
-            None => self
-                .durable
-                .formations
-                .get(&r.formation)
-                .is_some_and(|f| f.admission() == AdmissionRule::Open),
-            Some(_) => false,
-        };
-        if issue_credential {
-            if self.formation_of(r.node_id).map(|f| f.name.as_str()) != Some(r.formation.as_str()) {
-                // An admitted agent with an id this store never issued (it was restored
-                // from an older copy): that id is never handed out again.
-                if r.node_id >= self.durable.next_node_id && self.formation_of(r.node_id).is_none()
-                {
-                    self.durable.next_node_id = r.node_id.saturating_add(1);
-                    self.save()?;
-                }
-                return Err(ActionError::Refused(Refusal {
-                    code: ErrorCode::UnknownNode,
-                    message: format!(
-                        "node {} is not registered in formation {:?} on this monitor",
-                        r.node_id, r.formation
-                    ),
-                }));
-            }
-            let has_own = self
-                .formation_of(r.node_id)
-                .and_then(|f| f.nodes.get(&r.node_id))
-                .is_some_and(|n| n.credential.is_some());
-            if has_own {
-                let code = match principal {
-                    None => ErrorCode::Unauthenticated,
-                    Some(_) => ErrorCode::Forbidden,
-                };
-                return Err(self.refuse(
-                    code,
-                    format!(
-                        "node {} has a credential of its own: its reports must carry it",
-                        r.node_id
-                    ),
-                    Some(&r.formation),
-                    peer,
-                    route,
-                    now_ms,
-                ));
-            }
-        } else if !matches!(principal, Some(Principal::Node { .. })) {
-            let code = match principal {
-                None => ErrorCode::Unauthenticated,
-                Some(_) => ErrorCode::Forbidden,
-            };
-            return Err(self.refuse(
-                code,
-                "reports carry the node's own credential".into(),
-                Some(&r.formation),
-                peer,
-                route,
-                now_ms,
-            ));
-        }
-        if let Some(f) = self.formation_of(r.node_id)
-            && let Some(n) = f.nodes.get(&r.node_id)
-            && let Some(host) = admission::declared_host(f, &n.name)
-            && !admission::peer_may_speak_for(host, peer)
-        {
-            let (name, host) = (n.name.clone(), host.to_string());
-            // One event per node and address, not one per second.
-            if self.refused_peers.insert((r.node_id, peer)) {
-                let ev = self.event(
-                    &r.formation,
-                    None,
-                    Rule::ReportRefused,
-                    format!("a report for {name} (declared at {host}) came from {peer}: refused"),
-                    now_ms,
-                );
-                self.record(ev)?;
-            }
-            return Err(ActionError::Refused(Refusal {
-                code: ErrorCode::AddressMismatch,
-                message: format!(
-                    "node {name} is declared at {host}; reports for it come from there only"
-                ),
-            }));
-        }
+        let issue_credential = self.authorize_report(r, principal, peer, now_ms)?;
         let token = match issue_credential {
             true => Some(self.issue_node_credential(&r.formation, r.node_id, now_ms)?),
             false => None,
@@ -156,41 +40,6 @@ impl ControllerState {
             .ok_or_else(|| ActionError::Internal("node vanished".into()))?;
         a.node_token = token;
         Ok(a)
-    }
-
-    /// A credential for a node registered before nodes had their own: stored (as its
-    /// SHA-256) before it is handed out.
-    fn issue_node_credential(
-        &mut self,
-        formation: &str,
-        node_id: NodeId,
-        now_ms: u64,
-    ) -> Result<String, ActionError> {
-        let token =
-            crate::records::random_secret().map_err(|e| ActionError::Internal(e.to_string()))?;
-        let Some(n) = self
-            .durable
-            .formations
-            .get_mut(formation)
-            .and_then(|f| f.nodes.get_mut(&node_id))
-        else {
-            return Err(ActionError::Internal("node vanished".into()));
-        };
-        n.credential = Some(pgha_api::tls::sha256_hex(token.as_bytes()));
-        let rec = n.clone();
-        self.save()?;
-        let ev = self.event(
-            formation,
-            Some(&rec),
-            Rule::NodeCredentialIssued,
-            format!(
-                "{} registered before nodes had their own credential: it has one now, and its reports must carry it",
-                rec.name
-            ),
-            now_ms,
-        );
-        self.record(ev)?;
-        Ok(token)
     }
 
     /// Runs the planner for one formation and applies the result.
