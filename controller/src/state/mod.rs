@@ -159,6 +159,21 @@ impl ControllerState {
         }
     }
 
+    /// Records an event that `actor` caused (the operator, a node, an address).
+    pub fn record_by(
+        &mut self,
+        formation: &str,
+        node: Option<&NodeRecord>,
+        rule: Rule,
+        description: String,
+        actor: String,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut ev = self.event(formation, node, rule, description, now_ms);
+        ev.actor = Some(actor);
+        self.record(ev)
+    }
+
     pub fn formation_of(&self, node_id: NodeId) -> Option<&FormationRecord> {
         self.durable
             .formations

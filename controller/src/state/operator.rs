@@ -182,7 +182,7 @@ impl ControllerState {
         let replication_password = f.replication_password.clone();
         f.nodes.insert(id, rec.clone());
         self.save()?;
-        let mut ev = self.event(
+        self.record_by(
             &req.formation,
             Some(&rec),
             Rule::Register,
@@ -190,10 +190,9 @@ impl ControllerState {
                 "registered {name} ({}:{}) as node {id}, assigned {goal}",
                 req.host, req.port
             ),
+            actor,
             now_ms,
-        );
-        ev.actor = Some(actor);
-        self.record(ev)?;
+        )?;
         Ok(RegisterResponse {
             node_id: id,
             name,
@@ -228,15 +227,14 @@ impl ControllerState {
         now_ms: u64,
     ) -> Result<String, ActionError> {
         let password = self.replication_password(formation)?;
-        let mut ev = self.event(
+        self.record_by(
             formation,
             None,
             Rule::ReplicationPasswordRead,
             format!("the replication password of formation {formation} was read"),
+            format!("{actor} from address {peer}"),
             now_ms,
-        );
-        ev.actor = Some(format!("{actor} from address {peer}"));
-        self.record(ev)?;
+        )?;
         Ok(password)
     }
 
@@ -282,15 +280,14 @@ impl ControllerState {
             "operator promoted standby formation {formation:?}: it no longer follows {} and its leader becomes writable; remove standbyOf from its file",
             from.hosts.join(",")
         );
-        let mut ev = self.event(
+        self.record_by(
             formation,
             None,
             Rule::OperatorPromoteFormation,
             what,
+            actor.to_string(),
             now_ms,
-        );
-        ev.actor = Some(actor.to_string());
-        self.record(ev)?;
+        )?;
         Ok(from)
     }
 
@@ -322,9 +319,14 @@ impl ControllerState {
                     .to_string()
             }
         };
-        let mut ev = self.event(formation, None, Rule::OperatorPause, what, now_ms);
-        ev.actor = Some(actor.to_string());
-        self.record(ev)?;
+        self.record_by(
+            formation,
+            None,
+            Rule::OperatorPause,
+            what,
+            actor.to_string(),
+            now_ms,
+        )?;
         Ok(paused)
     }
 
@@ -348,7 +350,7 @@ impl ControllerState {
                 return refused(ErrorCode::SwitchoverRefused, why);
             }
         };
-        let mut ev = self.event(
+        self.record_by(
             formation,
             None,
             Rule::OperatorSwitchover,
@@ -356,10 +358,9 @@ impl ControllerState {
                 Some(t) => format!("operator asked to promote {t} (node {from} -> node {to})"),
                 None => format!("operator asked for a switchover (node {from} -> node {to})"),
             },
+            actor.to_string(),
             now_ms,
-        );
-        ev.actor = Some(actor.to_string());
-        self.record(ev)?;
+        )?;
         self.apply_plan(&view, &plan, now_ms)?;
         Ok(SwitchoverStarted {
             from_node: from,
@@ -634,9 +635,14 @@ impl ControllerState {
         change(n);
         let rec = n.clone();
         self.save()?;
-        let mut ev = self.event(formation, Some(&rec), ask.rule, ask.what, now_ms);
-        ev.actor = Some(ask.actor.to_string());
-        self.record(ev)?;
+        self.record_by(
+            formation,
+            Some(&rec),
+            ask.rule,
+            ask.what,
+            ask.actor.to_string(),
+            now_ms,
+        )?;
         Ok(())
     }
 }
