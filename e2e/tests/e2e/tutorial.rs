@@ -128,13 +128,7 @@ async fn run(c: &mut Cluster) -> anyhow::Result<()> {
     // B comes back and rejoins as a standby.
     c.start_agent(1)?;
     c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
-    let report = probe.finish().await?;
-    println!("write probe: {report:?}");
-    assert!(
-        report.lost.is_empty(),
-        "acknowledged writes lost: {:?}",
-        report.lost
-    );
+    let report = probe.finish_without_loss().await?;
     assert!(report.acked > 60);
 
     // Every row on both nodes (wait for B to replay).
