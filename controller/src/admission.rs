@@ -244,16 +244,7 @@ mod tests {
     }
 
     fn req(name: &str, host: &str) -> RegisterRequest {
-        RegisterRequest {
-            formation: "orders".into(),
-            name: Some(name.into()),
-            host: host.into(),
-            port: 5432,
-            dbname: "orders".into(),
-            candidate_priority: 50,
-            replication_quorum: true,
-            installs: vec![],
-        }
+        RegisterRequest::new("orders", name, host, 5432, "orders")
     }
 
     /// Issue 26: a node without the formation's major is refused, by name and majors.

@@ -3,7 +3,7 @@
 //! them (host strings, join secrets, who may speak for a declared node).
 
 use pgha_api::routes;
-use pgha_api::{NodeReport, NodeState, PgObservation, RegisterRequest};
+use pgha_api::{NodeReport, NodeState, RegisterRequest};
 use pgha_controller::state::ControllerState;
 use pgha_controller::store::FileStore;
 use pgha_controller::{MonitorConfig, Shared, lock, now_ms};
@@ -138,16 +138,7 @@ impl Api {
     }
 
     async fn register(&self, from: &str, name: &str, host: &str) -> (u16, serde_json::Value) {
-        let req = RegisterRequest {
-            formation: "orders".into(),
-            name: Some(name.into()),
-            host: host.into(),
-            port: 5432,
-            dbname: "orders".into(),
-            candidate_priority: 50,
-            replication_quorum: true,
-            installs: vec![],
-        };
+        let req = RegisterRequest::new("orders", name, host, 5432, "orders");
         let (status, body) = self
             .post(from, routes::REGISTER, Some(&self.secret), &req)
             .await;
@@ -159,22 +150,7 @@ impl Api {
 }
 
 fn report(node_id: u64, reported: NodeState) -> NodeReport {
-    NodeReport {
-        node_id,
-        formation: "orders".into(),
-        reported_state: reported,
-        term: 1,
-        pg: PgObservation::default(),
-        fenced: false,
-        last_error: None,
-        promotion_refused_term: None,
-        applied_generation: 0,
-        auth_method: None,
-        rebuilt_epoch: 0,
-        restarted_epoch: 0,
-        backup_job: None,
-        backups: None,
-    }
+    NodeReport::new(node_id, "orders", reported, 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,16 +182,7 @@ async fn hostile_hosts_and_missing_secrets_are_refused() {
         assert_eq!(status, 400, "{host:?}: {body}");
         assert_eq!(body["code"], "invalid_host");
     }
-    let req = RegisterRequest {
-        formation: "orders".into(),
-        name: Some("node_b".into()),
-        host: "127.0.0.1".into(),
-        port: 5432,
-        dbname: "orders".into(),
-        candidate_priority: 50,
-        replication_quorum: true,
-        installs: vec![],
-    };
+    let req = RegisterRequest::new("orders", "node_b", "127.0.0.1", 5432, "orders");
     let (status, body) = api.post("127.0.0.1", routes::REGISTER, None, &req).await;
     assert_eq!(status, 401, "{body}");
     let (status, _) = api

@@ -229,6 +229,29 @@ pub struct NodeReport {
     pub backups: Option<Vec<crate::BackupInfo>>,
 }
 
+impl NodeReport {
+    /// A report of `node_id` in `formation` that has reached `reported_state` in `term`,
+    /// with nothing observed yet (tests and simulations fill in what they need).
+    pub fn new(node_id: NodeId, formation: &str, reported_state: NodeState, term: u64) -> Self {
+        NodeReport {
+            node_id,
+            formation: formation.to_string(),
+            reported_state,
+            term,
+            pg: PgObservation::default(),
+            fenced: false,
+            last_error: None,
+            promotion_refused_term: None,
+            applied_generation: 0,
+            auth_method: None,
+            rebuilt_epoch: 0,
+            restarted_epoch: 0,
+            backup_job: None,
+            backups: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod disk_tests {
     use super::DiskSpace;

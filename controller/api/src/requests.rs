@@ -22,6 +22,23 @@ pub struct RegisterRequest {
     pub installs: Vec<crate::PgMajor>,
 }
 
+impl RegisterRequest {
+    /// Node `name` at `host:port` asking to join `formation` for database `dbname`, with
+    /// the defaults of `create postgres` (priority 50, in the quorum, majors not said).
+    pub fn new(formation: &str, name: &str, host: &str, port: u16, dbname: &str) -> Self {
+        RegisterRequest {
+            formation: formation.to_string(),
+            name: Some(name.to_string()),
+            host: host.to_string(),
+            port,
+            dbname: dbname.to_string(),
+            candidate_priority: 50,
+            replication_quorum: true,
+            installs: vec![],
+        }
+    }
+}
+
 /// The controller's answer to a registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterResponse {

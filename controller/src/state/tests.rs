@@ -169,22 +169,7 @@ impl Store for FlakyStore {
 }
 
 fn report(node_id: NodeId, reported: NodeState, term: u64) -> NodeReport {
-    NodeReport {
-        node_id,
-        formation: "orders".into(),
-        reported_state: reported,
-        term,
-        pg: PgObservation::default(),
-        fenced: false,
-        last_error: None,
-        promotion_refused_term: None,
-        applied_generation: 0,
-        auth_method: None,
-        rebuilt_epoch: 0,
-        restarted_epoch: 0,
-        backup_job: None,
-        backups: None,
-    }
+    NodeReport::new(node_id, "orders", reported, term)
 }
 
 fn one_node_formation(store: Box<dyn Store>) -> ControllerState {
