@@ -4,7 +4,7 @@
 //! Every error says where (`file:line:col`), which field, and what is wrong; all errors of
 //! a file are returned at once. A file is accepted whole or not at all.
 
-use crate::formation::{API_VERSION, FormationDoc};
+use crate::formation::{API_VERSION, FormationDoc, FormationSpec};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -642,9 +642,22 @@ pub fn check_dbname(db: &str) -> Result<(), String> {
 
 pub use crate::names::valid_identifier;
 
-/// Semantic checks: (field path, message) for each problem.
+/// Semantic checks: (field path, message) for each problem, section by section.
 fn check(doc: &FormationDoc) -> Vec<(String, String)> {
     let mut errs: Vec<(String, String)> = vec![];
+    check_header(doc, &mut errs);
+    let s = &doc.spec;
+    check_admission(s, &mut errs);
+    check_timings(s, &mut errs);
+    check_postgresql(s, &mut errs);
+    check_standby_of(s, &mut errs);
+    check_slots(s, &mut errs);
+    check_nodes(s, &mut errs);
+    errs
+}
+
+/// Checks the document's kind, version and name.
+fn check_header(doc: &FormationDoc, errs: &mut Vec<(String, String)>) {
     let mut err = |field: String, msg: String| errs.push((field, msg));
     if doc.api_version != API_VERSION {
         err(
@@ -670,7 +683,11 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             ),
         );
     }
-    let s = &doc.spec;
+}
+
+/// Checks the database and who may join.
+fn check_admission(s: &FormationSpec, errs: &mut Vec<(String, String)>) {
+    let mut err = |field: String, msg: String| errs.push((field, msg));
     if let Some(db) = &s.dbname
         && let Err(e) = check_dbname(db)
     {
@@ -698,6 +715,11 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
         ),
         _ => {}
     }
+}
+
+/// Checks timings and the anti-flapping window.
+fn check_timings(s: &FormationSpec, errs: &mut Vec<(String, String)>) {
+    let mut err = |field: String, msg: String| errs.push((field, msg));
     let t = &s.timings;
     for (name, v, lo, hi) in [
         ("reportIntervalMs", t.report_interval_ms, 100, 60_000),
@@ -726,6 +748,11 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             ),
         );
     }
+}
+
+/// Checks Postgres settings, major, slot WAL limit and backups.
+fn check_postgresql(s: &FormationSpec, errs: &mut Vec<(String, String)>) {
+    let mut err = |field: String, msg: String| errs.push((field, msg));
     const ARCHIVING: [&str; 3] = ["archive_mode", "archive_command", "archive_library"];
     for name in s.postgresql.parameters.keys() {
         // With a backup section, the archiving settings get the message below.
@@ -770,6 +797,11 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             }
         }
     }
+}
+
+/// Checks the source of a standby formation.
+fn check_standby_of(s: &FormationSpec, errs: &mut Vec<(String, String)>) {
+    let mut err = |field: String, msg: String| errs.push((field, msg));
     if let Some(sb) = &s.standby_of {
         if sb.hosts.is_empty() {
             err(
@@ -800,6 +832,11 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             );
         }
     }
+}
+
+/// Checks permanent slots.
+fn check_slots(s: &FormationSpec, errs: &mut Vec<(String, String)>) {
+    let mut err = |field: String, msg: String| errs.push((field, msg));
     for (name, slot) in &s.slots {
         let at = format!("spec.slots.{name}");
         if let Err(e) = check_slot_name(name) {
@@ -845,6 +882,11 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             }
         }
     }
+}
+
+/// Checks declared nodes, the named primary and the quorum.
+fn check_nodes(s: &FormationSpec, errs: &mut Vec<(String, String)>) {
+    let mut err = |field: String, msg: String| errs.push((field, msg));
     if s.nodes.len() > crate::formation::MAX_NODES {
         err(
             "spec.nodes".into(),
@@ -955,7 +997,6 @@ fn check(doc: &FormationDoc) -> Vec<(String, String)> {
             );
         }
     }
-    errs
 }
 
 fn indent_of(line: &str) -> usize {
