@@ -128,40 +128,44 @@ pub fn with_leader_gauge(page: String, shared_store: bool, leads: bool) -> Strin
     )
 }
 
-/// Renders the OpenMetrics text from read models and the counters.
-pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
-    let mut reg = Registry::with_prefix("pgha");
-    let assigned = Family::<Labels, Gauge>::default();
-    let reported = Family::<Labels, Gauge>::default();
-    let healthy = Family::<Labels, Gauge>::default();
-    let report_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    let lsn = Family::<Labels, Gauge>::default();
-    let lag = Family::<Labels, Gauge>::default();
-    let slot_retained = Family::<Labels, Gauge>::default();
-    let slot_lost = Family::<Labels, Gauge>::default();
-    let copy_behind = Family::<Labels, Gauge>::default();
-    let term = Family::<Labels, Gauge>::default();
-    let info = Family::<Labels, Gauge>::default();
-    let blocked = Family::<Labels, Gauge>::default();
-    let paused = Family::<Labels, Gauge>::default();
-    let archive_age = Family::<Labels, Gauge>::default();
-    let archive_failures = Family::<Labels, Counter>::default();
-    let archive_failing = Family::<Labels, Gauge>::default();
+/// The gauges read from the formations' read models, one family each.
+#[derive(Default)]
+struct Gauges {
+    assigned: Family<Labels, Gauge>,
+    reported: Family<Labels, Gauge>,
+    healthy: Family<Labels, Gauge>,
+    report_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    lsn: Family<Labels, Gauge>,
+    lag: Family<Labels, Gauge>,
+    slot_retained: Family<Labels, Gauge>,
+    slot_lost: Family<Labels, Gauge>,
+    copy_behind: Family<Labels, Gauge>,
+    term: Family<Labels, Gauge>,
+    info: Family<Labels, Gauge>,
+    blocked: Family<Labels, Gauge>,
+    paused: Family<Labels, Gauge>,
+    archive_age: Family<Labels, Gauge>,
+    archive_failures: Family<Labels, Counter>,
+    archive_failing: Family<Labels, Gauge>,
+}
 
-    for FormationReading {
-        status,
-        blocked: current,
-    } in formations
-    {
+impl Gauges {
+    /// Sets the gauges of one formation.
+    fn read(&self, reading: &FormationReading) {
+        let FormationReading {
+            status,
+            blocked: current,
+        } = reading;
         let f = status;
         let fl = labels(&[("formation", &f.name)]);
-        term.get_or_create(&fl).set(f.term as i64);
-        paused.get_or_create(&fl).set(f.paused as i64);
-        info.get_or_create(&labels(&[("formation", &f.name), ("dbname", &f.dbname)]))
+        self.term.get_or_create(&fl).set(f.term as i64);
+        self.paused.get_or_create(&fl).set(f.paused as i64);
+        self.info
+            .get_or_create(&labels(&[("formation", &f.name), ("dbname", &f.dbname)]))
             .set(1);
         let current = *current;
         for r in BlockReason::ALL {
-            blocked
+            self.blocked
                 .get_or_create(&labels(&[("formation", &f.name), ("reason", r.as_str())]))
                 .set((current == Some(r)) as i64);
         }
@@ -184,43 +188,43 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
                     ("node", &n.name),
                     ("state", s.as_str()),
                 ]);
-                assigned
+                self.assigned
                     .get_or_create(&l)
                     .set((n.assigned_state == s) as i64);
-                reported
+                self.reported
                     .get_or_create(&l)
                     .set((n.reported_state == s) as i64);
             }
             let l = labels(&[("formation", &f.name), ("node", &n.name)]);
-            healthy
+            self.healthy
                 .get_or_create(&l)
                 .set((n.health == pgha_api::Health::Good) as i64);
             if let Some(age) = n.report_age_ms {
-                report_age.get_or_create(&l).set(age as f64 / 1000.0);
+                self.report_age.get_or_create(&l).set(age as f64 / 1000.0);
             }
             if let Some(x) = n.lsn {
-                lsn.get_or_create(&l).set(x.0 as i64);
+                self.lsn.get_or_create(&l).set(x.0 as i64);
             }
             let is_standby = matches!(
                 n.assigned_state,
                 NodeState::Secondary | NodeState::Catchingup
             );
             if let (true, Some(p), Some(x)) = (is_standby, primary_lsn, n.lsn) {
-                lag.get_or_create(&l).set(p.bytes_ahead_of(x) as i64);
+                self.lag.get_or_create(&l).set(p.bytes_ahead_of(x) as i64);
             }
             for s in &n.permanent_slots {
                 let mut sl = l.clone();
                 sl.push(("slot".into(), s.name.clone()));
                 if let (Some(x), Some(r)) = (n.lsn, s.restart_lsn) {
-                    slot_retained
+                    self.slot_retained
                         .get_or_create(&sl)
                         .set(x.bytes_ahead_of(r) as i64);
                 }
-                slot_lost.get_or_create(&sl).set(s.lost() as i64);
+                self.slot_lost.get_or_create(&sl).set(s.lost() as i64);
                 let here = s.logical.as_ref().and_then(|l| l.confirmed_flush_lsn);
                 if let (true, Some(p), Some(h)) = (is_standby, confirmed_at_primary(&s.name), here)
                 {
-                    copy_behind
+                    self.copy_behind
                         .get_or_create(&sl)
                         .set(p.bytes_ahead_of(h) as i64);
                 }
@@ -229,91 +233,102 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
                 // Postgres' own count (a fresh registry each page, so inc_by sets it):
                 // it starts again on a newly promoted primary, which rate() reads as a
                 // counter reset.
-                archive_failures.get_or_create(&l).inc_by(a.failed_count);
-                archive_failing.get_or_create(&l).set(a.failing() as i64);
+                self.archive_failures
+                    .get_or_create(&l)
+                    .inc_by(a.failed_count);
+                self.archive_failing
+                    .get_or_create(&l)
+                    .set(a.failing() as i64);
                 if let Some(age) = a.last_archived_s_ago {
-                    archive_age.get_or_create(&l).set(age as i64);
+                    self.archive_age.get_or_create(&l).set(age as i64);
                 }
             }
         }
     }
 
-    reg.register(
-        "node_assigned_state",
-        "State the controller assigned to each node (one-hot)",
-        assigned,
-    );
-    reg.register(
-        "node_reported_state",
-        "State each node last reported reaching (one-hot)",
-        reported,
-    );
-    reg.register(
-        "node_healthy",
-        "1 when the node's Postgres is up per reports and probes",
-        healthy,
-    );
-    reg.register(
-        "node_last_report_age_seconds",
-        "Seconds since the node's agent last reported",
-        report_age,
-    );
-    reg.register(
-        "node_wal_lsn_bytes",
-        "Last reported WAL position of the node, in bytes",
-        lsn,
-    );
-    reg.register(
-        "replication_lag_bytes",
-        "Bytes a standby is behind the primary, from their last reports",
-        lag,
-    );
-    reg.register(
-        "permanent_slot_retained_bytes",
-        "WAL a permanent slot holds on the node: its position to the node's last reported LSN",
-        slot_retained,
-    );
-    reg.register(
+    /// Registers every family (moved into the registry).
+    fn register(self, reg: &mut Registry) {
+        reg.register(
+            "node_assigned_state",
+            "State the controller assigned to each node (one-hot)",
+            self.assigned,
+        );
+        reg.register(
+            "node_reported_state",
+            "State each node last reported reaching (one-hot)",
+            self.reported,
+        );
+        reg.register(
+            "node_healthy",
+            "1 when the node's Postgres is up per reports and probes",
+            self.healthy,
+        );
+        reg.register(
+            "node_last_report_age_seconds",
+            "Seconds since the node's agent last reported",
+            self.report_age,
+        );
+        reg.register(
+            "node_wal_lsn_bytes",
+            "Last reported WAL position of the node, in bytes",
+            self.lsn,
+        );
+        reg.register(
+            "replication_lag_bytes",
+            "Bytes a standby is behind the primary, from their last reports",
+            self.lag,
+        );
+        reg.register(
+            "permanent_slot_retained_bytes",
+            "WAL a permanent slot holds on the node: its position to the node's last reported LSN",
+            self.slot_retained,
+        );
+        reg.register(
         "permanent_slot_lost",
         "1 while Postgres has invalidated a permanent slot on the node (past maxSlotWalKeepSize): its consumer cannot continue from it",
-        slot_lost,
+        self.slot_lost,
     );
-    reg.register(
+        reg.register(
         "permanent_slot_copy_behind_bytes",
         "On a standby: how far its copy of a logical permanent slot is behind what the consumer confirmed on the primary (what a consumer receives again after a failover to it)",
-        copy_behind,
+        self.copy_behind,
     );
-    reg.register(
-        "archive_last_success_age_seconds",
-        "Seconds since the primary last archived a WAL segment to the backup repository",
-        archive_age,
-    );
-    reg.register(
-        "archive_failures",
-        "Failed attempts of the primary's archive command (pg_stat_archiver.failed_count)",
-        archive_failures,
-    );
-    reg.register(
-        "archive_failing",
-        "1 while the primary's last attempt to archive WAL failed",
-        archive_failing,
-    );
-    reg.register(
-        "formation_term",
-        "Current term of the formation (bumped by each promotion)",
-        term,
-    );
-    reg.register("formation_info", "Formation metadata (always 1)", info);
-    reg.register(
-        "formation_paused",
-        "1 while the formation is paused (pgha pause, or paused: true in its file)",
-        paused,
-    );
-    reg.register(
-        "failover_blocked",
-        "1 while a needed failover is not happening, by reason",
-        blocked,
-    );
+        reg.register(
+            "archive_last_success_age_seconds",
+            "Seconds since the primary last archived a WAL segment to the backup repository",
+            self.archive_age,
+        );
+        reg.register(
+            "archive_failures",
+            "Failed attempts of the primary's archive command (pg_stat_archiver.failed_count)",
+            self.archive_failures,
+        );
+        reg.register(
+            "archive_failing",
+            "1 while the primary's last attempt to archive WAL failed",
+            self.archive_failing,
+        );
+        reg.register(
+            "formation_term",
+            "Current term of the formation (bumped by each promotion)",
+            self.term,
+        );
+        reg.register("formation_info", "Formation metadata (always 1)", self.info);
+        reg.register(
+            "formation_paused",
+            "1 while the formation is paused (pgha pause, or paused: true in its file)",
+            self.paused,
+        );
+        reg.register(
+            "failover_blocked",
+            "1 while a needed failover is not happening, by reason",
+            self.blocked,
+        );
+    }
+}
+
+/// Registers the controller's counters and histograms.
+fn register_counters(reg: &mut Registry, m: &Metrics) {
     reg.register(
         "failovers",
         "Automatic failovers, by reason and result",
@@ -369,7 +384,17 @@ pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
         "Time to write staged changes to the store (answers about the formations they carry wait for it)",
         m.store_write_duration.clone(),
     );
+}
 
+/// Renders the OpenMetrics text from read models and the counters.
+pub fn render(formations: &[FormationReading], m: &Metrics) -> String {
+    let mut reg = Registry::with_prefix("pgha");
+    let gauges = Gauges::default();
+    for reading in formations {
+        gauges.read(reading);
+    }
+    gauges.register(&mut reg);
+    register_counters(&mut reg, m);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         return "# metrics encoding failed\n".into();
