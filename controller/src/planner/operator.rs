@@ -140,6 +140,17 @@ pub(super) fn plan_desired_primary(f: &FormationView, p: &mut Plan) {
     }
 }
 
+/// A switchover that has to come first (the primary's maintenance, its drop, a rolling
+/// restart): the switchover's plan, each decision's description after `why`; or why no
+/// switchover can happen now.
+fn hand_over_first(f: &FormationView, why: &str) -> Result<Plan, String> {
+    let (mut plan, _, _) = plan_switchover(f)?;
+    for d in &mut plan.decisions {
+        d.description = format!("{why}{}", d.description);
+    }
+    Ok(plan)
+}
+
 /// Maintenance from the formation file: a standby stops and stays out of service; a
 /// primary hands over first (only when a candidate exists); back out, a node rejoins as
 /// a standby (catchingup).
@@ -159,14 +170,11 @@ pub(super) fn plan_maintenance(f: &FormationView, p: &mut Plan) {
                         n.name
                     ),
                 ),
-            (true, g) if g.is_writable() && f.nodes.len() > 1 => match plan_switchover(f) {
-                Ok((mut plan, _, _)) if p.decisions.is_empty() => {
-                    for d in &mut plan.decisions {
-                        d.description = format!(
-                            "{} enters maintenance: hand over first; {}",
-                            n.name, d.description
-                        );
-                    }
+            (true, g) if g.is_writable() && f.nodes.len() > 1 => match hand_over_first(
+                f,
+                &format!("{} enters maintenance: hand over first; ", n.name),
+            ) {
+                Ok(plan) if p.decisions.is_empty() => {
                     *p = plan;
                     return;
                 }
@@ -223,15 +231,14 @@ pub(super) fn plan_drop(f: &FormationView, p: &mut Plan) {
                 );
                 continue;
             }
-            match plan_switchover(f) {
-                Ok((plan, _, _)) if p.decisions.is_empty() => {
-                    let mut plan = plan;
-                    for d in &mut plan.decisions {
-                        d.description = format!(
-                            "{} is no longer in the formation file: hand over before dropping it; {}",
-                            n.name, d.description
-                        );
-                    }
+            match hand_over_first(
+                f,
+                &format!(
+                    "{} is no longer in the formation file: hand over before dropping it; ",
+                    n.name
+                ),
+            ) {
+                Ok(plan) if p.decisions.is_empty() => {
                     *p = plan;
                     return;
                 }
@@ -293,15 +300,11 @@ pub(super) fn plan_rolling_restart(f: &FormationView, p: &mut Plan) {
         ));
         return;
     }
-    match plan_switchover(f) {
-        Ok((mut plan, _, _)) => {
-            for d in &mut plan.decisions {
-                d.description = format!(
-                    "rolling restart for {}: {}",
-                    pr.pg.pending_restart.join(", "),
-                    d.description
-                );
-            }
+    match hand_over_first(
+        f,
+        &format!("rolling restart for {}: ", pr.pg.pending_restart.join(", ")),
+    ) {
+        Ok(mut plan) => {
             plan.rolling_restart_generation = Some(f.generation);
             *p = plan;
         }
