@@ -14,6 +14,7 @@ mod faults;
 pub mod history;
 pub mod net;
 pub mod probe;
+pub mod proxy;
 mod reads;
 pub mod s3;
 

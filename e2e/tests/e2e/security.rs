@@ -2,6 +2,7 @@
 //! name the monitor's host is refused at `create monitor`; one that does is served, and
 //! only a client pinning its CA reads through it.
 
+use pgha_api::NodeState;
 use pgha_e2e::{Cluster, free_port};
 use std::path::Path;
 use std::time::Duration;
@@ -356,4 +357,65 @@ fn the_read_url_reads_metrics_with_curl() {
         "{}{text}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The largest `pgha_agent_lease_remaining_seconds` node `i` publishes over `d`, in ms.
+async fn max_lease_remaining_ms(c: &Cluster, i: usize, d: Duration) -> anyhow::Result<u64> {
+    let t0 = std::time::Instant::now();
+    let mut max = None;
+    while t0.elapsed() < d {
+        let (_, body) = c.agent_get(i, "/metrics").await?;
+        let secs = body
+            .lines()
+            .find(|l| l.starts_with("pgha_agent_lease_remaining_seconds"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        if let Some(s) = secs {
+            max = max.max(Some((s * 1000.0) as u64));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    max.ok_or_else(|| anyhow::anyhow!("node {i} published no lease"))
+}
+
+/// The first review's lease fix, pinned at its call site: an answer renews the lease
+/// as of when its report was *sent* (`lease::renewal(sent, …)` in the agent's report),
+/// so a slow link shortens the lease by the round trip instead of stretching it past
+/// what the controller counts. The primary reaches the controller through a proxy that
+/// delays each way by 200 ms, its standby is gone (a standby's replies renew the lease
+/// too): the most lease it ever has left drops by about the round trip (400 ms).
+/// Anchored at the answer's arrival, it would not drop at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_renews_the_lease_from_when_the_report_was_sent() {
+    pgha_e2e::scenario(async |c| {
+        c.bootstrap_two()?;
+        let proxy = pgha_e2e::proxy::DelayProxy::start(c.monitor_port).await?;
+        c.kill_agent(0);
+        let mut cfg = pgha_agent::config::AgentConfig::load(&c.nodes[0].pgdata)?;
+        let direct = format!("127.0.0.1:{}", c.monitor_port);
+        anyhow::ensure!(cfg.monitor.contains(&direct), "{}", cfg.monitor);
+        cfg.monitor = cfg
+            .monitor
+            .replace(&direct, &format!("127.0.0.1:{}", proxy.port));
+        cfg.save()?;
+        c.start_agent(0)?;
+        c.kill_vm(1)?;
+        c.wait_for(
+            &[("node_a", NodeState::WaitPrimary)],
+            Duration::from_secs(120),
+        )?;
+        let fast = max_lease_remaining_ms(c, 0, Duration::from_secs(8)).await?;
+        proxy.set_delay(Duration::from_millis(200));
+        // Let the delayed answers become the newest evidence.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let slow = max_lease_remaining_ms(c, 0, Duration::from_secs(8)).await?;
+        println!("most lease left: {fast} ms on a fast link, {slow} ms with 400 ms round trips");
+        anyhow::ensure!(
+            fast >= slow + 250,
+            "the lease did not shrink by the round trip ({fast} ms fast, {slow} ms slow): \
+             is it renewed from when the answer arrived?"
+        );
+        Ok(())
+    })
+    .await;
 }
