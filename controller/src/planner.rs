@@ -61,6 +61,9 @@ pub struct Plan {
     pub desired_primary_generation: Option<u64>,
     /// Nodes to remove from the formation (dropped, or gone while being dropped).
     pub remove: Vec<NodeId>,
+    /// Claims of standbys to cap from now on (node, cap, why): see
+    /// [`FormationView::stalled_claim_cap`].
+    pub capped_claims: Vec<(NodeId, pgha_api::Lsn, String)>,
 }
 
 /// Why a failover that is needed does not happen (the `reason` of

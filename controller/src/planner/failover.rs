@@ -449,7 +449,8 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
             ),
         },
         (NodeState::FastForward, NodeState::FastForward) => match old {
-            Some(old) if f.is_failed(old) => reelect_or(f, old, cand, p, |e, p| match e.source {
+            Some(old) if f.is_failed(old) => reelect_or(f, old, cand, p, |e, p| {
+                match e.source {
                 None => p.assign(
                     cand,
                     NodeState::PreparePromotion,
@@ -460,14 +461,40 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
                         cand.pg.lsn.unwrap_or_default()
                     ),
                 ),
-                Some(s) => p.wait(format!(
-                    "{} streams the WAL it lacks from {} ({} bytes to go)",
-                    cand.name,
-                    s.name,
-                    s.pg.lsn
-                        .unwrap_or_default()
-                        .bytes_ahead_of(cand.pg.lsn.unwrap_or_default())
-                )),
+                Some(s) => match f.stalled_claim_cap(cand, s) {
+                    Some(cap) => {
+                        let why = format!(
+                            "{} streamed from {} for {} s and received nothing of the WAL {} claims up to {}; the primary confirmed {} received up to {}: its claim counts as {cap} from now on",
+                            cand.name,
+                            s.name,
+                            super::view::FAST_FORWARD_STALL_MS / 1000,
+                            s.name,
+                            s.pg.lsn.unwrap_or_default(),
+                            s.name,
+                            f.confirmed_lsn(s).unwrap_or_default(),
+                        );
+                        p.capped_claims.push((s.id, cap, why.clone()));
+                        p.wait(why);
+                    }
+                    None if !f.streams_now_from(cand, s) => p.wait(format!(
+                        "{} does not stream from {} (which claims WAL up to {}, {} bytes more): waiting, since that WAL may hold acknowledged commits",
+                        cand.name,
+                        s.name,
+                        s.pg.lsn.unwrap_or_default(),
+                        s.pg.lsn
+                            .unwrap_or_default()
+                            .bytes_ahead_of(cand.pg.lsn.unwrap_or_default())
+                    )),
+                    None => p.wait(format!(
+                        "{} streams the WAL it lacks from {} ({} bytes to go)",
+                        cand.name,
+                        s.name,
+                        s.pg.lsn
+                            .unwrap_or_default()
+                            .bytes_ahead_of(cand.pg.lsn.unwrap_or_default())
+                    )),
+                },
+            }
             }),
             // The old primary is back (or never left): the usual hand-over takes the
             // WAL it has, or gives it its role back.

@@ -15,6 +15,9 @@ pub const CATCHUP_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
 /// receiver's last receipt: a live primary sends within ~0.5 s (its WAL, or its idle
 /// heartbeat) and answers the receiver's ping after 1 s of silence at the latest.
 pub const STREAMING_NOW_MS: u64 = 2000;
+/// How long a candidate in fast_forward may stream from a standby and receive nothing
+/// before that standby's claim beyond what the primary confirmed is taken as false.
+pub const FAST_FORWARD_STALL_MS: u64 = 15_000;
 
 /// What the controller knows about one node at planning time.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +59,12 @@ pub struct NodeView {
     /// The file's `replicateFrom`: the standby it streams from while that one is a
     /// healthy secondary.
     pub replicate_from: Option<NodeId>,
+    /// Controller time at which the node's reported LSN or state last changed.
+    pub progress_at_ms: Option<u64>,
+    /// The LSN the node claims when the controller capped it (`pg.lsn` holds the cap):
+    /// a candidate streaming from it received nothing of what it claimed beyond that
+    /// (see [`FormationView::stalled_claim_cap`]).
+    pub claimed_lsn: Option<Lsn>,
 }
 
 /// Where a standby's WAL receiver streamed from, in controller time.
@@ -184,21 +193,61 @@ impl FormationView {
     /// A node whose last report (a fresh one) says it was streaming from `old` when it
     /// was sent.
     pub fn streaming_from(&self, old: &NodeView) -> Option<&NodeView> {
-        self.nodes.iter().find(|n| {
-            n.id != old.id
-                && self.is_reporting(n)
-                && n.last_report_ms
-                    .is_some_and(|sent| match &n.streamed_from_at {
-                        Some(log) => log.contacts.iter().any(|(h, p, t)| {
-                            *h == old.host && *p == old.port && t + STREAMING_NOW_MS >= sent
-                        }),
-                        // An agent that does not say from where: its upstream by the plan.
-                        None => {
-                            n.pg.upstream_streaming
-                                && self.upstream_of(n).is_some_and(|u| u.id == old.id)
-                        }
-                    })
-        })
+        self.nodes
+            .iter()
+            .find(|n| n.id != old.id && self.is_reporting(n) && self.streams_now_from(n, old))
+    }
+
+    /// `n`'s last report says it was streaming from `up` when it was sent.
+    pub fn streams_now_from(&self, n: &NodeView, up: &NodeView) -> bool {
+        n.last_report_ms
+            .is_some_and(|sent| match &n.streamed_from_at {
+                Some(log) => log.contacts.iter().any(|(h, p, t)| {
+                    *h == up.host && *p == up.port && t + STREAMING_NOW_MS >= sent
+                }),
+                // An agent that does not say from where: its upstream by the plan.
+                None => {
+                    n.pg.upstream_streaming && self.upstream_of(n).is_some_and(|u| u.id == up.id)
+                }
+            })
+    }
+
+    /// The position up to which the primary (the one being replaced, or the writable
+    /// node) last said standby `n` had flushed: what `n` certainly received.
+    pub fn confirmed_lsn(&self, n: &NodeView) -> Option<Lsn> {
+        let name = pgha_api::standby_application_name(n.id);
+        self.demoting()
+            .or(self.writable_goal())
+            .filter(|p| p.id != n.id)?
+            .pg
+            .standbys
+            .iter()
+            .filter(|s| s.application_name == name)
+            .filter_map(|s| s.flush_lsn)
+            .max()
+    }
+
+    /// The cap for the claim of standby `s`, when candidate `cand` (in fast_forward)
+    /// has streamed from `s` for [`FAST_FORWARD_STALL_MS`] and received nothing while
+    /// `s` claims WAL beyond what `cand` has and beyond what the primary confirmed `s`
+    /// received. A standby that answers a stream sends the WAL it has, so only a false
+    /// claim (a compromised node's: the second security review, item 4) stalls a
+    /// connected candidate. A source the candidate does not reach is waited for, never
+    /// capped: its unconfirmed WAL may hold acknowledged commits.
+    pub fn stalled_claim_cap(&self, cand: &NodeView, s: &NodeView) -> Option<Lsn> {
+        let stalled = cand.goal == NodeState::FastForward
+            && cand.reported == NodeState::FastForward
+            && self.is_reporting(cand)
+            && cand.pg.upstream_streaming
+            && self.streams_now_from(cand, s)
+            && cand
+                .progress_at_ms
+                .is_some_and(|t| self.now_ms >= t + FAST_FORWARD_STALL_MS);
+        let cap = self
+            .confirmed_lsn(s)
+            .unwrap_or_default()
+            .max(cand.pg.lsn.unwrap_or_default());
+        (stalled && s.pg.lsn.is_some_and(|l| l > cap)).then_some(cap)
     }
 
     /// A node stable in one of the writable states (goal and report agree).

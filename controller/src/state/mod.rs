@@ -63,6 +63,14 @@ pub struct Observed {
     /// The node's last backup job, and the repository's backups as it last read them.
     pub backup_job: Option<pgha_api::BackupJob>,
     pub backups: Option<Vec<pgha_api::BackupInfo>>,
+    /// The state the node last reported, and when its LSN or that state last changed.
+    pub reported: Option<pgha_api::NodeState>,
+    pub progress_at_ms: Option<u64>,
+    /// A cap on the LSN the node claims, and the timeline it was claimed on: set when a
+    /// candidate streaming from it received nothing of its claim (the planner's
+    /// `capped_claims`); lifted when it reports an LSN at or below the cap or another
+    /// timeline. Not persisted: a restarted controller finds a false claim again.
+    pub claim_cap: Option<(pgha_api::Lsn, Option<u32>)>,
 }
 
 pub struct ControllerState {

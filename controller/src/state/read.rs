@@ -18,7 +18,12 @@ impl ControllerState {
             .nodes
             .values()
             .map(|n| {
-                let o = self.observed.get(&n.id).cloned().unwrap_or_default();
+                let mut o = self.observed.get(&n.id).cloned().unwrap_or_default();
+                // A capped claim: the planner sees the cap, and the claim beside it.
+                let claimed_lsn = match o.claim_cap {
+                    Some((cap, _)) if o.pg.lsn.is_some_and(|l| l > cap) => o.pg.lsn.replace(cap),
+                    _ => None,
+                };
                 NodeView {
                     id: n.id,
                     name: n.name.clone(),
@@ -40,6 +45,8 @@ impl ControllerState {
                     maintenance: f.in_maintenance(n),
                     promotion_refused: o.promotion_refused_term == Some(f.intent.term),
                     replicate_from: f.replicate_from(n),
+                    progress_at_ms: o.progress_at_ms,
+                    claimed_lsn,
                 }
             })
             .collect();

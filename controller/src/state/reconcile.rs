@@ -83,6 +83,15 @@ impl ControllerState {
         let newly_refused = r.promotion_refused_term.is_some()
             && r.promotion_refused_term != o.promotion_refused_term;
         o.promotion_refused_term = r.promotion_refused_term;
+        if o.pg.lsn != r.pg.lsn || o.reported != Some(r.reported_state) {
+            o.progress_at_ms = Some(now_ms);
+        }
+        o.reported = Some(r.reported_state);
+        if o.claim_cap
+            .is_some_and(|(cap, tl)| r.pg.timeline != tl || r.pg.lsn.is_none_or(|l| l <= cap))
+        {
+            o.claim_cap = None;
+        }
         if r.pg.running {
             o.pg_down_since_ms = None;
         } else if o.pg_down_since_ms.is_none() {
@@ -478,6 +487,22 @@ impl ControllerState {
             );
             ev.inputs = Some(inputs.clone());
             events.push(ev);
+        }
+        for (id, cap, why) in &plan.capped_claims {
+            let Some(o) = self.observed.get_mut(id) else {
+                continue;
+            };
+            if o.claim_cap.is_none() {
+                o.claim_cap = Some((*cap, o.pg.timeline));
+                let node = self
+                    .durable
+                    .formations
+                    .get(formation)
+                    .and_then(|f| f.nodes.get(id));
+                let mut ev = self.event(formation, node, Rule::ClaimCapped, why.clone(), now_ms);
+                ev.inputs = Some(inputs.clone());
+                events.push(ev);
+            }
         }
         let changes = !(plan.decisions.is_empty()
             && plan.new_term.is_none()

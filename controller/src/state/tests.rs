@@ -847,3 +847,59 @@ fn the_store_keeps_join_secrets_hashed() {
     assert!(crate::records::join_secret_matches("legacy", "legacy"));
     assert!(!crate::records::join_secret_matches("legacy", "other"));
 }
+
+/// The controller's side of a capped claim (the planner's `capped_claims`): the cap is
+/// an event once, the view shows the cap with the claim beside it, and it is lifted
+/// when the node reports at or below it, or another timeline; a changed LSN or state
+/// dates the node's progress.
+#[test]
+fn a_capped_claim_is_an_event_shown_in_the_view_and_lifted_when_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = one_node_formation(Box::new(FileStore::new(dir.path())));
+    let mut r = report(1, NodeState::Single, 1);
+    r.pg.lsn = Some(pgha_api::Lsn(5000));
+    r.pg.timeline = Some(1);
+    st.take_report(&r, 2000).unwrap();
+    st.take_report(&r, 2500).unwrap();
+    let view = st.view("orders", 2600).unwrap();
+    assert_eq!(
+        view.nodes[0].progress_at_ms,
+        Some(2000),
+        "unchanged since 2000"
+    );
+    let plan = Plan {
+        capped_claims: vec![(1, pgha_api::Lsn(1000), "test cap".into())],
+        ..Plan::default()
+    };
+    st.apply_plan(&view, &plan, 2600).unwrap();
+    st.apply_plan(&view, &plan, 2700).unwrap();
+    let capped: Vec<_> = st
+        .events
+        .iter()
+        .filter(|e| e.rule == "claim_capped")
+        .collect();
+    assert_eq!(capped.len(), 1, "one event per cap");
+    let view = st.view("orders", 2800).unwrap();
+    assert_eq!(view.nodes[0].pg.lsn, Some(pgha_api::Lsn(1000)));
+    assert_eq!(view.nodes[0].claimed_lsn, Some(pgha_api::Lsn(5000)));
+    // Another report of the same claim keeps the cap; one at the cap lifts it.
+    st.take_report(&r, 2900).unwrap();
+    assert_eq!(
+        st.view("orders", 2900).unwrap().nodes[0].claimed_lsn,
+        Some(pgha_api::Lsn(5000))
+    );
+    r.pg.lsn = Some(pgha_api::Lsn(900));
+    st.take_report(&r, 3000).unwrap();
+    let view = st.view("orders", 3000).unwrap();
+    assert_eq!(
+        (view.nodes[0].pg.lsn, view.nodes[0].claimed_lsn),
+        (Some(pgha_api::Lsn(900)), None)
+    );
+    assert_eq!(view.nodes[0].progress_at_ms, Some(3000));
+    // A new timeline lifts it too.
+    r.pg.lsn = Some(pgha_api::Lsn(5000));
+    st.apply_plan(&view, &plan, 3100).unwrap();
+    r.pg.timeline = Some(2);
+    st.take_report(&r, 3200).unwrap();
+    assert_eq!(st.view("orders", 3200).unwrap().nodes[0].claimed_lsn, None);
+}

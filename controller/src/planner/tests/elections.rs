@@ -613,3 +613,88 @@ fn a_logical_consumer_waits_for_the_standbys_a_failover_may_promote() {
     fail(&mut f, 1, now, 5000);
     assert!(f.failover_candidate_slots().is_empty(), "{f:?}");
 }
+
+/// Node 1 (primary) failed mid-promotion; node 2 (the candidate, priority 90) is in
+/// fast_forward from node 3 (priority 10), which claims WAL up to 5000 while the
+/// primary last confirmed it had flushed 1000, as much as node 2 has. Node 2 streams
+/// from node 3 and has received nothing for `stalled_ms`.
+fn fast_forward_from_a_claim(stalled_ms: u64) -> FormationView {
+    let mut f = formation(vec![
+        node(1, Draining),
+        node(2, FastForward),
+        node(3, Secondary),
+    ]);
+    let now = f.now_ms;
+    fail(&mut f, 0, now, 5000);
+    f.nodes[0].reported = Primary;
+    f.nodes[0].pg.standbys = [2, 3]
+        .into_iter()
+        .map(|id| pgha_api::StandbyObservation {
+            application_name: pgha_api::standby_application_name(id),
+            state: "streaming".into(),
+            sync_state: "quorum".into(),
+            flush_lsn: Some(Lsn(1000)),
+        })
+        .collect();
+    f.nodes[1].candidate_priority = 90;
+    f.nodes[2].candidate_priority = 10;
+    f.nodes[2].pg.lsn = Some(Lsn(5000));
+    f.nodes[1].progress_at_ms = Some(now - stalled_ms);
+    f
+}
+
+/// The second security review, item 4: a standby's claimed LSN ranks it as the WAL
+/// source a candidate fast-forwards from, so a false claim held every failover of the
+/// formation in fast_forward for ever. A candidate that streams from the claimant and
+/// receives nothing for 15 s caps the claim at what the primary confirmed; the
+/// candidate then goes on with what it has.
+#[test]
+fn a_claim_a_streaming_candidate_never_receives_is_capped_at_what_the_primary_confirmed() {
+    let f = fast_forward_from_a_claim(20_000);
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), None, "{p:?}");
+    assert_eq!(p.capped_claims.len(), 1, "{p:?}");
+    assert_eq!((p.capped_claims[0].0, p.capped_claims[0].1), (3, Lsn(1000)));
+    assert!(p.capped_claims[0].2.contains("received nothing"), "{p:?}");
+    // The controller applies the cap: node 3 counts as at 1000, node 2 has it all.
+    let mut f = f;
+    f.nodes[2].claimed_lsn = f.nodes[2].pg.lsn.replace(Lsn(1000));
+    let p = plan(&f);
+    assert_eq!(goal_of(&p, 2), Some(PreparePromotion), "{p:?}");
+    assert!(p.capped_claims.is_empty());
+}
+
+/// What keeps the cap from costing an honest standby's WAL: a candidate that received
+/// WAL lately, one that does not reach the claimant (its WAL may hold acknowledged
+/// commits: waited for), and a claim the primary confirmed are never capped.
+#[test]
+fn a_claim_is_not_capped_while_wal_arrives_unreached_or_confirmed() {
+    let p = plan(&fast_forward_from_a_claim(5_000));
+    assert!(p.capped_claims.is_empty(), "{p:?}");
+    assert_eq!(goal_of(&p, 2), None);
+    assert!(
+        p.waiting.as_deref().unwrap_or("").contains("bytes to go"),
+        "{p:?}"
+    );
+
+    let mut f = fast_forward_from_a_claim(60_000);
+    f.nodes[1].pg.upstream_streaming = false;
+    let p = plan(&f);
+    assert!(p.capped_claims.is_empty(), "{p:?}");
+    assert_eq!(goal_of(&p, 2), None);
+    assert!(
+        p.waiting
+            .as_deref()
+            .unwrap_or("")
+            .contains("does not stream from"),
+        "{p:?}"
+    );
+
+    let mut f = fast_forward_from_a_claim(60_000);
+    for s in &mut f.nodes[0].pg.standbys {
+        s.flush_lsn = Some(Lsn(5000));
+    }
+    let p = plan(&f);
+    assert!(p.capped_claims.is_empty(), "{p:?}");
+    assert_eq!(goal_of(&p, 2), None);
+}

@@ -45,6 +45,8 @@ fn node(id: NodeId, goal: NodeState) -> NodeView {
         maintenance: false,
         promotion_refused: false,
         replicate_from: None,
+        progress_at_ms: Some(START),
+        claimed_lsn: None,
     }
 }
 
