@@ -184,6 +184,9 @@ pub struct AgentState {
     /// The last backup request taken up (run, or refused here).
     #[serde(default)]
     pub backup_done_id: u64,
+    /// The WAL senders that renew this primary's lease (see `lease::LeaseSenders`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_senders: Option<crate::lease::LeaseSenders>,
 }
 
 impl AgentState {

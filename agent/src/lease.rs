@@ -26,7 +26,9 @@ pub fn renewal<T: Copy>(sent: T, answer_term: u64, max_term: u64) -> Option<T> {
 /// Whether a reply of the standby streaming through WAL sender `pid` renews the lease.
 ///
 /// Only a connection that already streamed when the last answered report was sent
-/// does. A standby that reconnects while this primary is cut from the controller does
+/// does (`senders_known`: the agent knows which those are, from an answer since it
+/// started, or from its state file when its Postgres kept running through an agent
+/// restart: [`LeaseSenders`]). A standby that reconnects while this primary is cut from the controller does
 /// not: the controller may have seen that standby report, a moment earlier, that it no
 /// longer streamed from here, counted this lease as run out on that word and promoted
 /// another node; a stream it cannot have seen must not keep this primary writable.
@@ -35,10 +37,25 @@ pub fn renewal<T: Copy>(sent: T, answer_term: u64, max_term: u64) -> Option<T> {
 /// keeps serving through its standbys (docs/src/design.md §5 rule 4).
 pub fn standby_renews(
     pid: i32,
-    contacted_since_start: bool,
+    senders_known: bool,
     senders_at_last_answer: &std::collections::HashSet<i32>,
 ) -> bool {
-    !contacted_since_start || senders_at_last_answer.contains(&pid)
+    !senders_known || senders_at_last_answer.contains(&pid)
+}
+
+/// The WAL senders of the last answered report, kept in the agent's state file with
+/// the Postgres they belong to (its postmaster's pid and start time): an agent that
+/// restarts while Postgres runs on (an upgrade, a crash), with the controller out of
+/// reach, goes on counting only those streams. Without them every stream would count,
+/// and a standby that reconnected to this old primary after the controller had
+/// promoted another node (on that standby's word that it had stopped streaming) would
+/// keep it writable. After a reboot the postmaster is another: the file's list is
+/// not used and every stream counts (docs/src/design.md §5 rule 4).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaseSenders {
+    /// `<pid>:<start time>` of the postmaster (`postmaster.pid` lines 1 and 3).
+    pub postmaster: String,
+    pub pids: Vec<i32>,
 }
 
 /// Whether a WAL sender's `application_name` is one of the formation's standbys
@@ -224,6 +241,8 @@ pub struct Evidence {
     /// the controller answered was sent: only those renew the lease.
     streaming_senders: std::collections::HashSet<i32>,
     lease_senders: std::collections::HashSet<i32>,
+    /// `lease_senders` is known: from an answer since the agent started, or restored.
+    senders_known: bool,
     /// When the WAL receiver last received from its upstream, and from each address.
     receiver_watch: ReceiverWatch,
     pub last_streaming: Option<std::time::Instant>,
@@ -239,6 +258,7 @@ impl Evidence {
             sent_marks: Default::default(),
             streaming_senders: Default::default(),
             lease_senders: Default::default(),
+            senders_known: false,
             receiver_watch: Default::default(),
             last_streaming: None,
             streamed_from: Default::default(),
@@ -246,18 +266,12 @@ impl Evidence {
     }
 
     /// Takes in one tick's observation. `peers`: the formation's other nodes (only
-    /// their streams renew the lease); `contacted_since_start`: the controller answered
-    /// this agent since it started.
-    pub fn track(
-        &mut self,
-        l: &crate::observation::Local,
-        peers: Option<&[pgha_api::PeerNode]>,
-        contacted_since_start: bool,
-    ) {
+    /// their streams renew the lease).
+    pub fn track(&mut self, l: &crate::observation::Local, peers: Option<&[pgha_api::PeerNode]>) {
         // After a restart with the controller down, standbys need time to reconnect to
         // a Postgres that just came up: their lease counts from then. (Only then: once
         // the controller was reached, its view of our lease must stay conservative.)
-        if l.ready && !self.was_ready && !contacted_since_start {
+        if l.ready && !self.was_ready && !self.senders_known {
             self.last_standby_seen = std::time::Instant::now();
         }
         self.was_ready = l.ready;
@@ -283,7 +297,7 @@ impl Evidence {
             }
             if let Some(at) = renewal
                 && at > self.last_standby_seen
-                && standby_renews(s.pid, contacted_since_start, &self.lease_senders)
+                && standby_renews(s.pid, self.senders_known, &self.lease_senders)
             {
                 self.last_standby_seen = at;
             }
@@ -323,6 +337,33 @@ impl Evidence {
     /// streamed: from now on only those renew the lease ([`standby_renews`]).
     pub fn answered(&mut self, senders: std::collections::HashSet<i32>) {
         self.lease_senders = senders;
+        self.senders_known = true;
+    }
+
+    /// The senders of the last answer as the state file keeps them, for `postmaster`
+    /// (None when it changed since the list was kept).
+    pub fn persisted(&self, postmaster: Option<String>) -> Option<LeaseSenders> {
+        let mut pids: Vec<i32> = self.lease_senders.iter().copied().collect();
+        pids.sort_unstable();
+        Some(LeaseSenders {
+            postmaster: postmaster.filter(|_| self.senders_known)?,
+            pids,
+        })
+    }
+
+    /// Takes up the senders the state file kept, when they belong to the Postgres
+    /// running now (`postmaster`). Returns whether it did.
+    pub fn restore(&mut self, kept: Option<&LeaseSenders>, postmaster: Option<&str>) -> bool {
+        match kept {
+            Some(k) if postmaster == Some(k.postmaster.as_str()) => {
+                self.lease_senders = k.pids.iter().copied().collect();
+                self.senders_known = true;
+                // Postgres did not just come up: no fresh start for its standbys.
+                self.was_ready = true;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -442,6 +483,48 @@ mod tests {
             standby_renews(103, false, &at_answer),
             "restarted with the controller down: every stream counts"
         );
+    }
+
+    /// The known gap this closes: an agent restarted with Postgres running on, the
+    /// controller out of reach, counted every stream for its lease (a standby that
+    /// reconnected after the controller promoted another node kept it writable). The
+    /// senders of the last answer survive in the state file for the same postmaster.
+    #[test]
+    fn the_senders_of_the_last_answer_survive_an_agent_restart_but_not_a_reboot() {
+        let now = std::time::Instant::now();
+        let mut before = Evidence::new(now);
+        assert_eq!(
+            before.persisted(Some("42:1700000000".into())),
+            None,
+            "no answer yet"
+        );
+        before.answered([102, 101].into());
+        let kept = before.persisted(Some("42:1700000000".into())).unwrap();
+        assert_eq!(kept.pids, vec![101, 102]);
+        let json = serde_json::to_string(&kept).unwrap();
+        let kept: LeaseSenders = serde_json::from_str(&json).unwrap();
+        // The agent restarts, the same Postgres runs on: only 101 and 102 count.
+        let mut after = Evidence::new(now);
+        assert!(after.restore(Some(&kept), Some("42:1700000000")));
+        assert!(standby_renews(
+            101,
+            after.senders_known,
+            &after.lease_senders
+        ));
+        assert!(!standby_renews(
+            103,
+            after.senders_known,
+            &after.lease_senders
+        ));
+        // After a reboot (another postmaster) the list is not used: every stream counts.
+        let mut rebooted = Evidence::new(now);
+        assert!(!rebooted.restore(Some(&kept), Some("77:1700000500")));
+        assert!(standby_renews(
+            103,
+            rebooted.senders_known,
+            &rebooted.lease_senders
+        ));
+        assert!(!rebooted.restore(Some(&kept), None));
     }
 
     fn lsn(n: u64) -> pgha_api::Lsn {

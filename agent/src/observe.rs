@@ -80,6 +80,16 @@ pub fn process_alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !is_zombie(pid)
 }
 
+/// Which postmaster runs: `<pid>:<start time>` from `postmaster.pid`, or None.
+pub fn postmaster_identity(pgdata: &Path) -> Option<String> {
+    let bytes = crate::files::read_capped(&pgdata.join("postmaster.pid"), 4096).ok()??;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let pid: i32 = lines.first()?.trim().parse().ok()?;
+    let started: i64 = lines.get(2)?.trim().parse().ok()?;
+    Some(format!("{pid}:{started}"))
+}
+
 pub fn postmaster_pid(pgdata: &Path) -> Option<i32> {
     let bytes = crate::files::read_capped(&pgdata.join("postmaster.pid"), 4096).ok()??;
     String::from_utf8_lossy(&bytes)

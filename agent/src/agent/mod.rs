@@ -249,6 +249,13 @@ pub async fn run(
         .iter()
         .find(|i| i.bin_dir == cfg.pg_bin_dir)
         .map(|i| i.major);
+    let mut lease = crate::lease::Evidence::new(now);
+    let running = crate::observe::postmaster_identity(&cfg.pgdata);
+    if lease.restore(state.lease_senders.as_ref(), running.as_deref()) {
+        tracing::info!(
+            "Postgres ran on through the agent's restart: only the streams of the last answered report renew the lease"
+        );
+    }
     let mut agent = Agent {
         hooks: crate::hooks::Hooks::new(cfg.on_role_change.clone())
             .with_start_stop(cfg.on_start.clone(), cfg.on_stop.clone()),
@@ -268,7 +275,7 @@ pub async fn run(
         started: now,
         last_controller_contact: now,
         contacted_since_start: false,
-        lease: crate::lease::Evidence::new(now),
+        lease,
         installs,
         pgbackrest: crate::backup::pgbackrest_version(),
         binaries_major,

@@ -11,7 +11,7 @@ impl Agent {
     /// Takes this tick's evidence for the lease (`lease::Evidence`).
     pub(super) fn track_standbys(&mut self, l: &Local) {
         let peers = self.state.assignment.as_ref().map(|a| a.peers.as_slice());
-        self.lease.track(l, peers, self.contacted_since_start);
+        self.lease.track(l, peers);
     }
 
     /// Whether the idle primary's heartbeat is due: a writable node with standbys whose
@@ -192,7 +192,12 @@ impl Agent {
         self.last_controller_contact = renewed;
         self.lease.answered(senders_at_send);
         self.contacted_since_start = true;
-        let mut changed = self.state.assignment.as_ref() != Some(&a);
+        let kept = self
+            .lease
+            .persisted(crate::observe::postmaster_identity(&self.cfg.pgdata));
+        let mut changed =
+            self.state.assignment.as_ref() != Some(&a) || self.state.lease_senders != kept;
+        self.state.lease_senders = kept;
         if self.state.fenced && a.goal.is_writable() {
             tracing::info!("controller confirms our role: lifting the fence");
             self.state.fenced = false;
