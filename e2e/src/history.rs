@@ -14,8 +14,14 @@
 //!
 //! Each operation is one statement: insert a unique id, and append it to one of a few
 //! lists (`array_append`), returning the server's address and its WAL timeline.
+//!
+//! Besides the clients of the URI, which move to whichever host is writable, a history
+//! may have *pinned* clients: one per node, writing to that node only, from inside its
+//! own host (network namespace). A cut never separates them from their node, so a
+//! primary cut off from everyone else that still took writes would be seen doing so:
+//! they seek the split brain the clients of the URI cannot see.
 
-use crate::probe::connect_read_write;
+use crate::probe::{connect_in_namespace, connect_read_write};
 use anyhow::{Context, bail};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -55,10 +61,56 @@ pub struct Op {
     pub timeline: Option<u32>,
     /// The error, when not acknowledged.
     pub error: Option<String>,
+    /// Acknowledged only as durable as the client asked: false for a pinned client's
+    /// `synchronous_commit = local`, whose writes may vanish in a failover.
+    pub durable: bool,
 }
 
 struct Shared {
     ops: Vec<Op>,
+}
+
+/// A client that writes to one node only, from inside that node's host.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    /// The network namespace of the node's host.
+    pub ns: String,
+    pub host: String,
+    pub port: u16,
+    pub db: String,
+    /// Commits with `synchronous_commit = local`: acknowledged once on the node's own
+    /// disk, whatever its standbys say. Such writes may be lost in a failover (they are
+    /// not counted lost), but a node that acknowledges them after another node took
+    /// writes is a split brain: only the fence stops a cut-off primary from doing so.
+    pub local_commit: bool,
+}
+
+/// Where a writer connects.
+#[derive(Debug, Clone)]
+enum Target {
+    /// The formation URI: the first writable host.
+    Uri(String),
+    Pinned(Pinned),
+}
+
+impl Target {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let t = Duration::from_secs(1);
+        match self {
+            Target::Uri(uri) => connect_read_write(uri, t).await,
+            Target::Pinned(p) => {
+                let c = connect_in_namespace(&p.ns, &p.host, p.port, &p.db, t).await?;
+                if p.local_commit {
+                    c.batch_execute("SET synchronous_commit = local").await?;
+                }
+                Ok(c)
+            }
+        }
+    }
+
+    fn durable(&self) -> bool {
+        !matches!(self, Target::Pinned(p) if p.local_commit)
+    }
 }
 
 /// Several clients writing until [`HistoryProbe::finish`].
@@ -83,6 +135,17 @@ impl HistoryProbe {
     /// Creates the tables and starts `clients` writers, each pausing `every` between
     /// operations.
     pub async fn start(uri: &str, clients: usize, every: Duration) -> anyhow::Result<Self> {
+        Self::start_with(uri, clients, vec![], every).await
+    }
+
+    /// [`HistoryProbe::start`], and one more client per entry of `pinned`, writing to
+    /// that node only (numbered after the clients of the URI).
+    pub async fn start_with(
+        uri: &str,
+        clients: usize,
+        pinned: Vec<Pinned>,
+        every: Duration,
+    ) -> anyhow::Result<Self> {
         let c = connect_read_write(uri, Duration::from_secs(2)).await?;
         c.batch_execute(
             "CREATE TABLE IF NOT EXISTS history_ids (id bigint PRIMARY KEY, client int, key int);
@@ -98,10 +161,15 @@ impl HistoryProbe {
         let shared = Arc::new(Mutex::new(Shared { ops: vec![] }));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let t0 = Instant::now();
-        let tasks = (0..clients)
-            .map(|client| {
-                let (shared, stop, uri) = (shared.clone(), stop.clone(), uri.to_string());
-                tokio::spawn(async move { writer(client, &uri, every, t0, &shared, &stop).await })
+        let targets = std::iter::repeat_n(Target::Uri(uri.to_string()), clients)
+            .chain(pinned.into_iter().map(Target::Pinned));
+        let tasks = targets
+            .enumerate()
+            .map(|(client, target)| {
+                let (shared, stop) = (shared.clone(), stop.clone());
+                tokio::spawn(
+                    async move { writer(client, &target, every, t0, &shared, &stop).await },
+                )
             })
             .collect();
         Ok(HistoryProbe {
@@ -133,6 +201,18 @@ impl HistoryProbe {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
+    }
+
+    /// When node `node` (`address:port`) acknowledged its first and its last write so
+    /// far (the operations' ends), or None.
+    pub fn acks_of(&self, node: &str) -> Option<(Instant, Instant)> {
+        let ops = &locked(&self.shared).ops;
+        let ends = ops
+            .iter()
+            .filter(|o| o.outcome == Outcome::Ok && o.node.as_deref() == Some(node))
+            .map(|o| self.t0 + o.end);
+        let first = ends.clone().min()?;
+        Some((first, ends.max()?))
     }
 
     /// The longest time without an acknowledged write that overlaps `[from, to]`.
@@ -178,10 +258,10 @@ impl HistoryProbe {
     }
 }
 
-/// One writer: connects through the URI (read-write host), writes, records, repeats.
+/// One writer: connects to its target, writes, records, repeats.
 async fn writer(
     client: usize,
-    uri: &str,
+    target: &Target,
     every: Duration,
     t0: Instant,
     shared: &Mutex<Shared>,
@@ -204,9 +284,10 @@ async fn writer(
             node: None,
             timeline: None,
             error: None,
+            durable: target.durable(),
         };
         if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            conn = match connect_read_write(uri, Duration::from_secs(1)).await {
+            conn = match target.connect().await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     // Never sent: it cannot have committed.
@@ -242,7 +323,10 @@ async fn writer(
                     Outcome::Unknown
                 };
                 op.error = Some(e.to_string());
-                conn = None;
+                // A read-only server keeps the session (a pinned client of a standby).
+                if !refused {
+                    conn = None;
+                }
             }
             Err(_) => {
                 op.outcome = Outcome::Unknown;
@@ -365,7 +449,9 @@ pub fn check(ops: &[Op], ids: &HashSet<i64>, lists: &BTreeMap<i32, Vec<i64>>) ->
     let in_lists: HashSet<i64> = lists.values().flatten().copied().collect();
     for o in ops {
         match o.outcome {
-            Outcome::Ok if !ids.contains(&o.id) || !in_lists.contains(&o.id) => v.lost.push(o.id),
+            Outcome::Ok if o.durable && (!ids.contains(&o.id) || !in_lists.contains(&o.id)) => {
+                v.lost.push(o.id)
+            }
             Outcome::Failed if ids.contains(&o.id) || in_lists.contains(&o.id) => {
                 v.phantoms.push(o.id)
             }
@@ -494,6 +580,7 @@ mod tests {
             node: Some(node.into()),
             timeline: Some(tl),
             error: None,
+            durable: true,
         }
     }
 
@@ -572,5 +659,27 @@ mod tests {
         assert!(check(&ops, &ids, &lists).is_clean());
         let (ids, lists) = state(&ops);
         assert!(check(&ops, &ids, &lists).is_clean());
+    }
+
+    /// A pinned client's `synchronous_commit = local` write may vanish in a failover
+    /// (not lost), but acknowledged by the old primary after the new one took writes,
+    /// it is a split brain all the same.
+    #[test]
+    fn a_local_commit_may_vanish_but_never_overlap_the_next_primary() {
+        let mut ops = vec![
+            op(1, 0, 0, 10, "a", 1),
+            op(2, 0, 20, 30, "a", 1),
+            op(3, 0, 3000, 3100, "b", 2),
+        ];
+        ops[1].durable = false;
+        let (ids, lists) = state(&[ops[0].clone(), ops[2].clone()]);
+        assert!(check(&ops, &ids, &lists).is_clean());
+        ops.push(op(4, 0, 3200, 3300, "b", 2));
+        ops.push(op(5, 1, 3250, 3400, "a", 1));
+        ops[4].durable = false;
+        let (ids, lists) = state(&[ops[0].clone(), ops[2].clone(), ops[3].clone()]);
+        let v = check(&ops, &ids, &lists);
+        assert!(v.lost.is_empty(), "{:?}", v.lost);
+        assert!(!v.split_brain.is_empty(), "{}", v.line());
     }
 }

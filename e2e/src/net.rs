@@ -23,6 +23,11 @@ const PREFIX: &str = "pgha-";
 /// two tests running at once cannot collide).
 const SUBNET: [u8; 3] = [10, 213, 0];
 
+/// The harness network's addresses, as CIDR.
+pub fn subnet() -> String {
+    format!("{}.{}.{}.0/24", SUBNET[0], SUBNET[1], SUBNET[2])
+}
+
 /// One host of the network.
 #[derive(Debug, Clone)]
 pub struct Host {

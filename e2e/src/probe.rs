@@ -44,6 +44,46 @@ pub async fn connect_one(
     Ok(client)
 }
 
+/// Connects to one host from inside network namespace `ns` (a host of the multi-host
+/// harness, named by its namespace): the socket is opened by a thread that joins the
+/// namespace, so it lives there whatever namespace this process is in. A client inside a
+/// node's own namespace reaches it however the harness cuts the network.
+pub async fn connect_in_namespace(
+    ns: &str,
+    host: &str,
+    port: u16,
+    db: &str,
+    timeout: Duration,
+) -> anyhow::Result<Client> {
+    use std::os::fd::AsFd;
+    let path = format!("/run/netns/{ns}");
+    let addr = std::net::SocketAddr::new(host.parse()?, port);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let connect = || -> anyhow::Result<std::net::TcpStream> {
+            let f = std::fs::File::open(&path)?;
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Ok(std::net::TcpStream::connect_timeout(&addr, timeout)?)
+        };
+        let _ = tx.send(connect());
+    });
+    let stream = rx.await.context("the connecting thread died")??;
+    stream.set_nonblocking(true)?;
+    let stream = tokio::net::TcpStream::from_std(stream)?;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.dbname(db).user("postgres");
+    if let Some(p) = PASSWORD.get() {
+        cfg.password(p);
+    }
+    let (client, conn) = tokio::time::timeout(timeout, cfg.connect_raw(stream, NoTls))
+        .await
+        .with_context(|| format!("{host}:{port} from {ns}: handshake timed out"))??;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
 /// Hosts of a `postgres://h1:p1,h2:p2/db?...` URI.
 pub fn uri_hosts(uri: &str) -> anyhow::Result<(Vec<(String, u16)>, String)> {
     let rest = uri

@@ -126,6 +126,27 @@ impl Cluster {
         .await
     }
 
+    /// One pinned history client per node ([`history::Pinned`]): each writes from
+    /// inside its node's host, `synchronous_commit = local` with `local_commit`. Empty
+    /// without the multi-host network.
+    pub fn pinned_clients(&self, local_commit: bool) -> Vec<history::Pinned> {
+        let Some(net) = &self.net else {
+            return vec![];
+        };
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                Some(history::Pinned {
+                    ns: net.host(n.net_host.as_deref()?).ns.clone(),
+                    host: n.host.clone(),
+                    port: n.port,
+                    db: "appdb".into(),
+                    local_commit,
+                })
+            })
+            .collect()
+    }
+
     /// `GET http://<node>:<agent http port>PATH` → (status, body).
     pub async fn agent_get(&self, i: usize, path: &str) -> anyhow::Result<(u16, String)> {
         http_get(&format!(

@@ -3,6 +3,7 @@
 //! history checker runs through each (several clients writing through the formation
 //! URI) and judges the history after healing: nothing acknowledged lost, no split brain.
 
+use anyhow::Context;
 use pgha_api::NodeState::*;
 use pgha_e2e::history::{HistoryProbe, Verdict};
 use pgha_e2e::{Cluster, net_scenario};
@@ -10,9 +11,17 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
 
-/// Three clients, one write each every 20 ms.
+/// Three clients of the URI, and one pinned client per node writing from inside its
+/// host (issue 27: they reach a cut-off primary, so a split brain would be seen); one
+/// write each every 20 ms.
 async fn history(c: &Cluster) -> anyhow::Result<HistoryProbe> {
-    let h = HistoryProbe::start(&c.uri()?, 3, Duration::from_millis(20)).await?;
+    let h = HistoryProbe::start_with(
+        &c.uri()?,
+        3,
+        c.pinned_clients(false),
+        Duration::from_millis(20),
+    )
+    .await?;
     h.wait_for_more(30, T).await?;
     Ok(h)
 }
@@ -328,6 +337,53 @@ fn the_controller_killed_in_each_phase_of_a_failover_and_a_switchover() {
             "switchover: controller killed while {old} drained; {}",
             st.summary
         );
+        h.wait_for_more(30, T).await?;
+        verdict(h).await?;
+        Ok(())
+    });
+}
+
+/// Issue 27: the fence, seen from where it matters. A pinned client in node_a's own host
+/// commits with `synchronous_commit = local`, so once node_a is cut from everyone only
+/// its fence stops it from acknowledging writes (its synchronous standby cannot). None
+/// of node_a's acknowledgements may come after node_b's first, and the last comes within
+/// its lease (plus a report interval) of the cut. Without the agent's fence, node_a
+/// acknowledges for as long as it is cut off, and this test fails.
+#[test]
+fn an_isolated_primary_fences_before_the_new_one_takes_writes() {
+    net_scenario(2, async |c| {
+        c.bootstrap_two()?;
+        let h = HistoryProbe::start_with(
+            &c.uri()?,
+            2,
+            c.pinned_clients(true),
+            Duration::from_millis(20),
+        )
+        .await?;
+        h.wait_for_more(30, T).await?;
+        let net = c.net.as_ref().expect("multi-host");
+        let cut = Instant::now();
+        net.isolate("n1")?;
+        c.wait_for(&[("node_b", WaitPrimary)], T)?;
+        h.wait_for_more(30, T).await?;
+        let addr = |i: usize| format!("{}:{}", c.nodes[i].host, c.nodes[i].port);
+        let (_, last_a) = h.acks_of(&addr(0)).context("node_a acknowledged nothing")?;
+        let (first_b, _) = h.acks_of(&addr(1)).context("node_b acknowledged nothing")?;
+        let secs = |t: Instant| t.saturating_duration_since(cut).as_secs_f64();
+        println!(
+            "cut at 0: node_a acknowledged its last write at {:.2}s, node_b its first at {:.2}s",
+            secs(last_a),
+            secs(first_b)
+        );
+        anyhow::ensure!(last_a < first_b, "node_a acknowledged after node_b began");
+        let lease = pgha_api::Timings::default().lease_ms;
+        anyhow::ensure!(
+            last_a.saturating_duration_since(cut) < Duration::from_millis(lease + 1500),
+            "node_a acknowledged writes {:.2}s after the cut (lease {lease} ms): no fence",
+            secs(last_a)
+        );
+        net.heal()?;
+        c.wait_for(&[("node_a", Secondary), ("node_b", Primary)], T)?;
         h.wait_for_more(30, T).await?;
         verdict(h).await?;
         Ok(())
