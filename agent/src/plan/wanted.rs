@@ -75,9 +75,14 @@ pub fn effective_goal(a: Option<&Assignment>, fenced: bool) -> NodeState {
 }
 
 /// `synchronous_standby_names` to apply. Until the controller has been reached since
-/// this agent started, a writable node with peers insists on one synchronous standby:
-/// after a reboot with the controller down it may serve its standby, but it cannot
-/// acknowledge writes that a node promoted meanwhile would not have.
+/// this agent started, a writable node with peers insists on every peer as a
+/// synchronous standby: after a reboot with the controller down it may serve while all
+/// of them stream from it, but it cannot acknowledge a write while any node is
+/// elsewhere, and a node the controller promoted meanwhile (unseen by it) is. With one
+/// standby of several (`ANY 1`, as it was), a standby cut from the controller that
+/// reconnected to it after the controller had counted it gone made writes durable on
+/// both primaries (found by the planner's property test once a standby cut from the
+/// controller kept its old upstream, issue 27).
 pub fn synchronous_standby_names(a: Option<&Assignment>, contacted_since_start: bool) -> String {
     let Some(a) = a else {
         return String::new();
@@ -88,7 +93,7 @@ pub fn synchronous_standby_names(a: Option<&Assignment>, contacted_since_start: 
             .iter()
             .map(|p| pgha_api::standby_application_name(p.node_id))
             .collect();
-        return format!("ANY 1 ({})", names.join(", "));
+        return format!("FIRST {} ({})", names.len(), names.join(", "));
     }
     a.synchronous_standby_names.clone()
 }
@@ -233,11 +238,11 @@ mod tests {
         let with_peers = assignment(Primary, vec![peer(2, true), peer(3, true)], None);
         let alone = assignment(Single, vec![], None);
         let ssn = |a: &Assignment, contacted| synchronous_standby_names(Some(a), contacted);
-        // Not reached since start, with peers: one synchronous standby, whatever it says.
+        // Not reached since start, with peers: every peer synchronous, whatever it says.
         let pgha = |id| pgha_api::standby_application_name(id);
         assert_eq!(
             ssn(&with_peers, false),
-            format!("ANY 1 ({}, {})", pgha(2), pgha(3))
+            format!("FIRST 2 ({}, {})", pgha(2), pgha(3))
         );
         assert_eq!(ssn(&with_peers, true), "ANY 1 (pgha_standby_2)");
         assert_eq!(ssn(&alone, false), "ANY 1 (pgha_standby_2)");

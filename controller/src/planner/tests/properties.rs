@@ -56,6 +56,10 @@ struct Sim {
     stream_since: u64,
     /// Reached the controller since the VM (re)started.
     contacted: bool,
+    /// The upstream of its last assignment: a standby cut from the controller goes on
+    /// streaming from it, whoever the controller has chosen since (issue 27: the model
+    /// used to follow the controller's choice at once).
+    following: Option<usize>,
 }
 
 struct World {
@@ -101,6 +105,7 @@ impl World {
                 lost_stream_at: None,
                 stream_since: START,
                 contacted: true,
+                following: (i != 0).then_some(0),
             });
         }
         World {
@@ -117,19 +122,30 @@ impl World {
     /// Actually accepting writes: up, not fenced, Postgres running as a primary.
     fn writable_now(&self, i: usize) -> bool {
         let s = &self.sims[i];
-        // Until it reached the controller, a restarted primary insists on a
-        // synchronous standby: it acknowledges nothing without one streaming from it.
+        // Until it reached the controller, a restarted primary insists on every other
+        // node as a synchronous standby: it acknowledges nothing unless all of them
+        // stream from it (none can be a primary then).
         let can_ack = s.contacted
-            || (0..self.sims.len())
-                .any(|j| j != i && self.upstream_of(j) == Some(i) && self.sims[j].up);
+            || (0..self.sims.len()).all(|j| {
+                j == i
+                    || (self.upstream_of(j) == Some(i)
+                        && self.sims[j].up
+                        && self.sims[j].lost_stream_at.is_none())
+            });
         s.up && !s.fenced && s.reached.is_writable() && can_ack
     }
 
-    /// The upstream the controller assigns, if the agent reached a streaming state.
+    /// The upstream a node streams from: the one of its agent's last assignment, if
+    /// it reached a streaming state.
     fn upstream_of(&self, i: usize) -> Option<usize> {
         if !self.sims[i].reached.streams_from_upstream() {
             return None;
         }
+        self.sims[i].following
+    }
+
+    /// The upstream the controller assigns node `i` now.
+    fn assigned_upstream(&self, i: usize) -> Option<usize> {
         let v = self.view();
         v.upstream_of(&v.nodes[i]).map(|u| (u.id - 1) as usize)
     }
@@ -170,6 +186,8 @@ impl World {
         for i in 0..self.sims.len() {
             let lease = Timings::default().lease_ms;
             let has_peers = self.sims.len() > 1;
+            // What the agent's next assignment says to stream from.
+            let following = self.assigned_upstream(i);
             let s = &mut self.sims[i];
             if !s.up {
                 continue;
@@ -184,6 +202,7 @@ impl World {
             }
             if !s.partitioned {
                 // The agent reports first and takes its assignment back.
+                s.following = following;
                 s.contacted = true;
                 s.last_ack = self.now;
                 s.goal = self.view_nodes[i].goal;
@@ -508,6 +527,7 @@ proptest! {
         w.view_nodes[last].reported = Catchingup;
         w.sims[last].goal = Catchingup;
         w.sims[last].reached = Catchingup;
+        w.sims[last].following = None;
         for o in &ops {
             w.step(o)?;
         }
@@ -724,4 +744,34 @@ fn a_standby_that_reconnects_after_its_report_does_not_keep_the_old_primary_writ
         w.step(o).unwrap();
     }
     assert!(w.heal().unwrap());
+}
+
+/// Found by the property test once a standby cut from the controller kept streaming
+/// from its last assigned upstream (issue 27; before, the model switched it to the
+/// controller's choice at once): node 1 crashes, node 2 is cut from the controller,
+/// node 3 is promoted, then node 1's VM comes back with the controller out of its
+/// reach. Node 2 reconnects to it; with `ANY 1` of its peers as synchronous standbys,
+/// node 1 acknowledged writes through node 2 while node 3 was primary. Until it reaches
+/// the controller, a restarted primary now needs every peer (`FIRST n`).
+#[test]
+fn a_rebooted_primary_cut_from_the_controller_acknowledges_nothing_a_new_primary_lacks() {
+    let mut w = World::with_priorities(&[0, 0, 70, 0]);
+    for o in [
+        Op::Crash(0),
+        Op::Partition(0, true),
+        Op::Tick(701),
+        Op::Tick(1179),
+        Op::Partition(1, true),
+        Op::Tick(733),
+        Op::Tick(887),
+        Op::Tick(100),
+        Op::Revive(0),
+        Op::Write,
+        Op::Tick(500),
+        Op::Write,
+    ] {
+        w.step(&o).unwrap();
+    }
+    assert_eq!(w.sims[1].following, Some(0), "node 2 still follows node 1");
+    assert!(!w.writable_now(0), "node 1 acknowledges without node 3");
 }
