@@ -17,6 +17,7 @@ pub mod probe;
 pub mod proxy;
 mod reads;
 pub mod s3;
+pub mod wait;
 
 use anyhow::{Context, bail};
 use pgha_api::{FormationStatus, NodeState};

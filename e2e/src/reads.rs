@@ -2,6 +2,7 @@
 //! HTTP endpoints.
 
 use super::*;
+use std::ops::ControlFlow;
 
 impl Cluster {
     pub fn state(&self) -> anyhow::Result<FormationStatus> {
@@ -31,32 +32,21 @@ impl Cluster {
         timeout: Duration,
         done: impl Fn(&FormationStatus) -> bool,
     ) -> anyhow::Result<FormationStatus> {
-        let t0 = Instant::now();
-        loop {
-            let st = self.state_of(formation);
-            if let Ok(st) = &st
-                && done(st)
-            {
-                return Ok(st.clone());
-            }
-            if t0.elapsed() > timeout {
-                let last = st
-                    .map(|st| {
-                        st.nodes
-                            .iter()
-                            .map(|n| {
-                                format!("{} {}/{}", n.name, n.reported_state, n.assigned_state)
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                            + " | "
-                            + &st.summary
-                    })
-                    .unwrap_or_else(|e| e.to_string());
-                bail!("formation {formation}: not {what} within {timeout:?}; last: {last}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait::eventually(timeout, &format!("formation {formation} {what}"), || {
+            Ok(match self.state_of(formation) {
+                Ok(st) if done(&st) => ControlFlow::Break(st),
+                Ok(st) => ControlFlow::Continue(
+                    st.nodes
+                        .iter()
+                        .map(|n| format!("{} {}/{}", n.name, n.reported_state, n.assigned_state))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + " | "
+                        + &st.summary,
+                ),
+                Err(e) => ControlFlow::Continue(e.to_string()),
+            })
+        })
     }
 
     /// Waits until each named node is stable in the given state.

@@ -4,6 +4,8 @@
 use anyhow::Context;
 use pgha_api::NodeState::*;
 use pgha_e2e::scenario;
+use pgha_e2e::wait::{eventually, eventually_async, until};
+use std::ops::ControlFlow::{Break, Continue};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -107,8 +109,7 @@ async fn reinit_rebuilds_a_standby_from_scratch() {
             "{topology}"
         );
         // Streaming again (its Postgres may still be opening for reads).
-        let t0 = Instant::now();
-        loop {
+        eventually_async(T, "node_b streaming after its rebuild", async || {
             let streaming = match c.connect_node(1).await {
                 Ok(db) => db
                     .query_opt("SELECT status FROM pg_stat_wal_receiver", &[])
@@ -118,12 +119,9 @@ async fn reinit_rebuilds_a_standby_from_scratch() {
                     .is_some_and(|r| r.get::<_, String>(0) == "streaming"),
                 Err(_) => false,
             };
-            if streaming {
-                break;
-            }
-            anyhow::ensure!(t0.elapsed() < T, "node_b does not stream after its rebuild");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok(until(streaming, || "not streaming".into()))
+        })
+        .await?;
         probe.wait_for_more(20, T).await?;
         probe.finish_without_loss().await?;
         Ok(())
@@ -160,21 +158,20 @@ async fn anti_flapping_holds_a_second_failover_in_its_window() {
         let i = c.index(&first);
         c.kill_vm(i)?;
         // Held: the summary says why, and the blocked metric names the reason.
-        let t0 = Instant::now();
-        loop {
+        let summary = eventually(T, "an anti-flapping hold", || {
             let st = c.state()?;
-            if st.summary.contains("antiFlapping") {
-                println!("{}", st.summary);
-                break;
-            }
             anyhow::ensure!(
                 !st.nodes.iter().any(|n| n.name != first && n.name != "node_a" && n.assigned_state.is_writable()),
                 "the second failover was not held: {}",
                 st.summary
             );
-            anyhow::ensure!(t0.elapsed() < T, "no anti-flapping hold: {}", st.summary);
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            Ok(if st.summary.contains("antiFlapping") {
+                Break(st.summary)
+            } else {
+                Continue(st.summary)
+            })
+        })?;
+        println!("{summary}");
         let metrics = c.monitor_get("/metrics").await?;
         anyhow::ensure!(
             metrics.contains("pgha_failover_blocked{formation=\"default\",reason=\"too_many_failovers\"} 1"),
@@ -260,15 +257,10 @@ async fn restart_restarts_a_standby_in_place() {
         );
         let (ok, _, err) = c.pgha(&["restart", "--name", "node_b", "--scheduled", "tomorrow", "--monitor", &m])?;
         anyhow::ensure!(!ok && err.contains("expected a UTC time"), "{err}");
-        let t0 = Instant::now();
-        loop {
+        eventually(T, "the scheduled restart", || {
             let now = c.nodes[1].postmaster_pid();
-            if now.is_some() && now != before {
-                break;
-            }
-            anyhow::ensure!(t0.elapsed() < T, "the scheduled restart never happened");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            Ok(until(now.is_some() && now != before, || format!("postmaster {now:?}")))
+        })?;
         let done_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis() as u64;
@@ -316,7 +308,7 @@ async fn pending_restarts_roll_by_themselves_with_one_switchover() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        loop {
+        eventually_async(T, "the restart rolled", async || {
             let st = c.state()?;
             let mut done = st.nodes.iter().all(|n| {
                 n.pending_restart.is_empty()
@@ -326,12 +318,9 @@ async fn pending_restarts_roll_by_themselves_with_one_switchover() {
             for i in 0..2 {
                 done = done && value(i).await.is_ok_and(|v| v == "7");
             }
-            if done {
-                break;
-            }
-            anyhow::ensure!(t0.elapsed() < T, "the restart did not roll: {}", st.summary);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok(until(done, || st.summary))
+        })
+        .await?;
         println!("rolled in {:?}", t0.elapsed());
         let st = c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
         anyhow::ensure!(
@@ -400,7 +389,6 @@ async fn role_change_hooks_run_on_a_switchover() {
         c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
         c.pgha_ok(&["perform", "switchover", "--monitor", &c.join_url])?;
         c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
-        let t0 = Instant::now();
         let want = [
             "default node_b standby primary wait_primary",
             "default node_a primary stopped",
@@ -408,18 +396,15 @@ async fn role_change_hooks_run_on_a_switchover() {
             "stop default node_a primary",
             "start default node_a standby",
         ];
-        loop {
+        let text = eventually(Duration::from_secs(30), "the hook calls", || {
             let text = std::fs::read_to_string(&calls).unwrap_or_default();
-            if want.iter().all(|w| text.contains(w)) {
-                println!("{text}");
-                break;
-            }
-            anyhow::ensure!(
-                t0.elapsed() < Duration::from_secs(30),
-                "hook calls: {text:?}, wanted {want:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Ok(if want.iter().all(|w| text.contains(w)) {
+                Break(text)
+            } else {
+                Continue(format!("{text:?}, wanted {want:?}"))
+            })
+        })?;
+        println!("{text}");
         Ok(())
     })
     .await;
@@ -559,7 +544,7 @@ async fn a_permanent_slot_survives_a_failover_at_its_consumers_position() {
             .await?
             .get(0);
         let t0 = Instant::now();
-        loop {
+        eventually_async(T, &format!("the standby's copy of the slot at {confirmed}"), async || {
             let b = c.connect_node(1).await?;
             let caught_up: Option<bool> = b
                 .query_one(
@@ -569,16 +554,13 @@ async fn a_permanent_slot_survives_a_failover_at_its_consumers_position() {
                 )
                 .await?
                 .get(0);
-            if caught_up == Some(true) {
-                break;
-            }
-            anyhow::ensure!(
-                t0.elapsed() < T,
-                "the standby's copy of the slot never reached {confirmed}: {:?}",
-                slot_lsn(1).await?
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Ok(if caught_up == Some(true) {
+                Break(())
+            } else {
+                Continue(format!("{:?}", slot_lsn(1).await?))
+            })
+        })
+        .await?;
         println!(
             "the standby's copy of the slot reached the consumer's {confirmed} in {} ms",
             t0.elapsed().as_millis()
@@ -826,8 +808,7 @@ async fn a_logical_slot_follows_its_consumer_across_a_failover() {
             )
             .await?
             .get(0);
-        let t0 = Instant::now();
-        loop {
+        eventually_async(T, &format!("node_a's slot cdc at node_b's {at_b}"), async || {
             let a = match c.connect_node(0).await {
                 Ok(a) => a
                     .query_opt(
@@ -840,15 +821,9 @@ async fn a_logical_slot_follows_its_consumer_across_a_failover() {
                     .and_then(|r| r.get::<_, Option<String>>(0)),
                 Err(_) => None,
             };
-            if a.as_deref() == Some(at_b.as_str()) {
-                break;
-            }
-            anyhow::ensure!(
-                t0.elapsed() < T,
-                "node_a's slot cdc is at {a:?}, not at node_b's {at_b}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok(until(a.as_deref() == Some(at_b.as_str()), || format!("{a:?}")))
+        })
+        .await?;
         println!("node_a rejoined with its slot cdc at node_b's {at_b}");
         Ok(())
     })
@@ -899,18 +874,14 @@ async fn a_permanent_slot_past_its_limit_is_an_event_and_a_metric() {
             a.batch_execute("CHECKPOINT").await?;
         }
         let invalidated = Instant::now();
-        let event = loop {
+        let event = eventually_async(T, "a permanent_slot_lost event", async || {
             let events = c.events().await?;
-            if let Some(e) = events.iter().find(|e| e.rule == "permanent_slot_lost") {
-                break e.clone();
-            }
-            anyhow::ensure!(
-                invalidated.elapsed() < T,
-                "no permanent_slot_lost event: {:?}",
-                events.iter().map(|e| &e.rule).collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+            Ok(match events.iter().find(|e| e.rule == "permanent_slot_lost") {
+                Some(e) => Break(e.clone()),
+                None => Continue(format!("{:?}", events.iter().map(|e| &e.rule).collect::<Vec<_>>())),
+            })
+        })
+        .await?;
         println!(
             "event {} ms after the invalidation: {}",
             invalidated.elapsed().as_millis(),

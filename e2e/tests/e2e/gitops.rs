@@ -5,7 +5,9 @@
 //! is stored.
 
 use pgha_api::NodeState::*;
+use pgha_e2e::wait::{eventually, eventually_async, until};
 use pgha_e2e::{Cluster, scenario};
+use std::ops::ControlFlow::{Break, Continue};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -21,27 +23,25 @@ fn formation_yaml(c: &Cluster, params: &str, b_priority: u32) -> String {
 /// how long that took.
 fn wait_applied(c: &Cluster, after: u64) -> anyhow::Result<(u64, Duration)> {
     let t0 = Instant::now();
-    loop {
+    eventually(Duration::from_secs(30), "the generation applied", || {
         let st = c.state()?;
-        if st.generation > after
-            && st
-                .nodes
-                .iter()
-                .all(|n| n.applied_generation == st.generation)
-        {
-            return Ok((st.generation, t0.elapsed()));
-        }
-        anyhow::ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "generation {} not applied: {:?}",
-            st.generation,
-            st.nodes
-                .iter()
-                .map(|n| (&n.name, n.applied_generation, &n.last_error))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let applied = st
+            .nodes
+            .iter()
+            .all(|n| n.applied_generation == st.generation);
+        Ok(if st.generation > after && applied {
+            Break((st.generation, t0.elapsed()))
+        } else {
+            Continue(format!(
+                "generation {}: {:?}",
+                st.generation,
+                st.nodes
+                    .iter()
+                    .map(|n| (&n.name, n.applied_generation, &n.last_error))
+                    .collect::<Vec<_>>()
+            ))
+        })
+    })
 }
 
 async fn setting(c: &Cluster, i: usize, name: &str) -> anyhow::Result<String> {
@@ -91,7 +91,7 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
         )?;
         let (g3, _) = wait_applied(c, g2)?;
         let t0 = Instant::now();
-        loop {
+        let st = eventually_async(Duration::from_secs(60), "the rolling restart", async || {
             let a = setting(c, 0, "max_connections").await.unwrap_or_default();
             let b = setting(c, 1, "max_connections").await.unwrap_or_default();
             let st = c.state()?;
@@ -101,22 +101,19 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
                 .iter()
                 .all(|n| n.reported_state == n.assigned_state)
                 && st.nodes.iter().any(|n| n.assigned_state == Primary);
-            if a == "150" && b == "150" && !pending && steady {
-                anyhow::ensure!(
-                    st.term == term + 1,
-                    "expected exactly one switchover, term {term} -> {}",
-                    st.term
-                );
-                println!("restart-only setting rolled out in {:?}", t0.elapsed());
-                break;
-            }
-            anyhow::ensure!(
-                t0.elapsed() < Duration::from_secs(60),
-                "rolling restart did not finish: {a}/{b}, {}",
-                st.summary
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            Ok(if a == "150" && b == "150" && !pending && steady {
+                Break(st)
+            } else {
+                Continue(format!("{a}/{b}, {}", st.summary))
+            })
+        })
+        .await?;
+        anyhow::ensure!(
+            st.term == term + 1,
+            "expected exactly one switchover, term {term} -> {}",
+            st.term
+        );
+        println!("restart-only setting rolled out in {:?}", t0.elapsed());
         probe.wait_for_more(20, T).await?;
         probe.finish_without_loss().await?;
 
@@ -125,18 +122,14 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
             "default.yaml",
             "apiVersion: pgha/v1\nkind: Formation\nspec: [\n",
         )?;
-        let t0 = Instant::now();
-        let st = loop {
+        let st = eventually(Duration::from_secs(15), "the broken file reported", || {
             let st = c.state()?;
-            if !st.config_errors.is_empty() {
-                break st;
-            }
-            anyhow::ensure!(
-                t0.elapsed() < Duration::from_secs(15),
-                "broken file not reported"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
+            Ok(if st.config_errors.is_empty() {
+                Continue(st.summary)
+            } else {
+                Break(st)
+            })
+        })?;
         println!("config errors: {:?}", st.config_errors);
         anyhow::ensure!(st.generation == g3, "a broken file changed the generation");
         anyhow::ensure!(
@@ -207,19 +200,17 @@ async fn formation_file_changes_converge_and_bad_files_change_nothing() {
         // default, a decrease a standby cannot take before its primary: node_a stays
         // startable (it keeps the primary's value) and node_b reports the restart it needs.
         c.wait_for(&[("node_b", Primary), ("node_a", Secondary)], T)?;
-        let t0 = Instant::now();
-        loop {
+        let out = eventually(Duration::from_secs(20), "the decrease reported", || {
             let out = c.pgha_ok(&["show", "state", "--monitor", &c.monitor_url])?;
-            if out.contains("node_b: pending restart for max_connections") {
-                println!("{out}");
-                break;
-            }
-            anyhow::ensure!(
-                t0.elapsed() < Duration::from_secs(20),
-                "decrease not reported:\n{out}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            Ok(
+                if out.contains("node_b: pending restart for max_connections") {
+                    Break(out)
+                } else {
+                    Continue(out)
+                },
+            )
+        })?;
+        println!("{out}");
         Ok(())
     })
     .await;
@@ -237,23 +228,20 @@ async fn join_secret_admits_only_nodes_that_present_it() {
                 "apiVersion: pgha/v1\nkind: Formation\nmetadata:\n  name: default\nspec:\n  admission:\n    joinSecretFile: {secret_file}\n"
             ),
         )?;
-        let t0 = Instant::now();
-        let join_url = loop {
+        let join_url = eventually(Duration::from_secs(5), "a join URL", || {
             let out = c.pgha_ok(&["show", "uri", "--json", "--dir", &c.monitor_dir().display().to_string()])?;
             let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
-            if let Some(r) = rows.iter().find(|r| r["type"] == "join") {
-                break r["uri"].as_str().unwrap_or_default().to_string();
-            }
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(5), "no join URL: {out}");
-            std::thread::sleep(Duration::from_millis(100));
-        };
+            Ok(match rows.iter().find(|r| r["type"] == "join") {
+                Some(r) => Break(r["uri"].as_str().unwrap_or_default().to_string()),
+                None => Continue(out),
+            })
+        })?;
         anyhow::ensure!(join_url.contains("s3cret-for-the-test@"), "{join_url}");
         // Once the monitor loaded the file, the plain URL is refused.
-        let t0 = Instant::now();
-        while c.state()?.generation < 2 {
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(15), "formation file not loaded");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually(Duration::from_secs(15), "the formation file loaded", || {
+            let g = c.state()?.generation;
+            Ok(until(g >= 2, || format!("generation {g}")))
+        })?;
         let (ok, _, err) = c.pgha(&[
             "create", "postgres", "--pgdata", &c.path().join("node_x").display().to_string(),
             "--pgport", &pgha_e2e::free_port().to_string(), "--hostname", "127.0.0.1",
@@ -292,27 +280,22 @@ async fn a_node_removed_from_the_file_is_dropped() {
         let probe = pgha_e2e::WriteProbe::start(&c.uri()?, Duration::from_millis(10)).await?;
         probe.wait_for_more(20, T).await?;
         c.write_formation("default.yaml", &format!("{head}{}", node("node_a", c.nodes[0].port)))?;
-        let t0 = Instant::now();
-        loop {
+        eventually(Duration::from_secs(30), "node_b dropped", || {
             let st = c.state()?;
-            if st.nodes.len() == 1 {
-                break;
-            }
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "node_b not dropped: {:?}", st.nodes.iter().map(|n| (&n.name, n.assigned_state)).collect::<Vec<_>>());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            Ok(until(st.nodes.len() == 1, || {
+                format!("{:?}", st.nodes.iter().map(|n| (&n.name, n.assigned_state)).collect::<Vec<_>>())
+            }))
+        })?;
         // The last node left runs as single (no replication to wait for).
         c.wait_for(&[("node_a", Single)], T)?;
         // The agent exits with 121; Postgres is stopped; PGDATA stays.
         let mut agent = c.nodes[1].agent.take().expect("agent running");
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(s) = agent.try_wait()? {
-                break s;
-            }
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(15), "agent did not exit");
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let status = eventually(Duration::from_secs(15), "the agent's exit", || {
+            Ok(match agent.try_wait()? {
+                Some(s) => Break(s),
+                None => Continue("running".into()),
+            })
+        })?;
         anyhow::ensure!(status.code() == Some(121), "agent exited with {status:?}");
         anyhow::ensure!(c.nodes[1].pgdata.join("PG_VERSION").exists(), "PGDATA was removed");
         anyhow::ensure!(c.nodes[1].postmaster_pid().is_none(), "Postgres still runs");
@@ -367,14 +350,11 @@ async fn no_load_balance_takes_a_standby_out_of_replica_checks_only() {
         };
         let b = c.index("node_b");
         let wait_replica = async |want: u16| -> anyhow::Result<()> {
-            let t0 = std::time::Instant::now();
-            loop {
-                if c.agent_get(b, "/replica").await?.0 == want {
-                    return Ok(());
-                }
-                anyhow::ensure!(t0.elapsed() < T, "/replica of node_b never answered {want}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            eventually_async(T, &format!("/replica of node_b answering {want}"), async || {
+                let got = c.agent_get(b, "/replica").await?.0;
+                Ok(until(got == want, || got.to_string()))
+            })
+            .await
         };
         wait_replica(200).await?;
         c.write_formation("default.yaml", &yaml(true))?;

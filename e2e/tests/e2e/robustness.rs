@@ -3,6 +3,7 @@
 //! A write probe runs through each; every acknowledged write must survive.
 
 use pgha_api::NodeState::*;
+use pgha_e2e::wait::{eventually, eventually_async, until};
 use pgha_e2e::{Cluster, WriteProbe, scenario};
 use std::time::{Duration, Instant};
 
@@ -65,19 +66,18 @@ async fn dead_primary_agent_with_live_postgres_is_no_failover() {
         c.watch_no_failover(Duration::from_secs(8)).await?;
         probe.wait_for_more(50, T).await?;
         c.start_agent(0)?;
-        let t0 = Instant::now();
-        loop {
-            let st = c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
-            let a = st.nodes.iter().find(|n| n.name == "node_a").unwrap();
-            if a.report_age_ms.is_some_and(|ms| ms < 1000) {
-                break;
-            }
-            anyhow::ensure!(
-                t0.elapsed() < Duration::from_secs(20),
-                "restarted agent does not report"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        eventually(
+            Duration::from_secs(20),
+            "the restarted agent reporting",
+            || {
+                let st = c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
+                let a = st.nodes.iter().find(|n| n.name == "node_a").unwrap();
+                let age = a.report_age_ms;
+                Ok(until(age.is_some_and(|ms| ms < 1000), || {
+                    format!("report age {age:?} ms")
+                }))
+            },
+        )?;
         anyhow::ensure!(c.state()?.term == 1, "a failover happened");
         probe.finish_without_loss().await?;
         Ok(())
@@ -239,18 +239,15 @@ async fn standby_slots_are_bounded_and_an_invalidated_standby_is_rebuilt() {
         // 1. The standby's VM dies: once it is failed, the primary drops its slot.
         c.kill_vm(b)?;
         let t0 = Instant::now();
-        loop {
+        eventually_async(Duration::from_secs(30), "the dead standby's slot dropped", async || {
             let kept = primary
                 .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
                 .await?
                 .is_some();
-            if !kept {
-                println!("dead standby's slot dropped after {:?}", t0.elapsed());
-                break;
-            }
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "the dead standby's slot is kept");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok(until(!kept, || "kept".into()))
+        })
+        .await?;
+        println!("dead standby's slot dropped after {:?}", t0.elapsed());
         c.start_agent(b)?;
         c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
 
@@ -268,8 +265,7 @@ async fn standby_slots_are_bounded_and_an_invalidated_standby_is_rebuilt() {
         };
         // The primary's WAL sender gives up on the silent receiver (wal_sender_timeout):
         // the slot stays, unused, as for a standby that is up but cannot keep up.
-        let t0 = Instant::now();
-        loop {
+        eventually_async(Duration::from_secs(30), "the slot inactive", async || {
             let active: Option<bool> = primary
                 .query_opt(
                     "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
@@ -277,15 +273,9 @@ async fn standby_slots_are_bounded_and_an_invalidated_standby_is_rebuilt() {
                 )
                 .await?
                 .map(|r| r.get(0));
-            if active == Some(false) {
-                break;
-            }
-            anyhow::ensure!(
-                t0.elapsed() < Duration::from_secs(30),
-                "the slot stays active: {active:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok(until(active == Some(false), || format!("active {active:?}")))
+        })
+        .await?;
         // The stalled standby is still a synchronous one: these writes do not wait on it.
         exec("SET synchronous_commit TO local").await?;
         exec("CREATE TABLE IF NOT EXISTS filler (x int)").await?;
@@ -314,15 +304,13 @@ async fn standby_slots_are_bounded_and_an_invalidated_standby_is_rebuilt() {
         }
         c.end_stalled_wal_receiver(receiver);
         exec("INSERT INTO filler VALUES (42)").await?;
-        let t0 = Instant::now();
-        loop {
+        eventually_async(Duration::from_secs(30), "a slot_invalidated event", async || {
             let events = c.events().await?;
-            if events.iter().any(|e| e.rule == "slot_invalidated") {
-                break;
-            }
-            anyhow::ensure!(t0.elapsed() < Duration::from_secs(30), "no slot_invalidated event");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok(until(events.iter().any(|e| e.rule == "slot_invalidated"), || {
+                "none".into()
+            }))
+        })
+        .await?;
         let metrics = c.monitor_get("/metrics").await?;
         anyhow::ensure!(
             metrics.contains("pgha_replication_slots_invalidated_total{formation=\"default\",node=\"node_b\"} 1"),
@@ -339,8 +327,7 @@ async fn standby_slots_are_bounded_and_an_invalidated_standby_is_rebuilt() {
         }
         println!("node_b moved its PGDATA aside after {:?}", t0.elapsed());
         c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
-        let t0 = Instant::now();
-        loop {
+        eventually_async(Duration::from_secs(60), "the last row on the rebuilt standby", async || {
             let mut n = 0i64;
             if let Ok(standby) = c.connect_node(b).await {
                 n = standby
@@ -349,15 +336,9 @@ async fn standby_slots_are_bounded_and_an_invalidated_standby_is_rebuilt() {
                     .map(|r| r.get(0))
                     .unwrap_or(0);
             }
-            if n == 1 {
-                break;
-            }
-            anyhow::ensure!(
-                t0.elapsed() < Duration::from_secs(60),
-                "the rebuilt standby lacks the last row"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok(until(n == 1, || format!("{n} rows")))
+        })
+        .await?;
         println!("node_b rebuilt and streaming after {:?}", t0.elapsed());
         c.wait_for(&[("node_a", Primary), ("node_b", Secondary)], T)?;
         Ok(())
@@ -408,8 +389,7 @@ async fn a_full_disk_on_the_primary_is_reported_and_nothing_is_lost() {
         );
         c.free_disk(0)?;
         // Freed: one primary and one secondary again, whichever is which.
-        let t2 = Instant::now();
-        loop {
+        eventually(T, "healthy after freeing the disk", || {
             let st = c.state()?;
             let stable = |s| {
                 st.nodes
@@ -417,33 +397,29 @@ async fn a_full_disk_on_the_primary_is_reported_and_nothing_is_lost() {
                     .filter(|n| n.reported_state == s && n.assigned_state == s)
                     .count()
             };
-            if stable(Primary) == 1 && stable(Secondary) == 1 {
-                break;
-            }
-            anyhow::ensure!(
-                t2.elapsed() < T,
-                "not healthy after freeing the disk: {}",
-                st.summary
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok(until(
+                stable(Primary) == 1 && stable(Secondary) == 1,
+                || st.summary.clone(),
+            ))
+        })?;
         h.wait_for_more(30, T).await?;
         // The next report after freeing carries the room regained.
-        let t3 = Instant::now();
-        loop {
-            let events = c.events().await?;
-            let has = |kind: &str| events.iter().any(|e| e.rule == kind);
-            if has("disk_low") && has("disk_recovered") {
-                break;
-            }
-            anyhow::ensure!(
-                t3.elapsed() < Duration::from_secs(20),
-                "disk_low {} / disk_recovered {}: events missing",
-                has("disk_low"),
-                has("disk_recovered")
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        eventually_async(
+            Duration::from_secs(20),
+            "disk_low and disk_recovered events",
+            async || {
+                let events = c.events().await?;
+                let has = |kind: &str| events.iter().any(|e| e.rule == kind);
+                Ok(until(has("disk_low") && has("disk_recovered"), || {
+                    format!(
+                        "disk_low {} / disk_recovered {}",
+                        has("disk_low"),
+                        has("disk_recovered")
+                    )
+                }))
+            },
+        )
+        .await?;
         h.wait_for_more(30, T).await?;
         let v = h.finish(&std::env::temp_dir()).await?;
         println!("{}", v.line());
