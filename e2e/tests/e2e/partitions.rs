@@ -403,3 +403,55 @@ fn an_isolated_primary_fences_before_the_new_one_takes_writes() {
         Ok(())
     });
 }
+
+/// Issue 27, faults combined: the primary frozen past its lease (node_b promoted), then
+/// thawed while still cut from the controller and from node_b, so nothing tells it of
+/// node_b: its own lease check must stop it. Its pinned client writes to it from inside
+/// its host all along: node_a acknowledges nothing after it thawed (a durable commit
+/// there waits for node_b, which follows it no more), its Postgres is stopped within
+/// seconds, and once healed it rejoins with nothing lost.
+#[test]
+fn a_frozen_primary_thawed_while_cut_off_fences_itself() {
+    net_scenario(2, async |c| {
+        c.bootstrap_two()?;
+        let h = history(c).await?;
+        c.freeze_vm(0, true)?;
+        c.wait_for(&[("node_b", WaitPrimary)], T)?;
+        h.wait_for_more(30, T).await?;
+        let net = c.net.as_ref().expect("multi-host");
+        net.isolate("n1")?;
+        let thawed = Instant::now();
+        c.freeze_vm(0, false)?;
+        let stopped = pgha_e2e::wait::eventually(T, "node_a's Postgres stopped", || {
+            let pid = c.nodes[0].postmaster_pid();
+            Ok(pgha_e2e::wait::until(pid.is_none(), || {
+                format!("postmaster {pid:?}")
+            }))
+        });
+        let fenced_after = thawed.elapsed();
+        stopped?;
+        // node_a alone a while longer, its pinned client still writing.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let addr = format!("{}:{}", c.nodes[0].host, c.nodes[0].port);
+        let last_a = h.acks_of(&addr).map(|(_, last)| last);
+        println!(
+            "thawed cut off at 0: node_a's Postgres stopped after {:.2}s; its last acknowledgement {}",
+            fenced_after.as_secs_f64(),
+            match last_a {
+                Some(t) if t > thawed =>
+                    format!("{:.2}s after the thaw", (t - thawed).as_secs_f64()),
+                Some(t) => format!("{:.2}s before the thaw", (thawed - t).as_secs_f64()),
+                None => "never".into(),
+            }
+        );
+        anyhow::ensure!(
+            last_a.is_none_or(|t| t < thawed),
+            "node_a acknowledged a write after it thawed"
+        );
+        net.heal()?;
+        c.wait_for(&[("node_a", Secondary), ("node_b", Primary)], T)?;
+        h.wait_for_more(30, T).await?;
+        verdict(h).await?;
+        Ok(())
+    });
+}
