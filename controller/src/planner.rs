@@ -196,6 +196,15 @@ pub fn plan(f: &FormationView) -> Plan {
             f.formation_major().map(|m| m.to_string()).unwrap_or_default()
         ));
     }
+    for n in f.nodes.iter() {
+        if let Some(claim) = n.claimed_lsn {
+            p.wait(format!(
+                "{} claims WAL up to {claim} but counts as {}: a candidate streaming from it received nothing more (see its claim_capped event)",
+                n.name,
+                n.pg.lsn.unwrap_or_default()
+            ));
+        }
+    }
     p
 }
 

@@ -662,6 +662,13 @@ fn a_claim_a_streaming_candidate_never_receives_is_capped_at_what_the_primary_co
     let p = plan(&f);
     assert_eq!(goal_of(&p, 2), Some(PreparePromotion), "{p:?}");
     assert!(p.capped_claims.is_empty());
+    assert!(
+        p.waiting
+            .as_deref()
+            .unwrap_or("")
+            .contains("node_3 claims WAL up to"),
+        "{p:?}"
+    );
 }
 
 /// What keeps the cap from costing an honest standby's WAL: a candidate that received
