@@ -397,155 +397,187 @@ pub(super) fn plan_promotion(f: &FormationView, p: &mut Plan) {
         return;
     }
     match (cand.goal, cand.reported) {
-        (NodeState::PreparePromotion, NodeState::PreparePromotion) => match old {
-            Some(old) if f.acked_demotion(old) => {
-                let final_lsn = old.pg.lsn.unwrap_or_default();
-                // The old primary's shutdown sent its WAL before it stopped: a report of
-                // the candidate's made well after that is final.
-                let settled = old
-                    .pg_down_since_ms
-                    .is_some_and(|down| cand.last_report_ms.is_some_and(|r| r >= down + 1000));
-                if cand.pg.lsn.is_some_and(|l| l >= final_lsn) {
-                    p.assign(
-                        cand,
-                        NodeState::StopReplication,
-                        Rule::PreparePromotionToStopReplication,
-                        format!(
-                            "{} stopped at {final_lsn} and {} has it all",
-                            old.name, cand.name
-                        ),
-                    );
-                } else if settled {
-                    abort_missing_final_wal(f, old, cand, p);
-                } else {
-                    p.wait(format!(
-                        "{} replays the last WAL of {} (up to {final_lsn})",
-                        cand.name, old.name
-                    ));
-                }
-            }
-            Some(old) if f.is_failed(old) => {
-                // The old primary will not hand over its last WAL: the candidate must be
-                // the one a failover would elect now, with all the WAL a live standby has.
-                reelect_or(f, old, cand, p, |e, p| match e.source {
-                    None => p.assign(
-                        cand,
-                        NodeState::StopReplication,
-                        Rule::PreparePromotionToStopReplication,
-                        format!(
-                            "{} is failed: cut replication and wait for its lease",
-                            old.name
-                        ),
+        (NodeState::PreparePromotion, NodeState::PreparePromotion) => {
+            prepare_promotion_reached(f, old, cand, p)
+        }
+        (NodeState::FastForward, NodeState::FastForward) => fast_forward_reached(f, old, cand, p),
+        (NodeState::StopReplication, NodeState::StopReplication) => {
+            stop_replication_reached(f, old, cand, p)
+        }
+        _ => p.wait(format!("{} is reaching {}", cand.name, cand.goal)),
+    }
+}
+
+/// The candidate reached prepare_promotion: it stops replication once it has the old
+/// primary's last WAL (or the old primary is failed and it is still the one to elect).
+fn prepare_promotion_reached(
+    f: &FormationView,
+    old: Option<&NodeView>,
+    cand: &NodeView,
+    p: &mut Plan,
+) {
+    match old {
+        Some(old) if f.acked_demotion(old) => {
+            let final_lsn = old.pg.lsn.unwrap_or_default();
+            // The old primary's shutdown sent its WAL before it stopped: a report of
+            // the candidate's made well after that is final.
+            let settled = old
+                .pg_down_since_ms
+                .is_some_and(|down| cand.last_report_ms.is_some_and(|r| r >= down + 1000));
+            if cand.pg.lsn.is_some_and(|l| l >= final_lsn) {
+                p.assign(
+                    cand,
+                    NodeState::StopReplication,
+                    Rule::PreparePromotionToStopReplication,
+                    format!(
+                        "{} stopped at {final_lsn} and {} has it all",
+                        old.name, cand.name
                     ),
-                    Some(s) => fast_forward(cand, s, p),
-                });
+                );
+            } else if settled {
+                abort_missing_final_wal(f, old, cand, p);
+            } else {
+                p.wait(format!(
+                    "{} replays the last WAL of {} (up to {final_lsn})",
+                    cand.name, old.name
+                ));
             }
-            Some(old) => p.wait(format!("waiting for {} to stop Postgres", old.name)),
-            None => p.assign(
-                cand,
-                NodeState::StopReplication,
-                Rule::PreparePromotionToStopReplication,
-                "no old primary left".into(),
-            ),
-        },
-        (NodeState::FastForward, NodeState::FastForward) => match old {
-            Some(old) if f.is_failed(old) => reelect_or(f, old, cand, p, |e, p| {
-                match e.source {
+        }
+        Some(old) if f.is_failed(old) => {
+            // The old primary will not hand over its last WAL: the candidate must be
+            // the one a failover would elect now, with all the WAL a live standby has.
+            reelect_or(f, old, cand, p, |e, p| match e.source {
                 None => p.assign(
                     cand,
-                    NodeState::PreparePromotion,
-                    Rule::FastForwardDone,
+                    NodeState::StopReplication,
+                    Rule::PreparePromotionToStopReplication,
                     format!(
-                        "{} has all the WAL the live standbys have ({})",
-                        cand.name,
-                        cand.pg.lsn.unwrap_or_default()
+                        "{} is failed: cut replication and wait for its lease",
+                        old.name
                     ),
                 ),
-                Some(s) => match f.stalled_claim_cap(cand, s) {
-                    Some(cap) => {
-                        let why = format!(
-                            "{} streamed from {} for {} s and received nothing of the WAL {} claims up to {}; the primary confirmed {} received up to {}: its claim counts as {cap} from now on",
-                            cand.name,
-                            s.name,
-                            super::view::FAST_FORWARD_STALL_MS / 1000,
-                            s.name,
-                            s.pg.lsn.unwrap_or_default(),
-                            s.name,
-                            f.confirmed_lsn(s).unwrap_or_default(),
-                        );
-                        p.capped_claims.push((s.id, cap, why.clone()));
-                        p.wait(why);
-                    }
-                    None if !f.streams_now_from(cand, s) => p.wait(format!(
-                        "{} does not stream from {} (which claims WAL up to {}, {} bytes more): waiting, since that WAL may hold acknowledged commits",
-                        cand.name,
-                        s.name,
-                        s.pg.lsn.unwrap_or_default(),
-                        s.pg.lsn
-                            .unwrap_or_default()
-                            .bytes_ahead_of(cand.pg.lsn.unwrap_or_default())
-                    )),
-                    None => p.wait(format!(
-                        "{} streams the WAL it lacks from {} ({} bytes to go)",
-                        cand.name,
-                        s.name,
-                        s.pg.lsn
-                            .unwrap_or_default()
-                            .bytes_ahead_of(cand.pg.lsn.unwrap_or_default())
-                    )),
-                },
-            }
-            }),
-            // The old primary is back (or never left): the usual hand-over takes the
-            // WAL it has, or gives it its role back.
-            _ => p.assign(
+                Some(s) => fast_forward(cand, s, p),
+            });
+        }
+        Some(old) => p.wait(format!("waiting for {} to stop Postgres", old.name)),
+        None => p.assign(
+            cand,
+            NodeState::StopReplication,
+            Rule::PreparePromotionToStopReplication,
+            "no old primary left".into(),
+        ),
+    }
+}
+
+/// The candidate reached fast_forward: it goes on once it has the WAL the live standbys
+/// have (a claim it streams nothing of is capped, see `stalled_claim_cap`).
+fn fast_forward_reached(f: &FormationView, old: Option<&NodeView>, cand: &NodeView, p: &mut Plan) {
+    match old {
+        Some(old) if f.is_failed(old) => reelect_or(f, old, cand, p, |e, p| {
+            match e.source {
+            None => p.assign(
                 cand,
                 NodeState::PreparePromotion,
                 Rule::FastForwardDone,
-                "the old primary answers again: take its last WAL from it".into(),
+                format!(
+                    "{} has all the WAL the live standbys have ({})",
+                    cand.name,
+                    cand.pg.lsn.unwrap_or_default()
+                ),
             ),
-        },
-        (NodeState::StopReplication, NodeState::StopReplication) => match old {
-            None => promote(None, cand, "no old primary left".into(), p),
-            Some(old) if f.acked_demotion(old) => {
-                // The candidate was elected on reports that may predate the old
-                // primary's last commits (it could have come back and stopped since, or
-                // a quorum standby's report was stale): its stopped Postgres says where
-                // it ended, and the candidate, streaming nothing now, must have it all.
-                let final_lsn = old.pg.lsn.unwrap_or_default();
-                if cand.pg.lsn.is_some_and(|l| l >= final_lsn) {
-                    promote(
-                        Some(old),
-                        cand,
-                        format!("{} acknowledged its demotion", old.name),
-                        p,
-                    )
-                } else {
-                    abort_missing_final_wal(f, old, cand, p)
+            Some(s) => match f.stalled_claim_cap(cand, s) {
+                Some(cap) => {
+                    let why = format!(
+                        "{} streamed from {} for {} s and received nothing of the WAL {} claims up to {}; the primary confirmed {} received up to {}: its claim counts as {cap} from now on",
+                        cand.name,
+                        s.name,
+                        super::view::FAST_FORWARD_STALL_MS / 1000,
+                        s.name,
+                        s.pg.lsn.unwrap_or_default(),
+                        s.name,
+                        f.confirmed_lsn(s).unwrap_or_default(),
+                    );
+                    p.capped_claims.push((s.id, cap, why.clone()));
+                    p.wait(why);
                 }
+                None if !f.streams_now_from(cand, s) => p.wait(format!(
+                    "{} does not stream from {} (which claims WAL up to {}, {} bytes more): waiting, since that WAL may hold acknowledged commits",
+                    cand.name,
+                    s.name,
+                    s.pg.lsn.unwrap_or_default(),
+                    s.pg.lsn
+                        .unwrap_or_default()
+                        .bytes_ahead_of(cand.pg.lsn.unwrap_or_default())
+                )),
+                None => p.wait(format!(
+                    "{} streams the WAL it lacks from {} ({} bytes to go)",
+                    cand.name,
+                    s.name,
+                    s.pg.lsn
+                        .unwrap_or_default()
+                        .bytes_ahead_of(cand.pg.lsn.unwrap_or_default())
+                )),
+            },
+        }
+        }),
+        // The old primary is back (or never left): the usual hand-over takes the
+        // WAL it has, or gives it its role back.
+        _ => p.assign(
+            cand,
+            NodeState::PreparePromotion,
+            Rule::FastForwardDone,
+            "the old primary answers again: take its last WAL from it".into(),
+        ),
+    }
+}
+
+/// The candidate reached stop_replication: promoted once the old primary acknowledged
+/// its demotion with nothing the candidate lacks, or its lease certainly ran out.
+fn stop_replication_reached(
+    f: &FormationView,
+    old: Option<&NodeView>,
+    cand: &NodeView,
+    p: &mut Plan,
+) {
+    match old {
+        None => promote(None, cand, "no old primary left".into(), p),
+        Some(old) if f.acked_demotion(old) => {
+            // The candidate was elected on reports that may predate the old
+            // primary's last commits (it could have come back and stopped since, or
+            // a quorum standby's report was stale): its stopped Postgres says where
+            // it ended, and the candidate, streaming nothing now, must have it all.
+            let final_lsn = old.pg.lsn.unwrap_or_default();
+            if cand.pg.lsn.is_some_and(|l| l >= final_lsn) {
+                promote(
+                    Some(old),
+                    cand,
+                    format!("{} acknowledged its demotion", old.name),
+                    p,
+                )
+            } else {
+                abort_missing_final_wal(f, old, cand, p)
             }
-            Some(old) if f.lease_certainly_expired(old) => {
-                // The old primary has accepted nothing since its lease ran out, and every
-                // standby has reported since it stopped streaming from it: the election
-                // runs again on those final reports (a quorum standby may have received
-                // acknowledged commits after the reports the first election saw).
-                let why = format!(
-                    "the lease of {} certainly ran out (no report for {} ms)",
-                    old.name,
-                    f.now_ms
-                        .saturating_sub(old.last_report_ms.unwrap_or(f.controller_started_ms))
-                );
-                reelect_or(f, old, cand, p, |e, p| match e.source {
-                    None => promote(Some(old), cand, why, p),
-                    Some(s) => fast_forward(cand, s, p),
-                })
-            }
-            Some(old) => p.wait(format!(
-                "waiting for {} to acknowledge demotion or its lease to run out",
-                old.name
-            )),
-        },
-        _ => p.wait(format!("{} is reaching {}", cand.name, cand.goal)),
+        }
+        Some(old) if f.lease_certainly_expired(old) => {
+            // The old primary has accepted nothing since its lease ran out, and every
+            // standby has reported since it stopped streaming from it: the election
+            // runs again on those final reports (a quorum standby may have received
+            // acknowledged commits after the reports the first election saw).
+            let why = format!(
+                "the lease of {} certainly ran out (no report for {} ms)",
+                old.name,
+                f.now_ms
+                    .saturating_sub(old.last_report_ms.unwrap_or(f.controller_started_ms))
+            );
+            reelect_or(f, old, cand, p, |e, p| match e.source {
+                None => promote(Some(old), cand, why, p),
+                Some(s) => fast_forward(cand, s, p),
+            })
+        }
+        Some(old) => p.wait(format!(
+            "waiting for {} to acknowledge demotion or its lease to run out",
+            old.name
+        )),
     }
 }
 
