@@ -43,6 +43,21 @@ pub async fn read_local(
     cfg: &AgentConfig,
     l: &mut Local,
 ) -> Result<(), tokio_postgres::Error> {
+    read_settings(c, cfg, l).await?;
+    if l.in_recovery == Some(true) {
+        read_standby_position(c, l).await?;
+    } else {
+        read_primary_position(c, l).await?;
+    }
+    read_slots(c, l).await
+}
+
+/// Recovery, the settings in force or pending, and whether pgha's role and database exist.
+async fn read_settings(
+    c: &Client,
+    cfg: &AgentConfig,
+    l: &mut Local,
+) -> Result<(), tokio_postgres::Error> {
     let row = c
         .query_one(
             "SELECT pg_is_in_recovery(), \
@@ -72,105 +87,117 @@ pub async fn read_local(
         })
         .collect();
     l.wal_level_logical = row.get(6);
-    if in_recovery {
-        let row = c
-            .query_one(
-                "SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text, \
-                        w.received_tli, w.sender_host, w.sender_port, \
-                        (SELECT timeline_id FROM pg_control_checkpoint()), \
-                        (extract(epoch FROM clock_timestamp() - w.last_msg_receipt_time) * 1000)::float8, \
-                        w.flushed_lsn::text, pg_last_wal_receive_lsn()::text, \
-                        w.written_lsn::text \
-                 FROM (SELECT 1) AS one \
-                 LEFT JOIN pg_stat_wal_receiver w ON w.status = 'streaming'",
-                &[],
-            )
-            .await?;
-        l.lsn = row.get::<_, Option<String>>(0).and_then(|s| s.parse().ok());
-        let streaming_tli: Option<i32> = row.get(1);
-        l.wal_receiver_streaming = streaming_tli.is_some();
-        l.wal_receiver_sender = match (
-            row.get::<_, Option<String>>(2),
-            row.get::<_, Option<i32>>(3),
-        ) {
-            (Some(h), Some(p)) if l.wal_receiver_streaming => Some((h, p as u16)),
-            _ => None,
-        };
-        l.timeline = streaming_tli
-            .or(row.get::<_, Option<i32>>(4))
-            .map(|t| t as u32);
-        l.wal_receipt_age = row
-            .get::<_, Option<f64>>(5)
-            .map(|ms| Duration::from_millis(ms.max(0.0) as u64));
-        l.wal_receiver_flushed = row.get::<_, Option<String>>(6).and_then(|s| s.parse().ok());
-        l.wal_received = row.get::<_, Option<String>>(7).and_then(|s| s.parse().ok());
-        l.wal_receiver_written = row.get::<_, Option<String>>(8).and_then(|s| s.parse().ok());
-    } else {
-        let before = std::time::Instant::now();
-        let row = c
-            .query_one(
-                "SELECT pg_current_wal_flush_lsn()::text, \
-                        ('x' || substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int, \
-                        pg_current_wal_insert_lsn()::text",
-                &[],
-            )
-            .await?;
-        l.lsn = row.get::<_, String>(0).parse().ok();
-        l.timeline = Some(row.get::<_, i32>(1) as u32);
-        l.wal_insert = row
-            .get::<_, String>(2)
-            .parse()
-            .ok()
-            .map(|lsn| (before, lsn));
-        let senders_read = std::time::Instant::now();
-        let rows = c
-            .query(
-                "SELECT application_name, state, sync_state, flush_lsn::text, \
-                        coalesce(extract(epoch FROM replay_lag), 0)::float8, pid, \
-                        sent_lsn::text, write_lsn::text \
-                 FROM pg_stat_replication",
-                &[],
-            )
-            .await?;
-        let row = c
-            .query_one(
-                "SELECT current_setting('archive_mode') <> 'off', archived_count, last_archived_wal, \
-                        extract(epoch FROM now() - last_archived_time)::float8, \
-                        failed_count, last_failed_wal, \
-                        extract(epoch FROM now() - last_failed_time)::float8 \
-                 FROM pg_stat_archiver",
-                &[],
-            )
-            .await?;
-        let secs = |i: usize| row.get::<_, Option<f64>>(i).map(|s| s.max(0.0) as u64);
-        l.archive = row.get::<_, bool>(0).then(|| pgha_api::ArchiveStatus {
-            archived_count: row.get::<_, i64>(1) as u64,
-            last_archived_wal: row.get(2),
-            last_archived_s_ago: secs(3),
-            failed_count: row.get::<_, i64>(4) as u64,
-            last_failed_wal: row.get(5),
-            last_failed_s_ago: secs(6),
-            error: None,
-        });
-        l.standbys = rows
-            .iter()
-            .map(|r| LocalStandby {
-                obs: StandbyObservation {
-                    application_name: r.get(0),
-                    state: r.get::<_, Option<String>>(1).unwrap_or_default(),
-                    sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
-                    flush_lsn: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
-                },
-                replay_lag_seconds: r.get(4),
-                pid: r.get::<_, Option<i32>>(5).unwrap_or_default(),
-                sent: r
-                    .get::<_, Option<String>>(6)
-                    .and_then(|s| s.parse().ok())
-                    .map(|lsn| (senders_read, lsn)),
-                write_lsn: r.get::<_, Option<String>>(7).and_then(|s| s.parse().ok()),
-            })
-            .collect();
-    }
+    Ok(())
+}
+
+/// A standby's WAL position, timeline and WAL receiver.
+async fn read_standby_position(c: &Client, l: &mut Local) -> Result<(), tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            "SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text, \
+                    w.received_tli, w.sender_host, w.sender_port, \
+                    (SELECT timeline_id FROM pg_control_checkpoint()), \
+                    (extract(epoch FROM clock_timestamp() - w.last_msg_receipt_time) * 1000)::float8, \
+                    w.flushed_lsn::text, pg_last_wal_receive_lsn()::text, \
+                    w.written_lsn::text \
+             FROM (SELECT 1) AS one \
+             LEFT JOIN pg_stat_wal_receiver w ON w.status = 'streaming'",
+            &[],
+        )
+        .await?;
+    l.lsn = row.get::<_, Option<String>>(0).and_then(|s| s.parse().ok());
+    let streaming_tli: Option<i32> = row.get(1);
+    l.wal_receiver_streaming = streaming_tli.is_some();
+    l.wal_receiver_sender = match (
+        row.get::<_, Option<String>>(2),
+        row.get::<_, Option<i32>>(3),
+    ) {
+        (Some(h), Some(p)) if l.wal_receiver_streaming => Some((h, p as u16)),
+        _ => None,
+    };
+    l.timeline = streaming_tli
+        .or(row.get::<_, Option<i32>>(4))
+        .map(|t| t as u32);
+    l.wal_receipt_age = row
+        .get::<_, Option<f64>>(5)
+        .map(|ms| Duration::from_millis(ms.max(0.0) as u64));
+    l.wal_receiver_flushed = row.get::<_, Option<String>>(6).and_then(|s| s.parse().ok());
+    l.wal_received = row.get::<_, Option<String>>(7).and_then(|s| s.parse().ok());
+    l.wal_receiver_written = row.get::<_, Option<String>>(8).and_then(|s| s.parse().ok());
+    Ok(())
+}
+
+/// A primary's WAL position and timeline, its WAL senders and its archiver.
+async fn read_primary_position(c: &Client, l: &mut Local) -> Result<(), tokio_postgres::Error> {
+    let before = std::time::Instant::now();
+    let row = c
+        .query_one(
+            "SELECT pg_current_wal_flush_lsn()::text, \
+                    ('x' || substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8))::bit(32)::int, \
+                    pg_current_wal_insert_lsn()::text",
+            &[],
+        )
+        .await?;
+    l.lsn = row.get::<_, String>(0).parse().ok();
+    l.timeline = Some(row.get::<_, i32>(1) as u32);
+    l.wal_insert = row
+        .get::<_, String>(2)
+        .parse()
+        .ok()
+        .map(|lsn| (before, lsn));
+    let senders_read = std::time::Instant::now();
+    let rows = c
+        .query(
+            "SELECT application_name, state, sync_state, flush_lsn::text, \
+                    coalesce(extract(epoch FROM replay_lag), 0)::float8, pid, \
+                    sent_lsn::text, write_lsn::text \
+             FROM pg_stat_replication",
+            &[],
+        )
+        .await?;
+    let row = c
+        .query_one(
+            "SELECT current_setting('archive_mode') <> 'off', archived_count, last_archived_wal, \
+                    extract(epoch FROM now() - last_archived_time)::float8, \
+                    failed_count, last_failed_wal, \
+                    extract(epoch FROM now() - last_failed_time)::float8 \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await?;
+    let secs = |i: usize| row.get::<_, Option<f64>>(i).map(|s| s.max(0.0) as u64);
+    l.archive = row.get::<_, bool>(0).then(|| pgha_api::ArchiveStatus {
+        archived_count: row.get::<_, i64>(1) as u64,
+        last_archived_wal: row.get(2),
+        last_archived_s_ago: secs(3),
+        failed_count: row.get::<_, i64>(4) as u64,
+        last_failed_wal: row.get(5),
+        last_failed_s_ago: secs(6),
+        error: None,
+    });
+    l.standbys = rows
+        .iter()
+        .map(|r| LocalStandby {
+            obs: StandbyObservation {
+                application_name: r.get(0),
+                state: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
+                flush_lsn: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+            },
+            replay_lag_seconds: r.get(4),
+            pid: r.get::<_, Option<i32>>(5).unwrap_or_default(),
+            sent: r
+                .get::<_, Option<String>>(6)
+                .and_then(|s| s.parse().ok())
+                .map(|lsn| (senders_read, lsn)),
+            write_lsn: r.get::<_, Option<String>>(7).and_then(|s| s.parse().ok()),
+        })
+        .collect();
+    Ok(())
+}
+
+/// pgha's replication slots, and every other (permanent) slot with its position.
+async fn read_slots(c: &Client, l: &mut Local) -> Result<(), tokio_postgres::Error> {
     let slots = c
         .query(
             "SELECT slot_name::text, active, coalesce(wal_status, '') = 'lost' \
