@@ -174,148 +174,18 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         keep: a.keep,
     };
     let mon_dir = dir.join("monitor");
-    let listen = format!("127.0.0.1:{}", a.base_port);
-    let s = |p: &Path| p.display().to_string();
     println!("== 1. the monitor");
-    pgha(&[
-        "create",
-        "monitor",
-        "--dir",
-        &s(&mon_dir),
-        "--hostname",
-        "127.0.0.1",
-        "--listen",
-        &listen,
-    ])?;
-    // https, the monitor's CA pinned by its fingerprint.
-    let monitor = pgha_controller::MonitorConfig::load(&mon_dir)?.url();
-    spawn(
-        &mut procs,
-        "monitor",
-        &["run", "--dir", &s(&mon_dir)],
-        &dir.join("monitor.log"),
-    )?;
-    let client = pgha_api::client::MonitorClient::new(&monitor, Duration::from_secs(2))?;
-    let t0 = Instant::now();
-    // /healthz needs no credential (/v1/info needs the read one, which nodes do not use).
-    while !matches!(client.get_text("/healthz").await, Ok((200, _))) {
-        if t0.elapsed() > Duration::from_secs(10) {
-            bail!(
-                "monitor did not start; see {}",
-                dir.join("monitor.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // Nodes join with the monitor URL that carries the formation's join secret.
-    let exe = std::env::current_exe()?;
-    let out = Command::new(&exe)
-        .args([
-            "show",
-            "uri",
-            "--formation",
-            "monitor",
-            "--dir",
-            &s(&mon_dir),
-        ])
-        .output()?;
-    let join_url = String::from_utf8(out.stdout)?.trim().to_string();
+    let join_url = start_monitor(&dir, &mon_dir, a.base_port, &mut procs).await?;
     // The same URL is the operator's (as the tutorial's MONITOR): reads need a
     // credential since the API has scopes.
     let monitor = join_url.clone();
-    let client = pgha_api::client::MonitorClient::new(&monitor, Duration::from_secs(2))?;
     println!("== 2. nodes A and B");
-    let mut want = vec![];
-    for (i, name) in ["node_a", "node_b"].iter().enumerate() {
-        let pgdata = dir.join(name);
-        let port = (a.base_port + 1 + i as u16).to_string();
-        let http_port = (a.base_port + 11 + i as u16).to_string();
-        pgha(&[
-            "create",
-            "postgres",
-            "--pgdata",
-            &s(&pgdata),
-            "--pgport",
-            &port,
-            "--hostname",
-            "127.0.0.1",
-            "--dbname",
-            "appdb",
-            "--monitor",
-            &join_url,
-            "--name",
-            name,
-            "--auth",
-            "trust",
-            "--no-ssl",
-            "--http-port",
-            &http_port,
-        ])?;
-        procs.pgdatas.push(pgdata.clone());
-        spawn(
-            &mut procs,
-            name,
-            &["run", "--pgdata", &s(&pgdata)],
-            &dir.join(format!("{name}.log")),
-        )?;
-        want.push(if i == 0 {
-            pgha_api::NodeState::Single
-        } else {
-            pgha_api::NodeState::Secondary
-        });
-        if i == 1 {
-            want[0] = pgha_api::NodeState::Primary;
-        }
-        wait_for_states(&client, &want, Duration::from_secs(120)).await?;
-    }
+    start_nodes(&dir, &join_url, a.base_port, &mut procs).await?;
     show_state(&monitor)?;
-
     println!("== 3. write through the formation URI");
-    let out = Command::new(&exe)
-        .args([
-            "show",
-            "uri",
-            "--formation",
-            "default",
-            "--monitor",
-            &monitor,
-        ])
-        .output()?;
-    let uri = String::from_utf8(out.stdout)?.trim().to_string();
-    println!("APP_DB_URI={uri}");
-    let db = app_client(&uri).await?;
-    let t = Instant::now();
-    db.batch_execute(&format!(
-        "SET client_min_messages = warning; DROP TABLE IF EXISTS foo; CREATE TABLE foo AS SELECT generate_series(1, {}) bar",
-        a.rows
-    ))
-    .await?;
-    println!(
-        "created table foo with {} rows in {:.2}s",
-        a.rows,
-        t.elapsed().as_secs_f64()
-    );
-    drop(db);
-
+    let uri = write_rows(&monitor, a.rows).await?;
     println!("== 4. switchover");
-    pgha(&["perform", "switchover", "--dir", &s(&mon_dir)])?;
-    show_state(&monitor)?;
-    let db = app_client(&uri).await?;
-    let row = db
-        .query_one("SELECT count(*), inet_server_port() FROM foo", &[])
-        .await?;
-    let (count, port): (i64, Option<i32>) = (row.get(0), row.get(1));
-    println!(
-        "SELECT count(*) FROM foo on the new primary (port {}): {count}",
-        port.unwrap_or(0)
-    );
-    if count as u64 != a.rows {
-        bail!(
-            "expected {} rows after the switchover, found {count}",
-            a.rows
-        );
-    }
+    switch_over(&mon_dir, &monitor, &uri, a.rows).await?;
     println!("\n== recent events");
     pgha(&["show", "events", "--monitor", &monitor, "--count", "12"])?;
     if a.keep {
@@ -330,6 +200,162 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             "\ndemo done; stopping the formation (data stays in {})",
             dir.display()
         );
+    }
+    Ok(())
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Creates the monitor in `mon_dir`, starts it and waits until it answers; returns the
+/// URL nodes join with (it carries the formation's join secret).
+async fn start_monitor(
+    dir: &Path,
+    mon_dir: &Path,
+    base_port: u16,
+    procs: &mut Procs,
+) -> anyhow::Result<String> {
+    let listen = format!("127.0.0.1:{base_port}");
+    pgha(&[
+        "create",
+        "monitor",
+        "--dir",
+        &s(mon_dir),
+        "--hostname",
+        "127.0.0.1",
+        "--listen",
+        &listen,
+    ])?;
+    // https, the monitor's CA pinned by its fingerprint.
+    let monitor = pgha_controller::MonitorConfig::load(mon_dir)?.url();
+    spawn(
+        procs,
+        "monitor",
+        &["run", "--dir", &s(mon_dir)],
+        &dir.join("monitor.log"),
+    )?;
+    let client = pgha_api::client::MonitorClient::new(&monitor, Duration::from_secs(2))?;
+    let t0 = Instant::now();
+    // /healthz needs no credential (/v1/info needs the read one, which nodes do not use).
+    while !matches!(client.get_text("/healthz").await, Ok((200, _))) {
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "monitor did not start; see {}",
+                dir.join("monitor.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "show",
+            "uri",
+            "--formation",
+            "monitor",
+            "--dir",
+            &s(mon_dir),
+        ])
+        .output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// Creates and starts node_a, then node_b, each waited for in its state.
+async fn start_nodes(
+    dir: &Path,
+    join_url: &str,
+    base_port: u16,
+    procs: &mut Procs,
+) -> anyhow::Result<()> {
+    let client = pgha_api::client::MonitorClient::new(join_url, Duration::from_secs(2))?;
+    let mut want = vec![];
+    for (i, name) in ["node_a", "node_b"].iter().enumerate() {
+        let pgdata = dir.join(name);
+        let port = (base_port + 1 + i as u16).to_string();
+        let http_port = (base_port + 11 + i as u16).to_string();
+        pgha(&[
+            "create",
+            "postgres",
+            "--pgdata",
+            &s(&pgdata),
+            "--pgport",
+            &port,
+            "--hostname",
+            "127.0.0.1",
+            "--dbname",
+            "appdb",
+            "--monitor",
+            join_url,
+            "--name",
+            name,
+            "--auth",
+            "trust",
+            "--no-ssl",
+            "--http-port",
+            &http_port,
+        ])?;
+        procs.pgdatas.push(pgdata.clone());
+        spawn(
+            procs,
+            name,
+            &["run", "--pgdata", &s(&pgdata)],
+            &dir.join(format!("{name}.log")),
+        )?;
+        want.push(if i == 0 {
+            pgha_api::NodeState::Single
+        } else {
+            pgha_api::NodeState::Secondary
+        });
+        if i == 1 {
+            want[0] = pgha_api::NodeState::Primary;
+        }
+        wait_for_states(&client, &want, Duration::from_secs(120)).await?;
+    }
+    Ok(())
+}
+
+/// Creates table foo with `rows` rows through the formation URI; returns the URI.
+async fn write_rows(monitor: &str, rows: u64) -> anyhow::Result<String> {
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "show",
+            "uri",
+            "--formation",
+            "default",
+            "--monitor",
+            monitor,
+        ])
+        .output()?;
+    let uri = String::from_utf8(out.stdout)?.trim().to_string();
+    println!("APP_DB_URI={uri}");
+    let db = app_client(&uri).await?;
+    let t = Instant::now();
+    db.batch_execute(&format!(
+        "SET client_min_messages = warning; DROP TABLE IF EXISTS foo; CREATE TABLE foo AS SELECT generate_series(1, {rows}) bar"
+    ))
+    .await?;
+    println!(
+        "created table foo with {rows} rows in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(uri)
+}
+
+/// A switchover, then the rows counted on the new primary through the same URI.
+async fn switch_over(mon_dir: &Path, monitor: &str, uri: &str, rows: u64) -> anyhow::Result<()> {
+    pgha(&["perform", "switchover", "--dir", &s(mon_dir)])?;
+    show_state(monitor)?;
+    let db = app_client(uri).await?;
+    let row = db
+        .query_one("SELECT count(*), inet_server_port() FROM foo", &[])
+        .await?;
+    let (count, port): (i64, Option<i32>) = (row.get(0), row.get(1));
+    println!(
+        "SELECT count(*) FROM foo on the new primary (port {}): {count}",
+        port.unwrap_or(0)
+    );
+    if count as u64 != rows {
+        bail!("expected {rows} rows after the switchover, found {count}");
     }
     Ok(())
 }
