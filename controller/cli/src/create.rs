@@ -649,54 +649,14 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
     // 1. Local checks, before anything is written or registered.
     pgha_api::host::validate_host(&a.hostname).map_err(|e| anyhow::anyhow!("--hostname: {e}"))?;
     let found = installs(&a)?;
-    if pgdata.join("PG_VERSION").exists() {
-        let sysid = std::fs::read_to_string(pgdata.join("PG_VERSION")).unwrap_or_default();
-        bail!(
-            "--pgdata {}: holds a Postgres {} cluster that pgha did not create; \
-             pgha will not adopt or overwrite it: pass an empty or new directory",
-            pgdata.display(),
-            sysid.trim()
-        );
-    }
-    if pgdata.is_dir() && std::fs::read_dir(&pgdata)?.next().is_some() {
-        bail!("--pgdata {}: directory is not empty", pgdata.display());
-    }
-    if pgdata.exists() && !pgdata.is_dir() {
-        bail!(
-            "--pgdata {}: exists and is not a directory",
-            pgdata.display()
-        );
-    }
-    if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", a.pgport)) {
-        bail!("--pgport {}: port is already in use ({e})", a.pgport);
-    }
+    check_pgdata(&pgdata)?;
+    check_flags(&a)?;
     let os_user = a.os_user.clone();
-    if nix::unistd::geteuid().is_root() {
-        let name = os_user.clone().unwrap_or_else(|| "postgres".into());
-        if nix::unistd::User::from_name(&name).ok().flatten().is_none() {
-            bail!(
-                "running as root, Postgres needs an unprivileged OS user: {name:?} does not exist (pass --os-user)"
-            );
-        }
-    }
-    if matches!(a.auth, Auth::Trust) {
-        eprintln!(
-            "WARNING: --auth trust: anyone who reaches this Postgres connects without a password; fine for a throwaway tutorial, not for production (the default is scram-sha-256)"
-        );
-    }
     let on_role_change = executable_hook("--on-role-change", a.on_role_change.as_deref())?;
     let pre_promote = executable_hook("--pre-promote", a.pre_promote.as_deref())?;
     let on_start = executable_hook("--on-start", a.on_start.as_deref())?;
     let on_stop = executable_hook("--on-stop", a.on_stop.as_deref())?;
     let restore_from = restore_from(&a)?;
-    if let Some(m) = &a.metrics_listen {
-        m.parse::<std::net::SocketAddr>()
-            .with_context(|| format!("--metrics-listen {m:?}: expected ADDRESS:PORT"))?;
-    }
-    for n in &a.health_allow {
-        n.parse::<pgha_api::server::Network>()
-            .map_err(|e| anyhow::anyhow!("--health-allow: {e}"))?;
-    }
     // 2. The monitor: reachable, and willing to take us.
     // Stored resolved: the node keeps working when an @FILE given here is removed.
     let monitor =
@@ -789,6 +749,60 @@ async fn postgres(a: PostgresArgs) -> anyhow::Result<()> {
     );
     if a.run {
         return crate::agent_exit(pgha_agent::run(cfg, crate::shutdown_signal()).await?);
+    }
+    Ok(())
+}
+
+/// PGDATA must be new or empty: pgha never adopts nor overwrites a cluster it did not
+/// make.
+fn check_pgdata(pgdata: &Path) -> anyhow::Result<()> {
+    if pgdata.join("PG_VERSION").exists() {
+        let sysid = std::fs::read_to_string(pgdata.join("PG_VERSION")).unwrap_or_default();
+        bail!(
+            "--pgdata {}: holds a Postgres {} cluster that pgha did not create; \
+             pgha will not adopt or overwrite it: pass an empty or new directory",
+            pgdata.display(),
+            sysid.trim()
+        );
+    }
+    if pgdata.is_dir() && std::fs::read_dir(pgdata)?.next().is_some() {
+        bail!("--pgdata {}: directory is not empty", pgdata.display());
+    }
+    if pgdata.exists() && !pgdata.is_dir() {
+        bail!(
+            "--pgdata {}: exists and is not a directory",
+            pgdata.display()
+        );
+    }
+    Ok(())
+}
+
+/// The flags that need no monitor: the port free, the Postgres OS user there when run
+/// as root, the listen addresses well formed; a warning for `--auth trust`.
+fn check_flags(a: &PostgresArgs) -> anyhow::Result<()> {
+    if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", a.pgport)) {
+        bail!("--pgport {}: port is already in use ({e})", a.pgport);
+    }
+    if nix::unistd::geteuid().is_root() {
+        let name = a.os_user.clone().unwrap_or_else(|| "postgres".into());
+        if nix::unistd::User::from_name(&name).ok().flatten().is_none() {
+            bail!(
+                "running as root, Postgres needs an unprivileged OS user: {name:?} does not exist (pass --os-user)"
+            );
+        }
+    }
+    if matches!(a.auth, Auth::Trust) {
+        eprintln!(
+            "WARNING: --auth trust: anyone who reaches this Postgres connects without a password; fine for a throwaway tutorial, not for production (the default is scram-sha-256)"
+        );
+    }
+    if let Some(m) = &a.metrics_listen {
+        m.parse::<std::net::SocketAddr>()
+            .with_context(|| format!("--metrics-listen {m:?}: expected ADDRESS:PORT"))?;
+    }
+    for n in &a.health_allow {
+        n.parse::<pgha_api::server::Network>()
+            .map_err(|e| anyhow::anyhow!("--health-allow: {e}"))?;
     }
     Ok(())
 }
