@@ -47,8 +47,8 @@ struct Agent {
     reported: NodeState,
     /// A wait that has not ended yet, and since when (reported once it lasts).
     waiting: Option<(&'static str, Instant)>,
-    /// Starts attempted since Postgres last ran.
-    start_attempts: u32,
+    /// When failing steps are tried again.
+    retries: Retries,
     /// What the HTTP endpoint serves.
     snapshot: crate::http::SharedSnapshot,
     last_report_ok: Option<Instant>,
@@ -66,14 +66,22 @@ struct Agent {
     /// The operator's role-change hook.
     hooks: crate::hooks::Hooks,
     pre_promote: crate::hooks::PrePromote,
-    /// When a point-in-time recovery short of its target was last started again.
-    pitr_retry_at: Option<Instant>,
-    /// When a restore from another formation's backups last failed.
-    restore_failed_at: Option<Instant>,
     /// pgBackRest: configuration, stanza, backup jobs.
     backups: crate::backup::Backups,
     /// Postgres' running state and role at the last tick (for the start/stop hooks).
     pg_was_running: Option<(bool, &'static str)>,
+}
+
+/// The agent's memory of steps that failed or must not repeat at once: each is tried
+/// again after a pause, not at every pass of the loop.
+#[derive(Debug, Default)]
+struct Retries {
+    /// Starts attempted since Postgres last ran.
+    start_attempts: u32,
+    /// When a point-in-time recovery short of its target was last started again.
+    pitr_retry_at: Option<Instant>,
+    /// When a restore from another formation's backups last failed.
+    restore_failed_at: Option<Instant>,
     /// When this standby last stopped to load copies of logical slots.
     slot_copy_restart_at: Option<Instant>,
     /// When the last base backup failed.
@@ -121,6 +129,7 @@ impl Agent {
             self.synchronous_standby_names(),
         );
         w.slot_copy_restart_allowed = self
+            .retries
             .slot_copy_restart_at
             .is_none_or(|t| t.elapsed() >= SLOT_COPY_RESTART_EVERY);
         w
@@ -260,11 +269,7 @@ pub async fn run(
         hooks: crate::hooks::Hooks::new(cfg.on_role_change.clone())
             .with_start_stop(cfg.on_start.clone(), cfg.on_stop.clone()),
         pg_was_running: None,
-        slot_copy_restart_at: None,
-        basebackup_failed_at: None,
         backups: Default::default(),
-        pitr_retry_at: None,
-        restore_failed_at: None,
         pre_promote: crate::hooks::PrePromote::new(cfg.pre_promote.clone()),
         watchdog,
         lost_slots: Default::default(),
@@ -285,7 +290,7 @@ pub async fn run(
         last_error: None,
         reported,
         waiting: None,
-        start_attempts: 0,
+        retries: Retries::default(),
         snapshot: Default::default(),
         last_report_ok: None,
         applied_generation: 0,

@@ -44,13 +44,14 @@ impl Agent {
                         // A restore that failed (no such stanza, repository unreachable)
                         // is tried again every 10 s, its error kept in the report.
                         if self
+                            .retries
                             .restore_failed_at
                             .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
                         {
                             return Ok(());
                         }
                         if let Err(e) = self.restore_point_in_time(&from).await {
-                            self.restore_failed_at = Some(Instant::now());
+                            self.retries.restore_failed_at = Some(Instant::now());
                             // Only what the failed restore wrote is there (this step
                             // runs on a PGDATA without PG_VERSION): the next try starts
                             // from an empty directory.
@@ -62,7 +63,7 @@ impl Agent {
                                 from.stanza
                             )));
                         }
-                        self.restore_failed_at = None;
+                        self.retries.restore_failed_at = None;
                     }
                     None => {
                         tracing::info!(pgdata = %cfg.pgdata.display(), "initdb");
@@ -75,13 +76,14 @@ impl Agent {
                 // A copy that failed (the upstream refused it, or is not there yet) is
                 // tried again after a pause, not at every pass.
                 if self
+                    .retries
                     .basebackup_failed_at
                     .is_some_and(|t| t.elapsed() < BASEBACKUP_RETRY)
                 {
                     return Ok(());
                 }
                 let r = self.base_backup(goal).await;
-                self.basebackup_failed_at = r.is_err().then(Instant::now);
+                self.retries.basebackup_failed_at = r.is_err().then(Instant::now);
                 r
             }
             Step::Rewind => {
@@ -97,14 +99,14 @@ impl Agent {
                     self.move_aside("rewind-failed", &e.to_string())?;
                     return Err(e.into());
                 }
-                self.start_attempts = 0;
+                self.retries.start_attempts = 0;
                 self.after_new_pgdata(goal).await
             }
             Step::Start => {
                 // A standby that cannot start (its data does not fit the upstream's
                 // timeline) is rebuilt from a fresh base backup; a primary never is.
-                if self.start_attempts >= MAX_START_ATTEMPTS && goal.is_standby() {
-                    self.start_attempts = 0;
+                if self.retries.start_attempts >= MAX_START_ATTEMPTS && goal.is_standby() {
+                    self.retries.start_attempts = 0;
                     return self.move_aside(
                         "start-failed",
                         &format!(
@@ -115,12 +117,12 @@ impl Agent {
                 if self.point_in_time_recovery_waits() {
                     return Ok(());
                 }
-                self.start_attempts += 1;
+                self.retries.start_attempts += 1;
                 self.apply_conf(goal)?;
                 if goal.is_standby() {
                     self.install_slot_copies()?;
                 }
-                tracing::info!(attempt = self.start_attempts, "starting Postgres");
+                tracing::info!(attempt = self.retries.start_attempts, "starting Postgres");
                 pg::start(&self.cfg).await?;
                 Ok(())
             }
@@ -170,7 +172,7 @@ impl Agent {
                     slots = %names.join(", "),
                     "restarting Postgres to load copies of the primary's logical slots"
                 );
-                self.slot_copy_restart_at = Some(Instant::now());
+                self.retries.slot_copy_restart_at = Some(Instant::now());
                 pg::stop(cfg).await?;
                 Ok(())
             }
@@ -369,7 +371,7 @@ impl Agent {
         if !crate::backup::pitr_marker(&self.cfg).exists()
             || !crate::backup::recovery_short_of_target(&self.cfg)
         {
-            self.pitr_retry_at = None;
+            self.retries.pitr_retry_at = None;
             return false;
         }
         let target = self
@@ -381,10 +383,10 @@ impl Agent {
         self.last_error = Some(format!(
             "point-in-time recovery: the archive ends before the target {target}; waiting for the source formation to archive its WAL up to it (its archive_timeout bounds the wait; `SELECT pg_switch_wal()` on its primary ends it now)"
         ));
-        match self.pitr_retry_at {
+        match self.retries.pitr_retry_at {
             Some(t) if t.elapsed() < RETRY => true,
             _ => {
-                self.pitr_retry_at = Some(Instant::now());
+                self.retries.pitr_retry_at = Some(Instant::now());
                 false
             }
         }

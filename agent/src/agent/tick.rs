@@ -127,7 +127,7 @@ impl Agent {
             self.pg_was_running = Some(now);
         }
         if l.ready {
-            self.start_attempts = 0;
+            self.retries.start_attempts = 0;
         }
         if let Some(c) = &l.control {
             self.hot_standby_floors = c.hot_standby_floors.clone();
