@@ -80,14 +80,20 @@ pub fn process_alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !is_zombie(pid)
 }
 
-/// Which postmaster runs: `<pid>:<start time>` from `postmaster.pid`, or None.
+/// Which postmaster runs: `<pid>:<start time>` from `postmaster.pid`, or None when
+/// none does. A postmaster killed with SIGKILL leaves its file behind: the identity is
+/// only taken while that process lives and is a Postgres (its PID may be another
+/// program's after a reboot).
 pub fn postmaster_identity(pgdata: &Path) -> Option<String> {
     let bytes = crate::files::read_capped(&pgdata.join("postmaster.pid"), 4096).ok()??;
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     let pid: i32 = lines.first()?.trim().parse().ok()?;
     let started: i64 = lines.get(2)?.trim().parse().ok()?;
-    Some(format!("{pid}:{started}"))
+    let alive =
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !is_zombie(pid);
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    (alive && comm.trim() == "postgres").then(|| format!("{pid}:{started}"))
 }
 
 pub fn postmaster_pid(pgdata: &Path) -> Option<i32> {
@@ -266,6 +272,29 @@ pub fn oldest_wal(pgdata: &Path) -> Option<pgha_api::Lsn> {
 
 #[cfg(test)]
 mod tests {
+    /// A postmaster.pid left by a killed postmaster, or naming a process that is no
+    /// Postgres, identifies no running postmaster.
+    #[test]
+    fn a_stale_postmaster_pid_identifies_no_postmaster() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |pid: i32| {
+            std::fs::write(
+                dir.path().join("postmaster.pid"),
+                format!("{pid}\n/data\n1765000000\n5432\n/tmp\n*\n  1 2\nready\n"),
+            )
+            .unwrap()
+        };
+        assert_eq!(postmaster_identity(dir.path()), None, "no file");
+        write(std::process::id() as i32);
+        assert_eq!(
+            postmaster_identity(dir.path()),
+            None,
+            "alive, but not a Postgres"
+        );
+        write(i32::MAX - 7);
+        assert_eq!(postmaster_identity(dir.path()), None, "no such process");
+    }
+
     use super::*;
 
     #[test]
